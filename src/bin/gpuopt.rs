@@ -1,0 +1,137 @@
+//! The `gpuopt` command line: info, parity, replay, bench.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gpuopt::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gpuopt",
+    version,
+    about = "GPU optimizer kernels: adapter info, GPU-vs-CPU parity, trajectory replay, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Backend {
+    Gpu,
+    Cpu,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The adapter, backend and limits gpuopt would use.
+    Info,
+    /// Every kernel at a few sizes, GPU vs CPU reference: a table of errors and PASS/FAIL.
+    Parity {
+        /// Steps per optimizer.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Only optimizers whose test name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Run an optimizer over the gradients in CASE_DIR/inputs.npz; write CASE_DIR/outputs.npz.
+    Replay {
+        /// Folder with case.json and inputs.npz.
+        case_dir: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = Backend::Gpu)]
+        backend: Backend,
+    },
+    /// Benchmark suites, each against the limit measured in the same run.
+    Bench {
+        /// Suite (elementwise); all when omitted.
+        #[arg(long)]
+        suite: Option<String>,
+        /// Print a JSON array of records instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Fewer repetitions and smaller sizes (for a quick look or CI).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn run(cli: Cli) -> gpuopt::Result<bool> {
+    match cli.command {
+        Command::Info => {
+            let ctx = Context::new()?;
+            println!("{}", ctx.info());
+            Ok(true)
+        }
+        Command::Parity { steps, only } => {
+            let ctx = Context::new()?;
+            println!("adapter: {}", ctx.info().name);
+            println!(
+                "{:<16} {:>9} {:>6} {:>11} {:>11} {:>9} {:>10}  verdict",
+                "kernel", "size", "steps", "max abs", "max rel", "err/tol", "flips"
+            );
+            let mut all = true;
+            for (name, alg) in gpuopt::parity::test_algorithms() {
+                if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+                    continue;
+                }
+                let reports = gpuopt::parity::run(
+                    &ctx,
+                    &name,
+                    &alg,
+                    &[1, 7, 257, 4099, 65537],
+                    steps,
+                    42,
+                    true,
+                )?;
+                for r in reports {
+                    all &= r.pass;
+                    println!(
+                        "{:<16} {:>9} {:>6} {:>11.3e} {:>11.3e} {:>9.3} {:>10}  {}",
+                        r.name,
+                        r.size,
+                        r.steps,
+                        r.max_abs,
+                        r.max_rel,
+                        r.worst,
+                        format!("{}/{}", r.mismatches, r.budget),
+                        if r.pass { "PASS" } else { "FAIL" }
+                    );
+                }
+            }
+            Ok(all)
+        }
+        Command::Replay { case_dir, backend } => {
+            let ctx = if backend == Backend::Gpu {
+                Some(Context::new()?)
+            } else {
+                None
+            };
+            gpuopt::replay::run_case(&case_dir, ctx.as_ref())?;
+            Ok(true)
+        }
+        Command::Bench { suite, json, quick } => {
+            let ctx = Context::new()?;
+            let records = gpuopt::bench::run(&ctx, suite.as_deref(), quick, !json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records).expect("json"));
+            } else {
+                gpuopt::bench::print_table(&ctx, &records);
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("gpuopt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

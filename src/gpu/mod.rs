@@ -1,0 +1,583 @@
+//! The GPU host layer: device selection ([`Context`]), buffers ([`Tensor`]), the pipeline cache,
+//! dispatch geometry and readback.
+
+mod tensor;
+
+pub use tensor::{Tensor, TensorView};
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How a kernel's binding is used; the bind-group layout is built from this list and checked against
+/// the shader by naga reflection in `tests/shaders.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// `var<uniform>`
+    Uniform,
+    /// `var<storage, read>`
+    ReadOnly,
+    /// `var<storage, read_write>`
+    ReadWrite,
+}
+
+/// A compute kernel: module, entry point and its bindings (group 0) in binding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelSpec {
+    /// Module name under `shaders/` (without `.wgsl`).
+    pub module: &'static str,
+    /// Entry point.
+    pub entry: &'static str,
+    /// (binding number, kind) pairs.
+    pub bindings: &'static [(u32, Binding)],
+}
+
+/// Workgroup size of every 1-D kernel in gpuopt.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Options for [`Context::with_options`]. Environment variables fill what is left `None`.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Backends to search (default: `WGPU_BACKEND`, else all).
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name (default: `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Cap on workgroups per grid dimension below the device's own; lets tests exercise the 2-D grid
+    /// on small tensors. `None` uses the device limit.
+    pub max_workgroups_per_dim: Option<u32>,
+}
+
+/// What [`Context::info`] reports about the adapter and the limits the device was opened with.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Backend, e.g. Vulkan.
+    pub backend: wgpu::Backend,
+    /// Discrete / integrated / CPU ...
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version string.
+    pub driver: String,
+    /// The limits requested from (and granted by) the adapter.
+    pub limits: wgpu::Limits,
+    /// Whether GPU timestamps are available.
+    pub timestamps: bool,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.limits;
+        writeln!(f, "adapter:        {}", self.name)?;
+        writeln!(f, "backend:        {:?}", self.backend)?;
+        writeln!(f, "device type:    {:?}", self.device_type)?;
+        writeln!(f, "driver:         {}", self.driver)?;
+        writeln!(f, "timestamps:     {}", self.timestamps)?;
+        writeln!(
+            f,
+            "max_buffer_size:                     {}",
+            l.max_buffer_size
+        )?;
+        writeln!(
+            f,
+            "max_storage_buffer_binding_size:     {}",
+            l.max_storage_buffer_binding_size
+        )?;
+        writeln!(
+            f,
+            "max_storage_buffers_per_shader_stage: {}",
+            l.max_storage_buffers_per_shader_stage
+        )?;
+        writeln!(
+            f,
+            "max_compute_workgroups_per_dimension: {}",
+            l.max_compute_workgroups_per_dimension
+        )?;
+        writeln!(
+            f,
+            "max_compute_invocations_per_workgroup: {}",
+            l.max_compute_invocations_per_workgroup
+        )?;
+        write!(
+            f,
+            "max_compute_workgroup_storage_size:   {}",
+            l.max_compute_workgroup_storage_size
+        )
+    }
+}
+
+struct Cached {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    max_dim: u32,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<KernelSpec, Arc<Cached>>>,
+    compiled: std::sync::atomic::AtomicUsize,
+}
+
+/// The device, its queue, the adapter's limits and the pipeline cache. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.inner.summary.name)
+            .finish()
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+impl Context {
+    /// Opens the best adapter: a discrete GPU first, then integrated, virtual, and CPU (lavapipe);
+    /// native backends before GL. Honours `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default())
+    }
+
+    /// As [`Context::new`] with explicit options.
+    pub fn with_options(opts: ContextOptions) -> Result<Self> {
+        let backends = opts
+            .backends
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::all());
+        let name_filter = opts
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .map(|s| s.to_lowercase());
+        // Native backends first; GL (which also prints EGL noise where there is no display) only
+        // when no native adapter is found or when asked for explicitly.
+        let mut adapters = Self::adapters(backends & !wgpu::Backends::GL, name_filter.as_deref());
+        if adapters.is_empty() && backends.contains(wgpu::Backends::GL) {
+            adapters = Self::adapters(wgpu::Backends::GL, name_filter.as_deref());
+        }
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            (
+                type_rank(info.device_type),
+                u32::from(info.backend == wgpu::Backend::Gl),
+            )
+        });
+        let Some(adapter) = adapters.into_iter().next() else {
+            let mut detail = format!(" (backends {backends:?}");
+            if let Some(f) = &name_filter {
+                detail.push_str(&format!(", name containing {f:?}"));
+            }
+            detail.push(')');
+            return Err(Error::NoAdapter { detail });
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut features = wgpu::Features::empty();
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gpuopt"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            log::error!("uncaptured wgpu error: {e}");
+        }));
+        let max_dim = opts
+            .max_workgroups_per_dim
+            .map_or(limits.max_compute_workgroups_per_dimension, |m| {
+                m.clamp(1, limits.max_compute_workgroups_per_dimension)
+            });
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            limits,
+            timestamps,
+        };
+        log::info!(
+            "gpuopt: using {} ({:?}, {:?})",
+            summary.name,
+            summary.backend,
+            summary.device_type
+        );
+        Ok(Context {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                summary,
+                max_dim,
+                modules: Mutex::new(HashMap::new()),
+                pipelines: Mutex::new(HashMap::new()),
+                compiled: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    fn adapters(backends: wgpu::Backends, name_filter: Option<&str>) -> Vec<wgpu::Adapter> {
+        if backends.is_empty() {
+            return Vec::new();
+        }
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(backends))
+            .into_iter()
+            .filter(|a| {
+                let info = a.get_info();
+                let name_ok = name_filter.is_none_or(|f| info.name.to_lowercase().contains(f));
+                let compute_ok = a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+                name_ok && compute_ok
+            })
+            .collect()
+    }
+
+    /// The adapter and the limits the device was opened with.
+    pub fn info(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+
+    /// The wgpu device (for users' own kernels).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The device limits in force.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.summary.limits
+    }
+
+    /// How many pipelines have been compiled in this context (the cache's test hook).
+    pub fn pipelines_compiled(&self) -> usize {
+        self.inner
+            .compiled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and returns what they caught.
+    pub fn scoped<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(Error::Gpu {
+                context: context.to_string(),
+                message: e.to_string(),
+            }),
+            None => Ok(out),
+        }
+    }
+
+    fn pipeline(&self, spec: &KernelSpec) -> Result<Arc<Cached>> {
+        if let Some(p) = self.inner.pipelines.lock().unwrap().get(spec) {
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let module = {
+            let mut modules = self.inner.modules.lock().unwrap();
+            match modules.get(spec.module) {
+                Some(m) => m.clone(),
+                None => {
+                    let src = crate::shaders::composed(spec.module)?;
+                    let m = self
+                        .scoped(&format!("compiling shader {}", spec.module), || {
+                            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                                label: Some(spec.module),
+                                source: wgpu::ShaderSource::Wgsl(src.into()),
+                            })
+                        })
+                        .map_err(|e| Error::Shader {
+                            name: spec.module.to_string(),
+                            message: e.to_string(),
+                        })?;
+                    modules.insert(spec.module, m.clone());
+                    m
+                }
+            }
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .bindings
+            .iter()
+            .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match kind {
+                    Binding::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Binding::ReadOnly | Binding::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: kind == Binding::ReadOnly,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let cached = self.scoped(
+            &format!("building pipeline {}::{}", spec.module, spec.entry),
+            || {
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(spec.entry),
+                    entries: &entries,
+                });
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(spec.entry),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(spec.entry),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(spec.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                Cached { pipeline, layout }
+            },
+        )?;
+        let cached = Arc::new(cached);
+        self.inner
+            .compiled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(*spec, cached.clone());
+        Ok(cached)
+    }
+
+    /// Compiles (or fetches from the cache) `spec` and binds `buffers` (one per binding, in order).
+    pub fn bind(&self, spec: &KernelSpec, buffers: &[&wgpu::Buffer]) -> Result<BoundKernel> {
+        if buffers.len() != spec.bindings.len() {
+            return Err(Error::Invalid(format!(
+                "{}::{} takes {} buffers, got {}",
+                spec.module,
+                spec.entry,
+                spec.bindings.len(),
+                buffers.len()
+            )));
+        }
+        let cached = self.pipeline(spec)?;
+        let entries: Vec<wgpu::BindGroupEntry> = spec
+            .bindings
+            .iter()
+            .zip(buffers)
+            .map(|(&(binding, _), buf)| wgpu::BindGroupEntry {
+                binding,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        let bind_group =
+            self.scoped(&format!("binding {}::{}", spec.module, spec.entry), || {
+                self.inner
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(spec.entry),
+                        layout: &cached.layout,
+                        entries: &entries,
+                    })
+            })?;
+        Ok(BoundKernel {
+            pipeline: cached,
+            bind_group,
+            name: spec.entry,
+        })
+    }
+
+    /// The (x, y) grid that covers `workgroups` with x at most the per-dimension limit.
+    pub fn grid(&self, workgroups: u32) -> (u32, u32) {
+        let x = workgroups.min(self.inner.max_dim).max(1);
+        (x, workgroups.div_ceil(x))
+    }
+
+    /// Creates a storage buffer of `bytes` bytes (at least 16), refusing sizes over the device limits.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let limits = self.limits();
+        if bytes > limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: label.to_string(),
+                bytes,
+                limit_name: "max_buffer_size",
+                limit: limits.max_buffer_size,
+            });
+        }
+        if bytes > limits.max_storage_buffer_binding_size {
+            return Err(Error::TooLarge {
+                what: label.to_string(),
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: limits.max_storage_buffer_binding_size,
+            });
+        }
+        self.scoped(&format!("allocating {label}"), || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(16).next_multiple_of(4),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Creates a uniform buffer of `bytes` bytes.
+    pub fn uniform_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new command encoder.
+    pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Submits one command buffer; returns its submission index.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.inner.queue.submit(Some(encoder.finish()))
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Blocks until the given submission (or all work when `None`) has finished.
+    pub fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    /// Copies `len` f32 starting at byte `offset` of `buffer` back to the host (waits for the GPU).
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buffer, offset, 4 * len as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Copies `size` bytes starting at `offset` of `buffer` back to the host (waits for the GPU).
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.staging(size);
+        let mut enc = self.encoder("readback");
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        let index = self.submit(enc);
+        self.map_staging(&staging, Some(index))
+    }
+
+    pub(crate) fn staging(&self, size: u64) -> wgpu::Buffer {
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub(crate) fn map_staging(
+        &self,
+        staging: &wgpu::Buffer,
+        index: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait_for(index)?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}
+
+/// A pipeline with its buffers bound, ready to be recorded into an encoder.
+pub struct BoundKernel {
+    pipeline: Arc<Cached>,
+    bind_group: wgpu::BindGroup,
+    name: &'static str,
+}
+
+impl BoundKernel {
+    /// Records one dispatch of `workgroups` workgroups (2-D grid from [`Context::grid`]) in its own
+    /// compute pass, so later passes see its writes. Zero workgroups records nothing and returns 0;
+    /// otherwise returns 1 (the dispatch count, for tests that count dispatches).
+    pub fn record(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        workgroups: u32,
+    ) -> usize {
+        if workgroups == 0 {
+            return 0;
+        }
+        let (x, y) = ctx.grid(workgroups);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(self.name),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        1
+    }
+}

@@ -1,0 +1,610 @@
+//! The optimizers' configurations (defaults = ALGORITHMS.md §11.2, the reference implementations'),
+//! their validation, and the per-step scalars each kernel reads from its [`Hyper`] slot.
+//!
+//! Scalars that depend only on the step `t` (bias corrections, Anolog's β1(t), AdEMAMix's α(t) and
+//! β3(t), AdaBound's bounds) are computed here in f64 and rounded once to f32, as the PyTorch
+//! references do with Python floats (ALGORITHMS.md §1). Both the GPU optimizer and the CPU reference
+//! read the same [`Hyper`], so a parity test compares the kernels, not two copies of this code.
+
+use crate::error::{Error, Result};
+use crate::gpu::KernelSpec;
+use crate::kernels::arena::Hyper;
+use crate::kernels::{adaptive as ka, sign_momentum as ks};
+use serde::{Deserialize, Serialize};
+
+macro_rules! config {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+        impl Default for $name {
+            fn default() -> Self { Self { $($field: $default),* } }
+        }
+    };
+}
+
+config!(
+    /// SGD with momentum / Nesterov (torch.optim.SGD, ALGORITHMS.md §4.1). `weight_decay` is L2
+    /// unless `weight_decouple` (then DW-B, pytorch-optimizer SGDW).
+    Sgd { /** learning rate */ lr: f64 = 1e-3, /** μ */ momentum: f64 = 0.0, /** τ */ dampening: f64 = 0.0,
+          /** Nesterov form */ nesterov: bool = false, /** decay */ weight_decay: f64 = 0.0,
+          /** DW-B instead of L2 */ weight_decouple: bool = false }
+);
+config!(
+    /// signSGD (MXNet signsgd_update, §4.2); decay DW-B.
+    SignSgd { /** learning rate */ lr: f64 = 0.01, /** DW-B decay */ weight_decay: f64 = 0.0 }
+);
+config!(
+    /// Signum (MXNet Signum, §4.3); `weight_decay` is MXNet's `wd_lh` (DW-B).
+    Signum { /** learning rate */ lr: f64 = 0.01, /** μ */ momentum: f64 = 0.9, /** DW-B decay */ weight_decay: f64 = 0.0 }
+);
+config!(
+    /// Lion (google/automl lion_pytorch.py, §4.4); decay DW-B.
+    Lion { /** learning rate */ lr: f64 = 1e-4, /** interpolation β1 */ beta1: f64 = 0.9,
+           /** momentum EMA β2 */ beta2: f64 = 0.99, /** DW-B decay */ weight_decay: f64 = 0.0 }
+);
+config!(
+    /// Ano and Anolog (PyPI ano-optimizer 1.0.0, §4.7); decay DW-B. Anolog ignores `beta1`.
+    Ano { /** learning rate */ lr: f64 = 1e-4, /** β1 */ beta1: f64 = 0.92, /** β2 (≥ 0.5) */ beta2: f64 = 0.99,
+          /** inside the square root */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0 }
+);
+config!(
+    /// AdamW (torch.optim.AdamW, §8.1–8.2); decay DW-B.
+    AdamW { /** learning rate */ lr: f64 = 1e-3, /** β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
+            /** after the bias-corrected root */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.01,
+            /** running max of v */ amsgrad: bool = false }
+);
+config!(
+    /// AdaBound / AMSBound (Luolc/AdaBound, §8.3); decay L2 unless `weight_decouple` (DW-B).
+    AdaBound { /** learning rate */ lr: f64 = 1e-3, /** β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
+               /** on the uncorrected root */ eps: f64 = 1e-8, /** decay */ weight_decay: f64 = 0.0,
+               /** target SGD lr */ final_lr: f64 = 0.1, /** bound speed */ gamma: f64 = 1e-3,
+               /** AMSBound */ amsbound: bool = false, /** DW-B instead of L2 */ weight_decouple: bool = false }
+);
+config!(
+    /// AdaMomentum (§8.4); decay DW-B.
+    AdaMomentum { /** learning rate */ lr: f64 = 1e-3, /** β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
+                  /** added to the stored v every step */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0 }
+);
+config!(
+    /// AdEMAMix (apple/ml-ademamix PyTorch, §8.5); decay DW-B. Warm-ups of 0 mean none;
+    /// `t_alpha` / `t_beta3` override `t_alpha_beta3` when they must differ.
+    AdEMAMix { /** learning rate */ lr: f64 = 1e-3, /** fast EMA β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
+               /** slow EMA β3 */ beta3: f64 = 0.9999, /** mixing weight */ alpha: f64 = 2.0,
+               /** epsilon */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0,
+               /** shared warm-up length */ t_alpha_beta3: f64 = 0.0,
+               /** α warm-up override */ t_alpha: Option<f64> = None,
+               /** β3 warm-up override */ t_beta3: Option<f64> = None }
+);
+
+/// MARS instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarsVariant {
+    /// MARS-AdamW.
+    #[default]
+    Adamw,
+    /// MARS-Lion.
+    Lion,
+}
+
+config!(
+    /// MARS, approximate variant (pytorch-optimizer 4.1.0 `MARS` eps placement, §8.6); decay DW-B.
+    Mars { /** learning rate */ lr: f64 = 3e-3, /** β1 */ beta1: f64 = 0.95, /** β2 */ beta2: f64 = 0.99,
+           /** epsilon */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0,
+           /** variance-reduction scale */ gamma: f64 = 0.025, /** "adamw" | "lion" */ variant: MarsVariant = MarsVariant::Adamw }
+);
+
+/// One of the elementwise optimizers. The replay names are [`Algorithm::name`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Algorithm {
+    /// `sgd`
+    Sgd(Sgd),
+    /// `signsgd`
+    SignSgd(SignSgd),
+    /// `signum`
+    Signum(Signum),
+    /// `lion`
+    Lion(Lion),
+    /// `ano`
+    Ano(Ano),
+    /// `anolog`
+    Anolog(Ano),
+    /// `adamw`
+    AdamW(AdamW),
+    /// `adabound`
+    AdaBound(AdaBound),
+    /// `adamomentum`
+    AdaMomentum(AdaMomentum),
+    /// `ademamix`
+    AdEMAMix(AdEMAMix),
+    /// `mars`
+    Mars(Mars),
+}
+
+/// The replay names of every elementwise optimizer.
+pub const NAMES: &[&str] = &[
+    "sgd",
+    "signsgd",
+    "signum",
+    "lion",
+    "ano",
+    "anolog",
+    "adamw",
+    "adabound",
+    "adamomentum",
+    "ademamix",
+    "mars",
+];
+
+fn check_finite(name: &str, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Hyperparameter {
+            name: name.into(),
+            value: v,
+            reason: "must be finite".into(),
+        })
+    }
+}
+
+fn check_nonneg(name: &str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if v < 0.0 {
+        return Err(Error::Hyperparameter {
+            name: name.into(),
+            value: v,
+            reason: "must be >= 0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_positive(name: &str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if v <= 0.0 {
+        return Err(Error::Hyperparameter {
+            name: name.into(),
+            value: v,
+            reason: "must be > 0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_beta(name: &str, v: f64, lo: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if !(lo..1.0).contains(&v) {
+        return Err(Error::Hyperparameter {
+            name: name.into(),
+            value: v,
+            reason: format!("must lie in [{lo}, 1)"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks lr and weight_decay (also used for per-group overrides).
+pub(crate) fn check_lr_wd(lr: f64, wd: f64) -> Result<()> {
+    check_nonneg("lr", lr)?;
+    check_nonneg("weight_decay", wd)
+}
+
+fn f(x: f64) -> f32 {
+    x as f32
+}
+
+/// AdEMAMix's β3 warm-up (8.5.3), with the reference's `+ 1e-8` inside the half-life.
+pub fn ademamix_beta3(t: u64, beta1: f64, beta3: f64, warmup: f64) -> f64 {
+    if warmup > 0.0 && (t as f64) < warmup {
+        let half = |b: f64| 0.5f64.ln() / (b + 1e-8).ln() - 1.0;
+        let a = t as f64 / warmup;
+        let h = (1.0 - a) * half(beta1) + a * half(beta3);
+        0.5f64.powf(1.0 / (h + 1.0))
+    } else {
+        beta3
+    }
+}
+
+/// AdEMAMix's linear α warm-up from 0 (8.5.2).
+pub fn ademamix_alpha(t: u64, alpha: f64, warmup: f64) -> f64 {
+    if warmup > 0.0 && (t as f64) < warmup {
+        alpha * (t as f64 / warmup)
+    } else {
+        alpha
+    }
+}
+
+/// Anolog's β1(t) = 1 − 1/ln(max(2, t)) (4.7.1), returned with 1 − β1.
+pub fn anolog_beta1(t: u64) -> (f64, f64) {
+    let inv = 1.0 / (t.max(2) as f64).ln();
+    (1.0 - inv, inv)
+}
+
+impl Algorithm {
+    /// The optimizer's replay name (ALGORITHMS.md §11.2).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Sgd(_) => "sgd",
+            Algorithm::SignSgd(_) => "signsgd",
+            Algorithm::Signum(_) => "signum",
+            Algorithm::Lion(_) => "lion",
+            Algorithm::Ano(_) => "ano",
+            Algorithm::Anolog(_) => "anolog",
+            Algorithm::AdamW(_) => "adamw",
+            Algorithm::AdaBound(_) => "adabound",
+            Algorithm::AdaMomentum(_) => "adamomentum",
+            Algorithm::AdEMAMix(_) => "ademamix",
+            Algorithm::Mars(_) => "mars",
+        }
+    }
+
+    /// Builds an optimizer from its replay name and a JSON object of hyperparameters (canonical names;
+    /// omitted ones take the reference defaults, unknown keys are ignored), and validates it.
+    pub fn from_name(name: &str, hyper: &serde_json::Value) -> Result<Self> {
+        fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T> {
+            let v = if v.is_null() {
+                serde_json::json!({})
+            } else {
+                v.clone()
+            };
+            serde_json::from_value(v).map_err(|e| Error::Invalid(format!("hyperparameters: {e}")))
+        }
+        let a = match name {
+            "sgd" => Algorithm::Sgd(parse(hyper)?),
+            "signsgd" => Algorithm::SignSgd(parse(hyper)?),
+            "signum" => Algorithm::Signum(parse(hyper)?),
+            "lion" => Algorithm::Lion(parse(hyper)?),
+            "ano" => Algorithm::Ano(parse(hyper)?),
+            "anolog" => Algorithm::Anolog(parse(hyper)?),
+            "adamw" => Algorithm::AdamW(parse(hyper)?),
+            "adabound" => Algorithm::AdaBound(parse(hyper)?),
+            "adamomentum" => Algorithm::AdaMomentum(parse(hyper)?),
+            "ademamix" => Algorithm::AdEMAMix(parse(hyper)?),
+            "mars" => Algorithm::Mars(parse(hyper)?),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown optimizer {other:?} (known: {})",
+                    NAMES.join(", ")
+                )))
+            }
+        };
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// The hyperparameters as a JSON object (canonical names), the inverse of [`Algorithm::from_name`].
+    pub fn hyper_json(&self) -> serde_json::Value {
+        let v = match self {
+            Algorithm::Sgd(c) => serde_json::to_value(c),
+            Algorithm::SignSgd(c) => serde_json::to_value(c),
+            Algorithm::Signum(c) => serde_json::to_value(c),
+            Algorithm::Lion(c) => serde_json::to_value(c),
+            Algorithm::Ano(c) | Algorithm::Anolog(c) => serde_json::to_value(c),
+            Algorithm::AdamW(c) => serde_json::to_value(c),
+            Algorithm::AdaBound(c) => serde_json::to_value(c),
+            Algorithm::AdaMomentum(c) => serde_json::to_value(c),
+            Algorithm::AdEMAMix(c) => serde_json::to_value(c),
+            Algorithm::Mars(c) => serde_json::to_value(c),
+        };
+        v.expect("configs serialise")
+    }
+
+    /// The default learning rate and weight decay of this configuration.
+    pub fn lr_wd(&self) -> (f64, f64) {
+        match self {
+            Algorithm::Sgd(c) => (c.lr, c.weight_decay),
+            Algorithm::SignSgd(c) => (c.lr, c.weight_decay),
+            Algorithm::Signum(c) => (c.lr, c.weight_decay),
+            Algorithm::Lion(c) => (c.lr, c.weight_decay),
+            Algorithm::Ano(c) | Algorithm::Anolog(c) => (c.lr, c.weight_decay),
+            Algorithm::AdamW(c) => (c.lr, c.weight_decay),
+            Algorithm::AdaBound(c) => (c.lr, c.weight_decay),
+            Algorithm::AdaMomentum(c) => (c.lr, c.weight_decay),
+            Algorithm::AdEMAMix(c) => (c.lr, c.weight_decay),
+            Algorithm::Mars(c) => (c.lr, c.weight_decay),
+        }
+    }
+
+    /// Rejects non-finite or out-of-range hyperparameters (ALGORITHMS.md §11.2).
+    pub fn validate(&self) -> Result<()> {
+        let (lr, wd) = self.lr_wd();
+        check_lr_wd(lr, wd)?;
+        match self {
+            Algorithm::Sgd(c) => {
+                check_beta("momentum", c.momentum, 0.0)?;
+                check_finite("dampening", c.dampening)?;
+                if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+                    return Err(Error::Invalid(
+                        "nesterov needs momentum > 0 and dampening = 0".into(),
+                    ));
+                }
+            }
+            Algorithm::SignSgd(_) => {}
+            Algorithm::Signum(c) => check_beta("momentum", c.momentum, 0.0)?,
+            Algorithm::Lion(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+            }
+            Algorithm::Ano(c) | Algorithm::Anolog(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.5)?;
+                check_positive("eps", c.eps)?;
+            }
+            Algorithm::AdamW(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("eps", c.eps)?;
+            }
+            Algorithm::AdaBound(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("eps", c.eps)?;
+                check_positive("final_lr", c.final_lr)?;
+                check_positive("gamma", c.gamma)?;
+                check_positive("lr", c.lr)?;
+            }
+            Algorithm::AdaMomentum(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("eps", c.eps)?;
+            }
+            Algorithm::AdEMAMix(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_beta("beta3", c.beta3, 0.0)?;
+                check_finite("alpha", c.alpha)?;
+                check_positive("eps", c.eps)?;
+                check_nonneg("t_alpha_beta3", c.t_alpha_beta3)?;
+                if let Some(t) = c.t_alpha {
+                    check_nonneg("t_alpha", t)?;
+                }
+                if let Some(t) = c.t_beta3 {
+                    check_nonneg("t_beta3", t)?;
+                }
+            }
+            Algorithm::Mars(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("eps", c.eps)?;
+                check_finite("gamma", c.gamma)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the per-parameter state tensors, with the shader binding each is bound to.
+    pub fn states(&self) -> &'static [(&'static str, u32)] {
+        match self {
+            Algorithm::Sgd(c) if c.momentum != 0.0 => &[("momentum_buffer", 5)],
+            Algorithm::Sgd(_) | Algorithm::SignSgd(_) => &[],
+            Algorithm::Signum(_) | Algorithm::Lion(_) => &[("m", 5)],
+            Algorithm::Ano(_) | Algorithm::Anolog(_) | Algorithm::AdaMomentum(_) => {
+                &[("m", 5), ("v", 6)]
+            }
+            Algorithm::AdamW(c) if c.amsgrad => &[("m", 5), ("v", 6), ("v_max", 7)],
+            Algorithm::AdaBound(c) if c.amsbound => &[("m", 5), ("v", 6), ("v_max", 7)],
+            Algorithm::AdamW(_) | Algorithm::AdaBound(_) => &[("m", 5), ("v", 6)],
+            Algorithm::AdEMAMix(_) => &[("m1", 5), ("m2", 6), ("v", 7)],
+            Algorithm::Mars(c) if c.variant == MarsVariant::Lion => &[("m", 5), ("g_prev", 7)],
+            Algorithm::Mars(_) => &[("m", 5), ("v", 6), ("g_prev", 7)],
+        }
+    }
+
+    /// The update kernel.
+    pub fn kernel(&self) -> KernelSpec {
+        match self {
+            Algorithm::Sgd(c) if c.momentum != 0.0 => ks::SGD_MOMENTUM,
+            Algorithm::Sgd(_) => ks::SGD,
+            Algorithm::SignSgd(_) => ks::SIGNSGD,
+            Algorithm::Signum(_) => ks::SIGNUM,
+            Algorithm::Lion(_) => ks::LION,
+            Algorithm::Ano(_) | Algorithm::Anolog(_) => ks::ANO,
+            Algorithm::AdamW(c) if c.amsgrad => ka::ADAMW_AMSGRAD,
+            Algorithm::AdamW(_) => ka::ADAMW,
+            Algorithm::AdaBound(c) if c.amsbound => ka::AMSBOUND,
+            Algorithm::AdaBound(_) => ka::ADABOUND,
+            Algorithm::AdaMomentum(_) => ka::ADAMOMENTUM,
+            Algorithm::AdEMAMix(_) => ka::ADEMAMIX,
+            Algorithm::Mars(c) if c.variant == MarsVariant::Lion => ka::MARS_LION,
+            Algorithm::Mars(_) => ka::MARS_ADAMW,
+        }
+    }
+
+    /// Whether the update needs a per-tensor norm first (MARS).
+    pub fn needs_norm(&self) -> bool {
+        matches!(self, Algorithm::Mars(_))
+    }
+
+    /// Bytes the fused update must move per parameter (ALGORITHMS.md §3), for bandwidth figures.
+    /// MARS counts its norm pass (8 B) too.
+    pub fn bytes_per_param(&self) -> usize {
+        let states = self.states().len();
+        // read p, g and every state; write p and every state
+        let base = 4 * (3 + 2 * states);
+        if self.needs_norm() {
+            base + 8
+        } else {
+            base
+        }
+    }
+
+    /// The per-group scalars for step `t` (1-based) with the group's `lr`, `wd` and the lr it had
+    /// when the optimizer was built (`base_lr`, used by AdaBound's bounds).
+    pub fn hyper(&self, t: u64, lr: f64, wd: f64, base_lr: f64) -> Hyper {
+        let tf = t as f64;
+        let bc = |b: f64| 1.0 - b.powf(tf);
+        let dwb = f(1.0 - lr * wd);
+        let mut h = Hyper {
+            lr: f(lr),
+            decay: 1.0,
+            ..Hyper::default()
+        };
+        let betas = |h: &mut Hyper, b1: f64, b2: f64| {
+            h.beta1 = f(b1);
+            h.omb1 = f(1.0 - b1);
+            h.beta2 = f(b2);
+            h.omb2 = f(1.0 - b2);
+        };
+        match self {
+            Algorithm::Sgd(c) => {
+                h.beta1 = f(c.momentum);
+                if c.weight_decouple {
+                    h.decay = dwb;
+                } else {
+                    h.c[0] = f(wd);
+                }
+                h.c[1] = f(1.0 - c.dampening);
+                h.c[2] = if t == 1 { 1.0 } else { 0.0 };
+                h.c[3] = if c.nesterov { 1.0 } else { 0.0 };
+            }
+            Algorithm::SignSgd(_) => h.decay = dwb,
+            Algorithm::Signum(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.momentum, 0.0);
+            }
+            Algorithm::Lion(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.beta1, c.beta2);
+            }
+            Algorithm::Ano(c) | Algorithm::Anolog(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.beta1, c.beta2);
+                if let Algorithm::Anolog(_) = self {
+                    let (b1, omb1) = anolog_beta1(t);
+                    h.beta1 = f(b1);
+                    h.omb1 = f(omb1);
+                }
+                h.eps = f(c.eps);
+                h.c[0] = f(bc(c.beta2));
+            }
+            Algorithm::AdamW(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                h.c[0] = f(lr / bc(c.beta1));
+                h.c[1] = f(bc(c.beta2).sqrt());
+            }
+            Algorithm::AdaBound(c) => {
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                if c.weight_decouple {
+                    h.decay = dwb;
+                } else {
+                    h.c[0] = f(wd);
+                }
+                h.c[1] = f(lr * bc(c.beta2).sqrt() / bc(c.beta1));
+                let final_lr = c.final_lr * lr / base_lr;
+                h.c[2] = f(final_lr * (1.0 - 1.0 / (c.gamma * tf + 1.0)));
+                h.c[3] = f(final_lr * (1.0 + 1.0 / (c.gamma * tf)));
+            }
+            Algorithm::AdaMomentum(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                h.c[0] = f(lr / bc(c.beta1));
+                h.c[1] = f(bc(c.beta2).sqrt());
+            }
+            Algorithm::AdEMAMix(c) => {
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                let b3 = ademamix_beta3(t, c.beta1, c.beta3, c.t_beta3.unwrap_or(c.t_alpha_beta3));
+                h.c[0] = f(b3);
+                h.c[1] = f(1.0 - b3);
+                h.c[2] = f(ademamix_alpha(
+                    t,
+                    c.alpha,
+                    c.t_alpha.unwrap_or(c.t_alpha_beta3),
+                ));
+                h.c[3] = f(bc(c.beta1));
+                h.c[4] = f(bc(c.beta2).sqrt());
+                h.c[5] = f(wd);
+            }
+            Algorithm::Mars(c) => {
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                h.c[0] = f(c.gamma * c.beta1 / (1.0 - c.beta1));
+                h.c[1] = f(bc(c.beta1));
+                h.c[2] = f(bc(c.beta2).sqrt());
+                h.c[3] = f(wd);
+            }
+        }
+        h
+    }
+}
+
+macro_rules! from_config {
+    ($($cfg:ident => $variant:ident),*) => {$(
+        impl From<$cfg> for Algorithm {
+            fn from(c: $cfg) -> Self { Algorithm::$variant(c) }
+        }
+    )*};
+}
+from_config!(Sgd => Sgd, SignSgd => SignSgd, Signum => Signum, Lion => Lion, Ano => Ano, AdamW => AdamW,
+             AdaBound => AdaBound, AdaMomentum => AdaMomentum, AdEMAMix => AdEMAMix, Mars => Mars);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anolog_beta1_matches_the_tabulated_values() {
+        // ALGORITHMS.md (4.7.1): t = 1, 2: -0.44270; t = 3: 0.08976; t = 4: 0.27865; t = 5: 0.37867
+        for (t, want) in [
+            (1, -0.44270),
+            (2, -0.44270),
+            (3, 0.08976),
+            (4, 0.27865),
+            (5, 0.37867),
+        ] {
+            assert!((anolog_beta1(t).0 - want).abs() < 1e-5, "t = {t}");
+        }
+    }
+
+    #[test]
+    fn ademamix_beta3_warmup_matches_the_tabulated_values() {
+        // ALGORITHMS.md §8.5 example: T = 100, beta1 = 0.9, beta3 = 0.9999
+        for (t, want) in [
+            (1, 0.99090),
+            (10, 0.99901),
+            (50, 0.99980),
+            (100, 0.9999),
+            (150, 0.9999),
+        ] {
+            let b = ademamix_beta3(t, 0.9, 0.9999, 100.0);
+            assert!((b - want).abs() < 1e-5, "t = {t}: {b}");
+        }
+        assert_eq!(ademamix_alpha(25, 8.0, 100.0), 2.0);
+        assert_eq!(ademamix_alpha(100, 8.0, 100.0), 8.0);
+    }
+
+    #[test]
+    fn from_name_takes_reference_defaults_and_rejects_bad_values() {
+        let a =
+            Algorithm::from_name("adamw", &serde_json::json!({"lr": 0.5, "unknown": 1})).unwrap();
+        assert_eq!(
+            a,
+            Algorithm::AdamW(AdamW {
+                lr: 0.5,
+                ..AdamW::default()
+            })
+        );
+        assert_eq!(AdamW::default().weight_decay, 0.01);
+        assert_eq!(Lion::default().lr, 1e-4);
+        assert!(Algorithm::from_name("lion", &serde_json::json!({"beta1": 1.5})).is_err());
+        assert!(Algorithm::from_name("ano", &serde_json::json!({"beta2": 0.4})).is_err());
+        assert!(Algorithm::from_name("nope", &serde_json::json!({})).is_err());
+        let mars = Algorithm::from_name("mars", &serde_json::json!({"variant": "lion"})).unwrap();
+        assert_eq!(mars.kernel().entry, "mars_lion_step");
+    }
+
+    #[test]
+    fn adamw_first_step_scalars() {
+        let h = Algorithm::AdamW(AdamW::default()).hyper(1, 1e-3, 0.01, 1e-3);
+        assert_eq!(h.decay, (1.0f64 - 1e-5) as f32);
+        assert_eq!(h.c[0], (1e-3f64 / (1.0 - 0.9)) as f32);
+        assert_eq!(h.c[1], ((1.0f64 - 0.999).sqrt()) as f32);
+    }
+}

@@ -1,0 +1,328 @@
+//! Optimizer checkpoints: a [`Snapshot`] of everything a resumed run needs, stored as safetensors.
+//!
+//! Layout: tensor `param/{i}` holds parameter i's values and `state/{i}/{name}` each state tensor
+//! (f32, the parameter's shape); `__metadata__` holds `format`, `optimizer`, `hyper` (JSON),
+//! `step`, `skipped`, `groups` (JSON), `params` (JSON: name, shape, group) and `crc32` of all tensor
+//! bytes in order, so a flipped byte anywhere is caught. Files are written to a temporary file in the
+//! same directory, synced and renamed, so a crash never leaves a half-written checkpoint.
+
+use super::{Algorithm, Core, GroupState, ParamMeta};
+use crate::error::{Error, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FORMAT: &str = "gpuopt-checkpoint-1";
+
+/// Everything needed to resume an optimizer bit-identically.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Replay name of the algorithm.
+    pub algorithm: String,
+    /// Its hyperparameters (JSON, canonical names).
+    pub hyper: serde_json::Value,
+    /// Steps taken.
+    pub step: u64,
+    /// Steps skipped by the non-finite guard.
+    pub skipped: u64,
+    /// Group values (lr may have been changed by a schedule).
+    pub groups: Vec<GroupState>,
+    /// Parameter metadata.
+    pub params: Vec<ParamMeta>,
+    /// Parameter values, per parameter.
+    pub values: Vec<Vec<f32>>,
+    /// State tensors, per parameter, in [`Algorithm::states`] order.
+    pub states: Vec<Vec<Vec<f32>>>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn from_core(
+        core: &Core,
+        values: Vec<Vec<f32>>,
+        states: Vec<Vec<Vec<f32>>>,
+    ) -> Self {
+        Snapshot {
+            algorithm: core.algorithm.name().to_string(),
+            hyper: core.algorithm.hyper_json(),
+            step: core.t,
+            skipped: core.skipped,
+            groups: core.groups.clone(),
+            params: core.params.clone(),
+            values,
+            states,
+        }
+    }
+
+    /// Checks that this snapshot fits `core` (same algorithm, state layout and parameters) and
+    /// returns the algorithm with the snapshot's hyperparameters. Nothing is changed on error.
+    pub(crate) fn check_fits(&self, core: &Core) -> Result<Algorithm> {
+        let mismatch = |reason: String| Error::Checkpoint {
+            path: PathBuf::from("<snapshot>"),
+            reason,
+        };
+        if self.algorithm != core.algorithm.name() {
+            return Err(mismatch(format!(
+                "optimizer is {}, this one is {}",
+                self.algorithm,
+                core.algorithm.name()
+            )));
+        }
+        let algorithm = Algorithm::from_name(&self.algorithm, &self.hyper)?;
+        if algorithm.states() != core.algorithm.states() {
+            return Err(mismatch(
+                "state tensors differ (e.g. amsgrad or variant changed)".into(),
+            ));
+        }
+        if self.params != core.params {
+            return Err(mismatch(
+                "parameters (names, shapes or groups) differ".into(),
+            ));
+        }
+        if self.groups.len() != core.groups.len() {
+            return Err(mismatch(format!(
+                "{} groups, this optimizer has {}",
+                self.groups.len(),
+                core.groups.len()
+            )));
+        }
+        let n_states = algorithm.states().len();
+        for (i, p) in self.params.iter().enumerate() {
+            let ok = self.values.get(i).is_some_and(|v| v.len() == p.len())
+                && self
+                    .states
+                    .get(i)
+                    .is_some_and(|s| s.len() == n_states && s.iter().all(|t| t.len() == p.len()));
+            if !ok {
+                return Err(mismatch(format!(
+                    "tensor sizes of {} do not match its shape",
+                    p.name
+                )));
+            }
+        }
+        Ok(algorithm)
+    }
+
+    /// Applies the host-side part (after [`Snapshot::check_fits`]).
+    pub(crate) fn apply_core(&self, core: &mut Core, algorithm: Algorithm) {
+        core.algorithm = algorithm;
+        core.t = self.step;
+        core.skipped = self.skipped;
+        core.groups = self.groups.clone();
+        core.last_non_finite = false;
+    }
+
+    /// Writes the snapshot to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let names: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
+        let state_names: Vec<&str> = Algorithm::from_name(&self.algorithm, &self.hyper)?
+            .states()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let mut tensors: Vec<(String, &[f32], &[usize])> = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            tensors.push((format!("param/{i}"), &self.values[i], &p.shape));
+            for (k, s) in state_names.iter().enumerate() {
+                tensors.push((format!("state/{i}/{s}"), &self.states[i][k], &p.shape));
+            }
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut crc = crc32fast::Hasher::new();
+        for (_, data, _) in &tensors {
+            crc.update(bytemuck::cast_slice(data));
+        }
+        let groups: Vec<[f64; 3]> = self
+            .groups
+            .iter()
+            .map(|g| [g.lr, g.weight_decay, g.base_lr])
+            .collect();
+        let params: Vec<serde_json::Value> = self
+            .params
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "shape": p.shape, "group": p.group}))
+            .collect();
+        let meta = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("optimizer".to_string(), self.algorithm.clone()),
+            ("hyper".to_string(), self.hyper.to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("skipped".to_string(), self.skipped.to_string()),
+            (
+                "groups".to_string(),
+                serde_json::to_string(&groups).expect("json"),
+            ),
+            (
+                "params".to_string(),
+                serde_json::Value::Array(params).to_string(),
+            ),
+            (
+                "param_names".to_string(),
+                serde_json::to_string(&names).expect("json"),
+            ),
+            ("crc32".to_string(), crc.finalize().to_string()),
+        ]);
+        let views = tensors
+            .iter()
+            .map(|(name, data, shape)| {
+                TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(data))
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e.to_string()))?;
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Reads and verifies a checkpoint.
+    pub fn load(path: &Path) -> Result<Snapshot> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let meta = header
+            .metadata()
+            .clone()
+            .ok_or_else(|| bad(path, "no gpuopt metadata"))?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(path, format!("metadata lacks {k:?}")))
+        };
+        if get("format")? != FORMAT {
+            return Err(bad(
+                path,
+                format!("format {:?}, expected {FORMAT}", get("format")?),
+            ));
+        }
+        let parse_json = |k: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(get(k)?).map_err(|e| bad(path, format!("metadata {k}: {e}")))
+        };
+        let algorithm = get("optimizer")?.clone();
+        let hyper = parse_json("hyper")?;
+        let step: u64 = get("step")?.parse().map_err(|_| bad(path, "bad step"))?;
+        let skipped: u64 = get("skipped")?
+            .parse()
+            .map_err(|_| bad(path, "bad skipped"))?;
+        let groups: Vec<[f64; 3]> = serde_json::from_value(parse_json("groups")?)
+            .map_err(|e| bad(path, format!("groups: {e}")))?;
+        let groups = groups
+            .into_iter()
+            .map(|[lr, weight_decay, base_lr]| GroupState {
+                lr,
+                weight_decay,
+                base_lr,
+            })
+            .collect();
+        #[derive(serde::Deserialize)]
+        struct P {
+            name: String,
+            shape: Vec<usize>,
+            group: usize,
+        }
+        let ps: Vec<P> = serde_json::from_value(parse_json("params")?)
+            .map_err(|e| bad(path, format!("params: {e}")))?;
+        let params: Vec<ParamMeta> = ps
+            .into_iter()
+            .map(|p| ParamMeta {
+                name: p.name,
+                shape: p.shape,
+                group: p.group,
+            })
+            .collect();
+        let algo =
+            Algorithm::from_name(&algorithm, &hyper).map_err(|e| bad(path, e.to_string()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
+        let read = |name: &str, p: &ParamMeta| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| bad(path, format!("{name}: {e}")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != p.shape.as_slice() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{name}: expected f32 {:?}, found {:?} {:?}",
+                        p.shape,
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let mut values = Vec::new();
+        let mut states = Vec::new();
+        let mut named: Vec<(String, Vec<f32>)> = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            let v = read(&format!("param/{i}"), p)?;
+            named.push((format!("param/{i}"), v.clone()));
+            values.push(v);
+            let mut s = Vec::new();
+            for (name, _) in algo.states() {
+                let key = format!("state/{i}/{name}");
+                let v = read(&key, p)?;
+                named.push((key, v.clone()));
+                s.push(v);
+            }
+            states.push(s);
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut crc = crc32fast::Hasher::new();
+        for (_, v) in &named {
+            crc.update(bytemuck::cast_slice(v));
+        }
+        if get("crc32")? != &crc.finalize().to_string() {
+            return Err(bad(path, "checksum mismatch: the file is corrupt"));
+        }
+        Ok(Snapshot {
+            algorithm,
+            hyper,
+            step,
+            skipped,
+            groups,
+            params,
+            values,
+            states,
+        })
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| bad(path, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Writes any file atomically (temporary file + rename), as checkpoints are.
+pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes)
+}

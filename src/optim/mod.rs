@@ -1,0 +1,329 @@
+//! User-facing optimizers: parameter groups, the GPU [`Optimizer`] over flat arenas, the shared
+//! [`Stepper`] interface (also implemented by the CPU reference), and checkpoints.
+//!
+//! ```no_run
+//! use gpuopt::{Context, optim::{AdamW, GroupOptions, OptimizerBuilder, Stepper}};
+//! # fn main() -> gpuopt::Result<()> {
+//! let ctx = Context::new()?;
+//! let mut b = OptimizerBuilder::new(AdamW { lr: 1e-3, ..AdamW::default() });
+//! let no_decay = b.group(GroupOptions { weight_decay: Some(0.0), ..Default::default() })?;
+//! let w = b.param("w", &[0.5; 6], &[2, 3], b.default_group())?;
+//! let bias = b.param("b", &[0.0; 3], &[3], no_decay)?;
+//! let mut opt = b.build(&ctx)?;
+//! opt.write_grad(w, &[0.1; 6])?;
+//! opt.write_grad(bias, &[0.1; 3])?;
+//! opt.step()?;                      // one submit, nothing read back
+//! let w_now = opt.read_param(w)?;   // reads back on request
+//! # Ok(()) }
+//! ```
+
+pub mod algorithm;
+pub mod checkpoint;
+mod gpu;
+
+pub use algorithm::{
+    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd,
+    Signum,
+};
+pub use checkpoint::Snapshot;
+pub use gpu::Optimizer;
+
+use crate::error::{Error, Result};
+use crate::kernels::arena::{Hyper, Hypers, MAX_GROUPS};
+use std::path::Path;
+
+/// A parameter's handle in its optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub usize);
+
+/// A parameter group's handle. Group 0 is the default group (the algorithm's own lr and decay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupId(pub usize);
+
+/// Per-group overrides of the algorithm's learning rate and weight decay.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GroupOptions {
+    /// Learning rate (default: the algorithm's).
+    pub lr: Option<f64>,
+    /// Weight decay (default: the algorithm's), applied in the algorithm's convention.
+    pub weight_decay: Option<f64>,
+}
+
+/// A parameter group's current values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupState {
+    /// Learning rate now.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Learning rate at construction (AdaBound scales `final_lr` by lr / base_lr).
+    pub base_lr: f64,
+}
+
+/// A parameter's name, shape and group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamMeta {
+    /// Unique name (used in checkpoints).
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Its group.
+    pub group: usize,
+}
+
+impl ParamMeta {
+    /// Element count.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the parameter has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Collects the algorithm, groups and initial parameters, then builds a GPU [`Optimizer`] or the CPU
+/// reference ([`crate::reference::CpuOptimizer`]) with identical semantics.
+#[derive(Clone, Debug)]
+pub struct OptimizerBuilder {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) groups: Vec<GroupState>,
+    pub(crate) params: Vec<ParamMeta>,
+    pub(crate) init: Vec<Vec<f32>>,
+    pub(crate) guard: bool,
+}
+
+impl OptimizerBuilder {
+    /// A builder for `algorithm` with one default group.
+    pub fn new(algorithm: impl Into<Algorithm>) -> Self {
+        let algorithm = algorithm.into();
+        let (lr, wd) = algorithm.lr_wd();
+        OptimizerBuilder {
+            algorithm,
+            groups: vec![GroupState {
+                lr,
+                weight_decay: wd,
+                base_lr: lr,
+            }],
+            params: Vec::new(),
+            init: Vec::new(),
+            guard: false,
+        }
+    }
+
+    /// The default group (the algorithm's own lr and weight decay).
+    pub fn default_group(&self) -> GroupId {
+        GroupId(0)
+    }
+
+    /// Adds a parameter group with overrides (at most 16 groups in all).
+    pub fn group(&mut self, opts: GroupOptions) -> Result<GroupId> {
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(Error::Invalid(format!(
+                "at most {MAX_GROUPS} parameter groups"
+            )));
+        }
+        let (lr0, wd0) = self.algorithm.lr_wd();
+        let lr = opts.lr.unwrap_or(lr0);
+        let wd = opts.weight_decay.unwrap_or(wd0);
+        algorithm::check_lr_wd(lr, wd)?;
+        self.groups.push(GroupState {
+            lr,
+            weight_decay: wd,
+            base_lr: lr,
+        });
+        Ok(GroupId(self.groups.len() - 1))
+    }
+
+    /// Adds a parameter with its initial values (row-major `data` of `shape`).
+    pub fn param(
+        &mut self,
+        name: &str,
+        data: &[f32],
+        shape: &[usize],
+        group: GroupId,
+    ) -> Result<ParamId> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::Shape {
+                what: format!("parameter {name}"),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
+        }
+        if group.0 >= self.groups.len() {
+            return Err(Error::Invalid(format!(
+                "parameter {name}: no group {}",
+                group.0
+            )));
+        }
+        if self.params.iter().any(|p| p.name == name) {
+            return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
+        }
+        self.params.push(ParamMeta {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            group: group.0,
+        });
+        self.init.push(data.to_vec());
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    /// Adds a parameter from an ndarray.
+    pub fn param_array(
+        &mut self,
+        name: &str,
+        a: ndarray::ArrayViewD<'_, f32>,
+        group: GroupId,
+    ) -> Result<ParamId> {
+        let data: Vec<f32> = a.iter().copied().collect();
+        self.param(name, &data, a.shape(), group)
+    }
+
+    /// Opt in to the non-finite guard: a step whose gradients hold NaN/Inf leaves parameters and state
+    /// untouched, is not counted, and is reported by [`Stepper::found_non_finite`].
+    pub fn guard_non_finite(&mut self, on: bool) -> &mut Self {
+        self.guard = on;
+        self
+    }
+
+    /// Builds the GPU optimizer.
+    pub fn build(self, ctx: &crate::Context) -> Result<Optimizer> {
+        self.algorithm.validate()?;
+        Optimizer::new(ctx, self)
+    }
+
+    /// Builds the CPU reference with the same semantics.
+    pub fn build_cpu(self) -> Result<crate::reference::CpuOptimizer> {
+        self.algorithm.validate()?;
+        Ok(crate::reference::CpuOptimizer::new(self))
+    }
+}
+
+/// The host-side state every backend shares: algorithm, groups, step count.
+#[derive(Clone, Debug)]
+pub(crate) struct Core {
+    pub algorithm: Algorithm,
+    pub groups: Vec<GroupState>,
+    pub params: Vec<ParamMeta>,
+    pub t: u64,
+    pub skipped: u64,
+    pub guard: bool,
+    pub last_non_finite: bool,
+}
+
+impl Core {
+    pub fn new(b: &OptimizerBuilder) -> Self {
+        Core {
+            algorithm: b.algorithm.clone(),
+            groups: b.groups.clone(),
+            params: b.params.clone(),
+            t: 0,
+            skipped: 0,
+            guard: b.guard,
+            last_non_finite: false,
+        }
+    }
+
+    /// Per-group scalars for step `t`.
+    pub fn hypers(&self, t: u64) -> Hypers {
+        let mut h = Hypers {
+            g: [Hyper::default(); MAX_GROUPS],
+        };
+        for (slot, g) in h.g.iter_mut().zip(&self.groups) {
+            *slot = self.algorithm.hyper(t, g.lr, g.weight_decay, g.base_lr);
+        }
+        h
+    }
+
+    pub fn param(&self, id: ParamId) -> Result<&ParamMeta> {
+        self.params
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
+    }
+
+    pub fn check_len(&self, id: ParamId, len: usize, what: &str) -> Result<&ParamMeta> {
+        let p = self.param(id)?;
+        if p.len() != len {
+            return Err(Error::Shape {
+                what: format!("{what} of {}", p.name),
+                expected: p.shape.clone(),
+                got: vec![len],
+            });
+        }
+        Ok(p)
+    }
+
+    pub fn state_index(&self, name: &str) -> Result<usize> {
+        self.algorithm
+            .states()
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or_else(|| {
+                Error::Invalid(format!("{} has no state {name:?}", self.algorithm.name()))
+            })
+    }
+
+    pub fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        algorithm::check_lr_wd(lr, 0.0)?;
+        let g = self
+            .groups
+            .get_mut(group.0)
+            .ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
+        g.lr = lr;
+        Ok(())
+    }
+
+    pub fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        algorithm::check_lr_wd(0.0, wd)?;
+        let g = self
+            .groups
+            .get_mut(group.0)
+            .ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
+        g.weight_decay = wd;
+        Ok(())
+    }
+}
+
+/// What every optimizer backend (GPU, CPU reference) offers.
+pub trait Stepper {
+    /// One optimizer step over every parameter with the gradients written since the last step.
+    fn step(&mut self) -> Result<()>;
+    /// Writes a parameter's gradient (row-major, its element count).
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()>;
+    /// Overwrites a parameter's values.
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()>;
+    /// Reads a parameter's values (the GPU backend waits for the device).
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>>;
+    /// Reads a state tensor by name (see [`Algorithm::states`]).
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>>;
+    /// Steps taken (skipped steps are not counted).
+    fn step_count(&mut self) -> Result<u64>;
+    /// Whether the last step was skipped for non-finite gradients (always false without the guard).
+    fn found_non_finite(&mut self) -> Result<bool>;
+    /// Steps skipped by the guard so far.
+    fn skipped_steps(&mut self) -> Result<u64>;
+    /// Changes a group's learning rate (takes effect at the next step; nothing is rebuilt).
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()>;
+    /// Changes a group's weight decay.
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()>;
+    /// Everything needed to resume: step count, hyperparameters, groups, parameters and state.
+    fn snapshot(&mut self) -> Result<Snapshot>;
+    /// Restores a snapshot taken from an optimizer of the same algorithm and parameters.
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()>;
+    /// The parameters' metadata.
+    fn params(&self) -> &[ParamMeta];
+
+    /// Saves a checkpoint (safetensors, written to a temporary file and renamed into place).
+    fn save(&mut self, path: &Path) -> Result<()> {
+        self.snapshot()?.save(path)
+    }
+
+    /// Loads a checkpoint written by [`Stepper::save`]; a corrupt or mismatched file is an error and
+    /// leaves the optimizer as it was.
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let s = Snapshot::load(path)?;
+        self.restore(s)
+    }
+}

@@ -1,0 +1,426 @@
+//! GPU-vs-CPU parity: run an optimizer on the GPU and on the CPU reference with the same random
+//! gradients (plus edge values), compare every step, and report the worst error against a tolerance
+//! derived from the arithmetic (see [`tolerance`]).
+
+use crate::error::Result;
+use crate::optim::{
+    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, Lion, Mars, MarsVariant,
+    OptimizerBuilder, Sgd, SignSgd, Signum, Stepper,
+};
+use crate::Context;
+
+/// SplitMix64: a small, well-known generator for test data (not the Philox of the Hutchinson family).
+#[derive(Clone, Debug)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    /// `n` normals times `scale`.
+    pub fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+/// The edge values every parity run injects: zeros, ±tiny (normal f32), ±huge.
+pub const EDGES: [f32; 5] = [0.0, 1e-30, -1e-30, 1e30, -1e30];
+
+/// Every elementwise optimizer, with non-default hyperparameters (and each variant: Nesterov, SGDW,
+/// AMSGrad, AMSBound, decoupled AdaBound, AdEMAMix warm-up, MARS-Lion).
+pub fn test_algorithms() -> Vec<(String, Algorithm)> {
+    let v: Vec<(&str, Algorithm)> = vec![
+        (
+            "sgd",
+            Sgd {
+                lr: 0.05,
+                weight_decay: 0.01,
+                ..Sgd::default()
+            }
+            .into(),
+        ),
+        (
+            "sgd_momentum",
+            Sgd {
+                lr: 0.02,
+                momentum: 0.8,
+                dampening: 0.1,
+                weight_decay: 0.02,
+                ..Sgd::default()
+            }
+            .into(),
+        ),
+        (
+            "sgd_nesterov_w",
+            Sgd {
+                lr: 0.02,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.05,
+                weight_decouple: true,
+                ..Sgd::default()
+            }
+            .into(),
+        ),
+        (
+            "signsgd",
+            SignSgd {
+                lr: 0.003,
+                weight_decay: 0.1,
+            }
+            .into(),
+        ),
+        (
+            "signum",
+            Signum {
+                lr: 0.002,
+                momentum: 0.85,
+                weight_decay: 0.1,
+            }
+            .into(),
+        ),
+        (
+            "lion",
+            Lion {
+                lr: 3e-4,
+                beta1: 0.95,
+                beta2: 0.98,
+                weight_decay: 0.3,
+            }
+            .into(),
+        ),
+        (
+            "ano",
+            Ano {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-6,
+                weight_decay: 0.05,
+            }
+            .into(),
+        ),
+        (
+            "anolog",
+            Algorithm::Anolog(Ano {
+                lr: 1e-3,
+                beta2: 0.97,
+                eps: 1e-7,
+                weight_decay: 0.05,
+                ..Ano::default()
+            }),
+        ),
+        (
+            "adamw",
+            AdamW {
+                lr: 3e-3,
+                beta1: 0.85,
+                beta2: 0.99,
+                eps: 1e-7,
+                weight_decay: 0.05,
+                amsgrad: false,
+            }
+            .into(),
+        ),
+        (
+            "adamw_amsgrad",
+            AdamW {
+                lr: 2e-3,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-6,
+                weight_decay: 0.1,
+                amsgrad: true,
+            }
+            .into(),
+        ),
+        (
+            "adabound",
+            AdaBound {
+                lr: 2e-3,
+                final_lr: 0.05,
+                gamma: 0.01,
+                weight_decay: 1e-3,
+                ..AdaBound::default()
+            }
+            .into(),
+        ),
+        (
+            "amsbound_w",
+            AdaBound {
+                lr: 1e-3,
+                beta1: 0.8,
+                final_lr: 0.2,
+                amsbound: true,
+                weight_decouple: true,
+                weight_decay: 0.01,
+                ..AdaBound::default()
+            }
+            .into(),
+        ),
+        (
+            "adamomentum",
+            AdaMomentum {
+                lr: 2e-3,
+                beta1: 0.8,
+                beta2: 0.99,
+                eps: 1e-7,
+                weight_decay: 0.02,
+            }
+            .into(),
+        ),
+        (
+            "ademamix",
+            AdEMAMix {
+                lr: 2e-3,
+                alpha: 5.0,
+                beta3: 0.999,
+                weight_decay: 0.1,
+                t_alpha_beta3: 8.0,
+                ..AdEMAMix::default()
+            }
+            .into(),
+        ),
+        (
+            "mars",
+            Mars {
+                lr: 2e-3,
+                gamma: 0.05,
+                weight_decay: 0.05,
+                ..Mars::default()
+            }
+            .into(),
+        ),
+        (
+            "mars_lion",
+            Mars {
+                lr: 2e-4,
+                beta1: 0.9,
+                gamma: 0.02,
+                weight_decay: 0.1,
+                variant: MarsVariant::Lion,
+                ..Mars::default()
+            }
+            .into(),
+        ),
+    ];
+    v.into_iter().map(|(n, a)| (n.to_string(), a)).collect()
+}
+
+/// Whether the update applies `sign` (so a coordinate may legitimately flip where its argument is
+/// within rounding of 0, ALGORITHMS.md §2.8).
+pub fn sign_based(a: &Algorithm) -> bool {
+    matches!(
+        a,
+        Algorithm::SignSgd(_)
+            | Algorithm::Signum(_)
+            | Algorithm::Lion(_)
+            | Algorithm::Ano(_)
+            | Algorithm::Anolog(_)
+    ) || matches!(a, Algorithm::Mars(m) if m.variant == MarsVariant::Lion)
+}
+
+/// The tolerance for one element after `t` steps.
+///
+/// Each elementwise update is at most ~16 f32 operations, each within 2.5 ulp in WGSL (division and
+/// sqrt are not correctly rounded; FMA contraction may differ), so one step changes p by its update
+/// Δ with a relative error ≤ 16·2.5·ε ≈ 40ε, and rounds p itself (1 ulp). Errors in the moment
+/// estimates are damped by β < 1, so over t steps the difference grows at most linearly:
+/// `tol = 40·ε·t·(|p| + max|Δ|)`, with max|Δ| the largest per-step change of that tensor on the CPU.
+pub fn tolerance(t: usize, p: f32, max_step: f32) -> f32 {
+    40.0 * f32::EPSILON * t as f32 * (p.abs() + max_step)
+}
+
+/// One comparison result.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Test-case name.
+    pub name: String,
+    /// Tensor size.
+    pub size: usize,
+    /// Steps compared.
+    pub steps: usize,
+    /// Largest |gpu − cpu| over all steps (finite elements).
+    pub max_abs: f32,
+    /// Largest |gpu − cpu| / |cpu| over elements with |cpu| > 0.
+    pub max_rel: f32,
+    /// Largest error / tolerance.
+    pub worst: f32,
+    /// Elements over tolerance (sign-based optimizers may have a few, see [`sign_based`]).
+    pub mismatches: usize,
+    /// How many are allowed.
+    pub budget: usize,
+    /// Verdict.
+    pub pass: bool,
+}
+
+/// Accumulates one tensor's comparison over steps.
+#[derive(Clone, Debug)]
+struct Tracker {
+    report: Report,
+    prev: Vec<f32>,
+    max_step: f32,
+    flip: f32,
+    over: Vec<bool>,
+}
+
+impl Tracker {
+    fn new(name: &str, init: &[f32], flip: f32, sign: bool) -> Self {
+        let n = init.len();
+        Tracker {
+            report: Report {
+                name: name.to_string(),
+                size: n,
+                steps: 0,
+                max_abs: 0.0,
+                max_rel: 0.0,
+                worst: 0.0,
+                mismatches: 0,
+                // Sign flips where the argument of sign is within rounding of 0: at most 1 in 1000.
+                budget: if sign { n.div_ceil(1000) } else { 0 },
+                pass: true,
+            },
+            prev: init.to_vec(),
+            max_step: 0.0,
+            flip,
+            over: vec![false; n],
+        }
+    }
+
+    fn check(&mut self, gpu: &[f32], cpu: &[f32]) {
+        let r = &mut self.report;
+        r.steps += 1;
+        for (&a, &b) in cpu.iter().zip(&self.prev) {
+            // The largest update, ignoring elements whose value over- or underflowed.
+            if a.is_finite() && b.is_finite() && (a - b).abs() < 1e20 {
+                self.max_step = self.max_step.max((a - b).abs());
+            }
+        }
+        for (i, (&x, &y)) in gpu.iter().zip(cpu).enumerate() {
+            let ok = if !y.is_finite() || !x.is_finite() {
+                // Overflow (g² beyond f32) must overflow alike on both sides.
+                x.is_finite() == y.is_finite()
+            } else {
+                let err = (x - y).abs();
+                let tol = tolerance(r.steps, y, self.max_step);
+                r.max_abs = r.max_abs.max(err);
+                if y != 0.0 {
+                    r.max_rel = r.max_rel.max(err / y.abs());
+                }
+                if err <= tol {
+                    r.worst = r.worst.max(if tol > 0.0 { err / tol } else { 0.0 });
+                    true
+                } else {
+                    // A sign flip moves p by at most 2·lr per step for the remaining steps.
+                    r.budget > 0 && err <= self.flip * r.steps as f32 + tol
+                }
+            };
+            if !ok {
+                r.worst = f32::INFINITY;
+            }
+            if !ok || (r.budget > 0 && (x - y).abs() > tolerance(r.steps, y, self.max_step)) {
+                self.over[i] = true;
+            }
+        }
+        r.mismatches = self.over.iter().filter(|&&o| o).count();
+        r.pass = r.worst.is_finite() && r.mismatches <= r.budget;
+        self.prev = cpu.to_vec();
+    }
+}
+
+/// Deterministic test data: a parameter of `n` elements with edge values at every 89th element.
+pub fn init_param(rng: &mut TestRng, n: usize, edges: bool) -> Vec<f32> {
+    let mut p = rng.normals(n, 0.5);
+    if edges {
+        for (k, i) in (5..n).step_by(89).enumerate() {
+            p[i] = EDGES[k % EDGES.len()];
+        }
+    }
+    p
+}
+
+/// Deterministic gradients for `step`: normals of a per-tensor scale, edge values at every 97th.
+pub fn grad(rng: &mut TestRng, n: usize, step: usize, edges: bool) -> Vec<f32> {
+    let scale = [1.0, 1e-3, 0.1, 3.0][step % 4];
+    let mut g = rng.normals(n, scale);
+    if edges {
+        for (k, i) in (3..n).step_by(97).enumerate() {
+            g[i] = EDGES[(k + step) % EDGES.len()];
+        }
+    }
+    g
+}
+
+/// Runs `algorithm` for `steps` steps over tensors of the given sizes (all in one arena, the odd ones
+/// in a second group with other lr / decay) on the GPU and the CPU, comparing every step.
+pub fn run(
+    ctx: &Context,
+    name: &str,
+    algorithm: &Algorithm,
+    sizes: &[usize],
+    steps: usize,
+    seed: u64,
+    edges: bool,
+) -> Result<Vec<Report>> {
+    let mut rng = TestRng::new(seed);
+    let mut b = OptimizerBuilder::new(algorithm.clone());
+    let (lr, wd) = algorithm.lr_wd();
+    let other = b.group(GroupOptions {
+        lr: Some(lr * 0.5),
+        weight_decay: Some(wd * 2.0),
+    })?;
+    let mut ids = Vec::new();
+    let mut inits = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        let init = init_param(&mut rng, n, edges);
+        let group = if k % 2 == 1 { other } else { b.default_group() };
+        ids.push(b.param(&format!("t{k}_{n}"), &init, &[n], group)?);
+        inits.push(init);
+    }
+    let mut gpu = b.clone().build(ctx)?;
+    let mut cpu = b.build_cpu()?;
+    let flip = 2.0 * lr as f32 * (1.0 + wd as f32);
+    let sign = sign_based(algorithm);
+    let mut trackers: Vec<Tracker> = inits
+        .iter()
+        .map(|i| Tracker::new(name, i, flip, sign))
+        .collect();
+    for s in 0..steps {
+        for (&id, &n) in ids.iter().zip(sizes) {
+            let g = grad(&mut rng, n, s, edges);
+            gpu.write_grad(id, &g)?;
+            cpu.write_grad(id, &g)?;
+        }
+        gpu.step()?;
+        cpu.step()?;
+        for (tr, &id) in trackers.iter_mut().zip(&ids) {
+            let x = gpu.read_param(id)?;
+            let y = cpu.read_param(id)?;
+            tr.check(&x, &y);
+        }
+    }
+    Ok(trackers.into_iter().map(|t| t.report).collect())
+}
