@@ -28,12 +28,7 @@ fn adam_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, v: vec4<f32>) -> vec4<f32> 
     return h.decay * p0 - h.c1 * (m / denom);
 }
 
-@compute @workgroup_size(256)
-fn adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn adamw_elem(h: Hyper, i: u32) {
     let gi = g[i];
     let m = lerp_small(s0[i], gi, h.omb1);
     let v = h.beta2 * s1[i] + h.omb2 * (gi * gi);
@@ -42,13 +37,18 @@ fn adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     p[i] = adam_param(h, p[i], m, v);
 }
 
-// (8.2.1-8.2.3): s2 = running max of the raw v.
 @compute @workgroup_size(256)
-fn adamw_amsgrad_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        adamw_elem(h, i);
+    }
+}
+
+// (8.2.1-8.2.3): s2 = running max of the raw v.
+fn adamw_amsgrad_elem(h: Hyper, i: u32) {
     let gi = g[i];
     let m = lerp_small(s0[i], gi, h.omb1);
     let v = h.beta2 * s1[i] + h.omb2 * (gi * gi);
@@ -59,6 +59,16 @@ fn adamw_amsgrad_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     p[i] = adam_param(h, p[i], m, vmax);
 }
 
+@compute @workgroup_size(256)
+fn adamw_amsgrad_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        adamw_amsgrad_elem(h, i);
+    }
+}
+
 // (8.3.1-8.3.8): eta = clamp(step / denom, lower, upper); p <- p - eta*m.
 fn adabound_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, vroot: vec4<f32>) -> vec4<f32> {
     let denom = vroot + h.eps;
@@ -66,12 +76,7 @@ fn adabound_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, vroot: vec4<f32>) -> ve
     return h.decay * p0 - eta * m;
 }
 
-@compute @workgroup_size(256)
-fn adabound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn adabound_elem(h: Hyper, i: u32) {
     let p0 = p[i];
     let gi = g[i] + h.c1 * p0;
     let m = h.beta1 * s0[i] + h.omb1 * gi;
@@ -82,11 +87,16 @@ fn adabound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 }
 
 @compute @workgroup_size(256)
-fn amsbound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn adabound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        adabound_elem(h, i);
+    }
+}
+
+fn amsbound_elem(h: Hyper, i: u32) {
     let p0 = p[i];
     let gi = g[i] + h.c1 * p0;
     let m = h.beta1 * s0[i] + h.omb1 * gi;
@@ -98,13 +108,18 @@ fn amsbound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     p[i] = adabound_param(h, p0, m, sqrt(vmax));
 }
 
-// (8.4.1-8.4.5): v tracks m^2 and eps is added to the stored v every step.
 @compute @workgroup_size(256)
-fn adamomentum_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn amsbound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        amsbound_elem(h, i);
+    }
+}
+
+// (8.4.1-8.4.5): v tracks m^2 and eps is added to the stored v every step.
+fn adamomentum_elem(h: Hyper, i: u32) {
     let m = h.beta1 * s0[i] + h.omb1 * g[i];
     let v = (h.beta2 * s1[i] + h.omb2 * (m * m)) + h.eps;
     s0[i] = m;
@@ -113,13 +128,18 @@ fn adamomentum_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     p[i] = h.decay * p[i] - h.c1 * (m / denom);
 }
 
-// (8.5.4-8.5.7): s0 = m1 (fast), s1 = m2 (slow, not bias-corrected), s2 = v.
 @compute @workgroup_size(256)
-fn ademamix_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let h = hp.g[block_group(wid, nwg)];
+fn adamomentum_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        adamomentum_elem(h, i);
+    }
+}
+
+// (8.5.4-8.5.7): s0 = m1 (fast), s1 = m2 (slow, not bias-corrected), s2 = v.
+fn ademamix_elem(h: Hyper, i: u32) {
     let gi = g[i];
     let m1 = h.beta1 * s0[i] + h.omb1 * gi;
     let m2 = h.c1 * s1[i] + h.c2 * gi;
@@ -131,6 +151,16 @@ fn ademamix_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let u = (m1 / h.c4 + h.c3 * m2) / denom;
     let p0 = p[i];
     p[i] = p0 - h.lr * (u + h.c6 * p0);
+}
+
+@compute @workgroup_size(256)
+fn ademamix_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        ademamix_elem(h, i);
+    }
 }
 
 // (8.6.2-8.6.3): the variance-reduced gradient, clipped to unit norm per tensor.
@@ -145,14 +175,8 @@ fn mars_c(h: Hyper, i: u32, tensor: u32) -> vec4<f32> {
 }
 
 // MARS-AdamW (8.6.4-8.6.6): s0 = m, s1 = v, s2 = previous gradient.
-@compute @workgroup_size(256)
-fn mars_adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let b = blocks[block_index(wid, nwg)];
-    let h = hp.g[b.group];
-    let c = mars_c(h, i, b.tensor);
+fn mars_adamw_elem(h: Hyper, i: u32, tensor: u32) {
+    let c = mars_c(h, i, tensor);
     let m = h.beta1 * s0[i] + h.omb1 * c;
     let v = h.beta2 * s1[i] + h.omb2 * (c * c);
     s0[i] = m;
@@ -164,18 +188,32 @@ fn mars_adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     p[i] = p0 - h.lr * (h.c4 * p0 + u);
 }
 
-// MARS-Lion (8.6.7): s0 = m, s2 = previous gradient.
 @compute @workgroup_size(256)
-fn mars_lion_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let i = arena_slot(wid, nwg, lid);
-    if (i == 0xffffffffu) { return; }
-    let b = blocks[block_index(wid, nwg)];
+fn mars_adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
     let h = hp.g[b.group];
-    let c = mars_c(h, i, b.tensor);
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        mars_adamw_elem(h, i, b.tensor);
+    }
+}
+
+// MARS-Lion (8.6.7): s0 = m, s2 = previous gradient.
+fn mars_lion_elem(h: Hyper, i: u32, tensor: u32) {
+    let c = mars_c(h, i, tensor);
     let m = h.beta1 * s0[i] + h.omb1 * c;
     s0[i] = m;
     s2[i] = g[i];
     let p0 = p[i];
     p[i] = p0 - h.lr * (h.c4 * p0 + sign(m));
+}
+
+@compute @workgroup_size(256)
+fn mars_lion_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
+        mars_lion_elem(h, i, b.tensor);
+    }
 }

@@ -42,21 +42,20 @@ fn mars_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let bi = block_index(wid, nwg);
     if (bi >= arrayLength(&blocks)) { return; }
     let b = blocks[bi];
-    var c = vec4<f32>(0.0);
-    if (lid < b.len) {
-        let i = b.start + lid;
+    let k = hp.g[b.group].c1;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
         let gi = g[i];
-        c = (gi - gprev[i]) * hp.g[b.group].c1 + gi;
+        let c = (gi - gprev[i]) * k + gi;
+        let a = abs(c);
+        let s = max(max(a.x, a.y), max(a.z, a.w));
+        if (s > 0.0) {
+            let cs = c / s;
+            acc = merge(acc, vec2<f32>(s, dot(cs, cs)));
+        }
     }
-    let a = abs(c);
-    let s = max(max(a.x, a.y), max(a.z, a.w));
-    var q = 0.0;
-    if (s > 0.0) {
-        let cs = c / s;
-        q = dot(cs, cs);
-    }
-    red_scale[lid] = s;
-    red_sum[lid] = q;
+    red_scale[lid] = acc.x;
+    red_sum[lid] = acc.y;
     workgroupBarrier();
     tree_merge(lid);
     if (lid == 0u) {

@@ -1,15 +1,324 @@
-//! bench placeholder
-/// r
-#[derive(serde::Serialize)]
-pub struct Record {}
-/// run
-pub fn run(
-    _c: &crate::Context,
-    _s: Option<&str>,
-    _q: bool,
-    _p: bool,
-) -> crate::Result<Vec<Record>> {
-    Ok(vec![])
+//! Benchmark suites behind `gpuopt bench` and the criterion benches. Every figure is reported beside a
+//! limit measured in the same run: elementwise updates as effective bandwidth (the bytes the update
+//! must move, ALGORITHMS.md §3, over its time) against gpuopt's vec4 copy kernel moving the same bytes;
+//! the multi-tensor arena against one flat tensor of the same total size.
+
+use crate::error::{Error, Result};
+use crate::gpu::{BoundKernel, Context, Timing, WORKGROUP_SIZE};
+use crate::kernels::COPY_VEC4;
+use crate::optim::{Algorithm, Optimizer, OptimizerBuilder, Stepper};
+use crate::parity::TestRng;
+use serde::Serialize;
+
+/// One benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// Suite name.
+    pub suite: String,
+    /// Kernel (an optimizer's replay name, `multi_tensor_<name>`, ...).
+    pub kernel: String,
+    /// Problem shape (elements; for multi-tensor records the total).
+    pub shape: Vec<usize>,
+    /// Median seconds per step.
+    pub median_s: f64,
+    /// Effective bandwidth in GB/s (memory-bound kernels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
+    /// Arithmetic throughput in GFLOP/s (compute-bound kernels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// What it is compared with, measured in the same run.
+    pub baseline: String,
+    /// The baseline's median seconds.
+    pub baseline_median_s: f64,
+    /// This kernel's throughput over the baseline's (higher is better; 1.0 = at the limit).
+    pub ratio: f64,
+    /// Tensors in the step (multi-tensor records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<usize>,
+    /// Adapter the figures came from.
+    pub adapter: String,
+    /// "timestamps" or "wall-clock".
+    pub timing: String,
 }
-/// print
-pub fn print_table(_c: &crate::Context, _r: &[Record]) {}
+
+/// The suites `gpuopt bench` knows.
+pub const SUITES: &[&str] = &["elementwise"];
+
+/// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline.
+pub struct CopyKernel {
+    bound: BoundKernel,
+    workgroups: u32,
+    _buffers: (wgpu::Buffer, wgpu::Buffer),
+}
+
+impl CopyKernel {
+    /// Allocates source and destination of `n` f32 each.
+    pub fn new(ctx: &Context, n: usize) -> Result<Self> {
+        let vec4s = n.div_ceil(4).max(1);
+        let src = ctx.storage_buffer("copy source", 16 * vec4s as u64)?;
+        let dst = ctx.storage_buffer("copy destination", 16 * vec4s as u64)?;
+        let bound = ctx.bind(&COPY_VEC4, &[&src, &dst])?;
+        Ok(CopyKernel {
+            bound,
+            workgroups: (vec4s as u32).div_ceil(WORKGROUP_SIZE),
+            _buffers: (src, dst),
+        })
+    }
+
+    /// Records one copy.
+    pub fn record(&self, ctx: &Context, enc: &mut wgpu::CommandEncoder) {
+        self.bound.record(ctx, enc, self.workgroups);
+    }
+}
+
+/// The parameter shapes of GPT-2 small (124M parameters, 148 tensors) at width `d` and vocabulary
+/// `vocab` (768 and 50257 for the real model).
+pub fn gpt2_shapes(d: usize, vocab: usize) -> Vec<Vec<usize>> {
+    let mut s = vec![vec![vocab, d], vec![1024, d]];
+    for _ in 0..12 {
+        s.extend([
+            vec![d],
+            vec![d],
+            vec![d, 3 * d],
+            vec![3 * d],
+            vec![d, d],
+            vec![d],
+            vec![d],
+            vec![d],
+            vec![d, 4 * d],
+            vec![4 * d],
+            vec![4 * d, d],
+            vec![d],
+        ]);
+    }
+    s.extend([vec![d], vec![d]]);
+    s
+}
+
+/// An optimizer over tensors of `shapes` with random parameters and gradients, uniform written for
+/// step 1 (so `record_update` can be timed on its own).
+pub fn optimizer_with_grads(
+    ctx: &Context,
+    algorithm: &Algorithm,
+    shapes: &[Vec<usize>],
+) -> Result<Optimizer> {
+    let mut rng = TestRng::new(7);
+    let mut b = OptimizerBuilder::new(algorithm.clone());
+    let mut ids = Vec::new();
+    for (i, s) in shapes.iter().enumerate() {
+        let n: usize = s.iter().product();
+        ids.push(b.param(&format!("p{i}"), &rng.normals(n, 0.1), s, b.default_group())?);
+    }
+    let mut opt = b.build(ctx)?;
+    for (id, s) in ids.into_iter().zip(shapes) {
+        let n: usize = s.iter().product();
+        opt.write_grad(id, &rng.normals(n, 0.01))?;
+    }
+    opt.write_hyper(1);
+    Ok(opt)
+}
+
+/// Times one optimizer update (no guard) per repetition.
+pub fn time_update(ctx: &Context, opt: &Optimizer, reps: usize, batches: usize) -> Result<Timing> {
+    ctx.time(reps, batches, |enc| {
+        opt.record_update(enc);
+    })
+}
+
+/// Splits `total` elements into the fewest equal tensors that each fit one storage binding.
+pub fn flat_shapes(ctx: &Context, total: usize) -> Vec<Vec<usize>> {
+    let max = (ctx.max_binding_bytes() / 4) as usize / 64 * 64;
+    let parts = total.div_ceil(max).max(1);
+    let each = total.div_ceil(parts);
+    let mut v = vec![vec![each]; parts - 1];
+    v.push(vec![total - each * (parts - 1)]);
+    v
+}
+
+fn progress(n: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(n);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Runs the suites (`None` = all); `quick` uses fewer repetitions and smaller sizes.
+pub fn run(
+    ctx: &Context,
+    suite: Option<&str>,
+    quick: bool,
+    show_progress: bool,
+) -> Result<Vec<Record>> {
+    match suite {
+        None | Some("elementwise") => elementwise(ctx, quick, show_progress),
+        Some(other) => Err(Error::Invalid(format!(
+            "unknown suite {other:?} (known: {})",
+            SUITES.join(", ")
+        ))),
+    }
+}
+
+/// The elementwise suite: every fused update beside the copy kernel, the multi-tensor arena beside
+/// one flat tensor, and the CPU reference for contrast.
+pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
+    let adapter = ctx.info().name.clone();
+    let sizes: &[usize] = if quick {
+        &[1 << 20]
+    } else {
+        &[1 << 20, 1 << 24]
+    };
+    let batches = if quick { 3 } else { 7 };
+    let reps_for = |n: usize| match (quick, n >= 1 << 24) {
+        (true, _) => 3,
+        (false, true) => 5,
+        (false, false) => 20,
+    };
+    let algorithms: Vec<Algorithm> = crate::optim::algorithm::NAMES
+        .iter()
+        .map(|n| Algorithm::from_name(n, &serde_json::json!({})))
+        .collect::<Result<_>>()?;
+    let multi = ["adamw", "lion"];
+    let pb = progress(
+        (algorithms.len() * sizes.len() + multi.len() + 1) as u64,
+        show_progress,
+    );
+    let mut out = Vec::new();
+    for &n in sizes {
+        for alg in &algorithms {
+            pb.set_message(format!("{} n={n}", alg.name()));
+            let bytes = alg.bytes_per_param() * n;
+            let reps = reps_for(n);
+            let copy = CopyKernel::new(ctx, bytes / 8)?;
+            let base = ctx.time(reps, batches, |enc| copy.record(ctx, enc))?;
+            let opt = optimizer_with_grads(ctx, alg, &[vec![n]])?;
+            let t = time_update(ctx, &opt, reps, batches)?;
+            drop(opt);
+            out.push(Record {
+                suite: "elementwise".into(),
+                kernel: alg.name().into(),
+                shape: vec![n],
+                median_s: t.median_s,
+                gbps: Some(bytes as f64 / t.median_s / 1e9),
+                gflops: None,
+                baseline: "copy".into(),
+                baseline_median_s: base.median_s,
+                ratio: base.median_s / t.median_s,
+                tensors: None,
+                adapter: adapter.clone(),
+                timing: t.method.into(),
+            });
+            pb.inc(1);
+        }
+    }
+    // Many tensors, one dispatch: GPT-2-small shapes against one flat tensor of the same size.
+    let shapes = if quick {
+        gpt2_shapes(192, 50257 / 4)
+    } else {
+        gpt2_shapes(768, 50257)
+    };
+    let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    for name in multi {
+        pb.set_message(format!("multi_tensor_{name} ({} tensors)", shapes.len()));
+        let alg = Algorithm::from_name(name, &serde_json::json!({}))?;
+        let reps = if quick { 2 } else { 3 };
+        let flat_opt = optimizer_with_grads(ctx, &alg, &flat_shapes(ctx, total))?;
+        let flat = time_update(ctx, &flat_opt, reps, batches.min(5))?;
+        drop(flat_opt);
+        let opt = optimizer_with_grads(ctx, &alg, &shapes)?;
+        let t = time_update(ctx, &opt, reps, batches.min(5))?;
+        drop(opt);
+        out.push(Record {
+            suite: "elementwise".into(),
+            kernel: format!("multi_tensor_{name}"),
+            shape: vec![total],
+            median_s: t.median_s,
+            gbps: Some((alg.bytes_per_param() * total) as f64 / t.median_s / 1e9),
+            gflops: None,
+            baseline: format!("flat_{name}"),
+            baseline_median_s: flat.median_s,
+            ratio: flat.median_s / t.median_s,
+            tensors: Some(shapes.len()),
+            adapter: adapter.clone(),
+            timing: t.method.into(),
+        });
+        pb.inc(1);
+    }
+    // The CPU reference for contrast (same AdamW step, one thread).
+    pb.set_message("cpu reference adamw");
+    let n = 1 << 20;
+    let alg = Algorithm::from_name("adamw", &serde_json::json!({}))?;
+    let gpu = optimizer_with_grads(ctx, &alg, &[vec![n]])?;
+    let g = time_update(ctx, &gpu, reps_for(n), batches)?;
+    let mut b = OptimizerBuilder::new(alg.clone());
+    let id = b.param("p", &vec![0.5; n], &[n], b.default_group())?;
+    let mut cpu = b.build_cpu()?;
+    cpu.write_grad(id, &vec![0.01; n])?;
+    let mut times = Vec::new();
+    for _ in 0..batches {
+        let start = std::time::Instant::now();
+        cpu.step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let c = times[times.len() / 2];
+    out.push(Record {
+        suite: "elementwise".into(),
+        kernel: "cpu_reference_adamw".into(),
+        shape: vec![n],
+        median_s: c,
+        gbps: Some((alg.bytes_per_param() * n) as f64 / c / 1e9),
+        gflops: None,
+        baseline: "adamw".into(),
+        baseline_median_s: g.median_s,
+        ratio: g.median_s / c,
+        tensors: None,
+        adapter: "CPU (one thread)".into(),
+        timing: "wall-clock".into(),
+    });
+    pb.inc(1);
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// Prints records as a table.
+pub fn print_table(ctx: &Context, records: &[Record]) {
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        ctx.info().name,
+        ctx.info().backend,
+        ctx.info().device_type
+    );
+    println!(
+        "{:<12} {:<24} {:>12} {:>11} {:>10} {:<16} {:>11} {:>7}  timing",
+        "suite", "kernel", "elements", "median", "GB/s", "baseline", "base median", "ratio"
+    );
+    for r in records {
+        let thr = match (r.gbps, r.gflops) {
+            (Some(g), _) => format!("{g:.2}"),
+            (_, Some(f)) => format!("{f:.1} GF"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<12} {:<24} {:>12} {:>9.3}ms {:>10} {:<16} {:>9.3}ms {:>7.3}  {}",
+            r.suite,
+            r.kernel,
+            r.shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("x"),
+            r.median_s * 1e3,
+            thr,
+            r.baseline,
+            r.baseline_median_s * 1e3,
+            r.ratio,
+            r.timing
+        );
+    }
+}

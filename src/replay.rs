@@ -1,4 +1,149 @@
-//! `gpuopt replay`: placeholder
-pub fn run_case(_d: &std::path::Path, _c: Option<&crate::Context>) -> crate::Result<()> {
-    Ok(())
+//! `gpuopt replay CASE_DIR`: run an optimizer over recorded gradients so its trajectory can be held
+//! against PyTorch's or optax's.
+//!
+//! `CASE_DIR/case.json` is `{"optimizer": NAME, "steps": T, "hyper": {...}}` (unknown keys ignored;
+//! omitted hyperparameters take the reference defaults of ALGORITHMS.md §11.2). `CASE_DIR/inputs.npz`
+//! holds `param` (f32, 1-D or 2-D, shape S) and `grads` (f32, [T, *S]). The result,
+//! `CASE_DIR/outputs.npz`, holds `param` (after the last step) and `trajectory` ([T, *S], the
+//! parameter after each step). A bad case is an error and writes no `outputs.npz` (a stale one is
+//! removed first, so a failed run never leaves an old result looking current).
+
+use crate::error::{Error, Result};
+use crate::optim::{Algorithm, OptimizerBuilder, Stepper};
+use crate::Context;
+use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter};
+use std::path::Path;
+
+/// A parsed replay case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The optimizer with its hyperparameters.
+    pub algorithm: Algorithm,
+    /// Steps to run.
+    pub steps: usize,
+    /// Initial parameter.
+    pub param: ArrayD<f32>,
+    /// Gradients, [T, *S].
+    pub grads: ArrayD<f32>,
+}
+
+fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: {msg}", path.display()))
+}
+
+/// Reads and validates `case.json` and `inputs.npz`.
+pub fn load_case(dir: &Path) -> Result<Case> {
+    let case_path = dir.join("case.json");
+    let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        if text.contains("NaN") || text.contains("Infinity") {
+            invalid(
+                &case_path,
+                "hyperparameters must be finite numbers (found NaN or Infinity)",
+            )
+        } else {
+            invalid(&case_path, format!("not valid JSON: {e}"))
+        }
+    })?;
+    let name = json
+        .get("optimizer")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| invalid(&case_path, "missing string field \"optimizer\""))?;
+    let hyper = json.get("hyper").cloned().unwrap_or(serde_json::json!({}));
+    if !hyper.is_object() {
+        return Err(invalid(&case_path, "\"hyper\" must be an object"));
+    }
+    let algorithm = Algorithm::from_name(name, &hyper).map_err(|e| invalid(&case_path, e))?;
+
+    let npz_path = dir.join("inputs.npz");
+    let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
+    let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
+    let param: ArrayD<f32> = npz
+        .by_name("param")
+        .map_err(|e| invalid(&npz_path, format!("array \"param\" (float32): {e}")))?;
+    let grads: ArrayD<f32> = npz
+        .by_name("grads")
+        .map_err(|e| invalid(&npz_path, format!("array \"grads\" (float32): {e}")))?;
+    if !(1..=2).contains(&param.ndim()) {
+        return Err(invalid(
+            &npz_path,
+            format!("param must be 1-D or 2-D, got shape {:?}", param.shape()),
+        ));
+    }
+    if grads.ndim() != param.ndim() + 1 || grads.shape()[1..] != *param.shape() {
+        return Err(Error::Shape {
+            what: format!("{}: grads (expected [T, *param.shape])", npz_path.display()),
+            expected: std::iter::once(grads.shape().first().copied().unwrap_or(0))
+                .chain(param.shape().iter().copied())
+                .collect(),
+            got: grads.shape().to_vec(),
+        });
+    }
+    let available = grads.shape()[0];
+    let steps = match json.get("steps") {
+        None => available,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(&case_path, "\"steps\" must be a non-negative integer"))?
+            as usize,
+    };
+    if steps > available {
+        return Err(invalid(
+            &npz_path,
+            format!("case asks for {steps} steps but grads holds {available}"),
+        ));
+    }
+    Ok(Case {
+        algorithm,
+        steps,
+        param,
+        grads,
+    })
+}
+
+/// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
+pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
+    let mut b = OptimizerBuilder::new(case.algorithm.clone());
+    let data: Vec<f32> = case.param.iter().copied().collect();
+    let id = b.param("param", &data, case.param.shape(), b.default_group())?;
+    let mut opt: Box<dyn Stepper> = match ctx {
+        Some(ctx) => Box::new(b.build(ctx)?),
+        None => Box::new(b.build_cpu()?),
+    };
+    let mut shape = vec![case.steps];
+    shape.extend_from_slice(case.param.shape());
+    let mut traj = ArrayD::<f32>::zeros(IxDyn(&shape));
+    for t in 0..case.steps {
+        let g: Vec<f32> = case.grads.index_axis(Axis(0), t).iter().copied().collect();
+        opt.write_grad(id, &g)?;
+        opt.step()?;
+        let p = opt.read_param(id)?;
+        traj.index_axis_mut(Axis(0), t)
+            .iter_mut()
+            .zip(p)
+            .for_each(|(d, s)| *d = s);
+    }
+    Ok(traj)
+}
+
+/// `gpuopt replay`: load, run, and write `outputs.npz` atomically.
+pub fn run_case(dir: &Path, ctx: Option<&Context>) -> Result<()> {
+    let out = dir.join("outputs.npz");
+    if out.exists() {
+        std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
+    }
+    let case = load_case(dir)?;
+    let traj = run(&case, ctx)?;
+    let last = if case.steps == 0 {
+        case.param.clone()
+    } else {
+        traj.index_axis(Axis(0), case.steps - 1).to_owned()
+    };
+    let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
+    w.add_array("param", &last).map_err(|e| invalid(&out, e))?;
+    w.add_array("trajectory", &traj)
+        .map_err(|e| invalid(&out, e))?;
+    let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
+    crate::optim::checkpoint::write_file_atomically(&out, &bytes)
 }

@@ -4,8 +4,9 @@
 // Parameters, gradients and optimizer state live in flat arenas of vec4<f32>. Each tensor starts on a
 // 64-element (256-byte) boundary and its padding is zero, so whole vec4s can be updated: every update
 // rule in gpuopt maps (p = 0, g = 0, state = 0) to 0, so padding stays zero.
-// The arena is cut into blocks of at most BLOCK_VEC4 vec4s that never straddle two tensors; one
-// workgroup updates one block, and the block says which tensor and which parameter group it is in.
+// The arena is cut into blocks of at most 4 * WG_SIZE vec4s that never straddle two tensors; one
+// workgroup updates one block (each invocation up to 4 vec4s, WG_SIZE apart, so reads stay
+// coalesced), and the block says which tensor and which parameter group it is in.
 
 const WG_SIZE: u32 = 256u;
 const MAX_GROUPS: u32 = 16u;
@@ -45,19 +46,12 @@ fn block_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
-// The arena vec4 this invocation updates, or 0xffffffff when it has none (out of range or step skipped).
-fn arena_slot(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+// The workgroup's block, or an empty block when there is none (past the end, or the step is skipped
+// by the non-finite guard). Each invocation then updates vec4s start + lid, start + lid + WG_SIZE, ...
+fn arena_block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
     let bi = block_index(wid, nwg);
     if (bi >= arrayLength(&blocks) || skip[0] != 0u) {
-        return 0xffffffffu;
+        return Block(0u, 0u, 0u, 0u);
     }
-    let b = blocks[bi];
-    if (lid >= b.len) {
-        return 0xffffffffu;
-    }
-    return b.start + lid;
-}
-
-fn block_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return blocks[block_index(wid, nwg)].group;
+    return blocks[bi];
 }

@@ -2,8 +2,10 @@
 //! dispatch geometry and readback.
 
 mod tensor;
+mod timer;
 
 pub use tensor::{Tensor, TensorView};
+pub use timer::Timing;
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -45,6 +47,9 @@ pub struct ContextOptions {
     /// Cap on workgroups per grid dimension below the device's own; lets tests exercise the 2-D grid
     /// on small tensors. `None` uses the device limit.
     pub max_workgroups_per_dim: Option<u32>,
+    /// Cap on the bytes of one storage binding below the device's own; lets tests exercise arena
+    /// segmentation on small tensors. `None` uses the device limit.
+    pub max_binding_bytes: Option<u64>,
 }
 
 /// What [`Context::info`] reports about the adapter and the limits the device was opened with.
@@ -115,6 +120,7 @@ struct Inner {
     queue: wgpu::Queue,
     summary: AdapterSummary,
     max_dim: u32,
+    max_binding: u64,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<KernelSpec, Arc<Cached>>>,
     compiled: std::sync::atomic::AtomicUsize,
@@ -207,6 +213,12 @@ impl Context {
             .map_or(limits.max_compute_workgroups_per_dimension, |m| {
                 m.clamp(1, limits.max_compute_workgroups_per_dimension)
             });
+        let device_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_binding = opts
+            .max_binding_bytes
+            .map_or(device_binding, |m| m.clamp(256, device_binding));
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: info.backend,
@@ -229,6 +241,7 @@ impl Context {
                 queue,
                 summary,
                 max_dim,
+                max_binding,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 compiled: std::sync::atomic::AtomicUsize::new(0),
@@ -424,6 +437,11 @@ impl Context {
         })
     }
 
+    /// The largest storage binding gpuopt will create, in bytes (device limit or the test cap).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.max_binding
+    }
+
     /// The (x, y) grid that covers `workgroups` with x at most the per-dimension limit.
     pub fn grid(&self, workgroups: u32) -> (u32, u32) {
         let x = workgroups.min(self.inner.max_dim).max(1);
@@ -441,12 +459,12 @@ impl Context {
                 limit: limits.max_buffer_size,
             });
         }
-        if bytes > limits.max_storage_buffer_binding_size {
+        if bytes > self.inner.max_binding {
             return Err(Error::TooLarge {
                 what: label.to_string(),
                 bytes,
                 limit_name: "max_storage_buffer_binding_size",
-                limit: limits.max_storage_buffer_binding_size,
+                limit: self.inner.max_binding,
             });
         }
         self.scoped(&format!("allocating {label}"), || {

@@ -1,10 +1,10 @@
 //! The GPU optimizer: flat arenas for parameters, gradients and state; one fused dispatch per step.
 
 use super::{Core, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{BoundKernel, Context, TensorView, WORKGROUP_SIZE};
 use crate::kernels::adaptive::{MARS_NORM, MARS_PARTIAL};
-use crate::kernels::arena::{ArenaLayout, Hypers};
+use crate::kernels::arena::{plan_segments, ArenaLayout, Hypers, ALIGN_ELEMS};
 use crate::kernels::FIND_NON_FINITE;
 
 /// The per-tensor norm passes of MARS.
@@ -12,6 +12,19 @@ struct NormPasses {
     partial: BoundKernel,
     norm: BoundKernel,
     tensors: u32,
+}
+
+/// One arena: buffers no larger than one storage binding, and the kernels bound to them. Most models
+/// fit one segment; a model larger than `max_storage_buffer_binding_size` is split into a few, so
+/// the dispatch count grows with bytes / binding limit, never with the number of tensors.
+struct Segment {
+    layout: ArenaLayout,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    states: Vec<wgpu::Buffer>,
+    update: Option<BoundKernel>,
+    check: Option<BoundKernel>,
+    norms: Option<NormPasses>,
 }
 
 /// A guard result that has been submitted but not yet read.
@@ -26,15 +39,11 @@ struct Pending {
 pub struct Optimizer {
     ctx: Context,
     core: Core,
-    layout: ArenaLayout,
-    params: wgpu::Buffer,
-    grads: wgpu::Buffer,
-    states: Vec<wgpu::Buffer>,
+    segments: Vec<Segment>,
+    /// Per parameter: (segment, index within the segment).
+    location: Vec<(usize, usize)>,
     hyper: wgpu::Buffer,
     skip: wgpu::Buffer,
-    update: Option<BoundKernel>,
-    check: Option<BoundKernel>,
-    norms: Option<NormPasses>,
     pending: Option<Pending>,
     dispatches: usize,
 }
@@ -44,8 +53,71 @@ impl std::fmt::Debug for Optimizer {
         f.debug_struct("Optimizer")
             .field("algorithm", &self.core.algorithm)
             .field("params", &self.core.params.len())
-            .field("arena_elems", &self.layout.total)
+            .field("segments", &self.segments.len())
             .finish()
+    }
+}
+
+impl Segment {
+    fn new(
+        ctx: &Context,
+        core: &Core,
+        layout: ArenaLayout,
+        hyper: &wgpu::Buffer,
+        skip: &wgpu::Buffer,
+    ) -> Result<Self> {
+        let bytes = 4 * layout.total as u64;
+        let params = ctx.storage_buffer("parameter arena", bytes)?;
+        let grads = ctx.storage_buffer("gradient arena", bytes)?;
+        let mut states = Vec::new();
+        for (name, _) in core.algorithm.states() {
+            states.push(ctx.storage_buffer(&format!("state arena {name}"), bytes)?);
+        }
+        let mut seg = Segment {
+            layout,
+            params,
+            grads,
+            states,
+            update: None,
+            check: None,
+            norms: None,
+        };
+        if seg.layout.blocks.is_empty() {
+            return Ok(seg);
+        }
+        let blocks = ctx.storage_buffer("block table", 16 * seg.layout.blocks.len() as u64)?;
+        ctx.queue()
+            .write_buffer(&blocks, 0, bytemuck::cast_slice(&seg.layout.blocks));
+        let mut norm_buf = None;
+        if core.algorithm.needs_norm() {
+            let n_tensors = seg.layout.tensor_blocks.len();
+            let norms = ctx.storage_buffer("per-tensor norms", 4 * n_tensors as u64)?;
+            let partials =
+                ctx.storage_buffer("norm partials", 8 * seg.layout.blocks.len() as u64)?;
+            let table = ctx.storage_buffer("tensor table", 8 * n_tensors as u64)?;
+            ctx.queue()
+                .write_buffer(&table, 0, bytemuck::cast_slice(&seg.layout.tensor_blocks));
+            let g_prev = &seg.states[core.state_index("g_prev")?];
+            let partial = ctx.bind(
+                &MARS_PARTIAL,
+                &[hyper, &blocks, &seg.grads, g_prev, &partials],
+            )?;
+            let norm = ctx.bind(&MARS_NORM, &[&norms, &partials, &table])?;
+            seg.norms = Some(NormPasses {
+                partial,
+                norm,
+                tensors: n_tensors as u32,
+            });
+            norm_buf = Some(norms);
+        }
+        let mut buffers: Vec<&wgpu::Buffer> = vec![hyper, &blocks, skip, &seg.params, &seg.grads];
+        buffers.extend(seg.states.iter());
+        buffers.extend(norm_buf.as_ref());
+        seg.update = Some(ctx.bind(&core.algorithm.kernel(), &buffers)?);
+        if core.guard {
+            seg.check = Some(ctx.bind(&FIND_NON_FINITE, &[&seg.grads, skip])?);
+        }
+        Ok(seg)
     }
 }
 
@@ -54,80 +126,36 @@ impl Optimizer {
         let core = Core::new(&b);
         let lens: Vec<usize> = b.params.iter().map(ParamMeta::len).collect();
         let groups: Vec<usize> = b.params.iter().map(|p| p.group).collect();
-        let layout = ArenaLayout::plan(&lens, &groups);
-        let bytes = 4 * layout.total as u64;
-        let params = ctx.storage_buffer("parameter arena", bytes)?;
-        let grads = ctx.storage_buffer("gradient arena", bytes)?;
-        let mut states = Vec::new();
-        for (name, _) in core.algorithm.states() {
-            states.push(ctx.storage_buffer(&format!("state arena {name}"), bytes)?);
-        }
-        // New buffers are zeroed by wgpu; upload the initial parameters.
-        for (i, data) in b.init.iter().enumerate() {
-            if !data.is_empty() {
-                ctx.queue().write_buffer(
-                    &params,
-                    4 * layout.offsets[i] as u64,
-                    bytemuck::cast_slice(data),
-                );
-            }
-        }
+        let max_elems = (ctx.max_binding_bytes() / 4) as usize / ALIGN_ELEMS * ALIGN_ELEMS;
+        let plan = plan_segments(&lens, &groups, max_elems).map_err(|i| Error::TooLarge {
+            what: format!("parameter {} ({} elements)", b.params[i].name, lens[i]),
+            bytes: 4 * lens[i] as u64,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: ctx.max_binding_bytes(),
+        })?;
         let hyper = ctx.uniform_buffer("hyperparameters", std::mem::size_of::<Hypers>() as u64);
         let skip = ctx.storage_buffer("skip flag", 16)?;
-        let block_buf = ctx.storage_buffer("block table", 16 * layout.blocks.len() as u64)?;
-        ctx.queue()
-            .write_buffer(&block_buf, 0, bytemuck::cast_slice(&layout.blocks));
-
+        let mut location = vec![(0, 0); b.params.len()];
+        let mut segments = Vec::new();
+        for (s, (ids, layout)) in plan.into_iter().enumerate() {
+            for (k, &i) in ids.iter().enumerate() {
+                location[i] = (s, k);
+            }
+            segments.push(Segment::new(ctx, &core, layout, &hyper, &skip)?);
+        }
         let mut opt = Optimizer {
             ctx: ctx.clone(),
             core,
-            layout,
-            params,
-            grads,
-            states,
+            segments,
+            location,
             hyper,
             skip,
-            update: None,
-            check: None,
-            norms: None,
             pending: None,
             dispatches: 0,
         };
-        if opt.layout.blocks.is_empty() {
-            return Ok(opt);
-        }
-        let spec = opt.core.algorithm.kernel();
-        let mut norm_buf = None;
-        if opt.core.algorithm.needs_norm() {
-            let n_tensors = opt.layout.tensor_blocks.len();
-            let norms = ctx.storage_buffer("per-tensor norms", 4 * n_tensors as u64)?;
-            let partials =
-                ctx.storage_buffer("norm partials", 8 * opt.layout.blocks.len() as u64)?;
-            let table = ctx.storage_buffer("tensor table", 8 * n_tensors as u64)?;
-            ctx.queue()
-                .write_buffer(&table, 0, bytemuck::cast_slice(&opt.layout.tensor_blocks));
-            let g_prev = &opt.states[opt.core.state_index("g_prev")?];
-            let partial = ctx.bind(
-                &MARS_PARTIAL,
-                &[&opt.hyper, &block_buf, &opt.grads, g_prev, &partials],
-            )?;
-            let norm = ctx.bind(&MARS_NORM, &[&norms, &partials, &table])?;
-            opt.norms = Some(NormPasses {
-                partial,
-                norm,
-                tensors: n_tensors as u32,
-            });
-            norm_buf = Some(norms);
-        }
-        let mut buffers: Vec<&wgpu::Buffer> =
-            vec![&opt.hyper, &block_buf, &opt.skip, &opt.params, &opt.grads];
-        buffers.extend(opt.states.iter());
-        if let Some(n) = &norm_buf {
-            buffers.push(n);
-        }
-        opt.update = Some(ctx.bind(&spec, &buffers)?);
-        if opt.core.guard {
-            opt.check = Some(ctx.bind(&FIND_NON_FINITE, &[&opt.grads, &opt.skip])?);
+        // New buffers are zeroed by wgpu; upload the initial parameters.
+        for (i, data) in b.init.iter().enumerate() {
+            opt.write_param(ParamId(i), data)?;
         }
         Ok(opt)
     }
@@ -142,9 +170,9 @@ impl Optimizer {
         &self.core.algorithm
     }
 
-    /// The arena layout (offsets in elements, blocks).
-    pub fn layout(&self) -> &ArenaLayout {
-        &self.layout
+    /// Number of arena segments (1 unless the model exceeds one storage binding).
+    pub fn segments(&self) -> usize {
+        self.segments.len()
     }
 
     /// Dispatches recorded by the last step (constant in the number of tensors; tests assert it).
@@ -152,23 +180,32 @@ impl Optimizer {
         self.dispatches
     }
 
-    /// A parameter inside the parameter arena, for the user's own kernels.
+    /// A parameter inside its parameter arena, for the user's own kernels.
     pub fn param_view(&self, id: ParamId) -> Result<TensorView<'_>> {
-        self.view(&self.params, id)
-    }
-
-    /// A gradient inside the gradient arena: write it from the user's own kernels before `step`.
-    pub fn grad_view(&self, id: ParamId) -> Result<TensorView<'_>> {
-        self.view(&self.grads, id)
-    }
-
-    fn view<'a>(&'a self, buffer: &'a wgpu::Buffer, id: ParamId) -> Result<TensorView<'a>> {
-        let p = self.core.param(id)?;
+        let (seg, off, p) = self.locate(id)?;
         Ok(TensorView {
-            buffer,
-            offset: 4 * self.layout.offsets[id.0] as u64,
+            buffer: &seg.params,
+            offset: off,
             shape: &p.shape,
         })
+    }
+
+    /// A gradient inside its gradient arena: write it from the user's own kernels before `step`.
+    pub fn grad_view(&self, id: ParamId) -> Result<TensorView<'_>> {
+        let (seg, off, p) = self.locate(id)?;
+        Ok(TensorView {
+            buffer: &seg.grads,
+            offset: off,
+            shape: &p.shape,
+        })
+    }
+
+    /// (segment, byte offset, metadata) of a parameter.
+    fn locate(&self, id: ParamId) -> Result<(&Segment, u64, &ParamMeta)> {
+        let p = self.core.param(id)?;
+        let (s, k) = self.location[id.0];
+        let seg = &self.segments[s];
+        Ok((seg, 4 * seg.layout.offsets[k] as u64, p))
     }
 
     fn resolve_pending(&mut self) -> Result<()> {
@@ -186,31 +223,37 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Records the fused update dispatches of one step into `encoder` with the hyperparameters
-    /// already in the uniform; returns the number of dispatches. (Benchmarks call it in a loop.)
+    /// Records the dispatches of one step into `encoder`, using the hyperparameters already in the
+    /// uniform; returns the number of dispatches. (Benchmarks call it in a loop.)
     #[doc(hidden)]
     pub fn record_update(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
         let mut n = 0;
-        if let Some(check) = &self.check {
+        if self.core.guard {
             encoder.clear_buffer(&self.skip, 0, None);
-            n += check.record(
-                &self.ctx,
-                encoder,
-                (self.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE),
-            );
         }
-        let blocks = self.layout.blocks.len() as u32;
-        if let Some(norms) = &self.norms {
-            n += norms.partial.record(&self.ctx, encoder, blocks);
-            n += norms.norm.record(&self.ctx, encoder, norms.tensors);
+        for seg in &self.segments {
+            if let Some(check) = &seg.check {
+                n += check.record(
+                    &self.ctx,
+                    encoder,
+                    (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE),
+                );
+            }
         }
-        if let Some(update) = &self.update {
-            n += update.record(&self.ctx, encoder, blocks);
+        for seg in &self.segments {
+            let blocks = seg.layout.blocks.len() as u32;
+            if let Some(norms) = &seg.norms {
+                n += norms.partial.record(&self.ctx, encoder, blocks);
+                n += norms.norm.record(&self.ctx, encoder, norms.tensors);
+            }
+            if let Some(update) = &seg.update {
+                n += update.record(&self.ctx, encoder, blocks);
+            }
         }
         n
     }
 
-    /// Writes the uniform for step `t` (benchmarks use it to time the kernel alone).
+    /// Writes the uniform for step `t` (benchmarks use it to time the kernels alone).
     #[doc(hidden)]
     pub fn write_hyper(&self, t: u64) {
         let h = self.core.hypers(t);
@@ -219,26 +262,28 @@ impl Optimizer {
             .write_buffer(&self.hyper, 0, bytemuck::bytes_of(&h));
     }
 
-    fn read_arena(&self, buffer: &wgpu::Buffer, id: ParamId) -> Result<Vec<f32>> {
-        let p = self.core.param(id)?;
-        self.ctx
-            .read_f32(buffer, 4 * self.layout.offsets[id.0] as u64, p.len())
+    fn read_arena(
+        &self,
+        id: ParamId,
+        which: impl Fn(&Segment) -> &wgpu::Buffer,
+    ) -> Result<Vec<f32>> {
+        let (seg, off, p) = self.locate(id)?;
+        self.ctx.read_f32(which(seg), off, p.len())
     }
 
     fn write_arena(
         &self,
-        buffer: &wgpu::Buffer,
         id: ParamId,
         data: &[f32],
         what: &str,
+        which: impl Fn(&Segment) -> &wgpu::Buffer,
     ) -> Result<()> {
         self.core.check_len(id, data.len(), what)?;
+        let (seg, off, _) = self.locate(id)?;
         if !data.is_empty() {
-            self.ctx.queue().write_buffer(
-                buffer,
-                4 * self.layout.offsets[id.0] as u64,
-                bytemuck::cast_slice(data),
-            );
+            self.ctx
+                .queue()
+                .write_buffer(which(seg), off, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -250,10 +295,9 @@ impl Stepper for Optimizer {
         let t = self.core.t + 1;
         self.write_hyper(t);
         let mut encoder = self.ctx.encoder("gpuopt step");
-        let ctx = self.ctx.clone();
-        let (dispatches, staging) = ctx.scoped("optimizer step", || {
+        let (dispatches, staging) = self.ctx.scoped("optimizer step", || {
             let n = self.record_update(&mut encoder);
-            let staging = self.check.as_ref().map(|_| {
+            let staging = self.core.guard.then(|| {
                 let s = self.ctx.staging(4);
                 encoder.copy_buffer_to_buffer(&self.skip, 0, &s, 0, 4);
                 s
@@ -263,29 +307,28 @@ impl Stepper for Optimizer {
         let index = self.ctx.submit(encoder);
         self.dispatches = dispatches;
         self.core.t = t;
-        if let Some(staging) = staging {
-            self.pending = Some(Pending { staging, index });
-        } else {
-            self.core.last_non_finite = false;
+        match staging {
+            Some(staging) => self.pending = Some(Pending { staging, index }),
+            None => self.core.last_non_finite = false,
         }
         Ok(())
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        self.write_arena(&self.grads, id, grad, "gradient")
+        self.write_arena(id, grad, "gradient", |s| &s.grads)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        self.write_arena(&self.params, id, data, "parameter")
+        self.write_arena(id, data, "parameter", |s| &s.params)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        self.read_arena(&self.params, id)
+        self.read_arena(id, |s| &s.params)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
         let k = self.core.state_index(state)?;
-        self.read_arena(&self.states[k], id)
+        self.read_arena(id, |s| &s.states[k])
     }
 
     fn step_count(&mut self) -> Result<u64> {
@@ -313,20 +356,18 @@ impl Stepper for Optimizer {
 
     fn snapshot(&mut self) -> Result<Snapshot> {
         self.resolve_pending()?;
-        let all_params = self.ctx.read_f32(&self.params, 0, self.layout.total)?;
-        let all_states: Vec<Vec<f32>> = self
-            .states
-            .iter()
-            .map(|s| self.ctx.read_f32(s, 0, self.layout.total))
-            .collect::<Result<_>>()?;
-        let cut = |arena: &[f32], i: usize| {
-            arena[self.layout.offsets[i]..self.layout.offsets[i] + self.layout.lens[i]].to_vec()
-        };
         let n = self.core.params.len();
-        let values = (0..n).map(|i| cut(&all_params, i)).collect();
-        let states = (0..n)
-            .map(|i| all_states.iter().map(|s| cut(s, i)).collect())
-            .collect();
+        let n_states = self.core.algorithm.states().len();
+        let mut values = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(self.read_arena(ParamId(i), |s| &s.params)?);
+            states.push(
+                (0..n_states)
+                    .map(|k| self.read_arena(ParamId(i), |s| &s.states[k]))
+                    .collect::<Result<_>>()?,
+            );
+        }
         Ok(Snapshot::from_core(&self.core, values, states))
     }
 
@@ -334,9 +375,9 @@ impl Stepper for Optimizer {
         self.resolve_pending()?;
         let algorithm = s.check_fits(&self.core)?;
         for i in 0..self.core.params.len() {
-            self.write_arena(&self.params, ParamId(i), &s.values[i], "parameter")?;
-            for (k, buf) in self.states.iter().enumerate() {
-                self.write_arena(buf, ParamId(i), &s.states[i][k], "state")?;
+            self.write_arena(ParamId(i), &s.values[i], "parameter", |seg| &seg.params)?;
+            for k in 0..s.states[i].len() {
+                self.write_arena(ParamId(i), &s.states[i][k], "state", |seg| &seg.states[k])?;
             }
         }
         s.apply_core(&mut self.core, algorithm);
