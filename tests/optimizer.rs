@@ -1,0 +1,350 @@
+//! The optimizer object: groups, dispatch structure, pipeline cache, bad input, the non-finite
+//! guard, learning-rate schedules and views.
+
+mod common;
+
+use gpuopt::optim::{
+    AdamW, Algorithm, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder, Stepper,
+};
+use gpuopt::parity::TestRng;
+use gpuopt::{ContextOptions, Error};
+
+fn builder_with(
+    alg: impl Into<Algorithm>,
+    sizes: &[usize],
+    seed: u64,
+) -> (OptimizerBuilder, Vec<gpuopt::optim::ParamId>) {
+    let mut rng = TestRng::new(seed);
+    let mut b = OptimizerBuilder::new(alg);
+    let ids = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            b.param(
+                &format!("p{i}"),
+                &rng.uniforms(n, 1.0),
+                &[n],
+                b.default_group(),
+            )
+            .unwrap()
+        })
+        .collect();
+    (b, ids)
+}
+
+#[test]
+fn dispatch_count_does_not_grow_with_tensor_count() {
+    let ctx = common::ctx();
+    for alg in [
+        Algorithm::from(AdamW::default()),
+        Algorithm::from(Lion::default()),
+        Algorithm::from(Mars {
+            variant: MarsVariant::Lion,
+            ..Mars::default()
+        }),
+    ] {
+        for guard in [false, true] {
+            let mut counts = Vec::new();
+            for sizes in [vec![100_000], vec![100; 1000]] {
+                let (mut b, ids) = builder_with(alg.clone(), &sizes, 1);
+                b.guard_non_finite(guard);
+                let mut opt = b.build(&ctx).unwrap();
+                for (&id, &n) in ids.iter().zip(&sizes) {
+                    opt.write_grad(id, &vec![0.1; n]).unwrap();
+                }
+                opt.step().unwrap();
+                counts.push(opt.dispatches_last_step());
+            }
+            let expected = 1
+                + usize::from(guard)
+                + if matches!(alg, Algorithm::Mars(_)) {
+                    2
+                } else {
+                    0
+                };
+            assert_eq!(
+                counts,
+                vec![expected, expected],
+                "{} guard={guard}",
+                alg.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn pipeline_cache_compiles_each_kernel_once() {
+    let ctx = common::ctx();
+    let (b, ids) = builder_with(AdamW::default(), &[10, 20], 2);
+    let mut first = b.clone().build(&ctx).unwrap();
+    let compiled = ctx.pipelines_compiled();
+    assert!(compiled >= 1);
+    let mut second = b.build(&ctx).unwrap();
+    for opt in [&mut first, &mut second] {
+        opt.write_grad(ids[0], &[0.5; 10]).unwrap();
+        for t in 0..3 {
+            opt.set_lr(gpuopt::optim::GroupId(0), 1e-3 / (t + 1) as f64)
+                .unwrap();
+            opt.step().unwrap();
+        }
+    }
+    assert_eq!(
+        ctx.pipelines_compiled(),
+        compiled,
+        "a second optimizer, steps and lr changes compile nothing"
+    );
+}
+
+#[test]
+fn groups_apply_their_own_lr_and_decay() {
+    let ctx = common::ctx();
+    let mut b = OptimizerBuilder::new(Lion {
+        lr: 0.1,
+        weight_decay: 0.5,
+        ..Lion::default()
+    });
+    let frozen = b
+        .group(GroupOptions {
+            lr: Some(0.0),
+            weight_decay: None,
+        })
+        .unwrap();
+    let no_decay = b
+        .group(GroupOptions {
+            lr: None,
+            weight_decay: Some(0.0),
+        })
+        .unwrap();
+    let a = b.param("a", &[1.0; 5], &[5], b.default_group()).unwrap();
+    let f = b.param("f", &[1.0; 5], &[5], frozen).unwrap();
+    let n = b.param("n", &[1.0; 5], &[5], no_decay).unwrap();
+    let mut opt = b.build(&ctx).unwrap();
+    for id in [a, f, n] {
+        opt.write_grad(id, &[1.0; 5]).unwrap();
+    }
+    opt.step().unwrap();
+    // Lion step 1 with m = 0, g = 1: c = 0.1 > 0, so p <- (1 - lr*wd)*p - lr.
+    let expect_a = (1.0f32 - (0.1 * 0.5) as f32) - 0.1;
+    assert_eq!(opt.read_param(a).unwrap(), vec![expect_a; 5]);
+    assert_eq!(opt.read_param(f).unwrap(), vec![1.0; 5]);
+    assert_eq!(opt.read_param(n).unwrap(), vec![1.0 - 0.1; 5]);
+}
+
+#[test]
+fn bad_input_is_an_error_and_loses_nothing() {
+    let ctx = common::ctx();
+    let (b, ids) = builder_with(AdamW::default(), &[8], 3);
+    let mut opt = b.build(&ctx).unwrap();
+    opt.write_grad(ids[0], &[0.25; 8]).unwrap();
+    opt.step().unwrap();
+    let p = opt.read_param(ids[0]).unwrap();
+    let m = opt.read_state(ids[0], "m").unwrap();
+    assert!(matches!(
+        opt.write_grad(ids[0], &[1.0; 7]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        opt.write_param(ids[0], &[1.0; 9]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        opt.set_lr(gpuopt::optim::GroupId(0), f64::NAN),
+        Err(Error::Hyperparameter { .. })
+    ));
+    assert!(matches!(
+        opt.set_lr(gpuopt::optim::GroupId(7), 0.1),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        opt.read_state(ids[0], "nope"),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        opt.read_param(gpuopt::optim::ParamId(5)),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(opt.read_param(ids[0]).unwrap(), p);
+    assert_eq!(opt.read_state(ids[0], "m").unwrap(), m);
+    assert_eq!(opt.step_count().unwrap(), 1);
+
+    // Builder-time errors.
+    let mut b = OptimizerBuilder::new(AdamW {
+        beta2: f64::NAN,
+        ..AdamW::default()
+    });
+    b.param("x", &[1.0], &[1], b.default_group()).unwrap();
+    assert!(matches!(b.build(&ctx), Err(Error::Hyperparameter { .. })));
+    let mut b = OptimizerBuilder::new(AdamW::default());
+    assert!(matches!(
+        b.param("x", &[1.0; 3], &[2, 2], b.default_group()),
+        Err(Error::Shape { .. })
+    ));
+    b.param("x", &[1.0], &[1], b.default_group()).unwrap();
+    assert!(
+        b.param("x", &[1.0], &[1], b.default_group()).is_err(),
+        "duplicate name"
+    );
+    assert!(b
+        .group(GroupOptions {
+            lr: Some(f64::INFINITY),
+            weight_decay: None
+        })
+        .is_err());
+    assert!(
+        b.param("y", &[1.0], &[1], gpuopt::optim::GroupId(3))
+            .is_err(),
+        "unknown group"
+    );
+}
+
+#[test]
+fn oversized_tensor_is_refused_with_the_limit_named() {
+    let ctx = common::ctx_with(ContextOptions {
+        max_binding_bytes: Some(4096),
+        ..Default::default()
+    });
+    let mut b = OptimizerBuilder::new(Lion::default());
+    b.param("big", &vec![0.0; 2000], &[2000], b.default_group())
+        .unwrap();
+    match b.build(&ctx) {
+        Err(e @ Error::TooLarge { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("max_storage_buffer_binding_size") && msg.contains("big"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+fn guard_case(bad: f32) {
+    let ctx = common::ctx();
+    let (mut b, ids) = builder_with(
+        AdamW {
+            weight_decay: 0.1,
+            ..AdamW::default()
+        },
+        &[300, 5000],
+        4,
+    );
+    b.guard_non_finite(true);
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    let mut rng = TestRng::new(8);
+    for step in 0..6 {
+        let g0 = rng.uniforms(300, 1.0);
+        let mut g1 = rng.uniforms(5000, 1.0);
+        if step == 2 || step == 3 {
+            g1[4321] = bad;
+        }
+        let before = gpu.read_param(ids[1]).unwrap();
+        let m_before = gpu.read_state(ids[1], "m").unwrap();
+        for opt in [&mut gpu as &mut dyn Stepper, &mut cpu] {
+            opt.write_grad(ids[0], &g0).unwrap();
+            opt.write_grad(ids[1], &g1).unwrap();
+            opt.step().unwrap();
+        }
+        let skipped = step == 2 || step == 3;
+        assert_eq!(gpu.found_non_finite().unwrap(), skipped, "step {step}");
+        assert_eq!(cpu.found_non_finite().unwrap(), skipped);
+        if skipped {
+            assert_eq!(gpu.read_param(ids[1]).unwrap(), before, "parameters kept");
+            assert_eq!(gpu.read_state(ids[1], "m").unwrap(), m_before, "state kept");
+        }
+    }
+    assert_eq!(gpu.step_count().unwrap(), 4);
+    assert_eq!(gpu.skipped_steps().unwrap(), 2);
+    assert_eq!(cpu.step_count().unwrap(), 4);
+    for &id in &ids {
+        let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+        for (a, b) in x.iter().zip(&y) {
+            assert!(
+                (a - b).abs() <= gpuopt::parity::tolerance(4, *b, 1e-2),
+                "{a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn guard_skips_nan_gradients_and_keeps_state() {
+    guard_case(f32::NAN);
+}
+
+#[test]
+fn guard_skips_infinite_gradients_and_keeps_state() {
+    guard_case(f32::NEG_INFINITY);
+}
+
+#[test]
+fn lr_schedule_matches_the_reference() {
+    let ctx = common::ctx();
+    let (b, ids) = builder_with(AdamW::default(), &[1000], 5);
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    let mut rng = TestRng::new(9);
+    for t in 0..10 {
+        let g = rng.uniforms(1000, 1.0);
+        let lr = 1e-2 * 0.5f64.powi(t);
+        for opt in [&mut gpu as &mut dyn Stepper, &mut cpu] {
+            opt.set_lr(gpuopt::optim::GroupId(0), lr).unwrap();
+            opt.write_grad(ids[0], &g).unwrap();
+            opt.step().unwrap();
+        }
+    }
+    let (x, y) = (
+        gpu.read_param(ids[0]).unwrap(),
+        cpu.read_param(ids[0]).unwrap(),
+    );
+    for (a, b) in x.iter().zip(&y) {
+        assert!(
+            (a - b).abs() <= gpuopt::parity::tolerance(10, *b, 1e-2),
+            "{a} vs {b}"
+        );
+    }
+    assert_ne!(x, TestRng::new(5).uniforms(1000, 1.0), "parameters moved");
+}
+
+#[test]
+fn views_point_into_the_arenas_at_aligned_offsets() {
+    let ctx = common::ctx();
+    let (b, ids) = builder_with(
+        Lion {
+            lr: 0.5,
+            ..Lion::default()
+        },
+        &[3, 0, 70, 129],
+        6,
+    );
+    let mut opt = b.build(&ctx).unwrap();
+    for &id in &ids {
+        let v = opt.param_view(id).unwrap();
+        assert_eq!(v.offset % 256, 0);
+        assert_eq!(v.len(), opt.params()[id.0].len());
+    }
+    assert!(
+        opt.grad_view(ids[1]).unwrap().binding().is_none(),
+        "an empty view has no binding"
+    );
+    // Write a gradient through the view, as a user's kernel would, then step.
+    let gv = opt.grad_view(ids[2]).unwrap();
+    let (buffer, offset) = (gv.buffer.clone(), gv.offset);
+    ctx.queue()
+        .write_buffer(&buffer, offset, bytemuck::cast_slice(&[1.0f32; 70]));
+    let before = opt.read_param(ids[2]).unwrap();
+    opt.step().unwrap();
+    let after = opt.read_param(ids[2]).unwrap();
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(
+            *a,
+            b - 0.5,
+            "Lion moves each coordinate by lr against the gradient's sign"
+        );
+    }
+    assert_eq!(
+        opt.read_param(ids[3]).unwrap(),
+        TestRng::new(6).uniforms(3 + 70 + 129, 1.0)[73..].to_vec(),
+        "zero gradient, no decay: unchanged"
+    );
+}
