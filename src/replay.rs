@@ -127,14 +127,16 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
     Ok(traj)
 }
 
-/// `gpuopt replay`: load, run, and write `outputs.npz` atomically.
-pub fn run_case(dir: &Path, ctx: Option<&Context>) -> Result<()> {
+/// `gpuopt replay`: load and validate the case, then open the backend (`backend()` returns the GPU
+/// context, or `None` for the CPU reference), run, and write `outputs.npz` atomically.
+pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
     let out = dir.join("outputs.npz");
     if out.exists() {
         std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
     }
     let case = load_case(dir)?;
-    let traj = run(&case, ctx)?;
+    let ctx = backend()?;
+    let traj = run(&case, ctx.as_ref())?;
     let last = if case.steps == 0 {
         case.param.clone()
     } else {

@@ -103,12 +103,10 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
             Ok(all)
         }
         Command::Replay { case_dir, backend } => {
-            let ctx = if backend == Backend::Gpu {
-                Some(Context::new()?)
-            } else {
-                None
-            };
-            gpuopt::replay::run_case(&case_dir, ctx.as_ref())?;
+            gpuopt::replay::run_case(&case_dir, || match backend {
+                Backend::Gpu => Context::new().map(Some),
+                Backend::Cpu => Ok(None),
+            })?;
             Ok(true)
         }
         Command::Bench { suite, json, quick } => {

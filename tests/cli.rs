@@ -1,0 +1,246 @@
+//! The `gpuopt` command line: replay (good and bad cases), info, parity, bench.
+
+use ndarray::{Array, ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter};
+use std::path::Path;
+use std::process::Command;
+
+fn gpuopt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuopt"))
+        .args(args)
+        // lavapipe's Mesa device-select layer prints a harmless XDG_RUNTIME_DIR line on headless machines.
+        .env("NODEVICE_SELECT", "1")
+        .output()
+        .expect("run gpuopt")
+}
+
+fn write_case(dir: &Path, json: &str, param: &ArrayD<f32>, grads: &ArrayD<f32>) {
+    std::fs::write(dir.join("case.json"), json).unwrap();
+    let mut w = NpzWriter::new(std::fs::File::create(dir.join("inputs.npz")).unwrap());
+    w.add_array("param", param).unwrap();
+    w.add_array("grads", grads).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_out(dir: &Path) -> (ArrayD<f32>, ArrayD<f32>) {
+    let mut r = NpzReader::new(std::fs::File::open(dir.join("outputs.npz")).unwrap()).unwrap();
+    (
+        r.by_name("param").unwrap(),
+        r.by_name("trajectory").unwrap(),
+    )
+}
+
+fn data(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut rng = gpuopt::parity::TestRng::new(seed);
+    let n = shape.iter().product();
+    Array::from_shape_vec(IxDyn(shape), rng.uniforms(n, 1.0)).unwrap()
+}
+
+#[test]
+fn replay_sgd_trajectory_is_the_running_sum_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, g) = (data(&[3, 4], 1), data(&[5, 3, 4], 2));
+    write_case(
+        dir.path(),
+        r#"{"optimizer": "sgd", "steps": 5, "hyper": {"lr": 0.1}, "note": "ignored"}"#,
+        &p0,
+        &g,
+    );
+    for backend in ["gpu", "cpu"] {
+        let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (param, traj) = read_out(dir.path());
+        assert_eq!(traj.shape(), &[5, 3, 4]);
+        let mut p: Vec<f64> = p0.iter().map(|&x| x as f64).collect();
+        for t in 0..5 {
+            for (pi, gi) in p.iter_mut().zip(g.index_axis(ndarray::Axis(0), t).iter()) {
+                *pi -= 0.1 * *gi as f64;
+            }
+            for (a, b) in traj.index_axis(ndarray::Axis(0), t).iter().zip(&p) {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-6,
+                    "{backend} step {t}: {a} vs {b}"
+                );
+            }
+        }
+        assert_eq!(param, traj.index_axis(ndarray::Axis(0), 4).to_owned());
+    }
+}
+
+#[test]
+fn replay_gpu_and_cpu_agree_for_every_optimizer_with_defaults() {
+    for name in gpuopt::optim::algorithm::NAMES {
+        let dir = tempfile::tempdir().unwrap();
+        write_case(
+            dir.path(),
+            &format!(r#"{{"optimizer": "{name}", "steps": 12}}"#),
+            &data(&[37], 3),
+            &data(&[12, 37], 4),
+        );
+        let mut results = Vec::new();
+        for backend in ["gpu", "cpu"] {
+            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+            assert!(
+                out.status.success(),
+                "{name} {backend}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            results.push(read_out(dir.path()).1);
+        }
+        for (a, b) in results[0].iter().zip(results[1].iter()) {
+            assert!(
+                (a - b).abs() <= gpuopt::parity::tolerance(12, *b, 0.1),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn replay_bad_cases_fail_with_one_line_and_no_output() {
+    let p = data(&[4], 5);
+    let g = data(&[3, 4], 6);
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        (
+            "missing inputs",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("case.json"), r#"{"optimizer": "adamw"}"#).unwrap()
+            }),
+        ),
+        (
+            "wrong grad shape",
+            Box::new(|d: &Path| {
+                write_case(
+                    d,
+                    r#"{"optimizer": "adamw"}"#,
+                    &data(&[4], 1),
+                    &data(&[3, 5], 1),
+                )
+            }),
+        ),
+        (
+            "unknown optimizer",
+            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "adamx"}"#, &p, &g)),
+        ),
+        (
+            "NaN hyperparameter",
+            Box::new(|d: &Path| {
+                write_case(d, r#"{"optimizer": "lion", "hyper": {"lr": NaN}}"#, &p, &g)
+            }),
+        ),
+        (
+            "beta out of range",
+            Box::new(|d: &Path| {
+                write_case(
+                    d,
+                    r#"{"optimizer": "lion", "hyper": {"beta1": 1.0}}"#,
+                    &p,
+                    &g,
+                )
+            }),
+        ),
+        (
+            "too many steps",
+            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "lion", "steps": 9}"#, &p, &g)),
+        ),
+        (
+            "3-D param",
+            Box::new(|d: &Path| {
+                write_case(
+                    d,
+                    r#"{"optimizer": "lion"}"#,
+                    &data(&[2, 2, 1], 1),
+                    &data(&[3, 2, 2, 1], 1),
+                )
+            }),
+        ),
+        ("no case.json", Box::new(|_: &Path| {})),
+    ];
+    for (what, make) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path());
+        std::fs::write(dir.path().join("outputs.npz"), b"stale").unwrap();
+        let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: should fail");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{what}: one line, got {stderr:?}"
+        );
+        assert!(stderr.starts_with("gpuopt: "), "{what}: {stderr}");
+        assert!(
+            !dir.path().join("outputs.npz").exists(),
+            "{what}: no outputs.npz"
+        );
+    }
+}
+
+#[test]
+fn info_names_the_adapter_and_limits() {
+    let out = gpuopt(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("adapter:") && s.contains("max_storage_buffer_binding_size"),
+        "{s}"
+    );
+}
+
+#[test]
+fn parity_command_passes_and_prints_a_table() {
+    let out = gpuopt(&["parity", "--steps", "3", "--only", "lion"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("PASS") && !s.contains("FAIL"), "{s}");
+}
+
+#[test]
+fn bench_json_records_have_the_documented_fields() {
+    let out = gpuopt(&["bench", "--suite", "elementwise", "--json", "--quick"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = v.as_array().unwrap();
+    for name in gpuopt::optim::algorithm::NAMES {
+        let r = records
+            .iter()
+            .find(|r| r["kernel"] == *name)
+            .unwrap_or_else(|| panic!("no record for {name}"));
+        assert_eq!(r["baseline"], "copy");
+        for key in [
+            "suite",
+            "shape",
+            "median_s",
+            "gbps",
+            "baseline_median_s",
+            "ratio",
+        ] {
+            assert!(!r[key].is_null(), "{name}: {key}");
+        }
+        assert!(r["ratio"].as_f64().unwrap() > 0.0);
+    }
+    let multi = records
+        .iter()
+        .find(|r| r["kernel"] == "multi_tensor_adamw")
+        .unwrap();
+    assert_eq!(multi["baseline"], "flat_adamw");
+    assert_eq!(multi["tensors"], 148);
+    let bad = gpuopt(&["bench", "--suite", "nope"]);
+    assert!(!bad.status.success());
+}
