@@ -54,7 +54,10 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if !hyper.is_object() {
         return Err(invalid(&case_path, "\"hyper\" must be an object"));
     }
-    let algorithm = Algorithm::from_name(name, &hyper).map_err(|e| invalid(&case_path, e))?;
+    let algorithm = Algorithm::from_name(name, &hyper).map_err(|e| match e {
+        Error::Invalid(msg) => invalid(&case_path, msg),
+        other => invalid(&case_path, other),
+    })?;
 
     let npz_path = dir.join("inputs.npz");
     let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;

@@ -104,7 +104,8 @@ fn replay_gpu_and_cpu_agree_for_every_optimizer_with_defaults() {
 fn replay_bad_cases_fail_with_one_line_and_no_output() {
     let p = data(&[4], 5);
     let g = data(&[3, 4], 6);
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type MakeCase<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, MakeCase)> = vec![
         (
             "missing inputs",
             Box::new(|d: &Path| {

@@ -521,7 +521,8 @@ impl Context {
     /// Copies `len` f32 starting at byte `offset` of `buffer` back to the host (waits for the GPU).
     pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, offset, 4 * len as u64)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        // The byte vector need not be 4-aligned, so no cast_slice here.
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Copies `size` bytes starting at `offset` of `buffer` back to the host (waits for the GPU).
