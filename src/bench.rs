@@ -45,30 +45,34 @@ pub struct Record {
 /// The suites `gpuopt bench` knows.
 pub const SUITES: &[&str] = &["elementwise"];
 
-/// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline.
+/// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline. Copies
+/// larger than one storage binding are split into chunks, one dispatch each.
 pub struct CopyKernel {
-    bound: BoundKernel,
-    workgroups: u32,
-    _buffers: (wgpu::Buffer, wgpu::Buffer),
+    chunks: Vec<(BoundKernel, u32, [wgpu::Buffer; 2])>,
 }
 
 impl CopyKernel {
-    /// Allocates source and destination of `n` f32 each.
+    /// Allocates sources and destinations of `n` f32 in all.
     pub fn new(ctx: &Context, n: usize) -> Result<Self> {
-        let vec4s = n.div_ceil(4).max(1);
-        let src = ctx.storage_buffer("copy source", 16 * vec4s as u64)?;
-        let dst = ctx.storage_buffer("copy destination", 16 * vec4s as u64)?;
-        let bound = ctx.bind(&COPY_VEC4, &[&src, &dst])?;
-        Ok(CopyKernel {
-            bound,
-            workgroups: (vec4s as u32).div_ceil(WORKGROUP_SIZE),
-            _buffers: (src, dst),
-        })
+        let max_vec4 = (ctx.max_binding_bytes() / 16) as usize;
+        let mut left = n.div_ceil(4).max(1);
+        let mut chunks = Vec::new();
+        while left > 0 {
+            let vec4s = left.min(max_vec4);
+            left -= vec4s;
+            let src = ctx.storage_buffer("copy source", 16 * vec4s as u64)?;
+            let dst = ctx.storage_buffer("copy destination", 16 * vec4s as u64)?;
+            let bound = ctx.bind(&COPY_VEC4, &[&src, &dst])?;
+            chunks.push((bound, (vec4s as u32).div_ceil(WORKGROUP_SIZE), [src, dst]));
+        }
+        Ok(CopyKernel { chunks })
     }
 
     /// Records one copy.
     pub fn record(&self, ctx: &Context, enc: &mut wgpu::CommandEncoder) {
-        self.bound.record(ctx, enc, self.workgroups);
+        for (bound, workgroups, _) in &self.chunks {
+            bound.record(ctx, enc, *workgroups);
+        }
     }
 }
 
@@ -124,6 +128,31 @@ pub fn time_update(ctx: &Context, opt: &Optimizer, reps: usize, batches: usize) 
     ctx.time(reps, batches, |enc| {
         opt.record_update(enc);
     })
+}
+
+/// Splits any tensor larger than one storage binding into row blocks that fit (lavapipe's binding
+/// limit is 128 MiB, smaller than GPT-2's 154 MB token embedding); other shapes are kept.
+pub fn fit_shapes(ctx: &Context, shapes: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let max = (ctx.max_binding_bytes() / 4) as usize / 64 * 64;
+    let mut out = Vec::new();
+    for s in shapes {
+        let n: usize = s.iter().product();
+        if n <= max || s.len() < 2 {
+            out.push(s.clone());
+            continue;
+        }
+        let row: usize = s[1..].iter().product();
+        let rows_per = (max / row).max(1);
+        let mut r = 0;
+        while r < s[0] {
+            let k = rows_per.min(s[0] - r);
+            let mut piece = s.clone();
+            piece[0] = k;
+            out.push(piece);
+            r += k;
+        }
+    }
+    out
 }
 
 /// Splits `total` elements into the fewest equal tensors that each fit one storage binding.
@@ -217,11 +246,8 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         }
     }
     // Many tensors, one dispatch: GPT-2-small shapes against one flat tensor of the same size.
-    let shapes = if quick {
-        gpt2_shapes(192, 50257 / 4)
-    } else {
-        gpt2_shapes(768, 50257)
-    };
+    let full = if quick { gpt2_shapes(192, 50257 / 4) } else { gpt2_shapes(768, 50257) };
+    let shapes = fit_shapes(ctx, &full);
     let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     for name in multi {
         pb.set_message(format!("multi_tensor_{name} ({} tensors)", shapes.len()));
