@@ -28,7 +28,7 @@ fn adam_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, v: vec4<f32>) -> vec4<f32> 
     return h.decay * p0 - h.c1 * (m / denom);
 }
 
-fn adamw_elem(h: Hyper, i: u32) {
+fn adamw_elem(h: Hyper, i: u32, tensor: u32) {
     let gi = g[i];
     let m = lerp_small(s0[i], gi, h.omb1);
     let v = h.beta2 * s1[i] + h.omb2 * (gi * gi);
@@ -37,18 +37,10 @@ fn adamw_elem(h: Hyper, i: u32) {
     p[i] = adam_param(h, p[i], m, v);
 }
 
-@compute @workgroup_size(256)
-fn adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        adamw_elem(h, i);
-    }
-}
+#arena_kernel adamw_step adamw_elem
 
 // (8.2.1-8.2.3): s2 = running max of the raw v.
-fn adamw_amsgrad_elem(h: Hyper, i: u32) {
+fn adamw_amsgrad_elem(h: Hyper, i: u32, tensor: u32) {
     let gi = g[i];
     let m = lerp_small(s0[i], gi, h.omb1);
     let v = h.beta2 * s1[i] + h.omb2 * (gi * gi);
@@ -59,15 +51,7 @@ fn adamw_amsgrad_elem(h: Hyper, i: u32) {
     p[i] = adam_param(h, p[i], m, vmax);
 }
 
-@compute @workgroup_size(256)
-fn adamw_amsgrad_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        adamw_amsgrad_elem(h, i);
-    }
-}
+#arena_kernel adamw_amsgrad_step adamw_amsgrad_elem
 
 // (8.3.1-8.3.8): eta = clamp(step / denom, lower, upper); p <- p - eta*m.
 fn adabound_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, vroot: vec4<f32>) -> vec4<f32> {
@@ -76,7 +60,7 @@ fn adabound_param(h: Hyper, p0: vec4<f32>, m: vec4<f32>, vroot: vec4<f32>) -> ve
     return h.decay * p0 - eta * m;
 }
 
-fn adabound_elem(h: Hyper, i: u32) {
+fn adabound_elem(h: Hyper, i: u32, tensor: u32) {
     let p0 = p[i];
     let gi = g[i] + h.c1 * p0;
     let m = h.beta1 * s0[i] + h.omb1 * gi;
@@ -86,17 +70,9 @@ fn adabound_elem(h: Hyper, i: u32) {
     p[i] = adabound_param(h, p0, m, sqrt(v));
 }
 
-@compute @workgroup_size(256)
-fn adabound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        adabound_elem(h, i);
-    }
-}
+#arena_kernel adabound_step adabound_elem
 
-fn amsbound_elem(h: Hyper, i: u32) {
+fn amsbound_elem(h: Hyper, i: u32, tensor: u32) {
     let p0 = p[i];
     let gi = g[i] + h.c1 * p0;
     let m = h.beta1 * s0[i] + h.omb1 * gi;
@@ -108,18 +84,10 @@ fn amsbound_elem(h: Hyper, i: u32) {
     p[i] = adabound_param(h, p0, m, sqrt(vmax));
 }
 
-@compute @workgroup_size(256)
-fn amsbound_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        amsbound_elem(h, i);
-    }
-}
+#arena_kernel amsbound_step amsbound_elem
 
 // (8.4.1-8.4.5): v tracks m^2 and eps is added to the stored v every step.
-fn adamomentum_elem(h: Hyper, i: u32) {
+fn adamomentum_elem(h: Hyper, i: u32, tensor: u32) {
     let m = h.beta1 * s0[i] + h.omb1 * g[i];
     let v = (h.beta2 * s1[i] + h.omb2 * (m * m)) + h.eps;
     s0[i] = m;
@@ -128,18 +96,10 @@ fn adamomentum_elem(h: Hyper, i: u32) {
     p[i] = h.decay * p[i] - h.c1 * (m / denom);
 }
 
-@compute @workgroup_size(256)
-fn adamomentum_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        adamomentum_elem(h, i);
-    }
-}
+#arena_kernel adamomentum_step adamomentum_elem
 
 // (8.5.4-8.5.7): s0 = m1 (fast), s1 = m2 (slow, not bias-corrected), s2 = v.
-fn ademamix_elem(h: Hyper, i: u32) {
+fn ademamix_elem(h: Hyper, i: u32, tensor: u32) {
     let gi = g[i];
     let m1 = h.beta1 * s0[i] + h.omb1 * gi;
     let m2 = h.c1 * s1[i] + h.c2 * gi;
@@ -153,15 +113,7 @@ fn ademamix_elem(h: Hyper, i: u32) {
     p[i] = p0 - h.lr * (u + h.c6 * p0);
 }
 
-@compute @workgroup_size(256)
-fn ademamix_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        ademamix_elem(h, i);
-    }
-}
+#arena_kernel ademamix_step ademamix_elem
 
 // (8.6.2-8.6.3): the variance-reduced gradient, clipped to unit norm per tensor.
 fn mars_c(h: Hyper, i: u32, tensor: u32) -> vec4<f32> {
@@ -188,15 +140,7 @@ fn mars_adamw_elem(h: Hyper, i: u32, tensor: u32) {
     p[i] = p0 - h.lr * (h.c4 * p0 + u);
 }
 
-@compute @workgroup_size(256)
-fn mars_adamw_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        mars_adamw_elem(h, i, b.tensor);
-    }
-}
+#arena_kernel mars_adamw_step mars_adamw_elem
 
 // MARS-Lion (8.6.7): s0 = m, s2 = previous gradient.
 fn mars_lion_elem(h: Hyper, i: u32, tensor: u32) {
@@ -208,12 +152,4 @@ fn mars_lion_elem(h: Hyper, i: u32, tensor: u32) {
     p[i] = p0 - h.lr * (h.c4 * p0 + sign(m));
 }
 
-@compute @workgroup_size(256)
-fn mars_lion_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let b = arena_block(wid, nwg);
-    let h = hp.g[b.group];
-    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
-        mars_lion_elem(h, i, b.tensor);
-    }
-}
+#arena_kernel mars_lion_step mars_lion_elem

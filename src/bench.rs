@@ -246,7 +246,11 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         }
     }
     // Many tensors, one dispatch: GPT-2-small shapes against one flat tensor of the same size.
-    let full = if quick { gpt2_shapes(192, 50257 / 4) } else { gpt2_shapes(768, 50257) };
+    let full = if quick {
+        gpt2_shapes(192, 50257 / 4)
+    } else {
+        gpt2_shapes(768, 50257)
+    };
     let shapes = fit_shapes(ctx, &full);
     let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     for name in multi {

@@ -1,7 +1,9 @@
 //! WGSL sources and the tiny `#import` step that composes them.
 //!
 //! Every shader lives in `shaders/`; shared pieces live in `shaders/shared/` and are pulled in with a
-//! line `#import shared/NAME`. Sources are embedded at compile time, so the library needs no files at
+//! line `#import shared/NAME`. A line `#arena_kernel ENTRY ELEM` expands to the entry point that every
+//! arena update shares (see [`arena_kernel`]): it finds the workgroup's block and calls
+//! `ELEM(h, i, tensor)` for each vec4 `i` the invocation owns, so a shader file holds only the math. Sources are embedded at compile time, so the library needs no files at
 //! run time. `tests/shaders.rs` validates every composed module with naga.
 
 use crate::error::{Error, Result};
@@ -52,6 +54,17 @@ fn compose_into(name: &str, out: &mut String, seen: &mut Vec<String>) -> Result<
     }
     seen.push(name.to_string());
     for line in raw(name)?.lines() {
+        if let Some(args) = line.trim().strip_prefix("#arena_kernel ") {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            let [entry, elem] = parts[..] else {
+                return Err(Error::Shader {
+                    name: name.to_string(),
+                    message: format!("bad directive: {line}"),
+                });
+            };
+            out.push_str(&arena_kernel(entry, elem));
+            continue;
+        }
         match line.trim().strip_prefix("#import ") {
             Some(dep) => compose_into(dep.trim(), out, seen).map_err(|e| Error::Shader {
                 name: name.to_string(),
@@ -64,6 +77,23 @@ fn compose_into(name: &str, out: &mut String, seen: &mut Vec<String>) -> Result<
         }
     }
     Ok(())
+}
+
+/// The entry point of an arena update: one workgroup per block (2-D grid), each invocation calling
+/// `elem(h, i, tensor)` for vec4s `start + lid`, `start + lid + 256`, ... of the block.
+pub fn arena_kernel(entry: &str, elem: &str) -> String {
+    format!(
+        "@compute @workgroup_size(256)
+fn {entry}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let b = arena_block(wid, nwg);
+    let h = hp.g[b.group];
+    for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {{
+        {elem}(h, i, b.tensor);
+    }}
+}}
+"
+    )
 }
 
 #[cfg(test)]

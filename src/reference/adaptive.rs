@@ -3,6 +3,17 @@
 use super::sgn;
 use crate::kernels::arena::Hyper;
 
+/// AMSGrad / AMSBound: v_max ← max(v_max, v) and use it; without v_max, use v.
+fn running_max(v_max: Option<&mut [f32]>, i: usize, v: f32) -> f32 {
+    match v_max {
+        Some(vm) => {
+            vm[i] = vm[i].max(v);
+            vm[i]
+        }
+        None => v,
+    }
+}
+
 fn adam_param(h: &Hyper, p0: f32, m: f32, v: f32) -> f32 {
     let denom = v.sqrt() / h.c[1] + h.eps;
     h.decay * p0 - h.c[0] * (m / denom)
@@ -23,13 +34,7 @@ pub fn adamw_step(
         let vi = h.beta2 * v[i] + h.omb2 * (gi * gi);
         m[i] = mi;
         v[i] = vi;
-        let vd = match v_max.as_deref_mut() {
-            Some(vm) => {
-                vm[i] = vm[i].max(vi);
-                vm[i]
-            }
-            None => vi,
-        };
+        let vd = running_max(v_max.as_deref_mut(), i, vi);
         p[i] = adam_param(h, p[i], mi, vd);
     }
 }
@@ -50,13 +55,7 @@ pub fn adabound_step(
         let vi = h.beta2 * v[i] + h.omb2 * (gi * gi);
         m[i] = mi;
         v[i] = vi;
-        let vd = match v_max.as_deref_mut() {
-            Some(vm) => {
-                vm[i] = vm[i].max(vi);
-                vm[i]
-            }
-            None => vi,
-        };
+        let vd = running_max(v_max.as_deref_mut(), i, vi);
         let denom = vd.sqrt() + h.eps;
         let eta = (h.c[1] / denom).max(h.c[2]).min(h.c[3]);
         p[i] = h.decay * p0 - eta * mi;
