@@ -150,15 +150,15 @@ mod tests {
 
     #[test]
     fn plan_aligns_tensors_and_never_straddles_blocks() {
-        let l = ArenaLayout::plan(&[1, 0, 1025, 7], &[0, 0, 1, 0]);
-        assert_eq!(l.offsets, vec![0, 64, 64, 1152]);
-        assert_eq!(l.total, 1216);
-        // 1025 elements = 257 vec4 = blocks of 256 + 1
+        let l = ArenaLayout::plan(&[1, 0, 4097, 7], &[0, 0, 1, 0]);
+        assert_eq!(l.offsets, vec![0, 64, 64, 64 + 4160]);
+        assert_eq!(l.total, 64 + 4160 + 64);
+        // 4097 elements = 1025 vec4 = blocks of 1024 + 1
         assert_eq!(l.tensor_blocks, vec![[0, 1], [1, 0], [1, 2], [3, 1]]);
         assert_eq!(
             l.blocks[2],
             Block {
-                start: 16 + 256,
+                start: 16 + 1024,
                 len: 1,
                 tensor: 2,
                 group: 1
