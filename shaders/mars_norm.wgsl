@@ -1,7 +1,11 @@
 // MARS's per-tensor norm of c = g + k*(g - g_prev) (ALGORITHMS.md §8.6.3), in two passes with no float
-// atomics: `mars_partial` reduces each arena block to (scale, sum of (c/scale)^2), `mars_norm` combines
-// the blocks of each tensor. Scaling by the block's max |c| keeps the squares from overflowing f32
-// (ALGORITHMS.md §2.6). CPU twin: src/reference/adaptive.rs::mars_norm.
+// atomics: `mars_partial` reduces each arena block to two partial sums of squares, `mars_norm` adds the
+// blocks of each tensor. CPU twin: src/reference/adaptive.rs::mars_norm.
+//
+// Overflow (ALGORITHMS.md §2.6) without a max pass or a division per element: elements with
+// |c| <= 2^40 add c^2 to the first sum (at most 2^32 * 2^80 = 2^112, no overflow), larger ones add
+// (c * 2^-64)^2 to the second. Underflow of tiny c^2 is harmless: the norm only matters when it
+// exceeds 1 (the clip threshold), and then such terms are below f32 rounding of the sum.
 #import shared/arena
 
 @group(0) @binding(7) var<storage, read> gprev: array<vec4<f32>>;
@@ -10,30 +14,33 @@
 // Per tensor: (first block, number of blocks).
 @group(0) @binding(10) var<storage, read> tensors: array<vec2<u32>>;
 
-var<workgroup> red_scale: array<f32, WG_SIZE>;
-var<workgroup> red_sum: array<f32, WG_SIZE>;
+const BIG: f32 = 1099511627776.0;         // 2^40
+const DOWN: f32 = 5.421010862427522e-20;  // 2^-64
+const UP: f32 = 18446744073709551616.0;   // 2^64
 
-// Merge two (scale, scaled sum of squares) pairs.
-fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    if (a.x >= b.x) {
-        if (a.x == 0.0) { return vec2<f32>(0.0, 0.0); }
-        let r = b.x / a.x;
-        return vec2<f32>(a.x, a.y + b.y * r * r);
-    }
-    let r = a.x / b.x;
-    return vec2<f32>(b.x, b.y + a.y * r * r);
-}
+var<workgroup> red: array<vec2<f32>, WG_SIZE>;
 
-fn tree_merge(lid: u32) {
-    for (var s = WG_SIZE / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            let m = merge(vec2<f32>(red_scale[lid], red_sum[lid]),
-                          vec2<f32>(red_scale[lid + s], red_sum[lid + s]));
-            red_scale[lid] = m.x;
-            red_sum[lid] = m.y;
+// The sum of red[0..WG_SIZE], returned to invocation 0, with two barriers (16 invocations add 16
+// entries each, then one adds those 16) instead of the 8 of a tree: on lavapipe each barrier costs
+// far more than a few serial adds (MARS went from 0.47 to 0.7 of copy bandwidth). 16 * 16 = WG_SIZE.
+// The caller has stored red[lid] already.
+fn workgroup_sum(lid: u32) -> vec2<f32> {
+    workgroupBarrier();
+    if (lid < 16u) {
+        var s = vec2<f32>(0.0, 0.0);
+        for (var j = 0u; j < 16u; j = j + 1u) {
+            s = s + red[lid * 16u + j];
         }
-        workgroupBarrier();
+        red[lid * 16u] = s;
     }
+    workgroupBarrier();
+    var total = vec2<f32>(0.0, 0.0);
+    if (lid == 0u) {
+        for (var j = 0u; j < 16u; j = j + 1u) {
+            total = total + red[j * 16u];
+        }
+    }
+    return total;
 }
 
 @compute @workgroup_size(256)
@@ -47,19 +54,15 @@ fn mars_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
         let gi = g[i];
         let c = (gi - gprev[i]) * k + gi;
-        let a = abs(c);
-        let s = max(max(a.x, a.y), max(a.z, a.w));
-        if (s > 0.0) {
-            let cs = c / s;
-            acc = merge(acc, vec2<f32>(s, dot(cs, cs)));
-        }
+        let big = abs(c) > vec4<f32>(BIG);
+        let small = select(c, vec4<f32>(0.0), big);
+        let large = select(vec4<f32>(0.0), c * DOWN, big);
+        acc = acc + vec2<f32>(dot(small, small), dot(large, large));
     }
-    red_scale[lid] = acc.x;
-    red_sum[lid] = acc.y;
-    workgroupBarrier();
-    tree_merge(lid);
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
     if (lid == 0u) {
-        partials[bi] = vec2<f32>(red_scale[0], red_sum[0]);
+        partials[bi] = total;
     }
 }
 
@@ -71,13 +74,15 @@ fn mars_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let range = tensors[t];
     var acc = vec2<f32>(0.0, 0.0);
     for (var j = lid; j < range.y; j = j + WG_SIZE) {
-        acc = merge(acc, partials[range.x + j]);
+        acc = acc + partials[range.x + j];
     }
-    red_scale[lid] = acc.x;
-    red_sum[lid] = acc.y;
-    workgroupBarrier();
-    tree_merge(lid);
+    red[lid] = acc;
+    let q = workgroup_sum(lid);
     if (lid == 0u) {
-        norms[t] = red_scale[0] * sqrt(red_sum[0]);
+        if (q.y > 0.0) {
+            norms[t] = UP * sqrt(q.y + (q.x * DOWN) * DOWN);
+        } else {
+            norms[t] = sqrt(q.x);
+        }
     }
 }

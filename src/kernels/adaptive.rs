@@ -73,7 +73,7 @@ pub const MARS_LION: KernelSpec = KernelSpec {
         (8, R),
     ],
 };
-/// MARS pass 1: per block (scale, scaled sum of squares) of c.
+/// MARS pass 1: per block, the sums of squares of c (small and down-scaled large elements).
 pub const MARS_PARTIAL: KernelSpec = KernelSpec {
     module: "mars_norm",
     entry: "mars_partial",

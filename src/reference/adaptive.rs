@@ -104,7 +104,8 @@ fn mars_c_raw(h: &Hyper, g: f32, g_prev: f32) -> f32 {
 }
 
 /// `mars_partial` + `mars_norm`: ‖c‖₂ of one tensor, accumulated in f64 (the oracle; the shader's
-/// scaled two-pass f32 reduction agrees to a few ulp).
+/// two-pass f32 reduction with its split sums agrees to a few ulp wherever the norm exceeds 1, the
+/// only case in which its value is used).
 pub fn mars_norm(h: &Hyper, g: &[f32], g_prev: &[f32]) -> f32 {
     let s: f64 = g
         .iter()
