@@ -34,6 +34,39 @@ pub struct KernelSpec {
     pub bindings: &'static [(u32, Binding)],
 }
 
+/// Checks a kernel's bindings against a device's limits before anything is compiled, so an adapter
+/// with fewer storage buffers per stage than a kernel needs (WebGL-class downlevel devices allow 4;
+/// MARS-AdamW binds 8) gets an error that names the kernel and the limit, not a validation failure.
+pub fn check_kernel_limits(spec: &KernelSpec, limits: &wgpu::Limits) -> Result<()> {
+    let storage = spec
+        .bindings
+        .iter()
+        .filter(|(_, b)| *b != Binding::Uniform)
+        .count() as u32;
+    let uniform = spec.bindings.len() as u32 - storage;
+    let over = |what: &str, need: u32, limit: u32| {
+        Error::Invalid(format!(
+            "kernel {}::{} needs {need} {what} per shader stage; this device allows {limit}",
+            spec.module, spec.entry
+        ))
+    };
+    if storage > limits.max_storage_buffers_per_shader_stage {
+        return Err(over(
+            "storage buffers (max_storage_buffers_per_shader_stage)",
+            storage,
+            limits.max_storage_buffers_per_shader_stage,
+        ));
+    }
+    if uniform > limits.max_uniform_buffers_per_shader_stage {
+        return Err(over(
+            "uniform buffers (max_uniform_buffers_per_shader_stage)",
+            uniform,
+            limits.max_uniform_buffers_per_shader_stage,
+        ));
+    }
+    Ok(())
+}
+
 /// Workgroup size of every 1-D kernel in gpuopt.
 pub const WORKGROUP_SIZE: u32 = 256;
 
@@ -318,6 +351,7 @@ impl Context {
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(spec) {
             return Ok(p.clone());
         }
+        check_kernel_limits(spec, self.limits())?;
         let device = &self.inner.device;
         let module = {
             let mut modules = self.inner.modules.lock().unwrap();
