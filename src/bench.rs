@@ -43,7 +43,7 @@ pub struct Record {
 }
 
 /// The suites `gpuopt bench` knows.
-pub const SUITES: &[&str] = &["elementwise"];
+pub const SUITES: &[&str] = &["elementwise", "gemm"];
 
 /// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline. Copies
 /// larger than one storage binding are split into chunks, one dispatch each.
@@ -185,7 +185,13 @@ pub fn run(
     show_progress: bool,
 ) -> Result<Vec<Record>> {
     match suite {
-        None | Some("elementwise") => elementwise(ctx, quick, show_progress),
+        None => {
+            let mut all = elementwise(ctx, quick, show_progress)?;
+            all.extend(gemm(ctx, quick, show_progress)?);
+            Ok(all)
+        }
+        Some("elementwise") => elementwise(ctx, quick, show_progress),
+        Some("gemm") => gemm(ctx, quick, show_progress),
         Some(other) => Err(Error::Invalid(format!(
             "unknown suite {other:?} (known: {})",
             SUITES.join(", ")
@@ -312,6 +318,91 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         timing: "wall-clock".into(),
     });
     pb.inc(1);
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// The gemm suite: square f32 GEMMs in GFLOP/s beside the WGSL FMA-throughput kernel (the adapter's
+/// arithmetic limit as WGSL reaches it) and the CPU's sgemm (ndarray's product), in the same run.
+pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
+    use crate::kernels::gemm::{FmaPeak, GemmDesc, GemmPlan};
+    let adapter = ctx.info().name.clone();
+    let sizes: &[usize] = if quick {
+        &[256]
+    } else {
+        &[256, 512, 1024, 2048]
+    };
+    let pb = progress(2 * sizes.len() as u64 + 1, show_progress);
+    pb.set_message("fma peak");
+    let fma = FmaPeak::new(ctx, 512, 4096)?;
+    let peak = ctx.time(2, 5, |enc| fma.record(ctx, enc))?;
+    let peak_gflops = fma.flops / peak.median_s / 1e9;
+    pb.inc(1);
+    let mut out = Vec::new();
+    let mut rng = TestRng::new(3);
+    for &n in sizes {
+        pb.set_message(format!("gemm {n}"));
+        let desc = GemmDesc::new(n, n, n);
+        let a = crate::Tensor::from_slice(ctx, &rng.uniforms(n * n, 1.0), &[n, n])?;
+        let b = crate::Tensor::from_slice(ctx, &rng.uniforms(n * n, 1.0), &[n, n])?;
+        let c = crate::Tensor::zeros(ctx, &[n, n])?;
+        let plan = GemmPlan::new(ctx, desc, &a, &b, &c)?;
+        let reps = if n >= 2048 {
+            1
+        } else if n >= 1024 {
+            2
+        } else {
+            5
+        };
+        let t = ctx.time(reps, if quick { 3 } else { 5 }, |enc| {
+            plan.record(enc);
+        })?;
+        let gflops = desc.flops() / t.median_s / 1e9;
+        out.push(Record {
+            suite: "gemm".into(),
+            kernel: "gemm_f32_nn".into(),
+            shape: vec![n, n, n],
+            median_s: t.median_s,
+            gbps: None,
+            gflops: Some(gflops),
+            baseline: "fma_peak".into(),
+            baseline_median_s: peak.median_s * desc.flops() / fma.flops,
+            ratio: gflops / peak_gflops,
+            tensors: None,
+            adapter: adapter.clone(),
+            timing: t.method.into(),
+        });
+        pb.inc(1);
+        pb.set_message(format!("cpu sgemm {n}"));
+        let ca = ndarray::Array2::<f32>::from_shape_vec((n, n), rng.uniforms(n * n, 1.0))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let cb = ndarray::Array2::<f32>::from_shape_vec((n, n), rng.uniforms(n * n, 1.0))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            let cc = ca.dot(&cb);
+            times.push(start.elapsed().as_secs_f64());
+            std::hint::black_box(cc);
+        }
+        times.sort_by(f64::total_cmp);
+        let cpu = times[1];
+        out.push(Record {
+            suite: "gemm".into(),
+            kernel: "cpu_sgemm_ndarray".into(),
+            shape: vec![n, n, n],
+            median_s: cpu,
+            gbps: None,
+            gflops: Some(desc.flops() / cpu / 1e9),
+            baseline: "gemm_f32_nn".into(),
+            baseline_median_s: t.median_s,
+            ratio: t.median_s / cpu,
+            tensors: None,
+            adapter: "CPU".into(),
+            timing: "wall-clock".into(),
+        });
+        pb.inc(1);
+    }
     pb.finish_and_clear();
     Ok(out)
 }

@@ -19,6 +19,8 @@ const SOURCES: &[(&str, &str)] = &[
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
     ("check", include_str!("../shaders/check.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
+    ("gemm", include_str!("../shaders/gemm.wgsl")),
+    ("fma_peak", include_str!("../shaders/fma_peak.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

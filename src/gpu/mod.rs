@@ -611,6 +611,18 @@ pub struct BoundKernel {
 }
 
 impl BoundKernel {
+    /// Records one dispatch of an explicit (x, y, z) grid in its own compute pass; returns 1.
+    pub fn record_3d(&self, encoder: &mut wgpu::CommandEncoder, grid: (u32, u32, u32)) -> usize {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(self.name),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        1
+    }
+
     /// Records one dispatch of `workgroups` workgroups (2-D grid from [`Context::grid`]) in its own
     /// compute pass, so later passes see its writes. Zero workgroups records nothing and returns 0;
     /// otherwise returns 1 (the dispatch count, for tests that count dispatches).

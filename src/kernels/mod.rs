@@ -6,6 +6,7 @@
 
 pub mod adaptive;
 pub mod arena;
+pub mod gemm;
 pub mod sign_momentum;
 
 use crate::gpu::{Binding, KernelSpec};
@@ -46,5 +47,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = vec![FIND_NON_FINITE, COPY_VEC4];
     v.extend_from_slice(sign_momentum::SPECS);
     v.extend_from_slice(adaptive::SPECS);
+    v.extend_from_slice(gemm::SPECS);
     v
 }

@@ -4,6 +4,7 @@
 //! --backend cpu` runs it.
 
 pub mod adaptive;
+pub mod gemm;
 pub mod sign_momentum;
 
 use crate::error::Result;

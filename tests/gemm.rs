@@ -1,0 +1,173 @@
+//! GEMM parity, GPU vs the f64 CPU oracle, for every op combination and awkward shapes, batched and
+//! broadcast, with α and β.
+//!
+//! Tolerance: the shader accumulates k products in f32; each rounding is at most ε/2 of a partial sum
+//! bounded by S = Σ_l |a_il|·|b_lj|, so the worst case is k·ε/2·S, but the roundings are independent
+//! and of both signs, so their sum grows like sqrt(k)·ε/2·S (the usual probabilistic bound). We
+//! allow (sqrt(k) + 2)·ε·|α|·S, plus one rounding of the α·acc + β·c epilogue.
+
+mod common;
+
+use gpuopt::kernels::gemm::{gemm, GemmDesc};
+use gpuopt::parity::TestRng;
+use gpuopt::{reference, Tensor};
+
+fn check(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
+    let ctx = common::ctx();
+    let mut rng = TestRng::new((desc.m * 31 + desc.n * 7 + desc.k) as u64);
+    let a_len = desc.m * desc.k * if broadcast_a { 1 } else { desc.batch };
+    let b_len = desc.k * desc.n * if broadcast_b { 1 } else { desc.batch };
+    let c_len = desc.m * desc.n * desc.batch;
+    let a = rng.uniforms(a_len, 1.0);
+    let b = rng.uniforms(b_len, 1.0);
+    let c0 = rng.uniforms(c_len, 1.0);
+    let (ta, tb, tc) = (
+        Tensor::from_slice(&ctx, &a, &[a_len]).unwrap(),
+        Tensor::from_slice(&ctx, &b, &[b_len]).unwrap(),
+        Tensor::from_slice(&ctx, &c0, &[c_len]).unwrap(),
+    );
+    gemm(&ctx, desc, &ta, &tb, &tc).unwrap();
+    let got = tc.to_vec(&ctx).unwrap();
+    let mut want = c0.clone();
+    reference::gemm::gemm(&desc, &a, &b, &mut want);
+    let scale = reference::gemm::abs_product(&desc, &a, &b);
+    let eps = f32::EPSILON;
+    let kf = (desc.k as f32).sqrt() + 2.0;
+    for i in 0..c_len {
+        let tol = kf * eps * desc.alpha.abs() * scale[i]
+            + 2.0 * eps * (want[i].abs() + (desc.beta * c0[i]).abs());
+        assert!(
+            (got[i] - want[i]).abs() <= tol,
+            "{desc:?} element {i}: got {}, want {}, tol {tol}",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 3, 5),
+    (37, 53, 29),
+    (128, 96, 64),
+    (256, 1000, 64),
+    (1000, 256, 300),
+];
+
+#[test]
+fn gemm_matches_reference_for_all_op_combinations() {
+    for &(m, n, k) in SHAPES {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            check(
+                GemmDesc {
+                    trans_a,
+                    trans_b,
+                    ..GemmDesc::new(m, n, k)
+                },
+                false,
+                false,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_alpha_beta_epilogue() {
+    check(
+        GemmDesc {
+            alpha: -0.5,
+            beta: 2.0,
+            ..GemmDesc::new(65, 33, 17)
+        },
+        false,
+        false,
+    );
+    check(
+        GemmDesc {
+            alpha: 3.0,
+            beta: -1.0,
+            trans_a: true,
+            ..GemmDesc::new(5, 70, 130)
+        },
+        false,
+        false,
+    );
+}
+
+#[test]
+fn gemm_batched_and_broadcast() {
+    check(
+        GemmDesc {
+            batch: 5,
+            ..GemmDesc::new(37, 53, 29)
+        },
+        false,
+        false,
+    );
+    check(
+        GemmDesc {
+            batch: 3,
+            trans_b: true,
+            ..GemmDesc::new(70, 20, 90)
+        },
+        true,
+        false,
+    );
+    check(
+        GemmDesc {
+            batch: 4,
+            trans_a: true,
+            beta: 1.0,
+            ..GemmDesc::new(9, 66, 31)
+        },
+        false,
+        true,
+    );
+}
+
+#[test]
+fn gemm_with_beta_zero_does_not_read_c() {
+    let ctx = common::ctx();
+    let desc = GemmDesc::new(3, 2, 4);
+    let a = Tensor::from_slice(&ctx, &[1.0; 12], &[12]).unwrap();
+    let b = Tensor::from_slice(&ctx, &[0.5; 8], &[8]).unwrap();
+    let c = Tensor::from_slice(&ctx, &[f32::NAN; 6], &[6]).unwrap();
+    gemm(&ctx, desc, &a, &b, &c).unwrap();
+    assert_eq!(c.to_vec(&ctx).unwrap(), vec![2.0; 6]);
+}
+
+#[test]
+fn gemm_rejects_bad_shapes() {
+    let ctx = common::ctx();
+    let t = |n: usize| Tensor::zeros(&ctx, &[n]).unwrap();
+    assert!(matches!(
+        gemm(&ctx, GemmDesc::new(3, 4, 5), &t(14), &t(20), &t(12)),
+        Err(gpuopt::Error::Shape { .. })
+    ));
+    assert!(matches!(
+        gemm(&ctx, GemmDesc::new(3, 4, 5), &t(15), &t(20), &t(13)),
+        Err(gpuopt::Error::Shape { .. })
+    ));
+    assert!(gemm(
+        &ctx,
+        GemmDesc {
+            batch: 0,
+            ..GemmDesc::new(1, 1, 1)
+        },
+        &t(1),
+        &t(1),
+        &t(1)
+    )
+    .is_err());
+    assert!(gemm(
+        &ctx,
+        GemmDesc {
+            alpha: f32::NAN,
+            ..GemmDesc::new(1, 1, 1)
+        },
+        &t(1),
+        &t(1),
+        &t(1)
+    )
+    .is_err());
+}
