@@ -1,4 +1,6 @@
-// C = alpha * op(A) * op(B) + beta * C, f32, op in {N, T}, any m, n, k, batched over z with strides.
+// C = alpha * op(A) * op(B) + beta * D, f32, op in {N, T}, any m, n, k, batched over z with strides.
+// D is C itself (the BLAS form) or a separate matrix of C's shape (a fused epilogue: Newton-Schulz's
+// B = b*A + c*A*A and X' = a*X + B*X are one dispatch each).
 // CPU twin: src/reference/gemm.rs. Host side: src/kernels/gemm.rs.
 //
 // Tiling: one workgroup of 8 x 8 invocations computes a 64 x 64 tile of C; each invocation holds an
@@ -14,13 +16,16 @@ struct GemmParams {
     m: u32, n: u32, k: u32, batch: u32,
     lda: u32, ldb: u32, ldc: u32, trans_a: u32,
     stride_a: u32, stride_b: u32, stride_c: u32, trans_b: u32,
-    alpha: f32, beta: f32, _pad0: u32, _pad1: u32,
+    alpha: f32, beta: f32,
+    d_mode: u32,    // 0: D = C; 1: D is the separate `d` binding
+    stride_d: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> d: array<f32>;
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -44,15 +49,22 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     return b[base + kk * gp.ldb + col];
 }
 
-// C[row, col0 .. col0+3] <- alpha * v + beta * C, within bounds.
-fn store4(base: u32, row: u32, col0: u32, v: vec4<f32>) {
+// C[row, col0 .. col0+3] <- alpha * v + beta * D, within bounds (D not read when beta == 0).
+fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>) {
     if (row >= gp.m) { return; }
     for (var j = 0u; j < 4u; j = j + 1u) {
         let col = col0 + j;
         if (col < gp.n) {
-            let idx = base + row * gp.ldc + col;
+            let off = row * gp.ldc + col;
+            let idx = z * gp.stride_c + off;
             var r = gp.alpha * v[j];
-            if (gp.beta != 0.0) { r = r + gp.beta * c[idx]; }
+            if (gp.beta != 0.0) {
+                if (gp.d_mode == 0u) {
+                    r = r + gp.beta * c[idx];
+                } else {
+                    r = r + gp.beta * d[z * gp.stride_d + off];
+                }
+            }
             c[idx] = r;
         }
     }
@@ -124,23 +136,22 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         workgroupBarrier();
     }
 
-    let base_c = z * gp.stride_c;
     let r0 = row0 + lid3.y * 8u;
     let c0 = col0 + lid3.x * 8u;
-    store4(base_c, r0 + 0u, c0 + 0u, a00);
-    store4(base_c, r0 + 0u, c0 + 4u, a01);
-    store4(base_c, r0 + 1u, c0 + 0u, a10);
-    store4(base_c, r0 + 1u, c0 + 4u, a11);
-    store4(base_c, r0 + 2u, c0 + 0u, a20);
-    store4(base_c, r0 + 2u, c0 + 4u, a21);
-    store4(base_c, r0 + 3u, c0 + 0u, a30);
-    store4(base_c, r0 + 3u, c0 + 4u, a31);
-    store4(base_c, r0 + 4u, c0 + 0u, a40);
-    store4(base_c, r0 + 4u, c0 + 4u, a41);
-    store4(base_c, r0 + 5u, c0 + 0u, a50);
-    store4(base_c, r0 + 5u, c0 + 4u, a51);
-    store4(base_c, r0 + 6u, c0 + 0u, a60);
-    store4(base_c, r0 + 6u, c0 + 4u, a61);
-    store4(base_c, r0 + 7u, c0 + 0u, a70);
-    store4(base_c, r0 + 7u, c0 + 4u, a71);
+    store4(z, r0 + 0u, c0 + 0u, a00);
+    store4(z, r0 + 0u, c0 + 4u, a01);
+    store4(z, r0 + 1u, c0 + 0u, a10);
+    store4(z, r0 + 1u, c0 + 4u, a11);
+    store4(z, r0 + 2u, c0 + 0u, a20);
+    store4(z, r0 + 2u, c0 + 4u, a21);
+    store4(z, r0 + 3u, c0 + 0u, a30);
+    store4(z, r0 + 3u, c0 + 4u, a31);
+    store4(z, r0 + 4u, c0 + 0u, a40);
+    store4(z, r0 + 4u, c0 + 4u, a41);
+    store4(z, r0 + 5u, c0 + 0u, a50);
+    store4(z, r0 + 5u, c0 + 4u, a51);
+    store4(z, r0 + 6u, c0 + 0u, a60);
+    store4(z, r0 + 6u, c0 + 4u, a61);
+    store4(z, r0 + 7u, c0 + 0u, a70);
+    store4(z, r0 + 7u, c0 + 4u, a71);
 }

@@ -171,3 +171,60 @@ fn gemm_rejects_bad_shapes() {
     )
     .is_err());
 }
+
+#[test]
+fn gemm_fused_addend_epilogue() {
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(11);
+    for (desc, d_len) in [
+        (
+            GemmDesc {
+                alpha: 2.0315,
+                beta: -4.775,
+                ..GemmDesc::new(33, 33, 33)
+            },
+            33 * 33,
+        ),
+        (
+            GemmDesc {
+                alpha: 1.0,
+                beta: 3.4445,
+                batch: 3,
+                ..GemmDesc::new(20, 50, 20)
+            },
+            3 * 20 * 50,
+        ),
+    ] {
+        let a = rng.uniforms(desc.m * desc.k * desc.batch, 1.0);
+        let b = rng.uniforms(desc.k * desc.n * desc.batch, 1.0);
+        let d = rng.uniforms(d_len, 1.0);
+        let t = |v: &[f32]| Tensor::from_slice(&ctx, v, &[v.len()]).unwrap();
+        let (ta, tb, td) = (t(&a), t(&b), t(&d));
+        let tc = Tensor::from_slice(
+            &ctx,
+            &vec![f32::NAN; desc.m * desc.n * desc.batch],
+            &[desc.m * desc.n * desc.batch],
+        )
+        .unwrap();
+        let plan =
+            gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &td).unwrap();
+        let mut enc = ctx.encoder("t");
+        plan.record(&mut enc);
+        ctx.submit(enc);
+        let got = tc.to_vec(&ctx).unwrap();
+        let mut want = vec![0.0; got.len()];
+        reference::gemm::gemm_addend(&desc, &a, &b, &mut want, &d);
+        let scale = reference::gemm::abs_product(&desc, &a, &b);
+        let kf = (desc.k as f32).sqrt() + 2.0;
+        for i in 0..got.len() {
+            let tol = kf * f32::EPSILON * desc.alpha.abs() * scale[i]
+                + 2.0 * f32::EPSILON * (want[i].abs() + (desc.beta * d[i % d_len]).abs());
+            assert!(
+                (got[i] - want[i]).abs() <= tol,
+                "{desc:?} {i}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
+}

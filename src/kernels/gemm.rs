@@ -11,7 +11,7 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 pub const GEMM_F32: KernelSpec = KernelSpec {
     module: "gemm",
     entry: "gemm_f32",
-    bindings: &[(0, U), (1, R), (2, R), (3, W)],
+    bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)],
 };
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec {
@@ -55,10 +55,12 @@ pub struct GemmParams {
     pub trans_b: u32,
     /// α.
     pub alpha: f32,
-    /// β (0: C is not read).
+    /// β (0: the addend is not read).
     pub beta: f32,
-    /// Padding to 64 bytes.
-    pub _pad: [u32; 2],
+    /// 0: the addend is C; 1: the separate `d` binding.
+    pub d_mode: u32,
+    /// Elements between consecutive D matrices.
+    pub stride_d: u32,
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 64);
 
@@ -130,7 +132,8 @@ impl GemmDesc {
             trans_b: self.trans_b as u32,
             alpha: self.alpha,
             beta: self.beta,
-            _pad: [0; 2],
+            d_mode: 0,
+            stride_d: 0,
         }
     }
 
@@ -179,18 +182,67 @@ pub struct GemmPlan {
 impl GemmPlan {
     /// Validates shapes and binds `c ← α·op(a)·op(b) + β·c`.
     pub fn new(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Self> {
+        Self::build(ctx, desc, a, b, c, None)
+    }
+
+    /// Validates shapes and binds `c ← α·op(a)·op(b) + β·d` with `d` of C's shape (one matrix,
+    /// broadcast, or `batch`), a fused epilogue in the same dispatch.
+    pub fn with_addend(
+        ctx: &Context,
+        desc: GemmDesc,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        d: &Tensor,
+    ) -> Result<Self> {
+        Self::build(ctx, desc, a, b, c, Some(d))
+    }
+
+    fn build(
+        ctx: &Context,
+        desc: GemmDesc,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        d: Option<&Tensor>,
+    ) -> Result<Self> {
         desc.check(a.len(), b.len(), c.len())?;
+        let mut params = desc.params(a.len(), b.len());
+        let one = desc.m * desc.n;
+        if let Some(d) = d {
+            if d.len() != one && d.len() != one * desc.batch {
+                return Err(Error::Shape {
+                    what: "gemm addend D".into(),
+                    expected: vec![desc.batch, desc.m, desc.n],
+                    got: d.shape().to_vec(),
+                });
+            }
+            params.d_mode = 1;
+            params.stride_d = if d.len() == one && desc.batch > 1 {
+                0
+            } else {
+                one as u32
+            };
+        }
         let uniform = ctx.uniform_buffer("gemm params", 64);
-        ctx.queue().write_buffer(
-            &uniform,
-            0,
-            bytemuck::bytes_of(&desc.params(a.len(), b.len())),
-        );
-        let empty = desc.m == 0 || desc.n == 0;
-        let bound = if empty {
+        ctx.queue()
+            .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
+        // Without an addend the `d` binding still needs a buffer; it is never read (d_mode = 0).
+        let dummy;
+        let d_buf = match d {
+            Some(d) => d.buffer(),
+            None => {
+                dummy = ctx.storage_buffer("gemm unused addend", 16)?;
+                &dummy
+            }
+        };
+        let bound = if desc.m == 0 || desc.n == 0 {
             None
         } else {
-            Some(ctx.bind(&GEMM_F32, &[&uniform, a.buffer(), b.buffer(), c.buffer()])?)
+            Some(ctx.bind(
+                &GEMM_F32,
+                &[&uniform, a.buffer(), b.buffer(), c.buffer(), d_buf],
+            )?)
         };
         let grid = (
             (desc.n as u32).div_ceil(TILE),

@@ -3,6 +3,20 @@
 
 use crate::kernels::gemm::GemmDesc;
 
+/// C[z] = α·op(A[z])·op(B[z]) + β·D[z] with a separate addend D (one matrix or `batch`).
+pub fn gemm_addend(desc: &GemmDesc, a: &[f32], b: &[f32], c: &mut [f32], d: &[f32]) {
+    let one = desc.m * desc.n;
+    for z in 0..desc.batch {
+        let dz = if d.len() == one {
+            &d[..one]
+        } else {
+            &d[z * one..(z + 1) * one]
+        };
+        c[z * one..(z + 1) * one].copy_from_slice(dz);
+    }
+    gemm(desc, a, b, c);
+}
+
 /// C[z] = α·op(A[z])·op(B[z]) + β·C[z]; A and B hold `batch` matrices or one (broadcast).
 pub fn gemm(d: &GemmDesc, a: &[f32], b: &[f32], c: &mut [f32]) {
     let (m, n, k) = (d.m, d.n, d.k);
