@@ -21,6 +21,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("gemm", include_str!("../shaders/gemm.wgsl")),
     ("fma_peak", include_str!("../shaders/fma_peak.wgsl")),
+    (
+        "newton_schulz",
+        include_str!("../shaders/newton_schulz.wgsl"),
+    ),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

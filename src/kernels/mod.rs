@@ -7,6 +7,7 @@
 pub mod adaptive;
 pub mod arena;
 pub mod gemm;
+pub mod newton_schulz;
 pub mod sign_momentum;
 
 use crate::gpu::{Binding, KernelSpec};
@@ -48,5 +49,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(sign_momentum::SPECS);
     v.extend_from_slice(adaptive::SPECS);
     v.extend_from_slice(gemm::SPECS);
+    v.extend_from_slice(newton_schulz::SPECS);
     v
 }

@@ -1,0 +1,428 @@
+//! Muon's quintic Newton–Schulz (NS5, ALGORITHMS.md §5.1) and the cubic polar iteration (§5.4) on the
+//! GPU: Frobenius norms and the normalising (transposing) copy from `shaders/newton_schulz.wgsl`, every
+//! product a GEMM with a fused epilogue from `shaders/gemm.wgsl`. CPU twin:
+//! `reference::newton_schulz`.
+//!
+//! NS5 per step, with X r×c (the wide orientation), batched over b matrices:
+//! 1. A ← X·Xᵀ                       one GEMM (op B = T)
+//! 2. B ← c·A·A + b·A                one GEMM, addend A
+//! 3. X ← B·X + a·X                  one GEMM, addend X (ping-pong buffers)
+
+use super::gemm::{GemmDesc, GemmPlan};
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use bytemuck::{Pod, Zeroable};
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// Per-matrix partial sums of squares.
+pub const FROB_PARTIAL: KernelSpec = KernelSpec {
+    module: "newton_schulz",
+    entry: "frob_partial",
+    bindings: &[(0, U), (1, R), (2, R), (3, W)],
+};
+/// Per-matrix norms from the partials.
+pub const FROB_FINAL: KernelSpec = KernelSpec {
+    module: "newton_schulz",
+    entry: "frob_final",
+    bindings: &[(0, U), (3, W), (4, W)],
+};
+/// out = x / (norm + eps) or x, transposed or not.
+pub const SCALE_COPY: KernelSpec = KernelSpec {
+    module: "newton_schulz",
+    entry: "scale_copy",
+    bindings: &[(0, U), (1, R), (5, R), (6, W)],
+};
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY];
+
+/// Muon's quintic coefficients (a, b, c) (KellerJordan/Muon, ALGORITHMS.md §5.1).
+pub const NS5_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+/// The epsilon added to the Frobenius norm before dividing.
+pub const NS_EPS: f32 = 1e-7;
+const CHUNK: usize = 4096;
+
+/// Uniform of `shaders/newton_schulz.wgsl`. Keep in sync with `struct NsParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct NsParams {
+    len: u32,
+    batch: u32,
+    chunks: u32,
+    use_y: u32,
+    rows: u32,
+    cols: u32,
+    transpose: u32,
+    use_norm: u32,
+    eps: f32,
+    _p: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<NsParams>() == 48);
+
+fn uniform(ctx: &Context, p: NsParams) -> wgpu::Buffer {
+    let u = ctx.uniform_buffer("newton-schulz params", 48);
+    ctx.queue().write_buffer(&u, 0, bytemuck::bytes_of(&p));
+    u
+}
+
+/// Frobenius norms of the `batch` matrices of `len` elements in `x` (or of `x − y`) into `norms`.
+pub struct FrobeniusPlan {
+    partial: BoundKernel,
+    finish: BoundKernel,
+    chunks: u32,
+    batch: u32,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+impl FrobeniusPlan {
+    /// Binds the two passes.
+    pub fn new(
+        ctx: &Context,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        batch: usize,
+        norms: &Tensor,
+    ) -> Result<Self> {
+        let len = x.len() / batch.max(1);
+        let chunks = len.div_ceil(CHUNK).max(1);
+        let u = uniform(
+            ctx,
+            NsParams {
+                len: len as u32,
+                batch: batch as u32,
+                chunks: chunks as u32,
+                use_y: y.is_some() as u32,
+                ..Default::default()
+            },
+        );
+        let partials = ctx.storage_buffer("frobenius partials", 8 * (chunks * batch) as u64)?;
+        let partial = ctx.bind(
+            &FROB_PARTIAL,
+            &[&u, x.buffer(), y.unwrap_or(x).buffer(), &partials],
+        )?;
+        let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, norms.buffer()])?;
+        Ok(FrobeniusPlan {
+            partial,
+            finish,
+            chunks: chunks as u32,
+            batch: batch as u32,
+            _buffers: vec![u, partials],
+        })
+    }
+
+    /// Records both passes; returns 2.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        self.partial
+            .record_3d(encoder, (self.chunks, self.batch, 1))
+            + self.finish.record_3d(encoder, (self.batch, 1, 1))
+    }
+}
+
+/// `out[z] = x[z]·s` with s = 1/(norm[z] + eps) or 1, transposing rows×cols matrices if asked.
+pub struct ScaleCopyPlan {
+    bound: BoundKernel,
+    grid: (u32, u32, u32),
+    _uniform: wgpu::Buffer,
+}
+
+impl ScaleCopyPlan {
+    /// Binds the copy of `batch` rows×cols matrices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: &Context,
+        x: &Tensor,
+        norms: Option<&Tensor>,
+        out: &Tensor,
+        batch: usize,
+        rows: usize,
+        cols: usize,
+        transpose: bool,
+    ) -> Result<Self> {
+        let len = rows * cols;
+        let u = uniform(
+            ctx,
+            NsParams {
+                len: len as u32,
+                batch: batch as u32,
+                rows: rows as u32,
+                cols: cols as u32,
+                transpose: transpose as u32,
+                use_norm: norms.is_some() as u32,
+                eps: NS_EPS,
+                ..Default::default()
+            },
+        );
+        let dummy;
+        let n = match norms {
+            Some(n) => n.buffer(),
+            None => {
+                dummy = ctx.storage_buffer("unused norms", 16)?;
+                &dummy
+            }
+        };
+        let bound = ctx.bind(&SCALE_COPY, &[&u, x.buffer(), n, out.buffer()])?;
+        let (gx, gy) = ctx.grid((len as u32).div_ceil(WORKGROUP_SIZE));
+        Ok(ScaleCopyPlan {
+            bound,
+            grid: (gx, gy, batch as u32),
+            _uniform: u,
+        })
+    }
+
+    /// Records the copy; returns 1.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        self.bound.record_3d(encoder, self.grid)
+    }
+}
+
+/// Shape of a batch of matrices: [m, n] or [b, m, n].
+pub fn batch_shape(shape: &[usize]) -> Result<(usize, usize, usize)> {
+    match *shape {
+        [m, n] => Ok((1, m, n)),
+        [b, m, n] => Ok((b, m, n)),
+        _ => Err(Error::Shape {
+            what: "matrix input (expected [m, n] or [b, m, n])".into(),
+            expected: vec![0, 0],
+            got: shape.to_vec(),
+        }),
+    }
+}
+
+/// NS5 over a batch, planned once (buffers, bind groups), recordable many times.
+pub struct Ns5Plan {
+    norm: FrobeniusPlan,
+    normalize: ScaleCopyPlan,
+    steps: usize,
+    gram: [GemmPlan; 2],
+    poly: GemmPlan,
+    update: [GemmPlan; 2],
+    finish: Option<ScaleCopyPlan>,
+    out: usize,
+    xs: [Tensor; 2],
+    result: Option<Tensor>,
+    _work: Vec<Tensor>,
+}
+
+impl Ns5Plan {
+    /// Plans NS5 with `steps` steps and coefficients (a, b, c) for `g` of shape [m, n] or [b, m, n].
+    pub fn new(
+        ctx: &Context,
+        g: &Tensor,
+        steps: usize,
+        (ca, cb, cc): (f32, f32, f32),
+    ) -> Result<Self> {
+        let (b, m, n) = batch_shape(g.shape())?;
+        if b == 0 || m == 0 || n == 0 {
+            return Err(Error::Invalid(format!(
+                "newton_schulz5 needs a non-empty input, got shape {:?}",
+                g.shape()
+            )));
+        }
+        let transpose = m > n;
+        let (r, c) = if transpose { (n, m) } else { (m, n) };
+        let norms = Tensor::zeros(ctx, &[b])?;
+        let norm = FrobeniusPlan::new(ctx, g, None, b, &norms)?;
+        let xs = [
+            Tensor::zeros(ctx, &[b, r, c])?,
+            Tensor::zeros(ctx, &[b, r, c])?,
+        ];
+        let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
+        let a_mat = Tensor::zeros(ctx, &[b, r, r])?;
+        let b_mat = Tensor::zeros(ctx, &[b, r, r])?;
+        let gram_desc = GemmDesc {
+            batch: b,
+            trans_b: true,
+            ..GemmDesc::new(r, r, c)
+        };
+        let gram = [
+            GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
+            GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
+        ];
+        let poly = GemmPlan::with_addend(
+            ctx,
+            GemmDesc {
+                batch: b,
+                alpha: cc,
+                beta: cb,
+                ..GemmDesc::new(r, r, r)
+            },
+            &a_mat,
+            &a_mat,
+            &b_mat,
+            &a_mat,
+        )?;
+        let up = GemmDesc {
+            batch: b,
+            alpha: 1.0,
+            beta: ca,
+            ..GemmDesc::new(r, c, r)
+        };
+        let update = [
+            GemmPlan::with_addend(ctx, up, &b_mat, &xs[0], &xs[1], &xs[0])?,
+            GemmPlan::with_addend(ctx, up, &b_mat, &xs[1], &xs[0], &xs[1])?,
+        ];
+        let out = steps % 2;
+        let (finish, result) = if transpose {
+            let y = Tensor::zeros(ctx, g.shape())?;
+            (
+                Some(ScaleCopyPlan::new(ctx, &xs[out], None, &y, b, r, c, true)?),
+                Some(y),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Ns5Plan {
+            norm,
+            normalize,
+            steps,
+            gram,
+            poly,
+            update,
+            finish,
+            out,
+            xs,
+            result,
+            _work: vec![norms, a_mat, b_mat],
+        })
+    }
+
+    /// Records the whole chain; returns the number of dispatches.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        let mut n = self.norm.record(encoder) + self.normalize.record(encoder);
+        for s in 0..self.steps {
+            let i = s % 2;
+            n += self.gram[i].record(encoder)
+                + self.poly.record(encoder)
+                + self.update[i].record(encoder);
+        }
+        if let Some(f) = &self.finish {
+            n += f.record(encoder);
+        }
+        n
+    }
+
+    /// The output tensor (the input's shape), valid after the recorded work ran.
+    pub fn output(&self) -> &Tensor {
+        self.result.as_ref().unwrap_or(&self.xs[self.out])
+    }
+}
+
+/// Runs NS5 on `g` ([m, n] or [b, m, n]) and returns the result with `g`'s shape.
+pub fn newton_schulz5(ctx: &Context, g: &Tensor, steps: usize) -> Result<Vec<f32>> {
+    if steps >= 100 {
+        return Err(Error::Invalid(format!(
+            "newton_schulz5 steps = {steps}: at most 99 (torch.optim.Muon's bound)"
+        )));
+    }
+    let plan = Ns5Plan::new(ctx, g, steps, NS5_COEFFICIENTS)?;
+    let mut enc = ctx.encoder("newton_schulz5");
+    ctx.scoped("newton_schulz5", || plan.record(&mut enc))?;
+    ctx.submit(enc);
+    plan.output().to_vec(ctx)
+}
+
+/// The polar iteration's result.
+#[derive(Clone, Debug)]
+pub struct Polar {
+    /// The polar factor, the input's shape.
+    pub q: Vec<f32>,
+    /// Iterations run.
+    pub iters: usize,
+    /// The last ‖X_k − X_{k−1}‖_F.
+    pub last_change: f32,
+}
+
+/// The stopping rule of ALGORITHMS.md §11.4: converged at δ ≤ 1e-6·√r, or at the f32 floor
+/// (δ ≤ 1e-4·√r and no longer decreasing).
+pub fn polar_converged(delta: f32, previous: f32, r: usize) -> bool {
+    let s = (r as f32).sqrt();
+    delta <= 1e-6 * s || (delta <= 1e-4 * s && delta >= previous)
+}
+
+/// The cubic Newton–Schulz polar iteration (§5.4) on an m×n matrix; an error when it has not
+/// converged after `max_iters` (never a silent result).
+pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
+    let (b, m, n) = batch_shape(a.shape())?;
+    if b != 1 || a.shape().len() != 2 {
+        return Err(Error::Invalid("polar takes one [m, n] matrix".into()));
+    }
+    if m == 0 || n == 0 {
+        return Err(Error::Invalid(format!(
+            "polar needs a non-empty matrix, got {m}x{n}"
+        )));
+    }
+    let transpose = m > n;
+    let (r, c) = if transpose { (n, m) } else { (m, n) };
+    let norms = Tensor::zeros(ctx, &[1])?;
+    let mut enc = ctx.encoder("polar norm");
+    FrobeniusPlan::new(ctx, a, None, 1, &norms)?.record(&mut enc);
+    ctx.submit(enc);
+    if norms.to_vec(ctx)?[0] == 0.0 {
+        return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
+    }
+    let xs = [Tensor::zeros(ctx, &[r, c])?, Tensor::zeros(ctx, &[r, c])?];
+    let gram_out = Tensor::zeros(ctx, &[r, r])?;
+    let delta = Tensor::zeros(ctx, &[1])?;
+    let normalize = ScaleCopyPlan::new(ctx, a, Some(&norms), &xs[0], 1, m, n, transpose)?;
+    let gram_desc = GemmDesc {
+        trans_b: true,
+        ..GemmDesc::new(r, r, c)
+    };
+    let step_desc = GemmDesc {
+        alpha: -0.5,
+        beta: 1.5,
+        ..GemmDesc::new(r, c, r)
+    };
+    let plans = [
+        (
+            GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &gram_out)?,
+            GemmPlan::with_addend(ctx, step_desc, &gram_out, &xs[0], &xs[1], &xs[0])?,
+            FrobeniusPlan::new(ctx, &xs[1], Some(&xs[0]), 1, &delta)?,
+        ),
+        (
+            GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &gram_out)?,
+            GemmPlan::with_addend(ctx, step_desc, &gram_out, &xs[1], &xs[0], &xs[1])?,
+            FrobeniusPlan::new(ctx, &xs[0], Some(&xs[1]), 1, &delta)?,
+        ),
+    ];
+    let mut enc = ctx.encoder("polar normalise");
+    normalize.record(&mut enc);
+    ctx.submit(enc);
+    let mut previous = f32::INFINITY;
+    for k in 0..max_iters {
+        let (gram, step, diff) = &plans[k % 2];
+        let mut enc = ctx.encoder("polar step");
+        gram.record(&mut enc);
+        step.record(&mut enc);
+        diff.record(&mut enc);
+        ctx.submit(enc);
+        let d = delta.to_vec(ctx)?[0];
+        if !d.is_finite() {
+            return Err(Error::Invalid(format!(
+                "polar diverged at iteration {}",
+                k + 1
+            )));
+        }
+        if polar_converged(d, previous, r) {
+            let x = &xs[(k + 1) % 2];
+            let q = if transpose {
+                let y = Tensor::zeros(ctx, &[m, n])?;
+                let mut enc = ctx.encoder("polar transpose");
+                ScaleCopyPlan::new(ctx, x, None, &y, 1, r, c, true)?.record(&mut enc);
+                ctx.submit(enc);
+                y.to_vec(ctx)?
+            } else {
+                x.to_vec(ctx)?
+            };
+            return Ok(Polar {
+                q,
+                iters: k + 1,
+                last_change: d,
+            });
+        }
+        previous = d;
+    }
+    Err(Error::Invalid(format!(
+        "polar did not converge in {max_iters} iterations (last change {previous:e}, needs <= {:e})",
+        1e-6 * (r as f32).sqrt()
+    )))
+}
