@@ -17,6 +17,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod matfn;
 pub mod optim;
 pub mod parity;
 

@@ -245,3 +245,75 @@ fn bench_json_records_have_the_documented_fields() {
     let bad = gpuopt(&["bench", "--suite", "nope"]);
     assert!(!bad.status.success());
 }
+
+fn write_matfn(dir: &Path, json: &str, a: &ArrayD<f32>) {
+    std::fs::write(dir.join("case.json"), json).unwrap();
+    let mut w = NpzWriter::new(std::fs::File::create(dir.join("inputs.npz")).unwrap());
+    w.add_array("a", a).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn matfn_runs_on_both_backends_and_agrees() {
+    for (json, shape) in [
+        (
+            r#"{"function": "newton_schulz5", "steps": 4}"#,
+            vec![3, 20, 12],
+        ),
+        (r#"{"function": "newton_schulz5"}"#, vec![9, 30]),
+        (r#"{"function": "polar", "max_iters": 100}"#, vec![25, 10]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &data(&shape, 9));
+        let mut ys = Vec::new();
+        for backend in ["gpu", "cpu"] {
+            let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
+            assert!(
+                out.status.success(),
+                "{json} {backend}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut r =
+                NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap())
+                    .unwrap();
+            let y: ArrayD<f32> = r.by_name("y").unwrap();
+            assert_eq!(y.shape(), shape.as_slice());
+            ys.push(y);
+        }
+        let diff =
+            (&ys[0] - &ys[1]).mapv(|v| v * v).sum().sqrt() / ys[1].mapv(|v| v * v).sum().sqrt();
+        assert!(diff < 1e-4, "{json}: gpu vs cpu relative {diff:e}");
+    }
+}
+
+#[test]
+fn matfn_bad_cases_fail_with_one_line_and_no_output() {
+    let cases: Vec<(&str, &str, Vec<usize>)> = vec![
+        (
+            "unknown function",
+            r#"{"function": "sqrtm_nope"}"#,
+            vec![3, 3],
+        ),
+        (
+            "polar of a batch",
+            r#"{"function": "polar"}"#,
+            vec![2, 3, 3],
+        ),
+        ("1-D input", r#"{"function": "newton_schulz5"}"#, vec![4]),
+        (
+            "polar non-convergence",
+            r#"{"function": "polar", "max_iters": 1}"#,
+            vec![6, 4],
+        ),
+        ("no function", r#"{"steps": 5}"#, vec![3, 3]),
+    ];
+    for (what, json, shape) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &data(&shape, 2));
+        let out = gpuopt(&["matfn", dir.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr:?}");
+        assert!(!dir.path().join("outputs.npz").exists(), "{what}");
+    }
+}

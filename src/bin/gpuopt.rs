@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[command(
     name = "gpuopt",
     version,
-    about = "GPU optimizer kernels: adapter info, GPU-vs-CPU parity, trajectory replay, benchmarks"
+    about = "GPU optimizer kernels: adapter info, GPU-vs-CPU parity, trajectory replay, matrix functions, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +37,14 @@ enum Command {
     },
     /// Run an optimizer over the gradients in CASE_DIR/inputs.npz; write CASE_DIR/outputs.npz.
     Replay {
+        /// Folder with case.json and inputs.npz.
+        case_dir: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = Backend::Gpu)]
+        backend: Backend,
+    },
+    /// A matrix function (newton_schulz5, polar) of CASE_DIR/inputs.npz `a`; writes CASE_DIR/outputs.npz `y`.
+    Matfn {
         /// Folder with case.json and inputs.npz.
         case_dir: PathBuf,
         /// Where to run.
@@ -104,6 +112,13 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
         }
         Command::Replay { case_dir, backend } => {
             gpuopt::replay::run_case(&case_dir, || match backend {
+                Backend::Gpu => Context::new().map(Some),
+                Backend::Cpu => Ok(None),
+            })?;
+            Ok(true)
+        }
+        Command::Matfn { case_dir, backend } => {
+            gpuopt::matfn::run_case(&case_dir, || match backend {
                 Backend::Gpu => Context::new().map(Some),
                 Backend::Cpu => Ok(None),
             })?;
