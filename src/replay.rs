@@ -9,17 +9,26 @@
 //! removed first, so a failed run never leaves an old result looking current).
 
 use crate::error::{Error, Result};
-use crate::optim::{Algorithm, OptimizerBuilder, Stepper};
+use crate::optim::{Algorithm, MuonBuilder, MuonConfig, OptimizerBuilder, Stepper};
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
 use std::path::Path;
 
+/// Which optimizer a case runs.
+#[derive(Clone, Debug)]
+pub enum CaseOptimizer {
+    /// An elementwise optimizer.
+    Elementwise(Algorithm),
+    /// Muon (2-D parameters only).
+    Muon(MuonConfig),
+}
+
 /// A parsed replay case.
 #[derive(Clone, Debug)]
 pub struct Case {
     /// The optimizer with its hyperparameters.
-    pub algorithm: Algorithm,
+    pub algorithm: CaseOptimizer,
     /// Steps to run.
     pub steps: usize,
     /// Initial parameter.
@@ -54,10 +63,26 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if !hyper.is_object() {
         return Err(invalid(&case_path, "\"hyper\" must be an object"));
     }
-    let algorithm = Algorithm::from_name(name, &hyper).map_err(|e| match e {
-        Error::Invalid(msg) => invalid(&case_path, msg),
-        other => invalid(&case_path, other),
-    })?;
+    if name != "muon" && !crate::optim::algorithm::NAMES.contains(&name) {
+        return Err(invalid(
+            &case_path,
+            format!(
+                "unknown optimizer {name:?} (known: {}, muon)",
+                crate::optim::algorithm::NAMES.join(", ")
+            ),
+        ));
+    }
+    let algorithm = if name == "muon" {
+        let c: MuonConfig = serde_json::from_value(hyper)
+            .map_err(|e| invalid(&case_path, format!("hyperparameters: {e}")))?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Muon(c)
+    } else {
+        CaseOptimizer::Elementwise(Algorithm::from_name(name, &hyper).map_err(|e| match e {
+            Error::Invalid(msg) => invalid(&case_path, msg),
+            other => invalid(&case_path, other),
+        })?)
+    };
 
     let npz_path = dir.join("inputs.npz");
     let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
@@ -83,6 +108,12 @@ pub fn load_case(dir: &Path) -> Result<Case> {
             got: grads.shape().to_vec(),
         });
     }
+    if matches!(algorithm, CaseOptimizer::Muon(_)) && param.ndim() != 2 {
+        return Err(invalid(
+            &npz_path,
+            format!("muon takes a 2-D param, got shape {:?}", param.shape()),
+        ));
+    }
     let available = grads.shape()[0];
     let steps = match json.get("steps") {
         None => available,
@@ -107,12 +138,30 @@ pub fn load_case(dir: &Path) -> Result<Case> {
 
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
 pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
-    let mut b = OptimizerBuilder::new(case.algorithm.clone());
     let data: Vec<f32> = case.param.iter().copied().collect();
-    let id = b.param("param", &data, case.param.shape(), b.default_group())?;
-    let mut opt: Box<dyn Stepper> = match ctx {
-        Some(ctx) => Box::new(b.build(ctx)?),
-        None => Box::new(b.build_cpu()?),
+    let (id, mut opt): (_, Box<dyn Stepper>) = match &case.algorithm {
+        CaseOptimizer::Elementwise(a) => {
+            let mut b = OptimizerBuilder::new(a.clone());
+            let id = b.param("param", &data, case.param.shape(), b.default_group())?;
+            (
+                id,
+                match ctx {
+                    Some(ctx) => Box::new(b.build(ctx)?),
+                    None => Box::new(b.build_cpu()?),
+                },
+            )
+        }
+        CaseOptimizer::Muon(c) => {
+            let mut b = MuonBuilder::new(c.clone());
+            let id = b.param("param", &data, case.param.shape())?;
+            (
+                id,
+                match ctx {
+                    Some(ctx) => Box::new(b.build(ctx)?),
+                    None => Box::new(b.build_cpu()?),
+                },
+            )
+        }
     };
     let mut shape = vec![case.steps];
     shape.extend_from_slice(case.param.shape());

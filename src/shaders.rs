@@ -25,6 +25,7 @@ const SOURCES: &[(&str, &str)] = &[
         "newton_schulz",
         include_str!("../shaders/newton_schulz.wgsl"),
     ),
+    ("muon", include_str!("../shaders/muon.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

@@ -317,3 +317,37 @@ fn matfn_bad_cases_fail_with_one_line_and_no_output() {
         assert!(!dir.path().join("outputs.npz").exists(), "{what}");
     }
 }
+
+#[test]
+fn replay_muon_on_both_backends_and_rejects_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(
+        dir.path(),
+        r#"{"optimizer": "muon", "steps": 6, "hyper": {"lr": 0.01, "adjust_lr": "match_rms_adamw"}}"#,
+        &data(&[12, 20], 1),
+        &data(&[6, 12, 20], 2),
+    );
+    let mut results = Vec::new();
+    for backend in ["gpu", "cpu"] {
+        let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        results.push(read_out(dir.path()).1);
+    }
+    let diff = (&results[0] - &results[1])
+        .mapv(|v| v.abs())
+        .fold(0.0f32, |a, &b| a.max(b));
+    assert!(diff < 1e-5, "muon gpu vs cpu max difference {diff:e}");
+    write_case(
+        dir.path(),
+        r#"{"optimizer": "muon"}"#,
+        &data(&[12], 1),
+        &data(&[2, 12], 2),
+    );
+    let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2-D"));
+}

@@ -20,6 +20,7 @@
 pub mod algorithm;
 pub mod checkpoint;
 mod gpu;
+pub mod muon;
 
 pub use algorithm::{
     AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd,
@@ -27,6 +28,7 @@ pub use algorithm::{
 };
 pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;
+pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};
 
 use crate::error::{Error, Result};
 use crate::kernels::arena::{Hyper, Hypers, MAX_GROUPS};

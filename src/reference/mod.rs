@@ -5,6 +5,7 @@
 
 pub mod adaptive;
 pub mod gemm;
+pub mod muon;
 pub mod newton_schulz;
 pub mod sign_momentum;
 

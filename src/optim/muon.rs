@@ -1,0 +1,559 @@
+//! Muon (ALGORITHMS.md §5.2, KellerJordan/Muon) with parameter routing: matrices (2-D, and conv
+//! kernels flattened to rows × rest) get momentum → NS5 → scaled update; everything else (biases,
+//! gains, and whatever the user marks, e.g. embeddings and heads) goes to the fused AdamW. Same-shape
+//! matrices are stacked and orthogonalised in one batched NS5 chain.
+//!
+//! ```text
+//! (5.2.1) m ← lerp(m, g, 1−β)              (5.2.2) u ← lerp(g, m, β) if nesterov else m
+//! (5.2.4) O ← NS5(u)                        (5.2.5) ratio ← adjust_lr(rows, cols)
+//! (5.2.6) p ← (1 − lr·wd)·p − lr·ratio·O    (decay with the unadjusted lr)
+//! ```
+
+use super::{AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// Muon's momentum pass.
+pub const MUON_MOMENTUM: KernelSpec = KernelSpec {
+    module: "muon",
+    entry: "muon_momentum",
+    bindings: &[(0, U), (1, R), (2, W), (3, W)],
+};
+/// Muon's update pass.
+pub const MUON_APPLY: KernelSpec = KernelSpec {
+    module: "muon",
+    entry: "muon_apply",
+    bindings: &[(0, U), (4, R), (5, W)],
+};
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[MUON_MOMENTUM, MUON_APPLY];
+
+/// How the learning rate is scaled per matrix (ALGORITHMS.md §11.1 `adjust_lr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustLr {
+    /// sqrt(max(1, rows/cols)) (KellerJordan/Muon).
+    #[default]
+    Original,
+    /// 0.2·sqrt(max(rows, cols)) (Moonshot; update RMS ≈ 0.2, like AdamW's).
+    MatchRmsAdamw,
+    /// 1.
+    None,
+}
+
+impl AdjustLr {
+    /// The factor for a rows × cols matrix.
+    pub fn ratio(self, rows: usize, cols: usize) -> f64 {
+        match self {
+            AdjustLr::Original => (rows as f64 / cols as f64).max(1.0).sqrt(),
+            AdjustLr::MatchRmsAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),
+            AdjustLr::None => 1.0,
+        }
+    }
+}
+
+/// Muon's hyperparameters; defaults are KellerJordan/Muon's (ALGORITHMS.md §11.2 `muon`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MuonConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum β.
+    pub momentum: f64,
+    /// Nesterov form.
+    pub nesterov: bool,
+    /// NS5 steps.
+    pub ns_steps: usize,
+    /// Decoupled decay (with the unadjusted lr).
+    pub weight_decay: f64,
+    /// Per-matrix lr scaling.
+    pub adjust_lr: AdjustLr,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+            weight_decay: 0.0,
+            adjust_lr: AdjustLr::Original,
+        }
+    }
+}
+
+impl MuonConfig {
+    /// Rejects non-finite or out-of-range values.
+    pub fn validate(&self) -> Result<()> {
+        super::algorithm::check_lr_wd(self.lr, self.weight_decay)?;
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::Hyperparameter {
+                name: "momentum".into(),
+                value: self.momentum,
+                reason: "must lie in [0, 1)".into(),
+            });
+        }
+        if self.ns_steps >= 100 {
+            return Err(Error::Hyperparameter {
+                name: "ns_steps".into(),
+                value: self.ns_steps as f64,
+                reason: "must be below 100".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The AdamW that Muon routes non-matrix parameters to: MuonWithAuxAdam's defaults
+/// (lr 3e-4, betas (0.9, 0.95), eps 1e-10, weight_decay 0).
+pub fn aux_adamw_default() -> AdamW {
+    AdamW {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-10,
+        weight_decay: 0.0,
+        amsgrad: false,
+    }
+}
+
+/// Uniform of `shaders/muon.wgsl`. Keep in sync with `struct MuonParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MuonParams {
+    /// Elements.
+    pub len: u32,
+    /// Nesterov flag.
+    pub nesterov: u32,
+    /// Padding.
+    pub _p: [u32; 2],
+    /// β.
+    pub beta: f32,
+    /// 1 − β.
+    pub omb: f32,
+    /// 1 − lr·wd.
+    pub decay: f32,
+    /// lr·ratio.
+    pub step: f32,
+}
+const _: () = assert!(std::mem::size_of::<MuonParams>() == 32);
+
+impl MuonConfig {
+    /// The uniform for `len` elements of rows × cols matrices.
+    pub fn params(&self, len: usize, rows: usize, cols: usize) -> MuonParams {
+        MuonParams {
+            len: len as u32,
+            nesterov: self.nesterov as u32,
+            _p: [0; 2],
+            beta: self.momentum as f32,
+            omb: (1.0 - self.momentum) as f32,
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            step: (self.lr * self.adjust_lr.ratio(rows, cols)) as f32,
+        }
+    }
+}
+
+/// Where a parameter went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Muon (matrix, index within its shape group).
+    Muon,
+    /// The auxiliary AdamW.
+    AdamW,
+}
+
+/// Collects parameters and routes them; builds the GPU [`MuonOptimizer`] or the CPU reference.
+#[derive(Clone, Debug)]
+pub struct MuonBuilder {
+    pub(crate) config: MuonConfig,
+    pub(crate) aux: AdamW,
+    pub(crate) params: Vec<(ParamMeta, Vec<f32>, Route)>,
+}
+
+impl MuonBuilder {
+    /// A builder with the given Muon config and the default auxiliary AdamW.
+    pub fn new(config: MuonConfig) -> Self {
+        MuonBuilder {
+            config,
+            aux: aux_adamw_default(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Replaces the auxiliary AdamW's config.
+    pub fn aux_adamw(mut self, aux: AdamW) -> Self {
+        self.aux = aux;
+        self
+    }
+
+    fn push(&mut self, name: &str, data: &[f32], shape: &[usize], route: Route) -> Result<ParamId> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::Shape {
+                what: format!("parameter {name}"),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
+        }
+        if self.params.iter().any(|(p, _, _)| p.name == name) {
+            return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
+        }
+        self.params.push((
+            ParamMeta {
+                name: name.into(),
+                shape: shape.to_vec(),
+                group: (route == Route::AdamW) as usize,
+            },
+            data.to_vec(),
+            route,
+        ));
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (flattened to shape[0] × rest), else AdamW.
+    pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        let matrix = shape.len() >= 2 && !data.is_empty();
+        self.push(
+            name,
+            data,
+            shape,
+            if matrix { Route::Muon } else { Route::AdamW },
+        )
+    }
+
+    /// Adds a parameter that goes to AdamW whatever its shape (embeddings, output heads).
+    pub fn param_adamw(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        self.push(name, data, shape, Route::AdamW)
+    }
+
+    /// Where a parameter was routed.
+    pub fn route(&self, id: ParamId) -> Option<Route> {
+        self.params.get(id.0).map(|p| p.2)
+    }
+
+    /// Builds the GPU optimizer.
+    pub fn build(self, ctx: &Context) -> Result<MuonOptimizer> {
+        self.config.validate()?;
+        MuonOptimizer::new(ctx, self)
+    }
+
+    /// Builds the CPU reference.
+    pub fn build_cpu(self) -> Result<crate::reference::muon::CpuMuon> {
+        self.config.validate()?;
+        crate::reference::muon::CpuMuon::new(self)
+    }
+
+    /// The matrix view (rows, cols) of a Muon parameter's shape.
+    pub fn matrix(shape: &[usize]) -> (usize, usize) {
+        (shape[0], shape[1..].iter().product())
+    }
+
+    /// Shape groups: (rows, cols, member parameter indices) of the Muon parameters, in first-seen order.
+    pub(crate) fn shape_groups(&self) -> Vec<(usize, usize, Vec<usize>)> {
+        let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+        for (i, (meta, _, route)) in self.params.iter().enumerate() {
+            if *route != Route::Muon {
+                continue;
+            }
+            let (r, c) = Self::matrix(&meta.shape);
+            match groups.iter_mut().find(|g| g.0 == r && g.1 == c) {
+                Some(g) => g.2.push(i),
+                None => groups.push((r, c, vec![i])),
+            }
+        }
+        groups
+    }
+
+    /// The auxiliary AdamW builder and the map from our parameter indices to its ids.
+    pub(crate) fn aux_builder(&self) -> Result<(OptimizerBuilder, Vec<Option<ParamId>>)> {
+        let mut b = OptimizerBuilder::new(self.aux.clone());
+        let mut map = vec![None; self.params.len()];
+        for (i, (meta, data, route)) in self.params.iter().enumerate() {
+            if *route == Route::AdamW {
+                map[i] = Some(b.param(&meta.name, data, &meta.shape, b.default_group())?);
+            }
+        }
+        Ok((b, map))
+    }
+}
+
+struct ShapeGroup {
+    rows: usize,
+    cols: usize,
+    members: Vec<usize>,
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    /// NS5's input (the Nesterov update); read by `ns`'s bind groups.
+    _u: Tensor,
+    ns: Ns5Plan,
+    momentum: BoundKernel,
+    apply: BoundKernel,
+    uniform: wgpu::Buffer,
+}
+
+/// The GPU Muon optimizer with its auxiliary AdamW. `set_lr(GroupId(0), ..)` sets Muon's lr,
+/// `GroupId(1)` the AdamW's.
+pub struct MuonOptimizer {
+    ctx: Context,
+    config: MuonConfig,
+    params: Vec<ParamMeta>,
+    /// Per parameter: (shape group, index) for Muon parameters.
+    loc: Vec<Option<(usize, usize)>>,
+    groups: Vec<ShapeGroup>,
+    aux: Option<super::Optimizer>,
+    aux_ids: Vec<Option<ParamId>>,
+    t: u64,
+}
+
+impl MuonOptimizer {
+    fn new(ctx: &Context, b: MuonBuilder) -> Result<Self> {
+        let mut loc = vec![None; b.params.len()];
+        let mut groups = Vec::new();
+        for (gi, (rows, cols, members)) in b.shape_groups().into_iter().enumerate() {
+            let n = members.len();
+            let mut init = Vec::with_capacity(n * rows * cols);
+            for (k, &i) in members.iter().enumerate() {
+                loc[i] = Some((gi, k));
+                init.extend_from_slice(&b.params[i].1);
+            }
+            let shape = [n, rows, cols];
+            let p = Tensor::from_slice(ctx, &init, &shape)?;
+            let g = Tensor::zeros(ctx, &shape)?;
+            let m = Tensor::zeros(ctx, &shape)?;
+            let u = Tensor::zeros(ctx, &shape)?;
+            let ns = Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?;
+            let uniform = ctx.uniform_buffer("muon params", 32);
+            let momentum = ctx.bind(
+                &MUON_MOMENTUM,
+                &[&uniform, g.buffer(), m.buffer(), u.buffer()],
+            )?;
+            let apply = ctx.bind(&MUON_APPLY, &[&uniform, ns.output().buffer(), p.buffer()])?;
+            groups.push(ShapeGroup {
+                rows,
+                cols,
+                members,
+                p,
+                g,
+                m,
+                _u: u,
+                ns,
+                momentum,
+                apply,
+                uniform,
+            });
+        }
+        let (ab, aux_ids) = b.aux_builder()?;
+        let aux = if aux_ids.iter().any(Option::is_some) {
+            Some(ab.build(ctx)?)
+        } else {
+            None
+        };
+        let params = b.params.into_iter().map(|p| p.0).collect();
+        Ok(MuonOptimizer {
+            ctx: ctx.clone(),
+            config: b.config,
+            params,
+            loc,
+            groups,
+            aux,
+            aux_ids,
+            t: 0,
+        })
+    }
+
+    /// Number of batched NS5 chains (one per distinct matrix shape).
+    pub fn shape_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn meta(&self, id: ParamId) -> Result<&ParamMeta> {
+        self.params
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
+    }
+
+    fn muon_slot(&self, id: ParamId) -> Result<Option<(&ShapeGroup, u64)>> {
+        self.meta(id)?;
+        Ok(self.loc[id.0].map(|(g, k)| {
+            let grp = &self.groups[g];
+            (grp, 4 * (k * grp.rows * grp.cols) as u64)
+        }))
+    }
+
+    fn aux_mut(&mut self, id: ParamId) -> Result<(&mut super::Optimizer, ParamId)> {
+        let aid =
+            self.aux_ids[id.0].ok_or_else(|| Error::Invalid("not an AdamW parameter".into()))?;
+        Ok((
+            self.aux
+                .as_mut()
+                .expect("aux exists when it has parameters"),
+            aid,
+        ))
+    }
+
+    fn write(&mut self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
+        let meta = self.meta(id)?;
+        if data.len() != meta.len() {
+            return Err(Error::Shape {
+                what: format!(
+                    "{} of {}",
+                    if grad { "gradient" } else { "parameter" },
+                    meta.name
+                ),
+                expected: meta.shape.clone(),
+                got: vec![data.len()],
+            });
+        }
+        match self.muon_slot(id)? {
+            Some((grp, off)) => {
+                let buf = if grad { grp.g.buffer() } else { grp.p.buffer() };
+                self.ctx
+                    .queue()
+                    .write_buffer(buf, off, bytemuck::cast_slice(data));
+                Ok(())
+            }
+            None => {
+                let (aux, aid) = self.aux_mut(id)?;
+                if grad {
+                    aux.write_grad(aid, data)
+                } else {
+                    aux.write_param(aid, data)
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, id: ParamId, which: &str) -> Result<Vec<f32>> {
+        let len = self.meta(id)?.len();
+        match self.muon_slot(id)? {
+            Some((grp, off)) => {
+                let buf = match which {
+                    "param" => grp.p.buffer(),
+                    "momentum_buffer" => grp.m.buffer(),
+                    other => return Err(Error::Invalid(format!("muon has no state {other:?}"))),
+                };
+                self.ctx.read_f32(buf, off, len)
+            }
+            None => {
+                let (aux, aid) = self.aux_mut(id)?;
+                if which == "param" {
+                    aux.read_param(aid)
+                } else {
+                    aux.read_state(aid, which)
+                }
+            }
+        }
+    }
+
+    /// Records Muon's part of a step (all shape groups); returns the dispatch count.
+    #[doc(hidden)]
+    pub fn record_muon(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        let mut n = 0;
+        for grp in &self.groups {
+            let len = grp.members.len() * grp.rows * grp.cols;
+            let p = self.config.params(len, grp.rows, grp.cols);
+            self.ctx
+                .queue()
+                .write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
+            let wg = (len as u32).div_ceil(WORKGROUP_SIZE);
+            n += grp.momentum.record(&self.ctx, encoder, wg);
+            n += grp.ns.record(encoder);
+            n += grp.apply.record(&self.ctx, encoder, wg);
+        }
+        n
+    }
+}
+
+impl Stepper for MuonOptimizer {
+    fn step(&mut self) -> Result<()> {
+        let mut enc = self.ctx.encoder("muon step");
+        self.ctx
+            .scoped("muon step", || self.record_muon(&mut enc))?;
+        self.ctx.submit(enc);
+        if let Some(aux) = &mut self.aux {
+            aux.step()?;
+        }
+        self.t += 1;
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        self.write(id, grad, true)
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        self.write(id, data, false)
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        self.read(id, "param")
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        self.read(id, state)
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        match group.0 {
+            0 => {
+                super::algorithm::check_lr_wd(lr, 0.0)?;
+                self.config.lr = lr;
+                Ok(())
+            }
+            1 => match &mut self.aux {
+                Some(aux) => aux.set_lr(GroupId(0), lr),
+                None => Err(Error::Invalid("no AdamW parameters".into())),
+            },
+            g => Err(Error::Invalid(format!("no group {g} (0: Muon, 1: AdamW)"))),
+        }
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        match group.0 {
+            0 => {
+                super::algorithm::check_lr_wd(0.0, wd)?;
+                self.config.weight_decay = wd;
+                Ok(())
+            }
+            1 => match &mut self.aux {
+                Some(aux) => aux.set_weight_decay(GroupId(0), wd),
+                None => Err(Error::Invalid("no AdamW parameters".into())),
+            },
+            g => Err(Error::Invalid(format!("no group {g} (0: Muon, 1: AdamW)"))),
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::Invalid(
+            "checkpoints of Muon are not implemented yet".into(),
+        ))
+    }
+
+    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
+        Err(Error::Invalid(
+            "checkpoints of Muon are not implemented yet".into(),
+        ))
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.params
+    }
+}

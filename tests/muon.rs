@@ -1,0 +1,191 @@
+//! Muon: routing, batching of same-shape matrices, GPU vs CPU parity over 10 steps for every
+//! adjust_lr rule and both momentum forms, and a known answer on a rank-one gradient.
+//!
+//! Tolerance: the momentum arithmetic is the same on both sides; the difference comes from NS5, whose
+//! relative error is at most e = 3·s·3.44·(sqrt(c) + 2)·ε (tests/newton_schulz.rs) on an output of
+//! Frobenius norm ≤ 1.2·sqrt(r), scaled by lr·ratio per step, plus a rounding of p per step.
+
+mod common;
+
+use gpuopt::optim::{AdjustLr, MuonBuilder, MuonConfig, Stepper};
+use gpuopt::parity::TestRng;
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn muon_routes_matrices_and_batches_same_shapes() {
+    let ctx = common::ctx();
+    let mut b = MuonBuilder::new(MuonConfig::default());
+    let w1 = b.param("w1", &[0.1; 12], &[3, 4]).unwrap();
+    let w2 = b.param("w2", &[0.1; 12], &[3, 4]).unwrap();
+    let conv = b.param("conv", &[0.1; 24], &[2, 3, 2, 2]).unwrap();
+    let bias = b.param("bias", &[0.0; 4], &[4]).unwrap();
+    let emb = b.param_adamw("emb", &[0.1; 12], &[6, 2]).unwrap();
+    use gpuopt::optim::muon::Route;
+    assert_eq!([w1, w2, conv].map(|id| b.route(id)), [Some(Route::Muon); 3]);
+    assert_eq!([bias, emb].map(|id| b.route(id)), [Some(Route::AdamW); 2]);
+    let opt = b.build(&ctx).unwrap();
+    assert_eq!(
+        opt.shape_groups(),
+        2,
+        "w1 and w2 share one batched NS5 chain; conv (2 x 12) has its own"
+    );
+    assert!((AdjustLr::Original.ratio(12, 3) - 2.0).abs() < 1e-12);
+    assert_eq!(AdjustLr::Original.ratio(3, 12), 1.0);
+    assert!((AdjustLr::MatchRmsAdamw.ratio(100, 25) - 2.0).abs() < 1e-12);
+    assert_eq!(AdjustLr::None.ratio(7, 2), 1.0);
+}
+
+fn parity(config: MuonConfig) {
+    let ctx = common::ctx();
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![64, 32],
+        vec![64, 32],
+        vec![17, 40],
+        vec![40, 17],
+        vec![3, 4, 5],
+        vec![10],
+        vec![1, 1],
+    ];
+    let mut rng = TestRng::new(17);
+    let mut b = MuonBuilder::new(config.clone());
+    let mut ids = Vec::new();
+    for (i, s) in shapes.iter().enumerate() {
+        let n: usize = s.iter().product();
+        ids.push(b.param(&format!("p{i}"), &rng.uniforms(n, 0.5), s).unwrap());
+    }
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    let steps = 10;
+    for t in 1..=steps {
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let g = rng.uniforms(s.iter().product(), 1.0);
+            gpu.write_grad(id, &g).unwrap();
+            cpu.write_grad(id, &g).unwrap();
+        }
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+            let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+            let err = norm(&diff);
+            let tol = if s.len() >= 2 {
+                let (r, c) = MuonBuilder::matrix(s);
+                let (r, c) = (r.min(c), r.max(c));
+                let e = 3.0
+                    * config.ns_steps as f64
+                    * 3.4445
+                    * ((c as f64).sqrt() + 2.0)
+                    * f32::EPSILON as f64;
+                let step = config.lr * config.adjust_lr.ratio(s[0], s[1..].iter().product());
+                t as f64
+                    * (step * e * 1.2 * (r as f64).sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y))
+            } else {
+                // AdamW-routed: the elementwise parity bound (gpuopt::parity::tolerance), in norm.
+                gpuopt::parity::tolerance(t, 1.0, 1e-3) as f64 * (y.len() as f64).sqrt()
+            };
+            assert!(
+                err <= tol,
+                "{config:?} {s:?} step {t}: |gpu - cpu| = {err:e} > {tol:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn muon_matches_reference_original_nesterov() {
+    parity(MuonConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 0.1,
+        ..MuonConfig::default()
+    });
+}
+
+#[test]
+fn muon_matches_reference_match_rms_plain_momentum() {
+    parity(MuonConfig {
+        lr: 0.005,
+        nesterov: false,
+        adjust_lr: AdjustLr::MatchRmsAdamw,
+        ns_steps: 3,
+        ..MuonConfig::default()
+    });
+}
+
+#[test]
+fn muon_matches_reference_no_adjustment() {
+    parity(MuonConfig {
+        adjust_lr: AdjustLr::None,
+        weight_decay: 0.05,
+        ..MuonConfig::default()
+    });
+}
+
+#[test]
+fn muon_rank_one_gradient_known_answer() {
+    // g = a·bᵀ has one singular value; NS5 maps σ/‖g‖_F = 1 through φ(x) = 3.4445x − 4.775x³ + 2.0315x⁵
+    // five times, so the first step is p = −lr·ratio·φ⁵(1)·(a/|a|)(b/|b|)ᵀ (the momentum only scales g).
+    let ctx = common::ctx();
+    let (m, n) = (6, 4);
+    let a: Vec<f64> = (0..m).map(|i| 1.0 + i as f64).collect();
+    let bv: Vec<f64> = (0..n)
+        .map(|j| if j % 2 == 0 { 1.0 } else { -2.0 })
+        .collect();
+    let g: Vec<f32> = (0..m * n).map(|k| (a[k / n] * bv[k % n]) as f32).collect();
+    let mut s = 1.0f64;
+    for _ in 0..5 {
+        s = 3.4445 * s - 4.775 * s.powi(3) + 2.0315 * s.powi(5);
+    }
+    let (na, nb) = (
+        a.iter().map(|x| x * x).sum::<f64>().sqrt(),
+        bv.iter().map(|x| x * x).sum::<f64>().sqrt(),
+    );
+    let cfg = MuonConfig::default();
+    let ratio = cfg.adjust_lr.ratio(m, n);
+    let mut b = MuonBuilder::new(cfg.clone());
+    let id = b.param("w", &vec![0.0; m * n], &[m, n]).unwrap();
+    let mut opt = b.build(&ctx).unwrap();
+    opt.write_grad(id, &g).unwrap();
+    opt.step().unwrap();
+    let p = opt.read_param(id).unwrap();
+    for k in 0..m * n {
+        let want = -cfg.lr * ratio * s * (a[k / n] / na) * (bv[k % n] / nb);
+        assert!(
+            (p[k] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
+            "{k}: {} vs {want}",
+            p[k]
+        );
+    }
+}
+
+#[test]
+fn muon_bad_input_is_an_error() {
+    let ctx = common::ctx();
+    assert!(MuonBuilder::new(MuonConfig {
+        momentum: 1.0,
+        ..MuonConfig::default()
+    })
+    .build(&ctx)
+    .is_err());
+    assert!(MuonBuilder::new(MuonConfig {
+        lr: f64::NAN,
+        ..MuonConfig::default()
+    })
+    .build(&ctx)
+    .is_err());
+    let mut b = MuonBuilder::new(MuonConfig::default());
+    assert!(b.param("w", &[0.0; 5], &[2, 3]).is_err());
+    let w = b.param("w", &[0.0; 6], &[2, 3]).unwrap();
+    let mut opt = b.build(&ctx).unwrap();
+    assert!(opt.write_grad(w, &[0.0; 5]).is_err());
+    assert!(opt
+        .set_lr(gpuopt::optim::GroupId(0), f64::INFINITY)
+        .is_err());
+    assert!(
+        opt.snapshot().is_err(),
+        "checkpoints of Muon are not implemented yet, and say so"
+    );
+}
