@@ -16,7 +16,8 @@ struct NsParams {
     transpose: u32,
     use_norm: u32,   // scale_copy: multiply by 1 / (norms[z] + eps), else copy
     eps: f32,
-    _p0: u32, _p1: u32, _p2: u32,
+    gamma: f32,      // cosh_partial: the scale inside cosh
+    _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> np: NsParams;
@@ -67,6 +68,26 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         } else {
             acc.x = acc.x + v * v;
         }
+    }
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[z * np.chunks + chunk] = total; }
+}
+
+// AuON's (5.5.8): partial sums of cosh(gamma * v / (norm + eps))^2, with norm = norms[z] = ||v||_F.
+// |gamma * v / norm| <= gamma, so cosh^2 stays small and the plain sum (first component) suffices;
+// frob_final then gives sqrt(sum).
+@compute @workgroup_size(256)
+fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x;
+    let z = wid.y;
+    let start = chunk * CHUNK;
+    let end = min(start + CHUNK, np.len);
+    let s = np.gamma / (norms[z] + np.eps);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = start + lid; i < end; i = i + WG) {
+        let ch = cosh(s * x[z * np.len + i]);
+        acc.x = acc.x + ch * ch;
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);

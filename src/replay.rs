@@ -9,7 +9,9 @@
 //! removed first, so a failed run never leaves an old result looking current).
 
 use crate::error::{Error, Result};
-use crate::optim::{Algorithm, MuonBuilder, MuonConfig, OptimizerBuilder, Stepper};
+use crate::optim::{
+    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, Stepper,
+};
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
@@ -22,7 +24,12 @@ pub enum CaseOptimizer {
     Elementwise(Algorithm),
     /// Muon (2-D parameters only).
     Muon(MuonConfig),
+    /// AuON (`hybrid` false) or Hybrid-AuON.
+    Auon(AuonConfig, bool),
 }
+
+/// Replay names of the matrix optimizers (beside the elementwise ones).
+pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon"];
 
 /// A parsed replay case.
 #[derive(Clone, Debug)]
@@ -63,20 +70,27 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if !hyper.is_object() {
         return Err(invalid(&case_path, "\"hyper\" must be an object"));
     }
-    if name != "muon" && !crate::optim::algorithm::NAMES.contains(&name) {
+    if !MATRIX_NAMES.contains(&name) && !crate::optim::algorithm::NAMES.contains(&name) {
         return Err(invalid(
             &case_path,
             format!(
-                "unknown optimizer {name:?} (known: {}, muon)",
-                crate::optim::algorithm::NAMES.join(", ")
+                "unknown optimizer {name:?} (known: {}, {})",
+                crate::optim::algorithm::NAMES.join(", "),
+                MATRIX_NAMES.join(", ")
             ),
         ));
     }
+    fn parse<T: serde::de::DeserializeOwned>(hyper: serde_json::Value, path: &Path) -> Result<T> {
+        serde_json::from_value(hyper).map_err(|e| invalid(path, format!("hyperparameters: {e}")))
+    }
     let algorithm = if name == "muon" {
-        let c: MuonConfig = serde_json::from_value(hyper)
-            .map_err(|e| invalid(&case_path, format!("hyperparameters: {e}")))?;
+        let c: MuonConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Muon(c)
+    } else if name == "auon" || name == "hybrid_auon" {
+        let c: AuonConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Auon(c, name == "hybrid_auon")
     } else {
         CaseOptimizer::Elementwise(Algorithm::from_name(name, &hyper).map_err(|e| match e {
             Error::Invalid(msg) => invalid(&case_path, msg),
@@ -143,6 +157,17 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
         CaseOptimizer::Elementwise(a) => {
             let mut b = OptimizerBuilder::new(a.clone());
             let id = b.param("param", &data, case.param.shape(), b.default_group())?;
+            (
+                id,
+                match ctx {
+                    Some(ctx) => Box::new(b.build(ctx)?),
+                    None => Box::new(b.build_cpu()?),
+                },
+            )
+        }
+        CaseOptimizer::Auon(c, hybrid) => {
+            let mut b = AuonBuilder::new(c.clone(), *hybrid);
+            let id = b.param("param", &data, case.param.shape())?;
             (
                 id,
                 match ctx {

@@ -26,6 +26,7 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../shaders/newton_schulz.wgsl"),
     ),
     ("muon", include_str!("../shaders/muon.wgsl")),
+    ("auon", include_str!("../shaders/auon.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

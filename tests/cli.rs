@@ -351,3 +351,39 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("2-D"));
 }
+
+#[test]
+fn replay_auon_and_hybrid_on_both_backends() {
+    for (name, shape) in [
+        ("auon", vec![30]),
+        ("auon", vec![8, 6]),
+        ("hybrid_auon", vec![8, 6]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gshape = vec![5];
+        gshape.extend(&shape);
+        write_case(
+            dir.path(),
+            &format!(r#"{{"optimizer": "{name}", "hyper": {{"lr": 0.05, "variant": "paper"}}}}"#),
+            &data(&shape, 3),
+            &data(&gshape, 4),
+        );
+        let mut results = Vec::new();
+        for backend in ["gpu", "cpu"] {
+            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+            assert!(
+                out.status.success(),
+                "{name} {backend}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            results.push(read_out(dir.path()).1);
+        }
+        let diff = (&results[0] - &results[1])
+            .mapv(|v| v.abs())
+            .fold(0.0f32, |a, &b| a.max(b));
+        assert!(
+            diff < 1e-5,
+            "{name} {shape:?}: gpu vs cpu max difference {diff:e}"
+        );
+    }
+}

@@ -32,8 +32,14 @@ pub const SCALE_COPY: KernelSpec = KernelSpec {
     entry: "scale_copy",
     bindings: &[(0, U), (1, R), (5, R), (6, W)],
 };
+/// AuON's Σ cosh(γ·v/(‖v‖ + eps))² partial sums (finished by [`FROB_FINAL`]).
+pub const COSH_PARTIAL: KernelSpec = KernelSpec {
+    module: "newton_schulz",
+    entry: "cosh_partial",
+    bindings: &[(0, U), (1, R), (3, W), (5, R)],
+};
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY];
+pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY, COSH_PARTIAL];
 
 /// Muon's quintic coefficients (a, b, c) (KellerJordan/Muon, ALGORITHMS.md §5.1).
 pub const NS5_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
@@ -54,7 +60,8 @@ struct NsParams {
     transpose: u32,
     use_norm: u32,
     eps: f32,
-    _p: [u32; 3],
+    gamma: f32,
+    _p: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<NsParams>() == 48);
 
@@ -100,6 +107,41 @@ impl FrobeniusPlan {
             &[&u, x.buffer(), y.unwrap_or(x).buffer(), &partials],
         )?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, norms.buffer()])?;
+        Ok(FrobeniusPlan {
+            partial,
+            finish,
+            chunks: chunks as u32,
+            batch: batch as u32,
+            _buffers: vec![u, partials],
+        })
+    }
+
+    /// sqrt(Σ cosh(γ·x/(norms[z] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
+    /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
+    pub fn cosh(
+        ctx: &Context,
+        x: &Tensor,
+        norms: &Tensor,
+        gamma: f32,
+        batch: usize,
+        out: &Tensor,
+    ) -> Result<Self> {
+        let len = x.len() / batch.max(1);
+        let chunks = len.div_ceil(CHUNK).max(1);
+        let u = uniform(
+            ctx,
+            NsParams {
+                len: len as u32,
+                batch: batch as u32,
+                chunks: chunks as u32,
+                eps: NS_EPS,
+                gamma,
+                ..Default::default()
+            },
+        );
+        let partials = ctx.storage_buffer("cosh partials", 8 * (chunks * batch) as u64)?;
+        let partial = ctx.bind(&COSH_PARTIAL, &[&u, x.buffer(), &partials, norms.buffer()])?;
+        let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, out.buffer()])?;
         Ok(FrobeniusPlan {
             partial,
             finish,

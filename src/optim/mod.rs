@@ -18,6 +18,7 @@
 //! ```
 
 pub mod algorithm;
+pub mod auon;
 pub mod checkpoint;
 mod gpu;
 pub mod muon;
@@ -26,6 +27,7 @@ pub use algorithm::{
     AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd,
     Signum,
 };
+pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;
 pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};

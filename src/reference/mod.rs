@@ -4,6 +4,7 @@
 //! --backend cpu` runs it.
 
 pub mod adaptive;
+pub mod auon;
 pub mod gemm;
 pub mod muon;
 pub mod newton_schulz;

@@ -1,0 +1,40 @@
+// AuON's update (ALGORITHMS.md §5.5); the momentum pass is Muon's (shaders/muon.wgsl), the norms are
+// shaders/newton_schulz.wgsl's. With v the Nesterov momentum (or NS5 of it, for Hybrid-AuON),
+// n = ||v||_F and rms = sqrt(mean(cosh(gamma * v / (n + 1e-7))^2)):
+//   package (ryyzn9/AuON auon/optimizer.py):  p <- (1 - lr*wd)*p;  if n > 0: p <- p - lr * v / (rms + 1e-8)
+//   paper (5.5.1-5.5.4):                      the same with v replaced by X = v / (n + 1e-7)
+// CPU twin: src/reference/auon.rs.
+
+struct AuonParams {
+    len: u32,
+    paper: u32,
+    _p0: u32,
+    _p1: u32,
+    decay: f32,
+    lr: f32,
+    inv_sqrt_n: f32,   // 1 / sqrt(N), turns sqrt(sum cosh^2) into the RMS
+    _p2: f32,
+}
+
+@group(0) @binding(0) var<uniform> ap: AuonParams;
+@group(0) @binding(1) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> norms: array<f32>;
+@group(0) @binding(3) var<storage, read> cosh_norm: array<f32>;
+@group(0) @binding(4) var<storage, read_write> p: array<f32>;
+
+@compute @workgroup_size(256)
+fn auon_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= ap.len) { return; }
+    let p0 = ap.decay * p[i];
+    let n = norms[0];
+    if (n == 0.0) {
+        p[i] = p0;   // (5.5.7): the step is skipped, the decay is not
+        return;
+    }
+    var x = v[i];
+    if (ap.paper != 0u) { x = x / (n + 1e-7); }
+    let rms = cosh_norm[0] * ap.inv_sqrt_n;
+    p[i] = p0 - ap.lr * (x / (rms + 1e-8));
+}

@@ -1,0 +1,419 @@
+//! AuON and Hybrid-AuON (ALGORITHMS.md §5.5, ryyzn9/AuON): Nesterov momentum, then a linear-time
+//! normalisation by the RMS of cosh of the Frobenius-normalised update; Hybrid-AuON orthogonalises
+//! the update of each matrix with NS5 first (1-D parameters skip NS5). `variant` "package" follows
+//! the current `auon/optimizer.py` (the step uses the un-normalised update, decay applied even when
+//! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
+
+use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
+use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use crate::kernels::newton_schulz::{FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// AuON's update pass.
+pub const AUON_APPLY: KernelSpec = KernelSpec {
+    module: "auon",
+    entry: "auon_apply",
+    bindings: &[(0, U), (1, R), (2, R), (3, R), (4, W)],
+};
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[AUON_APPLY];
+
+/// Which AuON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuonVariant {
+    /// ryyzn9/AuON `auon/optimizer.py` (the default).
+    #[default]
+    Package,
+    /// The paper's equations (5.5.1)–(5.5.4).
+    Paper,
+}
+
+/// AuON's hyperparameters; defaults are ryyzn9/AuON's `AuON` / `HybridAuON`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuonConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Nesterov momentum μ.
+    pub momentum: f64,
+    /// DW-B decay.
+    pub weight_decay: f64,
+    /// Scale inside cosh.
+    pub gamma: f64,
+    /// NS5 steps (Hybrid-AuON only).
+    pub ns_steps: usize,
+    /// "package" or "paper".
+    pub variant: AuonVariant,
+}
+
+impl Default for AuonConfig {
+    fn default() -> Self {
+        AuonConfig {
+            lr: 0.24,
+            momentum: 0.95,
+            weight_decay: 0.0,
+            gamma: 1.5,
+            ns_steps: 5,
+            variant: AuonVariant::Package,
+        }
+    }
+}
+
+impl AuonConfig {
+    /// Rejects non-finite or out-of-range values.
+    pub fn validate(&self) -> Result<()> {
+        MuonConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            ns_steps: self.ns_steps,
+            ..MuonConfig::default()
+        }
+        .validate()?;
+        if !self.gamma.is_finite() || self.gamma <= 0.0 {
+            return Err(Error::Hyperparameter {
+                name: "gamma".into(),
+                value: self.gamma,
+                reason: "must be finite and > 0".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The momentum pass's uniform (Nesterov always, as the package).
+    pub fn momentum_params(&self, len: usize) -> MuonParams {
+        MuonParams {
+            len: len as u32,
+            nesterov: 1,
+            _p: [0; 2],
+            beta: self.momentum as f32,
+            omb: (1.0 - self.momentum) as f32,
+            decay: 1.0,
+            step: 0.0,
+        }
+    }
+
+    /// The update pass's uniform.
+    pub fn apply_params(&self, len: usize) -> AuonParams {
+        AuonParams {
+            len: len as u32,
+            paper: (self.variant == AuonVariant::Paper) as u32,
+            _p: [0; 2],
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            lr: self.lr as f32,
+            inv_sqrt_n: (1.0 / (len.max(1) as f64).sqrt()) as f32,
+            _p2: 0.0,
+        }
+    }
+}
+
+/// Uniform of `shaders/auon.wgsl`. Keep in sync with `struct AuonParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AuonParams {
+    /// Elements.
+    pub len: u32,
+    /// 1 for the paper variant.
+    pub paper: u32,
+    /// Padding.
+    pub _p: [u32; 2],
+    /// 1 − lr·wd.
+    pub decay: f32,
+    /// lr.
+    pub lr: f32,
+    /// 1/sqrt(N).
+    pub inv_sqrt_n: f32,
+    /// Padding.
+    pub _p2: f32,
+}
+const _: () = assert!(std::mem::size_of::<AuonParams>() == 32);
+
+/// Parameters for AuON (every shape) and whether NS5 runs first (Hybrid-AuON, matrices only).
+#[derive(Clone, Debug)]
+pub struct AuonBuilder {
+    pub(crate) config: AuonConfig,
+    pub(crate) hybrid: bool,
+    pub(crate) params: Vec<(ParamMeta, Vec<f32>)>,
+}
+
+impl AuonBuilder {
+    /// AuON (`hybrid` false) or Hybrid-AuON (`hybrid` true).
+    pub fn new(config: AuonConfig, hybrid: bool) -> Self {
+        AuonBuilder {
+            config,
+            hybrid,
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter (matrices: shape[0] × rest for NS5).
+    pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::Shape {
+                what: format!("parameter {name}"),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
+        }
+        if self.params.iter().any(|(p, _)| p.name == name) {
+            return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
+        }
+        self.params.push((
+            ParamMeta {
+                name: name.into(),
+                shape: shape.to_vec(),
+                group: 0,
+            },
+            data.to_vec(),
+        ));
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    /// Whether NS5 runs on this parameter's update.
+    pub fn uses_ns(&self, shape: &[usize]) -> bool {
+        self.hybrid && shape.len() >= 2 && shape.iter().product::<usize>() > 0
+    }
+
+    /// Builds the GPU optimizer.
+    pub fn build(self, ctx: &Context) -> Result<AuonOptimizer> {
+        self.config.validate()?;
+        AuonOptimizer::new(ctx, self)
+    }
+
+    /// Builds the CPU reference.
+    pub fn build_cpu(self) -> Result<crate::reference::auon::CpuAuon> {
+        self.config.validate()?;
+        Ok(crate::reference::auon::CpuAuon::new(self))
+    }
+}
+
+struct Chain {
+    len: usize,
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    _u: Tensor,
+    /// ‖v‖_F and sqrt(Σ cosh²), read by the update pass.
+    _norms: [Tensor; 2],
+    ns: Option<Ns5Plan>,
+    momentum: BoundKernel,
+    frob: FrobeniusPlan,
+    cosh: FrobeniusPlan,
+    apply: BoundKernel,
+    uniforms: [wgpu::Buffer; 2],
+}
+
+/// The GPU AuON / Hybrid-AuON optimizer (one chain of passes per parameter).
+pub struct AuonOptimizer {
+    ctx: Context,
+    config: AuonConfig,
+    params: Vec<ParamMeta>,
+    chains: Vec<Option<Chain>>,
+    t: u64,
+}
+
+impl AuonOptimizer {
+    fn new(ctx: &Context, b: AuonBuilder) -> Result<Self> {
+        let mut chains = Vec::new();
+        for (meta, data) in &b.params {
+            let len = meta.len();
+            if len == 0 {
+                chains.push(None);
+                continue;
+            }
+            let shape = if meta.shape.len() >= 2 {
+                vec![meta.shape[0], len / meta.shape[0]]
+            } else {
+                vec![len]
+            };
+            let p = Tensor::from_slice(ctx, data, &shape)?;
+            let g = Tensor::zeros(ctx, &shape)?;
+            let m = Tensor::zeros(ctx, &shape)?;
+            let u = Tensor::zeros(ctx, &shape)?;
+            let ns = if b.uses_ns(&meta.shape) {
+                Some(Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?)
+            } else {
+                None
+            };
+            let v = ns.as_ref().map_or(&u, |n| n.output());
+            let mu = ctx.uniform_buffer("auon momentum", 32);
+            let au = ctx.uniform_buffer("auon apply", 32);
+            let momentum = ctx.bind(&MUON_MOMENTUM, &[&mu, g.buffer(), m.buffer(), u.buffer()])?;
+            let norm_t = Tensor::zeros(ctx, &[1])?;
+            let cosh_t = Tensor::zeros(ctx, &[1])?;
+            let frob = FrobeniusPlan::new(ctx, v, None, 1, &norm_t)?;
+            let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, 1, &cosh_t)?;
+            let apply = ctx.bind(
+                &AUON_APPLY,
+                &[
+                    &au,
+                    v.buffer(),
+                    norm_t.buffer(),
+                    cosh_t.buffer(),
+                    p.buffer(),
+                ],
+            )?;
+            chains.push(Some(Chain {
+                len,
+                p,
+                g,
+                m,
+                _u: u,
+                _norms: [norm_t, cosh_t],
+                ns,
+                momentum,
+                frob,
+                cosh,
+                apply,
+                uniforms: [mu, au],
+            }));
+        }
+        Ok(AuonOptimizer {
+            ctx: ctx.clone(),
+            config: b.config,
+            params: b.params.into_iter().map(|p| p.0).collect(),
+            chains,
+            t: 0,
+        })
+    }
+
+    fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
+        let meta = self
+            .params
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        if let Some(len) = len {
+            if len != meta.len() {
+                return Err(Error::Shape {
+                    what: meta.name.clone(),
+                    expected: meta.shape.clone(),
+                    got: vec![len],
+                });
+            }
+        }
+        Ok(self.chains[id.0].as_ref())
+    }
+}
+
+impl Stepper for AuonOptimizer {
+    fn step(&mut self) -> Result<()> {
+        let mut enc = self.ctx.encoder("auon step");
+        self.ctx.scoped("auon step", || {
+            for c in self.chains.iter().flatten() {
+                let q = self.ctx.queue();
+                q.write_buffer(
+                    &c.uniforms[0],
+                    0,
+                    bytemuck::bytes_of(&self.config.momentum_params(c.len)),
+                );
+                q.write_buffer(
+                    &c.uniforms[1],
+                    0,
+                    bytemuck::bytes_of(&self.config.apply_params(c.len)),
+                );
+                let wg = (c.len as u32).div_ceil(WORKGROUP_SIZE);
+                c.momentum.record(&self.ctx, &mut enc, wg);
+                if let Some(ns) = &c.ns {
+                    ns.record(&mut enc);
+                }
+                c.frob.record(&mut enc);
+                c.cosh.record(&mut enc);
+                c.apply.record(&self.ctx, &mut enc, wg);
+            }
+        })?;
+        self.ctx.submit(enc);
+        self.t += 1;
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        if let Some(c) = self.chain(id, Some(grad.len()))? {
+            c.g.write(&self.ctx, grad)?;
+        }
+        Ok(())
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        if let Some(c) = self.chain(id, Some(data.len()))? {
+            c.p.write(&self.ctx, data)?;
+        }
+        Ok(())
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        Ok(match self.chain(id, None)? {
+            Some(c) => c.p.to_vec(&self.ctx)?,
+            None => Vec::new(),
+        })
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        if state != "momentum_buffer" {
+            return Err(Error::Invalid(format!("auon has no state {state:?}")));
+        }
+        Ok(match self.chain(id, None)? {
+            Some(c) => c.m.to_vec(&self.ctx)?,
+            None => Vec::new(),
+        })
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = AuonConfig {
+            lr,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = AuonConfig {
+            weight_decay: wd,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::Invalid(
+            "checkpoints of AuON are not implemented yet".into(),
+        ))
+    }
+
+    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
+        Err(Error::Invalid(
+            "checkpoints of AuON are not implemented yet".into(),
+        ))
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.params
+    }
+}

@@ -1,0 +1,192 @@
+//! CPU twin of AuON / Hybrid-AuON (`src/optim/auon.rs`, `shaders/auon.wgsl`).
+
+use super::muon::lerp_torch;
+use crate::error::{Error, Result};
+use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
+use crate::optim::auon::{AuonBuilder, AuonConfig};
+use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+
+/// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid).
+pub fn auon_step(
+    c: &AuonConfig,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    ns: Option<(usize, usize)>,
+) {
+    let mp = c.momentum_params(p.len());
+    let mut u = vec![0.0; p.len()];
+    for i in 0..p.len() {
+        m[i] = lerp_torch(m[i], g[i], mp.omb);
+        u[i] = lerp_torch(g[i], m[i], mp.beta);
+    }
+    let v = match ns {
+        Some((r, cl)) => {
+            super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, NS5_COEFFICIENTS)
+        }
+        None => u,
+    };
+    let ap = c.apply_params(p.len());
+    let n = super::newton_schulz::frobenius(&v);
+    let s = c.gamma as f32 / (n + NS_EPS);
+    let cosh_sum: f64 = v.iter().map(|&x| ((s * x).cosh() as f64).powi(2)).sum();
+    let rms = (cosh_sum.sqrt() as f32) * ap.inv_sqrt_n;
+    for i in 0..p.len() {
+        let p0 = ap.decay * p[i];
+        if n == 0.0 {
+            p[i] = p0;
+            continue;
+        }
+        let x = if ap.paper != 0 {
+            v[i] / (n + 1e-7)
+        } else {
+            v[i]
+        };
+        p[i] = p0 - ap.lr * (x / (rms + 1e-8));
+    }
+}
+
+/// The CPU reference AuON / Hybrid-AuON.
+#[derive(Clone, Debug)]
+pub struct CpuAuon {
+    b: AuonBuilder,
+    p: Vec<Vec<f32>>,
+    g: Vec<Vec<f32>>,
+    m: Vec<Vec<f32>>,
+    metas: Vec<ParamMeta>,
+    t: u64,
+}
+
+impl CpuAuon {
+    pub(crate) fn new(b: AuonBuilder) -> Self {
+        let p: Vec<Vec<f32>> = b.params.iter().map(|x| x.1.clone()).collect();
+        let zeros = p.iter().map(|v| vec![0.0; v.len()]).collect::<Vec<_>>();
+        let metas = b.params.iter().map(|x| x.0.clone()).collect();
+        CpuAuon {
+            g: zeros.clone(),
+            m: zeros,
+            p,
+            metas,
+            b,
+            t: 0,
+        }
+    }
+
+    fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
+        let meta = self
+            .metas
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        match len {
+            Some(l) if l != meta.len() => Err(Error::Shape {
+                what: meta.name.clone(),
+                expected: meta.shape.clone(),
+                got: vec![l],
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Stepper for CpuAuon {
+    fn step(&mut self) -> Result<()> {
+        for i in 0..self.metas.len() {
+            let shape = &self.metas[i].shape;
+            if self.p[i].is_empty() {
+                continue;
+            }
+            let ns = self
+                .b
+                .uses_ns(shape)
+                .then(|| (shape[0], self.p[i].len() / shape[0]));
+            auon_step(
+                &self.b.config,
+                &mut self.p[i],
+                &self.g[i],
+                &mut self.m[i],
+                ns,
+            );
+        }
+        self.t += 1;
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        self.check(id, Some(grad.len()))?;
+        self.g[id.0].copy_from_slice(grad);
+        Ok(())
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        self.check(id, Some(data.len()))?;
+        self.p[id.0].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        self.check(id, None)?;
+        Ok(self.p[id.0].clone())
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        self.check(id, None)?;
+        if state != "momentum_buffer" {
+            return Err(Error::Invalid(format!("auon has no state {state:?}")));
+        }
+        Ok(self.m[id.0].clone())
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = AuonConfig {
+            lr,
+            ..self.b.config.clone()
+        };
+        next.validate()?;
+        self.b.config = next;
+        Ok(())
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = AuonConfig {
+            weight_decay: wd,
+            ..self.b.config.clone()
+        };
+        next.validate()?;
+        self.b.config = next;
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::Invalid(
+            "checkpoints of AuON are not implemented yet".into(),
+        ))
+    }
+
+    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
+        Err(Error::Invalid(
+            "checkpoints of AuON are not implemented yet".into(),
+        ))
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.metas
+    }
+}

@@ -1,0 +1,160 @@
+//! AuON and Hybrid-AuON: GPU vs CPU parity for both variants, the skip-at-zero rule, and a known
+//! answer worked out from the paper's equations.
+//!
+//! Tolerance per step: the update lr·x/(rms + 1e-8) differs by the relative error of x (NS5's bound
+//! 3·s·3.44·(sqrt(c) + 2)·ε for Hybrid, exact otherwise) plus that of the two reductions and cosh
+//! (a few ulp per element, summed pairwise: 32ε), and p is rounded once more (4ε·‖p‖).
+
+mod common;
+
+use gpuopt::optim::{AuonBuilder, AuonConfig, AuonVariant, Stepper};
+use gpuopt::parity::TestRng;
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+fn parity(config: AuonConfig, hybrid: bool) {
+    let ctx = common::ctx();
+    let shapes: Vec<Vec<usize>> = vec![vec![40, 24], vec![24, 40], vec![7], vec![3, 4, 5], vec![1]];
+    let mut rng = TestRng::new(23);
+    let mut b = AuonBuilder::new(config.clone(), hybrid);
+    let ids: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s)
+                .unwrap()
+        })
+        .collect();
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    for t in 1..=10 {
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let g = rng.uniforms(s.iter().product(), 1.0);
+            gpu.write_grad(id, &g).unwrap();
+            cpu.write_grad(id, &g).unwrap();
+        }
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+            let n: usize = s.iter().product();
+            let c = if s.len() >= 2 { s[0].max(n / s[0]) } else { n } as f64;
+            let ns = if hybrid && s.len() >= 2 {
+                3.0 * config.ns_steps as f64 * 3.4445 * (c.sqrt() + 2.0)
+            } else {
+                0.0
+            };
+            let eps = f32::EPSILON as f64;
+            // |x|/rms per element is at most ~1.2·sqrt(n) in norm (rms ≥ 1); the step is lr times that.
+            let step = config.lr * 1.2 * (n as f64).sqrt().max(1.0);
+            let tol = t as f64 * (step * (ns + 32.0) * eps + 4.0 * eps * norm(&y));
+            let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+            assert!(
+                norm(&diff) <= tol,
+                "{config:?} hybrid={hybrid} {s:?} step {t}: {:e} > {tol:e}",
+                norm(&diff)
+            );
+        }
+    }
+}
+
+#[test]
+fn auon_package_matches_reference() {
+    parity(
+        AuonConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.1,
+            gamma: 1.2,
+            ..AuonConfig::default()
+        },
+        false,
+    );
+}
+
+#[test]
+fn auon_paper_matches_reference() {
+    parity(
+        AuonConfig {
+            lr: 0.01,
+            variant: AuonVariant::Paper,
+            ..AuonConfig::default()
+        },
+        false,
+    );
+}
+
+#[test]
+fn hybrid_auon_matches_reference() {
+    parity(
+        AuonConfig {
+            lr: 0.02,
+            weight_decay: 0.05,
+            ns_steps: 3,
+            ..AuonConfig::default()
+        },
+        true,
+    );
+    parity(
+        AuonConfig {
+            lr: 0.02,
+            variant: AuonVariant::Paper,
+            ..AuonConfig::default()
+        },
+        true,
+    );
+}
+
+#[test]
+fn auon_zero_gradient_skips_the_step_but_not_the_decay() {
+    let ctx = common::ctx();
+    let cfg = AuonConfig {
+        lr: 0.1,
+        weight_decay: 0.5,
+        ..AuonConfig::default()
+    };
+    let mut b = AuonBuilder::new(cfg, false);
+    let id = b.param("w", &[1.0, -2.0, 3.0], &[3]).unwrap();
+    let mut opt = b.build(&ctx).unwrap();
+    opt.write_grad(id, &[0.0; 3]).unwrap();
+    opt.step().unwrap();
+    let d = (1.0f64 - 0.1 * 0.5) as f32;
+    assert_eq!(opt.read_param(id).unwrap(), vec![d, -2.0 * d, 3.0 * d]);
+}
+
+#[test]
+fn auon_paper_first_step_known_answer() {
+    // Step 1 from m = 0: m = 0.05 g, u = lerp(g, m, 0.95) ∝ g, so X = g/‖g‖ (up to 1e-7),
+    // r = sqrt(mean(cosh(X)²)) with the package's γ (1.5 here) inside cosh, p = −lr·X/(r + 1e-8).
+    let ctx = common::ctx();
+    let g = [0.5f32, -1.0, 2.0, 0.25];
+    let cfg = AuonConfig {
+        lr: 0.1,
+        variant: AuonVariant::Paper,
+        ..AuonConfig::default()
+    };
+    let mut b = AuonBuilder::new(cfg.clone(), false);
+    let id = b.param("w", &[0.0; 4], &[4]).unwrap();
+    let mut opt = b.build(&ctx).unwrap();
+    opt.write_grad(id, &g).unwrap();
+    opt.step().unwrap();
+    let p = opt.read_param(id).unwrap();
+    let ng = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let x: Vec<f64> = g.iter().map(|&v| v as f64 / ng).collect();
+    let r = (x
+        .iter()
+        .map(|v| (cfg.gamma * v).cosh().powi(2))
+        .sum::<f64>()
+        / 4.0)
+        .sqrt();
+    for i in 0..4 {
+        let want = -cfg.lr * x[i] / r;
+        assert!(
+            (p[i] as f64 - want).abs() <= 1e-5 * want.abs(),
+            "{i}: {} vs {want}",
+            p[i]
+        );
+    }
+}
