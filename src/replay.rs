@@ -10,7 +10,8 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{
-    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, Stepper,
+    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, RegBuilder,
+    RegConfig, Stepper,
 };
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -26,10 +27,12 @@ pub enum CaseOptimizer {
     Muon(MuonConfig),
     /// AuON (`hybrid` false) or Hybrid-AuON.
     Auon(AuonConfig, bool),
+    /// REG, as the RACS operator of pytorch-optimizer.
+    Reg(RegConfig),
 }
 
 /// Replay names of the matrix optimizers (beside the elementwise ones).
-pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon"];
+pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg"];
 
 /// A parsed replay case.
 #[derive(Clone, Debug)]
@@ -87,6 +90,10 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         let c: MuonConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Muon(c)
+    } else if name == "reg" {
+        let c: RegConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Reg(c)
     } else if name == "auon" || name == "hybrid_auon" {
         let c: AuonConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
@@ -157,6 +164,17 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
         CaseOptimizer::Elementwise(a) => {
             let mut b = OptimizerBuilder::new(a.clone());
             let id = b.param("param", &data, case.param.shape(), b.default_group())?;
+            (
+                id,
+                match ctx {
+                    Some(ctx) => Box::new(b.build(ctx)?),
+                    None => Box::new(b.build_cpu()?),
+                },
+            )
+        }
+        CaseOptimizer::Reg(c) => {
+            let mut b = RegBuilder::new(c.clone());
+            let id = b.param("param", &data, case.param.shape())?;
             (
                 id,
                 match ctx {

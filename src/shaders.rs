@@ -27,6 +27,7 @@ const SOURCES: &[(&str, &str)] = &[
     ),
     ("muon", include_str!("../shaders/muon.wgsl")),
     ("auon", include_str!("../shaders/auon.wgsl")),
+    ("racs", include_str!("../shaders/racs.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

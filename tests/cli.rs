@@ -353,11 +353,13 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
 }
 
 #[test]
-fn replay_auon_and_hybrid_on_both_backends() {
+fn replay_auon_hybrid_and_reg_on_both_backends() {
     for (name, shape) in [
         ("auon", vec![30]),
         ("auon", vec![8, 6]),
         ("hybrid_auon", vec![8, 6]),
+        ("reg", vec![8, 6]),
+        ("reg", vec![11]),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut gshape = vec![5];

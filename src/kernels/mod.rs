@@ -52,5 +52,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(newton_schulz::SPECS);
     v.extend_from_slice(crate::optim::muon::SPECS);
     v.extend_from_slice(crate::optim::auon::SPECS);
+    v.extend_from_slice(crate::optim::reg::SPECS);
     v
 }

@@ -22,6 +22,7 @@ pub mod auon;
 pub mod checkpoint;
 mod gpu;
 pub mod muon;
+pub mod reg;
 
 pub use algorithm::{
     AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd,
@@ -31,6 +32,7 @@ pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;
 pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};
+pub use reg::{RegBuilder, RegConfig, RegOptimizer};
 
 use crate::error::{Error, Result};
 use crate::kernels::arena::{Hyper, Hypers, MAX_GROUPS};

@@ -8,6 +8,7 @@ pub mod auon;
 pub mod gemm;
 pub mod muon;
 pub mod newton_schulz;
+pub mod racs;
 pub mod sign_momentum;
 
 use crate::error::Result;

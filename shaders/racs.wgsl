@@ -1,0 +1,140 @@
+// REG's direction, implemented as the RACS operator of pytorch-optimizer `RACS` (ALGORITHMS.md §5.6;
+// REG's own formula is unconfirmed there). For G viewed as rows x cols (1-D: n x 1):
+//   (5.6.2) s <- lerp(s, mean_j G^2, 1 - beta)      q <- lerp(q, mean_i G^2, 1 - beta)   (s = 0, q = 1 at start)
+//   (5.6.3) Gh_ij = G_ij / (sqrt(s_i + eps) * sqrt(q_j + eps))
+//   (5.6.4) eta = 1 at t = 1, else gamma / max(||Gh||_F / (theta + eps), gamma);  theta <- eta * ||Gh||_F
+//   (5.6.1, 5.6.5) p <- (1 - lr*wd) * p - lr*alpha*eta * Gh
+// CPU twin: src/reference/racs.rs.
+
+struct RacsParams {
+    rows: u32,
+    cols: u32,
+    chunks: u32,
+    first: u32,
+    omb: f32,     // 1 - beta
+    eps: f32,
+    gamma: f32,
+    decay: f32,   // 1 - lr * weight_decay
+    step: f32,    // lr * alpha
+    _p0: f32, _p1: f32, _p2: f32,
+}
+
+@group(0) @binding(0) var<uniform> rp: RacsParams;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> s: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
+// [||Gh||_F, theta, eta, unused]
+@group(0) @binding(5) var<storage, read_write> scal: array<f32>;
+@group(0) @binding(6) var<storage, read_write> p: array<f32>;
+
+const WG: u32 = 256u;
+const CHUNK: u32 = 4096u;
+const BIG: f32 = 1099511627776.0;         // 2^40
+const DOWN: f32 = 5.421010862427522e-20;  // 2^-64
+const UP: f32 = 18446744073709551616.0;   // 2^64
+
+var<workgroup> red: array<vec2<f32>, WG>;
+
+fn workgroup_sum(lid: u32) -> vec2<f32> {
+    workgroupBarrier();
+    if (lid < 16u) {
+        var t = vec2<f32>(0.0, 0.0);
+        for (var j = 0u; j < 16u; j = j + 1u) { t = t + red[lid * 16u + j]; }
+        red[lid * 16u] = t;
+    }
+    workgroupBarrier();
+    var total = vec2<f32>(0.0, 0.0);
+    if (lid == 0u) {
+        for (var j = 0u; j < 16u; j = j + 1u) { total = total + red[j * 16u]; }
+    }
+    return total;
+}
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+fn lerp_small(a: f32, b: f32, w: f32) -> f32 {
+    if (w < 0.5) { return a + w * (b - a); }
+    return b - (b - a) * (1.0 - w);
+}
+
+@compute @workgroup_size(256)
+fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= rp.rows) { return; }
+    var sum = 0.0;
+    for (var j = 0u; j < rp.cols; j = j + 1u) {
+        let v = g[i * rp.cols + j];
+        sum = sum + v * v;
+    }
+    s[i] = lerp_small(s[i], sum / f32(rp.cols), rp.omb);
+}
+
+@compute @workgroup_size(256)
+fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let j = index(wid, nwg, lid);
+    if (j >= rp.cols) { return; }
+    var sum = 0.0;
+    for (var i = 0u; i < rp.rows; i = i + 1u) {
+        let v = g[i * rp.cols + j];
+        sum = sum + v * v;
+    }
+    q[j] = lerp_small(q[j], sum / f32(rp.rows), rp.omb);
+}
+
+fn g_hat(k: u32) -> f32 {
+    let i = k / rp.cols;
+    let j = k % rp.cols;
+    return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[j] + rp.eps));
+}
+
+@compute @workgroup_size(256)
+fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let start = wid.x * CHUNK;
+    let end = min(start + CHUNK, rp.rows * rp.cols);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = start + lid; k < end; k = k + WG) {
+        let v = g_hat(k);
+        if (abs(v) > BIG) {
+            let w = v * DOWN;
+            acc.y = acc.y + w * w;
+        } else {
+            acc.x = acc.x + v * v;
+        }
+    }
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[wid.x] = total; }
+}
+
+// One workgroup: ||Gh||_F from the partials, then the norm-growth limiter (5.6.4).
+@compute @workgroup_size(256)
+fn racs_eta(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var j = lid; j < rp.chunks; j = j + WG) { acc = acc + partials[j]; }
+    red[lid] = acc;
+    let t = workgroup_sum(lid);
+    if (lid == 0u) {
+        var norm = sqrt(t.x);
+        if (t.y > 0.0) { norm = UP * sqrt(t.y + (t.x * DOWN) * DOWN); }
+        var eta = 1.0;
+        if (rp.first == 0u) {
+            eta = rp.gamma / max(norm / (scal[1] + rp.eps), rp.gamma);
+        }
+        scal[0] = norm;
+        scal[1] = norm * eta;
+        scal[2] = eta;
+    }
+}
+
+@compute @workgroup_size(256)
+fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let k = index(wid, nwg, lid);
+    if (k >= rp.rows * rp.cols) { return; }
+    p[k] = rp.decay * p[k] - (rp.step * scal[2]) * g_hat(k);
+}

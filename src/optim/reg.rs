@@ -1,0 +1,420 @@
+//! REG (ALGORITHMS.md §5.6): its own formula is unconfirmed, so gpuopt implements the RACS operator
+//! exactly as pytorch-optimizer's `RACS` defines it (row and column second-moment scaling of the
+//! gradient, a norm-growth limiter, decoupled decay) under the replay name `reg`, and says so here
+//! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
+//! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
+
+use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
+    KernelSpec {
+        module: "racs",
+        entry,
+        bindings,
+    }
+}
+/// Row statistics s.
+pub const RACS_ROWS: KernelSpec = spec("racs_rows", &[(0, U), (1, R), (2, W)]);
+/// Column statistics q.
+pub const RACS_COLS: KernelSpec = spec("racs_cols", &[(0, U), (1, R), (3, W)]);
+/// Partial sums of ‖Ĝ‖².
+pub const RACS_PARTIAL: KernelSpec =
+    spec("racs_partial", &[(0, U), (1, R), (2, W), (3, W), (4, W)]);
+/// ‖Ĝ‖ and the limiter η.
+pub const RACS_ETA: KernelSpec = spec("racs_eta", &[(0, U), (4, W), (5, W)]);
+/// The update.
+pub const RACS_APPLY: KernelSpec = spec(
+    "racs_apply",
+    &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)],
+);
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[RACS_ROWS, RACS_COLS, RACS_PARTIAL, RACS_ETA, RACS_APPLY];
+const CHUNK: usize = 4096;
+
+/// REG / RACS hyperparameters; defaults are pytorch-optimizer `RACS`'s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// EMA coefficient of the row/column statistics (RACS's `beta`).
+    pub beta2: f64,
+    /// Output scale.
+    pub alpha: f64,
+    /// Norm-growth limit per step.
+    pub gamma: f64,
+    /// Inside the square roots and the limiter.
+    pub eps: f64,
+    /// DW-B decay.
+    pub weight_decay: f64,
+}
+
+impl Default for RegConfig {
+    fn default() -> Self {
+        RegConfig {
+            lr: 1e-3,
+            beta2: 0.9,
+            alpha: 0.05,
+            gamma: 1.01,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl RegConfig {
+    /// Rejects non-finite or out-of-range values.
+    pub fn validate(&self) -> Result<()> {
+        super::algorithm::check_lr_wd(self.lr, self.weight_decay)?;
+        let bad = |name: &str, v: f64, reason: &str| {
+            Err(Error::Hyperparameter {
+                name: name.into(),
+                value: v,
+                reason: reason.into(),
+            })
+        };
+        if !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta2", self.beta2, "must lie in [0, 1)");
+        }
+        if !self.alpha.is_finite() || self.alpha < 0.0 {
+            return bad("alpha", self.alpha, "must be finite and >= 0");
+        }
+        if !self.gamma.is_finite() || self.gamma <= 0.0 {
+            return bad("gamma", self.gamma, "must be finite and > 0");
+        }
+        if !self.eps.is_finite() || self.eps < 0.0 {
+            return bad("eps", self.eps, "must be finite and >= 0");
+        }
+        Ok(())
+    }
+
+    /// The uniform for a rows × cols tensor at step `t`.
+    pub fn params(&self, rows: usize, cols: usize, t: u64) -> RacsParams {
+        RacsParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            chunks: (rows * cols).div_ceil(CHUNK).max(1) as u32,
+            first: (t == 1) as u32,
+            omb: (1.0 - self.beta2) as f32,
+            eps: self.eps as f32,
+            gamma: self.gamma as f32,
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            step: (self.lr * self.alpha) as f32,
+            _p: [0.0; 3],
+        }
+    }
+}
+
+/// Uniform of `shaders/racs.wgsl`. Keep in sync with `struct RacsParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RacsParams {
+    /// Rows of the matrix view.
+    pub rows: u32,
+    /// Columns.
+    pub cols: u32,
+    /// Partial-sum workgroups.
+    pub chunks: u32,
+    /// 1 at t = 1.
+    pub first: u32,
+    /// 1 − β.
+    pub omb: f32,
+    /// ε.
+    pub eps: f32,
+    /// γ.
+    pub gamma: f32,
+    /// 1 − lr·wd.
+    pub decay: f32,
+    /// lr·α.
+    pub step: f32,
+    /// Padding.
+    pub _p: [f32; 3],
+}
+const _: () = assert!(std::mem::size_of::<RacsParams>() == 48);
+
+/// The matrix view RACS uses: shape[0] × rest (1-D: n × 1).
+pub fn racs_view(shape: &[usize]) -> (usize, usize) {
+    match shape.len() {
+        0 => (1, 1),
+        1 => (shape[0], 1),
+        _ => (shape[0], shape[1..].iter().product()),
+    }
+}
+
+/// Parameters for REG.
+#[derive(Clone, Debug)]
+pub struct RegBuilder {
+    pub(crate) config: RegConfig,
+    pub(crate) params: Vec<(ParamMeta, Vec<f32>)>,
+}
+
+impl RegBuilder {
+    /// A builder.
+    pub fn new(config: RegConfig) -> Self {
+        RegBuilder {
+            config,
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter.
+    pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::Shape {
+                what: format!("parameter {name}"),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
+        }
+        if self.params.iter().any(|(p, _)| p.name == name) {
+            return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
+        }
+        self.params.push((
+            ParamMeta {
+                name: name.into(),
+                shape: shape.to_vec(),
+                group: 0,
+            },
+            data.to_vec(),
+        ));
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    /// Builds the GPU optimizer.
+    pub fn build(self, ctx: &Context) -> Result<RegOptimizer> {
+        self.config.validate()?;
+        RegOptimizer::new(ctx, self)
+    }
+
+    /// Builds the CPU reference.
+    pub fn build_cpu(self) -> Result<crate::reference::racs::CpuReg> {
+        self.config.validate()?;
+        Ok(crate::reference::racs::CpuReg::new(self))
+    }
+}
+
+struct Chain {
+    rows: usize,
+    cols: usize,
+    p: Tensor,
+    g: Tensor,
+    state: [Tensor; 3],
+    kernels: [BoundKernel; 5],
+    uniform: wgpu::Buffer,
+    _partials: wgpu::Buffer,
+}
+
+/// The GPU REG (RACS) optimizer, one chain of five passes per parameter.
+pub struct RegOptimizer {
+    ctx: Context,
+    config: RegConfig,
+    params: Vec<ParamMeta>,
+    chains: Vec<Option<Chain>>,
+    t: u64,
+}
+
+impl RegOptimizer {
+    fn new(ctx: &Context, b: RegBuilder) -> Result<Self> {
+        let mut chains = Vec::new();
+        for (meta, data) in &b.params {
+            if data.is_empty() {
+                chains.push(None);
+                continue;
+            }
+            let (rows, cols) = racs_view(&meta.shape);
+            let p = Tensor::from_slice(ctx, data, &[rows, cols])?;
+            let g = Tensor::zeros(ctx, &[rows, cols])?;
+            let s = Tensor::zeros(ctx, &[rows])?;
+            let q = Tensor::from_slice(ctx, &vec![1.0; cols], &[cols])?;
+            let scal = Tensor::zeros(ctx, &[4])?;
+            let uniform = ctx.uniform_buffer("racs params", 48);
+            let partials =
+                ctx.storage_buffer("racs partials", 8 * (rows * cols).div_ceil(CHUNK) as u64)?;
+            let (u, gb, sb, qb, pb, cb, xb) = (
+                &uniform,
+                g.buffer(),
+                s.buffer(),
+                q.buffer(),
+                &partials,
+                scal.buffer(),
+                p.buffer(),
+            );
+            let kernels = [
+                ctx.bind(&RACS_ROWS, &[u, gb, sb])?,
+                ctx.bind(&RACS_COLS, &[u, gb, qb])?,
+                ctx.bind(&RACS_PARTIAL, &[u, gb, sb, qb, pb])?,
+                ctx.bind(&RACS_ETA, &[u, pb, cb])?,
+                ctx.bind(&RACS_APPLY, &[u, gb, sb, qb, cb, xb])?,
+            ];
+            chains.push(Some(Chain {
+                rows,
+                cols,
+                p,
+                g,
+                state: [s, q, scal],
+                kernels,
+                uniform,
+                _partials: partials,
+            }));
+        }
+        Ok(RegOptimizer {
+            ctx: ctx.clone(),
+            config: b.config,
+            params: b.params.into_iter().map(|p| p.0).collect(),
+            chains,
+            t: 0,
+        })
+    }
+
+    fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
+        let meta = self
+            .params
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        if let Some(len) = len {
+            if len != meta.len() {
+                return Err(Error::Shape {
+                    what: meta.name.clone(),
+                    expected: meta.shape.clone(),
+                    got: vec![len],
+                });
+            }
+        }
+        Ok(self.chains[id.0].as_ref())
+    }
+}
+
+impl Stepper for RegOptimizer {
+    fn step(&mut self) -> Result<()> {
+        let t = self.t + 1;
+        let mut enc = self.ctx.encoder("reg step");
+        self.ctx.scoped("reg step", || {
+            for c in self.chains.iter().flatten() {
+                let params = self.config.params(c.rows, c.cols, t);
+                self.ctx
+                    .queue()
+                    .write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
+                let [rows, cols, partial, eta, apply] = &c.kernels;
+                rows.record(
+                    &self.ctx,
+                    &mut enc,
+                    (c.rows as u32).div_ceil(WORKGROUP_SIZE),
+                );
+                cols.record(
+                    &self.ctx,
+                    &mut enc,
+                    (c.cols as u32).div_ceil(WORKGROUP_SIZE),
+                );
+                partial.record_3d(&mut enc, (params.chunks, 1, 1));
+                eta.record_3d(&mut enc, (1, 1, 1));
+                apply.record(
+                    &self.ctx,
+                    &mut enc,
+                    ((c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE),
+                );
+            }
+        })?;
+        self.ctx.submit(enc);
+        self.t = t;
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        if let Some(c) = self.chain(id, Some(grad.len()))? {
+            c.g.write(&self.ctx, grad)?;
+        }
+        Ok(())
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        if let Some(c) = self.chain(id, Some(data.len()))? {
+            c.p.write(&self.ctx, data)?;
+        }
+        Ok(())
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        Ok(match self.chain(id, None)? {
+            Some(c) => c.p.to_vec(&self.ctx)?,
+            None => Vec::new(),
+        })
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        let k = match state {
+            "s" => 0,
+            "q" => 1,
+            "theta" => 2,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "reg has no state {other:?} (s, q, theta)"
+                )))
+            }
+        };
+        Ok(match self.chain(id, None)? {
+            Some(c) if k == 2 => vec![c.state[2].to_vec(&self.ctx)?[1]],
+            Some(c) => c.state[k].to_vec(&self.ctx)?,
+            None => Vec::new(),
+        })
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = RegConfig {
+            lr,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = RegConfig {
+            weight_decay: wd,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::Invalid(
+            "checkpoints of REG are not implemented yet".into(),
+        ))
+    }
+
+    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
+        Err(Error::Invalid(
+            "checkpoints of REG are not implemented yet".into(),
+        ))
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.params
+    }
+}

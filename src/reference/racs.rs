@@ -1,0 +1,203 @@
+//! CPU twin of REG / RACS (`src/optim/reg.rs`, `shaders/racs.wgsl`), in the shader's order.
+
+use super::muon::lerp_torch;
+use crate::error::{Error, Result};
+use crate::optim::reg::{racs_view, RegBuilder, RegConfig};
+use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+
+/// One RACS step of a rows × cols tensor; `theta` carries the limiter's state. Returns η.
+#[allow(clippy::too_many_arguments)]
+pub fn racs_step(
+    c: &RegConfig,
+    t: u64,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [f32],
+    q: &mut [f32],
+    theta: &mut f32,
+    rows: usize,
+    cols: usize,
+) -> f32 {
+    let h = c.params(rows, cols, t);
+    for i in 0..rows {
+        let mut sum = 0.0f32;
+        for j in 0..cols {
+            sum += g[i * cols + j] * g[i * cols + j];
+        }
+        s[i] = lerp_torch(s[i], sum / cols as f32, h.omb);
+    }
+    for j in 0..cols {
+        let mut sum = 0.0f32;
+        for i in 0..rows {
+            sum += g[i * cols + j] * g[i * cols + j];
+        }
+        q[j] = lerp_torch(q[j], sum / rows as f32, h.omb);
+    }
+    let gh = |k: usize| g[k] / ((s[k / cols] + h.eps).sqrt() * (q[k % cols] + h.eps).sqrt());
+    let norm = ((0..rows * cols)
+        .map(|k| (gh(k) as f64).powi(2))
+        .sum::<f64>())
+    .sqrt() as f32;
+    let eta = if h.first != 0 {
+        1.0
+    } else {
+        h.gamma / (norm / (*theta + h.eps)).max(h.gamma)
+    };
+    *theta = norm * eta;
+    for (k, pk) in p.iter_mut().enumerate().take(rows * cols) {
+        *pk = h.decay * *pk - (h.step * eta) * gh(k);
+    }
+    eta
+}
+
+/// The CPU reference REG (RACS).
+#[derive(Clone, Debug)]
+pub struct CpuReg {
+    config: RegConfig,
+    metas: Vec<ParamMeta>,
+    p: Vec<Vec<f32>>,
+    g: Vec<Vec<f32>>,
+    s: Vec<Vec<f32>>,
+    q: Vec<Vec<f32>>,
+    theta: Vec<f32>,
+    t: u64,
+}
+
+impl CpuReg {
+    pub(crate) fn new(b: RegBuilder) -> Self {
+        let metas: Vec<ParamMeta> = b.params.iter().map(|x| x.0.clone()).collect();
+        let views: Vec<(usize, usize)> = metas.iter().map(|m| racs_view(&m.shape)).collect();
+        CpuReg {
+            config: b.config.clone(),
+            p: b.params.iter().map(|x| x.1.clone()).collect(),
+            g: b.params.iter().map(|x| vec![0.0; x.1.len()]).collect(),
+            s: views.iter().map(|v| vec![0.0; v.0]).collect(),
+            q: views.iter().map(|v| vec![1.0; v.1]).collect(),
+            theta: vec![0.0; metas.len()],
+            metas,
+            t: 0,
+        }
+    }
+
+    fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
+        let meta = self
+            .metas
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        match len {
+            Some(l) if l != meta.len() => Err(Error::Shape {
+                what: meta.name.clone(),
+                expected: meta.shape.clone(),
+                got: vec![l],
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Stepper for CpuReg {
+    fn step(&mut self) -> Result<()> {
+        self.t += 1;
+        for i in 0..self.metas.len() {
+            if self.p[i].is_empty() {
+                continue;
+            }
+            let (r, c) = racs_view(&self.metas[i].shape);
+            racs_step(
+                &self.config,
+                self.t,
+                &mut self.p[i],
+                &self.g[i],
+                &mut self.s[i],
+                &mut self.q[i],
+                &mut self.theta[i],
+                r,
+                c,
+            );
+        }
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        self.check(id, Some(grad.len()))?;
+        self.g[id.0].copy_from_slice(grad);
+        Ok(())
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        self.check(id, Some(data.len()))?;
+        self.p[id.0].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        self.check(id, None)?;
+        Ok(self.p[id.0].clone())
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        self.check(id, None)?;
+        match state {
+            "s" => Ok(self.s[id.0].clone()),
+            "q" => Ok(self.q[id.0].clone()),
+            "theta" => Ok(vec![self.theta[id.0]]),
+            other => Err(Error::Invalid(format!(
+                "reg has no state {other:?} (s, q, theta)"
+            ))),
+        }
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = RegConfig {
+            lr,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        if group.0 != 0 {
+            return Err(Error::Invalid(format!("no group {}", group.0)));
+        }
+        let next = RegConfig {
+            weight_decay: wd,
+            ..self.config.clone()
+        };
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::Invalid(
+            "checkpoints of REG are not implemented yet".into(),
+        ))
+    }
+
+    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
+        Err(Error::Invalid(
+            "checkpoints of REG are not implemented yet".into(),
+        ))
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.metas
+    }
+}
