@@ -19,6 +19,10 @@ struct GemmParams {
     alpha: f32, beta: f32,
     d_mode: u32,    // 0: D = C; 1: D is the separate `d` binding
     stride_d: u32,
+    // 1: C is known to be symmetric (X*X^T, or A*A with A symmetric, plus a symmetric addend): only
+    // tiles on or above the diagonal are computed and each is also stored mirrored: half the FLOPs.
+    symmetric: u32,
+    _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;
@@ -49,23 +53,31 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     return b[base + kk * gp.ldb + col];
 }
 
-// C[row, col0 .. col0+3] <- alpha * v + beta * D, within bounds (D not read when beta == 0).
+// alpha * acc + beta * D at (row, col), D not read when beta == 0.
+fn epilogue(z: u32, row: u32, col: u32, acc: f32) -> f32 {
+    let off = row * gp.ldc + col;
+    var r = gp.alpha * acc;
+    if (gp.beta != 0.0) {
+        if (gp.d_mode == 0u) {
+            r = r + gp.beta * c[z * gp.stride_c + off];
+        } else {
+            r = r + gp.beta * d[z * gp.stride_d + off];
+        }
+    }
+    return r;
+}
+
+// C[row, col0 .. col0+3] <- epilogue, within bounds; in symmetric mode also C[col, row] for the
+// elements strictly above the diagonal (a tile on the diagonal writes both halves itself).
 fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>) {
     if (row >= gp.m) { return; }
     for (var j = 0u; j < 4u; j = j + 1u) {
         let col = col0 + j;
         if (col < gp.n) {
-            let off = row * gp.ldc + col;
-            let idx = z * gp.stride_c + off;
-            var r = gp.alpha * v[j];
-            if (gp.beta != 0.0) {
-                if (gp.d_mode == 0u) {
-                    r = r + gp.beta * c[idx];
-                } else {
-                    r = r + gp.beta * d[z * gp.stride_d + off];
-                }
+            c[z * gp.stride_c + row * gp.ldc + col] = epilogue(z, row, col, v[j]);
+            if (gp.symmetric != 0u && col / TILE != row / TILE) {
+                c[z * gp.stride_c + col * gp.ldc + row] = epilogue(z, col, row, v[j]);
             }
-            c[idx] = r;
         }
     }
 }
@@ -74,6 +86,8 @@ fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>) {
 fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let z = wid.z;
+    // Symmetric mode: tiles below the diagonal are written by their mirror (uniform early exit).
+    if (gp.symmetric != 0u && wid.y > wid.x) { return; }
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     let base_a = z * gp.stride_a;

@@ -228,3 +228,55 @@ fn gemm_fused_addend_epilogue() {
         }
     }
 }
+
+#[test]
+fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
+    let ctx = common::ctx();
+    for (m, k, batch) in [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3)] {
+        let desc = GemmDesc {
+            batch,
+            ..GemmDesc::gram(m, k)
+        };
+        let x = TestRng::new(m as u64).uniforms(batch * m * k, 1.0);
+        let tx = Tensor::from_slice(&ctx, &x, &[batch * m * k]).unwrap();
+        let tc = Tensor::zeros(&ctx, &[batch * m * m]).unwrap();
+        gemm(&ctx, desc, &tx, &tx, &tc).unwrap();
+        let c = tc.to_vec(&ctx).unwrap();
+        let mut want = vec![0.0; batch * m * m];
+        reference::gemm::gemm(&desc, &x, &x, &mut want);
+        let scale = reference::gemm::abs_product(&desc, &x, &x);
+        for i in 0..want.len() {
+            let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * scale[i]
+                + 2.0 * f32::EPSILON * want[i].abs();
+            assert!(
+                (c[i] - want[i]).abs() <= tol,
+                "{desc:?} {i}: {} vs {}",
+                c[i],
+                want[i]
+            );
+        }
+        // Bitwise symmetry: each off-diagonal pair is written from one accumulator.
+        for z in 0..batch {
+            for i in 0..m {
+                for j in 0..m {
+                    assert_eq!(
+                        c[z * m * m + i * m + j],
+                        c[z * m * m + j * m + i],
+                        "({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+    assert!(gemm(
+        &ctx,
+        GemmDesc {
+            symmetric: true,
+            ..GemmDesc::new(3, 4, 2)
+        },
+        &Tensor::zeros(&ctx, &[6]).unwrap(),
+        &Tensor::zeros(&ctx, &[8]).unwrap(),
+        &Tensor::zeros(&ctx, &[12]).unwrap()
+    )
+    .is_err());
+}

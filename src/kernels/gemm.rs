@@ -61,8 +61,12 @@ pub struct GemmParams {
     pub d_mode: u32,
     /// Elements between consecutive D matrices.
     pub stride_d: u32,
+    /// 1: compute the upper triangle of tiles and mirror it (C symmetric).
+    pub symmetric: u32,
+    /// Padding to 80 bytes.
+    pub _p: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 64);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 
 /// A GEMM problem: C[z] = α·op(A[z])·op(B[z]) + β·C[z] for z < batch, all matrices dense row-major.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,9 +87,21 @@ pub struct GemmDesc {
     pub alpha: f32,
     /// β.
     pub beta: f32,
+    /// The result is symmetric (X·Xᵀ, or A·Aᵀ with a symmetric addend): compute half, mirror it.
+    /// The caller vouches for the symmetry; m must equal n.
+    pub symmetric: bool,
 }
 
 impl GemmDesc {
+    /// The Gram product C = X·Xᵀ of an m×k matrix X (half the FLOPs of the full product).
+    pub fn gram(m: usize, k: usize) -> Self {
+        GemmDesc {
+            trans_b: true,
+            symmetric: true,
+            ..GemmDesc::new(m, m, k)
+        }
+    }
+
     /// C = op(A)·op(B) for one matrix.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
         GemmDesc {
@@ -97,6 +113,7 @@ impl GemmDesc {
             trans_b: false,
             alpha: 1.0,
             beta: 0.0,
+            symmetric: false,
         }
     }
 
@@ -134,6 +151,8 @@ impl GemmDesc {
             beta: self.beta,
             d_mode: 0,
             stride_d: 0,
+            symmetric: self.symmetric as u32,
+            _p: [0; 3],
         }
     }
 
@@ -163,6 +182,12 @@ impl GemmDesc {
         }
         if c != self.m * self.n * self.batch {
             return Err(shape_err("C", self.m * self.n, c));
+        }
+        if self.symmetric && self.m != self.n {
+            return Err(Error::Invalid(format!(
+                "a symmetric gemm needs m = n, got {}x{}",
+                self.m, self.n
+            )));
         }
         if !self.alpha.is_finite() || !self.beta.is_finite() {
             return Err(Error::Invalid("gemm alpha and beta must be finite".into()));
@@ -224,7 +249,7 @@ impl GemmPlan {
                 one as u32
             };
         }
-        let uniform = ctx.uniform_buffer("gemm params", 64);
+        let uniform = ctx.uniform_buffer("gemm params", 80);
         ctx.queue()
             .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         // Without an addend the `d` binding still needs a buffer; it is never read (d_mode = 0).

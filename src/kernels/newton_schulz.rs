@@ -270,10 +270,10 @@ impl Ns5Plan {
         let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
         let a_mat = Tensor::zeros(ctx, &[b, r, r])?;
         let b_mat = Tensor::zeros(ctx, &[b, r, r])?;
+        // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
         let gram_desc = GemmDesc {
             batch: b,
-            trans_b: true,
-            ..GemmDesc::new(r, r, c)
+            ..GemmDesc::gram(r, c)
         };
         let gram = [
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
@@ -285,7 +285,7 @@ impl Ns5Plan {
                 batch: b,
                 alpha: cc,
                 beta: cb,
-                ..GemmDesc::new(r, r, r)
+                ..GemmDesc::gram(r, r)
             },
             &a_mat,
             &a_mat,
@@ -405,10 +405,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     let gram_out = Tensor::zeros(ctx, &[r, r])?;
     let delta = Tensor::zeros(ctx, &[1])?;
     let normalize = ScaleCopyPlan::new(ctx, a, Some(&norms), &xs[0], 1, m, n, transpose)?;
-    let gram_desc = GemmDesc {
-        trans_b: true,
-        ..GemmDesc::new(r, r, c)
-    };
+    let gram_desc = GemmDesc::gram(r, c);
     let step_desc = GemmDesc {
         alpha: -0.5,
         beta: 1.5,
