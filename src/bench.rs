@@ -43,7 +43,7 @@ pub struct Record {
 }
 
 /// The suites `gpuopt bench` knows.
-pub const SUITES: &[&str] = &["elementwise", "gemm"];
+pub const SUITES: &[&str] = &["elementwise", "gemm", "ns"];
 
 /// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline. Copies
 /// larger than one storage binding are split into chunks, one dispatch each.
@@ -188,10 +188,12 @@ pub fn run(
         None => {
             let mut all = elementwise(ctx, quick, show_progress)?;
             all.extend(gemm(ctx, quick, show_progress)?);
+            all.extend(ns(ctx, quick, show_progress)?);
             Ok(all)
         }
         Some("elementwise") => elementwise(ctx, quick, show_progress),
         Some("gemm") => gemm(ctx, quick, show_progress),
+        Some("ns") => ns(ctx, quick, show_progress),
         Some(other) => Err(Error::Invalid(format!(
             "unknown suite {other:?} (known: {})",
             SUITES.join(", ")
@@ -403,6 +405,107 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         });
         pb.inc(1);
     }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// The ns suite: NS5 on transformer shapes beside 15 × one GEMM of the update's size (the r×r by r×c
+/// product, 2r²c FLOPs) in the same run, and the Gram half-product beside the full X·Xᵀ.
+/// Goals (issue 3): NS5 ≤ 1.10 × 15 GEMMs with fused epilogues (ratio ≥ 0.91) and ≤ 0.75 × with the
+/// symmetric half-products (ratio ≥ 1.33); the Gram kernel near 2× the full product.
+pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
+    use crate::kernels::gemm::{GemmDesc, GemmPlan};
+    use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
+    let adapter = ctx.info().name.clone();
+    let cases: Vec<(usize, usize, usize)> = if quick {
+        vec![(1, 256, 256), (2, 128, 256)]
+    } else {
+        vec![
+            (1, 768, 768),
+            (1, 768, 3072),
+            (1, 1024, 4096),
+            (12, 768, 768),
+        ]
+    };
+    let batches = if quick { 2 } else { 3 };
+    let pb = progress(2 * cases.len() as u64 + 1, show_progress);
+    let mut rng = TestRng::new(5);
+    let mut out = Vec::new();
+    for &(b, m, n) in &cases {
+        pb.set_message(format!("ns5 {b}x{m}x{n}"));
+        let (r, c) = (m.min(n), m.max(n));
+        let g = crate::Tensor::from_slice(ctx, &rng.uniforms(b * m * n, 1.0), &[b, m, n])?;
+        let plan = Ns5Plan::new(ctx, &g, 5, NS5_COEFFICIENTS)?;
+        let t = ctx.time(1, batches, |enc| {
+            plan.record(enc);
+        })?;
+        pb.inc(1);
+        pb.set_message(format!("15 gemm {b}x{r}x{c}x{r}"));
+        let desc = GemmDesc {
+            batch: b,
+            ..GemmDesc::new(r, c, r)
+        };
+        let a = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * r, 1.0), &[b, r, r])?;
+        let x = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * c, 1.0), &[b, r, c])?;
+        let y = crate::Tensor::zeros(ctx, &[b, r, c])?;
+        let gp = GemmPlan::new(ctx, desc, &a, &x, &y)?;
+        let one = ctx.time(1, batches, |enc| {
+            gp.record(enc);
+        })?;
+        let nominal = 5.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64) * b as f64;
+        out.push(Record {
+            suite: "ns".into(),
+            kernel: "newton_schulz5".into(),
+            shape: vec![b, m, n],
+            median_s: t.median_s,
+            gbps: None,
+            gflops: Some(nominal / t.median_s / 1e9),
+            baseline: "15x_gemm".into(),
+            baseline_median_s: 15.0 * one.median_s,
+            ratio: 15.0 * one.median_s / t.median_s,
+            tensors: None,
+            adapter: adapter.clone(),
+            timing: t.method.into(),
+        });
+        pb.inc(1);
+    }
+    // The Gram half-product beside the full X·Xᵀ.
+    let n = if quick { 256 } else { 1024 };
+    pb.set_message(format!("gram {n}"));
+    let x = crate::Tensor::from_slice(ctx, &rng.uniforms(n * n, 1.0), &[n, n])?;
+    let cbuf = crate::Tensor::zeros(ctx, &[n, n])?;
+    let half = GemmPlan::new(ctx, GemmDesc::gram(n, n), &x, &x, &cbuf)?;
+    let full = GemmPlan::new(
+        ctx,
+        GemmDesc {
+            trans_b: true,
+            ..GemmDesc::new(n, n, n)
+        },
+        &x,
+        &x,
+        &cbuf,
+    )?;
+    let th = ctx.time(1, batches, |enc| {
+        half.record(enc);
+    })?;
+    let tf = ctx.time(1, batches, |enc| {
+        full.record(enc);
+    })?;
+    out.push(Record {
+        suite: "ns".into(),
+        kernel: "gram_half".into(),
+        shape: vec![n, n, n],
+        median_s: th.median_s,
+        gbps: None,
+        gflops: Some(2.0 * (n * n * n) as f64 / th.median_s / 1e9),
+        baseline: "gemm_full_xxt".into(),
+        baseline_median_s: tf.median_s,
+        ratio: tf.median_s / th.median_s,
+        tensors: None,
+        adapter,
+        timing: th.method.into(),
+    });
+    pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
 }
