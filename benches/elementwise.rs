@@ -4,25 +4,9 @@
 //! CPU reference for contrast. `gpuopt bench` prints the same comparisons as a table or JSON.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gpuopt::bench::{flat_shapes, gpt2_shapes, optimizer_with_grads, CopyKernel};
+use gpuopt::bench::{flat_shapes, gpt2_shapes, gpu_time, optimizer_with_grads, CopyKernel};
 use gpuopt::optim::{Algorithm, OptimizerBuilder, Stepper};
 use gpuopt::Context;
-use std::time::{Duration, Instant};
-
-fn gpu_time(
-    ctx: &Context,
-    iters: u64,
-    mut record: impl FnMut(&mut wgpu::CommandEncoder),
-) -> Duration {
-    let mut enc = ctx.encoder("criterion");
-    for _ in 0..iters {
-        record(&mut enc);
-    }
-    let start = Instant::now();
-    let index = ctx.submit(enc);
-    ctx.wait_for(Some(index)).expect("GPU wait");
-    start.elapsed()
-}
 
 fn context() -> Context {
     Context::new().unwrap_or_else(|e| panic!("benches need a GPU adapter: {e}"))

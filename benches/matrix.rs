@@ -3,26 +3,11 @@
 //! its update's size. `gpuopt bench --suite gemm|ns` prints the same comparisons as a table or JSON.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gpuopt::bench::gpu_time;
 use gpuopt::kernels::gemm::{FmaPeak, GemmDesc, GemmPlan};
 use gpuopt::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
 use gpuopt::parity::TestRng;
 use gpuopt::{Context, Tensor};
-use std::time::{Duration, Instant};
-
-fn gpu_time(
-    ctx: &Context,
-    iters: u64,
-    mut record: impl FnMut(&mut wgpu::CommandEncoder),
-) -> Duration {
-    let mut enc = ctx.encoder("criterion");
-    for _ in 0..iters {
-        record(&mut enc);
-    }
-    let start = Instant::now();
-    let index = ctx.submit(enc);
-    ctx.wait_for(Some(index)).expect("GPU wait");
-    start.elapsed()
-}
 
 fn context() -> Context {
     Context::new().unwrap_or_else(|e| panic!("benches need a GPU adapter: {e}"))

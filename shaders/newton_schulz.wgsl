@@ -2,8 +2,7 @@
 // GEMM dispatches (shaders/gemm.wgsl). CPU twin: src/reference/newton_schulz.rs.
 //
 // frob_partial + frob_final: the Frobenius norm of each matrix of a batch (or of X - Y), in two
-// passes with no float atomics. Overflow-safe without a max pass (ALGORITHMS.md §2.6): entries with
-// |v| <= 2^40 add v^2 to one sum, larger ones add (v * 2^-64)^2 to another.
+// passes with no float atomics, overflow-safe (shaders/shared/reduce.wgsl).
 // scale_copy: out[z] = x[z] * s[z], transposed or not, where s is 1 / (norm + eps) or 1.
 
 struct NsParams {
@@ -28,29 +27,11 @@ struct NsParams {
 @group(0) @binding(5) var<storage, read> norms: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
+#import shared/reduce
+
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;                 // elements per frob_partial workgroup (16 per invocation)
-const BIG: f32 = 1099511627776.0;         // 2^40
-const DOWN: f32 = 5.421010862427522e-20;  // 2^-64
-const UP: f32 = 18446744073709551616.0;   // 2^64
 
-var<workgroup> red: array<vec2<f32>, WG>;
-
-// Sum of red[0..256] for invocation 0, with two barriers (see shaders/mars_norm.wgsl).
-fn workgroup_sum(lid: u32) -> vec2<f32> {
-    workgroupBarrier();
-    if (lid < 16u) {
-        var s = vec2<f32>(0.0, 0.0);
-        for (var j = 0u; j < 16u; j = j + 1u) { s = s + red[lid * 16u + j]; }
-        red[lid * 16u] = s;
-    }
-    workgroupBarrier();
-    var total = vec2<f32>(0.0, 0.0);
-    if (lid == 0u) {
-        for (var j = 0u; j < 16u; j = j + 1u) { total = total + red[j * 16u]; }
-    }
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -62,12 +43,7 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     for (var i = start + lid; i < end; i = i + WG) {
         var v = x[z * np.len + i];
         if (np.use_y != 0u) { v = v - y[z * np.len + i]; }
-        if (abs(v) > BIG) {
-            let w = v * DOWN;
-            acc.y = acc.y + w * w;
-        } else {
-            acc.x = acc.x + v * v;
-        }
+        acc = acc + split_square(v);
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
@@ -101,13 +77,7 @@ fn frob_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     for (var j = lid; j < np.chunks; j = j + WG) { acc = acc + partials[z * np.chunks + j]; }
     red[lid] = acc;
     let q = workgroup_sum(lid);
-    if (lid == 0u) {
-        if (q.y > 0.0) {
-            norms_out[z] = UP * sqrt(q.y + (q.x * DOWN) * DOWN);
-        } else {
-            norms_out[z] = sqrt(q.x);
-        }
-    }
+    if (lid == 0u) { norms_out[z] = split_norm(q); }
 }
 
 @compute @workgroup_size(256)

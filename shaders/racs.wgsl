@@ -28,28 +28,11 @@ struct RacsParams {
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 
+#import shared/reduce
+
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
-const BIG: f32 = 1099511627776.0;         // 2^40
-const DOWN: f32 = 5.421010862427522e-20;  // 2^-64
-const UP: f32 = 18446744073709551616.0;   // 2^64
 
-var<workgroup> red: array<vec2<f32>, WG>;
-
-fn workgroup_sum(lid: u32) -> vec2<f32> {
-    workgroupBarrier();
-    if (lid < 16u) {
-        var t = vec2<f32>(0.0, 0.0);
-        for (var j = 0u; j < 16u; j = j + 1u) { t = t + red[lid * 16u + j]; }
-        red[lid * 16u] = t;
-    }
-    workgroupBarrier();
-    var total = vec2<f32>(0.0, 0.0);
-    if (lid == 0u) {
-        for (var j = 0u; j < 16u; j = j + 1u) { total = total + red[j * 16u]; }
-    }
-    return total;
-}
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -98,13 +81,7 @@ fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let end = min(start + CHUNK, rp.rows * rp.cols);
     var acc = vec2<f32>(0.0, 0.0);
     for (var k = start + lid; k < end; k = k + WG) {
-        let v = g_hat(k);
-        if (abs(v) > BIG) {
-            let w = v * DOWN;
-            acc.y = acc.y + w * w;
-        } else {
-            acc.x = acc.x + v * v;
-        }
+        acc = acc + split_square(g_hat(k));
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
@@ -119,8 +96,7 @@ fn racs_eta(@builtin(local_invocation_index) lid: u32) {
     red[lid] = acc;
     let t = workgroup_sum(lid);
     if (lid == 0u) {
-        var norm = sqrt(t.x);
-        if (t.y > 0.0) { norm = UP * sqrt(t.y + (t.x * DOWN) * DOWN); }
+        let norm = split_norm(t);
         var eta = 1.0;
         if (rp.first == 0u) {
             eta = rp.gamma / max(norm / (scal[1] + rp.eps), rp.gamma);

@@ -123,6 +123,25 @@ pub fn optimizer_with_grads(
     Ok(opt)
 }
 
+/// Records `iters` repetitions into one command buffer, submits it and waits: the wall time of the
+/// lot (criterion's `iter_custom`).
+pub fn gpu_time(
+    ctx: &Context,
+    iters: u64,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder),
+) -> std::time::Duration {
+    let mut enc = ctx.encoder("criterion");
+    for _ in 0..iters {
+        record(&mut enc);
+    }
+    let start = std::time::Instant::now();
+    let index = ctx.submit(enc);
+    if let Err(e) = ctx.wait_for(Some(index)) {
+        log::error!("gpu_time: {e}");
+    }
+    start.elapsed()
+}
+
 /// Times one optimizer update (no guard) per repetition.
 pub fn time_update(ctx: &Context, opt: &Optimizer, reps: usize, batches: usize) -> Result<Timing> {
     ctx.time(reps, batches, |enc| {

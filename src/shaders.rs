@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 const SOURCES: &[(&str, &str)] = &[
     ("shared/arena", include_str!("../shaders/shared/arena.wgsl")),
     (
+        "shared/reduce",
+        include_str!("../shaders/shared/reduce.wgsl"),
+    ),
+    (
         "sign_momentum",
         include_str!("../shaders/sign_momentum.wgsl"),
     ),

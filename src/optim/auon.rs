@@ -5,7 +5,7 @@
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
-use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
@@ -367,50 +367,25 @@ impl Stepper for AuonOptimizer {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = AuonConfig {
-            lr,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(&mut self.config, group, |c| c.lr = lr, AuonConfig::validate)
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = AuonConfig {
-            weight_decay: wd,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(
+            &mut self.config,
+            group,
+            |c| c.weight_decay = wd,
+            AuonConfig::validate,
+        )
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of AuON are not implemented yet".into(),
-        ))
+        no_checkpoint("AuON")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of AuON are not implemented yet".into(),
-        ))
+        no_checkpoint("AuON")
     }
 
     fn params(&self) -> &[ParamMeta] {

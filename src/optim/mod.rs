@@ -292,6 +292,34 @@ impl Core {
     }
 }
 
+/// Changes a single-group optimizer's config: `change` is applied to a copy, which must pass
+/// `validate` before it replaces the config, so a bad value changes nothing.
+pub(crate) fn update_config<C: Clone>(
+    config: &mut C,
+    group: GroupId,
+    change: impl FnOnce(&mut C),
+    validate: impl Fn(&C) -> Result<()>,
+) -> Result<()> {
+    if group.0 != 0 {
+        return Err(Error::Invalid(format!(
+            "no group {} (this optimizer has one)",
+            group.0
+        )));
+    }
+    let mut next = config.clone();
+    change(&mut next);
+    validate(&next)?;
+    *config = next;
+    Ok(())
+}
+
+/// The error of optimizers whose checkpoints are not implemented yet.
+pub(crate) fn no_checkpoint<T>(name: &str) -> Result<T> {
+    Err(Error::Invalid(format!(
+        "checkpoints of {name} are not implemented yet"
+    )))
+}
+
 /// What every optimizer backend (GPU, CPU reference) offers.
 pub trait Stepper {
     /// One optimizer step over every parameter with the gradients written since the last step.
@@ -306,10 +334,15 @@ pub trait Stepper {
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>>;
     /// Steps taken (skipped steps are not counted).
     fn step_count(&mut self) -> Result<u64>;
-    /// Whether the last step was skipped for non-finite gradients (always false without the guard).
-    fn found_non_finite(&mut self) -> Result<bool>;
-    /// Steps skipped by the guard so far.
-    fn skipped_steps(&mut self) -> Result<u64>;
+    /// Whether the last step was skipped for non-finite gradients (always false for optimizers
+    /// without the guard, which is the default).
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Steps skipped by the guard so far (0 without the guard).
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(0)
+    }
     /// Changes a group's learning rate (takes effect at the next step; nothing is rebuilt).
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()>;
     /// Changes a group's weight decay.

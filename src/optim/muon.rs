@@ -9,7 +9,9 @@
 //! (5.2.6) p ← (1 − lr·wd)·p − lr·ratio·O    (decay with the unadjusted lr)
 //! ```
 
-use super::{AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{
+    no_checkpoint, AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
@@ -503,14 +505,6 @@ impl Stepper for MuonOptimizer {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         match group.0 {
             0 => {
@@ -542,15 +536,11 @@ impl Stepper for MuonOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of Muon are not implemented yet".into(),
-        ))
+        no_checkpoint("Muon")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of Muon are not implemented yet".into(),
-        ))
+        no_checkpoint("Muon")
     }
 
     fn params(&self) -> &[ParamMeta] {

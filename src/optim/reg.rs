@@ -4,7 +4,7 @@
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
 //! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
 
-use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -368,50 +368,25 @@ impl Stepper for RegOptimizer {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = RegConfig {
-            lr,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(&mut self.config, group, |c| c.lr = lr, RegConfig::validate)
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = RegConfig {
-            weight_decay: wd,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(
+            &mut self.config,
+            group,
+            |c| c.weight_decay = wd,
+            RegConfig::validate,
+        )
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of REG are not implemented yet".into(),
-        ))
+        no_checkpoint("REG")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of REG are not implemented yet".into(),
-        ))
+        no_checkpoint("REG")
     }
 
     fn params(&self) -> &[ParamMeta] {

@@ -4,7 +4,7 @@ use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
 use crate::optim::auon::{AuonBuilder, AuonConfig};
-use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 
 /// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid).
 pub fn auon_step(
@@ -140,50 +140,30 @@ impl Stepper for CpuAuon {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = AuonConfig {
-            lr,
-            ..self.b.config.clone()
-        };
-        next.validate()?;
-        self.b.config = next;
-        Ok(())
+        update_config(
+            &mut self.b.config,
+            group,
+            |c| c.lr = lr,
+            AuonConfig::validate,
+        )
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = AuonConfig {
-            weight_decay: wd,
-            ..self.b.config.clone()
-        };
-        next.validate()?;
-        self.b.config = next;
-        Ok(())
+        update_config(
+            &mut self.b.config,
+            group,
+            |c| c.weight_decay = wd,
+            AuonConfig::validate,
+        )
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of AuON are not implemented yet".into(),
-        ))
+        no_checkpoint("AuON")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of AuON are not implemented yet".into(),
-        ))
+        no_checkpoint("AuON")
     }
 
     fn params(&self) -> &[ParamMeta] {

@@ -5,7 +5,7 @@ use super::CpuOptimizer;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::NS5_COEFFICIENTS;
 use crate::optim::muon::{MuonBuilder, MuonConfig, Route};
-use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::{no_checkpoint, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 
 /// torch's lerp (ALGORITHMS.md §2.7), as `lerp_torch` in the shader.
 pub fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
@@ -177,14 +177,6 @@ impl Stepper for CpuMuon {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         match group.0 {
             0 => {
@@ -226,15 +218,11 @@ impl Stepper for CpuMuon {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of Muon are not implemented yet".into(),
-        ))
+        no_checkpoint("Muon")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of Muon are not implemented yet".into(),
-        ))
+        no_checkpoint("Muon")
     }
 
     fn params(&self) -> &[ParamMeta] {

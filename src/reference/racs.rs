@@ -3,7 +3,7 @@
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::optim::reg::{racs_view, RegBuilder, RegConfig};
-use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 
 /// One RACS step of a rows × cols tensor; `theta` carries the limiter's state. Returns η.
 #[allow(clippy::too_many_arguments)]
@@ -151,50 +151,25 @@ impl Stepper for CpuReg {
         Ok(self.t)
     }
 
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = RegConfig {
-            lr,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(&mut self.config, group, |c| c.lr = lr, RegConfig::validate)
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        if group.0 != 0 {
-            return Err(Error::Invalid(format!("no group {}", group.0)));
-        }
-        let next = RegConfig {
-            weight_decay: wd,
-            ..self.config.clone()
-        };
-        next.validate()?;
-        self.config = next;
-        Ok(())
+        update_config(
+            &mut self.config,
+            group,
+            |c| c.weight_decay = wd,
+            RegConfig::validate,
+        )
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "checkpoints of REG are not implemented yet".into(),
-        ))
+        no_checkpoint("REG")
     }
 
     fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        Err(Error::Invalid(
-            "checkpoints of REG are not implemented yet".into(),
-        ))
+        no_checkpoint("REG")
     }
 
     fn params(&self) -> &[ParamMeta] {
