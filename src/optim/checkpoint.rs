@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const FORMAT: &str = "gpuopt-checkpoint-1";
+const FORMAT: &str = "gpuopt-checkpoint-2";
 
 /// Everything needed to resume an optimizer bit-identically.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     /// Replay name of the algorithm.
     pub algorithm: String,
-    /// Its hyperparameters (JSON, canonical names).
+    /// Its hyperparameters (JSON, canonical names; optimizer-specific extras allowed).
     pub hyper: serde_json::Value,
     /// Steps taken.
     pub step: u64,
@@ -32,13 +32,20 @@ pub struct Snapshot {
     pub params: Vec<ParamMeta>,
     /// Parameter values, per parameter.
     pub values: Vec<Vec<f32>>,
-    /// State tensors, per parameter, in [`Algorithm::states`] order.
-    pub states: Vec<Vec<Vec<f32>>>,
+    /// Named state tensors, per parameter (any lengths: RACS keeps row and column statistics).
+    pub states: Vec<Vec<(String, Vec<f32>)>>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
         path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn mismatch(reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: PathBuf::from("<snapshot>"),
         reason: reason.into(),
     }
 }
@@ -49,6 +56,7 @@ impl Snapshot {
         values: Vec<Vec<f32>>,
         states: Vec<Vec<Vec<f32>>>,
     ) -> Self {
+        let names = core.algorithm.states();
         Snapshot {
             algorithm: core.algorithm.name().to_string(),
             hyper: core.algorithm.hyper_json(),
@@ -57,33 +65,67 @@ impl Snapshot {
             groups: core.groups.clone(),
             params: core.params.clone(),
             values,
-            states,
+            states: states
+                .into_iter()
+                .map(|s| names.iter().map(|(n, _)| n.to_string()).zip(s).collect())
+                .collect(),
         }
     }
 
-    /// Checks that this snapshot fits `core` (same algorithm, state layout and parameters) and
-    /// returns the algorithm with the snapshot's hyperparameters. Nothing is changed on error.
-    pub(crate) fn check_fits(&self, core: &Core) -> Result<Algorithm> {
-        let mismatch = |reason: String| Error::Checkpoint {
-            path: PathBuf::from("<snapshot>"),
-            reason,
-        };
-        if self.algorithm != core.algorithm.name() {
+    /// The state tensors of parameter `i` in `names` order, or an error naming what is missing.
+    pub(crate) fn states_of(&self, i: usize, names: &[&str]) -> Result<Vec<&Vec<f32>>> {
+        let s = self
+            .states
+            .get(i)
+            .ok_or_else(|| mismatch(format!("no state for parameter {i}")))?;
+        if s.len() != names.len() {
             return Err(mismatch(format!(
-                "optimizer is {}, this one is {}",
-                self.algorithm,
-                core.algorithm.name()
+                "parameter {i} has {} state tensors, expected {names:?}",
+                s.len()
             )));
         }
+        names
+            .iter()
+            .map(|n| {
+                s.iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| mismatch(format!("parameter {i} lacks state {n:?}")))
+            })
+            .collect()
+    }
+
+    /// Checks the parts every optimizer shares: algorithm name, parameters, value sizes.
+    pub(crate) fn check_common(&self, algorithm: &str, params: &[ParamMeta]) -> Result<()> {
+        if self.algorithm != algorithm {
+            return Err(mismatch(format!(
+                "optimizer is {}, this one is {algorithm}",
+                self.algorithm
+            )));
+        }
+        if self.params != params {
+            return Err(mismatch("parameters (names, shapes or groups) differ"));
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            if self.values.get(i).is_none_or(|v| v.len() != p.len()) {
+                return Err(mismatch(format!(
+                    "tensor sizes of {} do not match its shape",
+                    p.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that this snapshot fits an elementwise optimizer's `core` (same algorithm, state layout
+    /// and parameters) and returns the algorithm with the snapshot's hyperparameters. Nothing is
+    /// changed on error.
+    pub(crate) fn check_fits(&self, core: &Core) -> Result<Algorithm> {
+        self.check_common(core.algorithm.name(), &core.params)?;
         let algorithm = Algorithm::from_name(&self.algorithm, &self.hyper)?;
         if algorithm.states() != core.algorithm.states() {
             return Err(mismatch(
-                "state tensors differ (e.g. amsgrad or variant changed)".into(),
-            ));
-        }
-        if self.params != core.params {
-            return Err(mismatch(
-                "parameters (names, shapes or groups) differ".into(),
+                "state tensors differ (e.g. amsgrad or variant changed)",
             ));
         }
         if self.groups.len() != core.groups.len() {
@@ -93,21 +135,26 @@ impl Snapshot {
                 core.groups.len()
             )));
         }
-        let n_states = algorithm.states().len();
+        let names: Vec<&str> = algorithm.states().iter().map(|(n, _)| *n).collect();
         for (i, p) in self.params.iter().enumerate() {
-            let ok = self.values.get(i).is_some_and(|v| v.len() == p.len())
-                && self
-                    .states
-                    .get(i)
-                    .is_some_and(|s| s.len() == n_states && s.iter().all(|t| t.len() == p.len()));
-            if !ok {
+            if self
+                .states_of(i, &names)?
+                .iter()
+                .any(|t| t.len() != p.len())
+            {
                 return Err(mismatch(format!(
-                    "tensor sizes of {} do not match its shape",
+                    "state sizes of {} do not match its shape",
                     p.name
                 )));
             }
         }
         Ok(algorithm)
+    }
+
+    /// The elementwise state tensors of parameter `i` in algorithm order (after `check_fits`).
+    pub(crate) fn ordered_states(&self, i: usize, algorithm: &Algorithm) -> Result<Vec<Vec<f32>>> {
+        let names: Vec<&str> = algorithm.states().iter().map(|(n, _)| *n).collect();
+        Ok(self.states_of(i, &names)?.into_iter().cloned().collect())
     }
 
     /// Applies the host-side part (after [`Snapshot::check_fits`]).
@@ -121,17 +168,16 @@ impl Snapshot {
 
     /// Writes the snapshot to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let names: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
-        let state_names: Vec<&str> = Algorithm::from_name(&self.algorithm, &self.hyper)?
-            .states()
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        let mut tensors: Vec<(String, &[f32], &[usize])> = Vec::new();
+        let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
-            tensors.push((format!("param/{i}"), &self.values[i], &p.shape));
-            for (k, s) in state_names.iter().enumerate() {
-                tensors.push((format!("state/{i}/{s}"), &self.states[i][k], &p.shape));
+            tensors.push((format!("param/{i}"), &self.values[i], p.shape.clone()));
+            for (name, data) in &self.states[i] {
+                let shape = if data.len() == p.len() {
+                    p.shape.clone()
+                } else {
+                    vec![data.len()]
+                };
+                tensors.push((format!("state/{i}/{name}"), data, shape));
             }
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -149,6 +195,11 @@ impl Snapshot {
             .iter()
             .map(|p| serde_json::json!({"name": p.name, "shape": p.shape, "group": p.group}))
             .collect();
+        let state_names: Vec<Vec<&str>> = self
+            .states
+            .iter()
+            .map(|s| s.iter().map(|(n, _)| n.as_str()).collect())
+            .collect();
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("optimizer".to_string(), self.algorithm.clone()),
@@ -164,15 +215,15 @@ impl Snapshot {
                 serde_json::Value::Array(params).to_string(),
             ),
             (
-                "param_names".to_string(),
-                serde_json::to_string(&names).expect("json"),
+                "state_names".to_string(),
+                serde_json::to_string(&state_names).expect("json"),
             ),
             ("crc32".to_string(), crc.finalize().to_string()),
         ]);
         let views = tensors
             .iter()
             .map(|(name, data, shape)| {
-                TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(data))
+                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
                     .map(|v| (name.clone(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
@@ -182,7 +233,8 @@ impl Snapshot {
         write_atomically(path, &bytes)
     }
 
-    /// Reads and verifies a checkpoint.
+    /// Reads and verifies a checkpoint (structure and checksum; whether it fits an optimizer is
+    /// checked by that optimizer's `restore`).
     pub fn load(path: &Path) -> Result<Snapshot> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -236,22 +288,20 @@ impl Snapshot {
                 group: p.group,
             })
             .collect();
-        let algo =
-            Algorithm::from_name(&algorithm, &hyper).map_err(|e| bad(path, e.to_string()))?;
+        let state_names: Vec<Vec<String>> = serde_json::from_value(parse_json("state_names")?)
+            .map_err(|e| bad(path, format!("state_names: {e}")))?;
+        if state_names.len() != params.len() {
+            return Err(bad(path, "state_names does not match params"));
+        }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
-        let read = |name: &str, p: &ParamMeta| -> Result<Vec<f32>> {
+        let read = |name: &str| -> Result<Vec<f32>> {
             let t = st
                 .tensor(name)
                 .map_err(|e| bad(path, format!("{name}: {e}")))?;
-            if t.dtype() != Dtype::F32 || t.shape() != p.shape.as_slice() {
+            if t.dtype() != Dtype::F32 {
                 return Err(bad(
                     path,
-                    format!(
-                        "{name}: expected f32 {:?}, found {:?} {:?}",
-                        p.shape,
-                        t.dtype(),
-                        t.shape()
-                    ),
+                    format!("{name}: expected f32, found {:?}", t.dtype()),
                 ));
             }
             Ok(t.data()
@@ -263,15 +313,22 @@ impl Snapshot {
         let mut states = Vec::new();
         let mut named: Vec<(String, Vec<f32>)> = Vec::new();
         for (i, p) in params.iter().enumerate() {
-            let v = read(&format!("param/{i}"), p)?;
-            named.push((format!("param/{i}"), v.clone()));
+            let key = format!("param/{i}");
+            let v = read(&key)?;
+            if v.len() != p.len() {
+                return Err(bad(
+                    path,
+                    format!("{key}: {} values for shape {:?}", v.len(), p.shape),
+                ));
+            }
+            named.push((key, v.clone()));
             values.push(v);
             let mut s = Vec::new();
-            for (name, _) in algo.states() {
+            for name in &state_names[i] {
                 let key = format!("state/{i}/{name}");
-                let v = read(&key, p)?;
+                let v = read(&key)?;
                 named.push((key, v.clone()));
-                s.push(v);
+                s.push((name.clone(), v));
             }
             states.push(s);
         }

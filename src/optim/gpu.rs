@@ -376,8 +376,8 @@ impl Stepper for Optimizer {
         let algorithm = s.check_fits(&self.core)?;
         for i in 0..self.core.params.len() {
             self.write_arena(ParamId(i), &s.values[i], "parameter", |seg| &seg.params)?;
-            for k in 0..s.states[i].len() {
-                self.write_arena(ParamId(i), &s.states[i][k], "state", |seg| &seg.states[k])?;
+            for (k, state) in s.ordered_states(i, &algorithm)?.iter().enumerate() {
+                self.write_arena(ParamId(i), state, "state", |seg| &seg.states[k])?;
             }
         }
         s.apply_core(&mut self.core, algorithm);

@@ -203,12 +203,15 @@ impl Stepper for CpuOptimizer {
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
         let algorithm = s.check_fits(&self.core)?;
+        let states = (0..self.params.len())
+            .map(|i| s.ordered_states(i, &algorithm))
+            .collect::<Result<_>>()?;
         for (p, v) in self.params.iter_mut().zip(&s.values) {
             p.as_slice_mut()
                 .expect("standard layout")
                 .copy_from_slice(v);
         }
-        self.states = s.states.clone();
+        self.states = states;
         s.apply_core(&mut self.core, algorithm);
         Ok(())
     }
