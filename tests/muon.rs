@@ -184,8 +184,81 @@ fn muon_bad_input_is_an_error() {
     assert!(opt
         .set_lr(gpuopt::optim::GroupId(0), f64::INFINITY)
         .is_err());
-    assert!(
-        opt.snapshot().is_err(),
-        "checkpoints of Muon are not implemented yet, and say so"
-    );
+    assert!(opt
+        .load(std::path::Path::new("/nonexistent/muon.safetensors"))
+        .is_err());
+}
+
+fn muon_builder(seed: u64) -> (MuonBuilder, Vec<gpuopt::optim::ParamId>, Vec<Vec<usize>>) {
+    let shapes: Vec<Vec<usize>> = vec![vec![12, 8], vec![12, 8], vec![5, 9], vec![9], vec![4, 3]];
+    let mut rng = TestRng::new(seed);
+    let mut b = MuonBuilder::new(MuonConfig {
+        lr: 0.01,
+        weight_decay: 0.05,
+        ..MuonConfig::default()
+    });
+    let mut ids = Vec::new();
+    for (i, s) in shapes.iter().enumerate() {
+        let data = rng.uniforms(s.iter().product(), 0.5);
+        ids.push(if i == 4 {
+            b.param_adamw(&format!("p{i}"), &data, s).unwrap()
+        } else {
+            b.param(&format!("p{i}"), &data, s).unwrap()
+        });
+    }
+    (b, ids, shapes)
+}
+
+fn feed(
+    opt: &mut dyn Stepper,
+    ids: &[gpuopt::optim::ParamId],
+    shapes: &[Vec<usize>],
+    rng: &mut TestRng,
+    steps: usize,
+) {
+    for _ in 0..steps {
+        for (&id, s) in ids.iter().zip(shapes) {
+            opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0))
+                .unwrap();
+        }
+        opt.step().unwrap();
+    }
+}
+
+#[test]
+fn muon_checkpoint_resume_is_bit_identical_and_portable() {
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("muon.safetensors");
+    let (b, ids, shapes) = muon_builder(1);
+    let mut straight = b.clone().build(&ctx).unwrap();
+    feed(&mut straight, &ids, &shapes, &mut TestRng::new(9), 8);
+
+    let mut first = b.build(&ctx).unwrap();
+    let mut rng = TestRng::new(9);
+    feed(&mut first, &ids, &shapes, &mut rng, 4);
+    first.save(&path).unwrap();
+    let (b2, _, _) = muon_builder(2);
+    let mut resumed = b2.clone().build(&ctx).unwrap();
+    resumed.load(&path).unwrap();
+    assert_eq!(resumed.step_count().unwrap(), 4);
+    feed(&mut resumed, &ids, &shapes, &mut rng, 4);
+    for &id in &ids {
+        assert_eq!(
+            straight.read_param(id).unwrap(),
+            resumed.read_param(id).unwrap()
+        );
+    }
+    // The same file restores the CPU reference to the same state.
+    let mut cpu = b2.build_cpu().unwrap();
+    cpu.load(&path).unwrap();
+    assert_eq!(first.snapshot().unwrap(), cpu.snapshot().unwrap());
+    // Another model's checkpoint is refused and changes nothing.
+    let before = resumed.snapshot().unwrap();
+    let mut other = MuonBuilder::new(MuonConfig::default());
+    other.param("x", &[0.0; 6], &[2, 3]).unwrap();
+    let mut other = other.build(&ctx).unwrap();
+    other.save(&dir.path().join("other.safetensors")).unwrap();
+    assert!(resumed.load(&dir.path().join("other.safetensors")).is_err());
+    assert_eq!(resumed.snapshot().unwrap(), before);
 }

@@ -9,9 +9,7 @@
 //! (5.2.6) p ← (1 − lr·wd)·p − lr·ratio·O    (decay with the unadjusted lr)
 //! ```
 
-use super::{
-    no_checkpoint, AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper,
-};
+use super::{AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
@@ -284,6 +282,106 @@ impl MuonBuilder {
     }
 }
 
+/// Muon's checkpoint: algorithm "muon"; `hyper` = {"muon": config, "aux": AdamW config,
+/// "aux_step": n}; groups = [Muon] + the aux AdamW's; states: `momentum_buffer` for Muon parameters,
+/// the AdamW's `m`, `v` for routed ones. Shared by the GPU and CPU optimizers.
+pub(crate) fn muon_snapshot(
+    config: &MuonConfig,
+    t: u64,
+    params: &[ParamMeta],
+    aux_ids: &[Option<ParamId>],
+    values: Vec<Vec<f32>>,
+    mut momentum: Vec<Option<Vec<f32>>>,
+    aux: Option<Snapshot>,
+) -> Snapshot {
+    let mut groups = vec![super::GroupState {
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        base_lr: config.lr,
+    }];
+    let mut hyper = serde_json::json!({"muon": config});
+    if let Some(a) = &aux {
+        groups.extend(a.groups.iter().copied());
+        hyper["aux"] = a.hyper.clone();
+        hyper["aux_step"] = serde_json::json!(a.step);
+    }
+    let states = (0..params.len())
+        .map(|i| match (aux_ids[i], &aux) {
+            (Some(aid), Some(a)) => a.states[aid.0].clone(),
+            _ => vec![(
+                "momentum_buffer".to_string(),
+                momentum[i].take().unwrap_or_default(),
+            )],
+        })
+        .collect();
+    Snapshot {
+        algorithm: "muon".into(),
+        hyper,
+        step: t,
+        skipped: 0,
+        groups,
+        params: params.to_vec(),
+        values,
+        states,
+    }
+}
+
+/// Splits and checks a Muon checkpoint: (config, momentum per Muon parameter, the aux AdamW's own
+/// snapshot). Nothing is changed here; the caller restores the aux first (it validates before it
+/// writes), then the Muon tensors.
+#[allow(clippy::type_complexity)]
+pub(crate) fn split_muon_snapshot(
+    s: &Snapshot,
+    params: &[ParamMeta],
+    aux_ids: &[Option<ParamId>],
+    aux_params: &[ParamMeta],
+) -> Result<(MuonConfig, Vec<Option<Vec<f32>>>, Option<Snapshot>)> {
+    s.check_common("muon", params)?;
+    let bad = |r: &str| Error::Checkpoint {
+        path: "<snapshot>".into(),
+        reason: r.into(),
+    };
+    let config: MuonConfig = serde_json::from_value(s.hyper["muon"].clone())
+        .map_err(|e| bad(&format!("muon config: {e}")))?;
+    config.validate()?;
+    let mut momentum = vec![None; params.len()];
+    let mut aux_values = vec![Vec::new(); aux_params.len()];
+    let mut aux_states = vec![Vec::new(); aux_params.len()];
+    for (i, p) in params.iter().enumerate() {
+        match aux_ids[i] {
+            None => {
+                let m = s.states_of(i, &["momentum_buffer"])?[0];
+                if m.len() != p.len() {
+                    return Err(bad(&format!("momentum of {} has the wrong size", p.name)));
+                }
+                momentum[i] = Some(m.clone());
+            }
+            Some(aid) => {
+                aux_values[aid.0] = s.values[i].clone();
+                aux_states[aid.0] = s.states[i].clone();
+            }
+        }
+    }
+    let aux = if aux_params.is_empty() {
+        None
+    } else {
+        let step = s.hyper["aux_step"]
+            .as_u64()
+            .ok_or_else(|| bad("aux_step missing"))?;
+        Some(Snapshot {
+            algorithm: "adamw".into(),
+            hyper: s.hyper["aux"].clone(),
+            step,
+            skipped: 0,
+            groups: s.groups.get(1..).unwrap_or_default().to_vec(),
+            params: aux_params.to_vec(),
+            values: aux_values,
+            states: aux_states,
+        })
+    };
+    Ok((config, momentum, aux))
+}
+
 struct ShapeGroup {
     rows: usize,
     cols: usize,
@@ -536,11 +634,60 @@ impl Stepper for MuonOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("Muon")
+        let n = self.params.len();
+        let values = (0..n)
+            .map(|i| self.read(ParamId(i), "param"))
+            .collect::<Result<Vec<_>>>()?;
+        let momentum = (0..n)
+            .map(|i| {
+                if self.loc[i].is_some() {
+                    self.read(ParamId(i), "momentum_buffer").map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aux = match &mut self.aux {
+            Some(a) => Some(a.snapshot()?),
+            None => None,
+        };
+        Ok(muon_snapshot(
+            &self.config,
+            self.t,
+            &self.params,
+            &self.aux_ids,
+            values,
+            momentum,
+            aux,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("Muon")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let aux_params = self
+            .aux
+            .as_ref()
+            .map(|a| a.params().to_vec())
+            .unwrap_or_default();
+        let (config, momentum, aux) =
+            split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
+        if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
+            a.restore(snap)?;
+        }
+        for (i, m) in momentum.into_iter().enumerate() {
+            if let (Some(m), Some((grp, off))) = (m, self.muon_slot(ParamId(i))?) {
+                self.ctx
+                    .queue()
+                    .write_buffer(grp.m.buffer(), off, bytemuck::cast_slice(&m));
+                self.ctx.queue().write_buffer(
+                    grp.p.buffer(),
+                    off,
+                    bytemuck::cast_slice(&s.values[i]),
+                );
+            }
+        }
+        self.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {

@@ -4,8 +4,8 @@
 use super::CpuOptimizer;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::NS5_COEFFICIENTS;
-use crate::optim::muon::{MuonBuilder, MuonConfig, Route};
-use crate::optim::{no_checkpoint, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::muon::{muon_snapshot, split_muon_snapshot, MuonBuilder, MuonConfig, Route};
+use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 
 /// torch's lerp (ALGORITHMS.md §2.7), as `lerp_torch` in the shader.
 pub fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
@@ -218,11 +218,47 @@ impl Stepper for CpuMuon {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("Muon")
+        let momentum = (0..self.params.len())
+            .map(|i| (self.routes[i] == Route::Muon).then(|| self.m[i].clone()))
+            .collect();
+        let values = (0..self.params.len())
+            .map(|i| self.read_param(ParamId(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let aux = match &mut self.aux {
+            Some(a) => Some(a.snapshot()?),
+            None => None,
+        };
+        Ok(muon_snapshot(
+            &self.config,
+            self.t,
+            &self.params,
+            &self.aux_ids,
+            values,
+            momentum,
+            aux,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("Muon")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let aux_params = self
+            .aux
+            .as_ref()
+            .map(|a| a.params().to_vec())
+            .unwrap_or_default();
+        let (config, momentum, aux) =
+            split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
+        if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
+            a.restore(snap)?;
+        }
+        for (i, m) in momentum.into_iter().enumerate() {
+            if let Some(m) = m {
+                self.m[i] = m;
+                self.p[i] = s.values[i].clone();
+            }
+        }
+        self.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {
