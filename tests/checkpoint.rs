@@ -177,3 +177,89 @@ fn checkpoint_corrupt_or_mismatched_is_an_error_and_changes_nothing() {
         Err(Error::Io { .. })
     ));
 }
+
+/// Resume of the matrix optimizers: `make(seed)` builds the GPU optimizer (and, with `cpu`, the CPU
+/// reference) over the same parameters.
+fn matrix_resume(make: &dyn Fn(u64, bool) -> Box<dyn Stepper>, shapes: &[Vec<usize>]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let ids: Vec<ParamId> = (0..shapes.len()).map(ParamId).collect();
+    let feed = |opt: &mut dyn Stepper, rng: &mut TestRng, steps: usize| {
+        for _ in 0..steps {
+            for (&id, s) in ids.iter().zip(shapes) {
+                opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0))
+                    .unwrap();
+            }
+            opt.step().unwrap();
+        }
+    };
+    let mut straight = make(1, false);
+    feed(straight.as_mut(), &mut TestRng::new(5), 6);
+    let mut first = make(1, false);
+    let mut rng = TestRng::new(5);
+    feed(first.as_mut(), &mut rng, 3);
+    first.save(&path).unwrap();
+    let mut resumed = make(2, false);
+    resumed.load(&path).unwrap();
+    feed(resumed.as_mut(), &mut rng, 3);
+    for &id in &ids {
+        assert_eq!(
+            straight.read_param(id).unwrap(),
+            resumed.read_param(id).unwrap()
+        );
+    }
+    let mut cpu = make(2, true);
+    cpu.load(&path).unwrap();
+    assert_eq!(first.snapshot().unwrap(), cpu.snapshot().unwrap());
+}
+
+#[test]
+fn checkpoint_resume_is_bit_identical_auon_and_reg() {
+    use gpuopt::optim::{AuonBuilder, AuonConfig, RegBuilder, RegConfig};
+    let ctx = common::ctx();
+    let shapes: Vec<Vec<usize>> = vec![vec![8, 5], vec![7], vec![0], vec![3, 2, 2]];
+    let init = |seed: u64| -> Vec<Vec<f32>> {
+        let mut rng = TestRng::new(seed);
+        shapes
+            .iter()
+            .map(|s| rng.uniforms(s.iter().product(), 0.5))
+            .collect()
+    };
+    for hybrid in [false, true] {
+        let make = |seed: u64, cpu: bool| -> Box<dyn Stepper> {
+            let mut b = AuonBuilder::new(
+                AuonConfig {
+                    lr: 0.05,
+                    weight_decay: 0.1,
+                    ..AuonConfig::default()
+                },
+                hybrid,
+            );
+            for (i, (s, d)) in shapes.iter().zip(init(seed)).enumerate() {
+                b.param(&format!("p{i}"), &d, s).unwrap();
+            }
+            if cpu {
+                Box::new(b.build_cpu().unwrap())
+            } else {
+                Box::new(b.build(&ctx).unwrap())
+            }
+        };
+        matrix_resume(&make, &shapes);
+    }
+    let make = |seed: u64, cpu: bool| -> Box<dyn Stepper> {
+        let mut b = RegBuilder::new(RegConfig {
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..RegConfig::default()
+        });
+        for (i, (s, d)) in shapes.iter().zip(init(seed)).enumerate() {
+            b.param(&format!("p{i}"), &d, s).unwrap();
+        }
+        if cpu {
+            Box::new(b.build_cpu().unwrap())
+        } else {
+            Box::new(b.build(&ctx).unwrap())
+        }
+    };
+    matrix_resume(&make, &shapes);
+}

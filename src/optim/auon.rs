@@ -5,7 +5,10 @@
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
-use super::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
+    Stepper,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
@@ -213,6 +216,7 @@ struct Chain {
 pub struct AuonOptimizer {
     ctx: Context,
     config: AuonConfig,
+    hybrid: bool,
     params: Vec<ParamMeta>,
     chains: Vec<Option<Chain>>,
     t: u64,
@@ -276,11 +280,21 @@ impl AuonOptimizer {
         }
         Ok(AuonOptimizer {
             ctx: ctx.clone(),
+            hybrid: b.hybrid,
             config: b.config,
             params: b.params.into_iter().map(|p| p.0).collect(),
             chains,
             t: 0,
         })
+    }
+
+    /// The replay / checkpoint name.
+    fn name(&self) -> &'static str {
+        if self.hybrid {
+            "hybrid_auon"
+        } else {
+            "auon"
+        }
     }
 
     fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
@@ -381,11 +395,48 @@ impl Stepper for AuonOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("AuON")
+        let n = self.params.len();
+        let values = (0..n)
+            .map(|i| self.read_param(ParamId(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let states = (0..n)
+            .map(|i| {
+                Ok(vec![(
+                    "momentum_buffer".to_string(),
+                    self.read_state(ParamId(i), "momentum_buffer")?,
+                )])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lr_wd = (self.config.lr, self.config.weight_decay);
+        Ok(config_snapshot(
+            self.name(),
+            &self.config,
+            lr_wd,
+            self.t,
+            &self.params,
+            values,
+            states,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("AuON")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let (config, states) = check_config_snapshot(
+            &s,
+            self.name(),
+            &self.params,
+            &["momentum_buffer"],
+            |p, _| p.len(),
+            AuonConfig::validate,
+        )?;
+        for (i, st) in states.iter().enumerate() {
+            if let Some(c) = self.chains[i].as_ref() {
+                c.p.write(&self.ctx, &s.values[i])?;
+                c.m.write(&self.ctx, &st[0])?;
+            }
+        }
+        self.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {

@@ -313,11 +313,67 @@ pub(crate) fn update_config<C: Clone>(
     Ok(())
 }
 
-/// The error of optimizers whose checkpoints are not implemented yet.
-pub(crate) fn no_checkpoint<T>(name: &str) -> Result<T> {
-    Err(Error::Invalid(format!(
-        "checkpoints of {name} are not implemented yet"
-    )))
+/// The checkpoint of a single-config optimizer (AuON, REG): `hyper` is the config, one group.
+pub(crate) fn config_snapshot<C: serde::Serialize>(
+    name: &str,
+    config: &C,
+    (lr, weight_decay): (f64, f64),
+    t: u64,
+    params: &[ParamMeta],
+    values: Vec<Vec<f32>>,
+    states: Vec<Vec<(String, Vec<f32>)>>,
+) -> Snapshot {
+    Snapshot {
+        algorithm: name.into(),
+        hyper: serde_json::to_value(config).expect("configs serialise"),
+        step: t,
+        skipped: 0,
+        groups: vec![GroupState {
+            lr,
+            weight_decay,
+            base_lr: lr,
+        }],
+        params: params.to_vec(),
+        values,
+        states,
+    }
+}
+
+/// Checks a single-config optimizer's checkpoint: name, parameters, the config (validated), and
+/// state tensors named `names` of the lengths `len(param, name)` gives. Returns the config and the
+/// states in `names` order. Nothing is changed here.
+pub(crate) fn check_config_snapshot<C: serde::de::DeserializeOwned>(
+    s: &Snapshot,
+    name: &str,
+    params: &[ParamMeta],
+    names: &[&str],
+    len: impl Fn(&ParamMeta, &str) -> usize,
+    validate: impl Fn(&C) -> Result<()>,
+) -> Result<(C, Vec<Vec<Vec<f32>>>)> {
+    s.check_common(name, params)?;
+    let bad = |r: String| Error::Checkpoint {
+        path: "<snapshot>".into(),
+        reason: r,
+    };
+    let config: C =
+        serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("{name} config: {e}")))?;
+    validate(&config)?;
+    let mut states = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let st = s.states_of(i, names)?;
+        for (n, v) in names.iter().zip(&st) {
+            if v.len() != len(p, n) {
+                return Err(bad(format!(
+                    "state {n} of {} has {} values, expected {}",
+                    p.name,
+                    v.len(),
+                    len(p, n)
+                )));
+            }
+        }
+        states.push(st.into_iter().cloned().collect());
+    }
+    Ok((config, states))
 }
 
 /// What every optimizer backend (GPU, CPU reference) offers.

@@ -4,7 +4,10 @@
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
 //! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
 
-use super::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
+    Stepper,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -143,6 +146,20 @@ pub fn racs_view(shape: &[usize]) -> (usize, usize) {
         0 => (1, 1),
         1 => (shape[0], 1),
         _ => (shape[0], shape[1..].iter().product()),
+    }
+}
+
+/// Lengths of REG's state tensors for a parameter: s has rows, q cols, theta 1 (empty parameters
+/// keep none of them: 0).
+pub(crate) fn reg_state_len(p: &ParamMeta, name: &str) -> usize {
+    if p.is_empty() {
+        return 0;
+    }
+    let (rows, cols) = racs_view(&p.shape);
+    match name {
+        "s" => rows,
+        "q" => cols,
+        _ => 1,
     }
 }
 
@@ -382,11 +399,51 @@ impl Stepper for RegOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("REG")
+        let n = self.params.len();
+        let values = (0..n)
+            .map(|i| self.read_param(ParamId(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let states = (0..n)
+            .map(|i| {
+                ["s", "q", "theta"]
+                    .iter()
+                    .map(|k| Ok((k.to_string(), self.read_state(ParamId(i), k)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lr_wd = (self.config.lr, self.config.weight_decay);
+        Ok(config_snapshot(
+            "reg",
+            &self.config,
+            lr_wd,
+            self.t,
+            &self.params,
+            values,
+            states,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("REG")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let (config, states) = check_config_snapshot(
+            &s,
+            "reg",
+            &self.params,
+            &["s", "q", "theta"],
+            reg_state_len,
+            RegConfig::validate,
+        )?;
+        for (i, st) in states.iter().enumerate() {
+            if let Some(c) = self.chains[i].as_ref() {
+                c.p.write(&self.ctx, &s.values[i])?;
+                c.state[0].write(&self.ctx, &st[0])?;
+                c.state[1].write(&self.ctx, &st[1])?;
+                // scal = [norm, theta, eta, unused]: only theta carries over.
+                c.state[2].write(&self.ctx, &[0.0, st[2][0], 1.0, 0.0])?;
+            }
+        }
+        self.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {

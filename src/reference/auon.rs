@@ -4,7 +4,10 @@ use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
 use crate::optim::auon::{AuonBuilder, AuonConfig};
-use crate::optim::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::{
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
+    Stepper,
+};
 
 /// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid).
 pub fn auon_step(
@@ -159,11 +162,39 @@ impl Stepper for CpuAuon {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("AuON")
+        let states = self
+            .m
+            .iter()
+            .map(|m| vec![("momentum_buffer".to_string(), m.clone())])
+            .collect();
+        let name = if self.b.hybrid { "hybrid_auon" } else { "auon" };
+        let lr_wd = (self.b.config.lr, self.b.config.weight_decay);
+        Ok(config_snapshot(
+            name,
+            &self.b.config,
+            lr_wd,
+            self.t,
+            &self.metas,
+            self.p.clone(),
+            states,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("AuON")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let name = if self.b.hybrid { "hybrid_auon" } else { "auon" };
+        let (config, states) = check_config_snapshot(
+            &s,
+            name,
+            &self.metas,
+            &["momentum_buffer"],
+            |p, _| p.len(),
+            AuonConfig::validate,
+        )?;
+        self.p = s.values.clone();
+        self.m = states.into_iter().map(|mut st| st.remove(0)).collect();
+        self.b.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {

@@ -2,8 +2,11 @@
 
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
-use crate::optim::reg::{racs_view, RegBuilder, RegConfig};
-use crate::optim::{no_checkpoint, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig};
+use crate::optim::{
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
+    Stepper,
+};
 
 /// One RACS step of a rows × cols tensor; `theta` carries the limiter's state. Returns η.
 #[allow(clippy::too_many_arguments)]
@@ -165,11 +168,55 @@ impl Stepper for CpuReg {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        no_checkpoint("REG")
+        let states = (0..self.metas.len())
+            .map(|i| {
+                if self.p[i].is_empty() {
+                    return vec![
+                        ("s".into(), vec![]),
+                        ("q".into(), vec![]),
+                        ("theta".into(), vec![]),
+                    ];
+                }
+                vec![
+                    ("s".into(), self.s[i].clone()),
+                    ("q".into(), self.q[i].clone()),
+                    ("theta".into(), vec![self.theta[i]]),
+                ]
+            })
+            .collect();
+        let lr_wd = (self.config.lr, self.config.weight_decay);
+        Ok(config_snapshot(
+            "reg",
+            &self.config,
+            lr_wd,
+            self.t,
+            &self.metas,
+            self.p.clone(),
+            states,
+        ))
     }
 
-    fn restore(&mut self, _snapshot: Snapshot) -> Result<()> {
-        no_checkpoint("REG")
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let (config, states) = check_config_snapshot(
+            &s,
+            "reg",
+            &self.metas,
+            &["s", "q", "theta"],
+            reg_state_len,
+            RegConfig::validate,
+        )?;
+        for (i, st) in states.into_iter().enumerate() {
+            if self.p[i].is_empty() {
+                continue;
+            }
+            self.s[i] = st[0].clone();
+            self.q[i] = st[1].clone();
+            self.theta[i] = st[2][0];
+        }
+        self.p = s.values.clone();
+        self.config = config;
+        self.t = s.step;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {
