@@ -20,12 +20,9 @@ fn elementwise(c: &mut Criterion) {
             let alg = Algorithm::from_name(name, &serde_json::json!({})).unwrap();
             let bytes = alg.bytes_per_param() * n;
             let mut g = c.benchmark_group(format!("{name}_{n}"));
-            g.sample_size(10)
-                .throughput(Throughput::Bytes(bytes as u64));
+            g.sample_size(10).throughput(Throughput::Bytes(bytes as u64));
             let copy = CopyKernel::new(&ctx, bytes / 8).unwrap();
-            g.bench_function("copy_same_bytes", |b| {
-                b.iter_custom(|it| gpu_time(&ctx, it, |e| copy.record(&ctx, e)))
-            });
+            g.bench_function("copy_same_bytes", |b| b.iter_custom(|it| gpu_time(&ctx, it, |e| copy.record(&ctx, e))));
             drop(copy);
             let opt = optimizer_with_grads(&ctx, &alg, &[vec![n]]).unwrap();
             g.bench_function("fused_update", |b| {
@@ -37,9 +34,7 @@ fn elementwise(c: &mut Criterion) {
             });
             if n == 1 << 20 {
                 let mut bld = OptimizerBuilder::new(alg.clone());
-                let id = bld
-                    .param("p", &vec![0.5; n], &[n], bld.default_group())
-                    .unwrap();
+                let id = bld.param("p", &vec![0.5; n], &[n], bld.default_group()).unwrap();
                 let mut cpu = bld.build_cpu().unwrap();
                 cpu.write_grad(id, &vec![0.01; n]).unwrap();
                 g.bench_function("cpu_reference", |b| b.iter(|| cpu.step().unwrap()));
@@ -56,8 +51,7 @@ fn multi_tensor(c: &mut Criterion) {
     for name in ["adamw", "lion"] {
         let alg = Algorithm::from_name(name, &serde_json::json!({})).unwrap();
         let mut g = c.benchmark_group(format!("multi_tensor_{name}"));
-        g.sample_size(10)
-            .throughput(Throughput::Bytes((alg.bytes_per_param() * total) as u64));
+        g.sample_size(10).throughput(Throughput::Bytes((alg.bytes_per_param() * total) as u64));
         let flat = optimizer_with_grads(&ctx, &alg, &flat_shapes(&ctx, total)).unwrap();
         g.bench_function("flat", |b| {
             b.iter_custom(|it| {

@@ -18,17 +18,13 @@ fn gemm(c: &mut Criterion) {
     eprintln!("adapter: {}", ctx.info().name);
     let fma = FmaPeak::new(&ctx, 256, 2048).unwrap();
     let mut g = c.benchmark_group("fma_peak");
-    g.sample_size(10)
-        .throughput(Throughput::Elements(fma.flops as u64));
-    g.bench_function("wgsl_fma", |b| {
-        b.iter_custom(|it| gpu_time(&ctx, it, |e| fma.record(&ctx, e)))
-    });
+    g.sample_size(10).throughput(Throughput::Elements(fma.flops as u64));
+    g.bench_function("wgsl_fma", |b| b.iter_custom(|it| gpu_time(&ctx, it, |e| fma.record(&ctx, e))));
     g.finish();
     let mut rng = TestRng::new(1);
     for n in [256usize, 512] {
         let mut g = c.benchmark_group(format!("gemm_{n}"));
-        g.sample_size(10)
-            .throughput(Throughput::Elements(2 * (n * n * n) as u64));
+        g.sample_size(10).throughput(Throughput::Elements(2 * (n * n * n) as u64));
         let a = Tensor::from_slice(&ctx, &rng.uniforms(n * n, 1.0), &[n, n]).unwrap();
         let b = Tensor::from_slice(&ctx, &rng.uniforms(n * n, 1.0), &[n, n]).unwrap();
         let out = Tensor::zeros(&ctx, &[n, n]).unwrap();

@@ -29,30 +29,14 @@ fn main() -> gpuopt::Result<()> {
     println!("adapter: {} ({:?})", ctx.info().name, ctx.info().backend);
 
     let n = 50_000;
-    let a: Vec<f32> = (0..n)
-        .map(|i| 10f32.powf(-2.0 + 4.0 * i as f32 / n as f32))
-        .collect();
-    let c: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    let loss = |w: &[f32]| -> f64 {
-        w.iter()
-            .zip(&a)
-            .zip(&c)
-            .map(|((w, a), c)| 0.5 * (*a * (w - c) * (w - c)) as f64)
-            .sum()
-    };
+    let a: Vec<f32> = (0..n).map(|i| 10f32.powf(-2.0 + 4.0 * i as f32 / n as f32)).collect();
+    let c: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let loss =
+        |w: &[f32]| -> f64 { w.iter().zip(&a).zip(&c).map(|((w, a), c)| 0.5 * (*a * (w - c) * (w - c)) as f64).sum() };
 
     // One parameter tensor in the default group (decayed) and a bias-like one without decay.
-    let mut b = OptimizerBuilder::new(AdamW {
-        lr: 0.05,
-        weight_decay: 1e-4,
-        ..AdamW::default()
-    });
-    let no_decay = b.group(GroupOptions {
-        weight_decay: Some(0.0),
-        ..Default::default()
-    })?;
+    let mut b = OptimizerBuilder::new(AdamW { lr: 0.05, weight_decay: 1e-4, ..AdamW::default() });
+    let no_decay = b.group(GroupOptions { weight_decay: Some(0.0), ..Default::default() })?;
     let w = b.param("w", &vec![0.0; n], &[n], b.default_group())?;
     let bias = b.param("bias", &[0.0; 16], &[16], no_decay)?;
     let mut opt = b.build(&ctx)?;
@@ -78,22 +62,10 @@ fn main() -> gpuopt::Result<()> {
         label: Some("quadratic gradient"),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wv.binding().expect("non-empty"),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: a_t.buffer().as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: c_t.buffer().as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: gv.binding().expect("non-empty"),
-            },
+            wgpu::BindGroupEntry { binding: 0, resource: wv.binding().expect("non-empty") },
+            wgpu::BindGroupEntry { binding: 1, resource: a_t.buffer().as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: c_t.buffer().as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: gv.binding().expect("non-empty") },
         ],
     });
     opt.write_grad(bias, &[0.0; 16])?;

@@ -102,11 +102,7 @@ pub fn gpt2_shapes(d: usize, vocab: usize) -> Vec<Vec<usize>> {
 
 /// An optimizer over tensors of `shapes` with random parameters and gradients, uniform written for
 /// step 1 (so `record_update` can be timed on its own).
-pub fn optimizer_with_grads(
-    ctx: &Context,
-    algorithm: &Algorithm,
-    shapes: &[Vec<usize>],
-) -> Result<Optimizer> {
+pub fn optimizer_with_grads(ctx: &Context, algorithm: &Algorithm, shapes: &[Vec<usize>]) -> Result<Optimizer> {
     let mut rng = TestRng::new(7);
     let mut b = OptimizerBuilder::new(algorithm.clone());
     let mut ids = Vec::new();
@@ -125,11 +121,7 @@ pub fn optimizer_with_grads(
 
 /// Records `iters` repetitions into one command buffer, submits it and waits: the wall time of the
 /// lot (criterion's `iter_custom`).
-pub fn gpu_time(
-    ctx: &Context,
-    iters: u64,
-    mut record: impl FnMut(&mut wgpu::CommandEncoder),
-) -> std::time::Duration {
+pub fn gpu_time(ctx: &Context, iters: u64, mut record: impl FnMut(&mut wgpu::CommandEncoder)) -> std::time::Duration {
     let mut enc = ctx.encoder("criterion");
     for _ in 0..iters {
         record(&mut enc);
@@ -197,12 +189,7 @@ fn progress(n: u64, show: bool) -> indicatif::ProgressBar {
 }
 
 /// Runs the suites (`None` = all); `quick` uses fewer repetitions and smaller sizes.
-pub fn run(
-    ctx: &Context,
-    suite: Option<&str>,
-    quick: bool,
-    show_progress: bool,
-) -> Result<Vec<Record>> {
+pub fn run(ctx: &Context, suite: Option<&str>, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     match suite {
         None => {
             let mut all = elementwise(ctx, quick, show_progress)?;
@@ -213,10 +200,7 @@ pub fn run(
         Some("elementwise") => elementwise(ctx, quick, show_progress),
         Some("gemm") => gemm(ctx, quick, show_progress),
         Some("ns") => ns(ctx, quick, show_progress),
-        Some(other) => Err(Error::Invalid(format!(
-            "unknown suite {other:?} (known: {})",
-            SUITES.join(", ")
-        ))),
+        Some(other) => Err(Error::Invalid(format!("unknown suite {other:?} (known: {})", SUITES.join(", ")))),
     }
 }
 
@@ -224,11 +208,7 @@ pub fn run(
 /// one flat tensor, and the CPU reference for contrast.
 pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     let adapter = ctx.info().name.clone();
-    let sizes: &[usize] = if quick {
-        &[1 << 20]
-    } else {
-        &[1 << 20, 1 << 24]
-    };
+    let sizes: &[usize] = if quick { &[1 << 20] } else { &[1 << 20, 1 << 24] };
     let batches = if quick { 3 } else { 7 };
     let reps_for = |n: usize| match (quick, n >= 1 << 24) {
         (true, _) => 3,
@@ -240,10 +220,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         .map(|n| Algorithm::from_name(n, &serde_json::json!({})))
         .collect::<Result<_>>()?;
     let multi = ["adamw", "lion"];
-    let pb = progress(
-        (algorithms.len() * sizes.len() + multi.len() + 1) as u64,
-        show_progress,
-    );
+    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 1) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         for alg in &algorithms {
@@ -273,11 +250,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         }
     }
     // Many tensors, one dispatch: GPT-2-small shapes against one flat tensor of the same size.
-    let full = if quick {
-        gpt2_shapes(192, 50257 / 4)
-    } else {
-        gpt2_shapes(768, 50257)
-    };
+    let full = if quick { gpt2_shapes(192, 50257 / 4) } else { gpt2_shapes(768, 50257) };
     let shapes = fit_shapes(ctx, &full);
     let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     for name in multi {
@@ -348,11 +321,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
 pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     use crate::kernels::gemm::{FmaPeak, GemmDesc, GemmPlan};
     let adapter = ctx.info().name.clone();
-    let sizes: &[usize] = if quick {
-        &[256]
-    } else {
-        &[256, 512, 1024, 2048]
-    };
+    let sizes: &[usize] = if quick { &[256] } else { &[256, 512, 1024, 2048] };
     let pb = progress(2 * sizes.len() as u64 + 1, show_progress);
     pb.set_message("fma peak");
     let fma = FmaPeak::new(ctx, 512, 4096)?;
@@ -439,12 +408,7 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let cases: Vec<(usize, usize, usize)> = if quick {
         vec![(1, 256, 256), (2, 128, 256)]
     } else {
-        vec![
-            (1, 768, 768),
-            (1, 768, 3072),
-            (1, 1024, 4096),
-            (12, 768, 768),
-        ]
+        vec![(1, 768, 768), (1, 768, 3072), (1, 1024, 4096), (12, 768, 768)]
     };
     let batches = if quick { 2 } else { 3 };
     let pb = progress(2 * cases.len() as u64 + 1, show_progress);
@@ -460,10 +424,7 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
         })?;
         pb.inc(1);
         pb.set_message(format!("15 gemm {b}x{r}x{c}x{r}"));
-        let desc = GemmDesc {
-            batch: b,
-            ..GemmDesc::new(r, c, r)
-        };
+        let desc = GemmDesc { batch: b, ..GemmDesc::new(r, c, r) };
         let a = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * r, 1.0), &[b, r, r])?;
         let x = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * c, 1.0), &[b, r, c])?;
         let y = crate::Tensor::zeros(ctx, &[b, r, c])?;
@@ -494,16 +455,7 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let x = crate::Tensor::from_slice(ctx, &rng.uniforms(n * n, 1.0), &[n, n])?;
     let cbuf = crate::Tensor::zeros(ctx, &[n, n])?;
     let half = GemmPlan::new(ctx, GemmDesc::gram(n, n), &x, &x, &cbuf)?;
-    let full = GemmPlan::new(
-        ctx,
-        GemmDesc {
-            trans_b: true,
-            ..GemmDesc::new(n, n, n)
-        },
-        &x,
-        &x,
-        &cbuf,
-    )?;
+    let full = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, n, n) }, &x, &x, &cbuf)?;
     let th = ctx.time(1, batches, |enc| {
         half.record(enc);
     })?;
@@ -531,12 +483,7 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
 
 /// Prints records as a table.
 pub fn print_table(ctx: &Context, records: &[Record]) {
-    println!(
-        "adapter: {} ({:?}, {:?})",
-        ctx.info().name,
-        ctx.info().backend,
-        ctx.info().device_type
-    );
+    println!("adapter: {} ({:?}, {:?})", ctx.info().name, ctx.info().backend, ctx.info().device_type);
     println!(
         "{:<12} {:<24} {:>12} {:>11} {:>10} {:<16} {:>11} {:>7}  timing",
         "suite", "kernel", "elements", "median", "GB/s", "baseline", "base median", "ratio"
@@ -551,11 +498,7 @@ pub fn print_table(ctx: &Context, records: &[Record]) {
             "{:<12} {:<24} {:>12} {:>9.3}ms {:>10} {:<16} {:>9.3}ms {:>7.3}  {}",
             r.suite,
             r.kernel,
-            r.shape
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join("x"),
+            r.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x"),
             r.median_s * 1e3,
             thr,
             r.baseline,

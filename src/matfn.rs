@@ -39,8 +39,8 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     }
     let case_path = dir.join("case.json");
     let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| invalid(&case_path, format!("not valid JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(&case_path, format!("not valid JSON: {e}")))?;
     let function = json
         .get("function")
         .and_then(|v| v.as_str())
@@ -48,9 +48,7 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     let npz_path = dir.join("inputs.npz");
     let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
     let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
-    let a: ArrayD<f32> = npz
-        .by_name("a")
-        .map_err(|e| invalid(&npz_path, format!("array \"a\" (float32): {e}")))?;
+    let a: ArrayD<f32> = npz.by_name("a").map_err(|e| invalid(&npz_path, format!("array \"a\" (float32): {e}")))?;
     if a.iter().any(|v| !v.is_finite()) {
         return Err(invalid(&npz_path, "\"a\" holds NaN or Inf"));
     }
@@ -58,10 +56,7 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     let shape = a.shape().to_vec();
     let (b, m, n) = batch_shape(&shape).map_err(|e| invalid(&npz_path, e))?;
     if b * m * n == 0 {
-        return Err(invalid(
-            &npz_path,
-            format!("\"a\" is empty: shape {shape:?}"),
-        ));
+        return Err(invalid(&npz_path, format!("\"a\" is empty: shape {shape:?}")));
     }
     let y = match function {
         "newton_schulz5" => {
@@ -70,42 +65,22 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
                 return Err(invalid(&case_path, "\"steps\" must be below 100"));
             }
             match backend()? {
-                Some(ctx) => {
-                    ns::newton_schulz5(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, steps)?
-                }
-                None => reference::newton_schulz::newton_schulz5(
-                    &data,
-                    b,
-                    m,
-                    n,
-                    steps,
-                    NS5_COEFFICIENTS,
-                ),
+                Some(ctx) => ns::newton_schulz5(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, steps)?,
+                None => reference::newton_schulz::newton_schulz5(&data, b, m, n, steps, NS5_COEFFICIENTS),
             }
         }
         "polar" => {
             let max_iters = key_usize(&json, "max_iters", 100, &case_path)?;
             if shape.len() != 2 {
-                return Err(invalid(
-                    &npz_path,
-                    format!("polar takes a = [m, n], got {shape:?}"),
-                ));
+                return Err(invalid(&npz_path, format!("polar takes a = [m, n], got {shape:?}")));
             }
             match backend()? {
-                Some(ctx) => {
-                    ns::polar(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, max_iters)?.q
-                }
+                Some(ctx) => ns::polar(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, max_iters)?.q,
                 None => reference::newton_schulz::polar(&data, m, n, max_iters)?.0,
             }
         }
         other => {
-            return Err(invalid(
-                &case_path,
-                format!(
-                    "unknown function {other:?} (known: {})",
-                    FUNCTIONS.join(", ")
-                ),
-            ))
+            return Err(invalid(&case_path, format!("unknown function {other:?} (known: {})", FUNCTIONS.join(", "))))
         }
     };
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| Error::Invalid(e.to_string()))?;

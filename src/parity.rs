@@ -4,8 +4,8 @@
 
 use crate::error::Result;
 use crate::optim::{
-    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, Lion, Mars, MarsVariant,
-    OptimizerBuilder, Sgd, SignSgd, Signum, Stepper,
+    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder,
+    Sgd, SignSgd, Signum, Stepper,
 };
 use crate::Context;
 
@@ -42,9 +42,7 @@ impl TestRng {
 
     /// `n` values uniform in [−scale, scale) (cheap enough for tensors of 16M elements).
     pub fn uniforms(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| ((self.next_u64() >> 40) as f32 * (2.0 / (1u64 << 24) as f32) - 1.0) * scale)
-            .collect()
+        (0..n).map(|_| ((self.next_u64() >> 40) as f32 * (2.0 / (1u64 << 24) as f32) - 1.0) * scale).collect()
     }
 
     /// `n` normals times `scale`.
@@ -60,26 +58,8 @@ pub const EDGES: [f32; 5] = [0.0, 1e-30, -1e-30, 1e30, -1e30];
 /// AMSGrad, AMSBound, decoupled AdaBound, AdEMAMix warm-up, MARS-Lion).
 pub fn test_algorithms() -> Vec<(String, Algorithm)> {
     let v: Vec<(&str, Algorithm)> = vec![
-        (
-            "sgd",
-            Sgd {
-                lr: 0.05,
-                weight_decay: 0.01,
-                ..Sgd::default()
-            }
-            .into(),
-        ),
-        (
-            "sgd_momentum",
-            Sgd {
-                lr: 0.02,
-                momentum: 0.8,
-                dampening: 0.1,
-                weight_decay: 0.02,
-                ..Sgd::default()
-            }
-            .into(),
-        ),
+        ("sgd", Sgd { lr: 0.05, weight_decay: 0.01, ..Sgd::default() }.into()),
+        ("sgd_momentum", Sgd { lr: 0.02, momentum: 0.8, dampening: 0.1, weight_decay: 0.02, ..Sgd::default() }.into()),
         (
             "sgd_nesterov_w",
             Sgd {
@@ -92,88 +72,19 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
             }
             .into(),
         ),
-        (
-            "signsgd",
-            SignSgd {
-                lr: 0.003,
-                weight_decay: 0.1,
-            }
-            .into(),
-        ),
-        (
-            "signum",
-            Signum {
-                lr: 0.002,
-                momentum: 0.85,
-                weight_decay: 0.1,
-            }
-            .into(),
-        ),
-        (
-            "lion",
-            Lion {
-                lr: 3e-4,
-                beta1: 0.95,
-                beta2: 0.98,
-                weight_decay: 0.3,
-            }
-            .into(),
-        ),
-        (
-            "ano",
-            Ano {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-6,
-                weight_decay: 0.05,
-            }
-            .into(),
-        ),
-        (
-            "anolog",
-            Algorithm::Anolog(Ano {
-                lr: 1e-3,
-                beta2: 0.97,
-                eps: 1e-7,
-                weight_decay: 0.05,
-                ..Ano::default()
-            }),
-        ),
-        (
-            "adamw",
-            AdamW {
-                lr: 3e-3,
-                beta1: 0.85,
-                beta2: 0.99,
-                eps: 1e-7,
-                weight_decay: 0.05,
-                amsgrad: false,
-            }
-            .into(),
-        ),
+        ("signsgd", SignSgd { lr: 0.003, weight_decay: 0.1 }.into()),
+        ("signum", Signum { lr: 0.002, momentum: 0.85, weight_decay: 0.1 }.into()),
+        ("lion", Lion { lr: 3e-4, beta1: 0.95, beta2: 0.98, weight_decay: 0.3 }.into()),
+        ("ano", Ano { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-6, weight_decay: 0.05 }.into()),
+        ("anolog", Algorithm::Anolog(Ano { lr: 1e-3, beta2: 0.97, eps: 1e-7, weight_decay: 0.05, ..Ano::default() })),
+        ("adamw", AdamW { lr: 3e-3, beta1: 0.85, beta2: 0.99, eps: 1e-7, weight_decay: 0.05, amsgrad: false }.into()),
         (
             "adamw_amsgrad",
-            AdamW {
-                lr: 2e-3,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-6,
-                weight_decay: 0.1,
-                amsgrad: true,
-            }
-            .into(),
+            AdamW { lr: 2e-3, beta1: 0.9, beta2: 0.95, eps: 1e-6, weight_decay: 0.1, amsgrad: true }.into(),
         ),
         (
             "adabound",
-            AdaBound {
-                lr: 2e-3,
-                final_lr: 0.05,
-                gamma: 0.01,
-                weight_decay: 1e-3,
-                ..AdaBound::default()
-            }
-            .into(),
+            AdaBound { lr: 2e-3, final_lr: 0.05, gamma: 0.01, weight_decay: 1e-3, ..AdaBound::default() }.into(),
         ),
         (
             "amsbound_w",
@@ -188,17 +99,7 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
             }
             .into(),
         ),
-        (
-            "adamomentum",
-            AdaMomentum {
-                lr: 2e-3,
-                beta1: 0.8,
-                beta2: 0.99,
-                eps: 1e-7,
-                weight_decay: 0.02,
-            }
-            .into(),
-        ),
+        ("adamomentum", AdaMomentum { lr: 2e-3, beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 0.02 }.into()),
         (
             "ademamix",
             AdEMAMix {
@@ -211,16 +112,7 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
             }
             .into(),
         ),
-        (
-            "mars",
-            Mars {
-                lr: 2e-3,
-                gamma: 0.05,
-                weight_decay: 0.05,
-                ..Mars::default()
-            }
-            .into(),
-        ),
+        ("mars", Mars { lr: 2e-3, gamma: 0.05, weight_decay: 0.05, ..Mars::default() }.into()),
         (
             "mars_lion",
             Mars {
@@ -242,11 +134,7 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
 pub fn sign_based(a: &Algorithm) -> bool {
     matches!(
         a,
-        Algorithm::SignSgd(_)
-            | Algorithm::Signum(_)
-            | Algorithm::Lion(_)
-            | Algorithm::Ano(_)
-            | Algorithm::Anolog(_)
+        Algorithm::SignSgd(_) | Algorithm::Signum(_) | Algorithm::Lion(_) | Algorithm::Ano(_) | Algorithm::Anolog(_)
     ) || matches!(a, Algorithm::Mars(m) if m.variant == MarsVariant::Lion)
 }
 
@@ -395,10 +283,7 @@ pub fn run(
     let mut rng = TestRng::new(seed);
     let mut b = OptimizerBuilder::new(algorithm.clone());
     let (lr, wd) = algorithm.lr_wd();
-    let other = b.group(GroupOptions {
-        lr: Some(lr * 0.5),
-        weight_decay: Some(wd * 2.0),
-    })?;
+    let other = b.group(GroupOptions { lr: Some(lr * 0.5), weight_decay: Some(wd * 2.0) })?;
     let mut ids = Vec::new();
     let mut inits = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
@@ -411,10 +296,7 @@ pub fn run(
     let mut cpu = b.build_cpu()?;
     let flip = 2.0 * lr as f32 * (1.0 + wd as f32);
     let sign = sign_based(algorithm);
-    let mut trackers: Vec<Tracker> = inits
-        .iter()
-        .map(|i| Tracker::new(name, i, flip, sign))
-        .collect();
+    let mut trackers: Vec<Tracker> = inits.iter().map(|i| Tracker::new(name, i, flip, sign)).collect();
     for s in 0..steps {
         for (&id, &n) in ids.iter().zip(sizes) {
             let g = grad(&mut rng, n, s, edges);

@@ -10,8 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{
-    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, RegBuilder,
-    RegConfig, Stepper,
+    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, RegBuilder, RegConfig, Stepper,
 };
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -57,10 +56,7 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         if text.contains("NaN") || text.contains("Infinity") {
-            invalid(
-                &case_path,
-                "hyperparameters must be finite numbers (found NaN or Infinity)",
-            )
+            invalid(&case_path, "hyperparameters must be finite numbers (found NaN or Infinity)")
         } else {
             invalid(&case_path, format!("not valid JSON: {e}"))
         }
@@ -108,17 +104,12 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     let npz_path = dir.join("inputs.npz");
     let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
     let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
-    let param: ArrayD<f32> = npz
-        .by_name("param")
-        .map_err(|e| invalid(&npz_path, format!("array \"param\" (float32): {e}")))?;
-    let grads: ArrayD<f32> = npz
-        .by_name("grads")
-        .map_err(|e| invalid(&npz_path, format!("array \"grads\" (float32): {e}")))?;
+    let param: ArrayD<f32> =
+        npz.by_name("param").map_err(|e| invalid(&npz_path, format!("array \"param\" (float32): {e}")))?;
+    let grads: ArrayD<f32> =
+        npz.by_name("grads").map_err(|e| invalid(&npz_path, format!("array \"grads\" (float32): {e}")))?;
     if !(1..=2).contains(&param.ndim()) {
-        return Err(invalid(
-            &npz_path,
-            format!("param must be 1-D or 2-D, got shape {:?}", param.shape()),
-        ));
+        return Err(invalid(&npz_path, format!("param must be 1-D or 2-D, got shape {:?}", param.shape())));
     }
     if grads.ndim() != param.ndim() + 1 || grads.shape()[1..] != *param.shape() {
         return Err(Error::Shape {
@@ -130,31 +121,17 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         });
     }
     if matches!(algorithm, CaseOptimizer::Muon(_)) && param.ndim() != 2 {
-        return Err(invalid(
-            &npz_path,
-            format!("muon takes a 2-D param, got shape {:?}", param.shape()),
-        ));
+        return Err(invalid(&npz_path, format!("muon takes a 2-D param, got shape {:?}", param.shape())));
     }
     let available = grads.shape()[0];
     let steps = match json.get("steps") {
         None => available,
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| invalid(&case_path, "\"steps\" must be a non-negative integer"))?
-            as usize,
+        Some(v) => v.as_u64().ok_or_else(|| invalid(&case_path, "\"steps\" must be a non-negative integer"))? as usize,
     };
     if steps > available {
-        return Err(invalid(
-            &npz_path,
-            format!("case asks for {steps} steps but grads holds {available}"),
-        ));
+        return Err(invalid(&npz_path, format!("case asks for {steps} steps but grads holds {available}")));
     }
-    Ok(Case {
-        algorithm,
-        steps,
-        param,
-        grads,
-    })
+    Ok(Case { algorithm, steps, param, grads })
 }
 
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
@@ -214,10 +191,7 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
         opt.write_grad(id, &g)?;
         opt.step()?;
         let p = opt.read_param(id)?;
-        traj.index_axis_mut(Axis(0), t)
-            .iter_mut()
-            .zip(p)
-            .for_each(|(d, s)| *d = s);
+        traj.index_axis_mut(Axis(0), t).iter_mut().zip(p).for_each(|(d, s)| *d = s);
     }
     Ok(traj)
 }
@@ -232,15 +206,10 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     let case = load_case(dir)?;
     let ctx = backend()?;
     let traj = run(&case, ctx.as_ref())?;
-    let last = if case.steps == 0 {
-        case.param.clone()
-    } else {
-        traj.index_axis(Axis(0), case.steps - 1).to_owned()
-    };
+    let last = if case.steps == 0 { case.param.clone() } else { traj.index_axis(Axis(0), case.steps - 1).to_owned() };
     let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
     w.add_array("param", &last).map_err(|e| invalid(&out, e))?;
-    w.add_array("trajectory", &traj)
-        .map_err(|e| invalid(&out, e))?;
+    w.add_array("trajectory", &traj).map_err(|e| invalid(&out, e))?;
     let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
     crate::optim::checkpoint::write_file_atomically(&out, &bytes)
 }

@@ -11,24 +11,17 @@ use crate::error::{Error, Result};
 /// A WGSL module as the library ships it: (name, source before composition).
 const SOURCES: &[(&str, &str)] = &[
     ("shared/arena", include_str!("../shaders/shared/arena.wgsl")),
-    (
-        "shared/reduce",
-        include_str!("../shaders/shared/reduce.wgsl"),
-    ),
-    (
-        "sign_momentum",
-        include_str!("../shaders/sign_momentum.wgsl"),
-    ),
+    ("shared/reduce", include_str!("../shaders/shared/reduce.wgsl")),
+    ("shared/philox", include_str!("../shaders/shared/philox.wgsl")),
+    ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
     ("adaptive", include_str!("../shaders/adaptive.wgsl")),
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
     ("check", include_str!("../shaders/check.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("gemm", include_str!("../shaders/gemm.wgsl")),
+    ("random", include_str!("../shaders/random.wgsl")),
     ("fma_peak", include_str!("../shaders/fma_peak.wgsl")),
-    (
-        "newton_schulz",
-        include_str!("../shaders/newton_schulz.wgsl"),
-    ),
+    ("newton_schulz", include_str!("../shaders/newton_schulz.wgsl")),
     ("muon", include_str!("../shaders/muon.wgsl")),
     ("auon", include_str!("../shaders/auon.wgsl")),
     ("racs", include_str!("../shaders/racs.wgsl")),
@@ -36,10 +29,7 @@ const SOURCES: &[(&str, &str)] = &[
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).
 pub fn module_names() -> impl Iterator<Item = &'static str> {
-    SOURCES
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| !name.starts_with("shared/"))
+    SOURCES.iter().map(|(name, _)| *name).filter(|name| !name.starts_with("shared/"))
 }
 
 fn raw(name: &str) -> Result<&'static str> {
@@ -47,10 +37,7 @@ fn raw(name: &str) -> Result<&'static str> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, src)| *src)
-        .ok_or_else(|| Error::Shader {
-            name: name.to_string(),
-            message: "no such shader".into(),
-        })
+        .ok_or_else(|| Error::Shader { name: name.to_string(), message: "no such shader".into() })
 }
 
 /// The module's source with every `#import` replaced by the imported file (each imported once).
@@ -70,10 +57,7 @@ fn compose_into(name: &str, out: &mut String, seen: &mut Vec<String>) -> Result<
         if let Some(args) = line.trim().strip_prefix("#arena_kernel ") {
             let parts: Vec<&str> = args.split_whitespace().collect();
             let [entry, elem] = parts[..] else {
-                return Err(Error::Shader {
-                    name: name.to_string(),
-                    message: format!("bad directive: {line}"),
-                });
+                return Err(Error::Shader { name: name.to_string(), message: format!("bad directive: {line}") });
             };
             out.push_str(&arena_kernel(entry, elem));
             continue;

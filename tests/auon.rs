@@ -22,10 +22,7 @@ fn parity(config: AuonConfig, hybrid: bool) {
     let ids: Vec<_> = shapes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s)
-                .unwrap()
-        })
+        .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap())
         .collect();
     let mut gpu = b.clone().build(&ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
@@ -41,80 +38,38 @@ fn parity(config: AuonConfig, hybrid: bool) {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
             let n: usize = s.iter().product();
             let c = if s.len() >= 2 { s[0].max(n / s[0]) } else { n } as f64;
-            let ns = if hybrid && s.len() >= 2 {
-                3.0 * config.ns_steps as f64 * 3.4445 * (c.sqrt() + 2.0)
-            } else {
-                0.0
-            };
+            let ns =
+                if hybrid && s.len() >= 2 { 3.0 * config.ns_steps as f64 * 3.4445 * (c.sqrt() + 2.0) } else { 0.0 };
             let eps = f32::EPSILON as f64;
             // |x|/rms per element is at most ~1.2·sqrt(n) in norm (rms ≥ 1); the step is lr times that.
             let step = config.lr * 1.2 * (n as f64).sqrt().max(1.0);
             let tol = t as f64 * (step * (ns + 32.0) * eps + 4.0 * eps * norm(&y));
             let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
-            assert!(
-                norm(&diff) <= tol,
-                "{config:?} hybrid={hybrid} {s:?} step {t}: {:e} > {tol:e}",
-                norm(&diff)
-            );
+            assert!(norm(&diff) <= tol, "{config:?} hybrid={hybrid} {s:?} step {t}: {:e} > {tol:e}", norm(&diff));
         }
     }
 }
 
 #[test]
 fn auon_package_matches_reference() {
-    parity(
-        AuonConfig {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 0.1,
-            gamma: 1.2,
-            ..AuonConfig::default()
-        },
-        false,
-    );
+    parity(AuonConfig { lr: 0.05, momentum: 0.9, weight_decay: 0.1, gamma: 1.2, ..AuonConfig::default() }, false);
 }
 
 #[test]
 fn auon_paper_matches_reference() {
-    parity(
-        AuonConfig {
-            lr: 0.01,
-            variant: AuonVariant::Paper,
-            ..AuonConfig::default()
-        },
-        false,
-    );
+    parity(AuonConfig { lr: 0.01, variant: AuonVariant::Paper, ..AuonConfig::default() }, false);
 }
 
 #[test]
 fn hybrid_auon_matches_reference() {
-    parity(
-        AuonConfig {
-            lr: 0.02,
-            weight_decay: 0.05,
-            ns_steps: 3,
-            ..AuonConfig::default()
-        },
-        true,
-    );
-    parity(
-        AuonConfig {
-            lr: 0.02,
-            variant: AuonVariant::Paper,
-            ..AuonConfig::default()
-        },
-        true,
-    );
+    parity(AuonConfig { lr: 0.02, weight_decay: 0.05, ns_steps: 3, ..AuonConfig::default() }, true);
+    parity(AuonConfig { lr: 0.02, variant: AuonVariant::Paper, ..AuonConfig::default() }, true);
 }
 
 #[test]
 fn auon_zero_gradient_skips_the_step_but_not_the_decay() {
     let ctx = common::ctx();
-    let cfg = AuonConfig {
-        lr: 0.1,
-        weight_decay: 0.5,
-        ..AuonConfig::default()
-    };
+    let cfg = AuonConfig { lr: 0.1, weight_decay: 0.5, ..AuonConfig::default() };
     let mut b = AuonBuilder::new(cfg, false);
     let id = b.param("w", &[1.0, -2.0, 3.0], &[3]).unwrap();
     let mut opt = b.build(&ctx).unwrap();
@@ -130,11 +85,7 @@ fn auon_paper_first_step_known_answer() {
     // r = sqrt(mean(cosh(X)²)) with the package's γ (1.5 here) inside cosh, p = −lr·X/(r + 1e-8).
     let ctx = common::ctx();
     let g = [0.5f32, -1.0, 2.0, 0.25];
-    let cfg = AuonConfig {
-        lr: 0.1,
-        variant: AuonVariant::Paper,
-        ..AuonConfig::default()
-    };
+    let cfg = AuonConfig { lr: 0.1, variant: AuonVariant::Paper, ..AuonConfig::default() };
     let mut b = AuonBuilder::new(cfg.clone(), false);
     let id = b.param("w", &[0.0; 4], &[4]).unwrap();
     let mut opt = b.build(&ctx).unwrap();
@@ -143,18 +94,9 @@ fn auon_paper_first_step_known_answer() {
     let p = opt.read_param(id).unwrap();
     let ng = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let x: Vec<f64> = g.iter().map(|&v| v as f64 / ng).collect();
-    let r = (x
-        .iter()
-        .map(|v| (cfg.gamma * v).cosh().powi(2))
-        .sum::<f64>()
-        / 4.0)
-        .sqrt();
+    let r = (x.iter().map(|v| (cfg.gamma * v).cosh().powi(2)).sum::<f64>() / 4.0).sqrt();
     for i in 0..4 {
         let want = -cfg.lr * x[i] / r;
-        assert!(
-            (p[i] as f64 - want).abs() <= 1e-5 * want.abs(),
-            "{i}: {} vs {want}",
-            p[i]
-        );
+        assert!((p[i] as f64 - want).abs() <= 1e-5 * want.abs(), "{i}: {} vs {want}", p[i]);
     }
 }

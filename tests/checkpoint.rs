@@ -3,9 +3,7 @@
 
 mod common;
 
-use gpuopt::optim::{
-    AdEMAMix, AdamW, Algorithm, GroupOptions, Mars, OptimizerBuilder, ParamId, Stepper,
-};
+use gpuopt::optim::{AdEMAMix, AdamW, Algorithm, GroupOptions, Mars, OptimizerBuilder, ParamId, Stepper};
 use gpuopt::parity::TestRng;
 use gpuopt::Error;
 
@@ -13,19 +11,13 @@ fn builder(alg: Algorithm, seed: u64) -> (OptimizerBuilder, Vec<ParamId>, Vec<us
     let sizes = vec![5, 1000, 4099];
     let mut rng = TestRng::new(seed);
     let mut b = OptimizerBuilder::new(alg);
-    let other = b
-        .group(GroupOptions {
-            lr: Some(1e-3),
-            weight_decay: Some(0.0),
-        })
-        .unwrap();
+    let other = b.group(GroupOptions { lr: Some(1e-3), weight_decay: Some(0.0) }).unwrap();
     let ids = sizes
         .iter()
         .enumerate()
         .map(|(i, &n)| {
             let g = if i == 1 { other } else { b.default_group() };
-            b.param(&format!("layer{i}.w"), &rng.uniforms(n, 1.0), &[n], g)
-                .unwrap()
+            b.param(&format!("layer{i}.w"), &rng.uniforms(n, 1.0), &[n], g).unwrap()
         })
         .collect();
     (b, ids, sizes)
@@ -37,8 +29,7 @@ fn feed(opt: &mut dyn Stepper, ids: &[ParamId], sizes: &[usize], rng: &mut TestR
         for (&id, &n) in ids.iter().zip(sizes) {
             opt.write_grad(id, &rng.uniforms(n, 1.0)).unwrap();
         }
-        opt.set_lr(gpuopt::optim::GroupId(0), 2e-3 / (1.0 + t as f64))
-            .unwrap();
+        opt.set_lr(gpuopt::optim::GroupId(0), 2e-3 / (1.0 + t as f64)).unwrap();
         opt.step().unwrap();
     }
 }
@@ -68,39 +59,21 @@ fn resume_is_bit_identical(alg: Algorithm) {
     feed(&mut resumed, &ids, &sizes, &mut rng, 10);
 
     for &id in &ids {
-        assert_eq!(
-            straight.read_param(id).unwrap(),
-            resumed.read_param(id).unwrap()
-        );
+        assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap());
     }
     assert_eq!(straight.snapshot().unwrap(), resumed.snapshot().unwrap());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
 }
 
 #[test]
 fn checkpoint_resume_is_bit_identical_adamw() {
-    resume_is_bit_identical(
-        AdamW {
-            amsgrad: true,
-            ..AdamW::default()
-        }
-        .into(),
-    );
+    resume_is_bit_identical(AdamW { amsgrad: true, ..AdamW::default() }.into());
 }
 
 #[test]
 fn checkpoint_resume_is_bit_identical_ademamix() {
-    resume_is_bit_identical(
-        AdEMAMix {
-            t_alpha_beta3: 15.0,
-            ..AdEMAMix::default()
-        }
-        .into(),
-    );
+    resume_is_bit_identical(AdEMAMix { t_alpha_beta3: 15.0, ..AdEMAMix::default() }.into());
 }
 
 #[test]
@@ -151,31 +124,17 @@ fn checkpoint_corrupt_or_mismatched_is_an_error_and_changes_nothing() {
     try_load(&mut victim, &good[..good.len() / 2]);
     // Not a checkpoint at all.
     try_load(&mut victim, b"hello");
-    assert_eq!(
-        victim.snapshot().unwrap(),
-        before,
-        "failed loads change nothing"
-    );
+    assert_eq!(victim.snapshot().unwrap(), before, "failed loads change nothing");
 
     // Mismatches: another optimizer, other shapes.
     std::fs::write(&path, &good).unwrap();
     let (b2, _, _) = builder(gpuopt::optim::Lion::default().into(), 4);
-    assert!(matches!(
-        b2.build(&ctx).unwrap().load(&path),
-        Err(Error::Checkpoint { .. })
-    ));
+    assert!(matches!(b2.build(&ctx).unwrap().load(&path), Err(Error::Checkpoint { .. })));
     let mut b3 = OptimizerBuilder::new(AdamW::default());
-    b3.param("layer0.w", &[0.0; 6], &[6], b3.default_group())
-        .unwrap();
-    assert!(matches!(
-        b3.build(&ctx).unwrap().load(&path),
-        Err(Error::Checkpoint { .. })
-    ));
+    b3.param("layer0.w", &[0.0; 6], &[6], b3.default_group()).unwrap();
+    assert!(matches!(b3.build(&ctx).unwrap().load(&path), Err(Error::Checkpoint { .. })));
     // Missing file.
-    assert!(matches!(
-        victim.load(&dir.path().join("nope")),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(victim.load(&dir.path().join("nope")), Err(Error::Io { .. })));
 }
 
 /// Resume of the matrix optimizers: `make(seed)` builds the GPU optimizer (and, with `cpu`, the CPU
@@ -187,8 +146,7 @@ fn matrix_resume(make: &dyn Fn(u64, bool) -> Box<dyn Stepper>, shapes: &[Vec<usi
     let feed = |opt: &mut dyn Stepper, rng: &mut TestRng, steps: usize| {
         for _ in 0..steps {
             for (&id, s) in ids.iter().zip(shapes) {
-                opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0))
-                    .unwrap();
+                opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0)).unwrap();
             }
             opt.step().unwrap();
         }
@@ -203,10 +161,7 @@ fn matrix_resume(make: &dyn Fn(u64, bool) -> Box<dyn Stepper>, shapes: &[Vec<usi
     resumed.load(&path).unwrap();
     feed(resumed.as_mut(), &mut rng, 3);
     for &id in &ids {
-        assert_eq!(
-            straight.read_param(id).unwrap(),
-            resumed.read_param(id).unwrap()
-        );
+        assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap());
     }
     let mut cpu = make(2, true);
     cpu.load(&path).unwrap();
@@ -220,21 +175,11 @@ fn checkpoint_resume_is_bit_identical_auon_and_reg() {
     let shapes: Vec<Vec<usize>> = vec![vec![8, 5], vec![7], vec![0], vec![3, 2, 2]];
     let init = |seed: u64| -> Vec<Vec<f32>> {
         let mut rng = TestRng::new(seed);
-        shapes
-            .iter()
-            .map(|s| rng.uniforms(s.iter().product(), 0.5))
-            .collect()
+        shapes.iter().map(|s| rng.uniforms(s.iter().product(), 0.5)).collect()
     };
     for hybrid in [false, true] {
         let make = |seed: u64, cpu: bool| -> Box<dyn Stepper> {
-            let mut b = AuonBuilder::new(
-                AuonConfig {
-                    lr: 0.05,
-                    weight_decay: 0.1,
-                    ..AuonConfig::default()
-                },
-                hybrid,
-            );
+            let mut b = AuonBuilder::new(AuonConfig { lr: 0.05, weight_decay: 0.1, ..AuonConfig::default() }, hybrid);
             for (i, (s, d)) in shapes.iter().zip(init(seed)).enumerate() {
                 b.param(&format!("p{i}"), &d, s).unwrap();
             }
@@ -247,11 +192,7 @@ fn checkpoint_resume_is_bit_identical_auon_and_reg() {
         matrix_resume(&make, &shapes);
     }
     let make = |seed: u64, cpu: bool| -> Box<dyn Stepper> {
-        let mut b = RegBuilder::new(RegConfig {
-            lr: 0.01,
-            weight_decay: 0.1,
-            ..RegConfig::default()
-        });
+        let mut b = RegBuilder::new(RegConfig { lr: 0.01, weight_decay: 0.1, ..RegConfig::default() });
         for (i, (s, d)) in shapes.iter().zip(init(seed)).enumerate() {
             b.param(&format!("p{i}"), &d, s).unwrap();
         }

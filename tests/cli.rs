@@ -24,10 +24,7 @@ fn write_case(dir: &Path, json: &str, param: &ArrayD<f32>, grads: &ArrayD<f32>) 
 
 fn read_out(dir: &Path) -> (ArrayD<f32>, ArrayD<f32>) {
     let mut r = NpzReader::new(std::fs::File::open(dir.join("outputs.npz")).unwrap()).unwrap();
-    (
-        r.by_name("param").unwrap(),
-        r.by_name("trajectory").unwrap(),
-    )
+    (r.by_name("param").unwrap(), r.by_name("trajectory").unwrap())
 }
 
 fn data(shape: &[usize], seed: u64) -> ArrayD<f32> {
@@ -40,19 +37,10 @@ fn data(shape: &[usize], seed: u64) -> ArrayD<f32> {
 fn replay_sgd_trajectory_is_the_running_sum_on_both_backends() {
     let dir = tempfile::tempdir().unwrap();
     let (p0, g) = (data(&[3, 4], 1), data(&[5, 3, 4], 2));
-    write_case(
-        dir.path(),
-        r#"{"optimizer": "sgd", "steps": 5, "hyper": {"lr": 0.1}, "note": "ignored"}"#,
-        &p0,
-        &g,
-    );
+    write_case(dir.path(), r#"{"optimizer": "sgd", "steps": 5, "hyper": {"lr": 0.1}, "note": "ignored"}"#, &p0, &g);
     for backend in ["gpu", "cpu"] {
         let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
         let (param, traj) = read_out(dir.path());
         assert_eq!(traj.shape(), &[5, 3, 4]);
         let mut p: Vec<f64> = p0.iter().map(|&x| x as f64).collect();
@@ -61,10 +49,7 @@ fn replay_sgd_trajectory_is_the_running_sum_on_both_backends() {
                 *pi -= 0.1 * *gi as f64;
             }
             for (a, b) in traj.index_axis(ndarray::Axis(0), t).iter().zip(&p) {
-                assert!(
-                    (*a as f64 - b).abs() < 1e-6,
-                    "{backend} step {t}: {a} vs {b}"
-                );
+                assert!((*a as f64 - b).abs() < 1e-6, "{backend} step {t}: {a} vs {b}");
             }
         }
         assert_eq!(param, traj.index_axis(ndarray::Axis(0), 4).to_owned());
@@ -84,18 +69,11 @@ fn replay_gpu_and_cpu_agree_for_every_optimizer_with_defaults() {
         let mut results = Vec::new();
         for backend in ["gpu", "cpu"] {
             let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(
-                out.status.success(),
-                "{name} {backend}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{name} {backend}: {}", String::from_utf8_lossy(&out.stderr));
             results.push(read_out(dir.path()).1);
         }
         for (a, b) in results[0].iter().zip(results[1].iter()) {
-            assert!(
-                (a - b).abs() <= gpuopt::parity::tolerance(12, *b, 0.1),
-                "{name}: {a} vs {b}"
-            );
+            assert!((a - b).abs() <= gpuopt::parity::tolerance(12, *b, 0.1), "{name}: {a} vs {b}");
         }
     }
 }
@@ -108,55 +86,26 @@ fn replay_bad_cases_fail_with_one_line_and_no_output() {
     let cases: Vec<(&str, MakeCase)> = vec![
         (
             "missing inputs",
-            Box::new(|d: &Path| {
-                std::fs::write(d.join("case.json"), r#"{"optimizer": "adamw"}"#).unwrap()
-            }),
+            Box::new(|d: &Path| std::fs::write(d.join("case.json"), r#"{"optimizer": "adamw"}"#).unwrap()),
         ),
         (
             "wrong grad shape",
-            Box::new(|d: &Path| {
-                write_case(
-                    d,
-                    r#"{"optimizer": "adamw"}"#,
-                    &data(&[4], 1),
-                    &data(&[3, 5], 1),
-                )
-            }),
+            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "adamw"}"#, &data(&[4], 1), &data(&[3, 5], 1))),
         ),
-        (
-            "unknown optimizer",
-            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "adamx"}"#, &p, &g)),
-        ),
+        ("unknown optimizer", Box::new(|d: &Path| write_case(d, r#"{"optimizer": "adamx"}"#, &p, &g))),
         (
             "NaN hyperparameter",
-            Box::new(|d: &Path| {
-                write_case(d, r#"{"optimizer": "lion", "hyper": {"lr": NaN}}"#, &p, &g)
-            }),
+            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "lion", "hyper": {"lr": NaN}}"#, &p, &g)),
         ),
         (
             "beta out of range",
-            Box::new(|d: &Path| {
-                write_case(
-                    d,
-                    r#"{"optimizer": "lion", "hyper": {"beta1": 1.0}}"#,
-                    &p,
-                    &g,
-                )
-            }),
+            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "lion", "hyper": {"beta1": 1.0}}"#, &p, &g)),
         ),
-        (
-            "too many steps",
-            Box::new(|d: &Path| write_case(d, r#"{"optimizer": "lion", "steps": 9}"#, &p, &g)),
-        ),
+        ("too many steps", Box::new(|d: &Path| write_case(d, r#"{"optimizer": "lion", "steps": 9}"#, &p, &g))),
         (
             "3-D param",
             Box::new(|d: &Path| {
-                write_case(
-                    d,
-                    r#"{"optimizer": "lion"}"#,
-                    &data(&[2, 2, 1], 1),
-                    &data(&[3, 2, 2, 1], 1),
-                )
+                write_case(d, r#"{"optimizer": "lion"}"#, &data(&[2, 2, 1], 1), &data(&[3, 2, 2, 1], 1))
             }),
         ),
         ("no case.json", Box::new(|_: &Path| {})),
@@ -168,42 +117,24 @@ fn replay_bad_cases_fail_with_one_line_and_no_output() {
         let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: should fail");
-        assert_eq!(
-            stderr.trim_end().lines().count(),
-            1,
-            "{what}: one line, got {stderr:?}"
-        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: one line, got {stderr:?}");
         assert!(stderr.starts_with("gpuopt: "), "{what}: {stderr}");
-        assert!(
-            !dir.path().join("outputs.npz").exists(),
-            "{what}: no outputs.npz"
-        );
+        assert!(!dir.path().join("outputs.npz").exists(), "{what}: no outputs.npz");
     }
 }
 
 #[test]
 fn info_names_the_adapter_and_limits() {
     let out = gpuopt(&["info"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        s.contains("adapter:") && s.contains("max_storage_buffer_binding_size"),
-        "{s}"
-    );
+    assert!(s.contains("adapter:") && s.contains("max_storage_buffer_binding_size"), "{s}");
 }
 
 #[test]
 fn parity_command_passes_and_prints_a_table() {
     let out = gpuopt(&["parity", "--steps", "3", "--only", "lion"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("PASS") && !s.contains("FAIL"), "{s}");
 }
@@ -211,35 +142,18 @@ fn parity_command_passes_and_prints_a_table() {
 #[test]
 fn bench_json_records_have_the_documented_fields() {
     let out = gpuopt(&["bench", "--suite", "elementwise", "--json", "--quick"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let records = v.as_array().unwrap();
     for name in gpuopt::optim::algorithm::NAMES {
-        let r = records
-            .iter()
-            .find(|r| r["kernel"] == *name)
-            .unwrap_or_else(|| panic!("no record for {name}"));
+        let r = records.iter().find(|r| r["kernel"] == *name).unwrap_or_else(|| panic!("no record for {name}"));
         assert_eq!(r["baseline"], "copy");
-        for key in [
-            "suite",
-            "shape",
-            "median_s",
-            "gbps",
-            "baseline_median_s",
-            "ratio",
-        ] {
+        for key in ["suite", "shape", "median_s", "gbps", "baseline_median_s", "ratio"] {
             assert!(!r[key].is_null(), "{name}: {key}");
         }
         assert!(r["ratio"].as_f64().unwrap() > 0.0);
     }
-    let multi = records
-        .iter()
-        .find(|r| r["kernel"] == "multi_tensor_adamw")
-        .unwrap();
+    let multi = records.iter().find(|r| r["kernel"] == "multi_tensor_adamw").unwrap();
     assert_eq!(multi["baseline"], "flat_adamw");
     assert_eq!(multi["tensors"], 148);
     let bad = gpuopt(&["bench", "--suite", "nope"]);
@@ -256,10 +170,7 @@ fn write_matfn(dir: &Path, json: &str, a: &ArrayD<f32>) {
 #[test]
 fn matfn_runs_on_both_backends_and_agrees() {
     for (json, shape) in [
-        (
-            r#"{"function": "newton_schulz5", "steps": 4}"#,
-            vec![3, 20, 12],
-        ),
+        (r#"{"function": "newton_schulz5", "steps": 4}"#, vec![3, 20, 12]),
         (r#"{"function": "newton_schulz5"}"#, vec![9, 30]),
         (r#"{"function": "polar", "max_iters": 100}"#, vec![25, 10]),
     ] {
@@ -268,20 +179,13 @@ fn matfn_runs_on_both_backends_and_agrees() {
         let mut ys = Vec::new();
         for backend in ["gpu", "cpu"] {
             let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(
-                out.status.success(),
-                "{json} {backend}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut r =
-                NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap())
-                    .unwrap();
+            assert!(out.status.success(), "{json} {backend}: {}", String::from_utf8_lossy(&out.stderr));
+            let mut r = NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap()).unwrap();
             let y: ArrayD<f32> = r.by_name("y").unwrap();
             assert_eq!(y.shape(), shape.as_slice());
             ys.push(y);
         }
-        let diff =
-            (&ys[0] - &ys[1]).mapv(|v| v * v).sum().sqrt() / ys[1].mapv(|v| v * v).sum().sqrt();
+        let diff = (&ys[0] - &ys[1]).mapv(|v| v * v).sum().sqrt() / ys[1].mapv(|v| v * v).sum().sqrt();
         assert!(diff < 1e-4, "{json}: gpu vs cpu relative {diff:e}");
     }
 }
@@ -289,22 +193,10 @@ fn matfn_runs_on_both_backends_and_agrees() {
 #[test]
 fn matfn_bad_cases_fail_with_one_line_and_no_output() {
     let cases: Vec<(&str, &str, Vec<usize>)> = vec![
-        (
-            "unknown function",
-            r#"{"function": "sqrtm_nope"}"#,
-            vec![3, 3],
-        ),
-        (
-            "polar of a batch",
-            r#"{"function": "polar"}"#,
-            vec![2, 3, 3],
-        ),
+        ("unknown function", r#"{"function": "sqrtm_nope"}"#, vec![3, 3]),
+        ("polar of a batch", r#"{"function": "polar"}"#, vec![2, 3, 3]),
         ("1-D input", r#"{"function": "newton_schulz5"}"#, vec![4]),
-        (
-            "polar non-convergence",
-            r#"{"function": "polar", "max_iters": 1}"#,
-            vec![6, 4],
-        ),
+        ("polar non-convergence", r#"{"function": "polar", "max_iters": 1}"#, vec![6, 4]),
         ("no function", r#"{"steps": 5}"#, vec![3, 3]),
     ];
     for (what, json, shape) in cases {
@@ -330,23 +222,12 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
     let mut results = Vec::new();
     for backend in ["gpu", "cpu"] {
         let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
         results.push(read_out(dir.path()).1);
     }
-    let diff = (&results[0] - &results[1])
-        .mapv(|v| v.abs())
-        .fold(0.0f32, |a, &b| a.max(b));
+    let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
     assert!(diff < 1e-5, "muon gpu vs cpu max difference {diff:e}");
-    write_case(
-        dir.path(),
-        r#"{"optimizer": "muon"}"#,
-        &data(&[12], 1),
-        &data(&[2, 12], 2),
-    );
+    write_case(dir.path(), r#"{"optimizer": "muon"}"#, &data(&[12], 1), &data(&[2, 12], 2));
     let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("2-D"));
@@ -354,13 +235,9 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
 
 #[test]
 fn replay_auon_hybrid_and_reg_on_both_backends() {
-    for (name, shape) in [
-        ("auon", vec![30]),
-        ("auon", vec![8, 6]),
-        ("hybrid_auon", vec![8, 6]),
-        ("reg", vec![8, 6]),
-        ("reg", vec![11]),
-    ] {
+    for (name, shape) in
+        [("auon", vec![30]), ("auon", vec![8, 6]), ("hybrid_auon", vec![8, 6]), ("reg", vec![8, 6]), ("reg", vec![11])]
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut gshape = vec![5];
         gshape.extend(&shape);
@@ -373,19 +250,10 @@ fn replay_auon_hybrid_and_reg_on_both_backends() {
         let mut results = Vec::new();
         for backend in ["gpu", "cpu"] {
             let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(
-                out.status.success(),
-                "{name} {backend}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{name} {backend}: {}", String::from_utf8_lossy(&out.stderr));
             results.push(read_out(dir.path()).1);
         }
-        let diff = (&results[0] - &results[1])
-            .mapv(|v| v.abs())
-            .fold(0.0f32, |a, &b| a.max(b));
-        assert!(
-            diff < 1e-5,
-            "{name} {shape:?}: gpu vs cpu max difference {diff:e}"
-        );
+        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        assert!(diff < 1e-5, "{name} {shape:?}: gpu vs cpu max difference {diff:e}");
     }
 }

@@ -34,95 +34,34 @@ fn check(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
     let eps = f32::EPSILON;
     let kf = (desc.k as f32).sqrt() + 2.0;
     for i in 0..c_len {
-        let tol = kf * eps * desc.alpha.abs() * scale[i]
-            + 2.0 * eps * (want[i].abs() + (desc.beta * c0[i]).abs());
-        assert!(
-            (got[i] - want[i]).abs() <= tol,
-            "{desc:?} element {i}: got {}, want {}, tol {tol}",
-            got[i],
-            want[i]
-        );
+        let tol = kf * eps * desc.alpha.abs() * scale[i] + 2.0 * eps * (want[i].abs() + (desc.beta * c0[i]).abs());
+        assert!((got[i] - want[i]).abs() <= tol, "{desc:?} element {i}: got {}, want {}, tol {tol}", got[i], want[i]);
     }
 }
 
-const SHAPES: &[(usize, usize, usize)] = &[
-    (1, 1, 1),
-    (7, 3, 5),
-    (37, 53, 29),
-    (128, 96, 64),
-    (256, 1000, 64),
-    (1000, 256, 300),
-];
+const SHAPES: &[(usize, usize, usize)] =
+    &[(1, 1, 1), (7, 3, 5), (37, 53, 29), (128, 96, 64), (256, 1000, 64), (1000, 256, 300)];
 
 #[test]
 fn gemm_matches_reference_for_all_op_combinations() {
     for &(m, n, k) in SHAPES {
         for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
-            check(
-                GemmDesc {
-                    trans_a,
-                    trans_b,
-                    ..GemmDesc::new(m, n, k)
-                },
-                false,
-                false,
-            );
+            check(GemmDesc { trans_a, trans_b, ..GemmDesc::new(m, n, k) }, false, false);
         }
     }
 }
 
 #[test]
 fn gemm_alpha_beta_epilogue() {
-    check(
-        GemmDesc {
-            alpha: -0.5,
-            beta: 2.0,
-            ..GemmDesc::new(65, 33, 17)
-        },
-        false,
-        false,
-    );
-    check(
-        GemmDesc {
-            alpha: 3.0,
-            beta: -1.0,
-            trans_a: true,
-            ..GemmDesc::new(5, 70, 130)
-        },
-        false,
-        false,
-    );
+    check(GemmDesc { alpha: -0.5, beta: 2.0, ..GemmDesc::new(65, 33, 17) }, false, false);
+    check(GemmDesc { alpha: 3.0, beta: -1.0, trans_a: true, ..GemmDesc::new(5, 70, 130) }, false, false);
 }
 
 #[test]
 fn gemm_batched_and_broadcast() {
-    check(
-        GemmDesc {
-            batch: 5,
-            ..GemmDesc::new(37, 53, 29)
-        },
-        false,
-        false,
-    );
-    check(
-        GemmDesc {
-            batch: 3,
-            trans_b: true,
-            ..GemmDesc::new(70, 20, 90)
-        },
-        true,
-        false,
-    );
-    check(
-        GemmDesc {
-            batch: 4,
-            trans_a: true,
-            beta: 1.0,
-            ..GemmDesc::new(9, 66, 31)
-        },
-        false,
-        true,
-    );
+    check(GemmDesc { batch: 5, ..GemmDesc::new(37, 53, 29) }, false, false);
+    check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(70, 20, 90) }, true, false);
+    check(GemmDesc { batch: 4, trans_a: true, beta: 1.0, ..GemmDesc::new(9, 66, 31) }, false, true);
 }
 
 #[test]
@@ -140,36 +79,10 @@ fn gemm_with_beta_zero_does_not_read_c() {
 fn gemm_rejects_bad_shapes() {
     let ctx = common::ctx();
     let t = |n: usize| Tensor::zeros(&ctx, &[n]).unwrap();
-    assert!(matches!(
-        gemm(&ctx, GemmDesc::new(3, 4, 5), &t(14), &t(20), &t(12)),
-        Err(gpuopt::Error::Shape { .. })
-    ));
-    assert!(matches!(
-        gemm(&ctx, GemmDesc::new(3, 4, 5), &t(15), &t(20), &t(13)),
-        Err(gpuopt::Error::Shape { .. })
-    ));
-    assert!(gemm(
-        &ctx,
-        GemmDesc {
-            batch: 0,
-            ..GemmDesc::new(1, 1, 1)
-        },
-        &t(1),
-        &t(1),
-        &t(1)
-    )
-    .is_err());
-    assert!(gemm(
-        &ctx,
-        GemmDesc {
-            alpha: f32::NAN,
-            ..GemmDesc::new(1, 1, 1)
-        },
-        &t(1),
-        &t(1),
-        &t(1)
-    )
-    .is_err());
+    assert!(matches!(gemm(&ctx, GemmDesc::new(3, 4, 5), &t(14), &t(20), &t(12)), Err(gpuopt::Error::Shape { .. })));
+    assert!(matches!(gemm(&ctx, GemmDesc::new(3, 4, 5), &t(15), &t(20), &t(13)), Err(gpuopt::Error::Shape { .. })));
+    assert!(gemm(&ctx, GemmDesc { batch: 0, ..GemmDesc::new(1, 1, 1) }, &t(1), &t(1), &t(1)).is_err());
+    assert!(gemm(&ctx, GemmDesc { alpha: f32::NAN, ..GemmDesc::new(1, 1, 1) }, &t(1), &t(1), &t(1)).is_err());
 }
 
 #[test]
@@ -177,37 +90,18 @@ fn gemm_fused_addend_epilogue() {
     let ctx = common::ctx();
     let mut rng = TestRng::new(11);
     for (desc, d_len) in [
-        (
-            GemmDesc {
-                alpha: 2.0315,
-                beta: -4.775,
-                ..GemmDesc::new(33, 33, 33)
-            },
-            33 * 33,
-        ),
-        (
-            GemmDesc {
-                alpha: 1.0,
-                beta: 3.4445,
-                batch: 3,
-                ..GemmDesc::new(20, 50, 20)
-            },
-            3 * 20 * 50,
-        ),
+        (GemmDesc { alpha: 2.0315, beta: -4.775, ..GemmDesc::new(33, 33, 33) }, 33 * 33),
+        (GemmDesc { alpha: 1.0, beta: 3.4445, batch: 3, ..GemmDesc::new(20, 50, 20) }, 3 * 20 * 50),
     ] {
         let a = rng.uniforms(desc.m * desc.k * desc.batch, 1.0);
         let b = rng.uniforms(desc.k * desc.n * desc.batch, 1.0);
         let d = rng.uniforms(d_len, 1.0);
         let t = |v: &[f32]| Tensor::from_slice(&ctx, v, &[v.len()]).unwrap();
         let (ta, tb, td) = (t(&a), t(&b), t(&d));
-        let tc = Tensor::from_slice(
-            &ctx,
-            &vec![f32::NAN; desc.m * desc.n * desc.batch],
-            &[desc.m * desc.n * desc.batch],
-        )
-        .unwrap();
-        let plan =
-            gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &td).unwrap();
+        let tc =
+            Tensor::from_slice(&ctx, &vec![f32::NAN; desc.m * desc.n * desc.batch], &[desc.m * desc.n * desc.batch])
+                .unwrap();
+        let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &td).unwrap();
         let mut enc = ctx.encoder("t");
         plan.record(&mut enc);
         ctx.submit(enc);
@@ -219,12 +113,7 @@ fn gemm_fused_addend_epilogue() {
         for i in 0..got.len() {
             let tol = kf * f32::EPSILON * desc.alpha.abs() * scale[i]
                 + 2.0 * f32::EPSILON * (want[i].abs() + (desc.beta * d[i % d_len]).abs());
-            assert!(
-                (got[i] - want[i]).abs() <= tol,
-                "{desc:?} {i}: {} vs {}",
-                got[i],
-                want[i]
-            );
+            assert!((got[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", got[i], want[i]);
         }
     }
 }
@@ -233,10 +122,7 @@ fn gemm_fused_addend_epilogue() {
 fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let ctx = common::ctx();
     for (m, k, batch) in [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3)] {
-        let desc = GemmDesc {
-            batch,
-            ..GemmDesc::gram(m, k)
-        };
+        let desc = GemmDesc { batch, ..GemmDesc::gram(m, k) };
         let x = TestRng::new(m as u64).uniforms(batch * m * k, 1.0);
         let tx = Tensor::from_slice(&ctx, &x, &[batch * m * k]).unwrap();
         let tc = Tensor::zeros(&ctx, &[batch * m * m]).unwrap();
@@ -246,34 +132,21 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
         reference::gemm::gemm(&desc, &x, &x, &mut want);
         let scale = reference::gemm::abs_product(&desc, &x, &x);
         for i in 0..want.len() {
-            let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * scale[i]
-                + 2.0 * f32::EPSILON * want[i].abs();
-            assert!(
-                (c[i] - want[i]).abs() <= tol,
-                "{desc:?} {i}: {} vs {}",
-                c[i],
-                want[i]
-            );
+            let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * scale[i] + 2.0 * f32::EPSILON * want[i].abs();
+            assert!((c[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", c[i], want[i]);
         }
         // Bitwise symmetry: each off-diagonal pair is written from one accumulator.
         for z in 0..batch {
             for i in 0..m {
                 for j in 0..m {
-                    assert_eq!(
-                        c[z * m * m + i * m + j],
-                        c[z * m * m + j * m + i],
-                        "({i}, {j})"
-                    );
+                    assert_eq!(c[z * m * m + i * m + j], c[z * m * m + j * m + i], "({i}, {j})");
                 }
             }
         }
     }
     assert!(gemm(
         &ctx,
-        GemmDesc {
-            symmetric: true,
-            ..GemmDesc::new(3, 4, 2)
-        },
+        GemmDesc { symmetric: true, ..GemmDesc::new(3, 4, 2) },
         &Tensor::zeros(&ctx, &[6]).unwrap(),
         &Tensor::zeros(&ctx, &[8]).unwrap(),
         &Tensor::zeros(&ctx, &[12]).unwrap()

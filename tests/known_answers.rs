@@ -3,9 +3,7 @@
 
 mod common;
 
-use gpuopt::optim::{
-    AdaBound, AdamW, Algorithm, Ano, Lion, Mars, OptimizerBuilder, Sgd, Signum, Stepper,
-};
+use gpuopt::optim::{AdaBound, AdamW, Algorithm, Ano, Lion, Mars, OptimizerBuilder, Sgd, Signum, Stepper};
 
 /// Runs `alg` on both backends over the gradient sequence; returns (gpu, cpu) trajectories.
 fn run(alg: impl Into<Algorithm>, p0: &[f32], grads: &[Vec<f32>]) -> Vec<(Vec<f32>, Vec<f32>)> {
@@ -28,10 +26,7 @@ fn run(alg: impl Into<Algorithm>, p0: &[f32], grads: &[Vec<f32>]) -> Vec<(Vec<f3
 
 fn close(got: &[f32], want: &[f64], rel: f64, what: &str) {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g as f64 - w).abs() <= rel * w.abs().max(1e-6),
-            "{what}[{i}]: got {g}, want {w}"
-        );
+        assert!((g as f64 - w).abs() <= rel * w.abs().max(1e-6), "{what}[{i}]: got {g}, want {w}");
     }
 }
 
@@ -40,18 +35,7 @@ fn adamw_two_steps_match_the_formula() {
     let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1);
     let p0 = [1.0f32, -2.0, 0.5];
     let gs = vec![vec![0.5f32, -0.25, 0.0], vec![-1.0f32, 0.5, 2.0]];
-    let traj = run(
-        AdamW {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            weight_decay: wd,
-            amsgrad: false,
-        },
-        &p0,
-        &gs,
-    );
+    let traj = run(AdamW { lr, beta1: b1, beta2: b2, eps, weight_decay: wd, amsgrad: false }, &p0, &gs);
     let mut p: Vec<f64> = p0.iter().map(|&x| x as f64).collect();
     let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
     for (t, g) in gs.iter().enumerate() {
@@ -77,12 +61,7 @@ fn lion_uses_the_old_momentum_for_the_sign() {
     // (0.99 * 0.01 + 0.01 * g = 0.00905) it would be 0.9 * 0.00905 - 0.0085 < 0 and p = 0.
     // With g = -0.2 both agree: c < 0, p back to 0.
     let traj = run(
-        Lion {
-            lr: 0.1,
-            beta1: 0.9,
-            beta2: 0.99,
-            weight_decay: 0.0,
-        },
+        Lion { lr: 0.1, beta1: 0.9, beta2: 0.99, weight_decay: 0.0 },
         &[0.0, 0.0],
         &[vec![1.0, 1.0], vec![-0.085, -0.2]],
     );
@@ -95,26 +74,12 @@ fn lion_uses_the_old_momentum_for_the_sign() {
 #[test]
 fn signum_and_sgd_follow_their_references() {
     // Signum: m1 = 0.1 * g; p = p - lr * sign(m1) (decoupled wd_lh = 0.5): (1 - 0.05) * 1 - 0.1.
-    let traj = run(
-        Signum {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.5,
-        },
-        &[1.0, 1.0, 1.0],
-        &[vec![2.0, -3.0, 0.0]],
-    );
+    let traj = run(Signum { lr: 0.1, momentum: 0.9, weight_decay: 0.5 }, &[1.0, 1.0, 1.0], &[vec![2.0, -3.0, 0.0]]);
     close(&traj[0].0, &[0.85, 1.05, 0.95], 1e-6, "signum");
     // SGD, L2 decay, dampening 0.5, momentum 0.9: b1 = g + wd p (first step copies), b2 = 0.9 b1 + 0.5 d2.
     let (lr, wd) = (0.1, 0.01);
     let traj = run(
-        Sgd {
-            lr,
-            momentum: 0.9,
-            dampening: 0.5,
-            weight_decay: wd,
-            ..Sgd::default()
-        },
+        Sgd { lr, momentum: 0.9, dampening: 0.5, weight_decay: wd, ..Sgd::default() },
         &[1.0],
         &[vec![1.0], vec![1.0]],
     );
@@ -131,19 +96,8 @@ fn ano_first_step_is_sign_times_magnitude_ratio() {
     // t = 1: m = 0.08 g; v = 0.01 * sign(g^2 - 0) g^2; vhat = v / (1 - 0.99) = g^2;
     // u = |g| sign(m) / sqrt(g^2 + eps) ~ sign(g).
     let (lr, eps) = (0.01, 1e-8);
-    let traj = run(
-        Ano {
-            lr,
-            eps,
-            ..Ano::default()
-        },
-        &[0.0, 0.0],
-        &[vec![0.5, -2.0]],
-    );
-    let want: Vec<f64> = [0.5f64, -2.0]
-        .iter()
-        .map(|g| -lr * g.abs() * g.signum() / (g * g + eps).sqrt())
-        .collect();
+    let traj = run(Ano { lr, eps, ..Ano::default() }, &[0.0, 0.0], &[vec![0.5, -2.0]]);
+    let want: Vec<f64> = [0.5f64, -2.0].iter().map(|g| -lr * g.abs() * g.signum() / (g * g + eps).sqrt()).collect();
     close(&traj[0].0, &want, 1e-5, "ano gpu");
     close(&traj[0].1, &want, 1e-5, "ano cpu");
 }
@@ -153,22 +107,9 @@ fn adabound_clips_the_step_between_its_bounds() {
     // t = 1, gamma = 0.5, final_lr = 0.1: lower = 0.1 (1 - 1/1.5) = 0.0333, upper = 0.1 (1 + 2) = 0.3.
     // step/denom = lr sqrt(bc2)/bc1 / (sqrt(v) + eps) with v = 0.001 g^2: for g = 1e-3 it is huge
     // (clipped to 0.3); for g = 1e3 it is tiny (raised to 0.0333). m = 0.1 g.
-    let traj = run(
-        AdaBound {
-            lr: 1e-3,
-            gamma: 0.5,
-            final_lr: 0.1,
-            ..AdaBound::default()
-        },
-        &[0.0, 0.0],
-        &[vec![1e-3, 1e3]],
-    );
-    close(
-        &traj[0].0,
-        &[-0.3 * 1e-4, -(0.1 / 3.0) * 100.0],
-        1e-5,
-        "adabound",
-    );
+    let traj =
+        run(AdaBound { lr: 1e-3, gamma: 0.5, final_lr: 0.1, ..AdaBound::default() }, &[0.0, 0.0], &[vec![1e-3, 1e3]]);
+    close(&traj[0].0, &[-0.3 * 1e-4, -(0.1 / 3.0) * 100.0], 1e-5, "adabound");
 }
 
 #[test]
@@ -176,16 +117,7 @@ fn mars_amplifies_the_first_step_and_clips_to_unit_norm() {
     // t = 1, g_prev = 0: c = (1 + gamma beta1/(1 - beta1)) g = (1 + 0.5 * 9) g = 5.5 g; ||c|| = 5.5 * 5 > 1
     // so c = g/||g||; MARS-AdamW's first step then moves each coordinate by ~lr * sign(g).
     let g = vec![3.0f32, -4.0];
-    let traj = run(
-        Mars {
-            lr: 0.01,
-            beta1: 0.9,
-            gamma: 0.5,
-            ..Mars::default()
-        },
-        &[0.0, 0.0],
-        &[g],
-    );
+    let traj = run(Mars { lr: 0.01, beta1: 0.9, gamma: 0.5, ..Mars::default() }, &[0.0, 0.0], &[g]);
     // m = 0.1 c, v = 0.01 c^2 (beta2 0.99); u = (m / 0.1) / ((sqrt(v + 1e-15) + eps) / sqrt(0.01)) ~ c / |c|
     close(&traj[0].0, &[-0.01, 0.01], 1e-5, "mars");
 }

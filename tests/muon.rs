@@ -27,11 +27,7 @@ fn muon_routes_matrices_and_batches_same_shapes() {
     assert_eq!([w1, w2, conv].map(|id| b.route(id)), [Some(Route::Muon); 3]);
     assert_eq!([bias, emb].map(|id| b.route(id)), [Some(Route::AdamW); 2]);
     let opt = b.build(&ctx).unwrap();
-    assert_eq!(
-        opt.shape_groups(),
-        2,
-        "w1 and w2 share one batched NS5 chain; conv (2 x 12) has its own"
-    );
+    assert_eq!(opt.shape_groups(), 2, "w1 and w2 share one batched NS5 chain; conv (2 x 12) has its own");
     assert!((AdjustLr::Original.ratio(12, 3) - 2.0).abs() < 1e-12);
     assert_eq!(AdjustLr::Original.ratio(3, 12), 1.0);
     assert!((AdjustLr::MatchRmsAdamw.ratio(100, 25) - 2.0).abs() < 1e-12);
@@ -40,15 +36,8 @@ fn muon_routes_matrices_and_batches_same_shapes() {
 
 fn parity(config: MuonConfig) {
     let ctx = common::ctx();
-    let shapes: Vec<Vec<usize>> = vec![
-        vec![64, 32],
-        vec![64, 32],
-        vec![17, 40],
-        vec![40, 17],
-        vec![3, 4, 5],
-        vec![10],
-        vec![1, 1],
-    ];
+    let shapes: Vec<Vec<usize>> =
+        vec![vec![64, 32], vec![64, 32], vec![17, 40], vec![40, 17], vec![3, 4, 5], vec![10], vec![1, 1]];
     let mut rng = TestRng::new(17);
     let mut b = MuonBuilder::new(config.clone());
     let mut ids = Vec::new();
@@ -74,34 +63,21 @@ fn parity(config: MuonConfig) {
             let tol = if s.len() >= 2 {
                 let (r, c) = MuonBuilder::matrix(s);
                 let (r, c) = (r.min(c), r.max(c));
-                let e = 3.0
-                    * config.ns_steps as f64
-                    * 3.4445
-                    * ((c as f64).sqrt() + 2.0)
-                    * f32::EPSILON as f64;
+                let e = 3.0 * config.ns_steps as f64 * 3.4445 * ((c as f64).sqrt() + 2.0) * f32::EPSILON as f64;
                 let step = config.lr * config.adjust_lr.ratio(s[0], s[1..].iter().product());
-                t as f64
-                    * (step * e * 1.2 * (r as f64).sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y))
+                t as f64 * (step * e * 1.2 * (r as f64).sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y))
             } else {
                 // AdamW-routed: the elementwise parity bound (gpuopt::parity::tolerance), in norm.
                 gpuopt::parity::tolerance(t, 1.0, 1e-3) as f64 * (y.len() as f64).sqrt()
             };
-            assert!(
-                err <= tol,
-                "{config:?} {s:?} step {t}: |gpu - cpu| = {err:e} > {tol:e}"
-            );
+            assert!(err <= tol, "{config:?} {s:?} step {t}: |gpu - cpu| = {err:e} > {tol:e}");
         }
     }
 }
 
 #[test]
 fn muon_matches_reference_original_nesterov() {
-    parity(MuonConfig {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 0.1,
-        ..MuonConfig::default()
-    });
+    parity(MuonConfig { lr: 0.01, momentum: 0.9, weight_decay: 0.1, ..MuonConfig::default() });
 }
 
 #[test]
@@ -117,11 +93,7 @@ fn muon_matches_reference_match_rms_plain_momentum() {
 
 #[test]
 fn muon_matches_reference_no_adjustment() {
-    parity(MuonConfig {
-        adjust_lr: AdjustLr::None,
-        weight_decay: 0.05,
-        ..MuonConfig::default()
-    });
+    parity(MuonConfig { adjust_lr: AdjustLr::None, weight_decay: 0.05, ..MuonConfig::default() });
 }
 
 #[test]
@@ -131,18 +103,13 @@ fn muon_rank_one_gradient_known_answer() {
     let ctx = common::ctx();
     let (m, n) = (6, 4);
     let a: Vec<f64> = (0..m).map(|i| 1.0 + i as f64).collect();
-    let bv: Vec<f64> = (0..n)
-        .map(|j| if j % 2 == 0 { 1.0 } else { -2.0 })
-        .collect();
+    let bv: Vec<f64> = (0..n).map(|j| if j % 2 == 0 { 1.0 } else { -2.0 }).collect();
     let g: Vec<f32> = (0..m * n).map(|k| (a[k / n] * bv[k % n]) as f32).collect();
     let mut s = 1.0f64;
     for _ in 0..5 {
         s = 3.4445 * s - 4.775 * s.powi(3) + 2.0315 * s.powi(5);
     }
-    let (na, nb) = (
-        a.iter().map(|x| x * x).sum::<f64>().sqrt(),
-        bv.iter().map(|x| x * x).sum::<f64>().sqrt(),
-    );
+    let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), bv.iter().map(|x| x * x).sum::<f64>().sqrt());
     let cfg = MuonConfig::default();
     let ratio = cfg.adjust_lr.ratio(m, n);
     let mut b = MuonBuilder::new(cfg.clone());
@@ -153,50 +120,28 @@ fn muon_rank_one_gradient_known_answer() {
     let p = opt.read_param(id).unwrap();
     for k in 0..m * n {
         let want = -cfg.lr * ratio * s * (a[k / n] / na) * (bv[k % n] / nb);
-        assert!(
-            (p[k] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
-            "{k}: {} vs {want}",
-            p[k]
-        );
+        assert!((p[k] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3), "{k}: {} vs {want}", p[k]);
     }
 }
 
 #[test]
 fn muon_bad_input_is_an_error() {
     let ctx = common::ctx();
-    assert!(MuonBuilder::new(MuonConfig {
-        momentum: 1.0,
-        ..MuonConfig::default()
-    })
-    .build(&ctx)
-    .is_err());
-    assert!(MuonBuilder::new(MuonConfig {
-        lr: f64::NAN,
-        ..MuonConfig::default()
-    })
-    .build(&ctx)
-    .is_err());
+    assert!(MuonBuilder::new(MuonConfig { momentum: 1.0, ..MuonConfig::default() }).build(&ctx).is_err());
+    assert!(MuonBuilder::new(MuonConfig { lr: f64::NAN, ..MuonConfig::default() }).build(&ctx).is_err());
     let mut b = MuonBuilder::new(MuonConfig::default());
     assert!(b.param("w", &[0.0; 5], &[2, 3]).is_err());
     let w = b.param("w", &[0.0; 6], &[2, 3]).unwrap();
     let mut opt = b.build(&ctx).unwrap();
     assert!(opt.write_grad(w, &[0.0; 5]).is_err());
-    assert!(opt
-        .set_lr(gpuopt::optim::GroupId(0), f64::INFINITY)
-        .is_err());
-    assert!(opt
-        .load(std::path::Path::new("/nonexistent/muon.safetensors"))
-        .is_err());
+    assert!(opt.set_lr(gpuopt::optim::GroupId(0), f64::INFINITY).is_err());
+    assert!(opt.load(std::path::Path::new("/nonexistent/muon.safetensors")).is_err());
 }
 
 fn muon_builder(seed: u64) -> (MuonBuilder, Vec<gpuopt::optim::ParamId>, Vec<Vec<usize>>) {
     let shapes: Vec<Vec<usize>> = vec![vec![12, 8], vec![12, 8], vec![5, 9], vec![9], vec![4, 3]];
     let mut rng = TestRng::new(seed);
-    let mut b = MuonBuilder::new(MuonConfig {
-        lr: 0.01,
-        weight_decay: 0.05,
-        ..MuonConfig::default()
-    });
+    let mut b = MuonBuilder::new(MuonConfig { lr: 0.01, weight_decay: 0.05, ..MuonConfig::default() });
     let mut ids = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let data = rng.uniforms(s.iter().product(), 0.5);
@@ -209,17 +154,10 @@ fn muon_builder(seed: u64) -> (MuonBuilder, Vec<gpuopt::optim::ParamId>, Vec<Vec
     (b, ids, shapes)
 }
 
-fn feed(
-    opt: &mut dyn Stepper,
-    ids: &[gpuopt::optim::ParamId],
-    shapes: &[Vec<usize>],
-    rng: &mut TestRng,
-    steps: usize,
-) {
+fn feed(opt: &mut dyn Stepper, ids: &[gpuopt::optim::ParamId], shapes: &[Vec<usize>], rng: &mut TestRng, steps: usize) {
     for _ in 0..steps {
         for (&id, s) in ids.iter().zip(shapes) {
-            opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0))
-                .unwrap();
+            opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0)).unwrap();
         }
         opt.step().unwrap();
     }
@@ -244,10 +182,7 @@ fn muon_checkpoint_resume_is_bit_identical_and_portable() {
     assert_eq!(resumed.step_count().unwrap(), 4);
     feed(&mut resumed, &ids, &shapes, &mut rng, 4);
     for &id in &ids {
-        assert_eq!(
-            straight.read_param(id).unwrap(),
-            resumed.read_param(id).unwrap()
-        );
+        assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap());
     }
     // The same file restores the CPU reference to the same state.
     let mut cpu = b2.build_cpu().unwrap();

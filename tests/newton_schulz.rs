@@ -28,14 +28,8 @@ fn ns5_case(b: usize, m: usize, n: usize, steps: usize) {
     let c = m.max(n) as f64;
     let bound = 3.0 * steps as f64 * 3.4445 * (c.sqrt() + 2.0) * f32::EPSILON as f64;
     for z in 0..b {
-        let r = rel_frobenius(
-            &got[z * m * n..(z + 1) * m * n],
-            &want[z * m * n..(z + 1) * m * n],
-        );
-        assert!(
-            r <= bound,
-            "{b}x{m}x{n} matrix {z}: relative error {r:e} > {bound:e}"
-        );
+        let r = rel_frobenius(&got[z * m * n..(z + 1) * m * n], &want[z * m * n..(z + 1) * m * n]);
+        assert!(r <= bound, "{b}x{m}x{n} matrix {z}: relative error {r:e} > {bound:e}");
     }
 }
 
@@ -52,15 +46,9 @@ fn ns5_matches_reference_square_wide_tall_batched() {
 
 /// Singular values of an m×n matrix (m ≥ n) via the f64 eigenvalues of XᵀX.
 fn singular_values(x: &[f32], m: usize, n: usize) -> Vec<f64> {
-    let xm =
-        nalgebra::DMatrix::from_row_slice(m, n, &x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let xm = nalgebra::DMatrix::from_row_slice(m, n, &x.iter().map(|&v| v as f64).collect::<Vec<_>>());
     let gram = xm.transpose() * &xm;
-    let mut s: Vec<f64> = gram
-        .symmetric_eigen()
-        .eigenvalues
-        .iter()
-        .map(|&e| e.max(0.0).sqrt())
-        .collect();
+    let mut s: Vec<f64> = gram.symmetric_eigen().eigenvalues.iter().map(|&e| e.max(0.0).sqrt()).collect();
     s.sort_by(f64::total_cmp);
     s
 }
@@ -73,28 +61,18 @@ fn ns5_singular_values_land_in_the_promised_band() {
     let g = TestRng::new(3).uniforms(m * n, 1.0);
     let gs = singular_values(&g, m, n);
     let fro = reference::newton_schulz::frobenius(&g) as f64;
-    assert!(
-        gs[0] / fro >= 1e-2,
-        "test input must lie in the tabulated range: {}",
-        gs[0] / fro
-    );
+    assert!(gs[0] / fro >= 1e-2, "test input must lie in the tabulated range: {}", gs[0] / fro);
     let out = newton_schulz5(&ctx, &Tensor::from_slice(&ctx, &g, &[m, n]).unwrap(), 5).unwrap();
     let s = singular_values(&out, m, n);
     let (lo, hi) = (s[0], s[n - 1]);
-    assert!(
-        lo >= 0.68 - 0.01 && hi <= 1.13 + 0.01,
-        "singular values in [{lo}, {hi}]"
-    );
+    assert!(lo >= 0.68 - 0.01 && hi <= 1.13 + 0.01, "singular values in [{lo}, {hi}]");
 }
 
 #[test]
 fn ns5_of_zero_is_zero_and_bad_input_is_an_error() {
     let ctx = common::ctx();
     let z = Tensor::zeros(&ctx, &[5, 9]).unwrap();
-    assert!(newton_schulz5(&ctx, &z, 5)
-        .unwrap()
-        .iter()
-        .all(|&v| v == 0.0));
+    assert!(newton_schulz5(&ctx, &z, 5).unwrap().iter().all(|&v| v == 0.0));
     assert!(newton_schulz5(&ctx, &Tensor::zeros(&ctx, &[7]).unwrap(), 5).is_err());
     assert!(newton_schulz5(&ctx, &Tensor::zeros(&ctx, &[0, 3]).unwrap(), 5).is_err());
     assert!(newton_schulz5(&ctx, &z, 100).is_err());
@@ -106,44 +84,20 @@ fn polar_factor_is_orthogonal_and_reconstructs() {
     for (m, n) in [(40, 24), (24, 40), (30, 30)] {
         let a = TestRng::new((m * n) as u64).uniforms(m * n, 1.0);
         let p = polar(&ctx, &Tensor::from_slice(&ctx, &a, &[m, n]).unwrap(), 100).unwrap();
-        let q = nalgebra::DMatrix::from_row_slice(
-            m,
-            n,
-            &p.q.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        );
-        let am = nalgebra::DMatrix::from_row_slice(
-            m,
-            n,
-            &a.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        );
+        let q = nalgebra::DMatrix::from_row_slice(m, n, &p.q.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let am = nalgebra::DMatrix::from_row_slice(m, n, &a.iter().map(|&v| v as f64).collect::<Vec<_>>());
         let r = m.min(n);
         // Orthonormal on the short side: QᵀQ = I (tall) or QQᵀ = I (wide). f32 limits this to ~1e-6·sqrt(r).
-        let gram = if m >= n {
-            q.transpose() * &q
-        } else {
-            &q * q.transpose()
-        };
+        let gram = if m >= n { q.transpose() * &q } else { &q * q.transpose() };
         let orth = (gram - nalgebra::DMatrix::<f64>::identity(r, r)).norm();
-        assert!(
-            orth <= 1e-4 * (r as f64).sqrt(),
-            "{m}x{n}: ||QtQ - I|| = {orth:e} after {} iterations",
-            p.iters
-        );
+        assert!(orth <= 1e-4 * (r as f64).sqrt(), "{m}x{n}: ||QtQ - I|| = {orth:e} after {} iterations", p.iters);
         // A = Q·H with H = QᵀA symmetric positive: Q·(QᵀA) ≈ A.
-        let back = if m >= n {
-            &q * (q.transpose() * &am)
-        } else {
-            (&am * q.transpose()) * &q
-        };
+        let back = if m >= n { &q * (q.transpose() * &am) } else { (&am * q.transpose()) * &q };
         let rel = (back - &am).norm() / am.norm();
         assert!(rel <= 1e-4, "{m}x{n}: Q(QtA) vs A relative {rel:e}");
         // The CPU reference takes the same number of iterations, give or take the f32 floor.
         let (_, cpu_iters) = reference::newton_schulz::polar(&a, m, n, 100).unwrap();
-        assert!(
-            (p.iters as i64 - cpu_iters as i64).abs() <= 2,
-            "gpu {} vs cpu {cpu_iters} iterations",
-            p.iters
-        );
+        assert!((p.iters as i64 - cpu_iters as i64).abs() <= 2, "gpu {} vs cpu {cpu_iters} iterations", p.iters);
     }
 }
 

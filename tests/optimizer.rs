@@ -3,9 +3,7 @@
 
 mod common;
 
-use gpuopt::optim::{
-    AdamW, Algorithm, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder, Stepper,
-};
+use gpuopt::optim::{AdamW, Algorithm, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder, Stepper};
 use gpuopt::parity::TestRng;
 use gpuopt::{ContextOptions, Error};
 
@@ -19,15 +17,7 @@ fn builder_with(
     let ids = sizes
         .iter()
         .enumerate()
-        .map(|(i, &n)| {
-            b.param(
-                &format!("p{i}"),
-                &rng.uniforms(n, 1.0),
-                &[n],
-                b.default_group(),
-            )
-            .unwrap()
-        })
+        .map(|(i, &n)| b.param(&format!("p{i}"), &rng.uniforms(n, 1.0), &[n], b.default_group()).unwrap())
         .collect();
     (b, ids)
 }
@@ -38,10 +28,7 @@ fn dispatch_count_does_not_grow_with_tensor_count() {
     for alg in [
         Algorithm::from(AdamW::default()),
         Algorithm::from(Lion::default()),
-        Algorithm::from(Mars {
-            variant: MarsVariant::Lion,
-            ..Mars::default()
-        }),
+        Algorithm::from(Mars { variant: MarsVariant::Lion, ..Mars::default() }),
     ] {
         for guard in [false, true] {
             let mut counts = Vec::new();
@@ -55,19 +42,8 @@ fn dispatch_count_does_not_grow_with_tensor_count() {
                 opt.step().unwrap();
                 counts.push(opt.dispatches_last_step());
             }
-            let expected = 1
-                + usize::from(guard)
-                + if matches!(alg, Algorithm::Mars(_)) {
-                    2
-                } else {
-                    0
-                };
-            assert_eq!(
-                counts,
-                vec![expected, expected],
-                "{} guard={guard}",
-                alg.name()
-            );
+            let expected = 1 + usize::from(guard) + if matches!(alg, Algorithm::Mars(_)) { 2 } else { 0 };
+            assert_eq!(counts, vec![expected, expected], "{} guard={guard}", alg.name());
         }
     }
 }
@@ -83,38 +59,19 @@ fn pipeline_cache_compiles_each_kernel_once() {
     for opt in [&mut first, &mut second] {
         opt.write_grad(ids[0], &[0.5; 10]).unwrap();
         for t in 0..3 {
-            opt.set_lr(gpuopt::optim::GroupId(0), 1e-3 / (t + 1) as f64)
-                .unwrap();
+            opt.set_lr(gpuopt::optim::GroupId(0), 1e-3 / (t + 1) as f64).unwrap();
             opt.step().unwrap();
         }
     }
-    assert_eq!(
-        ctx.pipelines_compiled(),
-        compiled,
-        "a second optimizer, steps and lr changes compile nothing"
-    );
+    assert_eq!(ctx.pipelines_compiled(), compiled, "a second optimizer, steps and lr changes compile nothing");
 }
 
 #[test]
 fn groups_apply_their_own_lr_and_decay() {
     let ctx = common::ctx();
-    let mut b = OptimizerBuilder::new(Lion {
-        lr: 0.1,
-        weight_decay: 0.5,
-        ..Lion::default()
-    });
-    let frozen = b
-        .group(GroupOptions {
-            lr: Some(0.0),
-            weight_decay: None,
-        })
-        .unwrap();
-    let no_decay = b
-        .group(GroupOptions {
-            lr: None,
-            weight_decay: Some(0.0),
-        })
-        .unwrap();
+    let mut b = OptimizerBuilder::new(Lion { lr: 0.1, weight_decay: 0.5, ..Lion::default() });
+    let frozen = b.group(GroupOptions { lr: Some(0.0), weight_decay: None }).unwrap();
+    let no_decay = b.group(GroupOptions { lr: None, weight_decay: Some(0.0) }).unwrap();
     let a = b.param("a", &[1.0; 5], &[5], b.default_group()).unwrap();
     let f = b.param("f", &[1.0; 5], &[5], frozen).unwrap();
     let n = b.param("n", &[1.0; 5], &[5], no_decay).unwrap();
@@ -139,80 +96,37 @@ fn bad_input_is_an_error_and_loses_nothing() {
     opt.step().unwrap();
     let p = opt.read_param(ids[0]).unwrap();
     let m = opt.read_state(ids[0], "m").unwrap();
-    assert!(matches!(
-        opt.write_grad(ids[0], &[1.0; 7]),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        opt.write_param(ids[0], &[1.0; 9]),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        opt.set_lr(gpuopt::optim::GroupId(0), f64::NAN),
-        Err(Error::Hyperparameter { .. })
-    ));
-    assert!(matches!(
-        opt.set_lr(gpuopt::optim::GroupId(7), 0.1),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        opt.read_state(ids[0], "nope"),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        opt.read_param(gpuopt::optim::ParamId(5)),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(opt.write_grad(ids[0], &[1.0; 7]), Err(Error::Shape { .. })));
+    assert!(matches!(opt.write_param(ids[0], &[1.0; 9]), Err(Error::Shape { .. })));
+    assert!(matches!(opt.set_lr(gpuopt::optim::GroupId(0), f64::NAN), Err(Error::Hyperparameter { .. })));
+    assert!(matches!(opt.set_lr(gpuopt::optim::GroupId(7), 0.1), Err(Error::Invalid(_))));
+    assert!(matches!(opt.read_state(ids[0], "nope"), Err(Error::Invalid(_))));
+    assert!(matches!(opt.read_param(gpuopt::optim::ParamId(5)), Err(Error::Invalid(_))));
     assert_eq!(opt.read_param(ids[0]).unwrap(), p);
     assert_eq!(opt.read_state(ids[0], "m").unwrap(), m);
     assert_eq!(opt.step_count().unwrap(), 1);
 
     // Builder-time errors.
-    let mut b = OptimizerBuilder::new(AdamW {
-        beta2: f64::NAN,
-        ..AdamW::default()
-    });
+    let mut b = OptimizerBuilder::new(AdamW { beta2: f64::NAN, ..AdamW::default() });
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();
     assert!(matches!(b.build(&ctx), Err(Error::Hyperparameter { .. })));
     let mut b = OptimizerBuilder::new(AdamW::default());
-    assert!(matches!(
-        b.param("x", &[1.0; 3], &[2, 2], b.default_group()),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(b.param("x", &[1.0; 3], &[2, 2], b.default_group()), Err(Error::Shape { .. })));
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();
-    assert!(
-        b.param("x", &[1.0], &[1], b.default_group()).is_err(),
-        "duplicate name"
-    );
-    assert!(b
-        .group(GroupOptions {
-            lr: Some(f64::INFINITY),
-            weight_decay: None
-        })
-        .is_err());
-    assert!(
-        b.param("y", &[1.0], &[1], gpuopt::optim::GroupId(3))
-            .is_err(),
-        "unknown group"
-    );
+    assert!(b.param("x", &[1.0], &[1], b.default_group()).is_err(), "duplicate name");
+    assert!(b.group(GroupOptions { lr: Some(f64::INFINITY), weight_decay: None }).is_err());
+    assert!(b.param("y", &[1.0], &[1], gpuopt::optim::GroupId(3)).is_err(), "unknown group");
 }
 
 #[test]
 fn oversized_tensor_is_refused_with_the_limit_named() {
-    let ctx = common::ctx_with(ContextOptions {
-        max_binding_bytes: Some(4096),
-        ..Default::default()
-    });
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });
     let mut b = OptimizerBuilder::new(Lion::default());
-    b.param("big", &vec![0.0; 2000], &[2000], b.default_group())
-        .unwrap();
+    b.param("big", &vec![0.0; 2000], &[2000], b.default_group()).unwrap();
     match b.build(&ctx) {
         Err(e @ Error::TooLarge { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains("max_storage_buffer_binding_size") && msg.contains("big"),
-                "{msg}"
-            );
+            assert!(msg.contains("max_storage_buffer_binding_size") && msg.contains("big"), "{msg}");
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -220,14 +134,7 @@ fn oversized_tensor_is_refused_with_the_limit_named() {
 
 fn guard_case(bad: f32) {
     let ctx = common::ctx();
-    let (mut b, ids) = builder_with(
-        AdamW {
-            weight_decay: 0.1,
-            ..AdamW::default()
-        },
-        &[300, 5000],
-        4,
-    );
+    let (mut b, ids) = builder_with(AdamW { weight_decay: 0.1, ..AdamW::default() }, &[300, 5000], 4);
     b.guard_non_finite(true);
     let mut gpu = b.clone().build(&ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
@@ -259,10 +166,7 @@ fn guard_case(bad: f32) {
     for &id in &ids {
         let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
         for (a, b) in x.iter().zip(&y) {
-            assert!(
-                (a - b).abs() <= gpuopt::parity::tolerance(4, *b, 1e-2),
-                "{a} vs {b}"
-            );
+            assert!((a - b).abs() <= gpuopt::parity::tolerance(4, *b, 1e-2), "{a} vs {b}");
         }
     }
 }
@@ -293,15 +197,9 @@ fn lr_schedule_matches_the_reference() {
             opt.step().unwrap();
         }
     }
-    let (x, y) = (
-        gpu.read_param(ids[0]).unwrap(),
-        cpu.read_param(ids[0]).unwrap(),
-    );
+    let (x, y) = (gpu.read_param(ids[0]).unwrap(), cpu.read_param(ids[0]).unwrap());
     for (a, b) in x.iter().zip(&y) {
-        assert!(
-            (a - b).abs() <= gpuopt::parity::tolerance(10, *b, 1e-2),
-            "{a} vs {b}"
-        );
+        assert!((a - b).abs() <= gpuopt::parity::tolerance(10, *b, 1e-2), "{a} vs {b}");
     }
     assert_ne!(x, TestRng::new(5).uniforms(1000, 1.0), "parameters moved");
 }
@@ -309,38 +207,23 @@ fn lr_schedule_matches_the_reference() {
 #[test]
 fn views_point_into_the_arenas_at_aligned_offsets() {
     let ctx = common::ctx();
-    let (b, ids) = builder_with(
-        Lion {
-            lr: 0.5,
-            ..Lion::default()
-        },
-        &[3, 0, 70, 129],
-        6,
-    );
+    let (b, ids) = builder_with(Lion { lr: 0.5, ..Lion::default() }, &[3, 0, 70, 129], 6);
     let mut opt = b.build(&ctx).unwrap();
     for &id in &ids {
         let v = opt.param_view(id).unwrap();
         assert_eq!(v.offset % 256, 0);
         assert_eq!(v.len(), opt.params()[id.0].len());
     }
-    assert!(
-        opt.grad_view(ids[1]).unwrap().binding().is_none(),
-        "an empty view has no binding"
-    );
+    assert!(opt.grad_view(ids[1]).unwrap().binding().is_none(), "an empty view has no binding");
     // Write a gradient through the view, as a user's kernel would, then step.
     let gv = opt.grad_view(ids[2]).unwrap();
     let (buffer, offset) = (gv.buffer.clone(), gv.offset);
-    ctx.queue()
-        .write_buffer(&buffer, offset, bytemuck::cast_slice(&[1.0f32; 70]));
+    ctx.queue().write_buffer(&buffer, offset, bytemuck::cast_slice(&[1.0f32; 70]));
     let before = opt.read_param(ids[2]).unwrap();
     opt.step().unwrap();
     let after = opt.read_param(ids[2]).unwrap();
     for (a, b) in after.iter().zip(&before) {
-        assert_eq!(
-            *a,
-            b - 0.5,
-            "Lion moves each coordinate by lr against the gradient's sign"
-        );
+        assert_eq!(*a, b - 0.5, "Lion moves each coordinate by lr against the gradient's sign");
     }
     assert_eq!(
         opt.read_param(ids[3]).unwrap(),

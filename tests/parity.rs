@@ -26,10 +26,7 @@ fn assert_pass(reports: &[Report]) {
 
 fn check(name: &str, big: bool) {
     let ctx = common::ctx();
-    let (_, alg) = test_algorithms()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .expect("known test algorithm");
+    let (_, alg) = test_algorithms().into_iter().find(|(n, _)| n == name).expect("known test algorithm");
     assert_pass(&run(&ctx, name, &alg, SMALL, STEPS, 1234, true).unwrap());
     if big {
         assert_pass(&run(&ctx, name, &alg, &[BIG], STEPS, 99, true).unwrap());
@@ -66,10 +63,7 @@ parity_tests!(
 
 #[test]
 fn parity_covers_every_replay_optimizer() {
-    let names: Vec<String> = test_algorithms()
-        .iter()
-        .map(|(_, a)| a.name().to_string())
-        .collect();
+    let names: Vec<String> = test_algorithms().iter().map(|(_, a)| a.name().to_string()).collect();
     for n in gpuopt::optim::algorithm::NAMES {
         assert!(names.iter().any(|m| m == n), "{n} has no parity case");
     }
@@ -79,15 +73,9 @@ fn parity_covers_every_replay_optimizer() {
 /// must fold its blocks onto x and y and still cover every element exactly once.
 #[test]
 fn parity_holds_on_a_two_dimensional_grid() {
-    let ctx = common::ctx_with(ContextOptions {
-        max_workgroups_per_dim: Some(3),
-        ..Default::default()
-    });
+    let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
     for name in ["lion", "adamw_amsgrad", "mars", "ademamix"] {
-        let (_, alg) = test_algorithms()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap();
+        let (_, alg) = test_algorithms().into_iter().find(|(n, _)| n == name).unwrap();
         assert_pass(&run(&ctx, name, &alg, &[1, 4099, 65537], STEPS, 5, true).unwrap());
     }
 }
@@ -95,26 +83,9 @@ fn parity_holds_on_a_two_dimensional_grid() {
 /// Arena segments: with storage bindings capped at 64 KiB the tensors spread over several arenas.
 #[test]
 fn parity_holds_across_arena_segments() {
-    let ctx = common::ctx_with(ContextOptions {
-        max_binding_bytes: Some(64 * 1024),
-        ..Default::default()
-    });
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(64 * 1024), ..Default::default() });
     for name in ["signum", "adamw", "mars_lion"] {
-        let (_, alg) = test_algorithms()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap();
-        assert_pass(
-            &run(
-                &ctx,
-                name,
-                &alg,
-                &[7, 4099, 9000, 257, 16000],
-                STEPS,
-                6,
-                true,
-            )
-            .unwrap(),
-        );
+        let (_, alg) = test_algorithms().into_iter().find(|(n, _)| n == name).unwrap();
+        assert_pass(&run(&ctx, name, &alg, &[7, 4099, 9000, 257, 16000], STEPS, 6, true).unwrap());
     }
 }

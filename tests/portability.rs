@@ -10,15 +10,11 @@ use gpuopt::shaders;
 
 fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shaders::composed(name).unwrap();
-    let module = naga::front::wgsl::parse_str(&src)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
     // Capabilities::empty(): any optional feature would fail validation here.
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
     (module, info)
 }
 
@@ -31,21 +27,12 @@ fn portability_every_shader_translates_to_every_back_end() {
             .unwrap_or_else(|e| panic!("shader {name}, back end SPIR-V: {e}"));
         for ep in &module.entry_points {
             let entry = ep.name.clone();
-            let msl_pipe = naga::back::msl::PipelineOptions {
-                entry_point: Some((ep.stage, entry.clone())),
-                ..Default::default()
-            };
-            naga::back::msl::write_string(
-                &module,
-                &info,
-                &naga::back::msl::Options::default(),
-                &msl_pipe,
-            )
-            .unwrap_or_else(|e| panic!("shader {name}::{entry}, back end MSL: {e:?}"));
+            let msl_pipe =
+                naga::back::msl::PipelineOptions { entry_point: Some((ep.stage, entry.clone())), ..Default::default() };
+            naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &msl_pipe)
+                .unwrap_or_else(|e| panic!("shader {name}::{entry}, back end MSL: {e:?}"));
             let hlsl_opts = naga::back::hlsl::Options::default();
-            let hlsl_pipe = naga::back::hlsl::PipelineOptions {
-                entry_point: Some((ep.stage, entry.clone())),
-            };
+            let hlsl_pipe = naga::back::hlsl::PipelineOptions { entry_point: Some((ep.stage, entry.clone())) };
             let mut hlsl = String::new();
             naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
                 .write(&module, &info, None)
@@ -71,10 +58,7 @@ fn portability_every_shader_translates_to_every_back_end() {
             translated += 1;
         }
     }
-    assert!(
-        translated >= all_specs().len(),
-        "every kernel's entry point was translated"
-    );
+    assert!(translated >= all_specs().len(), "every kernel's entry point was translated");
 }
 
 /// Workgroup size, workgroup memory, storage buffers and 64-bit types, read from the shaders.
@@ -85,18 +69,10 @@ fn portability_kernels_fit_webgpu_default_limits() {
     let mut over_downlevel = Vec::new();
     for spec in all_specs() {
         let (module, info) = parse(spec.module);
-        let (index, ep) = module
-            .entry_points
-            .iter()
-            .enumerate()
-            .find(|(_, ep)| ep.name == spec.entry)
-            .unwrap();
+        let (index, ep) = module.entry_points.iter().enumerate().find(|(_, ep)| ep.name == spec.entry).unwrap();
         let [x, y, z] = ep.workgroup_size;
         let what = format!("{}::{}", spec.module, spec.entry);
-        assert!(
-            x * y * z <= default.max_compute_invocations_per_workgroup,
-            "{what}: {x}x{y}x{z} invocations"
-        );
+        assert!(x * y * z <= default.max_compute_invocations_per_workgroup, "{what}: {x}x{y}x{z} invocations");
         assert!(
             x <= default.max_compute_workgroup_size_x
                 && y <= default.max_compute_workgroup_size_y
@@ -110,9 +86,7 @@ fn portability_kernels_fit_webgpu_default_limits() {
                 continue;
             }
             match var.space {
-                naga::AddressSpace::WorkGroup => {
-                    workgroup_bytes += module.types[var.ty].inner.size(module.to_ctx())
-                }
+                naga::AddressSpace::WorkGroup => workgroup_bytes += module.types[var.ty].inner.size(module.to_ctx()),
                 naga::AddressSpace::Storage { .. } => storage += 1,
                 _ => {}
             }
@@ -121,10 +95,7 @@ fn portability_kernels_fit_webgpu_default_limits() {
             workgroup_bytes <= default.max_compute_workgroup_storage_size,
             "{what}: {workgroup_bytes} bytes of workgroup memory"
         );
-        assert!(
-            storage <= default.max_storage_buffers_per_shader_stage,
-            "{what}: {storage} storage buffers"
-        );
+        assert!(storage <= default.max_storage_buffers_per_shader_stage, "{what}: {storage} storage buffers");
         assert!(check_kernel_limits(&spec, &default).is_ok());
         // Downlevel (WebGL-class) devices: the host must refuse, with the limit named, whatever exceeds.
         let fits_downlevel = storage <= downlevel.max_storage_buffers_per_shader_stage
@@ -134,13 +105,8 @@ fn portability_kernels_fit_webgpu_default_limits() {
         if fits_downlevel {
             assert!(checked.is_ok(), "{what}: {checked:?}");
         } else {
-            let msg = checked
-                .expect_err("the host refuses kernels over the downlevel limits")
-                .to_string();
-            assert!(
-                msg.contains(spec.entry) && msg.contains("max_storage_buffers_per_shader_stage"),
-                "{msg}"
-            );
+            let msg = checked.expect_err("the host refuses kernels over the downlevel limits").to_string();
+            assert!(msg.contains(spec.entry) && msg.contains("max_storage_buffers_per_shader_stage"), "{msg}");
             over_downlevel.push(what);
         }
     }
@@ -154,19 +120,14 @@ fn portability_no_64_bit_types() {
         let (module, _) = parse(name);
         for (_, ty) in module.types.iter() {
             let scalar = match &ty.inner {
-                naga::TypeInner::Scalar(s)
-                | naga::TypeInner::Vector { scalar: s, .. }
-                | naga::TypeInner::Atomic(s) => Some(*s),
+                naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } | naga::TypeInner::Atomic(s) => {
+                    Some(*s)
+                }
                 naga::TypeInner::Matrix { scalar, .. } => Some(*scalar),
                 _ => None,
             };
             if let Some(s) = scalar {
-                assert!(
-                    s.width <= 4,
-                    "shader {name} uses a {}-byte {:?}",
-                    s.width,
-                    s.kind
-                );
+                assert!(s.width <= 4, "shader {name} uses a {}-byte {:?}", s.width, s.kind);
             }
         }
     }

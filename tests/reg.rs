@@ -9,24 +9,14 @@ use gpuopt::parity::{tolerance, TestRng};
 #[test]
 fn reg_matches_reference_over_twelve_steps() {
     let ctx = common::ctx();
-    let cfg = RegConfig {
-        lr: 0.01,
-        beta2: 0.8,
-        alpha: 0.1,
-        gamma: 1.05,
-        weight_decay: 0.1,
-        ..RegConfig::default()
-    };
+    let cfg = RegConfig { lr: 0.01, beta2: 0.8, alpha: 0.1, gamma: 1.05, weight_decay: 0.1, ..RegConfig::default() };
     let shapes: Vec<Vec<usize>> = vec![vec![40, 24], vec![7], vec![3, 4, 5], vec![1], vec![300, 2]];
     let mut rng = TestRng::new(31);
     let mut b = RegBuilder::new(cfg);
     let ids: Vec<_> = shapes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 1.0), s)
-                .unwrap()
-        })
+        .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 1.0), s).unwrap())
         .collect();
     let mut gpu = b.clone().build(&ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
@@ -54,10 +44,7 @@ fn reg_matches_reference_over_twelve_steps() {
                     shapes[k]
                 );
             }
-            let (tg, tc) = (
-                gpu.read_state(id, "theta").unwrap()[0],
-                cpu.read_state(id, "theta").unwrap()[0],
-            );
+            let (tg, tc) = (gpu.read_state(id, "theta").unwrap()[0], cpu.read_state(id, "theta").unwrap()[0]);
             assert!((tg - tc).abs() <= 1e-5 * tc.abs(), "theta {tg} vs {tc}");
             prev[k] = y;
         }
@@ -68,11 +55,7 @@ fn reg_matches_reference_over_twelve_steps() {
 fn reg_first_step_known_answer() {
     // t = 1: s_i = 0.1·mean_j g², q_j = 0.9 + 0.1·mean_i g², η = 1, p = −lr·α·g/(sqrt(s+eps)·sqrt(q+eps)).
     let ctx = common::ctx();
-    let cfg = RegConfig {
-        lr: 0.1,
-        alpha: 0.5,
-        ..RegConfig::default()
-    };
+    let cfg = RegConfig { lr: 0.1, alpha: 0.5, ..RegConfig::default() };
     let g = [1.0f32, -2.0, 0.5, 3.0, 0.0, -1.0];
     let mut b = RegBuilder::new(cfg.clone());
     let id = b.param("w", &[0.0; 6], &[2, 3]).unwrap();
@@ -81,20 +64,11 @@ fn reg_first_step_known_answer() {
     opt.step().unwrap();
     let p = opt.read_param(id).unwrap();
     let g64: Vec<f64> = g.iter().map(|&v| v as f64).collect();
-    let s: Vec<f64> = (0..2)
-        .map(|i| 0.1 * (0..3).map(|j| g64[i * 3 + j].powi(2)).sum::<f64>() / 3.0)
-        .collect();
-    let q: Vec<f64> = (0..3)
-        .map(|j| 0.9 + 0.1 * (0..2).map(|i| g64[i * 3 + j].powi(2)).sum::<f64>() / 2.0)
-        .collect();
+    let s: Vec<f64> = (0..2).map(|i| 0.1 * (0..3).map(|j| g64[i * 3 + j].powi(2)).sum::<f64>() / 3.0).collect();
+    let q: Vec<f64> = (0..3).map(|j| 0.9 + 0.1 * (0..2).map(|i| g64[i * 3 + j].powi(2)).sum::<f64>() / 2.0).collect();
     for k in 0..6 {
-        let want = -cfg.lr * cfg.alpha * g64[k]
-            / ((s[k / 3] + cfg.eps).sqrt() * (q[k % 3] + cfg.eps).sqrt());
-        assert!(
-            (p[k] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-6),
-            "{k}: {} vs {want}",
-            p[k]
-        );
+        let want = -cfg.lr * cfg.alpha * g64[k] / ((s[k / 3] + cfg.eps).sqrt() * (q[k % 3] + cfg.eps).sqrt());
+        assert!((p[k] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-6), "{k}: {} vs {want}", p[k]);
     }
 }
 
@@ -104,38 +78,24 @@ fn reg_limiter_bounds_norm_growth_by_gamma() {
     // scaled gradient is as large as row 0's was: ‖Ĝ₂‖ ≈ 2·‖Ĝ₁‖ > γ·θ₁, and the limiter must cap
     // θ₂ = η·‖Ĝ₂‖ at γ·θ₁, on the GPU and the CPU alike.
     let ctx = common::ctx();
-    let cfg = RegConfig {
-        gamma: 1.1,
-        lr: 0.01,
-        ..RegConfig::default()
-    };
+    let cfg = RegConfig { gamma: 1.1, lr: 0.01, ..RegConfig::default() };
     let mut b = RegBuilder::new(cfg);
     let id = b.param("w", &[0.0; 12], &[4, 3]).unwrap();
     let mut gpu = b.clone().build(&ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
     let g1 = [1.0, -0.5, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-    let g2 = [
-        1.0, -0.5, 2.0, 0.5, 1.0, -1.5, -2.0, 0.25, 1.0, 1.0, -1.0, 0.75,
-    ];
+    let g2 = [1.0, -0.5, 2.0, 0.5, 1.0, -1.5, -2.0, 0.25, 1.0, 1.0, -1.0, 0.75];
     let mut thetas = Vec::new();
     for g in [&g1, &g2] {
         for opt in [&mut gpu as &mut dyn Stepper, &mut cpu] {
             opt.write_grad(id, g).unwrap();
             opt.step().unwrap();
         }
-        let (tg, tc) = (
-            gpu.read_state(id, "theta").unwrap()[0],
-            cpu.read_state(id, "theta").unwrap()[0],
-        );
+        let (tg, tc) = (gpu.read_state(id, "theta").unwrap()[0], cpu.read_state(id, "theta").unwrap()[0]);
         assert!((tg - tc).abs() <= 1e-5 * tc, "theta gpu {tg} vs cpu {tc}");
         thetas.push(tg);
     }
-    assert!(
-        (thetas[1] / thetas[0] - 1.1).abs() < 1e-4,
-        "theta {} -> {}: capped at gamma",
-        thetas[0],
-        thetas[1]
-    );
+    assert!((thetas[1] / thetas[0] - 1.1).abs() < 1e-4, "theta {} -> {}: capped at gamma", thetas[0], thetas[1]);
     let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
     for (a, b) in x.iter().zip(&y) {
         assert!((a - b).abs() <= tolerance(2, *b, 0.01), "{a} vs {b}");

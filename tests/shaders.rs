@@ -8,14 +8,11 @@ use std::collections::BTreeMap;
 
 fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shaders::composed(name).unwrap();
-    let module = naga::front::wgsl::parse_str(&src)
+    let module =
+        naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
         .unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
     (module, info)
 }
 
@@ -43,31 +40,18 @@ fn shaders_kernel_bindings_match_reflection() {
                 continue;
             }
             let Some(rb) = &var.binding else { continue };
-            assert_eq!(
-                rb.group, 0,
-                "{}::{} uses group {}",
-                spec.module, spec.entry, rb.group
-            );
+            assert_eq!(rb.group, 0, "{}::{} uses group {}", spec.module, spec.entry, rb.group);
             let kind = match var.space {
                 naga::AddressSpace::Uniform => Binding::Uniform,
-                naga::AddressSpace::Storage { access }
-                    if access.contains(naga::StorageAccess::STORE) =>
-                {
+                naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
                     Binding::ReadWrite
                 }
                 naga::AddressSpace::Storage { .. } => Binding::ReadOnly,
-                other => panic!(
-                    "{}::{}: unexpected address space {other:?}",
-                    spec.module, spec.entry
-                ),
+                other => panic!("{}::{}: unexpected address space {other:?}", spec.module, spec.entry),
             };
             used.insert(rb.binding, kind);
         }
         let declared: BTreeMap<u32, Binding> = spec.bindings.iter().copied().collect();
-        assert_eq!(
-            declared, used,
-            "{}::{}: declared bindings vs shader",
-            spec.module, spec.entry
-        );
+        assert_eq!(declared, used, "{}::{}: declared bindings vs shader", spec.module, spec.entry);
     }
 }

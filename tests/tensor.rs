@@ -13,22 +13,15 @@ fn context_reports_adapter_and_its_own_limits() {
     // The device was opened with the adapter's limits, which are at least WebGPU's downlevel defaults.
     let d = wgpu::Limits::downlevel_defaults();
     assert!(info.limits.max_storage_buffer_binding_size >= d.max_storage_buffer_binding_size);
-    assert!(
-        info.limits.max_compute_workgroups_per_dimension >= d.max_compute_workgroups_per_dimension
-    );
-    assert_eq!(
-        ctx.device().limits().max_storage_buffer_binding_size,
-        info.limits.max_storage_buffer_binding_size
-    );
+    assert!(info.limits.max_compute_workgroups_per_dimension >= d.max_compute_workgroups_per_dimension);
+    assert_eq!(ctx.device().limits().max_storage_buffer_binding_size, info.limits.max_storage_buffer_binding_size);
     assert!(info.to_string().contains(&info.name));
 }
 
 #[test]
 fn tensor_round_trips_slices_and_arrays() {
     let ctx = common::ctx();
-    let a = ArrayD::from_shape_fn(IxDyn(&[3, 5, 7]), |ix| {
-        (ix[0] * 100 + ix[1] * 10 + ix[2]) as f32 - 0.5
-    });
+    let a = ArrayD::from_shape_fn(IxDyn(&[3, 5, 7]), |ix| (ix[0] * 100 + ix[1] * 10 + ix[2]) as f32 - 0.5);
     let t = Tensor::from_array(&ctx, a.view()).unwrap();
     assert_eq!(t.shape(), &[3, 5, 7]);
     assert_eq!(t.to_array(&ctx).unwrap(), a);
@@ -38,10 +31,7 @@ fn tensor_round_trips_slices_and_arrays() {
     t.write(&ctx, &[1.0; 7]).unwrap();
     assert_eq!(t.to_vec(&ctx).unwrap(), vec![1.0; 7]);
     assert!(matches!(t.write(&ctx, &[1.0; 6]), Err(Error::Shape { .. })));
-    assert!(matches!(
-        Tensor::from_slice(&ctx, &v, &[2, 3]),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(Tensor::from_slice(&ctx, &v, &[2, 3]), Err(Error::Shape { .. })));
 }
 
 #[test]
@@ -55,10 +45,7 @@ fn tensor_of_zero_size_works() {
 
 #[test]
 fn tensor_over_the_binding_limit_is_refused() {
-    let ctx = common::ctx_with(gpuopt::ContextOptions {
-        max_binding_bytes: Some(1024),
-        ..Default::default()
-    });
+    let ctx = common::ctx_with(gpuopt::ContextOptions { max_binding_bytes: Some(1024), ..Default::default() });
     match Tensor::zeros(&ctx, &[1000]) {
         Err(e @ Error::TooLarge { .. }) => {
             assert!(e.to_string().contains("max_storage_buffer_binding_size"))

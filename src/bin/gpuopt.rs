@@ -84,15 +84,7 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
                 if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
                     continue;
                 }
-                let reports = gpuopt::parity::run(
-                    &ctx,
-                    &name,
-                    &alg,
-                    &[1, 7, 257, 4099, 65537],
-                    steps,
-                    42,
-                    true,
-                )?;
+                let reports = gpuopt::parity::run(&ctx, &name, &alg, &[1, 7, 257, 4099, 65537], steps, 42, true)?;
                 for r in reports {
                     all &= r.pass;
                     println!(

@@ -38,11 +38,7 @@ pub struct KernelSpec {
 /// with fewer storage buffers per stage than a kernel needs (WebGL-class downlevel devices allow 4;
 /// MARS-AdamW binds 8) gets an error that names the kernel and the limit, not a validation failure.
 pub fn check_kernel_limits(spec: &KernelSpec, limits: &wgpu::Limits) -> Result<()> {
-    let storage = spec
-        .bindings
-        .iter()
-        .filter(|(_, b)| *b != Binding::Uniform)
-        .count() as u32;
+    let storage = spec.bindings.iter().filter(|(_, b)| *b != Binding::Uniform).count() as u32;
     let uniform = spec.bindings.len() as u32 - storage;
     let over = |what: &str, need: u32, limit: u32| {
         Error::Invalid(format!(
@@ -110,36 +106,12 @@ impl std::fmt::Display for AdapterSummary {
         writeln!(f, "device type:    {:?}", self.device_type)?;
         writeln!(f, "driver:         {}", self.driver)?;
         writeln!(f, "timestamps:     {}", self.timestamps)?;
-        writeln!(
-            f,
-            "max_buffer_size:                     {}",
-            l.max_buffer_size
-        )?;
-        writeln!(
-            f,
-            "max_storage_buffer_binding_size:     {}",
-            l.max_storage_buffer_binding_size
-        )?;
-        writeln!(
-            f,
-            "max_storage_buffers_per_shader_stage: {}",
-            l.max_storage_buffers_per_shader_stage
-        )?;
-        writeln!(
-            f,
-            "max_compute_workgroups_per_dimension: {}",
-            l.max_compute_workgroups_per_dimension
-        )?;
-        writeln!(
-            f,
-            "max_compute_invocations_per_workgroup: {}",
-            l.max_compute_invocations_per_workgroup
-        )?;
-        write!(
-            f,
-            "max_compute_workgroup_storage_size:   {}",
-            l.max_compute_workgroup_storage_size
-        )
+        writeln!(f, "max_buffer_size:                     {}", l.max_buffer_size)?;
+        writeln!(f, "max_storage_buffer_binding_size:     {}", l.max_storage_buffer_binding_size)?;
+        writeln!(f, "max_storage_buffers_per_shader_stage: {}", l.max_storage_buffers_per_shader_stage)?;
+        writeln!(f, "max_compute_workgroups_per_dimension: {}", l.max_compute_workgroups_per_dimension)?;
+        writeln!(f, "max_compute_invocations_per_workgroup: {}", l.max_compute_invocations_per_workgroup)?;
+        write!(f, "max_compute_workgroup_storage_size:   {}", l.max_compute_workgroup_storage_size)
     }
 }
 
@@ -167,9 +139,7 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("adapter", &self.inner.summary.name)
-            .finish()
+        f.debug_struct("Context").field("adapter", &self.inner.summary.name).finish()
     }
 }
 
@@ -192,15 +162,9 @@ impl Context {
 
     /// As [`Context::new`] with explicit options.
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
-        let backends = opts
-            .backends
-            .or_else(wgpu::Backends::from_env)
-            .unwrap_or(wgpu::Backends::all());
-        let name_filter = opts
-            .adapter_name
-            .clone()
-            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-            .map(|s| s.to_lowercase());
+        let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
+        let name_filter =
+            opts.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).map(|s| s.to_lowercase());
         // Native backends first; GL (which also prints EGL noise where there is no display) only
         // when no native adapter is found or when asked for explicitly.
         let mut adapters = Self::adapters(backends & !wgpu::Backends::GL, name_filter.as_deref());
@@ -209,10 +173,7 @@ impl Context {
         }
         adapters.sort_by_key(|a| {
             let info = a.get_info();
-            (
-                type_rank(info.device_type),
-                u32::from(info.backend == wgpu::Backend::Gl),
-            )
+            (type_rank(info.device_type), u32::from(info.backend == wgpu::Backend::Gl))
         });
         let Some(adapter) = adapters.into_iter().next() else {
             let mut detail = format!(" (backends {backends:?}");
@@ -241,33 +202,20 @@ impl Context {
         device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
             log::error!("uncaptured wgpu error: {e}");
         }));
-        let max_dim = opts
-            .max_workgroups_per_dim
-            .map_or(limits.max_compute_workgroups_per_dimension, |m| {
-                m.clamp(1, limits.max_compute_workgroups_per_dimension)
-            });
-        let device_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
-        let max_binding = opts
-            .max_binding_bytes
-            .map_or(device_binding, |m| m.clamp(256, device_binding));
+        let max_dim = opts.max_workgroups_per_dim.map_or(limits.max_compute_workgroups_per_dimension, |m| {
+            m.clamp(1, limits.max_compute_workgroups_per_dimension)
+        });
+        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding = opts.max_binding_bytes.map_or(device_binding, |m| m.clamp(256, device_binding));
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: info.backend,
             device_type: info.device_type,
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             limits,
             timestamps,
         };
-        log::info!(
-            "gpuopt: using {} ({:?}, {:?})",
-            summary.name,
-            summary.backend,
-            summary.device_type
-        );
+        log::info!("gpuopt: using {} ({:?}, {:?})", summary.name, summary.backend, summary.device_type);
         Ok(Context {
             inner: Arc::new(Inner {
                 device,
@@ -294,10 +242,7 @@ impl Context {
             .filter(|a| {
                 let info = a.get_info();
                 let name_ok = name_filter.is_none_or(|f| info.name.to_lowercase().contains(f));
-                let compute_ok = a
-                    .get_downlevel_capabilities()
-                    .flags
-                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+                let compute_ok = a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
                 name_ok && compute_ok
             })
             .collect()
@@ -325,9 +270,7 @@ impl Context {
 
     /// How many pipelines have been compiled in this context (the cache's test hook).
     pub fn pipelines_compiled(&self) -> usize {
-        self.inner
-            .compiled
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.compiled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and returns what they caught.
@@ -339,10 +282,7 @@ impl Context {
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
         match v.or(o) {
-            Some(e) => Err(Error::Gpu {
-                context: context.to_string(),
-                message: e.to_string(),
-            }),
+            Some(e) => Err(Error::Gpu { context: context.to_string(), message: e.to_string() }),
             None => Ok(out),
         }
     }
@@ -366,10 +306,7 @@ impl Context {
                                 source: wgpu::ShaderSource::Wgsl(src.into()),
                             })
                         })
-                        .map_err(|e| Error::Shader {
-                            name: spec.module.to_string(),
-                            message: e.to_string(),
-                        })?;
+                        .map_err(|e| Error::Shader { name: spec.module.to_string(), message: e.to_string() })?;
                     modules.insert(spec.module, m.clone());
                     m
                 }
@@ -388,9 +325,7 @@ impl Context {
                         min_binding_size: None,
                     },
                     Binding::ReadOnly | Binding::ReadWrite => wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: kind == Binding::ReadOnly,
-                        },
+                        ty: wgpu::BufferBindingType::Storage { read_only: kind == Binding::ReadOnly },
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
@@ -398,38 +333,29 @@ impl Context {
                 count: None,
             })
             .collect();
-        let cached = self.scoped(
-            &format!("building pipeline {}::{}", spec.module, spec.entry),
-            || {
-                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(spec.entry),
-                    entries: &entries,
-                });
-                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some(spec.entry),
-                    bind_group_layouts: &[Some(&layout)],
-                    immediate_size: 0,
-                });
-                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(spec.entry),
-                    layout: Some(&pl),
-                    module: &module,
-                    entry_point: Some(spec.entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-                Cached { pipeline, layout }
-            },
-        )?;
+        let cached = self.scoped(&format!("building pipeline {}::{}", spec.module, spec.entry), || {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(spec.entry),
+                entries: &entries,
+            });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Cached { pipeline, layout }
+        })?;
         let cached = Arc::new(cached);
-        self.inner
-            .compiled
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .pipelines
-            .lock()
-            .unwrap()
-            .insert(*spec, cached.clone());
+        self.inner.compiled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.pipelines.lock().unwrap().insert(*spec, cached.clone());
         Ok(cached)
     }
 
@@ -449,26 +375,16 @@ impl Context {
             .bindings
             .iter()
             .zip(buffers)
-            .map(|(&(binding, _), buf)| wgpu::BindGroupEntry {
-                binding,
-                resource: buf.as_entire_binding(),
-            })
+            .map(|(&(binding, _), buf)| wgpu::BindGroupEntry { binding, resource: buf.as_entire_binding() })
             .collect();
-        let bind_group =
-            self.scoped(&format!("binding {}::{}", spec.module, spec.entry), || {
-                self.inner
-                    .device
-                    .create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some(spec.entry),
-                        layout: &cached.layout,
-                        entries: &entries,
-                    })
-            })?;
-        Ok(BoundKernel {
-            pipeline: cached,
-            bind_group,
-            name: spec.entry,
-        })
+        let bind_group = self.scoped(&format!("binding {}::{}", spec.module, spec.entry), || {
+            self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(spec.entry),
+                layout: &cached.layout,
+                entries: &entries,
+            })
+        })?;
+        Ok(BoundKernel { pipeline: cached, bind_group, name: spec.entry })
     }
 
     /// The largest storage binding gpuopt will create, in bytes (device limit or the test cap).
@@ -505,9 +421,7 @@ impl Context {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes.max(16).next_multiple_of(4),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         })
@@ -525,9 +439,7 @@ impl Context {
 
     /// A new command encoder.
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
-        self.inner
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
     /// Submits one command buffer; returns its submission index.
@@ -544,10 +456,7 @@ impl Context {
     pub fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.inner
             .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: index,
-                timeout: None,
-            })
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
             .map(|_| ())
             .map_err(|e| Error::Readback(e.to_string()))
     }
@@ -580,24 +489,15 @@ impl Context {
         })
     }
 
-    pub(crate) fn map_staging(
-        &self,
-        staging: &wgpu::Buffer,
-        index: Option<wgpu::SubmissionIndex>,
-    ) -> Result<Vec<u8>> {
+    pub(crate) fn map_staging(&self, staging: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.wait_for(index)?;
-        rx.recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .to_vec();
+        rx.recv().map_err(|e| Error::Readback(e.to_string()))?.map_err(|e| Error::Readback(e.to_string()))?;
+        let data = slice.get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?.to_vec();
         staging.unmap();
         Ok(data)
     }
@@ -613,10 +513,8 @@ pub struct BoundKernel {
 impl BoundKernel {
     /// Records one dispatch of an explicit (x, y, z) grid in its own compute pass; returns 1.
     pub fn record_3d(&self, encoder: &mut wgpu::CommandEncoder, grid: (u32, u32, u32)) -> usize {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(self.name),
-            timestamp_writes: None,
-        });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(self.name), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
@@ -626,20 +524,13 @@ impl BoundKernel {
     /// Records one dispatch of `workgroups` workgroups (2-D grid from [`Context::grid`]) in its own
     /// compute pass, so later passes see its writes. Zero workgroups records nothing and returns 0;
     /// otherwise returns 1 (the dispatch count, for tests that count dispatches).
-    pub fn record(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        workgroups: u32,
-    ) -> usize {
+    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, workgroups: u32) -> usize {
         if workgroups == 0 {
             return 0;
         }
         let (x, y) = ctx.grid(workgroups);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(self.name),
-            timestamp_writes: None,
-        });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(self.name), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);

@@ -16,10 +16,7 @@ impl Tensor {
     pub fn zeros(ctx: &Context, shape: &[usize]) -> Result<Self> {
         let len: usize = shape.iter().product();
         let buffer = ctx.storage_buffer("tensor", 4 * len as u64)?;
-        Ok(Tensor {
-            buffer,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buffer, shape: shape.to_vec() })
     }
 
     /// Uploads `data` (row-major) with the given shape.
@@ -34,8 +31,7 @@ impl Tensor {
         }
         let t = Self::zeros(ctx, shape)?;
         if len > 0 {
-            ctx.queue()
-                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+            ctx.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
         }
         Ok(t)
     }
@@ -87,8 +83,7 @@ impl Tensor {
             });
         }
         if !data.is_empty() {
-            ctx.queue()
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            ctx.queue().write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
         }
         Ok(())
     }

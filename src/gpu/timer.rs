@@ -93,15 +93,9 @@ impl Context {
             v[v.len() / 2]
         };
         if gpu.len() == wall.len() {
-            Ok(Timing {
-                median_s: median(&mut gpu),
-                method: "timestamps",
-            })
+            Ok(Timing { median_s: median(&mut gpu), method: "timestamps" })
         } else {
-            Ok(Timing {
-                median_s: median(&mut wall),
-                method: "wall-clock",
-            })
+            Ok(Timing { median_s: median(&mut wall), method: "wall-clock" })
         }
     }
 }

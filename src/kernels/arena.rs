@@ -97,9 +97,7 @@ impl ArenaLayout {
                 });
                 v += n;
             }
-            layout
-                .tensor_blocks
-                .push([first, layout.blocks.len() as u32 - first]);
+            layout.tensor_blocks.push([first, layout.blocks.len() as u32 - first]);
             at += len.next_multiple_of(ALIGN_ELEMS);
         }
         layout.total = at;
@@ -155,14 +153,6 @@ mod tests {
         assert_eq!(l.total, 64 + 4160 + 64);
         // 4097 elements = 1025 vec4 = blocks of 1024 + 1
         assert_eq!(l.tensor_blocks, vec![[0, 1], [1, 0], [1, 2], [3, 1]]);
-        assert_eq!(
-            l.blocks[2],
-            Block {
-                start: 16 + 1024,
-                len: 1,
-                tensor: 2,
-                group: 1
-            }
-        );
+        assert_eq!(l.blocks[2], Block { start: 16 + 1024, len: 1, tensor: 2, group: 1 });
     }
 }

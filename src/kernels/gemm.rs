@@ -8,17 +8,10 @@ use bytemuck::{Pod, Zeroable};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// The GEMM kernel.
-pub const GEMM_F32: KernelSpec = KernelSpec {
-    module: "gemm",
-    entry: "gemm_f32",
-    bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)],
-};
+pub const GEMM_F32: KernelSpec =
+    KernelSpec { module: "gemm", entry: "gemm_f32", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)] };
 /// The FMA-throughput kernel.
-pub const FMA_PEAK: KernelSpec = KernelSpec {
-    module: "fma_peak",
-    entry: "fma_peak",
-    bindings: &[(0, U), (1, W)],
-};
+pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[GEMM_F32, FMA_PEAK];
 
@@ -95,26 +88,12 @@ pub struct GemmDesc {
 impl GemmDesc {
     /// The Gram product C = X·Xᵀ of an m×k matrix X (half the FLOPs of the full product).
     pub fn gram(m: usize, k: usize) -> Self {
-        GemmDesc {
-            trans_b: true,
-            symmetric: true,
-            ..GemmDesc::new(m, m, k)
-        }
+        GemmDesc { trans_b: true, symmetric: true, ..GemmDesc::new(m, m, k) }
     }
 
     /// C = op(A)·op(B) for one matrix.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        GemmDesc {
-            m,
-            n,
-            k,
-            batch: 1,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-            symmetric: false,
-        }
+        GemmDesc { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, symmetric: false }
     }
 
     /// FLOPs (a multiply-add counts 2).
@@ -135,16 +114,8 @@ impl GemmDesc {
             ldb: if self.trans_b { k } else { n },
             ldc: n,
             trans_a: self.trans_a as u32,
-            stride_a: if a_len == a_one && self.batch > 1 {
-                0
-            } else {
-                a_one as u32
-            },
-            stride_b: if b_len == b_one && self.batch > 1 {
-                0
-            } else {
-                b_one as u32
-            },
+            stride_a: if a_len == a_one && self.batch > 1 { 0 } else { a_one as u32 },
+            stride_b: if b_len == b_one && self.batch > 1 { 0 } else { b_one as u32 },
             stride_c: (self.m * self.n) as u32,
             trans_b: self.trans_b as u32,
             alpha: self.alpha,
@@ -158,21 +129,14 @@ impl GemmDesc {
 
     /// Checks the tensors' element counts: A and B hold `batch` matrices or one (broadcast), C `batch`.
     pub fn check(&self, a: usize, b: usize, c: usize) -> Result<()> {
-        let ok =
-            |len: usize, one: usize| len == one * self.batch || (len == one && self.batch >= 1);
+        let ok = |len: usize, one: usize| len == one * self.batch || (len == one && self.batch >= 1);
         let shape_err = |what: &str, one: usize, got: usize| Error::Shape {
-            what: format!(
-                "gemm {what} (m={}, n={}, k={}, batch={})",
-                self.m, self.n, self.k, self.batch
-            ),
+            what: format!("gemm {what} (m={}, n={}, k={}, batch={})", self.m, self.n, self.k, self.batch),
             expected: vec![self.batch, one],
             got: vec![got],
         };
         if self.batch == 0 || self.batch > 65_535 {
-            return Err(Error::Invalid(format!(
-                "gemm batch {} must be in 1..=65535",
-                self.batch
-            )));
+            return Err(Error::Invalid(format!("gemm batch {} must be in 1..=65535", self.batch)));
         }
         if !ok(a, self.m * self.k) {
             return Err(shape_err("A", self.m * self.k, a));
@@ -184,10 +148,7 @@ impl GemmDesc {
             return Err(shape_err("C", self.m * self.n, c));
         }
         if self.symmetric && self.m != self.n {
-            return Err(Error::Invalid(format!(
-                "a symmetric gemm needs m = n, got {}x{}",
-                self.m, self.n
-            )));
+            return Err(Error::Invalid(format!("a symmetric gemm needs m = n, got {}x{}", self.m, self.n)));
         }
         if !self.alpha.is_finite() || !self.beta.is_finite() {
             return Err(Error::Invalid("gemm alpha and beta must be finite".into()));
@@ -212,25 +173,11 @@ impl GemmPlan {
 
     /// Validates shapes and binds `c ← α·op(a)·op(b) + β·d` with `d` of C's shape (one matrix,
     /// broadcast, or `batch`), a fused epilogue in the same dispatch.
-    pub fn with_addend(
-        ctx: &Context,
-        desc: GemmDesc,
-        a: &Tensor,
-        b: &Tensor,
-        c: &Tensor,
-        d: &Tensor,
-    ) -> Result<Self> {
+    pub fn with_addend(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor, d: &Tensor) -> Result<Self> {
         Self::build(ctx, desc, a, b, c, Some(d))
     }
 
-    fn build(
-        ctx: &Context,
-        desc: GemmDesc,
-        a: &Tensor,
-        b: &Tensor,
-        c: &Tensor,
-        d: Option<&Tensor>,
-    ) -> Result<Self> {
+    fn build(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor, d: Option<&Tensor>) -> Result<Self> {
         desc.check(a.len(), b.len(), c.len())?;
         let mut params = desc.params(a.len(), b.len());
         let one = desc.m * desc.n;
@@ -243,15 +190,10 @@ impl GemmPlan {
                 });
             }
             params.d_mode = 1;
-            params.stride_d = if d.len() == one && desc.batch > 1 {
-                0
-            } else {
-                one as u32
-            };
+            params.stride_d = if d.len() == one && desc.batch > 1 { 0 } else { one as u32 };
         }
         let uniform = ctx.uniform_buffer("gemm params", 80);
-        ctx.queue()
-            .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
+        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         // Without an addend the `d` binding still needs a buffer; it is never read (d_mode = 0).
         let dummy;
         let d_buf = match d {
@@ -264,22 +206,10 @@ impl GemmPlan {
         let bound = if desc.m == 0 || desc.n == 0 {
             None
         } else {
-            Some(ctx.bind(
-                &GEMM_F32,
-                &[&uniform, a.buffer(), b.buffer(), c.buffer(), d_buf],
-            )?)
+            Some(ctx.bind(&GEMM_F32, &[&uniform, a.buffer(), b.buffer(), c.buffer(), d_buf])?)
         };
-        let grid = (
-            (desc.n as u32).div_ceil(TILE),
-            (desc.m as u32).div_ceil(TILE),
-            desc.batch as u32,
-        );
-        Ok(GemmPlan {
-            bound,
-            grid,
-            _uniform: uniform,
-            desc,
-        })
+        let grid = ((desc.n as u32).div_ceil(TILE), (desc.m as u32).div_ceil(TILE), desc.batch as u32);
+        Ok(GemmPlan { bound, grid, _uniform: uniform, desc })
     }
 
     /// The problem.
@@ -320,17 +250,11 @@ impl FmaPeak {
     /// Binds the kernel for `workgroups` × 256 invocations of `iters` iterations.
     pub fn new(ctx: &Context, workgroups: u32, iters: u32) -> Result<Self> {
         let uniform = ctx.uniform_buffer("fma params", 16);
-        ctx.queue()
-            .write_buffer(&uniform, 0, bytemuck::cast_slice(&[iters, 0u32, 0, 0]));
+        ctx.queue().write_buffer(&uniform, 0, bytemuck::cast_slice(&[iters, 0u32, 0, 0]));
         let out = ctx.storage_buffer("fma out", 16 * 256 * workgroups as u64)?;
         let bound = ctx.bind(&FMA_PEAK, &[&uniform, &out])?;
         let flops = workgroups as f64 * 256.0 * iters as f64 * 8.0 * 4.0 * 2.0;
-        Ok(FmaPeak {
-            bound,
-            workgroups,
-            _buffers: [uniform, out],
-            flops,
-        })
+        Ok(FmaPeak { bound, workgroups, _buffers: [uniform, out], flops })
     }
 
     /// Records one dispatch.

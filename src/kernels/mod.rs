@@ -8,6 +8,7 @@ pub mod adaptive;
 pub mod arena;
 pub mod gemm;
 pub mod newton_schulz;
+pub mod random;
 pub mod sign_momentum;
 
 use crate::gpu::{Binding, KernelSpec};
@@ -16,32 +17,15 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 /// Bindings shared by every arena kernel: hyper, blocks, skip flag, params, grads.
 pub(crate) const ARENA: &[(u32, Binding)] = &[(0, U), (1, R), (2, R), (3, W), (4, R)];
 pub(crate) const ARENA_S1: &[(u32, Binding)] = &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, W)];
-pub(crate) const ARENA_S2: &[(u32, Binding)] =
-    &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, W), (6, W)];
-pub(crate) const ARENA_S3: &[(u32, Binding)] = &[
-    (0, U),
-    (1, R),
-    (2, R),
-    (3, W),
-    (4, R),
-    (5, W),
-    (6, W),
-    (7, W),
-];
+pub(crate) const ARENA_S2: &[(u32, Binding)] = &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, W), (6, W)];
+pub(crate) const ARENA_S3: &[(u32, Binding)] = &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, W), (6, W), (7, W)];
 
 /// The non-finite guard: `flag[0] = 1` if any element of `data` is NaN or ±Inf.
-pub const FIND_NON_FINITE: KernelSpec = KernelSpec {
-    module: "check",
-    entry: "find_non_finite",
-    bindings: &[(0, R), (1, W)],
-};
+pub const FIND_NON_FINITE: KernelSpec =
+    KernelSpec { module: "check", entry: "find_non_finite", bindings: &[(0, R), (1, W)] };
 
 /// The bandwidth baseline: `dst <- src` in vec4s.
-pub const COPY_VEC4: KernelSpec = KernelSpec {
-    module: "copy",
-    entry: "copy_vec4",
-    bindings: &[(0, R), (1, W)],
-};
+pub const COPY_VEC4: KernelSpec = KernelSpec { module: "copy", entry: "copy_vec4", bindings: &[(0, R), (1, W)] };
 
 /// Every kernel spec the library dispatches (the naga reflection test checks each against its shader).
 pub fn all_specs() -> Vec<KernelSpec> {
@@ -50,6 +34,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(adaptive::SPECS);
     v.extend_from_slice(gemm::SPECS);
     v.extend_from_slice(newton_schulz::SPECS);
+    v.extend_from_slice(random::SPECS);
     v.extend_from_slice(crate::optim::muon::SPECS);
     v.extend_from_slice(crate::optim::auon::SPECS);
     v.extend_from_slice(crate::optim::reg::SPECS);

@@ -15,29 +15,17 @@ use bytemuck::{Pod, Zeroable};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// Per-matrix partial sums of squares.
-pub const FROB_PARTIAL: KernelSpec = KernelSpec {
-    module: "newton_schulz",
-    entry: "frob_partial",
-    bindings: &[(0, U), (1, R), (2, R), (3, W)],
-};
+pub const FROB_PARTIAL: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "frob_partial", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
 /// Per-matrix norms from the partials.
-pub const FROB_FINAL: KernelSpec = KernelSpec {
-    module: "newton_schulz",
-    entry: "frob_final",
-    bindings: &[(0, U), (3, W), (4, W)],
-};
+pub const FROB_FINAL: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "frob_final", bindings: &[(0, U), (3, W), (4, W)] };
 /// out = x / (norm + eps) or x, transposed or not.
-pub const SCALE_COPY: KernelSpec = KernelSpec {
-    module: "newton_schulz",
-    entry: "scale_copy",
-    bindings: &[(0, U), (1, R), (5, R), (6, W)],
-};
+pub const SCALE_COPY: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "scale_copy", bindings: &[(0, U), (1, R), (5, R), (6, W)] };
 /// AuON's Σ cosh(γ·v/(‖v‖ + eps))² partial sums (finished by [`FROB_FINAL`]).
-pub const COSH_PARTIAL: KernelSpec = KernelSpec {
-    module: "newton_schulz",
-    entry: "cosh_partial",
-    bindings: &[(0, U), (1, R), (3, W), (5, R)],
-};
+pub const COSH_PARTIAL: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "cosh_partial", bindings: &[(0, U), (1, R), (3, W), (5, R)] };
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY, COSH_PARTIAL];
 
@@ -82,13 +70,7 @@ pub struct FrobeniusPlan {
 
 impl FrobeniusPlan {
     /// Binds the two passes.
-    pub fn new(
-        ctx: &Context,
-        x: &Tensor,
-        y: Option<&Tensor>,
-        batch: usize,
-        norms: &Tensor,
-    ) -> Result<Self> {
+    pub fn new(ctx: &Context, x: &Tensor, y: Option<&Tensor>, batch: usize, norms: &Tensor) -> Result<Self> {
         let len = x.len() / batch.max(1);
         let chunks = len.div_ceil(CHUNK).max(1);
         let u = uniform(
@@ -102,30 +84,14 @@ impl FrobeniusPlan {
             },
         );
         let partials = ctx.storage_buffer("frobenius partials", 8 * (chunks * batch) as u64)?;
-        let partial = ctx.bind(
-            &FROB_PARTIAL,
-            &[&u, x.buffer(), y.unwrap_or(x).buffer(), &partials],
-        )?;
+        let partial = ctx.bind(&FROB_PARTIAL, &[&u, x.buffer(), y.unwrap_or(x).buffer(), &partials])?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, norms.buffer()])?;
-        Ok(FrobeniusPlan {
-            partial,
-            finish,
-            chunks: chunks as u32,
-            batch: batch as u32,
-            _buffers: vec![u, partials],
-        })
+        Ok(FrobeniusPlan { partial, finish, chunks: chunks as u32, batch: batch as u32, _buffers: vec![u, partials] })
     }
 
     /// sqrt(Σ cosh(γ·x/(norms[z] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
     /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
-    pub fn cosh(
-        ctx: &Context,
-        x: &Tensor,
-        norms: &Tensor,
-        gamma: f32,
-        batch: usize,
-        out: &Tensor,
-    ) -> Result<Self> {
+    pub fn cosh(ctx: &Context, x: &Tensor, norms: &Tensor, gamma: f32, batch: usize, out: &Tensor) -> Result<Self> {
         let len = x.len() / batch.max(1);
         let chunks = len.div_ceil(CHUNK).max(1);
         let u = uniform(
@@ -142,19 +108,12 @@ impl FrobeniusPlan {
         let partials = ctx.storage_buffer("cosh partials", 8 * (chunks * batch) as u64)?;
         let partial = ctx.bind(&COSH_PARTIAL, &[&u, x.buffer(), &partials, norms.buffer()])?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, out.buffer()])?;
-        Ok(FrobeniusPlan {
-            partial,
-            finish,
-            chunks: chunks as u32,
-            batch: batch as u32,
-            _buffers: vec![u, partials],
-        })
+        Ok(FrobeniusPlan { partial, finish, chunks: chunks as u32, batch: batch as u32, _buffers: vec![u, partials] })
     }
 
     /// Records both passes; returns 2.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        self.partial
-            .record_3d(encoder, (self.chunks, self.batch, 1))
+        self.partial.record_3d(encoder, (self.chunks, self.batch, 1))
             + self.finish.record_3d(encoder, (self.batch, 1, 1))
     }
 }
@@ -203,11 +162,7 @@ impl ScaleCopyPlan {
         };
         let bound = ctx.bind(&SCALE_COPY, &[&u, x.buffer(), n, out.buffer()])?;
         let (gx, gy) = ctx.grid((len as u32).div_ceil(WORKGROUP_SIZE));
-        Ok(ScaleCopyPlan {
-            bound,
-            grid: (gx, gy, batch as u32),
-            _uniform: u,
-        })
+        Ok(ScaleCopyPlan { bound, grid: (gx, gy, batch as u32), _uniform: u })
     }
 
     /// Records the copy; returns 1.
@@ -246,58 +201,34 @@ pub struct Ns5Plan {
 
 impl Ns5Plan {
     /// Plans NS5 with `steps` steps and coefficients (a, b, c) for `g` of shape [m, n] or [b, m, n].
-    pub fn new(
-        ctx: &Context,
-        g: &Tensor,
-        steps: usize,
-        (ca, cb, cc): (f32, f32, f32),
-    ) -> Result<Self> {
+    pub fn new(ctx: &Context, g: &Tensor, steps: usize, (ca, cb, cc): (f32, f32, f32)) -> Result<Self> {
         let (b, m, n) = batch_shape(g.shape())?;
         if b == 0 || m == 0 || n == 0 {
-            return Err(Error::Invalid(format!(
-                "newton_schulz5 needs a non-empty input, got shape {:?}",
-                g.shape()
-            )));
+            return Err(Error::Invalid(format!("newton_schulz5 needs a non-empty input, got shape {:?}", g.shape())));
         }
         let transpose = m > n;
         let (r, c) = if transpose { (n, m) } else { (m, n) };
         let norms = Tensor::zeros(ctx, &[b])?;
         let norm = FrobeniusPlan::new(ctx, g, None, b, &norms)?;
-        let xs = [
-            Tensor::zeros(ctx, &[b, r, c])?,
-            Tensor::zeros(ctx, &[b, r, c])?,
-        ];
+        let xs = [Tensor::zeros(ctx, &[b, r, c])?, Tensor::zeros(ctx, &[b, r, c])?];
         let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
         let a_mat = Tensor::zeros(ctx, &[b, r, r])?;
         let b_mat = Tensor::zeros(ctx, &[b, r, r])?;
         // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
-        let gram_desc = GemmDesc {
-            batch: b,
-            ..GemmDesc::gram(r, c)
-        };
+        let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
         let gram = [
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
         ];
         let poly = GemmPlan::with_addend(
             ctx,
-            GemmDesc {
-                batch: b,
-                alpha: cc,
-                beta: cb,
-                ..GemmDesc::gram(r, r)
-            },
+            GemmDesc { batch: b, alpha: cc, beta: cb, ..GemmDesc::gram(r, r) },
             &a_mat,
             &a_mat,
             &b_mat,
             &a_mat,
         )?;
-        let up = GemmDesc {
-            batch: b,
-            alpha: 1.0,
-            beta: ca,
-            ..GemmDesc::new(r, c, r)
-        };
+        let up = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
         let update = [
             GemmPlan::with_addend(ctx, up, &b_mat, &xs[0], &xs[1], &xs[0])?,
             GemmPlan::with_addend(ctx, up, &b_mat, &xs[1], &xs[0], &xs[1])?,
@@ -305,10 +236,7 @@ impl Ns5Plan {
         let out = steps % 2;
         let (finish, result) = if transpose {
             let y = Tensor::zeros(ctx, g.shape())?;
-            (
-                Some(ScaleCopyPlan::new(ctx, &xs[out], None, &y, b, r, c, true)?),
-                Some(y),
-            )
+            (Some(ScaleCopyPlan::new(ctx, &xs[out], None, &y, b, r, c, true)?), Some(y))
         } else {
             (None, None)
         };
@@ -332,9 +260,7 @@ impl Ns5Plan {
         let mut n = self.norm.record(encoder) + self.normalize.record(encoder);
         for s in 0..self.steps {
             let i = s % 2;
-            n += self.gram[i].record(encoder)
-                + self.poly.record(encoder)
-                + self.update[i].record(encoder);
+            n += self.gram[i].record(encoder) + self.poly.record(encoder) + self.update[i].record(encoder);
         }
         if let Some(f) = &self.finish {
             n += f.record(encoder);
@@ -351,9 +277,7 @@ impl Ns5Plan {
 /// Runs NS5 on `g` ([m, n] or [b, m, n]) and returns the result with `g`'s shape.
 pub fn newton_schulz5(ctx: &Context, g: &Tensor, steps: usize) -> Result<Vec<f32>> {
     if steps >= 100 {
-        return Err(Error::Invalid(format!(
-            "newton_schulz5 steps = {steps}: at most 99 (torch.optim.Muon's bound)"
-        )));
+        return Err(Error::Invalid(format!("newton_schulz5 steps = {steps}: at most 99 (torch.optim.Muon's bound)")));
     }
     let plan = Ns5Plan::new(ctx, g, steps, NS5_COEFFICIENTS)?;
     let mut enc = ctx.encoder("newton_schulz5");
@@ -388,9 +312,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
         return Err(Error::Invalid("polar takes one [m, n] matrix".into()));
     }
     if m == 0 || n == 0 {
-        return Err(Error::Invalid(format!(
-            "polar needs a non-empty matrix, got {m}x{n}"
-        )));
+        return Err(Error::Invalid(format!("polar needs a non-empty matrix, got {m}x{n}")));
     }
     let transpose = m > n;
     let (r, c) = if transpose { (n, m) } else { (m, n) };
@@ -406,11 +328,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     let delta = Tensor::zeros(ctx, &[1])?;
     let normalize = ScaleCopyPlan::new(ctx, a, Some(&norms), &xs[0], 1, m, n, transpose)?;
     let gram_desc = GemmDesc::gram(r, c);
-    let step_desc = GemmDesc {
-        alpha: -0.5,
-        beta: 1.5,
-        ..GemmDesc::new(r, c, r)
-    };
+    let step_desc = GemmDesc { alpha: -0.5, beta: 1.5, ..GemmDesc::new(r, c, r) };
     let plans = [
         (
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &gram_out)?,
@@ -436,10 +354,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
         ctx.submit(enc);
         let d = delta.to_vec(ctx)?[0];
         if !d.is_finite() {
-            return Err(Error::Invalid(format!(
-                "polar diverged at iteration {}",
-                k + 1
-            )));
+            return Err(Error::Invalid(format!("polar diverged at iteration {}", k + 1)));
         }
         if polar_converged(d, previous, r) {
             let x = &xs[(k + 1) % 2];
@@ -452,11 +367,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
             } else {
                 x.to_vec(ctx)?
             };
-            return Ok(Polar {
-                q,
-                iters: k + 1,
-                last_change: d,
-            });
+            return Ok(Polar { q, iters: k + 1, last_change: d });
         }
         previous = d;
     }

@@ -124,40 +124,21 @@ pub enum Algorithm {
 }
 
 /// The replay names of every elementwise optimizer.
-pub const NAMES: &[&str] = &[
-    "sgd",
-    "signsgd",
-    "signum",
-    "lion",
-    "ano",
-    "anolog",
-    "adamw",
-    "adabound",
-    "adamomentum",
-    "ademamix",
-    "mars",
-];
+pub const NAMES: &[&str] =
+    &["sgd", "signsgd", "signum", "lion", "ano", "anolog", "adamw", "adabound", "adamomentum", "ademamix", "mars"];
 
 fn check_finite(name: &str, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
     } else {
-        Err(Error::Hyperparameter {
-            name: name.into(),
-            value: v,
-            reason: "must be finite".into(),
-        })
+        Err(Error::Hyperparameter { name: name.into(), value: v, reason: "must be finite".into() })
     }
 }
 
 fn check_nonneg(name: &str, v: f64) -> Result<()> {
     check_finite(name, v)?;
     if v < 0.0 {
-        return Err(Error::Hyperparameter {
-            name: name.into(),
-            value: v,
-            reason: "must be >= 0".into(),
-        });
+        return Err(Error::Hyperparameter { name: name.into(), value: v, reason: "must be >= 0".into() });
     }
     Ok(())
 }
@@ -165,11 +146,7 @@ fn check_nonneg(name: &str, v: f64) -> Result<()> {
 fn check_positive(name: &str, v: f64) -> Result<()> {
     check_finite(name, v)?;
     if v <= 0.0 {
-        return Err(Error::Hyperparameter {
-            name: name.into(),
-            value: v,
-            reason: "must be > 0".into(),
-        });
+        return Err(Error::Hyperparameter { name: name.into(), value: v, reason: "must be > 0".into() });
     }
     Ok(())
 }
@@ -177,11 +154,7 @@ fn check_positive(name: &str, v: f64) -> Result<()> {
 fn check_beta(name: &str, v: f64, lo: f64) -> Result<()> {
     check_finite(name, v)?;
     if !(lo..1.0).contains(&v) {
-        return Err(Error::Hyperparameter {
-            name: name.into(),
-            value: v,
-            reason: format!("must lie in [{lo}, 1)"),
-        });
+        return Err(Error::Hyperparameter { name: name.into(), value: v, reason: format!("must lie in [{lo}, 1)") });
     }
     Ok(())
 }
@@ -245,11 +218,7 @@ impl Algorithm {
     /// omitted ones take the reference defaults, unknown keys are ignored), and validates it.
     pub fn from_name(name: &str, hyper: &serde_json::Value) -> Result<Self> {
         fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T> {
-            let v = if v.is_null() {
-                serde_json::json!({})
-            } else {
-                v.clone()
-            };
+            let v = if v.is_null() { serde_json::json!({}) } else { v.clone() };
             serde_json::from_value(v).map_err(|e| Error::Invalid(format!("hyperparameters: {e}")))
         }
         let a = match name {
@@ -264,12 +233,7 @@ impl Algorithm {
             "adamomentum" => Algorithm::AdaMomentum(parse(hyper)?),
             "ademamix" => Algorithm::AdEMAMix(parse(hyper)?),
             "mars" => Algorithm::Mars(parse(hyper)?),
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unknown optimizer {other:?} (known: {})",
-                    NAMES.join(", ")
-                )))
-            }
+            other => return Err(Error::Invalid(format!("unknown optimizer {other:?} (known: {})", NAMES.join(", ")))),
         };
         a.validate()?;
         Ok(a)
@@ -317,9 +281,7 @@ impl Algorithm {
                 check_beta("momentum", c.momentum, 0.0)?;
                 check_finite("dampening", c.dampening)?;
                 if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
-                    return Err(Error::Invalid(
-                        "nesterov needs momentum > 0 and dampening = 0".into(),
-                    ));
+                    return Err(Error::Invalid("nesterov needs momentum > 0 and dampening = 0".into()));
                 }
             }
             Algorithm::SignSgd(_) => {}
@@ -381,9 +343,7 @@ impl Algorithm {
             Algorithm::Sgd(c) if c.momentum != 0.0 => &[("momentum_buffer", 5)],
             Algorithm::Sgd(_) | Algorithm::SignSgd(_) => &[],
             Algorithm::Signum(_) | Algorithm::Lion(_) => &[("m", 5)],
-            Algorithm::Ano(_) | Algorithm::Anolog(_) | Algorithm::AdaMomentum(_) => {
-                &[("m", 5), ("v", 6)]
-            }
+            Algorithm::Ano(_) | Algorithm::Anolog(_) | Algorithm::AdaMomentum(_) => &[("m", 5), ("v", 6)],
             Algorithm::AdamW(c) if c.amsgrad => &[("m", 5), ("v", 6), ("v_max", 7)],
             Algorithm::AdaBound(c) if c.amsbound => &[("m", 5), ("v", 6), ("v_max", 7)],
             Algorithm::AdamW(_) | Algorithm::AdaBound(_) => &[("m", 5), ("v", 6)],
@@ -437,11 +397,7 @@ impl Algorithm {
         let tf = t as f64;
         let bc = |b: f64| 1.0 - b.powf(tf);
         let dwb = f(1.0 - lr * wd);
-        let mut h = Hyper {
-            lr: f(lr),
-            decay: 1.0,
-            ..Hyper::default()
-        };
+        let mut h = Hyper { lr: f(lr), decay: 1.0, ..Hyper::default() };
         let betas = |h: &mut Hyper, b1: f64, b2: f64| {
             h.beta1 = f(b1);
             h.omb1 = f(1.0 - b1);
@@ -513,11 +469,7 @@ impl Algorithm {
                 let b3 = ademamix_beta3(t, c.beta1, c.beta3, c.t_beta3.unwrap_or(c.t_alpha_beta3));
                 h.c[0] = f(b3);
                 h.c[1] = f(1.0 - b3);
-                h.c[2] = f(ademamix_alpha(
-                    t,
-                    c.alpha,
-                    c.t_alpha.unwrap_or(c.t_alpha_beta3),
-                ));
+                h.c[2] = f(ademamix_alpha(t, c.alpha, c.t_alpha.unwrap_or(c.t_alpha_beta3)));
                 h.c[3] = f(bc(c.beta1));
                 h.c[4] = f(bc(c.beta2).sqrt());
                 h.c[5] = f(wd);
@@ -552,13 +504,7 @@ mod tests {
     #[test]
     fn anolog_beta1_matches_the_tabulated_values() {
         // ALGORITHMS.md (4.7.1): t = 1, 2: -0.44270; t = 3: 0.08976; t = 4: 0.27865; t = 5: 0.37867
-        for (t, want) in [
-            (1, -0.44270),
-            (2, -0.44270),
-            (3, 0.08976),
-            (4, 0.27865),
-            (5, 0.37867),
-        ] {
+        for (t, want) in [(1, -0.44270), (2, -0.44270), (3, 0.08976), (4, 0.27865), (5, 0.37867)] {
             assert!((anolog_beta1(t).0 - want).abs() < 1e-5, "t = {t}");
         }
     }
@@ -566,13 +512,7 @@ mod tests {
     #[test]
     fn ademamix_beta3_warmup_matches_the_tabulated_values() {
         // ALGORITHMS.md §8.5 example: T = 100, beta1 = 0.9, beta3 = 0.9999
-        for (t, want) in [
-            (1, 0.99090),
-            (10, 0.99901),
-            (50, 0.99980),
-            (100, 0.9999),
-            (150, 0.9999),
-        ] {
+        for (t, want) in [(1, 0.99090), (10, 0.99901), (50, 0.99980), (100, 0.9999), (150, 0.9999)] {
             let b = ademamix_beta3(t, 0.9, 0.9999, 100.0);
             assert!((b - want).abs() < 1e-5, "t = {t}: {b}");
         }
@@ -582,15 +522,8 @@ mod tests {
 
     #[test]
     fn from_name_takes_reference_defaults_and_rejects_bad_values() {
-        let a =
-            Algorithm::from_name("adamw", &serde_json::json!({"lr": 0.5, "unknown": 1})).unwrap();
-        assert_eq!(
-            a,
-            Algorithm::AdamW(AdamW {
-                lr: 0.5,
-                ..AdamW::default()
-            })
-        );
+        let a = Algorithm::from_name("adamw", &serde_json::json!({"lr": 0.5, "unknown": 1})).unwrap();
+        assert_eq!(a, Algorithm::AdamW(AdamW { lr: 0.5, ..AdamW::default() }));
         assert_eq!(AdamW::default().weight_decay, 0.01);
         assert_eq!(Lion::default().lr, 1e-4);
         assert!(Algorithm::from_name("lion", &serde_json::json!({"beta1": 1.5})).is_err());

@@ -5,10 +5,7 @@
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
-use super::{
-    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
-    Stepper,
-};
+use super::{check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
@@ -17,11 +14,8 @@ use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// AuON's update pass.
-pub const AUON_APPLY: KernelSpec = KernelSpec {
-    module: "auon",
-    entry: "auon_apply",
-    bindings: &[(0, U), (1, R), (2, R), (3, R), (4, W)],
-};
+pub const AUON_APPLY: KernelSpec =
+    KernelSpec { module: "auon", entry: "auon_apply", bindings: &[(0, U), (1, R), (2, R), (3, R), (4, W)] };
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[AUON_APPLY];
 
@@ -147,11 +141,7 @@ pub struct AuonBuilder {
 impl AuonBuilder {
     /// AuON (`hybrid` false) or Hybrid-AuON (`hybrid` true).
     pub fn new(config: AuonConfig, hybrid: bool) -> Self {
-        AuonBuilder {
-            config,
-            hybrid,
-            params: Vec::new(),
-        }
+        AuonBuilder { config, hybrid, params: Vec::new() }
     }
 
     /// Adds a parameter (matrices: shape[0] × rest for NS5).
@@ -167,14 +157,7 @@ impl AuonBuilder {
         if self.params.iter().any(|(p, _)| p.name == name) {
             return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
         }
-        self.params.push((
-            ParamMeta {
-                name: name.into(),
-                shape: shape.to_vec(),
-                group: 0,
-            },
-            data.to_vec(),
-        ));
+        self.params.push((ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 }, data.to_vec()));
         Ok(ParamId(self.params.len() - 1))
     }
 
@@ -231,11 +214,7 @@ impl AuonOptimizer {
                 chains.push(None);
                 continue;
             }
-            let shape = if meta.shape.len() >= 2 {
-                vec![meta.shape[0], len / meta.shape[0]]
-            } else {
-                vec![len]
-            };
+            let shape = if meta.shape.len() >= 2 { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
             let p = Tensor::from_slice(ctx, data, &shape)?;
             let g = Tensor::zeros(ctx, &shape)?;
             let m = Tensor::zeros(ctx, &shape)?;
@@ -253,16 +232,7 @@ impl AuonOptimizer {
             let cosh_t = Tensor::zeros(ctx, &[1])?;
             let frob = FrobeniusPlan::new(ctx, v, None, 1, &norm_t)?;
             let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, 1, &cosh_t)?;
-            let apply = ctx.bind(
-                &AUON_APPLY,
-                &[
-                    &au,
-                    v.buffer(),
-                    norm_t.buffer(),
-                    cosh_t.buffer(),
-                    p.buffer(),
-                ],
-            )?;
+            let apply = ctx.bind(&AUON_APPLY, &[&au, v.buffer(), norm_t.buffer(), cosh_t.buffer(), p.buffer()])?;
             chains.push(Some(Chain {
                 len,
                 p,
@@ -298,17 +268,10 @@ impl AuonOptimizer {
     }
 
     fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
-        let meta = self
-            .params
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        let meta = self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
         if let Some(len) = len {
             if len != meta.len() {
-                return Err(Error::Shape {
-                    what: meta.name.clone(),
-                    expected: meta.shape.clone(),
-                    got: vec![len],
-                });
+                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
             }
         }
         Ok(self.chains[id.0].as_ref())
@@ -321,16 +284,8 @@ impl Stepper for AuonOptimizer {
         self.ctx.scoped("auon step", || {
             for c in self.chains.iter().flatten() {
                 let q = self.ctx.queue();
-                q.write_buffer(
-                    &c.uniforms[0],
-                    0,
-                    bytemuck::bytes_of(&self.config.momentum_params(c.len)),
-                );
-                q.write_buffer(
-                    &c.uniforms[1],
-                    0,
-                    bytemuck::bytes_of(&self.config.apply_params(c.len)),
-                );
+                q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(c.len)));
+                q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len)));
                 let wg = (c.len as u32).div_ceil(WORKGROUP_SIZE);
                 c.momentum.record(&self.ctx, &mut enc, wg);
                 if let Some(ns) = &c.ns {
@@ -386,37 +341,17 @@ impl Stepper for AuonOptimizer {
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        update_config(
-            &mut self.config,
-            group,
-            |c| c.weight_decay = wd,
-            AuonConfig::validate,
-        )
+        update_config(&mut self.config, group, |c| c.weight_decay = wd, AuonConfig::validate)
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
         let n = self.params.len();
-        let values = (0..n)
-            .map(|i| self.read_param(ParamId(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let values = (0..n).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
         let states = (0..n)
-            .map(|i| {
-                Ok(vec![(
-                    "momentum_buffer".to_string(),
-                    self.read_state(ParamId(i), "momentum_buffer")?,
-                )])
-            })
+            .map(|i| Ok(vec![("momentum_buffer".to_string(), self.read_state(ParamId(i), "momentum_buffer")?)]))
             .collect::<Result<Vec<_>>>()?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot(
-            self.name(),
-            &self.config,
-            lr_wd,
-            self.t,
-            &self.params,
-            values,
-            states,
-        ))
+        Ok(config_snapshot(self.name(), &self.config, lr_wd, self.t, &self.params, values, states))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {

@@ -37,25 +37,15 @@ pub struct Snapshot {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn mismatch(reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: PathBuf::from("<snapshot>"),
-        reason: reason.into(),
-    }
+    Error::Checkpoint { path: PathBuf::from("<snapshot>"), reason: reason.into() }
 }
 
 impl Snapshot {
-    pub(crate) fn from_core(
-        core: &Core,
-        values: Vec<Vec<f32>>,
-        states: Vec<Vec<Vec<f32>>>,
-    ) -> Self {
+    pub(crate) fn from_core(core: &Core, values: Vec<Vec<f32>>, states: Vec<Vec<Vec<f32>>>) -> Self {
         let names = core.algorithm.states();
         Snapshot {
             algorithm: core.algorithm.name().to_string(),
@@ -65,24 +55,15 @@ impl Snapshot {
             groups: core.groups.clone(),
             params: core.params.clone(),
             values,
-            states: states
-                .into_iter()
-                .map(|s| names.iter().map(|(n, _)| n.to_string()).zip(s).collect())
-                .collect(),
+            states: states.into_iter().map(|s| names.iter().map(|(n, _)| n.to_string()).zip(s).collect()).collect(),
         }
     }
 
     /// The state tensors of parameter `i` in `names` order, or an error naming what is missing.
     pub(crate) fn states_of(&self, i: usize, names: &[&str]) -> Result<Vec<&Vec<f32>>> {
-        let s = self
-            .states
-            .get(i)
-            .ok_or_else(|| mismatch(format!("no state for parameter {i}")))?;
+        let s = self.states.get(i).ok_or_else(|| mismatch(format!("no state for parameter {i}")))?;
         if s.len() != names.len() {
-            return Err(mismatch(format!(
-                "parameter {i} has {} state tensors, expected {names:?}",
-                s.len()
-            )));
+            return Err(mismatch(format!("parameter {i} has {} state tensors, expected {names:?}", s.len())));
         }
         names
             .iter()
@@ -98,20 +79,14 @@ impl Snapshot {
     /// Checks the parts every optimizer shares: algorithm name, parameters, value sizes.
     pub(crate) fn check_common(&self, algorithm: &str, params: &[ParamMeta]) -> Result<()> {
         if self.algorithm != algorithm {
-            return Err(mismatch(format!(
-                "optimizer is {}, this one is {algorithm}",
-                self.algorithm
-            )));
+            return Err(mismatch(format!("optimizer is {}, this one is {algorithm}", self.algorithm)));
         }
         if self.params != params {
             return Err(mismatch("parameters (names, shapes or groups) differ"));
         }
         for (i, p) in self.params.iter().enumerate() {
             if self.values.get(i).is_none_or(|v| v.len() != p.len()) {
-                return Err(mismatch(format!(
-                    "tensor sizes of {} do not match its shape",
-                    p.name
-                )));
+                return Err(mismatch(format!("tensor sizes of {} do not match its shape", p.name)));
             }
         }
         Ok(())
@@ -124,28 +99,15 @@ impl Snapshot {
         self.check_common(core.algorithm.name(), &core.params)?;
         let algorithm = Algorithm::from_name(&self.algorithm, &self.hyper)?;
         if algorithm.states() != core.algorithm.states() {
-            return Err(mismatch(
-                "state tensors differ (e.g. amsgrad or variant changed)",
-            ));
+            return Err(mismatch("state tensors differ (e.g. amsgrad or variant changed)"));
         }
         if self.groups.len() != core.groups.len() {
-            return Err(mismatch(format!(
-                "{} groups, this optimizer has {}",
-                self.groups.len(),
-                core.groups.len()
-            )));
+            return Err(mismatch(format!("{} groups, this optimizer has {}", self.groups.len(), core.groups.len())));
         }
         let names: Vec<&str> = algorithm.states().iter().map(|(n, _)| *n).collect();
         for (i, p) in self.params.iter().enumerate() {
-            if self
-                .states_of(i, &names)?
-                .iter()
-                .any(|t| t.len() != p.len())
-            {
-                return Err(mismatch(format!(
-                    "state sizes of {} do not match its shape",
-                    p.name
-                )));
+            if self.states_of(i, &names)?.iter().any(|t| t.len() != p.len()) {
+                return Err(mismatch(format!("state sizes of {} do not match its shape", p.name)));
             }
         }
         Ok(algorithm)
@@ -172,11 +134,7 @@ impl Snapshot {
         for (i, p) in self.params.iter().enumerate() {
             tensors.push((format!("param/{i}"), &self.values[i], p.shape.clone()));
             for (name, data) in &self.states[i] {
-                let shape = if data.len() == p.len() {
-                    p.shape.clone()
-                } else {
-                    vec![data.len()]
-                };
+                let shape = if data.len() == p.len() { p.shape.clone() } else { vec![data.len()] };
                 tensors.push((format!("state/{i}/{name}"), data, shape));
             }
         }
@@ -185,51 +143,33 @@ impl Snapshot {
         for (_, data, _) in &tensors {
             crc.update(bytemuck::cast_slice(data));
         }
-        let groups: Vec<[f64; 3]> = self
-            .groups
-            .iter()
-            .map(|g| [g.lr, g.weight_decay, g.base_lr])
-            .collect();
+        let groups: Vec<[f64; 3]> = self.groups.iter().map(|g| [g.lr, g.weight_decay, g.base_lr]).collect();
         let params: Vec<serde_json::Value> = self
             .params
             .iter()
             .map(|p| serde_json::json!({"name": p.name, "shape": p.shape, "group": p.group}))
             .collect();
-        let state_names: Vec<Vec<&str>> = self
-            .states
-            .iter()
-            .map(|s| s.iter().map(|(n, _)| n.as_str()).collect())
-            .collect();
+        let state_names: Vec<Vec<&str>> =
+            self.states.iter().map(|s| s.iter().map(|(n, _)| n.as_str()).collect()).collect();
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("optimizer".to_string(), self.algorithm.clone()),
             ("hyper".to_string(), self.hyper.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("skipped".to_string(), self.skipped.to_string()),
-            (
-                "groups".to_string(),
-                serde_json::to_string(&groups).expect("json"),
-            ),
-            (
-                "params".to_string(),
-                serde_json::Value::Array(params).to_string(),
-            ),
-            (
-                "state_names".to_string(),
-                serde_json::to_string(&state_names).expect("json"),
-            ),
+            ("groups".to_string(), serde_json::to_string(&groups).expect("json")),
+            ("params".to_string(), serde_json::Value::Array(params).to_string()),
+            ("state_names".to_string(), serde_json::to_string(&state_names).expect("json")),
             ("crc32".to_string(), crc.finalize().to_string()),
         ]);
         let views = tensors
             .iter()
             .map(|(name, data, shape)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                    .map(|v| (name.clone(), v))
+                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data)).map(|v| (name.clone(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| bad(path, e.to_string()))?;
-        let bytes =
-            safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
         write_atomically(path, &bytes)
     }
 
@@ -237,21 +177,12 @@ impl Snapshot {
     /// checked by that optimizer's `restore`).
     pub fn load(path: &Path) -> Result<Snapshot> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
-        let meta = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| bad(path, "no gpuopt metadata"))?;
-        let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| bad(path, format!("metadata lacks {k:?}")))
-        };
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let meta = header.metadata().clone().ok_or_else(|| bad(path, "no gpuopt metadata"))?;
+        let get = |k: &str| meta.get(k).ok_or_else(|| bad(path, format!("metadata lacks {k:?}")));
         if get("format")? != FORMAT {
-            return Err(bad(
-                path,
-                format!("format {:?}, expected {FORMAT}", get("format")?),
-            ));
+            return Err(bad(path, format!("format {:?}, expected {FORMAT}", get("format")?)));
         }
         let parse_json = |k: &str| -> Result<serde_json::Value> {
             serde_json::from_str(get(k)?).map_err(|e| bad(path, format!("metadata {k}: {e}")))
@@ -259,55 +190,33 @@ impl Snapshot {
         let algorithm = get("optimizer")?.clone();
         let hyper = parse_json("hyper")?;
         let step: u64 = get("step")?.parse().map_err(|_| bad(path, "bad step"))?;
-        let skipped: u64 = get("skipped")?
-            .parse()
-            .map_err(|_| bad(path, "bad skipped"))?;
-        let groups: Vec<[f64; 3]> = serde_json::from_value(parse_json("groups")?)
-            .map_err(|e| bad(path, format!("groups: {e}")))?;
-        let groups = groups
-            .into_iter()
-            .map(|[lr, weight_decay, base_lr]| GroupState {
-                lr,
-                weight_decay,
-                base_lr,
-            })
-            .collect();
+        let skipped: u64 = get("skipped")?.parse().map_err(|_| bad(path, "bad skipped"))?;
+        let groups: Vec<[f64; 3]> =
+            serde_json::from_value(parse_json("groups")?).map_err(|e| bad(path, format!("groups: {e}")))?;
+        let groups =
+            groups.into_iter().map(|[lr, weight_decay, base_lr]| GroupState { lr, weight_decay, base_lr }).collect();
         #[derive(serde::Deserialize)]
         struct P {
             name: String,
             shape: Vec<usize>,
             group: usize,
         }
-        let ps: Vec<P> = serde_json::from_value(parse_json("params")?)
-            .map_err(|e| bad(path, format!("params: {e}")))?;
-        let params: Vec<ParamMeta> = ps
-            .into_iter()
-            .map(|p| ParamMeta {
-                name: p.name,
-                shape: p.shape,
-                group: p.group,
-            })
-            .collect();
-        let state_names: Vec<Vec<String>> = serde_json::from_value(parse_json("state_names")?)
-            .map_err(|e| bad(path, format!("state_names: {e}")))?;
+        let ps: Vec<P> =
+            serde_json::from_value(parse_json("params")?).map_err(|e| bad(path, format!("params: {e}")))?;
+        let params: Vec<ParamMeta> =
+            ps.into_iter().map(|p| ParamMeta { name: p.name, shape: p.shape, group: p.group }).collect();
+        let state_names: Vec<Vec<String>> =
+            serde_json::from_value(parse_json("state_names")?).map_err(|e| bad(path, format!("state_names: {e}")))?;
         if state_names.len() != params.len() {
             return Err(bad(path, "state_names does not match params"));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
         let read = |name: &str| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| bad(path, format!("{name}: {e}")))?;
+            let t = st.tensor(name).map_err(|e| bad(path, format!("{name}: {e}")))?;
             if t.dtype() != Dtype::F32 {
-                return Err(bad(
-                    path,
-                    format!("{name}: expected f32, found {:?}", t.dtype()),
-                ));
+                return Err(bad(path, format!("{name}: expected f32, found {:?}", t.dtype())));
             }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         };
         let mut values = Vec::new();
         let mut states = Vec::new();
@@ -316,10 +225,7 @@ impl Snapshot {
             let key = format!("param/{i}");
             let v = read(&key)?;
             if v.len() != p.len() {
-                return Err(bad(
-                    path,
-                    format!("{key}: {} values for shape {:?}", v.len(), p.shape),
-                ));
+                return Err(bad(path, format!("{key}: {} values for shape {:?}", v.len(), p.shape)));
             }
             named.push((key, v.clone()));
             values.push(v);
@@ -340,32 +246,14 @@ impl Snapshot {
         if get("crc32")? != &crc.finalize().to_string() {
             return Err(bad(path, "checksum mismatch: the file is corrupt"));
         }
-        Ok(Snapshot {
-            algorithm,
-            hyper,
-            step,
-            skipped,
-            groups,
-            params,
-            values,
-            states,
-        })
+        Ok(Snapshot { algorithm, hyper, step, skipped, groups, params, values, states })
     }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| bad(path, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| bad(path, "not a file path"))?;
+    let tmp = dir.join(format!(".{}.tmp.{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

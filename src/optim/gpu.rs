@@ -59,13 +59,7 @@ impl std::fmt::Debug for Optimizer {
 }
 
 impl Segment {
-    fn new(
-        ctx: &Context,
-        core: &Core,
-        layout: ArenaLayout,
-        hyper: &wgpu::Buffer,
-        skip: &wgpu::Buffer,
-    ) -> Result<Self> {
+    fn new(ctx: &Context, core: &Core, layout: ArenaLayout, hyper: &wgpu::Buffer, skip: &wgpu::Buffer) -> Result<Self> {
         let bytes = 4 * layout.total as u64;
         let params = ctx.storage_buffer("parameter arena", bytes)?;
         let grads = ctx.storage_buffer("gradient arena", bytes)?;
@@ -73,41 +67,23 @@ impl Segment {
         for (name, _) in core.algorithm.states() {
             states.push(ctx.storage_buffer(&format!("state arena {name}"), bytes)?);
         }
-        let mut seg = Segment {
-            layout,
-            params,
-            grads,
-            states,
-            update: None,
-            check: None,
-            norms: None,
-        };
+        let mut seg = Segment { layout, params, grads, states, update: None, check: None, norms: None };
         if seg.layout.blocks.is_empty() {
             return Ok(seg);
         }
         let blocks = ctx.storage_buffer("block table", 16 * seg.layout.blocks.len() as u64)?;
-        ctx.queue()
-            .write_buffer(&blocks, 0, bytemuck::cast_slice(&seg.layout.blocks));
+        ctx.queue().write_buffer(&blocks, 0, bytemuck::cast_slice(&seg.layout.blocks));
         let mut norm_buf = None;
         if core.algorithm.needs_norm() {
             let n_tensors = seg.layout.tensor_blocks.len();
             let norms = ctx.storage_buffer("per-tensor norms", 4 * n_tensors as u64)?;
-            let partials =
-                ctx.storage_buffer("norm partials", 8 * seg.layout.blocks.len() as u64)?;
+            let partials = ctx.storage_buffer("norm partials", 8 * seg.layout.blocks.len() as u64)?;
             let table = ctx.storage_buffer("tensor table", 8 * n_tensors as u64)?;
-            ctx.queue()
-                .write_buffer(&table, 0, bytemuck::cast_slice(&seg.layout.tensor_blocks));
+            ctx.queue().write_buffer(&table, 0, bytemuck::cast_slice(&seg.layout.tensor_blocks));
             let g_prev = &seg.states[core.state_index("g_prev")?];
-            let partial = ctx.bind(
-                &MARS_PARTIAL,
-                &[hyper, &blocks, &seg.grads, g_prev, &partials],
-            )?;
+            let partial = ctx.bind(&MARS_PARTIAL, &[hyper, &blocks, &seg.grads, g_prev, &partials])?;
             let norm = ctx.bind(&MARS_NORM, &[&norms, &partials, &table])?;
-            seg.norms = Some(NormPasses {
-                partial,
-                norm,
-                tensors: n_tensors as u32,
-            });
+            seg.norms = Some(NormPasses { partial, norm, tensors: n_tensors as u32 });
             norm_buf = Some(norms);
         }
         let mut buffers: Vec<&wgpu::Buffer> = vec![hyper, &blocks, skip, &seg.params, &seg.grads];
@@ -143,16 +119,8 @@ impl Optimizer {
             }
             segments.push(Segment::new(ctx, &core, layout, &hyper, &skip)?);
         }
-        let mut opt = Optimizer {
-            ctx: ctx.clone(),
-            core,
-            segments,
-            location,
-            hyper,
-            skip,
-            pending: None,
-            dispatches: 0,
-        };
+        let mut opt =
+            Optimizer { ctx: ctx.clone(), core, segments, location, hyper, skip, pending: None, dispatches: 0 };
         // New buffers are zeroed by wgpu; upload the initial parameters.
         for (i, data) in b.init.iter().enumerate() {
             opt.write_param(ParamId(i), data)?;
@@ -183,21 +151,13 @@ impl Optimizer {
     /// A parameter inside its parameter arena, for the user's own kernels.
     pub fn param_view(&self, id: ParamId) -> Result<TensorView<'_>> {
         let (seg, off, p) = self.locate(id)?;
-        Ok(TensorView {
-            buffer: &seg.params,
-            offset: off,
-            shape: &p.shape,
-        })
+        Ok(TensorView { buffer: &seg.params, offset: off, shape: &p.shape })
     }
 
     /// A gradient inside its gradient arena: write it from the user's own kernels before `step`.
     pub fn grad_view(&self, id: ParamId) -> Result<TensorView<'_>> {
         let (seg, off, p) = self.locate(id)?;
-        Ok(TensorView {
-            buffer: &seg.grads,
-            offset: off,
-            shape: &p.shape,
-        })
+        Ok(TensorView { buffer: &seg.grads, offset: off, shape: &p.shape })
     }
 
     /// (segment, byte offset, metadata) of a parameter.
@@ -233,11 +193,7 @@ impl Optimizer {
         }
         for seg in &self.segments {
             if let Some(check) = &seg.check {
-                n += check.record(
-                    &self.ctx,
-                    encoder,
-                    (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE),
-                );
+                n += check.record(&self.ctx, encoder, (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE));
             }
         }
         for seg in &self.segments {
@@ -257,16 +213,10 @@ impl Optimizer {
     #[doc(hidden)]
     pub fn write_hyper(&self, t: u64) {
         let h = self.core.hypers(t);
-        self.ctx
-            .queue()
-            .write_buffer(&self.hyper, 0, bytemuck::bytes_of(&h));
+        self.ctx.queue().write_buffer(&self.hyper, 0, bytemuck::bytes_of(&h));
     }
 
-    fn read_arena(
-        &self,
-        id: ParamId,
-        which: impl Fn(&Segment) -> &wgpu::Buffer,
-    ) -> Result<Vec<f32>> {
+    fn read_arena(&self, id: ParamId, which: impl Fn(&Segment) -> &wgpu::Buffer) -> Result<Vec<f32>> {
         let (seg, off, p) = self.locate(id)?;
         self.ctx.read_f32(which(seg), off, p.len())
     }
@@ -281,9 +231,7 @@ impl Optimizer {
         self.core.check_len(id, data.len(), what)?;
         let (seg, off, _) = self.locate(id)?;
         if !data.is_empty() {
-            self.ctx
-                .queue()
-                .write_buffer(which(seg), off, bytemuck::cast_slice(data));
+            self.ctx.queue().write_buffer(which(seg), off, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -362,11 +310,7 @@ impl Stepper for Optimizer {
         let mut states = Vec::with_capacity(n);
         for i in 0..n {
             values.push(self.read_arena(ParamId(i), |s| &s.params)?);
-            states.push(
-                (0..n_states)
-                    .map(|k| self.read_arena(ParamId(i), |s| &s.states[k]))
-                    .collect::<Result<_>>()?,
-            );
+            states.push((0..n_states).map(|k| self.read_arena(ParamId(i), |s| &s.states[k])).collect::<Result<_>>()?);
         }
         Ok(Snapshot::from_core(&self.core, values, states))
     }

@@ -25,8 +25,7 @@ pub mod muon;
 pub mod reg;
 
 pub use algorithm::{
-    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd,
-    Signum,
+    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd, Signum,
 };
 pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
@@ -107,11 +106,7 @@ impl OptimizerBuilder {
         let (lr, wd) = algorithm.lr_wd();
         OptimizerBuilder {
             algorithm,
-            groups: vec![GroupState {
-                lr,
-                weight_decay: wd,
-                base_lr: lr,
-            }],
+            groups: vec![GroupState { lr, weight_decay: wd, base_lr: lr }],
             params: Vec::new(),
             init: Vec::new(),
             guard: false,
@@ -126,30 +121,18 @@ impl OptimizerBuilder {
     /// Adds a parameter group with overrides (at most 16 groups in all).
     pub fn group(&mut self, opts: GroupOptions) -> Result<GroupId> {
         if self.groups.len() >= MAX_GROUPS {
-            return Err(Error::Invalid(format!(
-                "at most {MAX_GROUPS} parameter groups"
-            )));
+            return Err(Error::Invalid(format!("at most {MAX_GROUPS} parameter groups")));
         }
         let (lr0, wd0) = self.algorithm.lr_wd();
         let lr = opts.lr.unwrap_or(lr0);
         let wd = opts.weight_decay.unwrap_or(wd0);
         algorithm::check_lr_wd(lr, wd)?;
-        self.groups.push(GroupState {
-            lr,
-            weight_decay: wd,
-            base_lr: lr,
-        });
+        self.groups.push(GroupState { lr, weight_decay: wd, base_lr: lr });
         Ok(GroupId(self.groups.len() - 1))
     }
 
     /// Adds a parameter with its initial values (row-major `data` of `shape`).
-    pub fn param(
-        &mut self,
-        name: &str,
-        data: &[f32],
-        shape: &[usize],
-        group: GroupId,
-    ) -> Result<ParamId> {
+    pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize], group: GroupId) -> Result<ParamId> {
         let len: usize = shape.iter().product();
         if len != data.len() {
             return Err(Error::Shape {
@@ -159,30 +142,18 @@ impl OptimizerBuilder {
             });
         }
         if group.0 >= self.groups.len() {
-            return Err(Error::Invalid(format!(
-                "parameter {name}: no group {}",
-                group.0
-            )));
+            return Err(Error::Invalid(format!("parameter {name}: no group {}", group.0)));
         }
         if self.params.iter().any(|p| p.name == name) {
             return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
         }
-        self.params.push(ParamMeta {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            group: group.0,
-        });
+        self.params.push(ParamMeta { name: name.to_string(), shape: shape.to_vec(), group: group.0 });
         self.init.push(data.to_vec());
         Ok(ParamId(self.params.len() - 1))
     }
 
     /// Adds a parameter from an ndarray.
-    pub fn param_array(
-        &mut self,
-        name: &str,
-        a: ndarray::ArrayViewD<'_, f32>,
-        group: GroupId,
-    ) -> Result<ParamId> {
+    pub fn param_array(&mut self, name: &str, a: ndarray::ArrayViewD<'_, f32>, group: GroupId) -> Result<ParamId> {
         let data: Vec<f32> = a.iter().copied().collect();
         self.param(name, &data, a.shape(), group)
     }
@@ -234,9 +205,7 @@ impl Core {
 
     /// Per-group scalars for step `t`.
     pub fn hypers(&self, t: u64) -> Hypers {
-        let mut h = Hypers {
-            g: [Hyper::default(); MAX_GROUPS],
-        };
+        let mut h = Hypers { g: [Hyper::default(); MAX_GROUPS] };
         for (slot, g) in h.g.iter_mut().zip(&self.groups) {
             *slot = self.algorithm.hyper(t, g.lr, g.weight_decay, g.base_lr);
         }
@@ -244,9 +213,7 @@ impl Core {
     }
 
     pub fn param(&self, id: ParamId) -> Result<&ParamMeta> {
-        self.params
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
+        self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
     }
 
     pub fn check_len(&self, id: ParamId, len: usize, what: &str) -> Result<&ParamMeta> {
@@ -266,27 +233,19 @@ impl Core {
             .states()
             .iter()
             .position(|(n, _)| *n == name)
-            .ok_or_else(|| {
-                Error::Invalid(format!("{} has no state {name:?}", self.algorithm.name()))
-            })
+            .ok_or_else(|| Error::Invalid(format!("{} has no state {name:?}", self.algorithm.name())))
     }
 
     pub fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         algorithm::check_lr_wd(lr, 0.0)?;
-        let g = self
-            .groups
-            .get_mut(group.0)
-            .ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
+        let g = self.groups.get_mut(group.0).ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
         g.lr = lr;
         Ok(())
     }
 
     pub fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
         algorithm::check_lr_wd(0.0, wd)?;
-        let g = self
-            .groups
-            .get_mut(group.0)
-            .ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
+        let g = self.groups.get_mut(group.0).ok_or_else(|| Error::Invalid(format!("no group {}", group.0)))?;
         g.weight_decay = wd;
         Ok(())
     }
@@ -301,10 +260,7 @@ pub(crate) fn update_config<C: Clone>(
     validate: impl Fn(&C) -> Result<()>,
 ) -> Result<()> {
     if group.0 != 0 {
-        return Err(Error::Invalid(format!(
-            "no group {} (this optimizer has one)",
-            group.0
-        )));
+        return Err(Error::Invalid(format!("no group {} (this optimizer has one)", group.0)));
     }
     let mut next = config.clone();
     change(&mut next);
@@ -328,11 +284,7 @@ pub(crate) fn config_snapshot<C: serde::Serialize>(
         hyper: serde_json::to_value(config).expect("configs serialise"),
         step: t,
         skipped: 0,
-        groups: vec![GroupState {
-            lr,
-            weight_decay,
-            base_lr: lr,
-        }],
+        groups: vec![GroupState { lr, weight_decay, base_lr: lr }],
         params: params.to_vec(),
         values,
         states,
@@ -351,24 +303,15 @@ pub(crate) fn check_config_snapshot<C: serde::de::DeserializeOwned>(
     validate: impl Fn(&C) -> Result<()>,
 ) -> Result<(C, Vec<Vec<Vec<f32>>>)> {
     s.check_common(name, params)?;
-    let bad = |r: String| Error::Checkpoint {
-        path: "<snapshot>".into(),
-        reason: r,
-    };
-    let config: C =
-        serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("{name} config: {e}")))?;
+    let bad = |r: String| Error::Checkpoint { path: "<snapshot>".into(), reason: r };
+    let config: C = serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("{name} config: {e}")))?;
     validate(&config)?;
     let mut states = Vec::new();
     for (i, p) in params.iter().enumerate() {
         let st = s.states_of(i, names)?;
         for (n, v) in names.iter().zip(&st) {
             if v.len() != len(p, n) {
-                return Err(bad(format!(
-                    "state {n} of {} has {} values, expected {}",
-                    p.name,
-                    v.len(),
-                    len(p, n)
-                )));
+                return Err(bad(format!("state {n} of {} has {} values, expected {}", p.name, v.len(), len(p, n))));
             }
         }
         states.push(st.into_iter().cloned().collect());

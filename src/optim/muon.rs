@@ -18,17 +18,11 @@ use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// Muon's momentum pass.
-pub const MUON_MOMENTUM: KernelSpec = KernelSpec {
-    module: "muon",
-    entry: "muon_momentum",
-    bindings: &[(0, U), (1, R), (2, W), (3, W)],
-};
+pub const MUON_MOMENTUM: KernelSpec =
+    KernelSpec { module: "muon", entry: "muon_momentum", bindings: &[(0, U), (1, R), (2, W), (3, W)] };
 /// Muon's update pass.
-pub const MUON_APPLY: KernelSpec = KernelSpec {
-    module: "muon",
-    entry: "muon_apply",
-    bindings: &[(0, U), (4, R), (5, W)],
-};
+pub const MUON_APPLY: KernelSpec =
+    KernelSpec { module: "muon", entry: "muon_apply", bindings: &[(0, U), (4, R), (5, W)] };
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[MUON_MOMENTUM, MUON_APPLY];
 
@@ -112,14 +106,7 @@ impl MuonConfig {
 /// The AdamW that Muon routes non-matrix parameters to: MuonWithAuxAdam's defaults
 /// (lr 3e-4, betas (0.9, 0.95), eps 1e-10, weight_decay 0).
 pub fn aux_adamw_default() -> AdamW {
-    AdamW {
-        lr: 3e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-10,
-        weight_decay: 0.0,
-        amsgrad: false,
-    }
+    AdamW { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-10, weight_decay: 0.0, amsgrad: false }
 }
 
 /// Uniform of `shaders/muon.wgsl`. Keep in sync with `struct MuonParams`.
@@ -178,11 +165,7 @@ pub struct MuonBuilder {
 impl MuonBuilder {
     /// A builder with the given Muon config and the default auxiliary AdamW.
     pub fn new(config: MuonConfig) -> Self {
-        MuonBuilder {
-            config,
-            aux: aux_adamw_default(),
-            params: Vec::new(),
-        }
+        MuonBuilder { config, aux: aux_adamw_default(), params: Vec::new() }
     }
 
     /// Replaces the auxiliary AdamW's config.
@@ -204,11 +187,7 @@ impl MuonBuilder {
             return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
         }
         self.params.push((
-            ParamMeta {
-                name: name.into(),
-                shape: shape.to_vec(),
-                group: (route == Route::AdamW) as usize,
-            },
+            ParamMeta { name: name.into(), shape: shape.to_vec(), group: (route == Route::AdamW) as usize },
             data.to_vec(),
             route,
         ));
@@ -218,12 +197,7 @@ impl MuonBuilder {
     /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (flattened to shape[0] × rest), else AdamW.
     pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let matrix = shape.len() >= 2 && !data.is_empty();
-        self.push(
-            name,
-            data,
-            shape,
-            if matrix { Route::Muon } else { Route::AdamW },
-        )
+        self.push(name, data, shape, if matrix { Route::Muon } else { Route::AdamW })
     }
 
     /// Adds a parameter that goes to AdamW whatever its shape (embeddings, output heads).
@@ -294,11 +268,7 @@ pub(crate) fn muon_snapshot(
     mut momentum: Vec<Option<Vec<f32>>>,
     aux: Option<Snapshot>,
 ) -> Snapshot {
-    let mut groups = vec![super::GroupState {
-        lr: config.lr,
-        weight_decay: config.weight_decay,
-        base_lr: config.lr,
-    }];
+    let mut groups = vec![super::GroupState { lr: config.lr, weight_decay: config.weight_decay, base_lr: config.lr }];
     let mut hyper = serde_json::json!({"muon": config});
     if let Some(a) = &aux {
         groups.extend(a.groups.iter().copied());
@@ -308,22 +278,10 @@ pub(crate) fn muon_snapshot(
     let states = (0..params.len())
         .map(|i| match (aux_ids[i], &aux) {
             (Some(aid), Some(a)) => a.states[aid.0].clone(),
-            _ => vec![(
-                "momentum_buffer".to_string(),
-                momentum[i].take().unwrap_or_default(),
-            )],
+            _ => vec![("momentum_buffer".to_string(), momentum[i].take().unwrap_or_default())],
         })
         .collect();
-    Snapshot {
-        algorithm: "muon".into(),
-        hyper,
-        step: t,
-        skipped: 0,
-        groups,
-        params: params.to_vec(),
-        values,
-        states,
-    }
+    Snapshot { algorithm: "muon".into(), hyper, step: t, skipped: 0, groups, params: params.to_vec(), values, states }
 }
 
 /// Splits and checks a Muon checkpoint: (config, momentum per Muon parameter, the aux AdamW's own
@@ -337,12 +295,9 @@ pub(crate) fn split_muon_snapshot(
     aux_params: &[ParamMeta],
 ) -> Result<(MuonConfig, Vec<Option<Vec<f32>>>, Option<Snapshot>)> {
     s.check_common("muon", params)?;
-    let bad = |r: &str| Error::Checkpoint {
-        path: "<snapshot>".into(),
-        reason: r.into(),
-    };
-    let config: MuonConfig = serde_json::from_value(s.hyper["muon"].clone())
-        .map_err(|e| bad(&format!("muon config: {e}")))?;
+    let bad = |r: &str| Error::Checkpoint { path: "<snapshot>".into(), reason: r.into() };
+    let config: MuonConfig =
+        serde_json::from_value(s.hyper["muon"].clone()).map_err(|e| bad(&format!("muon config: {e}")))?;
     config.validate()?;
     let mut momentum = vec![None; params.len()];
     let mut aux_values = vec![Vec::new(); aux_params.len()];
@@ -365,9 +320,7 @@ pub(crate) fn split_muon_snapshot(
     let aux = if aux_params.is_empty() {
         None
     } else {
-        let step = s.hyper["aux_step"]
-            .as_u64()
-            .ok_or_else(|| bad("aux_step missing"))?;
+        let step = s.hyper["aux_step"].as_u64().ok_or_else(|| bad("aux_step missing"))?;
         Some(Snapshot {
             algorithm: "adamw".into(),
             hyper: s.hyper["aux"].clone(),
@@ -429,42 +382,14 @@ impl MuonOptimizer {
             let u = Tensor::zeros(ctx, &shape)?;
             let ns = Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?;
             let uniform = ctx.uniform_buffer("muon params", 32);
-            let momentum = ctx.bind(
-                &MUON_MOMENTUM,
-                &[&uniform, g.buffer(), m.buffer(), u.buffer()],
-            )?;
+            let momentum = ctx.bind(&MUON_MOMENTUM, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
             let apply = ctx.bind(&MUON_APPLY, &[&uniform, ns.output().buffer(), p.buffer()])?;
-            groups.push(ShapeGroup {
-                rows,
-                cols,
-                members,
-                p,
-                g,
-                m,
-                _u: u,
-                ns,
-                momentum,
-                apply,
-                uniform,
-            });
+            groups.push(ShapeGroup { rows, cols, members, p, g, m, _u: u, ns, momentum, apply, uniform });
         }
         let (ab, aux_ids) = b.aux_builder()?;
-        let aux = if aux_ids.iter().any(Option::is_some) {
-            Some(ab.build(ctx)?)
-        } else {
-            None
-        };
+        let aux = if aux_ids.iter().any(Option::is_some) { Some(ab.build(ctx)?) } else { None };
         let params = b.params.into_iter().map(|p| p.0).collect();
-        Ok(MuonOptimizer {
-            ctx: ctx.clone(),
-            config: b.config,
-            params,
-            loc,
-            groups,
-            aux,
-            aux_ids,
-            t: 0,
-        })
+        Ok(MuonOptimizer { ctx: ctx.clone(), config: b.config, params, loc, groups, aux, aux_ids, t: 0 })
     }
 
     /// Number of batched NS5 chains (one per distinct matrix shape).
@@ -473,9 +398,7 @@ impl MuonOptimizer {
     }
 
     fn meta(&self, id: ParamId) -> Result<&ParamMeta> {
-        self.params
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
+        self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
     }
 
     fn muon_slot(&self, id: ParamId) -> Result<Option<(&ShapeGroup, u64)>> {
@@ -487,25 +410,15 @@ impl MuonOptimizer {
     }
 
     fn aux_mut(&mut self, id: ParamId) -> Result<(&mut super::Optimizer, ParamId)> {
-        let aid =
-            self.aux_ids[id.0].ok_or_else(|| Error::Invalid("not an AdamW parameter".into()))?;
-        Ok((
-            self.aux
-                .as_mut()
-                .expect("aux exists when it has parameters"),
-            aid,
-        ))
+        let aid = self.aux_ids[id.0].ok_or_else(|| Error::Invalid("not an AdamW parameter".into()))?;
+        Ok((self.aux.as_mut().expect("aux exists when it has parameters"), aid))
     }
 
     fn write(&mut self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
         let meta = self.meta(id)?;
         if data.len() != meta.len() {
             return Err(Error::Shape {
-                what: format!(
-                    "{} of {}",
-                    if grad { "gradient" } else { "parameter" },
-                    meta.name
-                ),
+                what: format!("{} of {}", if grad { "gradient" } else { "parameter" }, meta.name),
                 expected: meta.shape.clone(),
                 got: vec![data.len()],
             });
@@ -513,9 +426,7 @@ impl MuonOptimizer {
         match self.muon_slot(id)? {
             Some((grp, off)) => {
                 let buf = if grad { grp.g.buffer() } else { grp.p.buffer() };
-                self.ctx
-                    .queue()
-                    .write_buffer(buf, off, bytemuck::cast_slice(data));
+                self.ctx.queue().write_buffer(buf, off, bytemuck::cast_slice(data));
                 Ok(())
             }
             None => {
@@ -558,9 +469,7 @@ impl MuonOptimizer {
         for grp in &self.groups {
             let len = grp.members.len() * grp.rows * grp.cols;
             let p = self.config.params(len, grp.rows, grp.cols);
-            self.ctx
-                .queue()
-                .write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
+            self.ctx.queue().write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
             let wg = (len as u32).div_ceil(WORKGROUP_SIZE);
             n += grp.momentum.record(&self.ctx, encoder, wg);
             n += grp.ns.record(encoder);
@@ -573,8 +482,7 @@ impl MuonOptimizer {
 impl Stepper for MuonOptimizer {
     fn step(&mut self) -> Result<()> {
         let mut enc = self.ctx.encoder("muon step");
-        self.ctx
-            .scoped("muon step", || self.record_muon(&mut enc))?;
+        self.ctx.scoped("muon step", || self.record_muon(&mut enc))?;
         self.ctx.submit(enc);
         if let Some(aux) = &mut self.aux {
             aux.step()?;
@@ -635,54 +543,27 @@ impl Stepper for MuonOptimizer {
 
     fn snapshot(&mut self) -> Result<Snapshot> {
         let n = self.params.len();
-        let values = (0..n)
-            .map(|i| self.read(ParamId(i), "param"))
-            .collect::<Result<Vec<_>>>()?;
+        let values = (0..n).map(|i| self.read(ParamId(i), "param")).collect::<Result<Vec<_>>>()?;
         let momentum = (0..n)
-            .map(|i| {
-                if self.loc[i].is_some() {
-                    self.read(ParamId(i), "momentum_buffer").map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
+            .map(|i| if self.loc[i].is_some() { self.read(ParamId(i), "momentum_buffer").map(Some) } else { Ok(None) })
             .collect::<Result<Vec<_>>>()?;
         let aux = match &mut self.aux {
             Some(a) => Some(a.snapshot()?),
             None => None,
         };
-        Ok(muon_snapshot(
-            &self.config,
-            self.t,
-            &self.params,
-            &self.aux_ids,
-            values,
-            momentum,
-            aux,
-        ))
+        Ok(muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
-        let aux_params = self
-            .aux
-            .as_ref()
-            .map(|a| a.params().to_vec())
-            .unwrap_or_default();
-        let (config, momentum, aux) =
-            split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
+        let aux_params = self.aux.as_ref().map(|a| a.params().to_vec()).unwrap_or_default();
+        let (config, momentum, aux) = split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
         if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
             a.restore(snap)?;
         }
         for (i, m) in momentum.into_iter().enumerate() {
             if let (Some(m), Some((grp, off))) = (m, self.muon_slot(ParamId(i))?) {
-                self.ctx
-                    .queue()
-                    .write_buffer(grp.m.buffer(), off, bytemuck::cast_slice(&m));
-                self.ctx.queue().write_buffer(
-                    grp.p.buffer(),
-                    off,
-                    bytemuck::cast_slice(&s.values[i]),
-                );
+                self.ctx.queue().write_buffer(grp.m.buffer(), off, bytemuck::cast_slice(&m));
+                self.ctx.queue().write_buffer(grp.p.buffer(), off, bytemuck::cast_slice(&s.values[i]));
             }
         }
         self.config = config;

@@ -4,10 +4,7 @@
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
 //! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
 
-use super::{
-    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
-    Stepper,
-};
+use super::{check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -15,26 +12,18 @@ use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
-    KernelSpec {
-        module: "racs",
-        entry,
-        bindings,
-    }
+    KernelSpec { module: "racs", entry, bindings }
 }
 /// Row statistics s.
 pub const RACS_ROWS: KernelSpec = spec("racs_rows", &[(0, U), (1, R), (2, W)]);
 /// Column statistics q.
 pub const RACS_COLS: KernelSpec = spec("racs_cols", &[(0, U), (1, R), (3, W)]);
 /// Partial sums of ‖Ĝ‖².
-pub const RACS_PARTIAL: KernelSpec =
-    spec("racs_partial", &[(0, U), (1, R), (2, W), (3, W), (4, W)]);
+pub const RACS_PARTIAL: KernelSpec = spec("racs_partial", &[(0, U), (1, R), (2, W), (3, W), (4, W)]);
 /// ‖Ĝ‖ and the limiter η.
 pub const RACS_ETA: KernelSpec = spec("racs_eta", &[(0, U), (4, W), (5, W)]);
 /// The update.
-pub const RACS_APPLY: KernelSpec = spec(
-    "racs_apply",
-    &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)],
-);
+pub const RACS_APPLY: KernelSpec = spec("racs_apply", &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)]);
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[RACS_ROWS, RACS_COLS, RACS_PARTIAL, RACS_ETA, RACS_APPLY];
 const CHUNK: usize = 4096;
@@ -59,14 +48,7 @@ pub struct RegConfig {
 
 impl Default for RegConfig {
     fn default() -> Self {
-        RegConfig {
-            lr: 1e-3,
-            beta2: 0.9,
-            alpha: 0.05,
-            gamma: 1.01,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        RegConfig { lr: 1e-3, beta2: 0.9, alpha: 0.05, gamma: 1.01, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -75,11 +57,7 @@ impl RegConfig {
     pub fn validate(&self) -> Result<()> {
         super::algorithm::check_lr_wd(self.lr, self.weight_decay)?;
         let bad = |name: &str, v: f64, reason: &str| {
-            Err(Error::Hyperparameter {
-                name: name.into(),
-                value: v,
-                reason: reason.into(),
-            })
+            Err(Error::Hyperparameter { name: name.into(), value: v, reason: reason.into() })
         };
         if !(0.0..1.0).contains(&self.beta2) {
             return bad("beta2", self.beta2, "must lie in [0, 1)");
@@ -173,10 +151,7 @@ pub struct RegBuilder {
 impl RegBuilder {
     /// A builder.
     pub fn new(config: RegConfig) -> Self {
-        RegBuilder {
-            config,
-            params: Vec::new(),
-        }
+        RegBuilder { config, params: Vec::new() }
     }
 
     /// Adds a parameter.
@@ -192,14 +167,7 @@ impl RegBuilder {
         if self.params.iter().any(|(p, _)| p.name == name) {
             return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
         }
-        self.params.push((
-            ParamMeta {
-                name: name.into(),
-                shape: shape.to_vec(),
-                group: 0,
-            },
-            data.to_vec(),
-        ));
+        self.params.push((ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 }, data.to_vec()));
         Ok(ParamId(self.params.len() - 1))
     }
 
@@ -251,17 +219,9 @@ impl RegOptimizer {
             let q = Tensor::from_slice(ctx, &vec![1.0; cols], &[cols])?;
             let scal = Tensor::zeros(ctx, &[4])?;
             let uniform = ctx.uniform_buffer("racs params", 48);
-            let partials =
-                ctx.storage_buffer("racs partials", 8 * (rows * cols).div_ceil(CHUNK) as u64)?;
-            let (u, gb, sb, qb, pb, cb, xb) = (
-                &uniform,
-                g.buffer(),
-                s.buffer(),
-                q.buffer(),
-                &partials,
-                scal.buffer(),
-                p.buffer(),
-            );
+            let partials = ctx.storage_buffer("racs partials", 8 * (rows * cols).div_ceil(CHUNK) as u64)?;
+            let (u, gb, sb, qb, pb, cb, xb) =
+                (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
             let kernels = [
                 ctx.bind(&RACS_ROWS, &[u, gb, sb])?,
                 ctx.bind(&RACS_COLS, &[u, gb, qb])?,
@@ -269,16 +229,7 @@ impl RegOptimizer {
                 ctx.bind(&RACS_ETA, &[u, pb, cb])?,
                 ctx.bind(&RACS_APPLY, &[u, gb, sb, qb, cb, xb])?,
             ];
-            chains.push(Some(Chain {
-                rows,
-                cols,
-                p,
-                g,
-                state: [s, q, scal],
-                kernels,
-                uniform,
-                _partials: partials,
-            }));
+            chains.push(Some(Chain { rows, cols, p, g, state: [s, q, scal], kernels, uniform, _partials: partials }));
         }
         Ok(RegOptimizer {
             ctx: ctx.clone(),
@@ -290,17 +241,10 @@ impl RegOptimizer {
     }
 
     fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
-        let meta = self
-            .params
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        let meta = self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
         if let Some(len) = len {
             if len != meta.len() {
-                return Err(Error::Shape {
-                    what: meta.name.clone(),
-                    expected: meta.shape.clone(),
-                    got: vec![len],
-                });
+                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
             }
         }
         Ok(self.chains[id.0].as_ref())
@@ -314,27 +258,13 @@ impl Stepper for RegOptimizer {
         self.ctx.scoped("reg step", || {
             for c in self.chains.iter().flatten() {
                 let params = self.config.params(c.rows, c.cols, t);
-                self.ctx
-                    .queue()
-                    .write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
+                self.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
                 let [rows, cols, partial, eta, apply] = &c.kernels;
-                rows.record(
-                    &self.ctx,
-                    &mut enc,
-                    (c.rows as u32).div_ceil(WORKGROUP_SIZE),
-                );
-                cols.record(
-                    &self.ctx,
-                    &mut enc,
-                    (c.cols as u32).div_ceil(WORKGROUP_SIZE),
-                );
+                rows.record(&self.ctx, &mut enc, (c.rows as u32).div_ceil(WORKGROUP_SIZE));
+                cols.record(&self.ctx, &mut enc, (c.cols as u32).div_ceil(WORKGROUP_SIZE));
                 partial.record_3d(&mut enc, (params.chunks, 1, 1));
                 eta.record_3d(&mut enc, (1, 1, 1));
-                apply.record(
-                    &self.ctx,
-                    &mut enc,
-                    ((c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE),
-                );
+                apply.record(&self.ctx, &mut enc, ((c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
             }
         })?;
         self.ctx.submit(enc);
@@ -368,11 +298,7 @@ impl Stepper for RegOptimizer {
             "s" => 0,
             "q" => 1,
             "theta" => 2,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "reg has no state {other:?} (s, q, theta)"
-                )))
-            }
+            other => return Err(Error::Invalid(format!("reg has no state {other:?} (s, q, theta)"))),
         };
         Ok(match self.chain(id, None)? {
             Some(c) if k == 2 => vec![c.state[2].to_vec(&self.ctx)?[1]],
@@ -390,19 +316,12 @@ impl Stepper for RegOptimizer {
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        update_config(
-            &mut self.config,
-            group,
-            |c| c.weight_decay = wd,
-            RegConfig::validate,
-        )
+        update_config(&mut self.config, group, |c| c.weight_decay = wd, RegConfig::validate)
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
         let n = self.params.len();
-        let values = (0..n)
-            .map(|i| self.read_param(ParamId(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let values = (0..n).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
         let states = (0..n)
             .map(|i| {
                 ["s", "q", "theta"]
@@ -412,26 +331,12 @@ impl Stepper for RegOptimizer {
             })
             .collect::<Result<Vec<_>>>()?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot(
-            "reg",
-            &self.config,
-            lr_wd,
-            self.t,
-            &self.params,
-            values,
-            states,
-        ))
+        Ok(config_snapshot("reg", &self.config, lr_wd, self.t, &self.params, values, states))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
-        let (config, states) = check_config_snapshot(
-            &s,
-            "reg",
-            &self.params,
-            &["s", "q", "theta"],
-            reg_state_len,
-            RegConfig::validate,
-        )?;
+        let (config, states) =
+            check_config_snapshot(&s, "reg", &self.params, &["s", "q", "theta"], reg_state_len, RegConfig::validate)?;
         for (i, st) in states.iter().enumerate() {
             if let Some(c) = self.chains[i].as_ref() {
                 c.p.write(&self.ctx, &s.values[i])?;

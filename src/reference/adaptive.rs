@@ -20,14 +20,7 @@ fn adam_param(h: &Hyper, p0: f32, m: f32, v: f32) -> f32 {
 }
 
 /// `adamw_step`; with `v_max`, `adamw_amsgrad_step`.
-pub fn adamw_step(
-    h: &Hyper,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    mut v_max: Option<&mut [f32]>,
-) {
+pub fn adamw_step(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], mut v_max: Option<&mut [f32]>) {
     for i in 0..p.len() {
         let gi = g[i];
         let mi = m[i] + h.omb1 * (gi - m[i]);
@@ -40,14 +33,7 @@ pub fn adamw_step(
 }
 
 /// `adabound_step`; with `v_max`, `amsbound_step`.
-pub fn adabound_step(
-    h: &Hyper,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    mut v_max: Option<&mut [f32]>,
-) {
+pub fn adabound_step(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], mut v_max: Option<&mut [f32]>) {
     for i in 0..p.len() {
         let p0 = p[i];
         let gi = g[i] + h.c[0] * p0;
@@ -75,14 +61,7 @@ pub fn adamomentum_step(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &
 }
 
 /// `ademamix_step`.
-pub fn ademamix_step(
-    h: &Hyper,
-    p: &mut [f32],
-    g: &[f32],
-    m1: &mut [f32],
-    m2: &mut [f32],
-    v: &mut [f32],
-) {
+pub fn ademamix_step(h: &Hyper, p: &mut [f32], g: &[f32], m1: &mut [f32], m2: &mut [f32], v: &mut [f32]) {
     for i in 0..p.len() {
         let gi = g[i];
         let a = h.beta1 * m1[i] + h.omb1 * gi;
@@ -152,14 +131,7 @@ pub fn mars_adamw_step(
 }
 
 /// `mars_lion_step`; `norm` from [`mars_norm`].
-pub fn mars_lion_step(
-    h: &Hyper,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    g_prev: &mut [f32],
-    norm: f32,
-) {
+pub fn mars_lion_step(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], g_prev: &mut [f32], norm: f32) {
     for i in 0..p.len() {
         let c = mars_c(h, g[i], g_prev[i], norm);
         let mi = h.beta1 * m[i] + h.omb1 * c;

@@ -5,18 +5,11 @@ use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
 use crate::optim::auon::{AuonBuilder, AuonConfig};
 use crate::optim::{
-    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
-    Stepper,
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 
 /// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid).
-pub fn auon_step(
-    c: &AuonConfig,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    ns: Option<(usize, usize)>,
-) {
+pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Option<(usize, usize)>) {
     let mp = c.momentum_params(p.len());
     let mut u = vec![0.0; p.len()];
     for i in 0..p.len() {
@@ -24,9 +17,7 @@ pub fn auon_step(
         u[i] = lerp_torch(g[i], m[i], mp.beta);
     }
     let v = match ns {
-        Some((r, cl)) => {
-            super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, NS5_COEFFICIENTS)
-        }
+        Some((r, cl)) => super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, NS5_COEFFICIENTS),
         None => u,
     };
     let ap = c.apply_params(p.len());
@@ -40,11 +31,7 @@ pub fn auon_step(
             p[i] = p0;
             continue;
         }
-        let x = if ap.paper != 0 {
-            v[i] / (n + 1e-7)
-        } else {
-            v[i]
-        };
+        let x = if ap.paper != 0 { v[i] / (n + 1e-7) } else { v[i] };
         p[i] = p0 - ap.lr * (x / (rms + 1e-8));
     }
 }
@@ -65,27 +52,15 @@ impl CpuAuon {
         let p: Vec<Vec<f32>> = b.params.iter().map(|x| x.1.clone()).collect();
         let zeros = p.iter().map(|v| vec![0.0; v.len()]).collect::<Vec<_>>();
         let metas = b.params.iter().map(|x| x.0.clone()).collect();
-        CpuAuon {
-            g: zeros.clone(),
-            m: zeros,
-            p,
-            metas,
-            b,
-            t: 0,
-        }
+        CpuAuon { g: zeros.clone(), m: zeros, p, metas, b, t: 0 }
     }
 
     fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
-        let meta = self
-            .metas
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        let meta = self.metas.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
         match len {
-            Some(l) if l != meta.len() => Err(Error::Shape {
-                what: meta.name.clone(),
-                expected: meta.shape.clone(),
-                got: vec![l],
-            }),
+            Some(l) if l != meta.len() => {
+                Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![l] })
+            }
             _ => Ok(()),
         }
     }
@@ -98,17 +73,8 @@ impl Stepper for CpuAuon {
             if self.p[i].is_empty() {
                 continue;
             }
-            let ns = self
-                .b
-                .uses_ns(shape)
-                .then(|| (shape[0], self.p[i].len() / shape[0]));
-            auon_step(
-                &self.b.config,
-                &mut self.p[i],
-                &self.g[i],
-                &mut self.m[i],
-                ns,
-            );
+            let ns = self.b.uses_ns(shape).then(|| (shape[0], self.p[i].len() / shape[0]));
+            auon_step(&self.b.config, &mut self.p[i], &self.g[i], &mut self.m[i], ns);
         }
         self.t += 1;
         Ok(())
@@ -144,52 +110,24 @@ impl Stepper for CpuAuon {
     }
 
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
-        update_config(
-            &mut self.b.config,
-            group,
-            |c| c.lr = lr,
-            AuonConfig::validate,
-        )
+        update_config(&mut self.b.config, group, |c| c.lr = lr, AuonConfig::validate)
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        update_config(
-            &mut self.b.config,
-            group,
-            |c| c.weight_decay = wd,
-            AuonConfig::validate,
-        )
+        update_config(&mut self.b.config, group, |c| c.weight_decay = wd, AuonConfig::validate)
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let states = self
-            .m
-            .iter()
-            .map(|m| vec![("momentum_buffer".to_string(), m.clone())])
-            .collect();
+        let states = self.m.iter().map(|m| vec![("momentum_buffer".to_string(), m.clone())]).collect();
         let name = if self.b.hybrid { "hybrid_auon" } else { "auon" };
         let lr_wd = (self.b.config.lr, self.b.config.weight_decay);
-        Ok(config_snapshot(
-            name,
-            &self.b.config,
-            lr_wd,
-            self.t,
-            &self.metas,
-            self.p.clone(),
-            states,
-        ))
+        Ok(config_snapshot(name, &self.b.config, lr_wd, self.t, &self.metas, self.p.clone(), states))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
         let name = if self.b.hybrid { "hybrid_auon" } else { "auon" };
-        let (config, states) = check_config_snapshot(
-            &s,
-            name,
-            &self.metas,
-            &["momentum_buffer"],
-            |p, _| p.len(),
-            AuonConfig::validate,
-        )?;
+        let (config, states) =
+            check_config_snapshot(&s, name, &self.metas, &["momentum_buffer"], |p, _| p.len(), AuonConfig::validate)?;
         self.p = s.values.clone();
         self.m = states.into_iter().map(|mut st| st.remove(0)).collect();
         self.b.config = config;

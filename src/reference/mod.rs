@@ -9,13 +9,12 @@ pub mod gemm;
 pub mod muon;
 pub mod newton_schulz;
 pub mod racs;
+pub mod random;
 pub mod sign_momentum;
 
 use crate::error::Result;
 use crate::kernels::arena::Hyper;
-use crate::optim::{
-    Algorithm, Core, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper,
-};
+use crate::optim::{Algorithm, Core, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
 use ndarray::{ArrayD, IxDyn};
 
 /// sign with sign(±0) = 0 (and 0 for NaN, which the guard keeps out), as WGSL's `sign`.
@@ -32,19 +31,12 @@ pub fn sgn(x: f32) -> f32 {
 
 /// CPU twin of `shaders/check.wgsl`: true when any element is NaN or ±Inf (exponent bits all ones).
 pub fn has_non_finite(data: &[f32]) -> bool {
-    data.iter()
-        .any(|x| x.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    data.iter().any(|x| x.to_bits() & 0x7f80_0000 == 0x7f80_0000)
 }
 
 /// One tensor's update: dispatches to the kernel `algorithm` uses, with its state tensors in
 /// [`Algorithm::states`] order.
-pub fn step_tensor(
-    algorithm: &Algorithm,
-    h: &Hyper,
-    p: &mut [f32],
-    g: &[f32],
-    states: &mut [Vec<f32>],
-) {
+pub fn step_tensor(algorithm: &Algorithm, h: &Hyper, p: &mut [f32], g: &[f32], states: &mut [Vec<f32>]) {
     use adaptive as a;
     use sign_momentum as s;
     match (algorithm, states) {
@@ -89,23 +81,11 @@ impl CpuOptimizer {
             .params
             .iter()
             .zip(&b.init)
-            .map(|(p, d)| {
-                ArrayD::from_shape_vec(IxDyn(&p.shape), d.clone())
-                    .expect("length checked by the builder")
-            })
+            .map(|(p, d)| ArrayD::from_shape_vec(IxDyn(&p.shape), d.clone()).expect("length checked by the builder"))
             .collect();
         let grads = params.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
-        let states = b
-            .params
-            .iter()
-            .map(|p| vec![vec![0.0; p.len()]; n_states])
-            .collect();
-        CpuOptimizer {
-            core,
-            params,
-            grads,
-            states,
-        }
+        let states = b.params.iter().map(|p| vec![vec![0.0; p.len()]; n_states]).collect();
+        CpuOptimizer { core, params, grads, states }
     }
 
     /// A parameter as an ndarray.
@@ -117,12 +97,7 @@ impl CpuOptimizer {
 
 impl Stepper for CpuOptimizer {
     fn step(&mut self) -> Result<()> {
-        if self.core.guard
-            && self
-                .grads
-                .iter()
-                .any(|g| has_non_finite(g.as_slice().expect("standard layout")))
-        {
+        if self.core.guard && self.grads.iter().any(|g| has_non_finite(g.as_slice().expect("standard layout"))) {
             self.core.skipped += 1;
             self.core.last_non_finite = true;
             return Ok(());
@@ -133,32 +108,20 @@ impl Stepper for CpuOptimizer {
         for (i, meta) in self.core.params.iter().enumerate() {
             let p = self.params[i].as_slice_mut().expect("standard layout");
             let g = self.grads[i].as_slice().expect("standard layout");
-            step_tensor(
-                &self.core.algorithm,
-                &hypers.g[meta.group],
-                p,
-                g,
-                &mut self.states[i],
-            );
+            step_tensor(&self.core.algorithm, &hypers.g[meta.group], p, g, &mut self.states[i]);
         }
         Ok(())
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         self.core.check_len(id, grad.len(), "gradient")?;
-        self.grads[id.0]
-            .as_slice_mut()
-            .expect("standard layout")
-            .copy_from_slice(grad);
+        self.grads[id.0].as_slice_mut().expect("standard layout").copy_from_slice(grad);
         Ok(())
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
         self.core.check_len(id, data.len(), "parameter")?;
-        self.params[id.0]
-            .as_slice_mut()
-            .expect("standard layout")
-            .copy_from_slice(data);
+        self.params[id.0].as_slice_mut().expect("standard layout").copy_from_slice(data);
         Ok(())
     }
 
@@ -193,23 +156,15 @@ impl Stepper for CpuOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let values = self
-            .params
-            .iter()
-            .map(|p| p.iter().copied().collect())
-            .collect();
+        let values = self.params.iter().map(|p| p.iter().copied().collect()).collect();
         Ok(Snapshot::from_core(&self.core, values, self.states.clone()))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
         let algorithm = s.check_fits(&self.core)?;
-        let states = (0..self.params.len())
-            .map(|i| s.ordered_states(i, &algorithm))
-            .collect::<Result<_>>()?;
+        let states = (0..self.params.len()).map(|i| s.ordered_states(i, &algorithm)).collect::<Result<_>>()?;
         for (p, v) in self.params.iter_mut().zip(&s.values) {
-            p.as_slice_mut()
-                .expect("standard layout")
-                .copy_from_slice(v);
+            p.as_slice_mut().expect("standard layout").copy_from_slice(v);
         }
         self.states = states;
         s.apply_core(&mut self.core, algorithm);

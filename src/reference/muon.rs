@@ -17,23 +17,12 @@ pub fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
 }
 
 /// One Muon step of one matrix (rows × cols): momentum, NS5, update.
-pub fn muon_step(
-    c: &MuonConfig,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    rows: usize,
-    cols: usize,
-) {
+pub fn muon_step(c: &MuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], rows: usize, cols: usize) {
     let h = c.params(p.len(), rows, cols);
     let mut u = vec![0.0; p.len()];
     for i in 0..p.len() {
         m[i] = lerp_torch(m[i], g[i], h.omb);
-        u[i] = if h.nesterov != 0 {
-            lerp_torch(g[i], m[i], h.beta)
-        } else {
-            m[i]
-        };
+        u[i] = if h.nesterov != 0 { lerp_torch(g[i], m[i], h.beta) } else { m[i] };
     }
     let o = super::newton_schulz::newton_schulz5(&u, 1, rows, cols, c.ns_steps, NS5_COEFFICIENTS);
     for i in 0..p.len() {
@@ -58,11 +47,7 @@ pub struct CpuMuon {
 impl CpuMuon {
     pub(crate) fn new(b: MuonBuilder) -> Result<Self> {
         let (ab, aux_ids) = b.aux_builder()?;
-        let aux = if aux_ids.iter().any(Option::is_some) {
-            Some(ab.build_cpu()?)
-        } else {
-            None
-        };
+        let aux = if aux_ids.iter().any(Option::is_some) { Some(ab.build_cpu()?) } else { None };
         Ok(CpuMuon {
             config: b.config.clone(),
             params: b.params.iter().map(|p| p.0.clone()).collect(),
@@ -77,25 +62,17 @@ impl CpuMuon {
     }
 
     fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
-        let meta = self
-            .params
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        let meta = self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
         if let Some(len) = len {
             if len != meta.len() {
-                return Err(Error::Shape {
-                    what: meta.name.clone(),
-                    expected: meta.shape.clone(),
-                    got: vec![len],
-                });
+                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
             }
         }
         Ok(())
     }
 
     fn aux(&mut self, id: ParamId) -> Result<(&mut CpuOptimizer, ParamId)> {
-        let aid =
-            self.aux_ids[id.0].ok_or_else(|| Error::Invalid("not an AdamW parameter".into()))?;
+        let aid = self.aux_ids[id.0].ok_or_else(|| Error::Invalid("not an AdamW parameter".into()))?;
         Ok((self.aux.as_mut().expect("aux exists"), aid))
     }
 }
@@ -105,14 +82,7 @@ impl Stepper for CpuMuon {
         for i in 0..self.params.len() {
             if self.routes[i] == Route::Muon {
                 let (rows, cols) = MuonBuilder::matrix(&self.params[i].shape);
-                muon_step(
-                    &self.config,
-                    &mut self.p[i],
-                    &self.g[i],
-                    &mut self.m[i],
-                    rows,
-                    cols,
-                );
+                muon_step(&self.config, &mut self.p[i], &self.g[i], &mut self.m[i], rows, cols);
             }
         }
         if let Some(aux) = &mut self.aux {
@@ -180,19 +150,12 @@ impl Stepper for CpuMuon {
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         match group.0 {
             0 => {
-                let next = MuonConfig {
-                    lr,
-                    ..self.config.clone()
-                };
+                let next = MuonConfig { lr, ..self.config.clone() };
                 next.validate()?;
                 self.config = next;
                 Ok(())
             }
-            1 => self
-                .aux
-                .as_mut()
-                .ok_or_else(|| Error::Invalid("no AdamW parameters".into()))?
-                .set_lr(GroupId(0), lr),
+            1 => self.aux.as_mut().ok_or_else(|| Error::Invalid("no AdamW parameters".into()))?.set_lr(GroupId(0), lr),
             g => Err(Error::Invalid(format!("no group {g} (0: Muon, 1: AdamW)"))),
         }
     }
@@ -200,10 +163,7 @@ impl Stepper for CpuMuon {
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
         match group.0 {
             0 => {
-                let next = MuonConfig {
-                    weight_decay: wd,
-                    ..self.config.clone()
-                };
+                let next = MuonConfig { weight_decay: wd, ..self.config.clone() };
                 next.validate()?;
                 self.config = next;
                 Ok(())
@@ -218,35 +178,19 @@ impl Stepper for CpuMuon {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let momentum = (0..self.params.len())
-            .map(|i| (self.routes[i] == Route::Muon).then(|| self.m[i].clone()))
-            .collect();
-        let values = (0..self.params.len())
-            .map(|i| self.read_param(ParamId(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let momentum =
+            (0..self.params.len()).map(|i| (self.routes[i] == Route::Muon).then(|| self.m[i].clone())).collect();
+        let values = (0..self.params.len()).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
         let aux = match &mut self.aux {
             Some(a) => Some(a.snapshot()?),
             None => None,
         };
-        Ok(muon_snapshot(
-            &self.config,
-            self.t,
-            &self.params,
-            &self.aux_ids,
-            values,
-            momentum,
-            aux,
-        ))
+        Ok(muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
-        let aux_params = self
-            .aux
-            .as_ref()
-            .map(|a| a.params().to_vec())
-            .unwrap_or_default();
-        let (config, momentum, aux) =
-            split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
+        let aux_params = self.aux.as_ref().map(|a| a.params().to_vec()).unwrap_or_default();
+        let (config, momentum, aux) = split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
         if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
             a.restore(snap)?;
         }

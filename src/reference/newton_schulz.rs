@@ -38,46 +38,14 @@ pub fn newton_schulz5(
         let gz = &g[z * m * n..(z + 1) * m * n];
         let norm = frobenius(gz);
         let scaled: Vec<f32> = gz.iter().map(|&v| v / (norm + NS_EPS)).collect();
-        let mut x = if transpose_in {
-            transpose(&scaled, m, n)
-        } else {
-            scaled
-        };
+        let mut x = if transpose_in { transpose(&scaled, m, n) } else { scaled };
         for _ in 0..steps {
             let mut a = vec![0.0; r * r];
-            gemm(
-                &GemmDesc {
-                    trans_b: true,
-                    ..GemmDesc::new(r, r, c)
-                },
-                &x,
-                &x,
-                &mut a,
-            );
+            gemm(&GemmDesc { trans_b: true, ..GemmDesc::new(r, r, c) }, &x, &x, &mut a);
             let mut bm = vec![0.0; r * r];
-            gemm_addend(
-                &GemmDesc {
-                    alpha: cc,
-                    beta: cb,
-                    ..GemmDesc::new(r, r, r)
-                },
-                &a,
-                &a,
-                &mut bm,
-                &a,
-            );
+            gemm_addend(&GemmDesc { alpha: cc, beta: cb, ..GemmDesc::new(r, r, r) }, &a, &a, &mut bm, &a);
             let mut next = vec![0.0; r * c];
-            gemm_addend(
-                &GemmDesc {
-                    alpha: 1.0,
-                    beta: ca,
-                    ..GemmDesc::new(r, c, r)
-                },
-                &bm,
-                &x,
-                &mut next,
-                &x,
-            );
+            gemm_addend(&GemmDesc { alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) }, &bm, &x, &mut next, &x);
             x = next;
         }
         out.extend(if transpose_in { transpose(&x, r, c) } else { x });
@@ -94,35 +62,13 @@ pub fn polar(a: &[f32], m: usize, n: usize, max_iters: usize) -> Result<(Vec<f32
         return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
     }
     let scaled: Vec<f32> = a.iter().map(|&v| v / (norm + NS_EPS)).collect();
-    let mut x = if transpose_in {
-        transpose(&scaled, m, n)
-    } else {
-        scaled
-    };
+    let mut x = if transpose_in { transpose(&scaled, m, n) } else { scaled };
     let mut previous = f32::INFINITY;
     for k in 0..max_iters {
         let mut g = vec![0.0; r * r];
-        gemm(
-            &GemmDesc {
-                trans_b: true,
-                ..GemmDesc::new(r, r, c)
-            },
-            &x,
-            &x,
-            &mut g,
-        );
+        gemm(&GemmDesc { trans_b: true, ..GemmDesc::new(r, r, c) }, &x, &x, &mut g);
         let mut next = vec![0.0; r * c];
-        gemm_addend(
-            &GemmDesc {
-                alpha: -0.5,
-                beta: 1.5,
-                ..GemmDesc::new(r, c, r)
-            },
-            &g,
-            &x,
-            &mut next,
-            &x,
-        );
+        gemm_addend(&GemmDesc { alpha: -0.5, beta: 1.5, ..GemmDesc::new(r, c, r) }, &g, &x, &mut next, &x);
         let diff: Vec<f32> = next.iter().zip(&x).map(|(p, q)| p - q).collect();
         let d = frobenius(&diff);
         x = next;
@@ -131,7 +77,5 @@ pub fn polar(a: &[f32], m: usize, n: usize, max_iters: usize) -> Result<(Vec<f32
         }
         previous = d;
     }
-    Err(Error::Invalid(format!(
-        "polar did not converge in {max_iters} iterations"
-    )))
+    Err(Error::Invalid(format!("polar did not converge in {max_iters} iterations")))
 }

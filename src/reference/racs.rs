@@ -4,8 +4,7 @@ use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig};
 use crate::optim::{
-    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot,
-    Stepper,
+    check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 
 /// One RACS step of a rows × cols tensor; `theta` carries the limiter's state. Returns η.
@@ -37,15 +36,8 @@ pub fn racs_step(
         q[j] = lerp_torch(q[j], sum / rows as f32, h.omb);
     }
     let gh = |k: usize| g[k] / ((s[k / cols] + h.eps).sqrt() * (q[k % cols] + h.eps).sqrt());
-    let norm = ((0..rows * cols)
-        .map(|k| (gh(k) as f64).powi(2))
-        .sum::<f64>())
-    .sqrt() as f32;
-    let eta = if h.first != 0 {
-        1.0
-    } else {
-        h.gamma / (norm / (*theta + h.eps)).max(h.gamma)
-    };
+    let norm = ((0..rows * cols).map(|k| (gh(k) as f64).powi(2)).sum::<f64>()).sqrt() as f32;
+    let eta = if h.first != 0 { 1.0 } else { h.gamma / (norm / (*theta + h.eps)).max(h.gamma) };
     *theta = norm * eta;
     for (k, pk) in p.iter_mut().enumerate().take(rows * cols) {
         *pk = h.decay * *pk - (h.step * eta) * gh(k);
@@ -83,16 +75,11 @@ impl CpuReg {
     }
 
     fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
-        let meta = self
-            .metas
-            .get(id.0)
-            .ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+        let meta = self.metas.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
         match len {
-            Some(l) if l != meta.len() => Err(Error::Shape {
-                what: meta.name.clone(),
-                expected: meta.shape.clone(),
-                got: vec![l],
-            }),
+            Some(l) if l != meta.len() => {
+                Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![l] })
+            }
             _ => Ok(()),
         }
     }
@@ -144,9 +131,7 @@ impl Stepper for CpuReg {
             "s" => Ok(self.s[id.0].clone()),
             "q" => Ok(self.q[id.0].clone()),
             "theta" => Ok(vec![self.theta[id.0]]),
-            other => Err(Error::Invalid(format!(
-                "reg has no state {other:?} (s, q, theta)"
-            ))),
+            other => Err(Error::Invalid(format!("reg has no state {other:?} (s, q, theta)"))),
         }
     }
 
@@ -159,23 +144,14 @@ impl Stepper for CpuReg {
     }
 
     fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
-        update_config(
-            &mut self.config,
-            group,
-            |c| c.weight_decay = wd,
-            RegConfig::validate,
-        )
+        update_config(&mut self.config, group, |c| c.weight_decay = wd, RegConfig::validate)
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
         let states = (0..self.metas.len())
             .map(|i| {
                 if self.p[i].is_empty() {
-                    return vec![
-                        ("s".into(), vec![]),
-                        ("q".into(), vec![]),
-                        ("theta".into(), vec![]),
-                    ];
+                    return vec![("s".into(), vec![]), ("q".into(), vec![]), ("theta".into(), vec![])];
                 }
                 vec![
                     ("s".into(), self.s[i].clone()),
@@ -185,26 +161,12 @@ impl Stepper for CpuReg {
             })
             .collect();
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot(
-            "reg",
-            &self.config,
-            lr_wd,
-            self.t,
-            &self.metas,
-            self.p.clone(),
-            states,
-        ))
+        Ok(config_snapshot("reg", &self.config, lr_wd, self.t, &self.metas, self.p.clone(), states))
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
-        let (config, states) = check_config_snapshot(
-            &s,
-            "reg",
-            &self.metas,
-            &["s", "q", "theta"],
-            reg_state_len,
-            RegConfig::validate,
-        )?;
+        let (config, states) =
+            check_config_snapshot(&s, "reg", &self.metas, &["s", "q", "theta"], reg_state_len, RegConfig::validate)?;
         for (i, st) in states.into_iter().enumerate() {
             if self.p[i].is_empty() {
                 continue;
