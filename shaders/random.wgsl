@@ -14,7 +14,7 @@ struct RandomParams {
     len: u32,
     offset_lo: u32,   // index of element 0 (tensors beyond 2^32 elements are drawn in pieces)
     offset_hi: u32,
-    _p: u32,
+    samples: u32,     // rademacher_samples: samples k = sample .. sample + samples - 1
 }
 
 @group(0) @binding(0) var<uniform> rp: RandomParams;
@@ -46,6 +46,19 @@ fn uniform_fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let d = draw(wid, nwg, lid);
     if (d.x == 0xffffffffu) { return; }
     out[d.x] = f32(d.y >> 8u) * 5.9604644775390625e-8;   // 2^-24
+}
+
+// Z[k][i] for k < samples, i < len (row-major samples x len): the Hutchinson probe vectors of
+// samples sample .. sample + samples - 1 in one dispatch.
+@compute @workgroup_size(256)
+fn rademacher_samples(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let j = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (j >= rp.len * rp.samples) { return; }
+    let k = j / rp.len;
+    let i = j % rp.len;
+    let w = philox4x32_10(vec4<u32>(i, 0u, rp.sample + k, rp.tensor_id), vec2<u32>(rp.seed_lo, rp.seed_hi));
+    out[j] = select(1.0, -1.0, (w.x >> 31u) != 0u);
 }
 
 @compute @workgroup_size(64)

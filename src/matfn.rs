@@ -89,3 +89,51 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
     crate::optim::checkpoint::write_file_atomically(&out, &bytes)
 }
+
+/// `gpuopt hutchinson CASE_DIR`: `case.json` `{"samples": N, "seed": S}`, `inputs.npz` `a`
+/// (symmetric [n, n], the Hessian of ½xᵀAx) → `outputs.npz` `diag` [n] = (1/N)·Σ_k z_k ⊙ (A·z_k)
+/// with the library's Rademacher probes (ALGORITHMS.md §11.5). GPU and CPU draw identical probes.
+pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
+    let out = dir.join("outputs.npz");
+    if out.exists() {
+        std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
+    }
+    let case_path = dir.join("case.json");
+    let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(&case_path, format!("not valid JSON: {e}")))?;
+    let samples = key_usize(&json, "samples", 1, &case_path)?;
+    if samples == 0 {
+        return Err(invalid(&case_path, "\"samples\" must be at least 1"));
+    }
+    let seed = match json.get("seed") {
+        None => 0,
+        Some(v) => {
+            v.as_u64().ok_or_else(|| invalid(&case_path, "\"seed\" must be a non-negative integer below 2^64"))?
+        }
+    };
+    let npz_path = dir.join("inputs.npz");
+    let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
+    let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
+    let a: ArrayD<f32> = npz.by_name("a").map_err(|e| invalid(&npz_path, format!("array \"a\" (float32): {e}")))?;
+    let n = match a.shape() {
+        [r, c] if r == c => *r,
+        other => return Err(invalid(&npz_path, format!("\"a\" must be square [n, n], got {other:?}"))),
+    };
+    let data: Vec<f32> = a.iter().copied().collect();
+    crate::kernels::hutchinson::check_symmetric(&data, n).map_err(|e| invalid(&npz_path, e))?;
+    let diag = match backend()? {
+        Some(ctx) => crate::kernels::hutchinson::hutchinson_diag(
+            &ctx,
+            &Tensor::from_slice(&ctx, &data, &[n, n])?,
+            samples,
+            seed,
+        )?,
+        None => reference::hutchinson::hutchinson_diag(&data, n, samples, seed),
+    };
+    let y = ArrayD::from_shape_vec(IxDyn(&[n]), diag).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
+    w.add_array("diag", &y).map_err(|e| invalid(&out, e))?;
+    let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
+    crate::optim::checkpoint::write_file_atomically(&out, &bytes)
+}

@@ -20,6 +20,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("gemm", include_str!("../shaders/gemm.wgsl")),
     ("random", include_str!("../shaders/random.wgsl")),
+    ("hutchinson", include_str!("../shaders/hutchinson.wgsl")),
     ("fma_peak", include_str!("../shaders/fma_peak.wgsl")),
     ("newton_schulz", include_str!("../shaders/newton_schulz.wgsl")),
     ("muon", include_str!("../shaders/muon.wgsl")),

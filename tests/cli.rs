@@ -257,3 +257,23 @@ fn replay_auon_hybrid_and_reg_on_both_backends() {
         assert!(diff < 1e-5, "{name} {shape:?}: gpu vs cpu max difference {diff:e}");
     }
 }
+
+#[test]
+fn hutchinson_command_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Array::from_shape_vec(IxDyn(&[2, 2]), vec![2.0f32, 1.0, 1.0, 3.0]).unwrap();
+    write_matfn(dir.path(), r#"{"samples": 3, "seed": 7}"#, &a);
+    for backend in ["gpu", "cpu"] {
+        let out = gpuopt(&["hutchinson", dir.path().to_str().unwrap(), "--backend", backend]);
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut r = NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap()).unwrap();
+        let d: ArrayD<f32> = r.by_name("diag").unwrap();
+        assert!((d[[0]] - 5.0 / 3.0).abs() < 1e-6 && (d[[1]] - 8.0 / 3.0).abs() < 1e-6, "{backend}: {d}");
+    }
+    let asym = Array::from_shape_vec(IxDyn(&[2, 2]), vec![2.0f32, 1.0, 0.0, 3.0]).unwrap();
+    write_matfn(dir.path(), r#"{"samples": 3}"#, &asym);
+    let out = gpuopt(&["hutchinson", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end().lines().count(), 1);
+    assert!(!dir.path().join("outputs.npz").exists());
+}

@@ -51,6 +51,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Gpu)]
         backend: Backend,
     },
+    /// Hutchinson's diagonal estimate of CASE_DIR/inputs.npz `a`; writes CASE_DIR/outputs.npz `diag`.
+    Hutchinson {
+        /// Folder with case.json ({"samples": N, "seed": S}) and inputs.npz.
+        case_dir: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = Backend::Gpu)]
+        backend: Backend,
+    },
     /// Benchmark suites, each against the limit measured in the same run.
     Bench {
         /// Suite (elementwise); all when omitted.
@@ -111,6 +119,13 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
         }
         Command::Matfn { case_dir, backend } => {
             gpuopt::matfn::run_case(&case_dir, || match backend {
+                Backend::Gpu => Context::new().map(Some),
+                Backend::Cpu => Ok(None),
+            })?;
+            Ok(true)
+        }
+        Command::Hutchinson { case_dir, backend } => {
+            gpuopt::matfn::run_hutchinson_case(&case_dir, || match backend {
                 Backend::Gpu => Context::new().map(Some),
                 Backend::Cpu => Ok(None),
             })?;

@@ -7,6 +7,7 @@
 pub mod adaptive;
 pub mod arena;
 pub mod gemm;
+pub mod hutchinson;
 pub mod newton_schulz;
 pub mod random;
 pub mod sign_momentum;
@@ -35,6 +36,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(gemm::SPECS);
     v.extend_from_slice(newton_schulz::SPECS);
     v.extend_from_slice(random::SPECS);
+    v.extend_from_slice(hutchinson::SPECS);
     v.extend_from_slice(crate::optim::muon::SPECS);
     v.extend_from_slice(crate::optim::auon::SPECS);
     v.extend_from_slice(crate::optim::reg::SPECS);

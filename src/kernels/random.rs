@@ -14,8 +14,11 @@ pub const UNIFORM_FILL: KernelSpec =
     KernelSpec { module: "random", entry: "uniform_fill", bindings: &[(0, U), (1, W)] };
 /// Raw Philox outputs for (counter, key) pairs.
 pub const PHILOX_RAW: KernelSpec = KernelSpec { module: "random", entry: "philox_raw", bindings: &[(2, R), (3, W)] };
+/// Z[k][i] = z_i of samples k0 .. k0 + samples − 1, in one dispatch.
+pub const RADEMACHER_SAMPLES: KernelSpec =
+    KernelSpec { module: "random", entry: "rademacher_samples", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[RADEMACHER_FILL, UNIFORM_FILL, PHILOX_RAW];
+pub const SPECS: &[KernelSpec] = &[RADEMACHER_FILL, UNIFORM_FILL, PHILOX_RAW, RADEMACHER_SAMPLES];
 
 /// Uniform of `shaders/random.wgsl`. Keep in sync with `struct RandomParams`.
 #[repr(C)]
@@ -35,8 +38,8 @@ pub struct RandomParams {
     pub offset_lo: u32,
     /// Index of element 0, high word.
     pub offset_hi: u32,
-    /// Padding.
-    pub _p: u32,
+    /// Number of samples (`rademacher_samples`).
+    pub samples: u32,
 }
 const _: () = assert!(std::mem::size_of::<RandomParams>() == 32);
 
@@ -66,7 +69,7 @@ pub fn fill(ctx: &Context, out: &Tensor, draw: Draw, seed: u64, k: u32, tensor_i
         len: len as u32,
         offset_lo: offset as u32,
         offset_hi: (offset >> 32) as u32,
-        _p: 0,
+        samples: 1,
     };
     let u = ctx.uniform_buffer("random params", 32);
     ctx.queue().write_buffer(&u, 0, bytemuck::bytes_of(&p));

@@ -6,6 +6,7 @@
 pub mod adaptive;
 pub mod auon;
 pub mod gemm;
+pub mod hutchinson;
 pub mod muon;
 pub mod newton_schulz;
 pub mod racs;

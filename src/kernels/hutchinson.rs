@@ -1,0 +1,84 @@
+//! Hutchinson's Hessian-diagonal estimate for an explicit symmetric matrix (the dense quadratic
+//! ½xᵀAx, whose Hessian is A): Rademacher probes from Philox (`shaders/random.wgsl`), the products
+//! A·Z in one GEMM, and the per-element average in `shaders/hutchinson.wgsl`. CPU twin:
+//! `reference::hutchinson`.
+
+use super::gemm::{GemmDesc, GemmPlan};
+use super::random::{RandomParams, RADEMACHER_SAMPLES};
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// The averaging pass.
+pub const HUTCHINSON_DIAG: KernelSpec =
+    KernelSpec { module: "hutchinson", entry: "hutchinson_diag", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[HUTCHINSON_DIAG];
+
+/// Checks that `a` is a finite, square, symmetric matrix (to a relative 1e-6 of its largest entry).
+pub fn check_symmetric(a: &[f32], n: usize) -> Result<()> {
+    if a.len() != n * n {
+        return Err(Error::Shape { what: "hutchinson matrix".into(), expected: vec![n, n], got: vec![a.len()] });
+    }
+    if a.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Invalid("the matrix holds NaN or Inf".into()));
+    }
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for i in 0..n {
+        for j in i + 1..n {
+            if (a[i * n + j] - a[j * n + i]).abs() > 1e-6 * scale {
+                return Err(Error::Invalid(format!("the matrix is not symmetric at ({i}, {j})")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// diag ≈ (1/N)·Σ_k z_k ⊙ (A·z_k) with N = `samples` Rademacher probes under `seed` (tensor id 0).
+pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> Result<Vec<f32>> {
+    let n = match a.shape() {
+        [r, c] if r == c => *r,
+        other => {
+            return Err(Error::Shape {
+                what: "hutchinson matrix (square)".into(),
+                expected: vec![0, 0],
+                got: other.to_vec(),
+            })
+        }
+    };
+    if samples == 0 || samples > u32::MAX as usize {
+        return Err(Error::Invalid(format!("samples = {samples}: at least 1")));
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let z = Tensor::zeros(ctx, &[samples, n])?;
+    let hz = Tensor::zeros(ctx, &[n, samples])?;
+    let diag = Tensor::zeros(ctx, &[n])?;
+    let rp = RandomParams {
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        sample: 0,
+        tensor_id: 0,
+        len: n as u32,
+        offset_lo: 0,
+        offset_hi: 0,
+        samples: samples as u32,
+    };
+    let ru = ctx.uniform_buffer("hutchinson draws", 32);
+    ctx.queue().write_buffer(&ru, 0, bytemuck::bytes_of(&rp));
+    let draws = ctx.bind(&RADEMACHER_SAMPLES, &[&ru, z.buffer()])?;
+    // HZ (n × N) = A (n × n) · Zᵀ, Z stored N × n.
+    let product = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, samples, n) }, a, &z, &hz)?;
+    let hu = ctx.uniform_buffer("hutchinson params", 16);
+    ctx.queue().write_buffer(&hu, 0, bytemuck::cast_slice(&[n as u32, samples as u32, 0, 0]));
+    let average = ctx.bind(&HUTCHINSON_DIAG, &[&hu, z.buffer(), hz.buffer(), diag.buffer()])?;
+    let mut enc = ctx.encoder("hutchinson");
+    ctx.scoped("hutchinson", || {
+        draws.record(ctx, &mut enc, ((n * samples) as u32).div_ceil(WORKGROUP_SIZE));
+        product.record(&mut enc);
+        average.record(ctx, &mut enc, (n as u32).div_ceil(WORKGROUP_SIZE));
+    })?;
+    ctx.submit(enc);
+    diag.to_vec(ctx)
+}
