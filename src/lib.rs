@@ -28,3 +28,8 @@ pub mod shaders;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, ContextOptions, Tensor, TensorView};
+
+/// The README's code blocks, compiled as doctests so the front door never shows code that does not build.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
