@@ -3,6 +3,7 @@
 //! derived from the arithmetic (see [`tolerance`]).
 
 use crate::error::Result;
+use crate::optim::algorithm::{AdaHessian, Sophia, SophiaVariant};
 use crate::optim::{
     AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder,
     Sgd, SignSgd, Signum, Stepper,
@@ -122,6 +123,24 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
                 weight_decay: 0.1,
                 variant: MarsVariant::Lion,
                 ..Mars::default()
+            }
+            .into(),
+        ),
+        (
+            "adahessian",
+            AdaHessian { lr: 0.05, beta1: 0.85, beta2: 0.99, eps: 1e-3, weight_decay: 0.01, hessian_power: 0.5 }.into(),
+        ),
+        ("adahessian_k1", AdaHessian { lr: 0.1, weight_decay: 0.02, ..AdaHessian::default() }.into()),
+        ("sophia", Sophia { lr: 2e-3, rho: 0.05, hess_interval: 3, ..Sophia::default() }.into()),
+        (
+            "sophiah",
+            Sophia {
+                lr: 0.01,
+                rho: 0.2,
+                eps: 1e-6,
+                hess_interval: 2,
+                variant: SophiaVariant::Sophiah,
+                ..Sophia::default()
             }
             .into(),
         ),
@@ -302,6 +321,12 @@ pub fn run(
             let g = grad(&mut rng, n, s, edges);
             gpu.write_grad(id, &g)?;
             cpu.write_grad(id, &g)?;
+            if algorithm.needs_hessian() {
+                // Hutchinson estimates can be negative; same edge values as the gradients.
+                let d = grad(&mut rng, n, s + 1, edges);
+                gpu.write_hess_diag(id, &d)?;
+                cpu.write_hess_diag(id, &d)?;
+            }
         }
         gpu.step()?;
         cpu.step()?;

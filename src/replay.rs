@@ -44,6 +44,8 @@ pub struct Case {
     pub param: ArrayD<f32>,
     /// Gradients, [T, *S].
     pub grads: ArrayD<f32>,
+    /// Per-step Hessian diagonals, [T, *S] (AdaHessian, Sophia; `hess_diag` in inputs.npz).
+    pub hess: Option<ArrayD<f32>>,
 }
 
 fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -123,6 +125,22 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if matches!(algorithm, CaseOptimizer::Muon(_)) && param.ndim() != 2 {
         return Err(invalid(&npz_path, format!("muon takes a 2-D param, got shape {:?}", param.shape())));
     }
+    let needs_hess = matches!(&algorithm, CaseOptimizer::Elementwise(a) if a.needs_hessian());
+    let hess = if needs_hess {
+        let h: ArrayD<f32> = npz.by_name("hess_diag").map_err(|e| {
+            invalid(&npz_path, format!("array \"hess_diag\" (float32, [T, *param.shape]) is required by {name}: {e}"))
+        })?;
+        if h.shape() != grads.shape() {
+            return Err(Error::Shape {
+                what: format!("{}: hess_diag (must match grads)", npz_path.display()),
+                expected: grads.shape().to_vec(),
+                got: h.shape().to_vec(),
+            });
+        }
+        Some(h)
+    } else {
+        None
+    };
     let available = grads.shape()[0];
     let steps = match json.get("steps") {
         None => available,
@@ -131,7 +149,7 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if steps > available {
         return Err(invalid(&npz_path, format!("case asks for {steps} steps but grads holds {available}")));
     }
-    Ok(Case { algorithm, steps, param, grads })
+    Ok(Case { algorithm, steps, param, grads, hess })
 }
 
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
@@ -189,6 +207,10 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
     for t in 0..case.steps {
         let g: Vec<f32> = case.grads.index_axis(Axis(0), t).iter().copied().collect();
         opt.write_grad(id, &g)?;
+        if let Some(h) = &case.hess {
+            let d: Vec<f32> = h.index_axis(Axis(0), t).iter().copied().collect();
+            opt.write_hess_diag(id, &d)?;
+        }
         opt.step()?;
         let p = opt.read_param(id)?;
         traj.index_axis_mut(Axis(0), t).iter_mut().zip(p).for_each(|(d, s)| *d = s);

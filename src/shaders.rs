@@ -16,6 +16,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
     ("adaptive", include_str!("../shaders/adaptive.wgsl")),
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
+    ("hessian", include_str!("../shaders/hessian.wgsl")),
     ("check", include_str!("../shaders/check.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("gemm", include_str!("../shaders/gemm.wgsl")),

@@ -19,6 +19,8 @@ fn write_case(dir: &Path, json: &str, param: &ArrayD<f32>, grads: &ArrayD<f32>) 
     let mut w = NpzWriter::new(std::fs::File::create(dir.join("inputs.npz")).unwrap());
     w.add_array("param", param).unwrap();
     w.add_array("grads", grads).unwrap();
+    // Hessian-diagonal optimizers read it; the others ignore it.
+    w.add_array("hess_diag", &grads.mapv(|g| 0.5 * g + 0.1)).unwrap();
     w.finish().unwrap();
 }
 
@@ -275,5 +277,19 @@ fn hutchinson_command_on_both_backends() {
     let out = gpuopt(&["hutchinson", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end().lines().count(), 1);
+    assert!(!dir.path().join("outputs.npz").exists());
+}
+
+#[test]
+fn replay_hessian_optimizers_need_hess_diag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("case.json"), r#"{"optimizer": "sophia"}"#).unwrap();
+    let mut w = NpzWriter::new(std::fs::File::create(dir.path().join("inputs.npz")).unwrap());
+    w.add_array("param", &data(&[5], 1)).unwrap();
+    w.add_array("grads", &data(&[2, 5], 2)).unwrap();
+    w.finish().unwrap();
+    let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hess_diag"));
     assert!(!dir.path().join("outputs.npz").exists());
 }

@@ -121,3 +121,60 @@ fn mars_amplifies_the_first_step_and_clips_to_unit_norm() {
     // m = 0.1 c, v = 0.01 c^2 (beta2 0.99); u = (m / 0.1) / ((sqrt(v + 1e-15) + eps) / sqrt(0.01)) ~ c / |c|
     close(&traj[0].0, &[-0.01, 0.01], 1e-5, "mars");
 }
+
+/// Runs `alg` with gradients and Hessian diagonals on both backends.
+fn run_hess(alg: impl Into<Algorithm>, p0: &[f32], steps: &[(Vec<f32>, Vec<f32>)]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let ctx = common::ctx();
+    let mut b = OptimizerBuilder::new(alg);
+    let id = b.param("p", p0, &[p0.len()], b.default_group()).unwrap();
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    steps
+        .iter()
+        .map(|(g, d)| {
+            for opt in [&mut gpu as &mut dyn Stepper, &mut cpu] {
+                opt.write_grad(id, g).unwrap();
+                opt.write_hess_diag(id, d).unwrap();
+                opt.step().unwrap();
+            }
+            (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn adahessian_first_step_divides_by_the_hessian_magnitude() {
+    // t = 1, k = 1: m/bc1 = g, sqrt(v/bc2) = |D|, so p = p − lr·(g/(|D| + eps) + wd·p).
+    use gpuopt::optim::algorithm::AdaHessian;
+    let (lr, eps, wd) = (0.1, 1e-4, 0.01);
+    let p0 = [1.0f32, -1.0, 0.5];
+    let (g, d) = (vec![0.5f32, -2.0, 1.0], vec![2.0f32, -4.0, 0.0]);
+    let traj =
+        run_hess(AdaHessian { lr, eps, weight_decay: wd, ..AdaHessian::default() }, &p0, &[(g.clone(), d.clone())]);
+    let want: Vec<f64> =
+        (0..3).map(|i| p0[i] as f64 - lr * (g[i] as f64 / ((d[i] as f64).abs() + eps) + wd * p0[i] as f64)).collect();
+    close(&traj[0].0, &want, 1e-5, "adahessian gpu");
+    close(&traj[0].1, &want, 1e-5, "adahessian cpu");
+}
+
+#[test]
+fn sophia_starts_with_sign_steps_then_clips_by_the_hessian() {
+    // hess_interval 1: step 1 has h = 0, so ratio = 1 (a sign step); then h = (1 − β2)·D.
+    // Step 2: m₂ = β1·m₁ + (1 − β1)·g₂, ratio = min(|m₂| / max(rho·h, eps), 1).
+    use gpuopt::optim::algorithm::Sophia;
+    let (lr, b1, b2, rho, wd) = (0.01, 0.9, 0.5, 1.0, 0.1);
+    let cfg = Sophia { lr, beta1: b1, beta2: b2, rho, weight_decay: wd, hess_interval: 1, ..Sophia::default() };
+    let p0 = [1.0f32, 1.0];
+    let s1 = (vec![1.0f32, -1.0], vec![0.2f32, 100.0]);
+    let s2 = (vec![1.0f32, -1.0], vec![0.0f32, 0.0]);
+    let traj = run_hess(cfg, &p0, &[s1, s2]);
+    let d = 1.0 - lr * wd;
+    let p1: Vec<f64> = vec![d * 1.0 - lr, d * 1.0 + lr];
+    close(&traj[0].0, &p1, 1e-6, "sophia step 1");
+    let m2: [f64; 2] = [b1 * 0.1 + 0.1, -(b1 * 0.1 + 0.1)];
+    let h: [f64; 2] = [(1.0 - b2) * 0.2, (1.0 - b2) * 100.0];
+    let p2: Vec<f64> =
+        (0..2).map(|i| d * p1[i] - lr * m2[i].signum() * (m2[i].abs() / (rho * h[i])).min(1.0)).collect();
+    close(&traj[1].0, &p2, 1e-5, "sophia step 2 gpu");
+    close(&traj[1].1, &p2, 1e-5, "sophia step 2 cpu");
+}

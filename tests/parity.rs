@@ -59,6 +59,10 @@ parity_tests!(
     ademamix_matches_reference => "ademamix",
     mars_adamw_matches_reference => "mars",
     mars_lion_matches_reference => "mars_lion",
+    adahessian_matches_reference => "adahessian",
+    adahessian_power_one_matches_reference => "adahessian_k1",
+    sophia_matches_reference => "sophia",
+    sophiah_matches_reference => "sophiah",
 );
 
 #[test]

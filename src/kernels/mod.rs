@@ -7,6 +7,7 @@
 pub mod adaptive;
 pub mod arena;
 pub mod gemm;
+pub mod hessian;
 pub mod hutchinson;
 pub mod newton_schulz;
 pub mod random;
@@ -33,6 +34,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = vec![FIND_NON_FINITE, COPY_VEC4];
     v.extend_from_slice(sign_momentum::SPECS);
     v.extend_from_slice(adaptive::SPECS);
+    v.extend_from_slice(hessian::SPECS);
     v.extend_from_slice(gemm::SPECS);
     v.extend_from_slice(newton_schulz::SPECS);
     v.extend_from_slice(random::SPECS);

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::KernelSpec;
 use crate::kernels::arena::Hyper;
-use crate::kernels::{adaptive as ka, sign_momentum as ks};
+use crate::kernels::{adaptive as ka, hessian as kh, sign_momentum as ks};
 use serde::{Deserialize, Serialize};
 
 macro_rules! config {
@@ -96,6 +96,34 @@ config!(
            /** variance-reduction scale */ gamma: f64 = 0.025, /** "adamw" | "lion" */ variant: MarsVariant = MarsVariant::Adamw }
 );
 
+config!(
+    /// AdaHessian (amirgholami/adahessian image_classification, §6.3); decay DW-B. The Hessian
+    /// diagonal of each step is written with `write_hess_diag`.
+    AdaHessian { /** learning rate */ lr: f64 = 0.15, /** β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
+                 /** after the power */ eps: f64 = 1e-4, /** DW-B decay */ weight_decay: f64 = 0.0,
+                 /** k in [0, 1] */ hessian_power: f64 = 1.0 }
+);
+
+/// Sophia's form (ALGORITHMS.md §11.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SophiaVariant {
+    /// Liuhong99/Sophia's order with max(rho·h, eps) (rho scales h).
+    #[default]
+    Sophiag,
+    /// pytorch-optimizer `SophiaH` (rho is the clip bound; the EMA is updated before the step).
+    Sophiah,
+}
+
+config!(
+    /// Sophia (§6.4, §11.2); decay DW-B. The Hessian diagonal of each step is written with
+    /// `write_hess_diag`; it enters the EMA every `hess_interval` steps.
+    Sophia { /** learning rate */ lr: f64 = 1e-4, /** β1 */ beta1: f64 = 0.965, /** β2 */ beta2: f64 = 0.99,
+             /** see `variant` */ rho: f64 = 0.04, /** floor of the denominator */ eps: f64 = 1e-15,
+             /** DW-B decay */ weight_decay: f64 = 0.1, /** steps between EMA updates */ hess_interval: u64 = 10,
+             /** "sophiag" | "sophiah" */ variant: SophiaVariant = SophiaVariant::Sophiag }
+);
+
 /// One of the elementwise optimizers. The replay names are [`Algorithm::name`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Algorithm {
@@ -121,11 +149,28 @@ pub enum Algorithm {
     AdEMAMix(AdEMAMix),
     /// `mars`
     Mars(Mars),
+    /// `adahessian`
+    AdaHessian(AdaHessian),
+    /// `sophia`
+    Sophia(Sophia),
 }
 
 /// The replay names of every elementwise optimizer.
-pub const NAMES: &[&str] =
-    &["sgd", "signsgd", "signum", "lion", "ano", "anolog", "adamw", "adabound", "adamomentum", "ademamix", "mars"];
+pub const NAMES: &[&str] = &[
+    "sgd",
+    "signsgd",
+    "signum",
+    "lion",
+    "ano",
+    "anolog",
+    "adamw",
+    "adabound",
+    "adamomentum",
+    "ademamix",
+    "mars",
+    "adahessian",
+    "sophia",
+];
 
 fn check_finite(name: &str, v: f64) -> Result<()> {
     if v.is_finite() {
@@ -211,6 +256,8 @@ impl Algorithm {
             Algorithm::AdaMomentum(_) => "adamomentum",
             Algorithm::AdEMAMix(_) => "ademamix",
             Algorithm::Mars(_) => "mars",
+            Algorithm::AdaHessian(_) => "adahessian",
+            Algorithm::Sophia(_) => "sophia",
         }
     }
 
@@ -233,6 +280,8 @@ impl Algorithm {
             "adamomentum" => Algorithm::AdaMomentum(parse(hyper)?),
             "ademamix" => Algorithm::AdEMAMix(parse(hyper)?),
             "mars" => Algorithm::Mars(parse(hyper)?),
+            "adahessian" => Algorithm::AdaHessian(parse(hyper)?),
+            "sophia" => Algorithm::Sophia(parse(hyper)?),
             other => return Err(Error::Invalid(format!("unknown optimizer {other:?} (known: {})", NAMES.join(", ")))),
         };
         a.validate()?;
@@ -252,6 +301,8 @@ impl Algorithm {
             Algorithm::AdaMomentum(c) => serde_json::to_value(c),
             Algorithm::AdEMAMix(c) => serde_json::to_value(c),
             Algorithm::Mars(c) => serde_json::to_value(c),
+            Algorithm::AdaHessian(c) => serde_json::to_value(c),
+            Algorithm::Sophia(c) => serde_json::to_value(c),
         };
         v.expect("configs serialise")
     }
@@ -269,6 +320,8 @@ impl Algorithm {
             Algorithm::AdaMomentum(c) => (c.lr, c.weight_decay),
             Algorithm::AdEMAMix(c) => (c.lr, c.weight_decay),
             Algorithm::Mars(c) => (c.lr, c.weight_decay),
+            Algorithm::AdaHessian(c) => (c.lr, c.weight_decay),
+            Algorithm::Sophia(c) => (c.lr, c.weight_decay),
         }
     }
 
@@ -333,6 +386,32 @@ impl Algorithm {
                 check_positive("eps", c.eps)?;
                 check_finite("gamma", c.gamma)?;
             }
+            Algorithm::AdaHessian(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("eps", c.eps)?;
+                check_finite("hessian_power", c.hessian_power)?;
+                if !(0.0..=1.0).contains(&c.hessian_power) {
+                    return Err(Error::Hyperparameter {
+                        name: "hessian_power".into(),
+                        value: c.hessian_power,
+                        reason: "must lie in [0, 1]".into(),
+                    });
+                }
+            }
+            Algorithm::Sophia(c) => {
+                check_beta("beta1", c.beta1, 0.0)?;
+                check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("rho", c.rho)?;
+                check_positive("eps", c.eps)?;
+                if c.hess_interval == 0 {
+                    return Err(Error::Hyperparameter {
+                        name: "hess_interval".into(),
+                        value: 0.0,
+                        reason: "must be >= 1".into(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -350,6 +429,8 @@ impl Algorithm {
             Algorithm::AdEMAMix(_) => &[("m1", 5), ("m2", 6), ("v", 7)],
             Algorithm::Mars(c) if c.variant == MarsVariant::Lion => &[("m", 5), ("g_prev", 7)],
             Algorithm::Mars(_) => &[("m", 5), ("v", 6), ("g_prev", 7)],
+            Algorithm::AdaHessian(_) => &[("m", 5), ("v", 6)],
+            Algorithm::Sophia(_) => &[("m", 5), ("h", 6)],
         }
     }
 
@@ -370,6 +451,9 @@ impl Algorithm {
             Algorithm::AdEMAMix(_) => ka::ADEMAMIX,
             Algorithm::Mars(c) if c.variant == MarsVariant::Lion => ka::MARS_LION,
             Algorithm::Mars(_) => ka::MARS_ADAMW,
+            Algorithm::AdaHessian(_) => kh::ADAHESSIAN,
+            Algorithm::Sophia(c) if c.variant == SophiaVariant::Sophiah => kh::SOPHIAH,
+            Algorithm::Sophia(_) => kh::SOPHIAG,
         }
     }
 
@@ -378,12 +462,17 @@ impl Algorithm {
         matches!(self, Algorithm::Mars(_))
     }
 
+    /// Whether each step takes a Hessian-diagonal estimate (`write_hess_diag`).
+    pub fn needs_hessian(&self) -> bool {
+        matches!(self, Algorithm::AdaHessian(_) | Algorithm::Sophia(_))
+    }
+
     /// Bytes the fused update must move per parameter (ALGORITHMS.md §3), for bandwidth figures.
     /// MARS counts its norm pass (8 B) too.
     pub fn bytes_per_param(&self) -> usize {
         let states = self.states().len();
         // read p, g and every state; write p and every state
-        let base = 4 * (3 + 2 * states);
+        let base = 4 * (3 + 2 * states) + if self.needs_hessian() { 4 } else { 0 };
         if self.needs_norm() {
             base + 8
         } else {
@@ -482,6 +571,25 @@ impl Algorithm {
                 h.c[2] = f(bc(c.beta2).sqrt());
                 h.c[3] = f(wd);
             }
+            Algorithm::AdaHessian(c) => {
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                h.c[0] = f(bc(c.beta1));
+                h.c[1] = f(bc(c.beta2).sqrt());
+                h.c[2] = f(c.hessian_power);
+                h.c[3] = f(wd);
+            }
+            Algorithm::Sophia(c) => {
+                h.decay = dwb;
+                betas(&mut h, c.beta1, c.beta2);
+                h.eps = f(c.eps);
+                h.c[0] = f(c.rho);
+                let fold = match c.variant {
+                    SophiaVariant::Sophiag => t.is_multiple_of(c.hess_interval),
+                    SophiaVariant::Sophiah => (t - 1).is_multiple_of(c.hess_interval),
+                };
+                h.c[1] = if fold { 1.0 } else { 0.0 };
+            }
         }
         h
     }
@@ -494,7 +602,7 @@ macro_rules! from_config {
         }
     )*};
 }
-from_config!(Sgd => Sgd, SignSgd => SignSgd, Signum => Signum, Lion => Lion, Ano => Ano, AdamW => AdamW,
+from_config!(AdaHessian => AdaHessian, Sophia => Sophia, Sgd => Sgd, SignSgd => SignSgd, Signum => Signum, Lion => Lion, Ano => Ano, AdamW => AdamW,
              AdaBound => AdaBound, AdaMomentum => AdaMomentum, AdEMAMix => AdEMAMix, Mars => Mars);
 
 #[cfg(test)]

@@ -22,8 +22,11 @@ struct Segment {
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     states: Vec<wgpu::Buffer>,
+    /// This step's Hessian-diagonal estimate (AdaHessian, Sophia), laid out like `grads`.
+    hess: Option<wgpu::Buffer>,
     update: Option<BoundKernel>,
     check: Option<BoundKernel>,
+    check_hess: Option<BoundKernel>,
     norms: Option<NormPasses>,
 }
 
@@ -67,7 +70,13 @@ impl Segment {
         for (name, _) in core.algorithm.states() {
             states.push(ctx.storage_buffer(&format!("state arena {name}"), bytes)?);
         }
-        let mut seg = Segment { layout, params, grads, states, update: None, check: None, norms: None };
+        let hess = if core.algorithm.needs_hessian() {
+            Some(ctx.storage_buffer("hessian diagonal arena", bytes)?)
+        } else {
+            None
+        };
+        let mut seg =
+            Segment { layout, params, grads, states, hess, update: None, check: None, check_hess: None, norms: None };
         if seg.layout.blocks.is_empty() {
             return Ok(seg);
         }
@@ -88,10 +97,14 @@ impl Segment {
         }
         let mut buffers: Vec<&wgpu::Buffer> = vec![hyper, &blocks, skip, &seg.params, &seg.grads];
         buffers.extend(seg.states.iter());
+        buffers.extend(seg.hess.as_ref());
         buffers.extend(norm_buf.as_ref());
         seg.update = Some(ctx.bind(&core.algorithm.kernel(), &buffers)?);
         if core.guard {
             seg.check = Some(ctx.bind(&FIND_NON_FINITE, &[&seg.grads, skip])?);
+            if let Some(h) = &seg.hess {
+                seg.check_hess = Some(ctx.bind(&FIND_NON_FINITE, &[h, skip])?);
+            }
         }
         Ok(seg)
     }
@@ -192,7 +205,7 @@ impl Optimizer {
             encoder.clear_buffer(&self.skip, 0, None);
         }
         for seg in &self.segments {
-            if let Some(check) = &seg.check {
+            for check in seg.check.iter().chain(&seg.check_hess) {
                 n += check.record(&self.ctx, encoder, (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE));
             }
         }
@@ -268,6 +281,13 @@ impl Stepper for Optimizer {
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
         self.write_arena(id, data, "parameter", |s| &s.params)
+    }
+
+    fn write_hess_diag(&mut self, id: ParamId, diag: &[f32]) -> Result<()> {
+        if !self.core.algorithm.needs_hessian() {
+            return Err(Error::Invalid(format!("{} takes no Hessian diagonal", self.core.algorithm.name())));
+        }
+        self.write_arena(id, diag, "Hessian diagonal", |s| s.hess.as_ref().expect("allocated when needed"))
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {

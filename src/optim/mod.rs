@@ -327,6 +327,10 @@ pub trait Stepper {
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()>;
     /// Overwrites a parameter's values.
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()>;
+    /// Writes this step's Hessian-diagonal estimate of a parameter (AdaHessian, Sophia).
+    fn write_hess_diag(&mut self, _id: ParamId, _diag: &[f32]) -> Result<()> {
+        Err(Error::Invalid("this optimizer takes no Hessian diagonal".into()))
+    }
     /// Reads a parameter's values (the GPU backend waits for the device).
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>>;
     /// Reads a state tensor by name (see [`Algorithm::states`]).

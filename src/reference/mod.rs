@@ -6,6 +6,7 @@
 pub mod adaptive;
 pub mod auon;
 pub mod gemm;
+pub mod hessian;
 pub mod hutchinson;
 pub mod muon;
 pub mod newton_schulz;
@@ -37,7 +38,7 @@ pub fn has_non_finite(data: &[f32]) -> bool {
 
 /// One tensor's update: dispatches to the kernel `algorithm` uses, with its state tensors in
 /// [`Algorithm::states`] order.
-pub fn step_tensor(algorithm: &Algorithm, h: &Hyper, p: &mut [f32], g: &[f32], states: &mut [Vec<f32>]) {
+pub fn step_tensor(algorithm: &Algorithm, h: &Hyper, p: &mut [f32], g: &[f32], d: &[f32], states: &mut [Vec<f32>]) {
     use adaptive as a;
     use sign_momentum as s;
     match (algorithm, states) {
@@ -61,6 +62,11 @@ pub fn step_tensor(algorithm: &Algorithm, h: &Hyper, p: &mut [f32], g: &[f32], s
             let norm = a::mars_norm(h, g, gp);
             a::mars_lion_step(h, p, g, m, gp, norm)
         }
+        (Algorithm::AdaHessian(_), [m, v]) => hessian::adahessian_step(h, p, g, d, m, v),
+        (Algorithm::Sophia(c), [m, hh]) if c.variant == crate::optim::algorithm::SophiaVariant::Sophiah => {
+            hessian::sophiah_step(h, p, g, d, m, hh)
+        }
+        (Algorithm::Sophia(_), [m, hh]) => hessian::sophiag_step(h, p, g, d, m, hh),
         (alg, st) => unreachable!("{} with {} state tensors", alg.name(), st.len()),
     }
 }
@@ -71,6 +77,7 @@ pub struct CpuOptimizer {
     core: Core,
     params: Vec<ArrayD<f32>>,
     grads: Vec<ArrayD<f32>>,
+    hess: Vec<Vec<f32>>,
     states: Vec<Vec<Vec<f32>>>,
 }
 
@@ -86,7 +93,8 @@ impl CpuOptimizer {
             .collect();
         let grads = params.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
         let states = b.params.iter().map(|p| vec![vec![0.0; p.len()]; n_states]).collect();
-        CpuOptimizer { core, params, grads, states }
+        let hess = b.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        CpuOptimizer { core, params, grads, hess, states }
     }
 
     /// A parameter as an ndarray.
@@ -98,7 +106,8 @@ impl CpuOptimizer {
 
 impl Stepper for CpuOptimizer {
     fn step(&mut self) -> Result<()> {
-        if self.core.guard && self.grads.iter().any(|g| has_non_finite(g.as_slice().expect("standard layout"))) {
+        let bad_grads = self.grads.iter().any(|g| has_non_finite(g.as_slice().expect("standard layout")));
+        if self.core.guard && (bad_grads || self.hess.iter().any(|d| has_non_finite(d))) {
             self.core.skipped += 1;
             self.core.last_non_finite = true;
             return Ok(());
@@ -109,7 +118,7 @@ impl Stepper for CpuOptimizer {
         for (i, meta) in self.core.params.iter().enumerate() {
             let p = self.params[i].as_slice_mut().expect("standard layout");
             let g = self.grads[i].as_slice().expect("standard layout");
-            step_tensor(&self.core.algorithm, &hypers.g[meta.group], p, g, &mut self.states[i]);
+            step_tensor(&self.core.algorithm, &hypers.g[meta.group], p, g, &self.hess[i], &mut self.states[i]);
         }
         Ok(())
     }
@@ -117,6 +126,15 @@ impl Stepper for CpuOptimizer {
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         self.core.check_len(id, grad.len(), "gradient")?;
         self.grads[id.0].as_slice_mut().expect("standard layout").copy_from_slice(grad);
+        Ok(())
+    }
+
+    fn write_hess_diag(&mut self, id: ParamId, diag: &[f32]) -> Result<()> {
+        if !self.core.algorithm.needs_hessian() {
+            return Err(crate::Error::Invalid(format!("{} takes no Hessian diagonal", self.core.algorithm.name())));
+        }
+        self.core.check_len(id, diag.len(), "Hessian diagonal")?;
+        self.hess[id.0].copy_from_slice(diag);
         Ok(())
     }
 
