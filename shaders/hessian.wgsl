@@ -34,6 +34,21 @@ fn adahessian_elem(h: Hyper, i: u32, tensor: u32) {
 
 #arena_kernel adahessian_step adahessian_elem
 
+// The same with k = 1 (the default) and no pow in the code: the host picks this entry point when
+// hessian_power is 1, so the default never depends on how a GPU compiles pow or a branch around it.
+fn adahessian_k1_elem(h: Hyper, i: u32, tensor: u32) {
+    let d = hd[i];
+    let m = h.beta1 * s0[i] + h.omb1 * g[i];
+    let v = h.beta2 * s1[i] + h.omb2 * (d * d);
+    s0[i] = m;
+    s1[i] = v;
+    let denom = sqrt(v) / h.c2 + h.eps;
+    let p0 = p[i];
+    p[i] = p0 - h.lr * ((m / h.c1) / denom + h.c4 * p0);
+}
+
+#arena_kernel adahessian_k1_step adahessian_k1_elem
+
 // Sophia (official code's order): s0 = m, s1 = h; the EMA of h takes this step's D after the update.
 fn sophiag_elem(h: Hyper, i: u32, tensor: u32) {
     let m = h.beta1 * s0[i] + h.omb1 * g[i];

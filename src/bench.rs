@@ -43,7 +43,7 @@ pub struct Record {
 }
 
 /// The suites `gpuopt bench` knows.
-pub const SUITES: &[&str] = &["elementwise", "gemm", "ns"];
+pub const SUITES: &[&str] = &["elementwise", "gemm", "ns", "hutchinson"];
 
 /// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline. Copies
 /// larger than one storage binding are split into chunks, one dispatch each.
@@ -195,11 +195,13 @@ pub fn run(ctx: &Context, suite: Option<&str>, quick: bool, show_progress: bool)
             let mut all = elementwise(ctx, quick, show_progress)?;
             all.extend(gemm(ctx, quick, show_progress)?);
             all.extend(ns(ctx, quick, show_progress)?);
+            all.extend(hutchinson(ctx, quick, show_progress)?);
             Ok(all)
         }
         Some("elementwise") => elementwise(ctx, quick, show_progress),
         Some("gemm") => gemm(ctx, quick, show_progress),
         Some("ns") => ns(ctx, quick, show_progress),
+        Some("hutchinson") => hutchinson(ctx, quick, show_progress),
         Some(other) => Err(Error::Invalid(format!("unknown suite {other:?} (known: {})", SUITES.join(", ")))),
     }
 }
@@ -479,6 +481,70 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// The hutchinson suite: Rademacher generation beside the copy kernel writing the same bytes (goal
+/// ≥ 0.8), and the fused AdaHessian / Sophia steps beside a fused AdamW step on the same tensor
+/// (goal: ≤ 1.2× its time, ratio ≥ 0.83).
+pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
+    use crate::kernels::random::{RandomParams, RADEMACHER_FILL};
+    let adapter = ctx.info().name.clone();
+    let n: usize = if quick { 1 << 20 } else { 1 << 24 };
+    let (reps, batches) = if quick { (3, 3) } else { (5, 7) };
+    let pb = progress(3, show_progress);
+    pb.set_message("rademacher");
+    let out = crate::Tensor::zeros(ctx, &[n])?;
+    let u = ctx.uniform_buffer("bench random", 32);
+    let rp = RandomParams { seed_lo: 1, len: n as u32, samples: 1, ..RandomParams::default() };
+    ctx.queue().write_buffer(&u, 0, bytemuck::bytes_of(&rp));
+    let fill = ctx.bind(&RADEMACHER_FILL, &[&u, out.buffer()])?;
+    let t = ctx.time(reps, batches, |enc| {
+        fill.record(ctx, enc, (n as u32).div_ceil(WORKGROUP_SIZE));
+    })?;
+    // The fill writes 4 bytes per element; a copy of n/2 floats moves the same 4n bytes.
+    let copy = CopyKernel::new(ctx, n / 2)?;
+    let c = ctx.time(reps, batches, |enc| copy.record(ctx, enc))?;
+    let mut recs = vec![Record {
+        suite: "hutchinson".into(),
+        kernel: "rademacher_fill".into(),
+        shape: vec![n],
+        median_s: t.median_s,
+        gbps: Some(4.0 * n as f64 / t.median_s / 1e9),
+        gflops: None,
+        baseline: "copy".into(),
+        baseline_median_s: c.median_s,
+        ratio: c.median_s / t.median_s,
+        tensors: None,
+        adapter: adapter.clone(),
+        timing: t.method.into(),
+    }];
+    pb.inc(1);
+    let adamw = optimizer_with_grads(ctx, &Algorithm::from_name("adamw", &serde_json::json!({}))?, &[vec![n]])?;
+    let base = time_update(ctx, &adamw, reps, batches)?;
+    drop(adamw);
+    for name in ["adahessian", "sophia"] {
+        pb.set_message(name);
+        let alg = Algorithm::from_name(name, &serde_json::json!({}))?;
+        let opt = optimizer_with_grads(ctx, &alg, &[vec![n]])?;
+        let t = time_update(ctx, &opt, reps, batches)?;
+        recs.push(Record {
+            suite: "hutchinson".into(),
+            kernel: format!("{name}_step"),
+            shape: vec![n],
+            median_s: t.median_s,
+            gbps: Some((alg.bytes_per_param() * n) as f64 / t.median_s / 1e9),
+            gflops: None,
+            baseline: "adamw_step".into(),
+            baseline_median_s: base.median_s,
+            ratio: base.median_s / t.median_s,
+            tensors: None,
+            adapter: adapter.clone(),
+            timing: t.method.into(),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(recs)
 }
 
 /// Prints records as a table.

@@ -451,6 +451,7 @@ impl Algorithm {
             Algorithm::AdEMAMix(_) => ka::ADEMAMIX,
             Algorithm::Mars(c) if c.variant == MarsVariant::Lion => ka::MARS_LION,
             Algorithm::Mars(_) => ka::MARS_ADAMW,
+            Algorithm::AdaHessian(c) if c.hessian_power == 1.0 => kh::ADAHESSIAN_K1,
             Algorithm::AdaHessian(_) => kh::ADAHESSIAN,
             Algorithm::Sophia(c) if c.variant == SophiaVariant::Sophiah => kh::SOPHIAH,
             Algorithm::Sophia(_) => kh::SOPHIAG,
