@@ -26,3 +26,23 @@ fn hutchinson_diag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     diag[i] = acc / f32(hp.samples);
 }
+
+// The sample-at-a-time form for any Hessian-vector product: acc += z * hz for one sample (k order is
+// the caller's loop order), then diag = acc / N. len = n, samples = N.
+@group(0) @binding(4) var<storage, read_write> acc: array<f32>;
+
+@compute @workgroup_size(256)
+fn hutchinson_accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= hp.n) { return; }
+    acc[i] = acc[i] + z[i] * hz[i];
+}
+
+@compute @workgroup_size(256)
+fn hutchinson_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= hp.n) { return; }
+    acc[i] = acc[i] / f32(hp.samples);
+}

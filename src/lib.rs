@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod error;
 pub mod gpu;
+pub mod hvp;
 pub mod kernels;
 pub mod matfn;
 pub mod optim;

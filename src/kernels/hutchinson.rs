@@ -12,8 +12,14 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 /// The averaging pass.
 pub const HUTCHINSON_DIAG: KernelSpec =
     KernelSpec { module: "hutchinson", entry: "hutchinson_diag", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
+/// acc += z ⊙ (H·z) for one sample.
+pub const HUTCHINSON_ACCUMULATE: KernelSpec =
+    KernelSpec { module: "hutchinson", entry: "hutchinson_accumulate", bindings: &[(0, U), (1, R), (2, R), (4, W)] };
+/// acc /= N.
+pub const HUTCHINSON_FINISH: KernelSpec =
+    KernelSpec { module: "hutchinson", entry: "hutchinson_finish", bindings: &[(0, U), (4, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[HUTCHINSON_DIAG];
+pub const SPECS: &[KernelSpec] = &[HUTCHINSON_DIAG, HUTCHINSON_ACCUMULATE, HUTCHINSON_FINISH];
 
 /// Checks that `a` is a finite, square, symmetric matrix (to a relative 1e-6 of its largest entry).
 pub fn check_symmetric(a: &[f32], n: usize) -> Result<()> {
