@@ -22,6 +22,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("gemm", include_str!("../shaders/gemm.wgsl")),
     ("random", include_str!("../shaders/random.wgsl")),
     ("hutchinson", include_str!("../shaders/hutchinson.wgsl")),
+    ("softmax", include_str!("../shaders/softmax.wgsl")),
     ("fma_peak", include_str!("../shaders/fma_peak.wgsl")),
     ("newton_schulz", include_str!("../shaders/newton_schulz.wgsl")),
     ("muon", include_str!("../shaders/muon.wgsl")),

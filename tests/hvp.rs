@@ -112,3 +112,64 @@ fn finite_differences_match_the_exact_logistic_hessian() {
         assert!((hv[j] as f64 - want).abs() <= 1e-3 * norm + 1e-4, "{j}: {} vs {want}", hv[j]);
     }
 }
+
+#[test]
+fn softmax_regression_hvp_is_exact_and_finite_differences_agree() {
+    use gpuopt::hvp::softmax::{softmax_hvp_f64, SoftmaxRegression};
+    let ctx = common::ctx();
+    let (n, d, k, lambda) = (120usize, 7usize, 4usize, 0.01f32);
+    let mut rng = TestRng::new(12);
+    let x = rng.uniforms(n * d, 1.0);
+    let labels: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % k) as u32).collect();
+    let w = rng.uniforms(d * k, 0.5);
+    let mut model = SoftmaxRegression::new(&ctx, &x, &labels, n, d, k, lambda).unwrap();
+    model.set_weights(&w).unwrap();
+    let v = gpuopt::reference::random::rademacher(5, 0, 0, 0, d * k);
+    let (vt, out) = (Tensor::from_slice(&ctx, &v, &[d * k]).unwrap(), Tensor::zeros(&ctx, &[d * k]).unwrap());
+    model.hvp(&ctx, &vt, &out).unwrap();
+    let hv = out.to_vec(&ctx).unwrap();
+    let exact = softmax_hvp_f64(&x, &w, &v, (n, d, k), lambda as f64);
+    let norm = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+    // Three f32 products over at most n terms: relative error ~ sqrt(n)·ε.
+    for j in 0..d * k {
+        assert!((hv[j] as f64 - exact[j]).abs() <= 16.0 * (n as f64).sqrt() * f32::EPSILON as f64 * norm, "{j}");
+    }
+    // Central differences of the GPU gradient (ε from §6.2) agree with the exact product.
+    let grad = |wv: &[f32], g: &mut [f32]| -> gpuopt::Result<()> {
+        model.set_weights(wv)?;
+        g.copy_from_slice(&model.loss_and_grad()?.1);
+        Ok(())
+    };
+    let mut fd = FiniteDifference::new(w.clone(), grad, None);
+    let fdv = fd.hvp_host(&v).unwrap();
+    for j in 0..d * k {
+        assert!((fdv[j] as f64 - exact[j]).abs() <= 1e-3 * norm + 1e-4, "{j}: fd {} vs exact {}", fdv[j], exact[j]);
+    }
+}
+
+#[test]
+fn softmax_regression_gradient_matches_finite_differences_of_the_loss() {
+    use gpuopt::hvp::softmax::SoftmaxRegression;
+    let ctx = common::ctx();
+    let (n, d, k) = (60usize, 5usize, 3usize);
+    let mut rng = TestRng::new(21);
+    let x = rng.uniforms(n * d, 1.0);
+    let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+    let w = rng.uniforms(d * k, 0.5);
+    let mut model = SoftmaxRegression::new(&ctx, &x, &labels, n, d, k, 0.05).unwrap();
+    model.set_weights(&w).unwrap();
+    let (_, g) = model.loss_and_grad().unwrap();
+    for j in [0, 4, d * k - 1] {
+        let h = 1e-2f32;
+        let mut wp = w.clone();
+        wp[j] += h;
+        model.set_weights(&wp).unwrap();
+        let lp = model.loss_and_grad().unwrap().0;
+        wp[j] -= 2.0 * h;
+        model.set_weights(&wp).unwrap();
+        let lm = model.loss_and_grad().unwrap().0;
+        let fd = (lp - lm) / (2.0 * h);
+        assert!((fd - g[j]).abs() <= 2e-3, "{j}: fd {fd} vs grad {}", g[j]);
+    }
+    assert!(SoftmaxRegression::new(&ctx, &x, &vec![9; n], n, d, k, 0.0).is_err(), "labels out of range");
+}

@@ -5,6 +5,8 @@
 //! (½xᵀAx, H = A, one GEMM per product) and [`FiniteDifference`] (central differences of any
 //! gradient function, with ε chosen as §6.2 recommends).
 
+pub mod softmax;
+
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::hutchinson::{check_symmetric, HUTCHINSON_ACCUMULATE, HUTCHINSON_FINISH};

@@ -39,6 +39,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(newton_schulz::SPECS);
     v.extend_from_slice(random::SPECS);
     v.extend_from_slice(hutchinson::SPECS);
+    v.extend_from_slice(crate::hvp::softmax::SPECS);
     v.extend_from_slice(crate::optim::muon::SPECS);
     v.extend_from_slice(crate::optim::auon::SPECS);
     v.extend_from_slice(crate::optim::reg::SPECS);
