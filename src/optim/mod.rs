@@ -25,7 +25,8 @@ pub mod muon;
 pub mod reg;
 
 pub use algorithm::{
-    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd, Signum,
+    AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd, Signum,
+    Sophia, SophiaVariant,
 };
 pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
