@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+mod case;
 pub mod error;
 pub mod gpu;
 pub mod hvp;

@@ -6,19 +6,15 @@
 //!
 //! A bad case is an error and writes no `outputs.npz` (a stale one is removed first).
 
+use crate::case::{clear_output, invalid, open_inputs, read_array, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{self as ns, batch_shape, NS5_COEFFICIENTS};
 use crate::{reference, Context, Tensor};
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter};
 use std::path::Path;
 
 /// The matrix functions `matfn` knows.
 pub const FUNCTIONS: &[&str] = &["newton_schulz5", "polar"];
-
-fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("{}: {msg}", path.display()))
-}
 
 fn key_usize(json: &serde_json::Value, key: &str, default: usize, path: &Path) -> Result<usize> {
     match json.get(key) {
@@ -33,22 +29,14 @@ fn key_usize(json: &serde_json::Value, key: &str, default: usize, path: &Path) -
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,
 /// or `None` for the CPU reference).
 pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
-    let out = dir.join("outputs.npz");
-    if out.exists() {
-        std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
-    }
-    let case_path = dir.join("case.json");
-    let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| invalid(&case_path, format!("not valid JSON: {e}")))?;
+    let out = clear_output(dir)?;
+    let (case_path, json) = read_json(dir)?;
     let function = json
         .get("function")
         .and_then(|v| v.as_str())
         .ok_or_else(|| invalid(&case_path, "missing string field \"function\""))?;
-    let npz_path = dir.join("inputs.npz");
-    let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
-    let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
-    let a: ArrayD<f32> = npz.by_name("a").map_err(|e| invalid(&npz_path, format!("array \"a\" (float32): {e}")))?;
+    let (npz_path, mut npz) = open_inputs(dir)?;
+    let a = read_array(&npz_path, &mut npz, "a", "float32")?;
     if a.iter().any(|v| !v.is_finite()) {
         return Err(invalid(&npz_path, "\"a\" holds NaN or Inf"));
     }
@@ -84,24 +72,15 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
         }
     };
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
-    w.add_array("y", &y).map_err(|e| invalid(&out, e))?;
-    let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
-    crate::optim::checkpoint::write_file_atomically(&out, &bytes)
+    write_outputs(&out, &[("y", &y)])
 }
 
 /// `gpuopt hutchinson CASE_DIR`: `case.json` `{"samples": N, "seed": S}`, `inputs.npz` `a`
 /// (symmetric [n, n], the Hessian of ½xᵀAx) → `outputs.npz` `diag` [n] = (1/N)·Σ_k z_k ⊙ (A·z_k)
 /// with the library's Rademacher probes (ALGORITHMS.md §11.5). GPU and CPU draw identical probes.
 pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
-    let out = dir.join("outputs.npz");
-    if out.exists() {
-        std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
-    }
-    let case_path = dir.join("case.json");
-    let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| invalid(&case_path, format!("not valid JSON: {e}")))?;
+    let out = clear_output(dir)?;
+    let (case_path, json) = read_json(dir)?;
     let samples = key_usize(&json, "samples", 1, &case_path)?;
     if samples == 0 {
         return Err(invalid(&case_path, "\"samples\" must be at least 1"));
@@ -112,10 +91,8 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
             v.as_u64().ok_or_else(|| invalid(&case_path, "\"seed\" must be a non-negative integer below 2^64"))?
         }
     };
-    let npz_path = dir.join("inputs.npz");
-    let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
-    let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
-    let a: ArrayD<f32> = npz.by_name("a").map_err(|e| invalid(&npz_path, format!("array \"a\" (float32): {e}")))?;
+    let (npz_path, mut npz) = open_inputs(dir)?;
+    let a = read_array(&npz_path, &mut npz, "a", "float32")?;
     let n = match a.shape() {
         [r, c] if r == c => *r,
         other => return Err(invalid(&npz_path, format!("\"a\" must be square [n, n], got {other:?}"))),
@@ -132,8 +109,5 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
         None => reference::hutchinson::hutchinson_diag(&data, n, samples, seed),
     };
     let y = ArrayD::from_shape_vec(IxDyn(&[n]), diag).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
-    w.add_array("diag", &y).map_err(|e| invalid(&out, e))?;
-    let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
-    crate::optim::checkpoint::write_file_atomically(&out, &bytes)
+    write_outputs(&out, &[("diag", &y)])
 }

@@ -8,13 +8,13 @@
 //! parameter after each step). A bad case is an error and writes no `outputs.npz` (a stale one is
 //! removed first, so a failed run never leaves an old result looking current).
 
+use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::optim::{
     Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, RegBuilder, RegConfig, Stepper,
 };
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter};
 use std::path::Path;
 
 /// Which optimizer a case runs.
@@ -48,21 +48,9 @@ pub struct Case {
     pub hess: Option<ArrayD<f32>>,
 }
 
-fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("{}: {msg}", path.display()))
-}
-
 /// Reads and validates `case.json` and `inputs.npz`.
 pub fn load_case(dir: &Path) -> Result<Case> {
-    let case_path = dir.join("case.json");
-    let text = std::fs::read_to_string(&case_path).map_err(|e| Error::io(&case_path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        if text.contains("NaN") || text.contains("Infinity") {
-            invalid(&case_path, "hyperparameters must be finite numbers (found NaN or Infinity)")
-        } else {
-            invalid(&case_path, format!("not valid JSON: {e}"))
-        }
-    })?;
+    let (case_path, json) = read_json(dir)?;
     let name = json
         .get("optimizer")
         .and_then(|v| v.as_str())
@@ -103,9 +91,7 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         })?)
     };
 
-    let npz_path = dir.join("inputs.npz");
-    let file = std::fs::File::open(&npz_path).map_err(|e| Error::io(&npz_path, e))?;
-    let mut npz = NpzReader::new(file).map_err(|e| invalid(&npz_path, e))?;
+    let (npz_path, mut npz) = open_inputs(dir)?;
     let param: ArrayD<f32> =
         npz.by_name("param").map_err(|e| invalid(&npz_path, format!("array \"param\" (float32): {e}")))?;
     let grads: ArrayD<f32> =
@@ -221,17 +207,10 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
 /// `gpuopt replay`: load and validate the case, then open the backend (`backend()` returns the GPU
 /// context, or `None` for the CPU reference), run, and write `outputs.npz` atomically.
 pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
-    let out = dir.join("outputs.npz");
-    if out.exists() {
-        std::fs::remove_file(&out).map_err(|e| Error::io(&out, e))?;
-    }
+    let out = clear_output(dir)?;
     let case = load_case(dir)?;
     let ctx = backend()?;
     let traj = run(&case, ctx.as_ref())?;
     let last = if case.steps == 0 { case.param.clone() } else { traj.index_axis(Axis(0), case.steps - 1).to_owned() };
-    let mut w = NpzWriter::new(std::io::Cursor::new(Vec::new()));
-    w.add_array("param", &last).map_err(|e| invalid(&out, e))?;
-    w.add_array("trajectory", &traj).map_err(|e| invalid(&out, e))?;
-    let bytes = w.finish().map_err(|e| invalid(&out, e))?.into_inner();
-    crate::optim::checkpoint::write_file_atomically(&out, &bytes)
+    write_outputs(&out, &[("param", &last), ("trajectory", &traj)])
 }
