@@ -270,6 +270,49 @@ pub(crate) fn update_config<C: Clone>(
     Ok(())
 }
 
+/// The parameter and gradient tensors of a per-tensor chain of passes (AuON, REG).
+pub(crate) trait ChainTensors {
+    /// The parameter.
+    fn param_tensor(&self) -> &crate::Tensor;
+    /// Its gradient.
+    fn grad_tensor(&self) -> &crate::Tensor;
+}
+
+/// The chain of parameter `id` (`None` for an empty parameter), checking `len` when given.
+pub(crate) fn chain_at<'a, C>(
+    params: &[ParamMeta],
+    chains: &'a [Option<C>],
+    id: ParamId,
+    len: Option<usize>,
+) -> Result<Option<&'a C>> {
+    let meta = params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
+    if let Some(len) = len {
+        if len != meta.len() {
+            return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
+        }
+    }
+    Ok(chains[id.0].as_ref())
+}
+
+/// Writes a chain's gradient (`grad`) or parameter; nothing for an empty parameter.
+pub(crate) fn chain_write<C: ChainTensors>(
+    ctx: &crate::Context,
+    chain: Option<&C>,
+    data: &[f32],
+    grad: bool,
+) -> Result<()> {
+    match chain {
+        Some(c) if grad => c.grad_tensor().write(ctx, data),
+        Some(c) => c.param_tensor().write(ctx, data),
+        None => Ok(()),
+    }
+}
+
+/// Reads a chain's parameter (empty for an empty parameter).
+pub(crate) fn chain_read<C: ChainTensors>(ctx: &crate::Context, chain: Option<&C>) -> Result<Vec<f32>> {
+    chain.map_or(Ok(Vec::new()), |c| c.param_tensor().to_vec(ctx))
+}
+
 /// The checkpoint of a single-config optimizer (AuON, REG): `hyper` is the config, one group.
 pub(crate) fn config_snapshot<C: serde::Serialize>(
     name: &str,

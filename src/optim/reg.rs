@@ -4,7 +4,10 @@
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
 //! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
 
-use super::{check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{
+    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, update_config, GroupId, ParamId,
+    ParamMeta, Snapshot, Stepper,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -241,13 +244,17 @@ impl RegOptimizer {
     }
 
     fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
-        let meta = self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
-        if let Some(len) = len {
-            if len != meta.len() {
-                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
-            }
-        }
-        Ok(self.chains[id.0].as_ref())
+        chain_at(&self.params, &self.chains, id, len)
+    }
+}
+
+impl super::ChainTensors for Chain {
+    fn param_tensor(&self) -> &Tensor {
+        &self.p
+    }
+
+    fn grad_tensor(&self) -> &Tensor {
+        &self.g
     }
 }
 
@@ -273,24 +280,15 @@ impl Stepper for RegOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        if let Some(c) = self.chain(id, Some(grad.len()))? {
-            c.g.write(&self.ctx, grad)?;
-        }
-        Ok(())
+        chain_write(&self.ctx, self.chain(id, Some(grad.len()))?, grad, true)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        if let Some(c) = self.chain(id, Some(data.len()))? {
-            c.p.write(&self.ctx, data)?;
-        }
-        Ok(())
+        chain_write(&self.ctx, self.chain(id, Some(data.len()))?, data, false)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        Ok(match self.chain(id, None)? {
-            Some(c) => c.p.to_vec(&self.ctx)?,
-            None => Vec::new(),
-        })
+        chain_read(&self.ctx, self.chain(id, None)?)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
