@@ -71,42 +71,36 @@ pub struct FrobeniusPlan {
 impl FrobeniusPlan {
     /// Binds the two passes.
     pub fn new(ctx: &Context, x: &Tensor, y: Option<&Tensor>, batch: usize, norms: &Tensor) -> Result<Self> {
-        let len = x.len() / batch.max(1);
-        let chunks = len.div_ceil(CHUNK).max(1);
-        let u = uniform(
-            ctx,
-            NsParams {
-                len: len as u32,
-                batch: batch as u32,
-                chunks: chunks as u32,
-                use_y: y.is_some() as u32,
-                ..Default::default()
-            },
-        );
-        let partials = ctx.storage_buffer("frobenius partials", 8 * (chunks * batch) as u64)?;
-        let partial = ctx.bind(&FROB_PARTIAL, &[&u, x.buffer(), y.unwrap_or(x).buffer(), &partials])?;
-        let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, norms.buffer()])?;
-        Ok(FrobeniusPlan { partial, finish, chunks: chunks as u32, batch: batch as u32, _buffers: vec![u, partials] })
+        let extra = NsParams { use_y: y.is_some() as u32, ..Default::default() };
+        Self::build(ctx, x, batch, extra, norms, |u, partials| {
+            ctx.bind(&FROB_PARTIAL, &[u, x.buffer(), y.unwrap_or(x).buffer(), partials])
+        })
     }
 
     /// sqrt(Σ cosh(γ·x/(norms[z] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
     /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
     pub fn cosh(ctx: &Context, x: &Tensor, norms: &Tensor, gamma: f32, batch: usize, out: &Tensor) -> Result<Self> {
+        let extra = NsParams { eps: NS_EPS, gamma, ..Default::default() };
+        Self::build(ctx, x, batch, extra, out, |u, partials| {
+            ctx.bind(&COSH_PARTIAL, &[u, x.buffer(), partials, norms.buffer()])
+        })
+    }
+
+    /// The shared part: the uniform (len, batch, chunks over `extra`), the partials buffer, the
+    /// first pass bound by `partial`, and `frob_final` into `out`.
+    fn build(
+        ctx: &Context,
+        x: &Tensor,
+        batch: usize,
+        extra: NsParams,
+        out: &Tensor,
+        partial: impl FnOnce(&wgpu::Buffer, &wgpu::Buffer) -> Result<BoundKernel>,
+    ) -> Result<Self> {
         let len = x.len() / batch.max(1);
         let chunks = len.div_ceil(CHUNK).max(1);
-        let u = uniform(
-            ctx,
-            NsParams {
-                len: len as u32,
-                batch: batch as u32,
-                chunks: chunks as u32,
-                eps: NS_EPS,
-                gamma,
-                ..Default::default()
-            },
-        );
-        let partials = ctx.storage_buffer("cosh partials", 8 * (chunks * batch) as u64)?;
-        let partial = ctx.bind(&COSH_PARTIAL, &[&u, x.buffer(), &partials, norms.buffer()])?;
+        let u = uniform(ctx, NsParams { len: len as u32, batch: batch as u32, chunks: chunks as u32, ..extra });
+        let partials = ctx.storage_buffer("norm partials", 8 * (chunks * batch) as u64)?;
+        let partial = partial(&u, &partials)?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, out.buffer()])?;
         Ok(FrobeniusPlan { partial, finish, chunks: chunks as u32, batch: batch as u32, _buffers: vec![u, partials] })
     }
