@@ -42,6 +42,59 @@ pub struct Record {
     pub timing: String,
 }
 
+impl Record {
+    /// A record of `kernel` beside `baseline`, both measured in the same run; the ratio is the
+    /// kernel's throughput over the baseline's (= baseline time / kernel time for the same work).
+    pub fn measured(
+        suite: &str,
+        kernel: impl Into<String>,
+        shape: Vec<usize>,
+        median_s: f64,
+        baseline: impl Into<String>,
+        baseline_median_s: f64,
+    ) -> Self {
+        Record {
+            suite: suite.into(),
+            kernel: kernel.into(),
+            shape,
+            median_s,
+            gbps: None,
+            gflops: None,
+            baseline: baseline.into(),
+            baseline_median_s,
+            ratio: baseline_median_s / median_s,
+            tensors: None,
+            adapter: String::new(),
+            timing: String::new(),
+        }
+    }
+
+    /// Effective bandwidth of `bytes` moved per run.
+    pub fn gbps(mut self, bytes: f64) -> Self {
+        self.gbps = Some(bytes / self.median_s / 1e9);
+        self
+    }
+
+    /// Arithmetic throughput of `flops` per run.
+    pub fn gflops(mut self, flops: f64) -> Self {
+        self.gflops = Some(flops / self.median_s / 1e9);
+        self
+    }
+
+    /// Tensors in the step.
+    pub fn tensors(mut self, n: usize) -> Self {
+        self.tensors = Some(n);
+        self
+    }
+
+    /// Where and how it was timed.
+    pub fn on(mut self, adapter: impl Into<String>, timing: impl Into<String>) -> Self {
+        self.adapter = adapter.into();
+        self.timing = timing.into();
+        self
+    }
+}
+
 /// The suites `gpuopt bench` knows.
 pub const SUITES: &[&str] = &["elementwise", "gemm", "ns", "hutchinson"];
 
@@ -234,20 +287,11 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
             let opt = optimizer_with_grads(ctx, alg, &[vec![n]])?;
             let t = time_update(ctx, &opt, reps, batches)?;
             drop(opt);
-            out.push(Record {
-                suite: "elementwise".into(),
-                kernel: alg.name().into(),
-                shape: vec![n],
-                median_s: t.median_s,
-                gbps: Some(bytes as f64 / t.median_s / 1e9),
-                gflops: None,
-                baseline: "copy".into(),
-                baseline_median_s: base.median_s,
-                ratio: base.median_s / t.median_s,
-                tensors: None,
-                adapter: adapter.clone(),
-                timing: t.method.into(),
-            });
+            out.push(
+                Record::measured("elementwise", alg.name(), vec![n], t.median_s, "copy", base.median_s)
+                    .gbps(bytes as f64)
+                    .on(adapter.clone(), t.method),
+            );
             pb.inc(1);
         }
     }
@@ -265,20 +309,19 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         let opt = optimizer_with_grads(ctx, &alg, &shapes)?;
         let t = time_update(ctx, &opt, reps, batches.min(5))?;
         drop(opt);
-        out.push(Record {
-            suite: "elementwise".into(),
-            kernel: format!("multi_tensor_{name}"),
-            shape: vec![total],
-            median_s: t.median_s,
-            gbps: Some((alg.bytes_per_param() * total) as f64 / t.median_s / 1e9),
-            gflops: None,
-            baseline: format!("flat_{name}"),
-            baseline_median_s: flat.median_s,
-            ratio: flat.median_s / t.median_s,
-            tensors: Some(shapes.len()),
-            adapter: adapter.clone(),
-            timing: t.method.into(),
-        });
+        out.push(
+            Record::measured(
+                "elementwise",
+                format!("multi_tensor_{name}"),
+                vec![total],
+                t.median_s,
+                format!("flat_{name}"),
+                flat.median_s,
+            )
+            .gbps((alg.bytes_per_param() * total) as f64)
+            .tensors(shapes.len())
+            .on(adapter.clone(), t.method),
+        );
         pb.inc(1);
     }
     // The CPU reference for contrast (same AdamW step, one thread).
@@ -299,20 +342,11 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
     }
     times.sort_by(f64::total_cmp);
     let c = times[times.len() / 2];
-    out.push(Record {
-        suite: "elementwise".into(),
-        kernel: "cpu_reference_adamw".into(),
-        shape: vec![n],
-        median_s: c,
-        gbps: Some((alg.bytes_per_param() * n) as f64 / c / 1e9),
-        gflops: None,
-        baseline: "adamw".into(),
-        baseline_median_s: g.median_s,
-        ratio: g.median_s / c,
-        tensors: None,
-        adapter: "CPU (one thread)".into(),
-        timing: "wall-clock".into(),
-    });
+    out.push(
+        Record::measured("elementwise", "cpu_reference_adamw", vec![n], c, "adamw", g.median_s)
+            .gbps((alg.bytes_per_param() * n) as f64)
+            .on("CPU (one thread)", "wall-clock"),
+    );
     pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
@@ -328,7 +362,6 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
     pb.set_message("fma peak");
     let fma = FmaPeak::new(ctx, 512, 4096)?;
     let peak = ctx.time(2, 5, |enc| fma.record(ctx, enc))?;
-    let peak_gflops = fma.flops / peak.median_s / 1e9;
     pb.inc(1);
     let mut out = Vec::new();
     let mut rng = TestRng::new(3);
@@ -349,21 +382,13 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         let t = ctx.time(reps, if quick { 3 } else { 5 }, |enc| {
             plan.record(enc);
         })?;
-        let gflops = desc.flops() / t.median_s / 1e9;
-        out.push(Record {
-            suite: "gemm".into(),
-            kernel: "gemm_f32_nn".into(),
-            shape: vec![n, n, n],
-            median_s: t.median_s,
-            gbps: None,
-            gflops: Some(gflops),
-            baseline: "fma_peak".into(),
-            baseline_median_s: peak.median_s * desc.flops() / fma.flops,
-            ratio: gflops / peak_gflops,
-            tensors: None,
-            adapter: adapter.clone(),
-            timing: t.method.into(),
-        });
+        // The FMA kernel's time for the same FLOPs: the ratio is then GEMM GFLOP/s over the FMA limit.
+        let peak_s = peak.median_s * desc.flops() / fma.flops;
+        out.push(
+            Record::measured("gemm", "gemm_f32_nn", vec![n, n, n], t.median_s, "fma_peak", peak_s)
+                .gflops(desc.flops())
+                .on(adapter.clone(), t.method),
+        );
         pb.inc(1);
         pb.set_message(format!("cpu sgemm {n}"));
         let ca = ndarray::Array2::<f32>::from_shape_vec((n, n), rng.uniforms(n * n, 1.0))
@@ -379,20 +404,11 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         }
         times.sort_by(f64::total_cmp);
         let cpu = times[1];
-        out.push(Record {
-            suite: "gemm".into(),
-            kernel: "cpu_sgemm_ndarray".into(),
-            shape: vec![n, n, n],
-            median_s: cpu,
-            gbps: None,
-            gflops: Some(desc.flops() / cpu / 1e9),
-            baseline: "gemm_f32_nn".into(),
-            baseline_median_s: t.median_s,
-            ratio: t.median_s / cpu,
-            tensors: None,
-            adapter: "CPU".into(),
-            timing: "wall-clock".into(),
-        });
+        out.push(
+            Record::measured("gemm", "cpu_sgemm_ndarray", vec![n, n, n], cpu, "gemm_f32_nn", t.median_s)
+                .gflops(desc.flops())
+                .on("CPU", "wall-clock"),
+        );
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -435,20 +451,11 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
             gp.record(enc);
         })?;
         let nominal = 5.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64) * b as f64;
-        out.push(Record {
-            suite: "ns".into(),
-            kernel: "newton_schulz5".into(),
-            shape: vec![b, m, n],
-            median_s: t.median_s,
-            gbps: None,
-            gflops: Some(nominal / t.median_s / 1e9),
-            baseline: "15x_gemm".into(),
-            baseline_median_s: 15.0 * one.median_s,
-            ratio: 15.0 * one.median_s / t.median_s,
-            tensors: None,
-            adapter: adapter.clone(),
-            timing: t.method.into(),
-        });
+        out.push(
+            Record::measured("ns", "newton_schulz5", vec![b, m, n], t.median_s, "15x_gemm", 15.0 * one.median_s)
+                .gflops(nominal)
+                .on(adapter.clone(), t.method),
+        );
         pb.inc(1);
     }
     // The Gram half-product beside the full X·Xᵀ.
@@ -464,20 +471,11 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let tf = ctx.time(1, batches, |enc| {
         full.record(enc);
     })?;
-    out.push(Record {
-        suite: "ns".into(),
-        kernel: "gram_half".into(),
-        shape: vec![n, n, n],
-        median_s: th.median_s,
-        gbps: None,
-        gflops: Some(2.0 * (n * n * n) as f64 / th.median_s / 1e9),
-        baseline: "gemm_full_xxt".into(),
-        baseline_median_s: tf.median_s,
-        ratio: tf.median_s / th.median_s,
-        tensors: None,
-        adapter,
-        timing: th.method.into(),
-    });
+    out.push(
+        Record::measured("ns", "gram_half", vec![n, n, n], th.median_s, "gemm_full_xxt", tf.median_s)
+            .gflops(2.0 * (n * n * n) as f64)
+            .on(adapter, th.method),
+    );
     pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
@@ -504,20 +502,9 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
     // The fill writes 4 bytes per element; a copy of n/2 floats moves the same 4n bytes.
     let copy = CopyKernel::new(ctx, n / 2)?;
     let c = ctx.time(reps, batches, |enc| copy.record(ctx, enc))?;
-    let mut recs = vec![Record {
-        suite: "hutchinson".into(),
-        kernel: "rademacher_fill".into(),
-        shape: vec![n],
-        median_s: t.median_s,
-        gbps: Some(4.0 * n as f64 / t.median_s / 1e9),
-        gflops: None,
-        baseline: "copy".into(),
-        baseline_median_s: c.median_s,
-        ratio: c.median_s / t.median_s,
-        tensors: None,
-        adapter: adapter.clone(),
-        timing: t.method.into(),
-    }];
+    let mut recs = vec![Record::measured("hutchinson", "rademacher_fill", vec![n], t.median_s, "copy", c.median_s)
+        .gbps(4.0 * n as f64)
+        .on(adapter.clone(), t.method)];
     pb.inc(1);
     let adamw = optimizer_with_grads(ctx, &Algorithm::from_name("adamw", &serde_json::json!({}))?, &[vec![n]])?;
     let base = time_update(ctx, &adamw, reps, batches)?;
@@ -527,20 +514,11 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
         let alg = Algorithm::from_name(name, &serde_json::json!({}))?;
         let opt = optimizer_with_grads(ctx, &alg, &[vec![n]])?;
         let t = time_update(ctx, &opt, reps, batches)?;
-        recs.push(Record {
-            suite: "hutchinson".into(),
-            kernel: format!("{name}_step"),
-            shape: vec![n],
-            median_s: t.median_s,
-            gbps: Some((alg.bytes_per_param() * n) as f64 / t.median_s / 1e9),
-            gflops: None,
-            baseline: "adamw_step".into(),
-            baseline_median_s: base.median_s,
-            ratio: base.median_s / t.median_s,
-            tensors: None,
-            adapter: adapter.clone(),
-            timing: t.method.into(),
-        });
+        recs.push(
+            Record::measured("hutchinson", format!("{name}_step"), vec![n], t.median_s, "adamw_step", base.median_s)
+                .gbps((alg.bytes_per_param() * n) as f64)
+                .on(adapter.clone(), t.method),
+        );
         pb.inc(1);
     }
     pb.finish_and_clear();
