@@ -25,6 +25,7 @@ pub mod parity;
 
 pub mod reference;
 pub mod replay;
+pub mod roots;
 
 pub mod shaders;
 

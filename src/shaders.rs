@@ -28,6 +28,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("muon", include_str!("../shaders/muon.wgsl")),
     ("auon", include_str!("../shaders/auon.wgsl")),
     ("racs", include_str!("../shaders/racs.wgsl")),
+    ("roots", include_str!("../shaders/roots.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

@@ -11,6 +11,7 @@ pub mod hessian;
 pub mod hutchinson;
 pub mod newton_schulz;
 pub mod random;
+pub mod roots;
 pub mod sign_momentum;
 
 use crate::gpu::{Binding, KernelSpec};
@@ -38,6 +39,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(gemm::SPECS);
     v.extend_from_slice(newton_schulz::SPECS);
     v.extend_from_slice(random::SPECS);
+    v.extend_from_slice(roots::SPECS);
     v.extend_from_slice(hutchinson::SPECS);
     v.extend_from_slice(crate::hvp::softmax::SPECS);
     v.extend_from_slice(crate::optim::muon::SPECS);

@@ -12,6 +12,7 @@ pub mod muon;
 pub mod newton_schulz;
 pub mod racs;
 pub mod random;
+pub mod roots;
 pub mod sign_momentum;
 
 use crate::error::Result;

@@ -1,0 +1,198 @@
+// Support kernels of the matrix-root family (ALGORITHMS.md §7): everything that is not a product.
+// The products are GEMM dispatches (shaders/gemm.wgsl). CPU twin: src/reference/roots.rs.
+//
+// affine:          out[z] = alpha * s[z] * x[z] + beta * out[z] + gamma * I
+//                  s[z] = 1 (mode 0), scales[z]^power (mode 1); mode 2 copies alpha * x[z] only where
+//                  scales[z] != 0 (a per-matrix mask) and leaves the other matrices untouched.
+// maxdev_partial + maxdev_final: max_ij |x_ij - I_ij| per matrix (NaN counts as +Inf), two passes.
+// gj_pivot + gj_eliminate: one column of a batched Gauss-Jordan elimination with partial pivoting
+//                  on [M | R]; after n columns M = I and R = M^-1 R.
+
+struct RootParams {
+    rows: u32,
+    cols: u32,      // columns of x / out / M (M is rows x rows)
+    batch: u32,
+    mode: u32,
+    alpha: f32,
+    beta: f32,      // 0: the old out is not read
+    gamma: f32,
+    power: f32,
+    col: u32,       // gj: the pivot column j
+    rhs: u32,       // gj: columns of R
+    chunks: u32,    // maxdev: workgroups per matrix
+    _p: u32,
+}
+
+@group(0) @binding(0) var<uniform> rp: RootParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> scales: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mat: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rhs: array<f32>;
+@group(0) @binding(6) var<storage, read_write> factors: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+
+const WG: u32 = 256u;
+const CHUNK: u32 = 4096u;
+const INF: f32 = 3.4028234663852886e38;  // f32::MAX stands in for +Inf (WGSL has no Inf literal)
+
+// s^power with the common powers exact (1 / s and sqrt are what the CPU twin computes too).
+fn scale_pow(s: f32, power: f32) -> f32 {
+    if (power == 1.0) { return s; }
+    if (power == -1.0) { return 1.0 / s; }
+    if (power == 0.5) { return sqrt(s); }
+    if (power == -0.5) { return 1.0 / sqrt(s); }
+    return pow(s, power);
+}
+
+@compute @workgroup_size(256)
+fn affine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let len = rp.rows * rp.cols;
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let z = wid.z;
+    if (i >= len) { return; }
+    var s = rp.alpha;
+    if (rp.mode == 1u) { s = s * scale_pow(scales[z], rp.power); }
+    if (rp.mode == 2u && scales[z] == 0.0) { return; }
+    var v = 0.0;
+    if (rp.alpha != 0.0) { v = s * x[z * len + i]; }
+    if (rp.beta != 0.0) { v = v + rp.beta * out[z * len + i]; }
+    if (i / rp.cols == i % rp.cols) { v = v + rp.gamma; }
+    out[z * len + i] = v;
+}
+
+var<workgroup> red_max: array<f32, 256>;
+var<workgroup> red_idx: array<u32, 256>;
+
+// max over red_max[0..256] into red_max[0], keeping the lowest index among equal values in
+// red_idx[0]; two barriers (16 x 16), as shared/reduce.wgsl explains.
+fn workgroup_argmax(lid: u32) {
+    workgroupBarrier();
+    if (lid < 16u) {
+        var bv = red_max[lid * 16u];
+        var bi = red_idx[lid * 16u];
+        for (var j = 1u; j < 16u; j = j + 1u) {
+            let v = red_max[lid * 16u + j];
+            let k = red_idx[lid * 16u + j];
+            if (v > bv || (v == bv && k < bi)) { bv = v; bi = k; }
+        }
+        red_max[lid * 16u] = bv;
+        red_idx[lid * 16u] = bi;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var bv = red_max[0];
+        var bi = red_idx[0];
+        for (var j = 1u; j < 16u; j = j + 1u) {
+            let v = red_max[j * 16u];
+            let k = red_idx[j * 16u];
+            if (v > bv || (v == bv && k < bi)) { bv = v; bi = k; }
+        }
+        red_max[0] = bv;
+        red_idx[0] = bi;
+    }
+    workgroupBarrier();
+}
+
+fn dev(v: f32, r: u32, c: u32) -> f32 {
+    var d = v;
+    if (r == c) { d = v - 1.0; }
+    let a = abs(d);
+    // NaN fails every comparison: report it as the largest deviation.
+    return select(INF, min(a, INF), a <= INF);
+}
+
+@compute @workgroup_size(256)
+fn maxdev_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let len = rp.rows * rp.cols;
+    let chunk = wid.x;
+    let z = wid.y;
+    let start = chunk * CHUNK;
+    let end = min(start + CHUNK, len);
+    var m = 0.0;
+    for (var i = start + lid; i < end; i = i + WG) {
+        m = max(m, dev(x[z * len + i], i / rp.cols, i % rp.cols));
+    }
+    red_max[lid] = m;
+    red_idx[lid] = 0u;
+    workgroup_argmax(lid);
+    if (lid == 0u) { partials[z * rp.chunks + chunk] = red_max[0]; }
+}
+
+@compute @workgroup_size(256)
+fn maxdev_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let z = wid.x;
+    var m = 0.0;
+    for (var j = lid; j < rp.chunks; j = j + WG) { m = max(m, partials[z * rp.chunks + j]); }
+    red_max[lid] = m;
+    red_idx[lid] = 0u;
+    workgroup_argmax(lid);
+    if (lid == 0u) { out[z] = red_max[0]; }
+}
+
+// Column j of the elimination, one workgroup per matrix: pick the row p >= j with the largest |M_pj|
+// (lowest index on ties), swap rows p and j of M and R, scale row j by 1 / M_pj, and store the
+// elimination factors f_i = M_ij (0 for i = j) for gj_eliminate. A zero or non-finite pivot sets
+// factors[batch * rows + z] = 1 (singular); the elimination still runs so nothing hangs, and the
+// host turns the flag into an error.
+@compute @workgroup_size(256)
+fn gj_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = rp.rows;
+    let j = rp.col;
+    let z = wid.x;
+    let m0 = z * n * n;
+    let r0 = z * n * rp.rhs;
+    var bv = -1.0;
+    var bi = j;
+    for (var i = j + lid; i < n; i = i + WG) {
+        let v = abs(mat[m0 + i * n + j]);
+        if (v > bv) { bv = v; bi = i; }
+    }
+    red_max[lid] = bv;
+    red_idx[lid] = bi;
+    workgroup_argmax(lid);
+    let p = red_idx[0];
+    let piv = mat[m0 + p * n + j];
+    storageBarrier();
+    let good = abs(piv) > 0.0 && abs(piv) <= INF;
+    if (lid == 0u && !good) { factors[rp.batch * n + z] = 1.0; }
+    let inv = 1.0 / piv;
+    for (var c = j + lid; c < n; c = c + WG) {
+        let a = mat[m0 + j * n + c];
+        let b = mat[m0 + p * n + c];
+        mat[m0 + p * n + c] = a;
+        mat[m0 + j * n + c] = b * inv;
+    }
+    for (var c = lid; c < rp.rhs; c = c + WG) {
+        let a = rhs[r0 + j * rp.rhs + c];
+        let b = rhs[r0 + p * rp.rhs + c];
+        rhs[r0 + p * rp.rhs + c] = a;
+        rhs[r0 + j * rp.rhs + c] = b * inv;
+    }
+    storageBarrier();
+    for (var i = lid; i < n; i = i + WG) {
+        factors[z * n + i] = select(mat[m0 + i * n + j], 0.0, i == j);
+    }
+}
+
+// Row i <- row i - f_i * row j for every i != j, over the columns j.. of M and all of R.
+@compute @workgroup_size(16, 16)
+fn gj_eliminate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = rp.rows;
+    let j = rp.col;
+    let c = gid.x + j;
+    let i = gid.y;
+    let z = gid.z;
+    if (i >= n || c >= n + rp.rhs) { return; }
+    let f = factors[z * n + i];
+    if (f == 0.0) { return; }
+    if (c < n) {
+        let m0 = z * n * n;
+        mat[m0 + i * n + c] = mat[m0 + i * n + c] - f * mat[m0 + j * n + c];
+    } else {
+        let r0 = z * n * rp.rhs;
+        let cc = c - n;
+        rhs[r0 + i * rp.rhs + cc] = rhs[r0 + i * rp.rhs + cc] - f * rhs[r0 + j * rp.rhs + cc];
+    }
+}

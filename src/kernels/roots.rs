@@ -1,0 +1,279 @@
+//! `shaders/roots.wgsl` and [`GpuMats`], the GPU backend of [`crate::roots::MatOps`]: every operation
+//! records its dispatches into one pending encoder, which is submitted only when a value is read back
+//! (or data must be written in order). CPU twin: `reference::roots::CpuMats`.
+
+use super::gemm::{GemmDesc, GemmPlan};
+use super::newton_schulz::FrobeniusPlan;
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use crate::roots::{Mat, MatOps, Scale};
+use bytemuck::{Pod, Zeroable};
+use std::any::Any;
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// out ← α·s·x + β·out + γ·I.
+pub const AFFINE: KernelSpec =
+    KernelSpec { module: "roots", entry: "affine", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
+/// Partial max|x − I| per chunk.
+pub const MAXDEV_PARTIAL: KernelSpec =
+    KernelSpec { module: "roots", entry: "maxdev_partial", bindings: &[(0, U), (1, R), (7, W)] };
+/// max|x − I| per matrix from the partials.
+pub const MAXDEV_FINAL: KernelSpec =
+    KernelSpec { module: "roots", entry: "maxdev_final", bindings: &[(0, U), (3, W), (7, W)] };
+/// Gauss–Jordan pivot search, row swap and scaling for one column.
+pub const GJ_PIVOT: KernelSpec =
+    KernelSpec { module: "roots", entry: "gj_pivot", bindings: &[(0, U), (4, W), (5, W), (6, W)] };
+/// Gauss–Jordan elimination of one column.
+pub const GJ_ELIMINATE: KernelSpec =
+    KernelSpec { module: "roots", entry: "gj_eliminate", bindings: &[(0, U), (4, W), (5, W), (6, W)] };
+/// All specs of this module.
+pub const SPECS: &[KernelSpec] = &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE];
+
+const CHUNK: usize = 4096;
+
+/// Uniform of `shaders/roots.wgsl`. Keep in sync with `struct RootParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct RootParams {
+    rows: u32,
+    cols: u32,
+    batch: u32,
+    mode: u32,
+    alpha: f32,
+    beta: f32,
+    gamma: f32,
+    power: f32,
+    col: u32,
+    rhs: u32,
+    chunks: u32,
+    _p: u32,
+}
+const _: () = assert!(std::mem::size_of::<RootParams>() == 48);
+
+/// The GPU backend of [`MatOps`]: batches of matrices as [`Tensor`]s, operations recorded lazily.
+pub struct GpuMats {
+    ctx: Context,
+    mats: Vec<(Tensor, (usize, usize, usize))>,
+    enc: Option<wgpu::CommandEncoder>,
+    keep: Vec<Box<dyn Any>>,
+    dummy: wgpu::Buffer,
+    dispatches: usize,
+}
+
+impl GpuMats {
+    /// A backend on `ctx`.
+    pub fn new(ctx: &Context) -> Result<Self> {
+        let dummy = ctx.storage_buffer("roots unused binding", 16)?;
+        Ok(GpuMats { ctx: ctx.clone(), mats: Vec::new(), enc: None, keep: Vec::new(), dummy, dispatches: 0 })
+    }
+
+    /// Takes ownership of a [b, rows, cols] (or [rows, cols]) tensor.
+    pub fn adopt(&mut self, t: Tensor) -> Result<Mat> {
+        let dims = match *t.shape() {
+            [r, c] => (1, r, c),
+            [b, r, c] => (b, r, c),
+            _ => {
+                return Err(Error::Shape {
+                    what: "matrix batch (expected [n, n] or [b, n, n])".into(),
+                    expected: vec![0, 0],
+                    got: t.shape().to_vec(),
+                })
+            }
+        };
+        self.mats.push((t, dims));
+        Ok(Mat(self.mats.len() - 1))
+    }
+
+    /// The tensor behind a handle (valid once [`GpuMats::flush`] has run the recorded work).
+    pub fn tensor(&self, m: Mat) -> &Tensor {
+        &self.mats[m.0].0
+    }
+
+    /// Submits the recorded work.
+    pub fn flush(&mut self) {
+        if let Some(enc) = self.enc.take() {
+            self.ctx.submit(enc);
+        }
+        self.keep.clear();
+    }
+
+    /// Dispatches recorded so far (a test and benchmark hook).
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
+    }
+
+    fn buf(&self, m: Mat) -> &wgpu::Buffer {
+        self.mats[m.0].0.buffer()
+    }
+
+    fn uniform(&mut self, p: RootParams) -> wgpu::Buffer {
+        let u = self.ctx.uniform_buffer("roots params", 48);
+        self.ctx.queue().write_buffer(&u, 0, bytemuck::bytes_of(&p));
+        u
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        let ctx = &self.ctx;
+        self.enc.get_or_insert_with(|| ctx.encoder("roots"))
+    }
+}
+
+impl MatOps for GpuMats {
+    fn alloc(&mut self, batch: usize, rows: usize, cols: usize) -> Result<Mat> {
+        let t = Tensor::zeros(&self.ctx, &[batch, rows, cols])?;
+        self.adopt(t)
+    }
+
+    fn upload(&mut self, data: &[f32], batch: usize, rows: usize, cols: usize) -> Result<Mat> {
+        // A new buffer: its staged write lands before the pending work runs, which never reads it earlier.
+        let t = Tensor::from_slice(&self.ctx, data, &[batch, rows, cols])?;
+        self.adopt(t)
+    }
+
+    fn shape(&self, m: Mat) -> (usize, usize, usize) {
+        self.mats[m.0].1
+    }
+
+    fn gemm(&mut self, desc: GemmDesc, a: Mat, b: Mat, c: Mat, addend: Option<Mat>) -> Result<()> {
+        let plan = {
+            let t = |m: Mat| &self.mats[m.0].0;
+            match addend {
+                Some(d) => GemmPlan::with_addend(&self.ctx, desc, t(a), t(b), t(c), t(d))?,
+                None => GemmPlan::new(&self.ctx, desc, t(a), t(b), t(c))?,
+            }
+        };
+        self.dispatches += plan.record(self.encoder());
+        self.keep.push(Box::new(plan));
+        Ok(())
+    }
+
+    fn affine(&mut self, out: Mat, x: Option<Mat>, alpha: f32, scale: Scale, beta: f32, gamma: f32) -> Result<()> {
+        let (batch, rows, cols) = self.shape(out);
+        if let Some(x) = x {
+            if self.shape(x) != (batch, rows, cols) {
+                return Err(Error::Shape {
+                    what: "affine x".into(),
+                    expected: vec![batch, rows, cols],
+                    got: vec![self.shape(x).0, self.shape(x).1, self.shape(x).2],
+                });
+            }
+        }
+        let (mode, power, scales) = match scale {
+            Scale::One => (0, 0.0, None),
+            Scale::Pow(s, p) => (1, p, Some(s)),
+            Scale::Mask(s) => (2, 0.0, Some(s)),
+        };
+        let alpha = if x.is_some() { alpha } else { 0.0 };
+        let p = RootParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            batch: batch as u32,
+            mode,
+            alpha,
+            beta,
+            gamma,
+            power,
+            ..Default::default()
+        };
+        let u = self.uniform(p);
+        let bound = {
+            let xb = x.map_or(&self.dummy, |m| self.buf(m));
+            let sb = scales.map_or(&self.dummy, |m| self.buf(m));
+            self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out)])?
+        };
+        let (gx, gy) = self.ctx.grid(((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
+        self.dispatches += bound.record_3d(self.encoder(), (gx, gy, batch as u32));
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let batch = self.shape(x).0;
+        let plan = FrobeniusPlan::new(&self.ctx, self.tensor(x), None, batch, self.tensor(out))?;
+        self.dispatches += plan.record(self.encoder());
+        self.keep.push(Box::new(plan));
+        Ok(())
+    }
+
+    fn max_dev(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let (batch, rows, cols) = self.shape(x);
+        let chunks = (rows * cols).div_ceil(CHUNK).max(1);
+        let u = self.uniform(RootParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            batch: batch as u32,
+            chunks: chunks as u32,
+            ..Default::default()
+        });
+        let partials = self.ctx.storage_buffer("maxdev partials", 4 * (chunks * batch) as u64)?;
+        let first = self.ctx.bind(&MAXDEV_PARTIAL, &[&u, self.buf(x), &partials])?;
+        let second = self.ctx.bind(&MAXDEV_FINAL, &[&u, self.buf(out), &partials])?;
+        let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
+        self.dispatches +=
+            first.record_3d(enc, (chunks as u32, batch as u32, 1)) + second.record_3d(enc, (batch as u32, 1, 1));
+        self.keep.push(Box::new((u, partials, first, second)));
+        Ok(())
+    }
+
+    fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()> {
+        let (batch, n, n2) = self.shape(m);
+        let (rb, rn, k) = self.shape(rhs);
+        if n != n2 || rb != batch || rn != n || self.shape(status).0 != batch {
+            return Err(Error::Shape {
+                what: "solve (m [b, n, n], rhs [b, n, k], status [b])".into(),
+                expected: vec![batch, n, n],
+                got: vec![rb, rn, k],
+            });
+        }
+        // factors[z·n + i]: the column's elimination factors; factors[b·n + z]: the singular flag.
+        let factors = self.ctx.storage_buffer("gauss-jordan factors", 4 * (batch * n + batch) as u64)?;
+        let grid = ((n + k).div_ceil(16) as u32, n.div_ceil(16) as u32, batch as u32);
+        for j in 0..n {
+            let u = self.uniform(RootParams {
+                rows: n as u32,
+                cols: n as u32,
+                batch: batch as u32,
+                col: j as u32,
+                rhs: k as u32,
+                ..Default::default()
+            });
+            let buffers = [&u, self.buf(m), self.buf(rhs), &factors];
+            let pivot = self.ctx.bind(&GJ_PIVOT, &buffers)?;
+            let eliminate = self.ctx.bind(&GJ_ELIMINATE, &buffers)?;
+            // Columns before j are finished: the elimination grid starts at column j.
+            let cols_left = (n - j + k).div_ceil(16) as u32;
+            let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
+            self.dispatches += pivot.record_3d(enc, (batch as u32, 1, 1))
+                + eliminate.record_3d(enc, (cols_left.min(grid.0), grid.1, grid.2));
+            self.keep.push(Box::new((u, pivot, eliminate)));
+        }
+        let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
+        enc.copy_buffer_to_buffer(
+            &factors,
+            4 * (batch * n) as u64,
+            self.mats[status.0].0.buffer(),
+            0,
+            4 * batch as u64,
+        );
+        self.keep.push(Box::new(factors));
+        Ok(())
+    }
+
+    fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()> {
+        // `fill` submits on its own: run what is pending first so the order holds.
+        self.flush();
+        super::random::fill(&self.ctx, self.tensor(out), super::random::Draw::Uniform, seed, 0, 0, 0)
+    }
+
+    fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
+        let enc = self.enc.take();
+        let keep = std::mem::take(&mut self.keep);
+        self.ctx.scoped("matrix roots", || {
+            if let Some(enc) = enc {
+                self.ctx.submit(enc);
+            }
+        })?;
+        drop(keep);
+        self.tensor(m).to_vec(&self.ctx)
+    }
+}

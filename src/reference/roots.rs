@@ -1,0 +1,245 @@
+//! CPU twin of `shaders/roots.wgsl` and of the GEMM/norm kernels the root algorithms use:
+//! [`CpuMats`], the CPU backend of [`crate::roots::MatOps`] (f32 data; products accumulated in f64 and
+//! rounded once, as `reference::gemm`), and the f64 eigendecomposition oracle (nalgebra's
+//! `SymmetricEigen`) that the algorithms are held to.
+
+use super::gemm::{gemm, gemm_addend};
+use crate::error::{Error, Result};
+use crate::kernels::gemm::GemmDesc;
+use crate::roots::{Mat, MatOps, Scale};
+use nalgebra::{DMatrix, SymmetricEigen};
+
+/// The CPU backend: every batch a `Vec<f32>`.
+#[derive(Default)]
+pub struct CpuMats {
+    mats: Vec<((usize, usize, usize), Vec<f32>)>,
+}
+
+/// s^power as the shader's `scale_pow`: the common powers by division and sqrt, others by `powf`.
+pub fn scale_pow(s: f32, power: f32) -> f32 {
+    if power == 1.0 {
+        s
+    } else if power == -1.0 {
+        1.0 / s
+    } else if power == 0.5 {
+        s.sqrt()
+    } else if power == -0.5 {
+        1.0 / s.sqrt()
+    } else {
+        s.powf(power)
+    }
+}
+
+/// The shader's `dev`: |v − δ|, NaN and ±Inf reported as f32::MAX.
+fn dev(v: f32, diagonal: bool) -> f32 {
+    let a = if diagonal { v - 1.0 } else { v }.abs();
+    if a <= f32::MAX {
+        a
+    } else {
+        f32::MAX
+    }
+}
+
+impl CpuMats {
+    fn data(&self, m: Mat) -> &[f32] {
+        &self.mats[m.0].1
+    }
+}
+
+impl MatOps for CpuMats {
+    fn alloc(&mut self, batch: usize, rows: usize, cols: usize) -> Result<Mat> {
+        self.mats.push(((batch, rows, cols), vec![0.0; batch * rows * cols]));
+        Ok(Mat(self.mats.len() - 1))
+    }
+
+    fn upload(&mut self, data: &[f32], batch: usize, rows: usize, cols: usize) -> Result<Mat> {
+        if data.len() != batch * rows * cols {
+            return Err(Error::Shape {
+                what: "upload".into(),
+                expected: vec![batch, rows, cols],
+                got: vec![data.len()],
+            });
+        }
+        self.mats.push(((batch, rows, cols), data.to_vec()));
+        Ok(Mat(self.mats.len() - 1))
+    }
+
+    fn shape(&self, m: Mat) -> (usize, usize, usize) {
+        self.mats[m.0].0
+    }
+
+    fn gemm(&mut self, desc: GemmDesc, a: Mat, b: Mat, c: Mat, addend: Option<Mat>) -> Result<()> {
+        desc.check(self.data(a).len(), self.data(b).len(), self.data(c).len())?;
+        let mut out = std::mem::take(&mut self.mats[c.0].1);
+        match addend {
+            Some(d) if d == c => gemm(&desc, self.data(a), self.data(b), &mut out),
+            Some(d) => gemm_addend(&desc, self.data(a), self.data(b), &mut out, self.data(d)),
+            None => gemm(&GemmDesc { beta: 0.0, ..desc }, self.data(a), self.data(b), &mut out),
+        }
+        self.mats[c.0].1 = out;
+        Ok(())
+    }
+
+    fn affine(&mut self, out: Mat, x: Option<Mat>, alpha: f32, scale: Scale, beta: f32, gamma: f32) -> Result<()> {
+        let (batch, rows, cols) = self.shape(out);
+        let len = rows * cols;
+        let alpha = if x.is_some() { alpha } else { 0.0 };
+        let mut o = std::mem::take(&mut self.mats[out.0].1);
+        for z in 0..batch {
+            let mut s = alpha;
+            match scale {
+                Scale::One => {}
+                Scale::Pow(m, p) => s *= scale_pow(self.data(m)[z], p),
+                Scale::Mask(m) => {
+                    if self.data(m)[z] == 0.0 {
+                        continue;
+                    }
+                }
+            }
+            for i in 0..len {
+                let mut v = 0.0;
+                if alpha != 0.0 {
+                    v = s * self.data(x.unwrap())[z * len + i];
+                }
+                if beta != 0.0 {
+                    v += beta * o[z * len + i];
+                }
+                if i / cols == i % cols {
+                    v += gamma;
+                }
+                o[z * len + i] = v;
+            }
+        }
+        self.mats[out.0].1 = o;
+        Ok(())
+    }
+
+    fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let (batch, rows, cols) = self.shape(x);
+        let len = rows * cols;
+        let norms: Vec<f32> =
+            (0..batch).map(|z| super::newton_schulz::frobenius(&self.data(x)[z * len..(z + 1) * len])).collect();
+        self.mats[out.0].1[..batch].copy_from_slice(&norms);
+        Ok(())
+    }
+
+    fn max_dev(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let (batch, rows, cols) = self.shape(x);
+        let len = rows * cols;
+        for z in 0..batch {
+            let m =
+                (0..len).map(|i| dev(self.data(x)[z * len + i], i / cols == i % cols)).fold(0.0f32, |a, b| a.max(b));
+            self.mats[out.0].1[z] = m;
+        }
+        Ok(())
+    }
+
+    fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()> {
+        let (batch, n, _) = self.shape(m);
+        let k = self.shape(rhs).2;
+        for z in 0..batch {
+            let mut a = self.data(m)[z * n * n..(z + 1) * n * n].to_vec();
+            let mut r = self.data(rhs)[z * n * k..(z + 1) * n * k].to_vec();
+            let singular = gauss_jordan(&mut a, &mut r, n, k);
+            self.mats[m.0].1[z * n * n..(z + 1) * n * n].copy_from_slice(&a);
+            self.mats[rhs.0].1[z * n * k..(z + 1) * n * k].copy_from_slice(&r);
+            self.mats[status.0].1[z] = singular as u32 as f32;
+        }
+        Ok(())
+    }
+
+    fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()> {
+        let len = self.data(out).len();
+        self.mats[out.0].1 = super::random::uniform(seed, 0, 0, 0, len);
+        Ok(())
+    }
+
+    fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
+        Ok(self.data(m).to_vec())
+    }
+}
+
+/// The shader's Gauss–Jordan elimination with partial pivoting on [a | r] (a n×n, r n×k), in f32 and in
+/// the same order; returns true when a pivot was zero or not finite.
+pub fn gauss_jordan(a: &mut [f32], r: &mut [f32], n: usize, k: usize) -> bool {
+    let mut singular = false;
+    for j in 0..n {
+        let mut p = j;
+        let mut best = -1.0f32;
+        for i in j..n {
+            let v = a[i * n + j].abs();
+            if v > best {
+                best = v;
+                p = i;
+            }
+        }
+        let piv = a[p * n + j];
+        if !(piv.abs() > 0.0 && piv.abs() <= f32::MAX) {
+            singular = true;
+        }
+        let inv = 1.0 / piv;
+        for c in j..n {
+            let (x, y) = (a[j * n + c], a[p * n + c]);
+            a[p * n + c] = x;
+            a[j * n + c] = y * inv;
+        }
+        for c in 0..k {
+            let (x, y) = (r[j * k + c], r[p * k + c]);
+            r[p * k + c] = x;
+            r[j * k + c] = y * inv;
+        }
+        let factors: Vec<f32> = (0..n).map(|i| if i == j { 0.0 } else { a[i * n + j] }).collect();
+        for (i, &f) in factors.iter().enumerate() {
+            if f == 0.0 {
+                continue;
+            }
+            for c in j..n {
+                a[i * n + c] -= f * a[j * n + c];
+            }
+            for c in 0..k {
+                r[i * k + c] -= f * r[j * k + c];
+            }
+        }
+    }
+    singular
+}
+
+/// The f64 eigendecomposition of the symmetric n×n matrix `a` (+ ridge·I): (eigenvalues, eigenvectors
+/// as columns).
+pub fn eigen(a: &[f32], n: usize, ridge: f64) -> (Vec<f64>, DMatrix<f64>) {
+    let m = DMatrix::from_fn(n, n, |i, j| {
+        // Symmetrise: the oracle must not depend on which triangle the caller rounded.
+        0.5 * (a[i * n + j] as f64 + a[j * n + i] as f64) + if i == j { ridge } else { 0.0 }
+    });
+    let e = SymmetricEigen::new(m);
+    (e.eigenvalues.iter().copied().collect(), e.eigenvectors)
+}
+
+/// V·diag(f(λ))·Vᵀ, row-major.
+pub fn spectral(values: &[f64], vectors: &DMatrix<f64>, f: impl Fn(f64) -> f64) -> Vec<f64> {
+    let n = values.len();
+    let d = DMatrix::from_diagonal(&nalgebra::DVector::from_iterator(n, values.iter().map(|&l| f(l))));
+    let m = vectors * d * vectors.transpose();
+    (0..n * n).map(|i| m[(i / n, i % n)]).collect()
+}
+
+/// (A + ridge·I)^power of a symmetric positive definite n×n matrix, in f64 (the oracle).
+pub fn oracle_power(a: &[f32], n: usize, power: f64, ridge: f64) -> Vec<f64> {
+    let (values, vectors) = eigen(a, n, ridge);
+    spectral(&values, &vectors, |l| l.powf(power))
+}
+
+/// The exact ∂L/∂A of L = ⟨C, A^{1/2}⟩ for symmetric C (the solution X of A^{1/2}·X + X·A^{1/2} = C):
+/// in A's eigenbasis X̃_ij = C̃_ij / (√λ_i + √λ_j).
+pub fn oracle_sqrt_backward(a: &[f32], c: &[f32], n: usize) -> Vec<f64> {
+    let (values, v) = eigen(a, n, 0.0);
+    let cm = DMatrix::from_fn(n, n, |i, j| c[i * n + j] as f64);
+    let mut ct = v.transpose() * cm * &v;
+    for i in 0..n {
+        for j in 0..n {
+            ct[(i, j)] /= values[i].sqrt() + values[j].sqrt();
+        }
+    }
+    let x = &v * ct * v.transpose();
+    (0..n * n).map(|i| x[(i / n, i % n)]).collect()
+}

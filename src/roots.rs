@@ -1,0 +1,542 @@
+//! Matrix square roots and inverse roots (ALGORITHMS.md §7): the coupled Newton–Schulz iteration for
+//! A^{1/2} and A^{−1/2}, the Matrix Taylor Polynomial (MTP) and Matrix Padé Approximant (MPA) of
+//! "Fast Differentiable Matrix Square Root", their backward through the Lyapunov equation, and the
+//! coupled Newton iteration for the inverse p-th root that Shampoo uses.
+//!
+//! Every algorithm is written once, against [`MatOps`]: a handful of batched matrix operations
+//! (GEMM with a fused addend, an affine map with a per-matrix scale, Frobenius norms, max|X − I|, a
+//! Gauss–Jordan solve). [`crate::kernels::roots::GpuMats`] runs them as WGSL dispatches recorded into
+//! one encoder (nothing is read back except the scalars an algorithm branches on);
+//! [`crate::reference::roots::CpuMats`] is their CPU twin, op by op. Parity tests hold the GPU ops to
+//! the CPU ops; the algorithms themselves are held to an f64 eigendecomposition oracle
+//! ([`crate::reference::roots::oracle_power`]), which is independent of both.
+//!
+//! Inputs are batches [b, n, n] of symmetric positive definite matrices (positive semi-definite with a
+//! ridge for [`inv_root`]); the functions do not test symmetry on the device (the caller vouches for it;
+//! `gpuopt matfn` checks it on the host).
+//!
+//! ```
+//! use gpuopt::reference::roots::CpuMats;
+//! use gpuopt::roots::{sqrt, MatOps, SqrtMethod};
+//! # fn main() -> gpuopt::Result<()> {
+//! let mut ops = CpuMats::default(); // or GpuMats::new(&Context::new()?) for the GPU
+//! let a = ops.upload(&[4.0, 0.0, 0.0, 9.0], 1, 2, 2)?;
+//! let y = sqrt(&mut ops, a, SqrtMethod::NewtonSchulz { iters: 20, tol: None })?;
+//! let v = ops.read(y)?;
+//! assert!((v[0] - 2.0).abs() < 1e-4 && (v[3] - 3.0).abs() < 1e-4);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::kernels::gemm::GemmDesc;
+
+/// A batch of matrices owned by a [`MatOps`] backend (a handle; the backend holds the data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat(pub(crate) usize);
+
+/// The per-matrix factor of [`MatOps::affine`].
+#[derive(Clone, Copy, Debug)]
+pub enum Scale {
+    /// 1.
+    One,
+    /// s[z]^power, with s a [b] (or [b, 1, 1]) batch of scalars.
+    Pow(Mat, f32),
+    /// Writes matrix z only where mask[z] ≠ 0 (a per-matrix select); the others keep their values.
+    Mask(Mat),
+}
+
+/// The batched matrix operations the root algorithms are written against.
+pub trait MatOps {
+    /// A zero-filled batch of `batch` rows×cols matrices.
+    fn alloc(&mut self, batch: usize, rows: usize, cols: usize) -> Result<Mat>;
+    /// A batch filled from row-major `data`.
+    fn upload(&mut self, data: &[f32], batch: usize, rows: usize, cols: usize) -> Result<Mat>;
+    /// (batch, rows, cols).
+    fn shape(&self, m: Mat) -> (usize, usize, usize);
+    /// c ← α·op(a)·op(b) + β·(addend or c) for every matrix of the batch (`desc` gives the sizes;
+    /// a or b may hold one matrix that is broadcast, and so may the addend).
+    fn gemm(&mut self, desc: GemmDesc, a: Mat, b: Mat, c: Mat, addend: Option<Mat>) -> Result<()>;
+    /// out[z] ← α·s[z]·x[z] + β·out[z] + γ·I (x = None reads nothing: α is ignored; β = 0 does not
+    /// read out).
+    fn affine(&mut self, out: Mat, x: Option<Mat>, alpha: f32, scale: Scale, beta: f32, gamma: f32) -> Result<()>;
+    /// out[z] ← ‖x[z]‖_F (out holds `batch` scalars).
+    fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()>;
+    /// out[z] ← max_ij |x[z]_ij − I_ij| (NaN counts as +Inf).
+    fn max_dev(&mut self, x: Mat, out: Mat) -> Result<()>;
+    /// rhs[z] ← m[z]⁻¹·rhs[z] by Gauss–Jordan elimination with partial pivoting (m is overwritten);
+    /// status[z] ← 1 where a pivot was zero or not finite, else 0.
+    fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()>;
+    /// out ← uniform draws in [0, 1) from the library's Philox generator (seed, sample 0, tensor 0,
+    /// element index i), ALGORITHMS.md §11.4's power-iteration start before the map to [−1, 1).
+    fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()>;
+    /// The batch's values, row-major (runs everything recorded so far).
+    fn read(&mut self, m: Mat) -> Result<Vec<f32>>;
+}
+
+/// How [`sqrt`] and [`inv_sqrt`] compute the root (ALGORITHMS.md §11.4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SqrtMethod {
+    /// The coupled Newton–Schulz iteration (§7.5): `iters` iterations, or fewer once
+    /// ‖I − Z·Y‖_F ≤ `tol` (tested before each iteration, which costs a readback).
+    NewtonSchulz {
+        /// Iterations (iSQRT-COV's default is 5).
+        iters: usize,
+        /// Optional early stop.
+        tol: Option<f32>,
+    },
+    /// The Taylor polynomial of the given degree (§7.2; default 10).
+    Mtp {
+        /// K.
+        degree: usize,
+    },
+    /// The diagonal Padé approximant [N/N] (§7.3; default 5).
+    Mpa {
+        /// N.
+        degree: usize,
+    },
+}
+
+/// Options of [`inv_root`] (ALGORITHMS.md §7.6, §11.4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InvRootOptions {
+    /// The ridge added to A (absolute, or times λ_max with `eps_relative`).
+    pub eps: f32,
+    /// Scale the ridge by λ_max from a power iteration (ComputePower / distributed Shampoo).
+    pub eps_relative: bool,
+    /// Iteration cap.
+    pub max_iters: usize,
+    /// Stop once max|M − I| ≤ tol.
+    pub tol: f32,
+}
+
+impl Default for InvRootOptions {
+    fn default() -> Self {
+        InvRootOptions { eps: 1e-6, eps_relative: false, max_iters: 100, tol: 1e-6 }
+    }
+}
+
+/// The result of [`inv_root`].
+#[derive(Clone, Debug)]
+pub struct InvRoot {
+    /// X ≈ (A + ridge·I)^{−1/p}, per matrix the last iterate accepted.
+    pub x: Mat,
+    /// max|M − I| of the accepted iterate, per matrix (the achieved error).
+    pub err: Vec<f32>,
+    /// Accepted iterations, per matrix.
+    pub iters: Vec<usize>,
+}
+
+/// Where [`inv_root`] reports failure: Shampoo's `inverse_failure_threshold` (§7.7.2).
+pub const INV_ROOT_FAILURE: f32 = 0.1;
+
+/// Coefficients c_0..c_K of the Taylor series of (1 − x)^r about 0 (r = ½: sqrt; r = −½: inverse
+/// sqrt), in f64: c_k = c_{k−1}·(k − 1 − r)/k.
+pub fn taylor_coefficients(r: f64, degree: usize) -> Vec<f64> {
+    let mut c = vec![1.0];
+    for k in 1..=degree {
+        let prev = c[k - 1];
+        c.push(prev * (k as f64 - 1.0 - r) / k as f64);
+    }
+    c
+}
+
+/// The [M/N] Padé approximant P/Q (q_0 = 1) of the series `a` (at least M + N + 1 terms), by the rule
+/// of ALGORITHMS.md §11.4, solved in f64 (nalgebra LU).
+pub fn pade_coefficients(a: &[f64], m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    if a.len() < m + n + 1 {
+        return Err(Error::Invalid(format!("Padé [{m}/{n}] needs {} Taylor terms, got {}", m + n + 1, a.len())));
+    }
+    let at = |i: isize| if i < 0 { 0.0 } else { a[i as usize] };
+    // Σ_{j=1..N} q_j·a_{k−j} = −a_k for k = M+1 … M+N.
+    let lhs = nalgebra::DMatrix::from_fn(n, n, |r, c| at((m + 1 + r) as isize - (c + 1) as isize));
+    let rhs = nalgebra::DVector::from_fn(n, |r, _| -a[m + 1 + r]);
+    let q_tail =
+        lhs.lu().solve(&rhs).ok_or_else(|| Error::Invalid(format!("Padé [{m}/{n}]: the system is singular")))?;
+    let mut q = vec![1.0];
+    q.extend(q_tail.iter());
+    let p = (0..=m).map(|k| (0..=k.min(n)).map(|j| q[j] * a[k - j]).sum()).collect();
+    Ok((p, q))
+}
+
+fn square(ops: &impl MatOps, a: Mat, what: &str) -> Result<(usize, usize)> {
+    let (b, r, c) = ops.shape(a);
+    if r != c || b == 0 || r == 0 {
+        return Err(Error::Shape {
+            what: format!("{what} (square, non-empty)"),
+            expected: vec![b, r, r],
+            got: vec![b, r, c],
+        });
+    }
+    Ok((b, r))
+}
+
+/// out ← α·a·b + β·addend for square n×n batches (a or b may be one broadcast matrix).
+fn mm(ops: &mut impl MatOps, out: Mat, a: Mat, b: Mat, alpha: f32, addend: Option<(Mat, f32)>) -> Result<()> {
+    let (batch, n, _) = ops.shape(out);
+    let desc = GemmDesc { batch, alpha, beta: addend.map_or(0.0, |d| d.1), ..GemmDesc::new(n, n, n) };
+    ops.gemm(desc, a, b, out, addend.map(|d| d.0))
+}
+
+/// One identity matrix (broadcast as a GEMM addend).
+fn identity(ops: &mut impl MatOps, batch: usize, n: usize) -> Result<Mat> {
+    let i = ops.alloc(batch, n, n)?;
+    ops.affine(i, None, 0.0, Scale::One, 0.0, 1.0)?;
+    Ok(i)
+}
+
+/// Per-matrix Frobenius norms s (read back and checked: every s must be finite and positive) and
+/// Â = A / s (§7.1).
+fn normalise(ops: &mut impl MatOps, a: Mat, what: &str) -> Result<(Mat, Mat)> {
+    let (b, n) = square(ops, a, what)?;
+    let s = ops.alloc(b, 1, 1)?;
+    ops.frobenius(a, s)?;
+    for (z, v) in ops.read(s)?.into_iter().enumerate() {
+        if !v.is_finite() {
+            return Err(Error::Invalid(format!("{what}: matrix {z} holds NaN or Inf")));
+        }
+        if v <= 0.0 {
+            return Err(Error::Invalid(format!("{what}: matrix {z} is zero (not positive definite)")));
+        }
+    }
+    let ahat = ops.alloc(b, n, n)?;
+    ops.affine(ahat, Some(a), 1.0, Scale::Pow(s, -1.0), 0.0, 0.0)?;
+    Ok((s, ahat))
+}
+
+/// A^{1/2} of each SPD matrix of the batch `a` ([b, n, n]).
+pub fn sqrt(ops: &mut impl MatOps, a: Mat, method: SqrtMethod) -> Result<Mat> {
+    root(ops, a, method, false)
+}
+
+/// A^{−1/2} of each SPD matrix of the batch `a` ([b, n, n]).
+pub fn inv_sqrt(ops: &mut impl MatOps, a: Mat, method: SqrtMethod) -> Result<Mat> {
+    root(ops, a, method, true)
+}
+
+fn root(ops: &mut impl MatOps, a: Mat, method: SqrtMethod, inverse: bool) -> Result<Mat> {
+    let what = if inverse { "inv_sqrt" } else { "sqrt" };
+    let (s, ahat) = normalise(ops, a, what)?;
+    let y = match method {
+        SqrtMethod::NewtonSchulz { iters, tol } => coupled_newton_schulz(ops, ahat, iters, tol, inverse)?.0,
+        SqrtMethod::Mtp { degree } => taylor(ops, ahat, degree, inverse)?,
+        SqrtMethod::Mpa { degree } => pade(ops, ahat, degree, inverse)?,
+    };
+    // (7.1.3): sqrt(A) = sqrt(s)·sqrt(Â); A^{−1/2} = Â^{−1/2}/sqrt(s).
+    let (b, n, _) = ops.shape(a);
+    let out = ops.alloc(b, n, n)?;
+    ops.affine(out, Some(y), 1.0, Scale::Pow(s, if inverse { -0.5 } else { 0.5 }), 0.0, 0.0)?;
+    Ok(out)
+}
+
+/// (7.5.1)–(7.5.3) on a normalised batch: Y → Â^{1/2}, Z → Â^{−1/2}; returns the one asked for and the
+/// iterations run. The last iteration computes only that one (as iSQRT-COV does).
+pub fn coupled_newton_schulz(
+    ops: &mut impl MatOps,
+    ahat: Mat,
+    iters: usize,
+    tol: Option<f32>,
+    inverse: bool,
+) -> Result<(Mat, usize)> {
+    let (b, n) = square(ops, ahat, "coupled Newton-Schulz")?;
+    let ident = identity(ops, 1, n)?;
+    let mut y = [ahat, ops.alloc(b, n, n)?];
+    let mut z = [identity(ops, b, n)?, ops.alloc(b, n, n)?];
+    let t = ops.alloc(b, n, n)?;
+    let (residual, norms) = (ops.alloc(b, n, n)?, ops.alloc(b, 1, 1)?);
+    let mut done = 0;
+    for k in 0..iters {
+        // T = ½(3I − Z·Y), one GEMM with the identity as addend.
+        mm(ops, t, z[0], y[0], -0.5, Some((ident, 1.5)))?;
+        if let Some(tol) = tol {
+            // I − Z·Y = 2(T − I).
+            ops.affine(residual, Some(t), 2.0, Scale::One, 0.0, -2.0)?;
+            ops.frobenius(residual, norms)?;
+            if ops.read(norms)?.iter().all(|&r| r <= tol) {
+                break;
+            }
+        }
+        let last = k + 1 == iters;
+        if !last || !inverse {
+            mm(ops, y[1], y[0], t, 1.0, None)?;
+            y.swap(0, 1);
+        }
+        if !last || inverse {
+            mm(ops, z[1], t, z[0], 1.0, None)?;
+            z.swap(0, 1);
+        }
+        done = k + 1;
+    }
+    Ok((if inverse { z[0] } else { y[0] }, done))
+}
+
+/// (7.2.1) on a normalised batch by Horner's rule: K − 1 products for degree K.
+fn taylor(ops: &mut impl MatOps, ahat: Mat, degree: usize, inverse: bool) -> Result<Mat> {
+    let (b, n) = square(ops, ahat, "mtp")?;
+    let c = taylor_coefficients(if inverse { -0.5 } else { 0.5 }, degree);
+    let x = ops.alloc(b, n, n)?;
+    ops.affine(x, Some(ahat), -1.0, Scale::One, 0.0, 1.0)?;
+    let mut p = [ops.alloc(b, n, n)?, ops.alloc(b, n, n)?];
+    if degree == 0 {
+        ops.affine(p[0], None, 0.0, Scale::One, 0.0, c[0] as f32)?;
+        return Ok(p[0]);
+    }
+    let ident = identity(ops, 1, n)?;
+    ops.affine(p[0], Some(x), c[degree] as f32, Scale::One, 0.0, c[degree - 1] as f32)?;
+    for k in (0..degree - 1).rev() {
+        mm(ops, p[1], x, p[0], 1.0, Some((ident, c[k] as f32)))?;
+        p.swap(0, 1);
+    }
+    Ok(p[0])
+}
+
+/// (7.3.1)–(7.3.3) on a normalised batch: powers of X = I − Â, P and Q by accumulation, one solve.
+fn pade(ops: &mut impl MatOps, ahat: Mat, degree: usize, inverse: bool) -> Result<Mat> {
+    let (b, n) = square(ops, ahat, "mpa")?;
+    if degree == 0 {
+        return Err(Error::Invalid("mpa degree must be at least 1".into()));
+    }
+    let (pc, qc) = pade_coefficients(&taylor_coefficients(0.5, 2 * degree), degree, degree)?;
+    let mut powers = vec![ops.alloc(b, n, n)?];
+    ops.affine(powers[0], Some(ahat), -1.0, Scale::One, 0.0, 1.0)?;
+    for _ in 1..degree {
+        let next = ops.alloc(b, n, n)?;
+        let last = *powers.last().unwrap();
+        mm(ops, next, powers[0], last, 1.0, None)?;
+        powers.push(next);
+    }
+    let combine = |ops: &mut _, coef: &[f64]| -> Result<Mat> {
+        let out = MatOps::alloc(ops, b, n, n)?;
+        MatOps::affine(ops, out, Some(powers[0]), coef[1] as f32, Scale::One, 0.0, coef[0] as f32)?;
+        for (k, &xk) in powers.iter().enumerate().skip(1) {
+            MatOps::affine(ops, out, Some(xk), coef[k + 1] as f32, Scale::One, 1.0, 0.0)?;
+        }
+        Ok(out)
+    };
+    let p = combine(ops, &pc)?;
+    let q = combine(ops, &qc)?;
+    // sqrt: Q·Y = P; inverse: P·Y = Q. Both P(x), Q(x) > 0 on [0, 1], so neither is singular in exact
+    // arithmetic; a flagged pivot means the input was not SPD.
+    let (m, rhs) = if inverse { (p, q) } else { (q, p) };
+    let status = ops.alloc(b, 1, 1)?;
+    ops.solve(m, rhs, status)?;
+    if let Some(z) = ops.read(status)?.iter().position(|&s| s != 0.0) {
+        return Err(Error::Invalid(format!("mpa: the Padé denominator of matrix {z} is singular (input not SPD?)")));
+    }
+    Ok(rhs)
+}
+
+/// λ_max of each matrix by power iteration from ALGORITHMS.md §11.4's deterministic start: at most 100
+/// iterations, stopping when every Rayleigh quotient changes by less than 1e-6.
+pub fn power_iteration(ops: &mut impl MatOps, g: Mat) -> Result<Vec<f32>> {
+    let (b, n) = square(ops, g, "power iteration")?;
+    let start = ops.alloc(1, n, 1)?;
+    ops.fill_uniform(start, 1729)?;
+    // v0 = 2u − 1 (the affine map's identity term only reaches (0, 0) of an n×1 matrix, so the −1
+    // comes from a second pass over a vector of −1).
+    let v0 = ops.upload(&vec![-1.0; n], 1, n, 1)?;
+    ops.affine(v0, Some(start), 2.0, Scale::One, 1.0, 0.0)?;
+    let (v, w, norms, lambda) = (ops.alloc(b, n, 1)?, ops.alloc(b, n, 1)?, ops.alloc(b, 1, 1)?, ops.alloc(b, 1, 1)?);
+    let gv = |desc_b| GemmDesc { batch: desc_b, ..GemmDesc::new(n, 1, n) };
+    // v = G·v0 / ‖G·v0‖ (v0 broadcast), then v ← G·v / ‖G·v‖ with λ = vᵀ·G·v.
+    ops.gemm(gv(b), g, v0, w, None)?;
+    let mut previous: Option<Vec<f32>> = None;
+    for _ in 0..100 {
+        ops.frobenius(w, norms)?;
+        ops.affine(v, Some(w), 1.0, Scale::Pow(norms, -1.0), 0.0, 0.0)?;
+        ops.gemm(gv(b), g, v, w, None)?;
+        ops.gemm(GemmDesc { batch: b, trans_a: true, ..GemmDesc::new(1, 1, n) }, v, w, lambda, None)?;
+        let now = ops.read(lambda)?;
+        if now.iter().any(|l| !l.is_finite()) {
+            return Err(Error::Invalid("power iteration: the matrix holds NaN or Inf".into()));
+        }
+        if let Some(p) = &previous {
+            if p.iter().zip(&now).all(|(a, b)| (a - b).abs() < 1e-6) {
+                return Ok(now);
+            }
+        }
+        previous = Some(now);
+    }
+    Ok(previous.unwrap_or_default())
+}
+
+/// (A + ridge·I)^{−1/p} of each matrix of the batch by the coupled Newton iteration (§7.6) with the
+/// 1.2 error-growth guard; p must be a power of two from 1 to 32 (T^p by repeated squaring). Returns
+/// the accepted iterates and their errors; an error when any matrix ends with max|M − I| above
+/// [`INV_ROOT_FAILURE`] or not finite (never a silent NaN).
+pub fn inv_root(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOptions) -> Result<InvRoot> {
+    let r = inv_root_unchecked(ops, a, p, opts)?;
+    if let Some(z) = r.err.iter().position(|e| e.is_nan() || *e > INV_ROOT_FAILURE) {
+        return Err(Error::Invalid(format!(
+            "inv_root did not converge for matrix {z}: max|M - I| = {:e} after {} iterations (needs <= {INV_ROOT_FAILURE}); \
+             a larger eps may help",
+            r.err[z], r.iters[z]
+        )));
+    }
+    Ok(r)
+}
+
+/// [`inv_root`] without the final failure check (Shampoo keeps its old root on failure instead).
+pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOptions) -> Result<InvRoot> {
+    let (b, n) = square(ops, a, "inv_root")?;
+    if !(1..=32).contains(&p) || !p.is_power_of_two() {
+        return Err(Error::Hyperparameter {
+            name: "p".into(),
+            value: p as f64,
+            reason: "must be a power of two from 1 to 32 (T^p by repeated squaring, as ComputePower)".into(),
+        });
+    }
+    if !opts.eps.is_finite() || opts.eps < 0.0 {
+        return Err(Error::Hyperparameter {
+            name: "eps".into(),
+            value: opts.eps as f64,
+            reason: "must be finite and >= 0".into(),
+        });
+    }
+    if opts.tol.is_nan() || opts.tol < 0.0 || !opts.tol.is_finite() {
+        return Err(Error::Hyperparameter {
+            name: "tol".into(),
+            value: opts.tol as f64,
+            reason: "must be finite and >= 0".into(),
+        });
+    }
+    let pf = p as f32;
+    let ident_b = identity(ops, b, n)?;
+    // G = A + ridge·I.
+    let g = ops.alloc(b, n, n)?;
+    ops.affine(g, Some(a), 1.0, Scale::One, 0.0, 0.0)?;
+    if opts.eps_relative {
+        let lmax = power_iteration(ops, a)?;
+        let ridges: Vec<f32> = lmax.iter().map(|l| opts.eps * l.max(0.0)).collect();
+        let ridge = ops.upload(&ridges, b, 1, 1)?;
+        ops.affine(g, Some(ident_b), 1.0, Scale::Pow(ridge, 1.0), 1.0, 0.0)?;
+    } else {
+        ops.affine(g, None, 0.0, Scale::One, 1.0, opts.eps)?;
+    }
+    let norms = ops.alloc(b, 1, 1)?;
+    ops.frobenius(g, norms)?;
+    for (z, v) in ops.read(norms)?.into_iter().enumerate() {
+        if !v.is_finite() {
+            return Err(Error::Invalid(format!("inv_root: matrix {z} holds NaN or Inf")));
+        }
+        if v <= 0.0 {
+            return Err(Error::Invalid(format!("inv_root: matrix {z} plus the ridge is zero (give eps > 0)")));
+        }
+    }
+    if n == 1 {
+        // A scalar: (a + ridge)^{−1/p} directly (the reference's identity is a quirk, §11.4).
+        let gv = ops.read(g)?;
+        if let Some(z) = gv.iter().position(|&v| v.is_nan() || v <= 0.0) {
+            return Err(Error::Invalid(format!("inv_root: the 1x1 matrix {z} plus the ridge is not positive")));
+        }
+        let xs: Vec<f32> = gv.iter().map(|&v| (v as f64).powf(-1.0 / p as f64) as f32).collect();
+        let x = ops.upload(&xs, b, 1, 1)?;
+        return Ok(InvRoot { x, err: vec![0.0; b], iters: vec![0; b] });
+    }
+    // z = (1 + p)/(2‖G‖_F);  X_0 = z^{1/p}·I;  M_0 = z·G.
+    let half = (1.0 + pf) / 2.0;
+    let mut x = [ops.alloc(b, n, n)?, ops.alloc(b, n, n)?];
+    let mut m = [ops.alloc(b, n, n)?, ops.alloc(b, n, n)?];
+    ops.affine(x[0], Some(ident_b), half.powf(1.0 / pf), Scale::Pow(norms, -1.0 / pf), 0.0, 0.0)?;
+    ops.affine(m[0], Some(g), half, Scale::Pow(norms, -1.0), 0.0, 0.0)?;
+    let best = ops.alloc(b, n, n)?;
+    ops.affine(best, Some(x[0]), 1.0, Scale::One, 0.0, 0.0)?;
+    let errs = ops.alloc(b, 1, 1)?;
+    ops.max_dev(m[0], errs)?;
+    let mut err = ops.read(errs)?;
+    let mut iters = vec![0usize; b];
+    let mut active: Vec<bool> = err.iter().map(|&e| e > opts.tol).collect();
+    let t = ops.alloc(b, n, n)?;
+    let squares: Vec<Mat> = (0..p.trailing_zeros()).map(|_| ops.alloc(b, n, n)).collect::<Result<_>>()?;
+    let mask = ops.alloc(b, 1, 1)?;
+    for _ in 0..opts.max_iters {
+        if !active.iter().any(|&a| a) {
+            break;
+        }
+        // T = (1 + 1/p)·I − M/p;  X' = X·T;  M' = T^p·M.
+        ops.affine(t, Some(m[0]), -1.0 / pf, Scale::One, 0.0, 1.0 + 1.0 / pf)?;
+        mm(ops, x[1], x[0], t, 1.0, None)?;
+        let mut tp = t;
+        for &sq in &squares {
+            mm(ops, sq, tp, tp, 1.0, None)?;
+            tp = sq;
+        }
+        mm(ops, m[1], tp, m[0], 1.0, None)?;
+        ops.max_dev(m[1], errs)?;
+        let now = ops.read(errs)?;
+        let mut accept = vec![0.0f32; b];
+        for z in 0..b {
+            if !active[z] {
+                continue;
+            }
+            if now[z].is_nan() || now[z] > 1.2 * err[z] {
+                active[z] = false; // growing (or NaN): keep the previous X
+                continue;
+            }
+            accept[z] = 1.0;
+            err[z] = now[z];
+            iters[z] += 1;
+            if now[z] <= opts.tol {
+                active[z] = false;
+            }
+        }
+        let mask_data = ops.upload(&accept, b, 1, 1)?;
+        ops.affine(mask, Some(mask_data), 1.0, Scale::One, 0.0, 0.0)?;
+        ops.affine(best, Some(x[1]), 1.0, Scale::Mask(mask), 0.0, 0.0)?;
+        x.swap(0, 1);
+        m.swap(0, 1);
+    }
+    Ok(InvRoot { x: best, err, iters })
+}
+
+/// The Lyapunov solve of §7.4 by the matrix-sign iteration: given B (eigenvalues in (0, 1]) and C',
+/// runs `iters` iterations and returns ½·C'_final, the X with B·X + X·B = C'.
+fn lyapunov_sign(ops: &mut impl MatOps, b0: Mat, c0: Mat, iters: usize) -> Result<Mat> {
+    let (batch, n) = square(ops, b0, "lyapunov")?;
+    let mut bm = [b0, ops.alloc(batch, n, n)?];
+    let mut cm = [c0, ops.alloc(batch, n, n)?];
+    let (b2, e1, e2, w) =
+        (ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?);
+    for _ in 0..iters {
+        // B2 = B·B;  C' ← ½(C'(3I − B2) − B2·C' + B·C'·B);  B ← ½·B·(3I − B2); six GEMMs with fused addends.
+        mm(ops, b2, bm[0], bm[0], 1.0, None)?;
+        mm(ops, e1, cm[0], b2, -0.5, Some((cm[0], 1.5)))?;
+        mm(ops, e2, b2, cm[0], -0.5, Some((e1, 1.0)))?;
+        mm(ops, w, cm[0], bm[0], 1.0, None)?;
+        mm(ops, cm[1], bm[0], w, 0.5, Some((e2, 1.0)))?;
+        mm(ops, bm[1], bm[0], b2, -0.5, Some((bm[0], 1.5)))?;
+        bm.swap(0, 1);
+        cm.swap(0, 1);
+    }
+    let out = ops.alloc(batch, n, n)?;
+    ops.affine(out, Some(cm[0]), 0.5, Scale::One, 0.0, 0.0)?;
+    Ok(out)
+}
+
+/// ∂L/∂A for Y = A^{1/2} (§7.4, `MPA_Lya`): solves Y·X + X·Y = ∂L/∂Y by `iters` sign iterations (the
+/// reference uses 8) on B = Y/sqrt(s), C' = ∂L/∂Y / sqrt(s), s = ‖A‖_F.
+pub fn sqrt_backward(ops: &mut impl MatOps, a: Mat, y: Mat, grad: Mat, iters: usize) -> Result<Mat> {
+    let (b, n) = square(ops, a, "sqrt backward")?;
+    let s = ops.alloc(b, 1, 1)?;
+    ops.frobenius(a, s)?;
+    let (bm, cm) = (ops.alloc(b, n, n)?, ops.alloc(b, n, n)?);
+    ops.affine(bm, Some(y), 1.0, Scale::Pow(s, -0.5), 0.0, 0.0)?;
+    ops.affine(cm, Some(grad), 1.0, Scale::Pow(s, -0.5), 0.0, 0.0)?;
+    lyapunov_sign(ops, bm, cm, iters)
+}
+
+/// ∂L/∂A for Y = A^{−1/2} (§7.4, `MPA_Lya_Inv`): C = −A⁻¹·G·A⁻¹ with A⁻¹ = Y², then the same sign
+/// iteration on B = Y/‖Y‖_F, C' = C/‖Y‖_F.
+pub fn inv_sqrt_backward(ops: &mut impl MatOps, y: Mat, grad: Mat, iters: usize) -> Result<Mat> {
+    let (b, n) = square(ops, y, "inv_sqrt backward")?;
+    let (y2, t1, c) = (ops.alloc(b, n, n)?, ops.alloc(b, n, n)?, ops.alloc(b, n, n)?);
+    mm(ops, y2, y, y, 1.0, None)?;
+    mm(ops, t1, y2, grad, 1.0, None)?;
+    mm(ops, c, t1, y2, -1.0, None)?;
+    let s = ops.alloc(b, 1, 1)?;
+    ops.frobenius(y, s)?;
+    let (bm, cm) = (ops.alloc(b, n, n)?, ops.alloc(b, n, n)?);
+    ops.affine(bm, Some(y), 1.0, Scale::Pow(s, -1.0), 0.0, 0.0)?;
+    ops.affine(cm, Some(c), 1.0, Scale::Pow(s, -1.0), 0.0, 0.0)?;
+    lyapunov_sign(ops, bm, cm, iters)
+}

@@ -1,0 +1,443 @@
+//! Matrix-root family: each GPU op against its CPU twin (`CpuMats`), each algorithm against the f64
+//! eigendecomposition oracle, MTP/MPA against their exact truncation error, the backward against
+//! the exact Lyapunov solution and finite differences, batched = one by one, and bad inputs.
+//!
+//! Tolerances. An f32 GEMM result carries a relative error of about sqrt(n)·ε (tests/gemm.rs); the
+//! iterations here run tens of products, so parity GPU vs CPU twin is asserted at 100·sqrt(n)·ε
+//! relative (Frobenius) — the two differ only in summation order, not in the algorithm. Against the
+//! oracle, each test states its bound next to the assertion.
+
+mod common;
+
+use gpuopt::kernels::roots::GpuMats;
+use gpuopt::parity::TestRng;
+use gpuopt::reference::roots::{eigen, oracle_power, oracle_sqrt_backward, spectral, CpuMats};
+use gpuopt::roots::{
+    inv_root, inv_sqrt, inv_sqrt_backward, pade_coefficients, sqrt, sqrt_backward, taylor_coefficients, InvRootOptions,
+    MatOps, Scale, SqrtMethod,
+};
+
+const EPS: f64 = f32::EPSILON as f64;
+
+/// A symmetric positive definite n×n matrix with eigenvalues log-spaced from `top` down to
+/// `top / cond`, in a random orthonormal basis.
+fn spd(n: usize, cond: f64, top: f64, seed: u64) -> Vec<f32> {
+    let mut rng = TestRng::new(seed);
+    let g = nalgebra::DMatrix::from_fn(n, n, |_, _| rng.normal() as f64);
+    let q = g.qr().q();
+    let lambda: Vec<f64> = (0..n).map(|i| top * cond.powf(-(i as f64) / (n.max(2) - 1) as f64)).collect();
+    let d = nalgebra::DMatrix::from_diagonal(&nalgebra::DVector::from_vec(lambda));
+    let a = &q * d * q.transpose();
+    (0..n * n).map(|i| 0.5 * (a[(i / n, i % n)] + a[(i % n, i / n)]) as f32).collect()
+}
+
+fn rel(x: &[f32], y: &[f64]) -> f64 {
+    let num: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+    let den: f64 = y.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn rel32(x: &[f32], y: &[f32]) -> f64 {
+    rel(x, &y.iter().map(|&v| v as f64).collect::<Vec<_>>())
+}
+
+fn batch(mats: &[Vec<f32>]) -> Vec<f32> {
+    mats.concat()
+}
+
+#[test]
+fn affine_maxdev_frobenius_match_their_cpu_twins() {
+    let ctx = common::ctx();
+    for &(b, r, c) in &[(1, 1, 1), (3, 7, 7), (2, 37, 37), (1, 130, 66), (2, 64, 64)] {
+        let mut rng = TestRng::new((b * 1000 + r * 10 + c) as u64);
+        let x = rng.normals(b * r * c, 2.0);
+        let o = rng.normals(b * r * c, 1.0);
+        let s: Vec<f32> = (0..b).map(|z| 0.5 + z as f32).collect();
+        let mask: Vec<f32> = (0..b).map(|z| (z % 2) as f32).collect();
+        let mut gpu = GpuMats::new(&ctx).unwrap();
+        let mut cpu = CpuMats::default();
+        let mut results = Vec::new();
+        for ops in [&mut gpu as &mut dyn MatOpsDyn, &mut cpu] {
+            results.push(ops.run(&x, &o, &s, &mask, b, r, c));
+        }
+        for (k, (g, w)) in results[0].iter().zip(&results[1]).enumerate() {
+            let r = rel32(g, w);
+            assert!(r <= 4.0 * EPS, "op {k} ({b}x{r}x{c}): relative difference {r:e}");
+        }
+    }
+}
+
+/// The op sequence of the test above, object-safe over both backends.
+trait MatOpsDyn {
+    #[allow(clippy::too_many_arguments)]
+    fn run(&mut self, x: &[f32], o: &[f32], s: &[f32], mask: &[f32], b: usize, r: usize, c: usize) -> Vec<Vec<f32>>;
+}
+
+impl<T: MatOps> MatOpsDyn for T {
+    fn run(&mut self, x: &[f32], o: &[f32], s: &[f32], mask: &[f32], b: usize, r: usize, c: usize) -> Vec<Vec<f32>> {
+        let xm = self.upload(x, b, r, c).unwrap();
+        let sm = self.upload(s, b, 1, 1).unwrap();
+        let mm = self.upload(mask, b, 1, 1).unwrap();
+        let mut out = Vec::new();
+        for (alpha, scale, beta, gamma) in [
+            (1.5, Scale::One, 0.0, 0.0),
+            (-1.0, Scale::Pow(sm, -1.0), 0.0, 1.0),
+            (2.0, Scale::Pow(sm, 0.5), 0.75, -2.0),
+            (1.0, Scale::Pow(sm, -0.5), 1.0, 0.0),
+            (0.5, Scale::Pow(sm, -0.25), 0.0, 0.0),
+            (3.0, Scale::Mask(mm), 0.0, 0.0),
+        ] {
+            let om = self.upload(o, b, r, c).unwrap();
+            self.affine(om, Some(xm), alpha, scale, beta, gamma).unwrap();
+            out.push(self.read(om).unwrap());
+        }
+        let norms = self.alloc(b, 1, 1).unwrap();
+        self.frobenius(xm, norms).unwrap();
+        out.push(self.read(norms).unwrap());
+        // max|x − I| with a NaN planted in the last matrix.
+        let mut xn = x.to_vec();
+        *xn.last_mut().unwrap() = f32::NAN;
+        let xn = self.upload(&xn, b, r, c).unwrap();
+        self.max_dev(xn, norms).unwrap();
+        let d = self.read(norms).unwrap();
+        assert_eq!(d[b - 1], f32::MAX, "a NaN must count as the largest deviation");
+        out.push(d);
+        out
+    }
+}
+
+#[test]
+fn gauss_jordan_solve_matches_cpu_twin_and_pivots() {
+    let ctx = common::ctx();
+    for &(b, n, k) in &[(1, 1, 1), (2, 7, 3), (3, 33, 33), (1, 70, 5)] {
+        let mut rng = TestRng::new((b * 100 + n) as u64);
+        // Random (non-symmetric) matrices: partial pivoting is exercised, and a zero leading entry
+        // forces a row swap at the first column.
+        let mut m = rng.normals(b * n * n, 1.0);
+        m[0] = 0.0;
+        if n == 1 {
+            m[0] = 0.5;
+        }
+        let rhs = rng.normals(b * n * k, 1.0);
+        let mut outs = Vec::new();
+        let mut gpu = GpuMats::new(&ctx).unwrap();
+        let mut cpu = CpuMats::default();
+        for ops in [&mut gpu as &mut dyn SolveDyn, &mut cpu] {
+            outs.push(ops.solve_case(&m, &rhs, b, n, k));
+        }
+        let (g, w) = (&outs[0], &outs[1]);
+        assert!(g.1.iter().all(|&s| s == 0.0) && w.1.iter().all(|&s| s == 0.0), "no pivot is singular here");
+        // The residual ‖M·X − R‖ of the GPU solution, in f64: backward stable to ~ n·ε·‖M‖·‖X‖.
+        for z in 0..b {
+            let mz = nalgebra::DMatrix::from_fn(n, n, |i, j| m[z * n * n + i * n + j] as f64);
+            let xz = nalgebra::DMatrix::from_fn(n, k, |i, j| g.0[z * n * k + i * k + j] as f64);
+            let rz = nalgebra::DMatrix::from_fn(n, k, |i, j| rhs[z * n * k + i * k + j] as f64);
+            let res = (&mz * &xz - &rz).norm() / (mz.norm() * xz.norm());
+            assert!(res <= 20.0 * n as f64 * EPS, "{b}x{n}x{k} matrix {z}: residual {res:e}");
+        }
+        let r = rel32(&g.0, &w.0);
+        assert!(r <= 1e-4, "{b}x{n}x{k}: GPU vs CPU twin {r:e}");
+    }
+    // A singular matrix is flagged.
+    let mut gpu = GpuMats::new(&ctx).unwrap();
+    let (_, status) = gpu.solve_case(&[1.0, 2.0, 2.0, 4.0], &[1.0, 1.0], 1, 2, 1);
+    assert_eq!(status, vec![1.0]);
+}
+
+trait SolveDyn {
+    fn solve_case(&mut self, m: &[f32], rhs: &[f32], b: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>);
+}
+
+impl<T: MatOps> SolveDyn for T {
+    fn solve_case(&mut self, m: &[f32], rhs: &[f32], b: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let mm = self.upload(m, b, n, n).unwrap();
+        let rm = self.upload(rhs, b, n, k).unwrap();
+        let st = self.alloc(b, 1, 1).unwrap();
+        self.solve(mm, rm, st).unwrap();
+        (self.read(rm).unwrap(), self.read(st).unwrap())
+    }
+}
+
+#[test]
+fn pade_5_5_coefficients_are_the_papers() {
+    let (p, q) = pade_coefficients(&taylor_coefficients(0.5, 10), 5, 5).unwrap();
+    let want_p = [1.0, -11.0 / 4.0, 11.0 / 4.0, -77.0 / 64.0, 55.0 / 256.0, -11.0 / 1024.0];
+    let want_q = [1.0, -9.0 / 4.0, 7.0 / 4.0, -35.0 / 64.0, 15.0 / 256.0, -1.0 / 1024.0];
+    for (g, w) in p.iter().zip(&want_p).chain(q.iter().zip(&want_q)) {
+        assert!((g - w).abs() <= 1e-9, "{g} vs {w}");
+    }
+    let t = taylor_coefficients(0.5, 10);
+    let want_t = [1.0, -0.5, -1.0 / 8.0, -1.0 / 16.0, -5.0 / 128.0, -7.0 / 256.0, -21.0 / 1024.0];
+    for (g, w) in t.iter().zip(&want_t) {
+        assert!((g - w).abs() <= 1e-15);
+    }
+    let ti = taylor_coefficients(-0.5, 3);
+    assert_eq!(ti, vec![1.0, 0.5, 3.0 / 8.0, 5.0 / 16.0]);
+}
+
+/// The exact error of a scalar approximant r(x) ≈ (1 − x)^{±1/2} applied through the spectrum:
+/// ‖f_r(A) − f(A)‖_F = sqrt(Σ_i e(λ_i)²) with e(λ) = |s^{±1/2}·r(1 − λ/s) − λ^{±1/2}|.
+fn truncation_error(a: &[f32], n: usize, inverse: bool, r: impl Fn(f64) -> f64) -> f64 {
+    let s = a.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    let (values, _) = eigen(a, n, 0.0);
+    let pw = if inverse { -0.5 } else { 0.5 };
+    values.iter().map(|&l| (s.powf(pw) * r(1.0 - l / s) - l.powf(pw)).powi(2)).sum::<f64>().sqrt()
+}
+
+fn poly(c: &[f64], x: f64) -> f64 {
+    c.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+}
+
+fn run_root(ops: &mut impl MatOps, a: &[f32], b: usize, n: usize, method: SqrtMethod, inverse: bool) -> Vec<f32> {
+    let am = ops.upload(a, b, n, n).unwrap();
+    let y = if inverse { inv_sqrt(ops, am, method) } else { sqrt(ops, am, method) }.unwrap();
+    ops.read(y).unwrap()
+}
+
+#[test]
+fn sqrt_and_inv_sqrt_match_the_oracle_within_each_methods_error() {
+    let ctx = common::ctx();
+    for &(n, cond) in &[(1, 1.0), (7, 10.0), (33, 10.0), (64, 100.0)] {
+        let a = spd(n, cond, 3.0, n as u64);
+        for inverse in [false, true] {
+            let want = oracle_power(&a, n, if inverse { -0.5 } else { 0.5 }, 0.0);
+            let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+            for method in [
+                SqrtMethod::NewtonSchulz { iters: 30, tol: None },
+                SqrtMethod::Mtp { degree: 10 },
+                SqrtMethod::Mtp { degree: 30 },
+                SqrtMethod::Mpa { degree: 5 },
+                SqrtMethod::Mpa { degree: 3 },
+            ] {
+                let got = run_root(&mut GpuMats::new(&ctx).unwrap(), &a, 1, n, method, inverse);
+                let twin = run_root(&mut CpuMats::default(), &a, 1, n, method, inverse);
+                // The polynomial sums amplify rounding by about Σ|coefficients| (cancellation).
+                let amp: f64 = match method {
+                    SqrtMethod::NewtonSchulz { .. } => 1.0,
+                    SqrtMethod::Mtp { degree } => {
+                        taylor_coefficients(if inverse { -0.5 } else { 0.5 }, degree).iter().map(|c| c.abs()).sum()
+                    }
+                    SqrtMethod::Mpa { degree } => {
+                        let (p, q) = pade_coefficients(&taylor_coefficients(0.5, 2 * degree), degree, degree).unwrap();
+                        p.iter().chain(&q).map(|c| c.abs()).sum()
+                    }
+                };
+                let parity = rel32(&got, &twin);
+                let pbound = 100.0 * (n as f64).sqrt() * EPS * amp;
+                eprintln!("{method:?} n={n} inv={inverse}: parity {parity:e} (bound {pbound:e})");
+                assert!(parity <= pbound, "{method:?} n={n} inv={inverse}: GPU vs CPU {parity:e}");
+                // The method's own error (exact for the polynomials, through the spectrum), plus f32
+                // rounding: 200·sqrt(n)·ε relative, times sqrt(cond) (the inverse root's sensitivity) and
+                // the polynomial sums' amplification. (Padé degrees above 5 lose in f32 what they gain in
+                // truncation: P and Q sum alternating coefficients to values near P(1) = 1/1024.)
+                let truncation = match method {
+                    SqrtMethod::NewtonSchulz { .. } => 0.0,
+                    SqrtMethod::Mtp { degree } => {
+                        let c = taylor_coefficients(if inverse { -0.5 } else { 0.5 }, degree);
+                        truncation_error(&a, n, inverse, |x| poly(&c, x))
+                    }
+                    SqrtMethod::Mpa { degree } => {
+                        let (p, q) = pade_coefficients(&taylor_coefficients(0.5, 2 * degree), degree, degree).unwrap();
+                        truncation_error(&a, n, inverse, |x| {
+                            if inverse {
+                                poly(&q, x) / poly(&p, x)
+                            } else {
+                                poly(&p, x) / poly(&q, x)
+                            }
+                        })
+                    }
+                };
+                let err = rel(&got, &want);
+                let bound = truncation / norm + 200.0 * (n as f64).sqrt() * EPS * cond.sqrt() * amp;
+                assert!(err <= bound, "{method:?} n={n} cond={cond} inv={inverse}: error {err:e} > {bound:e}");
+                // The truncation bound is tight: the error is not far below it either (not a vacuous test).
+                if truncation / norm > 1e-3 {
+                    assert!(err >= 0.5 * truncation / norm, "{method:?}: error {err:e} far below the truncation");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn newton_schulz_stops_at_tolerance_and_y_z_are_inverse() {
+    let ctx = common::ctx();
+    let n = 24;
+    let a = spd(n, 10.0, 1.0, 5);
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let am = ops.upload(&a, 1, n, n).unwrap();
+    let ahat = am;
+    let y = sqrt(&mut ops, ahat, SqrtMethod::NewtonSchulz { iters: 50, tol: Some(1e-4) }).unwrap();
+    let z = inv_sqrt(&mut ops, ahat, SqrtMethod::NewtonSchulz { iters: 50, tol: Some(1e-4) }).unwrap();
+    let (y, z) = (ops.read(y).unwrap(), ops.read(z).unwrap());
+    // ‖Y·Z − I‖_F: both are polynomials in A, so Y·Z = I up to the stopping tolerance.
+    let ym = nalgebra::DMatrix::from_row_slice(n, n, &y.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let zm = nalgebra::DMatrix::from_row_slice(n, n, &z.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let r = (&ym * &zm - nalgebra::DMatrix::<f64>::identity(n, n)).norm();
+    assert!(r <= 1e-3, "‖Y·Z − I‖ = {r:e}");
+    // ‖Y² − A‖/‖A‖.
+    let am = nalgebra::DMatrix::from_row_slice(n, n, &a.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let r2 = (&ym * &ym - &am).norm() / am.norm();
+    assert!(r2 <= 1e-3, "‖Y² − A‖/‖A‖ = {r2:e}");
+}
+
+#[test]
+fn inverse_pth_root_matches_the_oracle_across_conditioning() {
+    let ctx = common::ctx();
+    let n = 32;
+    for &cond in &[10.0, 1e3, 1e6] {
+        let a = spd(n, cond, 1.0, 77);
+        for p in [2u32, 4, 8] {
+            let eps = 1e-6;
+            let want = oracle_power(&a, n, -1.0 / p as f64, eps);
+            let mut ops = GpuMats::new(&ctx).unwrap();
+            let am = ops.upload(&a, 1, n, n).unwrap();
+            let r = inv_root(&mut ops, am, p, InvRootOptions { eps: eps as f32, ..Default::default() }).unwrap();
+            let got = ops.read(r.x).unwrap();
+            let err = rel(&got, &want);
+            // M = X^p·G reaches I to a few ε in every case; the error left in X is the rounding of
+            // the products amplified by the spectrum's spread, measured to grow like sqrt(κ)·ε·O(10)
+            // (κ capped near 1e6 by the ridge). Asserted at 1e-5·sqrt(κ), 10–70× above what lavapipe gives.
+            let bound = 1e-5 * cond.sqrt();
+            eprintln!("cond {cond:e} p {p}: err {err:e} (M err {:e}, {} iters), bound {bound:e}", r.err[0], r.iters[0]);
+            assert!(err <= bound, "cond {cond:e} p {p}: relative error {err:e} > {bound:e}");
+            let mut cpu = CpuMats::default();
+            let am = cpu.upload(&a, 1, n, n).unwrap();
+            let rc = inv_root(&mut cpu, am, p, InvRootOptions { eps: eps as f32, ..Default::default() }).unwrap();
+            let twin = cpu.read(rc.x).unwrap();
+            assert!(rel(&twin, &want) <= bound, "CPU twin: cond {cond:e} p {p}");
+        }
+    }
+}
+
+#[test]
+fn inverse_root_reports_failure_and_takes_relative_ridges() {
+    let ctx = common::ctx();
+    let n = 16;
+    let a = spd(n, 1e3, 1.0, 9);
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let am = ops.upload(&a, 1, n, n).unwrap();
+    let e = inv_root(&mut ops, am, 4, InvRootOptions { max_iters: 2, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("did not converge"), "{e}");
+    assert!(inv_root(&mut ops, am, 3, InvRootOptions::default()).unwrap_err().to_string().contains("power of two"));
+    // Relative ridge: eps·λ_max with λ_max from the power iteration.
+    let r = inv_root(&mut ops, am, 2, InvRootOptions { eps: 1e-2, eps_relative: true, ..Default::default() }).unwrap();
+    let got = ops.read(r.x).unwrap();
+    let (values, _) = eigen(&a, n, 0.0);
+    let lmax = values.iter().cloned().fold(0.0, f64::max);
+    let want = oracle_power(&a, n, -0.5, 1e-2 * lmax);
+    let err = rel(&got, &want);
+    assert!(err <= 1e-3, "relative-ridge inverse root: {err:e}");
+    // n = 1: (a + eps)^(−1/p) directly.
+    let one = ops.upload(&[16.0], 1, 1, 1).unwrap();
+    let r = inv_root(&mut ops, one, 4, InvRootOptions { eps: 0.0, ..Default::default() }).unwrap();
+    assert!((ops.read(r.x).unwrap()[0] - 0.5).abs() < 1e-6);
+}
+
+#[test]
+fn backward_matches_the_exact_lyapunov_solution_and_finite_differences() {
+    let ctx = common::ctx();
+    let n = 12;
+    let a = spd(n, 4.0, 2.0, 31);
+    let mut rng = TestRng::new(8);
+    let c0 = rng.normals(n * n, 1.0);
+    let c: Vec<f32> = (0..n * n).map(|i| 0.5 * (c0[i] + c0[(i % n) * n + i / n])).collect();
+    // The oracle itself against central differences of the f64 forward: ⟨X, E⟩ ≈ (L(A + hE) − L(A − hE))/2h.
+    let x_oracle = oracle_sqrt_backward(&a, &c, n);
+    let e: Vec<f32> = rng.normals(n * n, 1.0);
+    let e: Vec<f32> = (0..n * n).map(|i| 0.5 * (e[i] + e[(i % n) * n + i / n])).collect();
+    let loss = |sign: f64, h: f64, power: f64| -> f64 {
+        let (values, vectors) = {
+            let shifted = nalgebra::DMatrix::from_fn(n, n, |i, j| a[i * n + j] as f64 + sign * h * e[i * n + j] as f64);
+            let eig = shifted.symmetric_eigen();
+            (eig.eigenvalues.iter().copied().collect::<Vec<_>>(), eig.eigenvectors)
+        };
+        let y = spectral(&values, &vectors, |l| l.powf(power));
+        y.iter().zip(&c).map(|(y, c)| y * *c as f64).sum()
+    };
+    let h = 1e-5;
+    let fd = (loss(1.0, h, 0.5) - loss(-1.0, h, 0.5)) / (2.0 * h);
+    let analytic: f64 = x_oracle.iter().zip(&e).map(|(x, e)| x * *e as f64).sum();
+    assert!((fd - analytic).abs() <= 1e-6 * analytic.abs().max(1.0), "oracle vs FD: {fd} vs {analytic}");
+
+    // GPU backward (15 sign iterations; the eigenvalues of B = sqrt(Â) are ≥ 0.2 here) vs the oracle.
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let am = ops.upload(&a, 1, n, n).unwrap();
+    let y = sqrt(&mut ops, am, SqrtMethod::NewtonSchulz { iters: 30, tol: None }).unwrap();
+    let cm = ops.upload(&c, 1, n, n).unwrap();
+    let x = sqrt_backward(&mut ops, am, y, cm, 15).unwrap();
+    let got = ops.read(x).unwrap();
+    let err = rel(&got, &x_oracle);
+    assert!(err <= 1e-4, "sqrt backward vs exact: {err:e}");
+    // With the reference's 8 iterations the error is the sign iteration's truncation, still small here.
+    let x8 = sqrt_backward(&mut ops, am, y, cm, 8).unwrap();
+    let err8 = rel(&ops.read(x8).unwrap(), &x_oracle);
+    assert!(err8 <= 5e-2, "8 iterations: {err8:e}");
+    // CPU twin agrees with the GPU.
+    let mut cpu = CpuMats::default();
+    let am = cpu.upload(&a, 1, n, n).unwrap();
+    let y = sqrt(&mut cpu, am, SqrtMethod::NewtonSchulz { iters: 30, tol: None }).unwrap();
+    let cm = cpu.upload(&c, 1, n, n).unwrap();
+    let xc = sqrt_backward(&mut cpu, am, y, cm, 15).unwrap();
+    assert!(rel32(&got, &cpu.read(xc).unwrap()) <= 1e-5);
+
+    // Inverse square root: ⟨X, E⟩ against central differences of L = ⟨C, A^{−1/2}⟩.
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let am = ops.upload(&a, 1, n, n).unwrap();
+    let z = inv_sqrt(&mut ops, am, SqrtMethod::NewtonSchulz { iters: 30, tol: None }).unwrap();
+    let cm = ops.upload(&c, 1, n, n).unwrap();
+    let xi = inv_sqrt_backward(&mut ops, z, cm, 15).unwrap();
+    let got = ops.read(xi).unwrap();
+    let fd = (loss(1.0, h, -0.5) - loss(-1.0, h, -0.5)) / (2.0 * h);
+    let analytic: f64 = got.iter().zip(&e).map(|(x, e)| *x as f64 * *e as f64).sum();
+    assert!((fd - analytic).abs() <= 1e-3 * fd.abs().max(1.0), "inv_sqrt backward vs FD: {analytic} vs {fd}");
+}
+
+#[test]
+fn batched_equals_one_by_one() {
+    let ctx = common::ctx();
+    let n = 20;
+    let mats: Vec<Vec<f32>> = (0..4).map(|z| spd(n, 10.0 + 10.0 * z as f64, 1.0 + z as f64, 100 + z as u64)).collect();
+    let all = batch(&mats);
+    for method in [
+        SqrtMethod::NewtonSchulz { iters: 12, tol: None },
+        SqrtMethod::Mtp { degree: 10 },
+        SqrtMethod::Mpa { degree: 5 },
+    ] {
+        let together = run_root(&mut GpuMats::new(&ctx).unwrap(), &all, 4, n, method, false);
+        for (z, m) in mats.iter().enumerate() {
+            let alone = run_root(&mut GpuMats::new(&ctx).unwrap(), m, 1, n, method, false);
+            assert_eq!(&together[z * n * n..(z + 1) * n * n], &alone[..], "{method:?} matrix {z}");
+        }
+    }
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let am = ops.upload(&all, 4, n, n).unwrap();
+    let r = inv_root(&mut ops, am, 4, InvRootOptions::default()).unwrap();
+    let together = ops.read(r.x).unwrap();
+    for (z, m) in mats.iter().enumerate() {
+        let mut one = GpuMats::new(&ctx).unwrap();
+        let mz = one.upload(m, 1, n, n).unwrap();
+        let rz = inv_root(&mut one, mz, 4, InvRootOptions::default()).unwrap();
+        assert_eq!(rz.iters[0], r.iters[z], "matrix {z} iterations");
+        assert_eq!(&together[z * n * n..(z + 1) * n * n], &one.read(rz.x).unwrap()[..], "inv_root matrix {z}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let ctx = common::ctx();
+    let mut ops = GpuMats::new(&ctx).unwrap();
+    let rect = ops.upload(&[1.0; 6], 1, 2, 3).unwrap();
+    assert!(sqrt(&mut ops, rect, SqrtMethod::Mpa { degree: 5 }).is_err());
+    let zero = ops.upload(&[0.0; 4], 1, 2, 2).unwrap();
+    let e = sqrt(&mut ops, zero, SqrtMethod::Mtp { degree: 10 }).unwrap_err();
+    assert!(e.to_string().contains("zero"), "{e}");
+    let nan = ops.upload(&[1.0, f32::NAN, f32::NAN, 1.0], 1, 2, 2).unwrap();
+    let e = inv_sqrt(&mut ops, nan, SqrtMethod::NewtonSchulz { iters: 5, tol: None }).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let e = inv_root(&mut ops, nan, 2, InvRootOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let spd2 = ops.upload(&[2.0, 0.0, 0.0, 1.0], 1, 2, 2).unwrap();
+    assert!(sqrt(&mut ops, spd2, SqrtMethod::Mpa { degree: 0 }).is_err());
+    assert!(inv_root(&mut ops, spd2, 2, InvRootOptions { eps: f32::NAN, ..Default::default() }).is_err());
+}
