@@ -2,19 +2,28 @@
 //! against scipy or the papers' code. `case.json` is `{"function": NAME, ...}`, `inputs.npz` holds `a`
 //! (float32); the result goes to `outputs.npz` as `y`. Functions (ALGORITHMS.md §11.4):
 //! - `newton_schulz5` (key `steps`, default 5): `a` is [m, n] or [b, m, n];
-//! - `polar` (key `max_iters`, default 100): `a` is [m, n]; non-convergence is an error.
+//! - `polar` (key `max_iters`, default 100): `a` is [m, n]; non-convergence is an error;
+//! - `sqrt`, `inv_sqrt` (key `method`: "newton_schulz" with `iters` (default 5) and optional `tol`,
+//!   "mtp" or "mpa" with `degree` (defaults 10 and 5)): `a` is [n, n] or [b, n, n], symmetric positive
+//!   definite (checked on the host: symmetry and an f64 Cholesky factorisation);
+//! - `inv_root` (keys `p` (required: 1, 2, 4, …, 32), `eps` (default 1e-6, an absolute ridge),
+//!   `eps_relative` (default false: ridge = eps·λ_max), `max_iters` (100), `tol` (1e-6)): `a` is
+//!   [n, n] or [b, n, n] symmetric positive semi-definite; a final max|M − I| above 0.1 is an error.
 //!
 //! A bad case is an error and writes no `outputs.npz` (a stale one is removed first).
 
 use crate::case::{clear_output, invalid, open_inputs, read_array, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{self as ns, batch_shape, NS5_COEFFICIENTS};
+use crate::kernels::roots::GpuMats;
+use crate::reference::roots::CpuMats;
+use crate::roots::{self, InvRootOptions, MatOps, SqrtMethod};
 use crate::{reference, Context, Tensor};
 use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
 
 /// The matrix functions `matfn` knows.
-pub const FUNCTIONS: &[&str] = &["newton_schulz5", "polar"];
+pub const FUNCTIONS: &[&str] = &["newton_schulz5", "polar", "sqrt", "inv_sqrt", "inv_root"];
 
 fn key_usize(json: &serde_json::Value, key: &str, default: usize, path: &Path) -> Result<usize> {
     match json.get(key) {
@@ -24,6 +33,84 @@ fn key_usize(json: &serde_json::Value, key: &str, default: usize, path: &Path) -
             .map(|v| v as usize)
             .ok_or_else(|| invalid(path, format!("\"{key}\" must be a non-negative integer"))),
     }
+}
+
+fn key_f32(json: &serde_json::Value, key: &str, default: f32, path: &Path) -> Result<f32> {
+    match json.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map(|v| v as f32)
+            .ok_or_else(|| invalid(path, format!("\"{key}\" must be a finite number"))),
+    }
+}
+
+fn sqrt_method(json: &serde_json::Value, path: &Path) -> Result<SqrtMethod> {
+    let method = match json.get("method") {
+        None => "newton_schulz",
+        Some(v) => v.as_str().ok_or_else(|| invalid(path, "\"method\" must be a string"))?,
+    };
+    Ok(match method {
+        "newton_schulz" => SqrtMethod::NewtonSchulz {
+            iters: key_usize(json, "iters", 5, path)?,
+            tol: json.get("tol").map(|_| key_f32(json, "tol", 0.0, path)).transpose()?,
+        },
+        "mtp" => SqrtMethod::Mtp { degree: key_usize(json, "degree", 10, path)? },
+        "mpa" => {
+            let degree = key_usize(json, "degree", 5, path)?;
+            if degree == 0 {
+                return Err(invalid(path, "\"degree\" of mpa must be at least 1"));
+            }
+            SqrtMethod::Mpa { degree }
+        }
+        other => return Err(invalid(path, format!("unknown method {other:?} (known: newton_schulz, mtp, mpa)"))),
+    })
+}
+
+/// Square, symmetric (relative 1e-6) and, with `definite`, positive definite by an f64 Cholesky
+/// factorisation, for every matrix of the batch.
+fn check_spd(data: &[f32], b: usize, m: usize, n: usize, definite: bool) -> Result<()> {
+    if m != n {
+        return Err(Error::Invalid(format!("\"a\" must hold square matrices, got {m}x{n}")));
+    }
+    for z in 0..b {
+        let a = &data[z * n * n..(z + 1) * n * n];
+        crate::kernels::hutchinson::check_symmetric(a, n).map_err(|e| Error::Invalid(format!("matrix {z}: {e}")))?;
+        if definite {
+            let mat = nalgebra::DMatrix::from_fn(n, n, |i, j| a[i * n + j] as f64);
+            if nalgebra::Cholesky::new(mat).is_none() {
+                return Err(Error::Invalid(format!("matrix {z} is not positive definite (Cholesky failed)")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn root_with(
+    ops: &mut impl MatOps,
+    data: &[f32],
+    b: usize,
+    n: usize,
+    method: SqrtMethod,
+    inverse: bool,
+) -> Result<Vec<f32>> {
+    let a = ops.upload(data, b, n, n)?;
+    let y = if inverse { roots::inv_sqrt(ops, a, method)? } else { roots::sqrt(ops, a, method)? };
+    ops.read(y)
+}
+
+fn inv_root_with(
+    ops: &mut impl MatOps,
+    data: &[f32],
+    b: usize,
+    n: usize,
+    p: u32,
+    opts: InvRootOptions,
+) -> Result<Vec<f32>> {
+    let a = ops.upload(data, b, n, n)?;
+    let r = roots::inv_root(ops, a, p, opts)?;
+    ops.read(r.x)
 }
 
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,
@@ -65,6 +152,37 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
             match backend()? {
                 Some(ctx) => ns::polar(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, max_iters)?.q,
                 None => reference::newton_schulz::polar(&data, m, n, max_iters)?.0,
+            }
+        }
+        "sqrt" | "inv_sqrt" => {
+            let method = sqrt_method(&json, &case_path)?;
+            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
+            let inverse = function == "inv_sqrt";
+            match backend()? {
+                Some(ctx) => root_with(&mut GpuMats::new(&ctx)?, &data, b, n, method, inverse)?,
+                None => root_with(&mut CpuMats::default(), &data, b, n, method, inverse)?,
+            }
+        }
+        "inv_root" => {
+            let p = match json.get("p").and_then(|v| v.as_u64()) {
+                Some(p) if p <= 32 && p.is_power_of_two() => p as u32,
+                _ => return Err(invalid(&case_path, "\"p\" (a power of two from 1 to 32) is required")),
+            };
+            let opts = InvRootOptions {
+                eps: key_f32(&json, "eps", 1e-6, &case_path)?,
+                eps_relative: match json.get("eps_relative") {
+                    None => false,
+                    Some(v) => {
+                        v.as_bool().ok_or_else(|| invalid(&case_path, "\"eps_relative\" must be true or false"))?
+                    }
+                },
+                max_iters: key_usize(&json, "max_iters", 100, &case_path)?,
+                tol: key_f32(&json, "tol", 1e-6, &case_path)?,
+            };
+            check_spd(&data, b, m, n, false).map_err(|e| invalid(&npz_path, e))?;
+            match backend()? {
+                Some(ctx) => inv_root_with(&mut GpuMats::new(&ctx)?, &data, b, n, p, opts)?,
+                None => inv_root_with(&mut CpuMats::default(), &data, b, n, p, opts)?,
             }
         }
         other => {

@@ -162,6 +162,24 @@ fn bench_json_records_have_the_documented_fields() {
     assert!(!bad.status.success());
 }
 
+/// A batch of symmetric positive definite matrices X·Xᵀ + I from `data`'s values.
+fn spd(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let n = *shape.last().unwrap();
+    let b: usize = shape[..shape.len() - 2].iter().product();
+    let x = data(&[b, n, n], seed);
+    let x = x.as_slice().unwrap();
+    let mut out = vec![0.0f32; b * n * n];
+    for z in 0..b {
+        for i in 0..n {
+            for j in 0..n {
+                let s: f32 = (0..n).map(|k| x[z * n * n + i * n + k] * x[z * n * n + j * n + k]).sum();
+                out[z * n * n + i * n + j] = s + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+    }
+    ArrayD::from_shape_vec(ndarray::IxDyn(shape), out).unwrap()
+}
+
 fn write_matfn(dir: &Path, json: &str, a: &ArrayD<f32>) {
     std::fs::write(dir.join("case.json"), json).unwrap();
     let mut w = NpzWriter::new(std::fs::File::create(dir.join("inputs.npz")).unwrap());
@@ -175,9 +193,16 @@ fn matfn_runs_on_both_backends_and_agrees() {
         (r#"{"function": "newton_schulz5", "steps": 4}"#, vec![3, 20, 12]),
         (r#"{"function": "newton_schulz5"}"#, vec![9, 30]),
         (r#"{"function": "polar", "max_iters": 100}"#, vec![25, 10]),
+        (r#"{"function": "sqrt", "method": "newton_schulz", "iters": 12}"#, vec![2, 9, 9]),
+        (r#"{"function": "sqrt", "method": "mpa"}"#, vec![9, 9]),
+        (r#"{"function": "inv_sqrt", "method": "mtp", "degree": 12}"#, vec![9, 9]),
+        (r#"{"function": "inv_sqrt", "method": "newton_schulz", "iters": 30, "tol": 1e-5}"#, vec![3, 5, 5]),
+        (r#"{"function": "inv_root", "p": 4, "eps": 1e-4}"#, vec![9, 9]),
+        (r#"{"function": "inv_root", "p": 2, "eps": 1e-3, "eps_relative": true}"#, vec![2, 6, 6]),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        write_matfn(dir.path(), json, &data(&shape, 9));
+        let a = if json.contains("sqrt") || json.contains("inv_root") { spd(&shape, 9) } else { data(&shape, 9) };
+        write_matfn(dir.path(), json, &a);
         let mut ys = Vec::new();
         for backend in ["gpu", "cpu"] {
             let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
@@ -200,6 +225,10 @@ fn matfn_bad_cases_fail_with_one_line_and_no_output() {
         ("1-D input", r#"{"function": "newton_schulz5"}"#, vec![4]),
         ("polar non-convergence", r#"{"function": "polar", "max_iters": 1}"#, vec![6, 4]),
         ("no function", r#"{"steps": 5}"#, vec![3, 3]),
+        ("sqrt of a non-symmetric matrix", r#"{"function": "sqrt"}"#, vec![3, 3]),
+        ("unknown sqrt method", r#"{"function": "sqrt", "method": "eig"}"#, vec![3, 3]),
+        ("inv_root without p", r#"{"function": "inv_root"}"#, vec![3, 3]),
+        ("inv_root p = 3", r#"{"function": "inv_root", "p": 3}"#, vec![3, 3]),
     ];
     for (what, json, shape) in cases {
         let dir = tempfile::tempdir().unwrap();
