@@ -36,6 +36,9 @@ pub struct Record {
     /// Tensors in the step (multi-tensor records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<usize>,
+    /// Relative Frobenius error against the f64 oracle (matrix functions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rel_error: Option<f64>,
     /// Adapter the figures came from.
     pub adapter: String,
     /// "timestamps" or "wall-clock".
@@ -64,6 +67,7 @@ impl Record {
             baseline_median_s,
             ratio: baseline_median_s / median_s,
             tensors: None,
+            rel_error: None,
             adapter: String::new(),
             timing: String::new(),
         }
@@ -87,6 +91,12 @@ impl Record {
         self
     }
 
+    /// Relative error against an oracle.
+    pub fn error(mut self, e: f64) -> Self {
+        self.rel_error = Some(e);
+        self
+    }
+
     /// Where and how it was timed.
     pub fn on(mut self, adapter: impl Into<String>, timing: impl Into<String>) -> Self {
         self.adapter = adapter.into();
@@ -96,7 +106,7 @@ impl Record {
 }
 
 /// The suites `gpuopt bench` knows.
-pub const SUITES: &[&str] = &["elementwise", "gemm", "ns", "hutchinson"];
+pub const SUITES: &[&str] = &["elementwise", "gemm", "ns", "hutchinson", "roots"];
 
 /// The vec4 copy kernel over `n` f32 (rounded up to a multiple of 4): the bandwidth baseline. Copies
 /// larger than one storage binding are split into chunks, one dispatch each.
@@ -249,12 +259,14 @@ pub fn run(ctx: &Context, suite: Option<&str>, quick: bool, show_progress: bool)
             all.extend(gemm(ctx, quick, show_progress)?);
             all.extend(ns(ctx, quick, show_progress)?);
             all.extend(hutchinson(ctx, quick, show_progress)?);
+            all.extend(roots(ctx, quick, show_progress)?);
             Ok(all)
         }
         Some("elementwise") => elementwise(ctx, quick, show_progress),
         Some("gemm") => gemm(ctx, quick, show_progress),
         Some("ns") => ns(ctx, quick, show_progress),
         Some("hutchinson") => hutchinson(ctx, quick, show_progress),
+        Some("roots") => roots(ctx, quick, show_progress),
         Some(other) => Err(Error::Invalid(format!("unknown suite {other:?} (known: {})", SUITES.join(", ")))),
     }
 }
@@ -525,21 +537,135 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
     Ok(recs)
 }
 
+fn median_wall(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = std::time::Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn rel_error(got: &[f32], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The roots suite: A^{1/2} by coupled Newton–Schulz (5 and 10 iterations), MTP-10 and MPA-[5/5], and
+/// (A + 1e-6·I)^{−1/4} by the coupled Newton iteration, for SPD matrices with condition number 100 at
+/// n = 64 … 1024, each beside the CPU's f64 eigendecomposition (nalgebra) of the same matrix, with its
+/// relative error against that oracle; and a batch of 64 matrices of 64×64 beside the same 64 solved
+/// one call at a time (goal ≥ 5×). Wall-clock, end to end (upload, the algorithm with its readbacks,
+/// download).
+pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
+    use crate::kernels::roots::GpuMats;
+    use crate::reference::roots::{eigen, spd_matrix, spectral};
+    use crate::roots::{inv_root, sqrt, InvRootOptions, MatOps, SqrtMethod};
+    let adapter = ctx.info().name.clone();
+    let sizes: &[usize] = if quick { &[32, 64] } else { &[64, 128, 256, 512, 1024] };
+    let reps = if quick { 1 } else { 3 };
+    let methods = [
+        ("sqrt_newton_schulz5", SqrtMethod::NewtonSchulz { iters: 5, tol: None }),
+        ("sqrt_newton_schulz10", SqrtMethod::NewtonSchulz { iters: 10, tol: None }),
+        ("sqrt_mtp10", SqrtMethod::Mtp { degree: 10 }),
+        ("sqrt_mpa5", SqrtMethod::Mpa { degree: 5 }),
+    ];
+    let pb = progress((sizes.len() * (methods.len() + 2) + 2) as u64, show_progress);
+    let mut out = Vec::new();
+    for &n in sizes {
+        pb.set_message(format!("eigendecomposition {n}"));
+        let a = spd_matrix(n, 100.0, 1.0, n as u64);
+        let mut want = Vec::new();
+        let eig = median_wall(reps, || {
+            let (values, vectors) = eigen(&a, n, 0.0);
+            want = spectral(&values, &vectors, f64::sqrt);
+            Ok(())
+        })?;
+        pb.inc(1);
+        for (name, method) in methods {
+            pb.set_message(format!("{name} {n}"));
+            let mut got = Vec::new();
+            let t = median_wall(reps, || {
+                let mut ops = GpuMats::new(ctx)?;
+                let am = ops.upload(&a, 1, n, n)?;
+                let y = sqrt(&mut ops, am, method)?;
+                got = ops.read(y)?;
+                Ok(())
+            })?;
+            out.push(
+                Record::measured("roots", name, vec![n, n], t, "f64_eigh_cpu", eig)
+                    .error(rel_error(&got, &want))
+                    .on(adapter.clone(), "wall-clock"),
+            );
+            pb.inc(1);
+        }
+        pb.set_message(format!("inv_root p=4 {n}"));
+        let want4 = {
+            let (values, vectors) = eigen(&a, n, 1e-6);
+            spectral(&values, &vectors, |l| l.powf(-0.25))
+        };
+        let mut got = Vec::new();
+        let t = median_wall(reps, || {
+            let mut ops = GpuMats::new(ctx)?;
+            let am = ops.upload(&a, 1, n, n)?;
+            let r = inv_root(&mut ops, am, 4, InvRootOptions::default())?;
+            got = ops.read(r.x)?;
+            Ok(())
+        })?;
+        out.push(
+            Record::measured("roots", "inv_root_p4", vec![n, n], t, "f64_eigh_cpu", eig)
+                .error(rel_error(&got, &want4))
+                .on(adapter.clone(), "wall-clock"),
+        );
+        pb.inc(1);
+    }
+    // 64 matrices of 64×64: one batched call beside 64 single calls.
+    let (b, n) = (64, 64);
+    let mats: Vec<f32> = (0..b).flat_map(|z| spd_matrix(n, 100.0, 1.0, 1000 + z as u64)).collect();
+    for (name, method) in [("batched_sqrt_newton_schulz5", methods[0].1), ("batched_sqrt_mpa5", methods[3].1)] {
+        pb.set_message(name);
+        let run = |data: &[f32], batch: usize| -> Result<()> {
+            let mut ops = GpuMats::new(ctx)?;
+            let am = ops.upload(data, batch, n, n)?;
+            let y = sqrt(&mut ops, am, method)?;
+            ops.read(y).map(|_| ())
+        };
+        let together = median_wall(reps, || run(&mats, b))?;
+        let apart = median_wall(reps, || {
+            for z in 0..b {
+                run(&mats[z * n * n..(z + 1) * n * n], 1)?;
+            }
+            Ok(())
+        })?;
+        out.push(
+            Record::measured("roots", name, vec![b, n, n], together, "one_by_one", apart)
+                .on(adapter.clone(), "wall-clock"),
+        );
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
 /// Prints records as a table.
 pub fn print_table(ctx: &Context, records: &[Record]) {
     println!("adapter: {} ({:?}, {:?})", ctx.info().name, ctx.info().backend, ctx.info().device_type);
     println!(
-        "{:<12} {:<24} {:>12} {:>11} {:>10} {:<16} {:>11} {:>7}  timing",
+        "{:<12} {:<27} {:>12} {:>11} {:>12} {:<16} {:>11} {:>7}  timing",
         "suite", "kernel", "elements", "median", "GB/s", "baseline", "base median", "ratio"
     );
     for r in records {
-        let thr = match (r.gbps, r.gflops) {
-            (Some(g), _) => format!("{g:.2}"),
-            (_, Some(f)) => format!("{f:.1} GF"),
+        let thr = match (r.gbps, r.gflops, r.rel_error) {
+            (Some(g), _, _) => format!("{g:.2}"),
+            (_, Some(f), _) => format!("{f:.1} GF"),
+            (_, _, Some(e)) => format!("err {e:.1e}"),
             _ => "-".into(),
         };
         println!(
-            "{:<12} {:<24} {:>12} {:>9.3}ms {:>10} {:<16} {:>9.3}ms {:>7.3}  {}",
+            "{:<12} {:<27} {:>12} {:>9.3}ms {:>12} {:<16} {:>9.3}ms {:>7.3}  {}",
             r.suite,
             r.kernel,
             r.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x"),

@@ -11,7 +11,7 @@ mod common;
 
 use gpuopt::kernels::roots::GpuMats;
 use gpuopt::parity::TestRng;
-use gpuopt::reference::roots::{eigen, oracle_power, oracle_sqrt_backward, spectral, CpuMats};
+use gpuopt::reference::roots::{eigen, oracle_power, oracle_sqrt_backward, spd_matrix, spectral, CpuMats};
 use gpuopt::roots::{
     inv_root, inv_sqrt, inv_sqrt_backward, pade_coefficients, sqrt, sqrt_backward, taylor_coefficients, InvRootOptions,
     MatOps, Scale, SqrtMethod,
@@ -19,16 +19,8 @@ use gpuopt::roots::{
 
 const EPS: f64 = f32::EPSILON as f64;
 
-/// A symmetric positive definite n×n matrix with eigenvalues log-spaced from `top` down to
-/// `top / cond`, in a random orthonormal basis.
 fn spd(n: usize, cond: f64, top: f64, seed: u64) -> Vec<f32> {
-    let mut rng = TestRng::new(seed);
-    let g = nalgebra::DMatrix::from_fn(n, n, |_, _| rng.normal() as f64);
-    let q = g.qr().q();
-    let lambda: Vec<f64> = (0..n).map(|i| top * cond.powf(-(i as f64) / (n.max(2) - 1) as f64)).collect();
-    let d = nalgebra::DMatrix::from_diagonal(&nalgebra::DVector::from_vec(lambda));
-    let a = &q * d * q.transpose();
-    (0..n * n).map(|i| 0.5 * (a[(i / n, i % n)] + a[(i % n, i / n)]) as f32).collect()
+    spd_matrix(n, cond, top, seed)
 }
 
 fn rel(x: &[f32], y: &[f64]) -> f64 {

@@ -204,6 +204,17 @@ pub fn gauss_jordan(a: &mut [f32], r: &mut [f32], n: usize, k: usize) -> bool {
     singular
 }
 
+/// A symmetric positive definite n×n matrix with eigenvalues log-spaced from `top` down to
+/// `top / cond` in a random orthonormal basis (the Q of a Gaussian matrix's QR), for tests and benches.
+pub fn spd_matrix(n: usize, cond: f64, top: f64, seed: u64) -> Vec<f32> {
+    let mut rng = crate::parity::TestRng::new(seed);
+    let g = DMatrix::from_fn(n, n, |_, _| rng.normal() as f64);
+    let q = g.qr().q();
+    let lambda = (0..n).map(|i| top * cond.powf(-(i as f64) / (n.max(2) - 1) as f64));
+    let a = &q * DMatrix::from_diagonal(&nalgebra::DVector::from_iterator(n, lambda)) * q.transpose();
+    (0..n * n).map(|i| 0.5 * (a[(i / n, i % n)] + a[(i % n, i / n)]) as f32).collect()
+}
+
 /// The f64 eigendecomposition of the symmetric n×n matrix `a` (+ ridge·I): (eigenvalues, eigenvectors
 /// as columns).
 pub fn eigen(a: &[f32], n: usize, ridge: f64) -> (Vec<f64>, DMatrix<f64>) {
