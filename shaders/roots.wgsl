@@ -2,8 +2,11 @@
 // The products are GEMM dispatches (shaders/gemm.wgsl). CPU twin: src/reference/roots.rs.
 //
 // affine:          out[z] = alpha * s[z] * x[z] + beta * out[z] + gamma * I
-//                  s[z] = 1 (mode 0), scales[z]^power (mode 1); mode 2 copies alpha * x[z] only where
-//                  scales[z] != 0 (a per-matrix mask) and leaves the other matrices untouched.
+//                  s[z] = 1 (mode 0), scales[z]^power (mode 1), scales[z] / (den[z] + 1e-16) (mode 3);
+//                  mode 2 copies alpha * x[z] only where scales[z] != 0 (a per-matrix mask) and
+//                  leaves the other matrices untouched.
+// graft:           acc = decay * acc + weight * g^2;  out = g / (sqrt(acc) + eps)   (AdaGrad / RMSProp)
+// copy_region:     out[dst_off + i * dst_ld + j] = x[src_off + i * src_ld + j] for an h x w window
 // maxdev_partial + maxdev_final: max_ij |x_ij - I_ij| per matrix (NaN counts as +Inf), two passes.
 // gj_pivot + gj_eliminate: one column of a batched Gauss-Jordan elimination with partial pivoting
 //                  on [M | R]; after n columns M = I and R = M^-1 R.
@@ -20,7 +23,11 @@ struct RootParams {
     col: u32,       // gj: the pivot column j
     rhs: u32,       // gj: columns of R
     chunks: u32,    // maxdev: workgroups per matrix
-    _p: u32,
+    eps: f32,       // graft
+    src_ld: u32,    // copy_region
+    src_off: u32,
+    dst_ld: u32,
+    dst_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> rp: RootParams;
@@ -31,6 +38,8 @@ struct RootParams {
 @group(0) @binding(5) var<storage, read_write> rhs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> factors: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(8) var<storage, read> den: array<f32>;
+@group(0) @binding(9) var<storage, read_write> acc: array<f32>;
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
@@ -54,6 +63,7 @@ fn affine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (i >= len) { return; }
     var s = rp.alpha;
     if (rp.mode == 1u) { s = s * scale_pow(scales[z], rp.power); }
+    if (rp.mode == 3u) { s = s * (scales[z] / (den[z] + 1e-16)); }
     if (rp.mode == 2u && scales[z] == 0.0) { return; }
     var v = 0.0;
     if (rp.alpha != 0.0) { v = s * x[z * len + i]; }
@@ -195,4 +205,23 @@ fn gj_eliminate(@builtin(global_invocation_id) gid: vec3<u32>) {
         let cc = c - n;
         rhs[r0 + i * rp.rhs + cc] = rhs[r0 + i * rp.rhs + cc] - f * rhs[r0 + j * rp.rhs + cc];
     }
+}
+
+@compute @workgroup_size(256)
+fn graft(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= rp.rows * rp.cols * rp.batch) { return; }
+    let g = x[i];
+    let a = rp.beta * acc[i] + rp.alpha * g * g;
+    acc[i] = a;
+    out[i] = g / (sqrt(a) + rp.eps);
+}
+
+@compute @workgroup_size(16, 16)
+fn copy_region(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    if (i >= rp.rows || j >= rp.cols) { return; }
+    out[rp.dst_off + i * rp.dst_ld + j] = x[rp.src_off + i * rp.src_ld + j];
 }

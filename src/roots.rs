@@ -44,6 +44,8 @@ pub enum Scale {
     Pow(Mat, f32),
     /// Writes matrix z only where mask[z] ≠ 0 (a per-matrix select); the others keep their values.
     Mask(Mat),
+    /// num[z] / (den[z] + 1e-16) (Shampoo's grafting ratio).
+    Ratio(Mat, Mat),
 }
 
 /// The batched matrix operations the root algorithms are written against.
@@ -67,6 +69,18 @@ pub trait MatOps {
     /// rhs[z] ← m[z]⁻¹·rhs[z] by Gauss–Jordan elimination with partial pivoting (m is overwritten);
     /// status[z] ← 1 where a pivot was zero or not finite, else 0.
     fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()>;
+    /// acc ← decay·acc + weight·g², out ← g/(sqrt(acc) + eps), elementwise (AdaGrad / RMSProp grafting).
+    fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()>;
+    /// Copies the h×w window at (row, col) `src_at` of the first matrix of `src` to `dst_at` of `dst`.
+    fn copy_region(
+        &mut self,
+        dst: Mat,
+        dst_at: (usize, usize),
+        src: Mat,
+        src_at: (usize, usize),
+        h: usize,
+        w: usize,
+    ) -> Result<()>;
     /// out ← uniform draws in [0, 1) from the library's Philox generator (seed, sample 0, tensor 0,
     /// element index i), ALGORITHMS.md §11.4's power-iteration start before the map to [−1, 1).
     fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()>;

@@ -13,7 +13,13 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// out ← α·s·x + β·out + γ·I.
 pub const AFFINE: KernelSpec =
-    KernelSpec { module: "roots", entry: "affine", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
+    KernelSpec { module: "roots", entry: "affine", bindings: &[(0, U), (1, R), (2, R), (3, W), (8, R)] };
+/// acc ← decay·acc + weight·g²;  out ← g/(sqrt(acc) + eps).
+pub const GRAFT: KernelSpec =
+    KernelSpec { module: "roots", entry: "graft", bindings: &[(0, U), (1, R), (3, W), (9, W)] };
+/// Copies an h×w window between row-major matrices with their own leading dimensions and offsets.
+pub const COPY_REGION: KernelSpec =
+    KernelSpec { module: "roots", entry: "copy_region", bindings: &[(0, U), (1, R), (3, W)] };
 /// Partial max|x − I| per chunk.
 pub const MAXDEV_PARTIAL: KernelSpec =
     KernelSpec { module: "roots", entry: "maxdev_partial", bindings: &[(0, U), (1, R), (7, W)] };
@@ -27,7 +33,7 @@ pub const GJ_PIVOT: KernelSpec =
 pub const GJ_ELIMINATE: KernelSpec =
     KernelSpec { module: "roots", entry: "gj_eliminate", bindings: &[(0, U), (4, W), (5, W), (6, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE];
+pub const SPECS: &[KernelSpec] = &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, COPY_REGION];
 
 const CHUNK: usize = 4096;
 
@@ -46,9 +52,13 @@ struct RootParams {
     col: u32,
     rhs: u32,
     chunks: u32,
-    _p: u32,
+    eps: f32,
+    src_ld: u32,
+    src_off: u32,
+    dst_ld: u32,
+    dst_off: u32,
 }
-const _: () = assert!(std::mem::size_of::<RootParams>() == 48);
+const _: () = assert!(std::mem::size_of::<RootParams>() == 64);
 
 /// The GPU backend of [`MatOps`]: batches of matrices as [`Tensor`]s, operations recorded lazily.
 pub struct GpuMats {
@@ -107,7 +117,7 @@ impl GpuMats {
     }
 
     fn uniform(&mut self, p: RootParams) -> wgpu::Buffer {
-        let u = self.ctx.uniform_buffer("roots params", 48);
+        let u = self.ctx.uniform_buffer("roots params", 64);
         self.ctx.queue().write_buffer(&u, 0, bytemuck::bytes_of(&p));
         u
     }
@@ -138,6 +148,8 @@ impl MatOps for GpuMats {
         let plan = {
             let t = |m: Mat| &self.mats[m.0].0;
             match addend {
+                // The addend is C itself: the plain plan reads C (binding it twice would conflict).
+                Some(d) if d == c => GemmPlan::new(&self.ctx, desc, t(a), t(b), t(c))?,
                 Some(d) => GemmPlan::with_addend(&self.ctx, desc, t(a), t(b), t(c), t(d))?,
                 None => GemmPlan::new(&self.ctx, desc, t(a), t(b), t(c))?,
             }
@@ -158,10 +170,11 @@ impl MatOps for GpuMats {
                 });
             }
         }
-        let (mode, power, scales) = match scale {
-            Scale::One => (0, 0.0, None),
-            Scale::Pow(s, p) => (1, p, Some(s)),
-            Scale::Mask(s) => (2, 0.0, Some(s)),
+        let (mode, power, scales, den) = match scale {
+            Scale::One => (0, 0.0, None, None),
+            Scale::Pow(s, p) => (1, p, Some(s), None),
+            Scale::Mask(s) => (2, 0.0, Some(s), None),
+            Scale::Ratio(s, d) => (3, 0.0, Some(s), Some(d)),
         };
         let alpha = if x.is_some() { alpha } else { 0.0 };
         let p = RootParams {
@@ -179,7 +192,8 @@ impl MatOps for GpuMats {
         let bound = {
             let xb = x.map_or(&self.dummy, |m| self.buf(m));
             let sb = scales.map_or(&self.dummy, |m| self.buf(m));
-            self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out)])?
+            let db = den.map_or(&self.dummy, |m| self.buf(m));
+            self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out), db])?
         };
         let (gx, gy) = self.ctx.grid(((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
         self.dispatches += bound.record_3d(self.encoder(), (gx, gy, batch as u32));
@@ -256,6 +270,50 @@ impl MatOps for GpuMats {
             4 * batch as u64,
         );
         self.keep.push(Box::new(factors));
+        Ok(())
+    }
+
+    fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()> {
+        let (b, r, c) = self.shape(g);
+        let u = self.uniform(RootParams {
+            rows: r as u32,
+            cols: c as u32,
+            batch: b as u32,
+            alpha: weight,
+            beta: decay,
+            eps,
+            ..Default::default()
+        });
+        let bound = self.ctx.bind(&GRAFT, &[&u, self.buf(g), self.buf(out), self.buf(acc)])?;
+        let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
+        self.dispatches += bound.record_3d(self.encoder(), (gx, gy, 1));
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn copy_region(
+        &mut self,
+        dst: Mat,
+        dst_at: (usize, usize),
+        src: Mat,
+        src_at: (usize, usize),
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        let (dl, sl) = (self.shape(dst).2, self.shape(src).2);
+        let u = self.uniform(RootParams {
+            rows: h as u32,
+            cols: w as u32,
+            batch: 1,
+            src_ld: sl as u32,
+            src_off: (src_at.0 * sl + src_at.1) as u32,
+            dst_ld: dl as u32,
+            dst_off: (dst_at.0 * dl + dst_at.1) as u32,
+            ..Default::default()
+        });
+        let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
+        self.dispatches += bound.record_3d(self.encoder(), (w.div_ceil(16) as u32, h.div_ceil(16) as u32, 1));
+        self.keep.push(Box::new((u, bound)));
         Ok(())
     }
 

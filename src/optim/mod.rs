@@ -23,6 +23,7 @@ pub mod checkpoint;
 mod gpu;
 pub mod muon;
 pub mod reg;
+pub mod shampoo;
 
 pub use algorithm::{
     AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd, Signum,
@@ -33,6 +34,7 @@ pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;
 pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};
 pub use reg::{RegBuilder, RegConfig, RegOptimizer};
+pub use shampoo::{Graft, Shampoo, ShampooConfig, ShampooParam};
 
 use crate::error::{Error, Result};
 use crate::kernels::arena::{Hyper, Hypers, MAX_GROUPS};

@@ -90,6 +90,7 @@ impl MatOps for CpuMats {
             match scale {
                 Scale::One => {}
                 Scale::Pow(m, p) => s *= scale_pow(self.data(m)[z], p),
+                Scale::Ratio(num, den) => s *= self.data(num)[z] / (self.data(den)[z] + 1e-16),
                 Scale::Mask(m) => {
                     if self.data(m)[z] == 0.0 {
                         continue;
@@ -144,6 +145,35 @@ impl MatOps for CpuMats {
             self.mats[m.0].1[z * n * n..(z + 1) * n * n].copy_from_slice(&a);
             self.mats[rhs.0].1[z * n * k..(z + 1) * n * k].copy_from_slice(&r);
             self.mats[status.0].1[z] = singular as u32 as f32;
+        }
+        Ok(())
+    }
+
+    fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()> {
+        for i in 0..self.data(g).len() {
+            let gi = self.data(g)[i];
+            let a = decay * self.data(acc)[i] + weight * gi * gi;
+            self.mats[acc.0].1[i] = a;
+            self.mats[out.0].1[i] = gi / (a.sqrt() + eps);
+        }
+        Ok(())
+    }
+
+    fn copy_region(
+        &mut self,
+        dst: Mat,
+        dst_at: (usize, usize),
+        src: Mat,
+        src_at: (usize, usize),
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        let (dl, sl) = (self.shape(dst).2, self.shape(src).2);
+        for i in 0..h {
+            for j in 0..w {
+                let v = self.data(src)[(src_at.0 + i) * sl + src_at.1 + j];
+                self.mats[dst.0].1[(dst_at.0 + i) * dl + dst_at.1 + j] = v;
+            }
         }
         Ok(())
     }
