@@ -3,7 +3,8 @@
 //!
 //! `CASE_DIR/case.json` is `{"optimizer": NAME, "steps": T, "hyper": {...}}` (unknown keys ignored;
 //! omitted hyperparameters take the reference defaults of ALGORITHMS.md §11.2). `CASE_DIR/inputs.npz`
-//! holds `param` (f32, 1-D or 2-D, shape S) and `grads` (f32, [T, *S]). The result,
+//! holds `param` (f32, 1-D or 2-D, shape S) and `grads` (f32, [T, *S]), plus `hess_diag` ([T, *S]) for
+//! `adahessian`, `sophia` and `oasis`, and `losses` ([T]) for `sania`. The result,
 //! `CASE_DIR/outputs.npz`, holds `param` (after the last step) and `trajectory` ([T, *S], the
 //! parameter after each step). A bad case is an error and writes no `outputs.npz` (a stale one is
 //! removed first, so a failed run never leaves an old result looking current).
@@ -11,7 +12,8 @@
 use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::optim::{
-    Algorithm, AuonBuilder, AuonConfig, MuonBuilder, MuonConfig, OptimizerBuilder, RegBuilder, RegConfig, Stepper,
+    Algorithm, AuonBuilder, AuonConfig, FlatAlgorithm, FlatOptimizer, MuonBuilder, MuonConfig, OasisConfig,
+    OptimizerBuilder, RegBuilder, RegConfig, SaniaConfig, Stepper,
 };
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -28,10 +30,16 @@ pub enum CaseOptimizer {
     Auon(AuonConfig, bool),
     /// REG, as the RACS operator of pytorch-optimizer.
     Reg(RegConfig),
+    /// OASIS or SANIA (global step sizes over a flat vector).
+    Flat(FlatAlgorithm),
 }
 
 /// Replay names of the matrix optimizers (beside the elementwise ones).
 pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg"];
+
+/// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` ([T],
+/// the loss at each step) in inputs.npz.
+pub const FLAT_NAMES: &[&str] = &["oasis", "sania"];
 
 /// A parsed replay case.
 #[derive(Clone, Debug)]
@@ -44,8 +52,10 @@ pub struct Case {
     pub param: ArrayD<f32>,
     /// Gradients, [T, *S].
     pub grads: ArrayD<f32>,
-    /// Per-step Hessian diagonals, [T, *S] (AdaHessian, Sophia; `hess_diag` in inputs.npz).
+    /// Per-step Hessian diagonals, [T, *S] (AdaHessian, Sophia, OASIS; `hess_diag` in inputs.npz).
     pub hess: Option<ArrayD<f32>>,
+    /// Per-step loss values, [T] (SANIA; `losses` in inputs.npz).
+    pub losses: Option<Vec<f32>>,
 }
 
 /// Reads and validates `case.json` and `inputs.npz`.
@@ -59,13 +69,14 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if !hyper.is_object() {
         return Err(invalid(&case_path, "\"hyper\" must be an object"));
     }
-    if !MATRIX_NAMES.contains(&name) && !crate::optim::algorithm::NAMES.contains(&name) {
+    if !MATRIX_NAMES.contains(&name) && !FLAT_NAMES.contains(&name) && !crate::optim::algorithm::NAMES.contains(&name) {
         return Err(invalid(
             &case_path,
             format!(
-                "unknown optimizer {name:?} (known: {}, {})",
+                "unknown optimizer {name:?} (known: {}, {}, {})",
                 crate::optim::algorithm::NAMES.join(", "),
-                MATRIX_NAMES.join(", ")
+                MATRIX_NAMES.join(", "),
+                FLAT_NAMES.join(", ")
             ),
         ));
     }
@@ -80,6 +91,14 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         let c: RegConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Reg(c)
+    } else if name == "oasis" {
+        let c: OasisConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Flat(FlatAlgorithm::Oasis(c))
+    } else if name == "sania" {
+        let c: SaniaConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Flat(FlatAlgorithm::Sania(c))
     } else if name == "auon" || name == "hybrid_auon" {
         let c: AuonConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
@@ -111,7 +130,8 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if matches!(algorithm, CaseOptimizer::Muon(_)) && param.ndim() != 2 {
         return Err(invalid(&npz_path, format!("muon takes a 2-D param, got shape {:?}", param.shape())));
     }
-    let needs_hess = matches!(&algorithm, CaseOptimizer::Elementwise(a) if a.needs_hessian());
+    let needs_hess = matches!(&algorithm, CaseOptimizer::Elementwise(a) if a.needs_hessian())
+        || matches!(&algorithm, CaseOptimizer::Flat(FlatAlgorithm::Oasis(_)));
     let hess = if needs_hess {
         let h: ArrayD<f32> = npz.by_name("hess_diag").map_err(|e| {
             invalid(&npz_path, format!("array \"hess_diag\" (float32, [T, *param.shape]) is required by {name}: {e}"))
@@ -135,7 +155,24 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     if steps > available {
         return Err(invalid(&npz_path, format!("case asks for {steps} steps but grads holds {available}")));
     }
-    Ok(Case { algorithm, steps, param, grads, hess })
+    let losses = if matches!(&algorithm, CaseOptimizer::Flat(FlatAlgorithm::Sania(_))) {
+        let l: ArrayD<f32> = npz
+            .by_name("losses")
+            .map_err(|e| invalid(&npz_path, format!("array \"losses\" (float32, [T]) is required by sania: {e}")))?;
+        if l.ndim() != 1 || l.len() < steps {
+            return Err(invalid(
+                &npz_path,
+                format!("\"losses\" must be 1-D with at least {steps} values, got shape {:?}", l.shape()),
+            ));
+        }
+        if let Some(t) = l.iter().take(steps).position(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(invalid(&npz_path, format!("\"losses\"[{t}] must be finite and >= 0")));
+        }
+        Some(l.iter().copied().collect())
+    } else {
+        None
+    };
+    Ok(Case { algorithm, steps, param, grads, hess, losses })
 }
 
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
@@ -175,6 +212,16 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
                 },
             )
         }
+        CaseOptimizer::Flat(a) => {
+            let params = [("param".to_string(), data.clone(), case.param.shape().to_vec())];
+            (
+                crate::optim::ParamId(0),
+                match ctx {
+                    Some(ctx) => Box::new(FlatOptimizer::new(ctx, a.clone(), &params)?),
+                    None => Box::new(FlatOptimizer::cpu(a.clone(), &params)?),
+                },
+            )
+        }
         CaseOptimizer::Muon(c) => {
             let mut b = MuonBuilder::new(c.clone());
             let id = b.param("param", &data, case.param.shape())?;
@@ -196,6 +243,9 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
         if let Some(h) = &case.hess {
             let d: Vec<f32> = h.index_axis(Axis(0), t).iter().copied().collect();
             opt.write_hess_diag(id, &d)?;
+        }
+        if let Some(l) = &case.losses {
+            opt.write_loss(l[t])?;
         }
         opt.step()?;
         let p = opt.read_param(id)?;

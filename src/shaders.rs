@@ -29,6 +29,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("auon", include_str!("../shaders/auon.wgsl")),
     ("racs", include_str!("../shaders/racs.wgsl")),
     ("roots", include_str!("../shaders/roots.wgsl")),
+    ("oasis", include_str!("../shaders/oasis.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

@@ -21,6 +21,9 @@ fn write_case(dir: &Path, json: &str, param: &ArrayD<f32>, grads: &ArrayD<f32>) 
     w.add_array("grads", grads).unwrap();
     // Hessian-diagonal optimizers read it; the others ignore it.
     w.add_array("hess_diag", &grads.mapv(|g| 0.5 * g + 0.1)).unwrap();
+    // SANIA reads the loss of each step; the others ignore it.
+    let steps = grads.shape()[0];
+    w.add_array("losses", &Array::from_shape_fn(IxDyn(&[steps]), |i| 0.3 + 0.01 * i[0] as f32)).unwrap();
     w.finish().unwrap();
 }
 
@@ -321,4 +324,50 @@ fn replay_hessian_optimizers_need_hess_diag() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("hess_diag"));
     assert!(!dir.path().join("outputs.npz").exists());
+}
+
+#[test]
+fn replay_oasis_and_sania_on_both_backends_and_need_their_inputs() {
+    for (json, shape) in [
+        (r#"{"optimizer": "oasis", "hyper": {"lr": 0.05, "beta2": 0.9, "hess_floor": 0.01}}"#, vec![9, 7]),
+        (r#"{"optimizer": "sania", "hyper": {"eps": 0.1}}"#, vec![13]),
+        (r#"{"optimizer": "sania", "hyper": {"variant": "psps", "preconditioner": "adagrad_sqr"}}"#, vec![4, 4]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gshape = vec![6];
+        gshape.extend(&shape);
+        write_case(dir.path(), json, &data(&shape, 3), &data(&gshape, 4));
+        let mut results = Vec::new();
+        for backend in ["gpu", "cpu"] {
+            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+            assert!(out.status.success(), "{json} {backend}: {}", String::from_utf8_lossy(&out.stderr));
+            results.push(read_out(dir.path()).1);
+        }
+        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        assert!(diff < 1e-4, "{json}: gpu vs cpu max difference {diff:e}");
+        assert!(results[0].iter().all(|v| v.is_finite()));
+    }
+    // OASIS without its required beta2 / hess_floor, SANIA without losses, OASIS without hess_diag.
+    for (json, arrays) in [
+        (r#"{"optimizer": "oasis", "hyper": {"lr": 0.1}}"#, vec!["param", "grads", "hess_diag"]),
+        (r#"{"optimizer": "sania"}"#, vec!["param", "grads"]),
+        (r#"{"optimizer": "oasis", "hyper": {"beta2": 0.9, "hess_floor": 0.1}}"#, vec!["param", "grads"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("case.json"), json).unwrap();
+        let mut w = NpzWriter::new(std::fs::File::create(dir.path().join("inputs.npz")).unwrap());
+        for name in arrays {
+            let a = match name {
+                "param" => data(&[5], 1),
+                _ => data(&[2, 5], 2),
+            };
+            w.add_array(name, &a).unwrap();
+        }
+        w.finish().unwrap();
+        let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{json}: should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{json}: {stderr:?}");
+        assert!(!dir.path().join("outputs.npz").exists());
+    }
 }

@@ -22,6 +22,7 @@ pub mod auon;
 pub mod checkpoint;
 mod gpu;
 pub mod muon;
+pub mod oasis;
 pub mod reg;
 pub mod shampoo;
 
@@ -33,6 +34,7 @@ pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;
 pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};
+pub use oasis::{FlatAlgorithm, FlatOptimizer, OasisConfig, SaniaConfig, SaniaPreconditioner, SaniaVariant};
 pub use reg::{RegBuilder, RegConfig, RegOptimizer};
 pub use shampoo::{Graft, Shampoo, ShampooConfig, ShampooParam};
 
@@ -376,6 +378,10 @@ pub trait Stepper {
     /// Writes this step's Hessian-diagonal estimate of a parameter (AdaHessian, Sophia).
     fn write_hess_diag(&mut self, _id: ParamId, _diag: &[f32]) -> Result<()> {
         Err(Error::Invalid("this optimizer takes no Hessian diagonal".into()))
+    }
+    /// Gives this step's loss value (SANIA's Polyak step needs it).
+    fn write_loss(&mut self, _loss: f32) -> Result<()> {
+        Err(Error::Invalid("this optimizer takes no loss value".into()))
     }
     /// Reads a parameter's values (the GPU backend waits for the device).
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>>;
