@@ -46,3 +46,18 @@ fn hutchinson_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if (i >= hp.n) { return; }
     acc[i] = acc[i] / f32(hp.samples);
 }
+
+// AdaHessian's spatial averaging (ALGORITHMS.md §6.1): diag_i = mean of |acc_j| over the block of
+// consecutive elements holding i (blocks of `samples` elements here, the last one possibly shorter):
+// the kh*kw taps of a conv kernel [o, i, kh, kw], the rows of a matrix, or fairseq's block_length.
+@compute @workgroup_size(256)
+fn block_average(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= hp.n) { return; }
+    let start = (i / hp.samples) * hp.samples;
+    let end = min(start + hp.samples, hp.n);
+    var s = 0.0;
+    for (var j = start; j < end; j = j + 1u) { s = s + abs(acc[j]); }
+    diag[i] = s / f32(end - start);
+}

@@ -39,6 +39,9 @@ pub struct Record {
     /// Relative Frobenius error against the f64 oracle (matrix functions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rel_error: Option<f64>,
+    /// Items per second (Hutchinson samples per second for the estimate records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
     /// Adapter the figures came from.
     pub adapter: String,
     /// "timestamps" or "wall-clock".
@@ -68,6 +71,7 @@ impl Record {
             ratio: baseline_median_s / median_s,
             tensors: None,
             rel_error: None,
+            per_second: None,
             adapter: String::new(),
             timing: String::new(),
         }
@@ -88,6 +92,12 @@ impl Record {
     /// Tensors in the step.
     pub fn tensors(mut self, n: usize) -> Self {
         self.tensors = Some(n);
+        self
+    }
+
+    /// `items` per run, as a rate.
+    pub fn rate(mut self, items: f64) -> Self {
+        self.per_second = Some(items / self.median_s);
         self
     }
 
@@ -501,7 +511,7 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
     let adapter = ctx.info().name.clone();
     let n: usize = if quick { 1 << 20 } else { 1 << 24 };
     let (reps, batches) = if quick { (3, 3) } else { (5, 7) };
-    let pb = progress(3, show_progress);
+    let pb = progress(4, show_progress);
     pb.set_message("rademacher");
     let out = crate::Tensor::zeros(ctx, &[n])?;
     let u = ctx.uniform_buffer("bench random", 32);
@@ -533,6 +543,31 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
         );
         pb.inc(1);
     }
+    // The estimate's throughput on a softmax regression the size of the UCI digits problem
+    // (1,797 × 65 features, 10 classes, synthetic data): samples per second beside one gradient.
+    pb.set_message("softmax hutchinson");
+    let (ns, d, k) = (1797, 65, 10);
+    let mut rng = TestRng::new(9);
+    let x = rng.uniforms(ns * d, 1.0);
+    let labels: Vec<u32> = (0..ns).map(|i| (i % k) as u32).collect();
+    let mut model = crate::hvp::softmax::SoftmaxRegression::new(ctx, &x, &labels, ns, d, k, 1e-4)?;
+    model.set_weights(&rng.uniforms(d * k, 0.1))?;
+    let samples = if quick { 4 } else { 32 };
+    let grad = median_wall(reps, || model.loss_and_grad().map(|_| ()))?;
+    let est = median_wall(reps, || crate::hvp::hutchinson_estimate(ctx, &mut model, samples, 1, 0).map(|_| ()))?;
+    recs.push(
+        Record::measured(
+            "hutchinson",
+            "softmax_hutchinson",
+            vec![samples, d * k],
+            est,
+            "softmax_gradient",
+            grad * samples as f64,
+        )
+        .rate(samples as f64)
+        .on(adapter.clone(), "wall-clock"),
+    );
+    pb.inc(1);
     pb.finish_and_clear();
     Ok(recs)
 }
@@ -658,10 +693,11 @@ pub fn print_table(ctx: &Context, records: &[Record]) {
         "suite", "kernel", "elements", "median", "GB/s", "baseline", "base median", "ratio"
     );
     for r in records {
-        let thr = match (r.gbps, r.gflops, r.rel_error) {
-            (Some(g), _, _) => format!("{g:.2}"),
-            (_, Some(f), _) => format!("{f:.1} GF"),
-            (_, _, Some(e)) => format!("err {e:.1e}"),
+        let thr = match (r.gbps, r.gflops, r.rel_error, r.per_second) {
+            (Some(g), ..) => format!("{g:.2}"),
+            (_, Some(f), ..) => format!("{f:.1} GF"),
+            (_, _, Some(e), _) => format!("err {e:.1e}"),
+            (.., Some(s)) => format!("{s:.1}/s"),
             _ => "-".into(),
         };
         println!(

@@ -82,3 +82,50 @@ fn hutchinson_rejects_bad_input() {
     assert!(gpuopt::kernels::hutchinson::check_symmetric(&[1.0, 2.0, 3.0, 4.0], 2).is_err());
     assert!(gpuopt::kernels::hutchinson::check_symmetric(&[1.0, f32::NAN, f32::NAN, 4.0], 2).is_err());
 }
+
+#[test]
+fn block_averaging_matches_cpu_twin_and_the_reference_layouts() {
+    use gpuopt::kernels::hutchinson::{block_average, BlockLayout};
+    let ctx = common::ctx();
+    for &(n, block) in &[(1, 1), (7, 3), (36, 9), (4099, 32), (4099, 4099), (70_001, 9)] {
+        let d = gpuopt::parity::TestRng::new(n as u64).normals(n, 1.0);
+        let t = gpuopt::Tensor::from_slice(&ctx, &d, &[n]).unwrap();
+        let out = gpuopt::Tensor::zeros(&ctx, &[n]).unwrap();
+        block_average(&ctx, &t, block, &out).unwrap();
+        let got = out.to_vec(&ctx).unwrap();
+        let want = gpuopt::reference::hutchinson::block_average(&d, block);
+        assert_eq!(got, want, "n={n} block={block}");
+    }
+    // Known answer: blocks of 3 over [1, -2, 3, -4, 5] → [2, 2, 2, 4.5, 4.5].
+    assert_eq!(
+        gpuopt::reference::hutchinson::block_average(&[1.0, -2.0, 3.0, -4.0, 5.0], 3),
+        vec![2.0, 2.0, 2.0, 4.5, 4.5]
+    );
+    // The layouts: conv kernels over (kh, kw), rows, fixed lengths, none.
+    assert_eq!(BlockLayout::Spatial.block_len(&[8, 3, 3, 3]), Some(9));
+    assert_eq!(BlockLayout::Spatial.block_len(&[8, 3]), Some(1));
+    assert_eq!(BlockLayout::Rows.block_len(&[8, 5]), Some(5));
+    assert_eq!(BlockLayout::Length(32).block_len(&[100]), Some(32));
+    assert_eq!(BlockLayout::None.block_len(&[100]), None);
+    assert!(block_average(
+        &ctx,
+        &gpuopt::Tensor::zeros(&ctx, &[4]).unwrap(),
+        0,
+        &gpuopt::Tensor::zeros(&ctx, &[4]).unwrap()
+    )
+    .is_err());
+}
+
+#[test]
+fn averaged_estimate_is_the_block_average_of_the_plain_one() {
+    use gpuopt::hvp::{hutchinson_estimate, hutchinson_estimate_averaged, DenseQuadratic};
+    let ctx = common::ctx();
+    let n = 45;
+    let mut rng = gpuopt::parity::TestRng::new(5);
+    let x = rng.normals(n * n, 1.0);
+    let a: Vec<f32> = (0..n * n).map(|i| 0.5 * (x[i] + x[(i % n) * n + i / n])).collect();
+    let mut q = DenseQuadratic::new(&ctx, &a, n).unwrap();
+    let plain = hutchinson_estimate(&ctx, &mut q, 4, 11, 0).unwrap();
+    let averaged = hutchinson_estimate_averaged(&ctx, &mut q, 4, 11, 0, Some(9)).unwrap();
+    assert_eq!(averaged, gpuopt::reference::hutchinson::block_average(&plain, 9));
+}

@@ -112,6 +112,20 @@ pub fn hutchinson_estimate(
     seed: u64,
     tensor_id: u32,
 ) -> Result<Vec<f32>> {
+    hutchinson_estimate_averaged(ctx, h, samples, seed, tensor_id, None)
+}
+
+/// [`hutchinson_estimate`] followed, with `Some(block)`, by AdaHessian's block averaging of |diag| over
+/// consecutive blocks of `block` elements (see [`crate::kernels::hutchinson::BlockLayout`] for the
+/// layouts of the references), on the GPU before the readback.
+pub fn hutchinson_estimate_averaged(
+    ctx: &Context,
+    h: &mut dyn HessianVectorProduct,
+    samples: usize,
+    seed: u64,
+    tensor_id: u32,
+    block: Option<usize>,
+) -> Result<Vec<f32>> {
     let n = h.len();
     if samples == 0 {
         return Err(Error::Invalid("samples must be at least 1".into()));
@@ -137,5 +151,11 @@ pub fn hutchinson_estimate(
     let mut enc = ctx.encoder("hutchinson finish");
     finish.record(ctx, &mut enc, wg);
     ctx.submit(enc);
-    acc.to_vec(ctx)
+    match block {
+        None => acc.to_vec(ctx),
+        Some(b) => {
+            crate::kernels::hutchinson::block_average(ctx, &acc, b, &hz)?;
+            hz.to_vec(ctx)
+        }
+    }
 }

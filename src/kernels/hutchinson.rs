@@ -18,8 +18,58 @@ pub const HUTCHINSON_ACCUMULATE: KernelSpec =
 /// acc /= N.
 pub const HUTCHINSON_FINISH: KernelSpec =
     KernelSpec { module: "hutchinson", entry: "hutchinson_finish", bindings: &[(0, U), (4, W)] };
+/// Mean of |d| over blocks of consecutive elements (AdaHessian's spatial averaging).
+pub const BLOCK_AVERAGE: KernelSpec =
+    KernelSpec { module: "hutchinson", entry: "block_average", bindings: &[(0, U), (3, W), (4, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[HUTCHINSON_DIAG, HUTCHINSON_ACCUMULATE, HUTCHINSON_FINISH];
+pub const SPECS: &[KernelSpec] = &[HUTCHINSON_DIAG, HUTCHINSON_ACCUMULATE, HUTCHINSON_FINISH, BLOCK_AVERAGE];
+
+/// How a tensor's Hessian-diagonal estimate is averaged (ALGORITHMS.md §6.1; all are blocks of
+/// consecutive row-major elements, so one kernel serves every layout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// No averaging (the estimate as it is, signed).
+    #[default]
+    None,
+    /// The official image-classification AdaHessian: 4-D conv kernels [o, i, kh, kw] averaged over
+    /// (kh, kw); other ranks not averaged (but taken in absolute value).
+    Spatial,
+    /// Whole rows of the last dimension (`instruction/adahessian.py` for 2-D tensors).
+    Rows,
+    /// Consecutive blocks of this many elements (fairseq's `block_length`).
+    Length(usize),
+}
+
+impl BlockLayout {
+    /// The block length for a tensor of this shape (`None` → no averaging).
+    pub fn block_len(&self, shape: &[usize]) -> Option<usize> {
+        match *self {
+            BlockLayout::None => None,
+            BlockLayout::Spatial if shape.len() == 4 => Some(shape[2] * shape[3]),
+            BlockLayout::Spatial => Some(1),
+            BlockLayout::Rows => Some(*shape.last().unwrap_or(&1)),
+            BlockLayout::Length(b) => Some(b),
+        }
+    }
+}
+
+/// out_i = mean |d_j| over the `block`-element block holding i (GPU); `out` and `d` have n elements.
+pub fn block_average(ctx: &Context, d: &Tensor, block: usize, out: &Tensor) -> Result<()> {
+    let n = d.len();
+    if block == 0 || out.len() != n {
+        return Err(Error::Invalid(format!("block_average: block {block} must be >= 1 and out must hold {n} values")));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let u = ctx.uniform_buffer("block average params", 16);
+    ctx.queue().write_buffer(&u, 0, bytemuck::cast_slice(&[n as u32, block.min(n) as u32, 0, 0]));
+    let bound = ctx.bind(&BLOCK_AVERAGE, &[&u, out.buffer(), d.buffer()])?;
+    let mut enc = ctx.encoder("block average");
+    bound.record(ctx, &mut enc, (n as u32).div_ceil(WORKGROUP_SIZE));
+    ctx.submit(enc);
+    Ok(())
+}
 
 /// Checks that `a` is a finite, square, symmetric matrix (to a relative 1e-6 of its largest entry).
 pub fn check_symmetric(a: &[f32], n: usize) -> Result<()> {

@@ -17,3 +17,17 @@ pub fn hutchinson_diag(a: &[f32], n: usize, samples: usize, seed: u64) -> Vec<f3
         })
         .collect()
 }
+
+/// CPU twin of `block_average`: out_i = mean |d_j| over the block of `block` consecutive elements
+/// holding i (the last block possibly shorter), summed in f32 in index order.
+pub fn block_average(d: &[f32], block: usize) -> Vec<f32> {
+    let n = d.len();
+    (0..n)
+        .map(|i| {
+            let start = i / block * block;
+            let end = (start + block).min(n);
+            let s = d[start..end].iter().fold(0.0f32, |s, v| s + v.abs());
+            s / (end - start) as f32
+        })
+        .collect()
+}
