@@ -218,10 +218,55 @@ fn graft(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     out[i] = g / (sqrt(a) + rp.eps);
 }
 
+// For every matrix z of the batch; `col` and `rhs` carry the source's and the destination's matrix
+// sizes (the source's is 0 when one matrix is broadcast).
 @compute @workgroup_size(16, 16)
 fn copy_region(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     let i = gid.y;
+    let z = gid.z;
     if (i >= rp.rows || j >= rp.cols) { return; }
-    out[rp.dst_off + i * rp.dst_ld + j] = x[rp.src_off + i * rp.src_ld + j];
+    out[z * rp.rhs + rp.dst_off + i * rp.dst_ld + j] = x[z * rp.col + rp.src_off + i * rp.src_ld + j];
+}
+
+// The inverse of each h x h block (h = rows <= 32) of a batch, one workgroup per matrix, by
+// Gauss-Jordan without pivoting in workgroup memory: the blocks are diagonal blocks of symmetric
+// positive definite matrices (or of their Schur complements), whose pivots are positive. A pivot
+// that is not positive and finite sets partials[z] = 1.
+var<workgroup> blk: array<f32, 2048>;   // [h][2h] = [D | I], row stride 64
+var<workgroup> fac: array<f32, 32>;
+
+@compute @workgroup_size(256)
+fn spd_block_inverse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = rp.rows;
+    let z = wid.x;
+    for (var e = lid; e < 2048u; e = e + WG) {
+        let i = e / 64u;
+        let c = e % 64u;
+        var v = 0.0;
+        if (i < h && c < h) { v = x[z * h * h + i * h + c]; }
+        if (i < h && c == h + i) { v = 1.0; }
+        blk[e] = v;
+    }
+    var bad = false;
+    for (var j = 0u; j < h; j = j + 1u) {
+        workgroupBarrier();
+        let piv = blk[j * 64u + j];
+        bad = bad || !(piv > 0.0 && piv <= INF);
+        if (lid < 32u) { fac[lid] = select(blk[lid * 64u + j], 0.0, lid == j || lid >= h); }
+        workgroupBarrier();
+        if (lid < 2u * h) { blk[j * 64u + lid] = blk[j * 64u + lid] / piv; }
+        workgroupBarrier();
+        for (var e = lid; e < h * 2u * h; e = e + WG) {
+            let i = e / (2u * h);
+            let c = e % (2u * h);
+            let f = fac[i];
+            if (f != 0.0) { blk[i * 64u + c] = blk[i * 64u + c] - f * blk[j * 64u + c]; }
+        }
+    }
+    workgroupBarrier();
+    for (var e = lid; e < h * h; e = e + WG) {
+        out[z * h * h + e] = blk[(e / h) * 64u + h + e % h];
+    }
+    if (lid == 0u) { partials[z] = select(0.0, 1.0, bad); }
 }

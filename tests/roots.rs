@@ -433,3 +433,46 @@ fn bad_inputs_are_errors() {
     assert!(sqrt(&mut ops, spd2, SqrtMethod::Mpa { degree: 0 }).is_err());
     assert!(inv_root(&mut ops, spd2, 2, InvRootOptions { eps: f32::NAN, ..Default::default() }).is_err());
 }
+
+#[test]
+fn blocked_spd_solve_matches_cpu_twin_and_refuses_indefinite_matrices() {
+    use gpuopt::roots::solve_spd;
+    let ctx = common::ctx();
+    for &(b, n, k) in &[(1, 1, 1), (2, 31, 5), (1, 32, 32), (3, 33, 7), (1, 100, 100)] {
+        let m: Vec<f32> = (0..b).flat_map(|z| spd(n, 50.0, 2.0, (n * 10 + z) as u64)).collect();
+        let rhs = TestRng::new(n as u64).normals(b * n * k, 1.0);
+        let mut outs = Vec::new();
+        let mut gpu = GpuMats::new(&ctx).unwrap();
+        let mut cpu = CpuMats::default();
+        for ops in [&mut gpu as &mut dyn SpdDyn, &mut cpu] {
+            outs.push(ops.spd_case(&m, &rhs, b, n, k));
+        }
+        for z in 0..b {
+            let mz = nalgebra::DMatrix::from_fn(n, n, |i, j| m[z * n * n + i * n + j] as f64);
+            let xz = nalgebra::DMatrix::from_fn(n, k, |i, j| outs[0][z * n * k + i * k + j] as f64);
+            let rz = nalgebra::DMatrix::from_fn(n, k, |i, j| rhs[z * n * k + i * k + j] as f64);
+            let res = (&mz * &xz - &rz).norm() / (mz.norm() * xz.norm());
+            assert!(res <= 20.0 * n as f64 * EPS, "{b}x{n}x{k} matrix {z}: residual {res:e}");
+        }
+        let r = rel32(&outs[0], &outs[1]);
+        assert!(r <= 1e-4, "{b}x{n}x{k}: GPU vs CPU twin {r:e}");
+    }
+    let mut gpu = GpuMats::new(&ctx).unwrap();
+    let indefinite = gpu.upload(&[1.0, 2.0, 2.0, 1.0], 1, 2, 2).unwrap();
+    let rhs = gpu.upload(&[1.0, 1.0], 1, 2, 1).unwrap();
+    let e = solve_spd(&mut gpu, indefinite, rhs).unwrap_err();
+    assert!(e.to_string().contains("not positive definite"), "{e}");
+}
+
+trait SpdDyn {
+    fn spd_case(&mut self, m: &[f32], rhs: &[f32], b: usize, n: usize, k: usize) -> Vec<f32>;
+}
+
+impl<T: MatOps> SpdDyn for T {
+    fn spd_case(&mut self, m: &[f32], rhs: &[f32], b: usize, n: usize, k: usize) -> Vec<f32> {
+        let mm = self.upload(m, b, n, n).unwrap();
+        let rm = self.upload(rhs, b, n, k).unwrap();
+        gpuopt::roots::solve_spd(self, mm, rm).unwrap();
+        self.read(rm).unwrap()
+    }
+}

@@ -32,8 +32,15 @@ pub const GJ_PIVOT: KernelSpec =
 /// Gauss–Jordan elimination of one column.
 pub const GJ_ELIMINATE: KernelSpec =
     KernelSpec { module: "roots", entry: "gj_eliminate", bindings: &[(0, U), (4, W), (5, W), (6, W)] };
+/// The inverse of small diagonal blocks of SPD matrices, one workgroup each.
+pub const SPD_BLOCK_INVERSE: KernelSpec =
+    KernelSpec { module: "roots", entry: "spd_block_inverse", bindings: &[(0, U), (1, R), (3, W), (7, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, COPY_REGION];
+pub const SPECS: &[KernelSpec] =
+    &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, COPY_REGION, SPD_BLOCK_INVERSE];
+
+/// The largest block `spd_block_inverse` inverts (its workgroup array is 32 × 64).
+pub const SPD_BLOCK: usize = 32;
 
 const CHUNK: usize = 4096;
 
@@ -300,11 +307,13 @@ impl MatOps for GpuMats {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        let (dl, sl) = (self.shape(dst).2, self.shape(src).2);
+        let ((db, dr, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
         let u = self.uniform(RootParams {
             rows: h as u32,
             cols: w as u32,
-            batch: 1,
+            batch: db as u32,
+            col: if sb == 1 { 0 } else { (sr * sl) as u32 },
+            rhs: (dr * dl) as u32,
             src_ld: sl as u32,
             src_off: (src_at.0 * sl + src_at.1) as u32,
             dst_ld: dl as u32,
@@ -312,7 +321,20 @@ impl MatOps for GpuMats {
             ..Default::default()
         });
         let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
-        self.dispatches += bound.record_3d(self.encoder(), (w.div_ceil(16) as u32, h.div_ceil(16) as u32, 1));
+        let grid = (w.div_ceil(16) as u32, h.div_ceil(16) as u32, db as u32);
+        self.dispatches += bound.record_3d(self.encoder(), grid);
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn invert_spd_blocks(&mut self, d: Mat, out: Mat, status: Mat) -> Result<()> {
+        let (b, h, _) = self.shape(d);
+        if h > SPD_BLOCK {
+            return Err(Error::Invalid(format!("invert_spd_blocks takes blocks of at most {SPD_BLOCK}, got {h}")));
+        }
+        let u = self.uniform(RootParams { rows: h as u32, cols: h as u32, batch: b as u32, ..Default::default() });
+        let bound = self.ctx.bind(&SPD_BLOCK_INVERSE, &[&u, self.buf(d), self.buf(out), self.buf(status)])?;
+        self.dispatches += bound.record_3d(self.encoder(), (b as u32, 1, 1));
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }

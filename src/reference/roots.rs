@@ -168,12 +168,50 @@ impl MatOps for CpuMats {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        let (dl, sl) = (self.shape(dst).2, self.shape(src).2);
-        for i in 0..h {
-            for j in 0..w {
-                let v = self.data(src)[(src_at.0 + i) * sl + src_at.1 + j];
-                self.mats[dst.0].1[(dst_at.0 + i) * dl + dst_at.1 + j] = v;
+        let ((db, dr, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
+        for z in 0..db {
+            let (so, dz) = (if sb == 1 { 0 } else { z * sr * sl }, z * dr * dl);
+            for i in 0..h {
+                for j in 0..w {
+                    let v = self.data(src)[so + (src_at.0 + i) * sl + src_at.1 + j];
+                    self.mats[dst.0].1[dz + (dst_at.0 + i) * dl + dst_at.1 + j] = v;
+                }
             }
+        }
+        Ok(())
+    }
+
+    fn invert_spd_blocks(&mut self, d: Mat, out: Mat, status: Mat) -> Result<()> {
+        let (b, h, _) = self.shape(d);
+        for z in 0..b {
+            // [D | I], Gauss–Jordan without pivoting in the shader's order.
+            let w = 2 * h;
+            let mut a = vec![0.0f32; h * w];
+            for i in 0..h {
+                a[i * w..i * w + h].copy_from_slice(&self.data(d)[z * h * h + i * h..z * h * h + (i + 1) * h]);
+                a[i * w + h + i] = 1.0;
+            }
+            let mut bad = false;
+            for j in 0..h {
+                let piv = a[j * w + j];
+                bad |= !(piv > 0.0 && piv <= f32::MAX);
+                let fac: Vec<f32> = (0..h).map(|i| if i == j { 0.0 } else { a[i * w + j] }).collect();
+                for c in 0..w {
+                    a[j * w + c] /= piv;
+                }
+                for (i, &f) in fac.iter().enumerate() {
+                    if f != 0.0 {
+                        for c in 0..w {
+                            a[i * w + c] -= f * a[j * w + c];
+                        }
+                    }
+                }
+            }
+            for i in 0..h {
+                let row: Vec<f32> = a[i * w + h..(i + 1) * w].to_vec();
+                self.mats[out.0].1[z * h * h + i * h..z * h * h + (i + 1) * h].copy_from_slice(&row);
+            }
+            self.mats[status.0].1[z] = bad as u32 as f32;
         }
         Ok(())
     }
