@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod hvp;
 pub mod kernels;
 pub mod matfn;
+pub mod mlp;
 pub mod optim;
 pub mod parity;
 

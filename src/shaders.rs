@@ -30,6 +30,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("racs", include_str!("../shaders/racs.wgsl")),
     ("roots", include_str!("../shaders/roots.wgsl")),
     ("oasis", include_str!("../shaders/oasis.wgsl")),
+    ("mlp", include_str!("../shaders/mlp.wgsl")),
 ];
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).

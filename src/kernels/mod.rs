@@ -46,5 +46,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(crate::optim::auon::SPECS);
     v.extend_from_slice(crate::optim::reg::SPECS);
     v.extend_from_slice(crate::optim::oasis::SPECS);
+    v.extend_from_slice(crate::mlp::SPECS);
     v
 }
