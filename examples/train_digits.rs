@@ -40,8 +40,11 @@ fn load() -> (Vec<f32>, Vec<u32>) {
     (x, y)
 }
 
+/// Images (n×64) and labels.
+type Split = (Vec<f32>, Vec<u32>);
+
 /// Deterministic 80/20 split (a seeded shuffle).
-fn split(x: &[f32], y: &[u32]) -> ((Vec<f32>, Vec<u32>), (Vec<f32>, Vec<u32>)) {
+fn split(x: &[f32], y: &[u32]) -> (Split, Split) {
     let n = y.len();
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = TestRng::new(2024);
@@ -288,7 +291,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     pb.finish_and_clear();
     let mut table = String::from("| optimizer | final train loss | test accuracy | ms / step |\n|---|---|---|---|\n");
     for r in &runs {
-        table += &format!("| {} | {:.2e} | {:.1}% | {:.1} |\n", r.name, r.train_loss, 100.0 * r.test_acc, r.ms_per_step);
+        table +=
+            &format!("| {} | {:.2e} | {:.1}% | {:.1} |\n", r.name, r.train_loss, 100.0 * r.test_acc, r.ms_per_step);
     }
     println!("\n{table}");
     let md = out.join("results.md");

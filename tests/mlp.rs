@@ -67,7 +67,7 @@ fn evaluation_and_bad_input() {
     let (loss, _) = mlp.evaluate().unwrap();
     assert!((loss - 2f32.ln()).abs() < 1e-6);
     assert!(Mlp::new(&ctx, &x[..10], &labels, 4, 3, 2).is_err());
-    assert!(Mlp::new(&ctx, &x, &vec![5; 20], 4, 3, 2).is_err());
+    assert!(Mlp::new(&ctx, &x, &[5; 20], 4, 3, 2).is_err());
     assert!(mlp.set_params(&[&[0.0; 12]]).is_err());
     assert!(mlp.set_params(&[&[0.0; 11], &[0.0; 3], &[0.0; 6], &[0.0; 2]]).is_err());
 }
