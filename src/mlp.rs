@@ -35,6 +35,16 @@ pub fn param_shapes(d: usize, hidden: usize, k: usize) -> [Vec<usize>; 4] {
 }
 
 /// The network on one data set, with every buffer and dispatch planned once.
+///
+/// ```
+/// use gpuopt::mlp::Mlp;
+/// # let ctx = gpuopt::Context::new()?;
+/// let x = [0.0, 1.0, 1.0, 0.0]; // two samples, two features
+/// let mut mlp = Mlp::new(&ctx, &x, &[0, 1], 2, 3, 2)?;
+/// let (loss, grads) = mlp.loss_and_grads()?; // zero parameters: uniform predictions
+/// assert!((loss - 2f32.ln()).abs() < 1e-6 && grads[0].len() == 6);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub struct Mlp {
     ctx: Context,
     n: usize,

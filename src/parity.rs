@@ -164,6 +164,11 @@ pub fn sign_based(a: &Algorithm) -> bool {
 /// Δ with a relative error ≤ 16·2.5·ε ≈ 40ε, and rounds p itself (1 ulp). Errors in the moment
 /// estimates are damped by β < 1, so over t steps the difference grows at most linearly:
 /// `tol = 40·ε·t·(|p| + max|Δ|)`, with max|Δ| the largest per-step change of that tensor on the CPU.
+///
+/// ```
+/// let tol = gpuopt::parity::tolerance(12, 1.0, 1e-3);
+/// assert!(tol > 0.0 && tol < 1e-4);
+/// ```
 pub fn tolerance(t: usize, p: f32, max_step: f32) -> f32 {
     40.0 * f32::EPSILON * t as f32 * (p.abs() + max_step)
 }

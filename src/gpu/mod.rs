@@ -156,6 +156,12 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
 impl Context {
     /// Opens the best adapter: a discrete GPU first, then integrated, virtual, and CPU (lavapipe);
     /// native backends before GL. Honours `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    ///
+    /// ```
+    /// let ctx = gpuopt::Context::new()?; // an error naming `apt-get install mesa-vulkan-drivers` without one
+    /// println!("{} ({:?})", ctx.info().name, ctx.info().backend);
+    /// # Ok::<(), gpuopt::Error>(())
+    /// ```
     pub fn new() -> Result<Self> {
         Self::with_options(ContextOptions::default())
     }

@@ -20,6 +20,14 @@ impl Tensor {
     }
 
     /// Uploads `data` (row-major) with the given shape.
+    ///
+    /// ```
+    /// # let ctx = gpuopt::Context::new()?;
+    /// let t = gpuopt::Tensor::from_slice(&ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// assert_eq!(t.to_vec(&ctx)?, vec![1.0, 2.0, 3.0, 4.0]);
+    /// assert!(gpuopt::Tensor::from_slice(&ctx, &[1.0], &[2, 2]).is_err());
+    /// # Ok::<(), gpuopt::Error>(())
+    /// ```
     pub fn from_slice(ctx: &Context, data: &[f32], shape: &[usize]) -> Result<Self> {
         let len: usize = shape.iter().product();
         if len != data.len() {

@@ -229,6 +229,16 @@ impl GemmPlan {
 }
 
 /// Runs one GEMM now (records, submits); convenience for tests and one-off products.
+///
+/// ```
+/// use gpuopt::kernels::gemm::{gemm, GemmDesc};
+/// # let ctx = gpuopt::Context::new()?;
+/// let a = gpuopt::Tensor::from_slice(&ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let c = gpuopt::Tensor::zeros(&ctx, &[2, 2])?;
+/// gemm(&ctx, GemmDesc { trans_b: true, ..GemmDesc::new(2, 2, 2) }, &a, &a, &c)?; // C = A·Aᵀ
+/// assert_eq!(c.to_vec(&ctx)?, vec![5.0, 11.0, 11.0, 25.0]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn gemm(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     let plan = GemmPlan::new(ctx, desc, a, b, c)?;
     let mut enc = ctx.encoder("gemm");

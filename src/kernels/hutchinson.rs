@@ -91,6 +91,15 @@ pub fn check_symmetric(a: &[f32], n: usize) -> Result<()> {
 }
 
 /// diag ≈ (1/N)·Σ_k z_k ⊙ (A·z_k) with N = `samples` Rademacher probes under `seed` (tensor id 0).
+///
+/// ```
+/// # let ctx = gpuopt::Context::new()?;
+/// // ALGORITHMS.md §6.1's worked example: A = [[2, 1], [1, 3]], N = 3, S = 7 → [5/3, 8/3].
+/// let a = gpuopt::Tensor::from_slice(&ctx, &[2.0, 1.0, 1.0, 3.0], &[2, 2])?;
+/// let d = gpuopt::kernels::hutchinson::hutchinson_diag(&ctx, &a, 3, 7)?;
+/// assert!((d[0] - 5.0 / 3.0).abs() < 1e-6 && (d[1] - 8.0 / 3.0).abs() < 1e-6);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> Result<Vec<f32>> {
     let n = match a.shape() {
         [r, c] if r == c => *r,

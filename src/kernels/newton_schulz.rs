@@ -269,6 +269,15 @@ impl Ns5Plan {
 }
 
 /// Runs NS5 on `g` ([m, n] or [b, m, n]) and returns the result with `g`'s shape.
+///
+/// ```
+/// # let ctx = gpuopt::Context::new()?;
+/// // A diagonal input: NS5 maps each singular value into Muon's band around 1.
+/// let g = gpuopt::Tensor::from_slice(&ctx, &[3.0, 0.0, 0.0, 0.5], &[2, 2])?;
+/// let o = gpuopt::kernels::newton_schulz::newton_schulz5(&ctx, &g, 5)?;
+/// assert!(o[0] > 0.6 && o[0] < 1.2 && o[3] > 0.6 && o[3] < 1.2 && o[1].abs() < 1e-6);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn newton_schulz5(ctx: &Context, g: &Tensor, steps: usize) -> Result<Vec<f32>> {
     if steps >= 100 {
         return Err(Error::Invalid(format!("newton_schulz5 steps = {steps}: at most 99 (torch.optim.Muon's bound)")));
@@ -300,6 +309,15 @@ pub fn polar_converged(delta: f32, previous: f32, r: usize) -> bool {
 
 /// The cubic Newton–Schulz polar iteration (§5.4) on an m×n matrix; an error when it has not
 /// converged after `max_iters` (never a silent result).
+///
+/// ```
+/// # let ctx = gpuopt::Context::new()?;
+/// let a = gpuopt::Tensor::from_slice(&ctx, &[2.0, 0.0, 0.0, -3.0], &[2, 2])?;
+/// let p = gpuopt::kernels::newton_schulz::polar(&ctx, &a, 100)?;
+/// assert!((p.q[0] - 1.0).abs() < 1e-5 && (p.q[3] + 1.0).abs() < 1e-5);
+/// assert!(gpuopt::kernels::newton_schulz::polar(&ctx, &a, 1).is_err()); // did not converge: an error
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     let (b, m, n) = batch_shape(a.shape())?;
     if b != 1 || a.shape().len() != 2 {

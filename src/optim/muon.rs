@@ -155,6 +155,19 @@ pub enum Route {
 }
 
 /// Collects parameters and routes them; builds the GPU [`MuonOptimizer`] or the CPU reference.
+///
+/// ```
+/// use gpuopt::optim::{MuonBuilder, MuonConfig, Stepper};
+/// let mut b = MuonBuilder::new(MuonConfig::default());
+/// let w = b.param("fc.weight", &[0.1; 12], &[3, 4])?;  // a matrix: Muon
+/// let bias = b.param("fc.bias", &[0.0; 3], &[3])?;     // a vector: the auxiliary AdamW
+/// let mut opt = b.build_cpu()?;                         // or .build(&ctx) on the GPU
+/// opt.write_grad(w, &[1.0; 12])?;
+/// opt.write_grad(bias, &[1.0; 3])?;
+/// opt.step()?;
+/// assert!(opt.read_param(w)?.iter().all(|&v| v < 0.1));
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct MuonBuilder {
     pub(crate) config: MuonConfig,

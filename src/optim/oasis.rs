@@ -323,6 +323,19 @@ enum Store {
 }
 
 /// OASIS or SANIA over all parameters as one flat vector, on the GPU or the CPU.
+///
+/// ```
+/// use gpuopt::optim::{FlatAlgorithm, FlatOptimizer, OasisConfig, ParamId, Stepper};
+/// let alg = FlatAlgorithm::Oasis(OasisConfig::new(1.0, 0.9, 1e-3)); // lr (η₀), beta2, hess_floor
+/// let mut opt = FlatOptimizer::cpu(alg, &[("w".into(), vec![2.0, -4.0], vec![2])])?;
+/// // f(w) = ½(w₀² + 4w₁²): gradient (w₀, 4w₁), Hessian diagonal (1, 4); D̂⁻¹∇f = w, so one step with
+/// // η₀ = 1 lands on the minimum.
+/// opt.write_grad(ParamId(0), &[2.0, -16.0])?;
+/// opt.write_hess_diag(ParamId(0), &[1.0, 4.0])?;
+/// opt.step()?;
+/// assert_eq!(opt.read_param(ParamId(0))?, vec![0.0, 0.0]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub struct FlatOptimizer {
     algorithm: FlatAlgorithm,
     params: Vec<ParamMeta>,

@@ -7,6 +7,12 @@ const W0: u32 = 0x9E37_79B9;
 const W1: u32 = 0xBB67_AE85;
 
 /// Philox-4x32-10 of `counter` under `key`.
+///
+/// ```
+/// // Random123's known answer for a zero counter and key (ALGORITHMS.md §6.1).
+/// let out = gpuopt::reference::random::philox4x32_10([0; 4], [0; 2]);
+/// assert_eq!(out, [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+/// ```
 pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let [mut c0, mut c1, mut c2, mut c3] = counter;
     let [mut k0, mut k1] = key;
