@@ -3,7 +3,7 @@
 // CPU twin: src/reference/hessian.rs.
 //
 // Hyper slots (computed in src/optim/algorithm.rs):
-//   adahessian: lr, beta1/omb1, beta2/omb2, eps, c1 = bc1, c2 = sqrt(bc2), c3 = hessian_power k,
+//   adahessian: lr, beta1/omb1, beta2/omb2, eps, c1 = 1/bc1, c2 = 1/sqrt(bc2), c3 = hessian_power k,
 //               c4 = weight_decay
 //   sophia:     lr, decay, beta1/omb1, beta2/omb2, eps, c1 = rho, c2 = 1 when the Hessian EMA is
 //               updated at this step (t mod k = 0, after the step; "sophiah": (t-1) mod k = 0, before)
@@ -27,9 +27,9 @@ fn adahessian_elem(h: Hyper, i: u32, tensor: u32) {
     let v = h.beta2 * s1[i] + h.omb2 * (d * d);
     s0[i] = m;
     s1[i] = v;
-    let denom = pow_nonneg(sqrt(v) / h.c2, h.c3) + h.eps;
+    let denom = pow_nonneg(sqrt(v) * h.c2, h.c3) + h.eps;
     let p0 = p[i];
-    p[i] = p0 - h.lr * ((m / h.c1) / denom + h.c4 * p0);
+    p[i] = p0 - h.lr * ((m * h.c1) / denom + h.c4 * p0);
 }
 
 #arena_kernel adahessian_step adahessian_elem
@@ -42,9 +42,9 @@ fn adahessian_k1_elem(h: Hyper, i: u32, tensor: u32) {
     let v = h.beta2 * s1[i] + h.omb2 * (d * d);
     s0[i] = m;
     s1[i] = v;
-    let denom = sqrt(v) / h.c2 + h.eps;
+    let denom = sqrt(v) * h.c2 + h.eps;
     let p0 = p[i];
-    p[i] = p0 - h.lr * ((m / h.c1) / denom + h.c4 * p0);
+    p[i] = p0 - h.lr * ((m * h.c1) / denom + h.c4 * p0);
 }
 
 #arena_kernel adahessian_k1_step adahessian_k1_elem

@@ -575,8 +575,10 @@ impl Algorithm {
             Algorithm::AdaHessian(c) => {
                 betas(&mut h, c.beta1, c.beta2);
                 h.eps = f(c.eps);
-                h.c[0] = f(bc(c.beta1));
-                h.c[1] = f(bc(c.beta2).sqrt());
+                // Reciprocals, so the update divides once (by denom), not three times: the official
+                // code's m/bc1 and sqrt(v)/sqrt(bc2) become products (≤ 1 ulp apart).
+                h.c[0] = f(1.0 / bc(c.beta1));
+                h.c[1] = f(1.0 / bc(c.beta2).sqrt());
                 h.c[2] = f(c.hessian_power);
                 h.c[3] = f(wd);
             }

@@ -20,9 +20,9 @@ pub fn adahessian_step(h: &Hyper, p: &mut [f32], g: &[f32], d: &[f32], m: &mut [
         let vi = h.beta2 * v[i] + h.omb2 * (d[i] * d[i]);
         m[i] = mi;
         v[i] = vi;
-        let denom = pow_nonneg(vi.sqrt() / h.c[1], h.c[2]) + h.eps;
+        let denom = pow_nonneg(vi.sqrt() * h.c[1], h.c[2]) + h.eps;
         let p0 = p[i];
-        p[i] = p0 - h.lr * ((mi / h.c[0]) / denom + h.c[3] * p0);
+        p[i] = p0 - h.lr * ((mi * h.c[0]) / denom + h.c[3] * p0);
     }
 }
 
