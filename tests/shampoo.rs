@@ -241,3 +241,57 @@ fn bad_configurations_and_shapes_are_errors() {
     assert!(opt.step(&[&[1.0; 5]]).is_err());
     assert!(opt.step(&[]).is_err());
 }
+
+#[test]
+fn checkpoint_resumes_bit_identically_and_refuses_mismatches() {
+    let ctx = common::ctx();
+    let cfg = config(Graft::Adagrad, true);
+    let make = || {
+        let mut s = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg.clone()).unwrap();
+        let ids: Vec<_> = SHAPES
+            .iter()
+            .enumerate()
+            .map(|(i, sh)| s.add_param(&TestRng::new(100 + i as u64).normals(sh.iter().product(), 1.0), sh).unwrap())
+            .collect();
+        (s, ids)
+    };
+    let step = |s: &mut Shampoo<GpuMats>, t: usize| {
+        let g = grads(t);
+        s.step(&g.iter().map(|v| v.as_slice()).collect::<Vec<_>>()).unwrap();
+    };
+    let (mut a, ids) = make();
+    for t in 0..4 {
+        step(&mut a, t);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shampoo.safetensors");
+    a.save(&path).unwrap();
+    let (mut b, _) = make();
+    b.load(&path).unwrap();
+    assert_eq!(b.steps(), 4);
+    for t in 4..8 {
+        step(&mut a, t);
+        step(&mut b, t);
+    }
+    for &id in &ids {
+        assert_eq!(a.read(id).unwrap(), b.read(id).unwrap());
+    }
+    // A Shampoo with another block size or other parameters refuses the file and stays as it was.
+    let mut other = Shampoo::new(GpuMats::new(&ctx).unwrap(), ShampooConfig { block_size: 4, ..cfg.clone() }).unwrap();
+    let oid = other.add_param(&[1.0; 240], &[20, 12]).unwrap();
+    for sh in &SHAPES[1..] {
+        other.add_param(&vec![1.0; sh.iter().product()], sh).unwrap();
+    }
+    assert!(other.load(&path).is_err());
+    assert_eq!(other.read(oid).unwrap(), vec![1.0; 240]);
+    let mut fewer = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg.clone()).unwrap();
+    fewer.add_param(&[1.0; 240], &[20, 12]).unwrap();
+    assert!(fewer.load(&path).is_err());
+    // A corrupt file is an error.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let (mut c, _) = make();
+    assert!(c.load(&path).is_err());
+}

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+use super::{check_config_snapshot, config_snapshot, ParamMeta, Snapshot};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale, INV_ROOT_FAILURE};
@@ -158,6 +159,7 @@ struct Block {
 }
 
 struct Param {
+    meta: ParamMeta,
     shape: Vec<usize>,
     rows: usize,
     cols: usize,
@@ -236,7 +238,9 @@ impl<O: MatOps> Shampoo<O> {
             }
         }
         let norms = [ops.alloc(1, 1, 1)?, ops.alloc(1, 1, 1)?];
+        let name = format!("param{}", self.params.len());
         self.params.push(Param {
+            meta: ParamMeta { name, shape: shape.to_vec(), group: 0 },
             shape: shape.to_vec(),
             rows,
             cols,
@@ -291,6 +295,127 @@ impl<O: MatOps> Shampoo<O> {
     /// The handle of the parameter's gradient in the backend: fill it, then call [`Shampoo::step_in_place`].
     pub fn grad_mat(&self, id: ShampooParam) -> Mat {
         self.params[id.0].grad
+    }
+
+    /// The names of a parameter's state tensors in a checkpoint: the momentum, the graft statistic,
+    /// and per block its statistics and roots.
+    fn state_names(p: &Param) -> Vec<String> {
+        let mut v = vec!["momentum".to_string(), "graft".to_string()];
+        for i in 0..p.blocks.len() {
+            v.extend(["l", "r", "pl", "pr"].iter().map(|k| format!("{k}/{i}")));
+        }
+        v
+    }
+
+    fn state_mats(p: &Param) -> Vec<Mat> {
+        let mut v = vec![p.momentum, p.acc];
+        for b in &p.blocks {
+            v.extend([b.l, b.r, b.pl, b.pr]);
+        }
+        v
+    }
+
+    /// Everything needed to resume: step counts, hyperparameters, parameters, momentum, graft
+    /// statistics, and every block's statistics and roots.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let mut values = Vec::new();
+        let mut states = Vec::new();
+        for p in &self.params {
+            values.push(self.ops.read(p.p)?);
+            let mut st = Vec::new();
+            for (name, m) in Self::state_names(p).into_iter().zip(Self::state_mats(p)) {
+                st.push((name, self.ops.read(m)?));
+            }
+            states.push(st);
+        }
+        let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
+        let mut s = config_snapshot(
+            "shampoo",
+            &self.cfg,
+            (self.cfg.lr, self.cfg.weight_decay),
+            self.step as u64,
+            &metas,
+            values,
+            states,
+        );
+        s.skipped = self.skipped as u64;
+        Ok(s)
+    }
+
+    /// Restores a snapshot of a Shampoo with the same parameters (shapes, block size); a mismatch is
+    /// an error and changes nothing.
+    pub fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
+        // Every parameter has the same number of blocks here as in the file, or the names differ.
+        let names: Vec<Vec<String>> = self.params.iter().map(Self::state_names).collect();
+        let mut checked = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let refs: Vec<&str> = names[i].iter().map(|s| s.as_str()).collect();
+            let lens: Vec<usize> = Self::state_mats(p)
+                .iter()
+                .map(|&m| {
+                    let (b, r, c) = self.ops.shape(m);
+                    b * r * c
+                })
+                .collect();
+            let one = std::slice::from_ref(&metas[i]);
+            let single = Snapshot {
+                params: vec![s.params.get(i).cloned().unwrap_or_else(|| metas[i].clone())],
+                values: vec![s.values.get(i).cloned().unwrap_or_default()],
+                states: vec![s.states.get(i).cloned().unwrap_or_default()],
+                ..s.clone()
+            };
+            let (cfg, st): (ShampooConfig, _) = check_config_snapshot(
+                &single,
+                "shampoo",
+                one,
+                &refs,
+                |_, name| lens[refs.iter().position(|r| *r == name).expect("own name")],
+                ShampooConfig::validate,
+            )?;
+            if cfg.block_size != self.cfg.block_size {
+                return Err(Error::Checkpoint {
+                    path: "<snapshot>".into(),
+                    reason: format!("block_size {} in the file, {} here", cfg.block_size, self.cfg.block_size),
+                });
+            }
+            checked.push((cfg, st.into_iter().next().unwrap_or_default()));
+        }
+        if s.params.len() != self.params.len() {
+            return Err(Error::Checkpoint {
+                path: "<snapshot>".into(),
+                reason: format!("{} parameters in the file, {} here", s.params.len(), self.params.len()),
+            });
+        }
+        // Everything is checked: now write.
+        for (i, (_, st)) in checked.iter().enumerate() {
+            let p = &self.params[i];
+            let (rows, cols) = (p.rows, p.cols);
+            let up = self.ops.upload(&s.values[i], 1, rows, cols)?;
+            self.ops.affine(p.p, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
+            for (m, data) in Self::state_mats(p).into_iter().zip(st) {
+                let (b, r, c) = self.ops.shape(m);
+                let up = self.ops.upload(data, b, r, c)?;
+                self.ops.affine(m, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
+            }
+        }
+        if let Some((cfg, _)) = checked.into_iter().next() {
+            self.cfg = cfg;
+        }
+        self.step = s.step as usize;
+        self.skipped = s.skipped as usize;
+        Ok(())
+    }
+
+    /// Saves a checkpoint (safetensors, atomic; see [`Snapshot::save`]).
+    pub fn save(&mut self, path: &std::path::Path) -> Result<()> {
+        self.snapshot()?.save(path)
+    }
+
+    /// Loads a checkpoint written by [`Shampoo::save`]; a corrupt or mismatched file is an error and
+    /// leaves the optimizer as it was.
+    pub fn load(&mut self, path: &std::path::Path) -> Result<()> {
+        self.restore(Snapshot::load(path)?)
     }
 
     /// One step with host gradients, one per parameter in the order they were added. A gradient with
