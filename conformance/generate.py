@@ -228,16 +228,52 @@ def cases_pytorch_optimizer():
         param, grads, exp, pv, "SignSGD with momentum and weight_decouple=True (Signum with DW-B)",
         {"rel": 2.5e-7 * 15, "abs": 1e-7, "flip": 0.002, "flip_size": 2e-2},
     )
+    # Second cases: other sizes and hyperparameters.
+    param, grads = data(80, (3, 13), 12)
+    exp = torch_trajectory(lambda ps: po.Lion(ps, lr=3e-4, betas=(0.95, 0.98), weight_decay=0.05), param, grads)
+    replay_case(
+        "lion_pytorch_optimizer", "lion", {"lr": 3e-4, "beta1": 0.95, "beta2": 0.98, "weight_decay": 0.05},
+        param, grads, exp, pv, "pytorch-optimizer Lion with weight_decouple=True (DW-B)",
+        {"rel": 2.5e-7 * 12, "abs": 1e-7, "flip": 0.002, "flip_size": 6e-4},
+    )
+    param, grads = data(81, (29,), 12)
+    exp = torch_trajectory(lambda ps: po.RACS(ps, lr=5e-3, beta=0.8, alpha=0.1, gamma=1.05), param, grads)
+    replay_case(
+        "reg_racs_vector_pytorch_optimizer", "reg", {"lr": 5e-3, "beta2": 0.8, "alpha": 0.1, "gamma": 1.05},
+        param, grads, exp, pv, "RACS on a 1-D parameter (viewed as 1 × n)", {"rel": 2e-5, "abs": 2e-6},
+    )
+    param, grads = data(82, (8, 5), 20)
+    exp = torch_trajectory(
+        lambda ps: po.AdEMAMix(ps, lr=2e-3, betas=(0.85, 0.99, 0.9999), alpha=5.0, weight_decouple=True), param, grads)
+    replay_case(
+        "ademamix_no_warmup_pytorch_optimizer", "ademamix",
+        {"lr": 2e-3, "beta1": 0.85, "beta2": 0.99, "beta3": 0.9999, "alpha": 5.0},
+        param, grads, exp, pv, "AdEMAMix without warm-up (t_alpha_beta3 0 / None)", ADAPTIVE,
+    )
+    param, grads = data(83, (45,), 15)
+    exp = torch_trajectory(lambda ps: po.SignSGD(ps, lr=5e-3, momentum=0.5), param, grads)
+    replay_case(
+        "signum_momentum_pytorch_optimizer", "signum", {"lr": 5e-3, "momentum": 0.5},
+        param, grads, exp, pv, "SignSGD with momentum 0.5, no decay",
+        {"rel": 2.5e-7 * 15, "abs": 1e-7, "flip": 0.002, "flip_size": 1e-2},
+    )
     # Hessian-diagonal optimizers, with the diagonal injected through step(hessian=...) so both sides
     # use the same estimate (replay's hess_diag).
     for name, shape, hyper, make, every in [
         ("adahessian", (17,), {"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "weight_decay": 0.01,
                                "hessian_power": 1.0},
          lambda ps: po.AdaHessian(ps, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.01), 1),
+        ("adahessian_power_half", (3, 7), {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4,
+                                          "hessian_power": 0.5},
+         lambda ps: po.AdaHessian(ps, lr=0.05, betas=(0.8, 0.99), eps=1e-4, hessian_power=0.5), 1),
         ("sophia", (4, 6), {"lr": 0.06, "beta1": 0.96, "beta2": 0.99, "rho": 0.01, "eps": 1e-12,
                             "weight_decay": 0.01, "hess_interval": 3, "variant": "sophiah"},
          lambda ps: po.SophiaH(ps, lr=0.06, betas=(0.96, 0.99), p=0.01, eps=1e-12, weight_decay=0.01,
                                update_period=3), 3),
+        ("sophia_period1", (21,), {"lr": 0.01, "beta1": 0.9, "beta2": 0.95, "rho": 0.05, "eps": 1e-12,
+                                   "weight_decay": 0.0, "hess_interval": 1, "variant": "sophiah"},
+         lambda ps: po.SophiaH(ps, lr=0.01, betas=(0.9, 0.95), p=0.05, eps=1e-12, weight_decay=0.0,
+                               update_period=1), 1),
     ]:
         param, grads = data(55 + len(name), shape, 12)
         hess = rng(60 + len(name)).standard_normal((12,) + shape).astype(np.float32) * 2 + 1
@@ -250,7 +286,7 @@ def cases_pytorch_optimizer():
             opt.step(hessian=[torch.tensor(hess[t])] if t % every == 0 else None)
             out.append(pt.detach().numpy().copy())
         replay_case(
-            f"{name}_pytorch_optimizer", name, hyper, param, grads, np.stack(out), pv,
+            f"{name}_pytorch_optimizer", "adahessian" if name.startswith("adahessian") else "sophia", hyper, param, grads, np.stack(out), pv,
             "the Hessian diagonal injected with step(hessian=...) (replay: hess_diag); "
             + ("every step" if every == 1 else "SophiaH refreshes its EMA when (t − 1) mod update_period = 0"),
             ADAPTIVE, extra_inputs={"hess_diag": hess},
@@ -276,13 +312,15 @@ def cases_papers():
         param, grads, exp, av, "Luolc/AdaBound with amsbound", ADAPTIVE,
     )
     nv = ("ano-optimizer", version("ano-optimizer"))
-    for name, log in [("ano", False), ("anolog", True)]:
-        param, grads = data(72 + log, (27,), 15)
+    for name, log, shape, b1, b2 in [("ano", False, (27,), 0.92, 0.99), ("anolog", True, (27,), 0.92, 0.99),
+                                     ("ano", False, (6, 9), 0.8, 0.95), ("anolog", True, (5, 5), 0.9, 0.9)]:
+        param, grads = data(72 + log + len(shape), shape, 15)
         exp = torch_trajectory(
-            lambda ps: ano_optimizer.Ano(ps, lr=1e-3, betas=(0.92, 0.99), weight_decay=0.01,
+            lambda ps: ano_optimizer.Ano(ps, lr=1e-3, betas=(b1, b2), weight_decay=0.01,
                                          logarithmic_schedule=log), param, grads)
         replay_case(
-            f"{name}_ano_optimizer", name, {"lr": 1e-3, "beta1": 0.92, "beta2": 0.99, "weight_decay": 0.01},
+            f"{name}_{'x'.join(map(str, shape))}_ano_optimizer", name,
+            {"lr": 1e-3, "beta1": b1, "beta2": b2, "weight_decay": 0.01},
             param, grads, exp, nv, "PyPI ano-optimizer Ano" + (" with logarithmic_schedule=True" if log else ""),
             {"rel": 2e-6, "abs": 1e-6, "flip": 0.002, "flip_size": 2e-3},
         )
@@ -344,12 +382,12 @@ def cases_matfn():
     import scipy.linalg
 
     sv = ("scipy", version("scipy"))
-    r = rng(30)
-    a = r.standard_normal((25, 10)).astype(np.float32)
-    u, _ = scipy.linalg.polar(a.astype(np.float64))
-    matfn_case("polar_scipy", "polar", {"max_iters": 100}, a, u, sv,
-               "scipy.linalg.polar(a)[0] in float64; gpuopt iterates in float32 to its stopping rule",
-               {"rel_fro": 1e-4})
+    for shape in [(25, 10), (9, 31)]:
+        a = rng(30 + shape[0]).standard_normal(shape).astype(np.float32)
+        u, _ = scipy.linalg.polar(a.astype(np.float64))
+        matfn_case(f"polar_{shape[0]}x{shape[1]}_scipy", "polar", {"max_iters": 100}, a, u, sv,
+                   "scipy.linalg.polar(a)[0] in float64; gpuopt iterates in float32 to its stopping rule",
+                   {"rel_fro": 1e-4})
     for n, cond in [(16, 10.0), (40, 100.0)]:
         a = spd(31 + n, n, cond)
         y = scipy.linalg.sqrtm(a.astype(np.float64)).real
