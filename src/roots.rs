@@ -150,6 +150,10 @@ pub const INV_ROOT_FAILURE: f32 = 0.1;
 
 /// Coefficients c_0..c_K of the Taylor series of (1 − x)^r about 0 (r = ½: sqrt; r = −½: inverse
 /// sqrt), in f64: c_k = c_{k−1}·(k − 1 − r)/k.
+///
+/// ```
+/// assert_eq!(gpuopt::roots::taylor_coefficients(0.5, 3), vec![1.0, -0.5, -0.125, -0.0625]);
+/// ```
 pub fn taylor_coefficients(r: f64, degree: usize) -> Vec<f64> {
     let mut c = vec![1.0];
     for k in 1..=degree {
@@ -161,6 +165,13 @@ pub fn taylor_coefficients(r: f64, degree: usize) -> Vec<f64> {
 
 /// The [M/N] Padé approximant P/Q (q_0 = 1) of the series `a` (at least M + N + 1 terms), by the rule
 /// of ALGORITHMS.md §11.4, solved in f64 (nalgebra LU).
+///
+/// ```
+/// use gpuopt::roots::{pade_coefficients, taylor_coefficients};
+/// let (p, q) = pade_coefficients(&taylor_coefficients(0.5, 10), 5, 5)?;
+/// assert!((p[1] + 11.0 / 4.0).abs() < 1e-12 && (q[5] + 1.0 / 1024.0).abs() < 1e-12); // the paper's
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn pade_coefficients(a: &[f64], m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     if a.len() < m + n + 1 {
         return Err(Error::Invalid(format!("Padé [{m}/{n}] needs {} Taylor terms, got {}", m + n + 1, a.len())));

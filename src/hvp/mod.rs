@@ -27,6 +27,15 @@ pub trait HessianVectorProduct {
 }
 
 /// f(x) = ½·xᵀAx with A symmetric: H·v = A·v.
+///
+/// ```
+/// use gpuopt::hvp::{hutchinson_estimate, DenseQuadratic};
+/// # let ctx = gpuopt::Context::new()?;
+/// // A diagonal Hessian: Hutchinson's estimate is exact with one Rademacher sample.
+/// let mut q = DenseQuadratic::new(&ctx, &[2.0, 0.0, 0.0, 5.0], 2)?;
+/// assert_eq!(hutchinson_estimate(&ctx, &mut q, 1, 42, 0)?, vec![2.0, 5.0]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub struct DenseQuadratic {
     a: Tensor,
     n: usize,
@@ -53,6 +62,20 @@ impl HessianVectorProduct for DenseQuadratic {
 /// Central finite differences of a gradient function at `w`: H·v ≈ (∇f(w + εv) − ∇f(w − εv)) / 2ε
 /// (6.2.1), with ε = u^{1/3}·(1 + ‖w‖_∞)/‖v‖_∞ and u = 2⁻²⁴ unless set. The gradient runs on the host
 /// (it is the user's model); v and the result travel through the GPU tensors.
+///
+/// ```
+/// use gpuopt::hvp::FiniteDifference;
+/// // f(w) = w₀³ + w₀·w₁: H = [[6w₀, 1], [1, 0]]; at w = (1, 2), H·(1, 0) = (6, 1).
+/// let grad = |w: &[f32], g: &mut [f32]| {
+///     g[0] = 3.0 * w[0] * w[0] + w[1];
+///     g[1] = w[0];
+///     Ok(())
+/// };
+/// let mut fd = FiniteDifference::new(vec![1.0, 2.0], grad, None);
+/// let hv = fd.hvp_host(&[1.0, 0.0])?;
+/// assert!((hv[0] - 6.0).abs() < 1e-2 && (hv[1] - 1.0).abs() < 1e-3);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub struct FiniteDifference<F: FnMut(&[f32], &mut [f32]) -> Result<()>> {
     w: Vec<f32>,
     grad: F,

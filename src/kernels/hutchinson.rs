@@ -54,6 +54,15 @@ impl BlockLayout {
 }
 
 /// out_i = mean |d_j| over the `block`-element block holding i (GPU); `out` and `d` have n elements.
+///
+/// ```
+/// # let ctx = gpuopt::Context::new()?;
+/// let d = gpuopt::Tensor::from_slice(&ctx, &[1.0, -3.0, 2.0, 4.0], &[4])?;
+/// let out = gpuopt::Tensor::zeros(&ctx, &[4])?;
+/// gpuopt::kernels::hutchinson::block_average(&ctx, &d, 2, &out)?;
+/// assert_eq!(out.to_vec(&ctx)?, vec![2.0, 2.0, 3.0, 3.0]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn block_average(ctx: &Context, d: &Tensor, block: usize, out: &Tensor) -> Result<()> {
     let n = d.len();
     if block == 0 || out.len() != n {

@@ -53,6 +53,16 @@ pub enum Draw {
 }
 
 /// Fills `out` with draws for sample `k` of `tensor_id` under `seed` (elements `offset ..`).
+///
+/// ```
+/// use gpuopt::kernels::random::{fill, Draw};
+/// # let ctx = gpuopt::Context::new()?;
+/// let z = gpuopt::Tensor::zeros(&ctx, &[1000])?;
+/// fill(&ctx, &z, Draw::Rademacher, 7, 0, 0, 0)?;
+/// // The same draws as the CPU's, bit for bit, whatever the dispatch geometry.
+/// assert_eq!(z.to_vec(&ctx)?, gpuopt::reference::random::rademacher(7, 0, 0, 0, 1000));
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn fill(ctx: &Context, out: &Tensor, draw: Draw, seed: u64, k: u32, tensor_id: u32, offset: u64) -> Result<()> {
     let len = out.len();
     if len == 0 {

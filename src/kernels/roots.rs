@@ -68,6 +68,19 @@ struct RootParams {
 const _: () = assert!(std::mem::size_of::<RootParams>() == 64);
 
 /// The GPU backend of [`MatOps`]: batches of matrices as [`Tensor`]s, operations recorded lazily.
+///
+/// ```
+/// use gpuopt::kernels::roots::GpuMats;
+/// use gpuopt::roots::{inv_sqrt, MatOps, SqrtMethod};
+/// # let ctx = gpuopt::Context::new()?;
+/// let mut ops = GpuMats::new(&ctx)?;
+/// // Two SPD matrices in one batch: one chain of dispatches for both.
+/// let a = ops.upload(&[4.0, 0.0, 0.0, 1.0, 9.0, 0.0, 0.0, 16.0], 2, 2, 2)?;
+/// let z = inv_sqrt(&mut ops, a, SqrtMethod::NewtonSchulz { iters: 30, tol: None })?;
+/// let v = ops.read(z)?;
+/// assert!((v[0] - 0.5).abs() < 1e-5 && (v[7] - 0.25).abs() < 1e-5);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub struct GpuMats {
     ctx: Context,
     mats: Vec<(Tensor, (usize, usize, usize))>,

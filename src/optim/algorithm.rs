@@ -263,6 +263,15 @@ impl Algorithm {
 
     /// Builds an optimizer from its replay name and a JSON object of hyperparameters (canonical names;
     /// omitted ones take the reference defaults, unknown keys are ignored), and validates it.
+    ///
+    /// ```
+    /// use gpuopt::optim::Algorithm;
+    /// let lion = Algorithm::from_name("lion", &serde_json::json!({"lr": 3e-4}))?;
+    /// assert_eq!(lion.lr_wd(), (3e-4, 0.0)); // weight_decay: the reference default
+    /// assert!(Algorithm::from_name("lion", &serde_json::json!({"beta1": 1.5})).is_err());
+    /// assert!(Algorithm::from_name("nope", &serde_json::json!({})).is_err());
+    /// # Ok::<(), gpuopt::Error>(())
+    /// ```
     pub fn from_name(name: &str, hyper: &serde_json::Value) -> Result<Self> {
         fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T> {
             let v = if v.is_null() { serde_json::json!({}) } else { v.clone() };

@@ -177,6 +177,17 @@ impl OptimizerBuilder {
     }
 
     /// Builds the CPU reference with the same semantics.
+    ///
+    /// ```
+    /// use gpuopt::optim::{OptimizerBuilder, Sgd, Stepper};
+    /// let mut b = OptimizerBuilder::new(Sgd { lr: 0.1, ..Sgd::default() });
+    /// let w = b.param("w", &[1.0, 2.0], &[2], b.default_group())?;
+    /// let mut opt = b.build_cpu()?; // the same calls as the GPU optimizer from build(&ctx)
+    /// opt.write_grad(w, &[1.0, -1.0])?;
+    /// opt.step()?;
+    /// assert_eq!(opt.read_param(w)?, vec![0.9, 2.1]);
+    /// # Ok::<(), gpuopt::Error>(())
+    /// ```
     pub fn build_cpu(self) -> Result<crate::reference::CpuOptimizer> {
         self.algorithm.validate()?;
         Ok(crate::reference::CpuOptimizer::new(self))

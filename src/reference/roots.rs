@@ -303,6 +303,11 @@ pub fn spectral(values: &[f64], vectors: &DMatrix<f64>, f: impl Fn(f64) -> f64) 
 }
 
 /// (A + ridge·I)^power of a symmetric positive definite n×n matrix, in f64 (the oracle).
+///
+/// ```
+/// let y = gpuopt::reference::roots::oracle_power(&[4.0, 0.0, 0.0, 9.0], 2, 0.5, 0.0);
+/// assert!((y[0] - 2.0).abs() < 1e-12 && (y[3] - 3.0).abs() < 1e-12 && y[1].abs() < 1e-12);
+/// ```
 pub fn oracle_power(a: &[f32], n: usize, power: f64, ridge: f64) -> Vec<f64> {
     let (values, vectors) = eigen(a, n, ridge);
     spectral(&values, &vectors, |l| l.powf(power))
