@@ -202,8 +202,28 @@ fn square(ops: &impl MatOps, a: Mat, what: &str) -> Result<(usize, usize)> {
 
 /// out ← α·a·b + β·addend for square n×n batches (a or b may be one broadcast matrix).
 fn mm(ops: &mut impl MatOps, out: Mat, a: Mat, b: Mat, alpha: f32, addend: Option<(Mat, f32)>) -> Result<()> {
+    product(ops, out, a, b, alpha, addend, false)
+}
+
+/// [`mm`] for a product known to be symmetric — a·b with a and b symmetric polynomials in the same
+/// matrix (so they commute), plus a symmetric addend: the half-product GEMM computes the tiles on and
+/// above the diagonal and mirrors them (half the FLOPs, and the result exactly symmetric, which the
+/// iterations' f32 drift would otherwise lose, ALGORITHMS.md §7.5).
+fn mm_sym(ops: &mut impl MatOps, out: Mat, a: Mat, b: Mat, alpha: f32, addend: Option<(Mat, f32)>) -> Result<()> {
+    product(ops, out, a, b, alpha, addend, true)
+}
+
+fn product(
+    ops: &mut impl MatOps,
+    out: Mat,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    addend: Option<(Mat, f32)>,
+    symmetric: bool,
+) -> Result<()> {
     let (batch, n, _) = ops.shape(out);
-    let desc = GemmDesc { batch, alpha, beta: addend.map_or(0.0, |d| d.1), ..GemmDesc::new(n, n, n) };
+    let desc = GemmDesc { batch, alpha, beta: addend.map_or(0.0, |d| d.1), symmetric, ..GemmDesc::new(n, n, n) };
     ops.gemm(desc, a, b, out, addend.map(|d| d.0))
 }
 
@@ -276,7 +296,7 @@ pub fn coupled_newton_schulz(
     let mut done = 0;
     for k in 0..iters {
         // T = ½(3I − Z·Y), one GEMM with the identity as addend.
-        mm(ops, t, z[0], y[0], -0.5, Some((ident, 1.5)))?;
+        mm_sym(ops, t, z[0], y[0], -0.5, Some((ident, 1.5)))?;
         if let Some(tol) = tol {
             // I − Z·Y = 2(T − I).
             ops.affine(residual, Some(t), 2.0, Scale::One, 0.0, -2.0)?;
@@ -287,11 +307,11 @@ pub fn coupled_newton_schulz(
         }
         let last = k + 1 == iters;
         if !last || !inverse {
-            mm(ops, y[1], y[0], t, 1.0, None)?;
+            mm_sym(ops, y[1], y[0], t, 1.0, None)?;
             y.swap(0, 1);
         }
         if !last || inverse {
-            mm(ops, z[1], t, z[0], 1.0, None)?;
+            mm_sym(ops, z[1], t, z[0], 1.0, None)?;
             z.swap(0, 1);
         }
         done = k + 1;
@@ -313,7 +333,7 @@ fn taylor(ops: &mut impl MatOps, ahat: Mat, degree: usize, inverse: bool) -> Res
     let ident = identity(ops, 1, n)?;
     ops.affine(p[0], Some(x), c[degree] as f32, Scale::One, 0.0, c[degree - 1] as f32)?;
     for k in (0..degree - 1).rev() {
-        mm(ops, p[1], x, p[0], 1.0, Some((ident, c[k] as f32)))?;
+        mm_sym(ops, p[1], x, p[0], 1.0, Some((ident, c[k] as f32)))?;
         p.swap(0, 1);
     }
     Ok(p[0])
@@ -331,7 +351,7 @@ fn pade(ops: &mut impl MatOps, ahat: Mat, degree: usize, inverse: bool) -> Resul
     for _ in 1..degree {
         let next = ops.alloc(b, n, n)?;
         let last = *powers.last().unwrap();
-        mm(ops, next, powers[0], last, 1.0, None)?;
+        mm_sym(ops, next, powers[0], last, 1.0, None)?;
         powers.push(next);
     }
     let combine = |ops: &mut _, coef: &[f64]| -> Result<Mat> {
@@ -541,13 +561,13 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
         }
         // T = (1 + 1/p)·I − M/p;  X' = X·T;  M' = T^p·M.
         ops.affine(t, Some(m[0]), -1.0 / pf, Scale::One, 0.0, 1.0 + 1.0 / pf)?;
-        mm(ops, x[1], x[0], t, 1.0, None)?;
+        mm_sym(ops, x[1], x[0], t, 1.0, None)?;
         let mut tp = t;
         for &sq in &squares {
-            mm(ops, sq, tp, tp, 1.0, None)?;
+            mm_sym(ops, sq, tp, tp, 1.0, None)?;
             tp = sq;
         }
-        mm(ops, m[1], tp, m[0], 1.0, None)?;
+        mm_sym(ops, m[1], tp, m[0], 1.0, None)?;
         ops.max_dev(m[1], errs)?;
         let now = ops.read(errs)?;
         let mut accept = vec![0.0f32; b];
@@ -585,12 +605,12 @@ fn lyapunov_sign(ops: &mut impl MatOps, b0: Mat, c0: Mat, iters: usize) -> Resul
         (ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?, ops.alloc(batch, n, n)?);
     for _ in 0..iters {
         // B2 = B·B;  C' ← ½(C'(3I − B2) − B2·C' + B·C'·B);  B ← ½·B·(3I − B2); six GEMMs with fused addends.
-        mm(ops, b2, bm[0], bm[0], 1.0, None)?;
+        mm_sym(ops, b2, bm[0], bm[0], 1.0, None)?;
         mm(ops, e1, cm[0], b2, -0.5, Some((cm[0], 1.5)))?;
         mm(ops, e2, b2, cm[0], -0.5, Some((e1, 1.0)))?;
         mm(ops, w, cm[0], bm[0], 1.0, None)?;
         mm(ops, cm[1], bm[0], w, 0.5, Some((e2, 1.0)))?;
-        mm(ops, bm[1], bm[0], b2, -0.5, Some((bm[0], 1.5)))?;
+        mm_sym(ops, bm[1], bm[0], b2, -0.5, Some((bm[0], 1.5)))?;
         bm.swap(0, 1);
         cm.swap(0, 1);
     }
@@ -616,7 +636,7 @@ pub fn sqrt_backward(ops: &mut impl MatOps, a: Mat, y: Mat, grad: Mat, iters: us
 pub fn inv_sqrt_backward(ops: &mut impl MatOps, y: Mat, grad: Mat, iters: usize) -> Result<Mat> {
     let (b, n) = square(ops, y, "inv_sqrt backward")?;
     let (y2, t1, c) = (ops.alloc(b, n, n)?, ops.alloc(b, n, n)?, ops.alloc(b, n, n)?);
-    mm(ops, y2, y, y, 1.0, None)?;
+    mm_sym(ops, y2, y, y, 1.0, None)?;
     mm(ops, t1, y2, grad, 1.0, None)?;
     mm(ops, c, t1, y2, -1.0, None)?;
     let s = ops.alloc(b, 1, 1)?;

@@ -76,6 +76,18 @@ impl MatOps for CpuMats {
             Some(d) => gemm_addend(&desc, self.data(a), self.data(b), &mut out, self.data(d)),
             None => gemm(&GemmDesc { beta: 0.0, ..desc }, self.data(a), self.data(b), &mut out),
         }
+        if desc.symmetric {
+            // The GPU computes the upper triangle and mirrors it: do the same.
+            let n = desc.n;
+            for z in 0..desc.batch {
+                let m = &mut out[z * n * n..(z + 1) * n * n];
+                for i in 0..n {
+                    for j in 0..i {
+                        m[i * n + j] = m[j * n + i];
+                    }
+                }
+            }
+        }
         self.mats[c.0].1 = out;
         Ok(())
     }
