@@ -51,6 +51,13 @@ pub struct Record {
 impl Record {
     /// A record of `kernel` beside `baseline`, both measured in the same run; the ratio is the
     /// kernel's throughput over the baseline's (= baseline time / kernel time for the same work).
+    ///
+    /// ```
+    /// let r = gpuopt::bench::Record::measured("elementwise", "adamw", vec![1 << 20], 2e-3, "copy", 1.5e-3)
+    ///     .gbps(28.0 * (1 << 20) as f64);
+    /// assert_eq!(r.ratio, 0.75);
+    /// assert!((r.gbps.unwrap() - 14.68).abs() < 0.01);
+    /// ```
     pub fn measured(
         suite: &str,
         kernel: impl Into<String>,

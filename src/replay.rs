@@ -256,6 +256,21 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
 
 /// `gpuopt replay`: load and validate the case, then open the backend (`backend()` returns the GPU
 /// context, or `None` for the CPU reference), run, and write `outputs.npz` atomically.
+///
+/// ```
+/// use ndarray_npy::{NpzReader, NpzWriter};
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(dir.path().join("case.json"), r#"{"optimizer": "sgd", "hyper": {"lr": 0.5}}"#).unwrap();
+/// let mut w = NpzWriter::new(std::fs::File::create(dir.path().join("inputs.npz")).unwrap());
+/// w.add_array("param", &ndarray::arr1(&[1.0f32, 2.0])).unwrap();
+/// w.add_array("grads", &ndarray::arr2(&[[1.0f32, 1.0], [2.0, 0.0]])).unwrap();
+/// w.finish().unwrap();
+/// gpuopt::replay::run_case(dir.path(), || Ok(None))?; // None: the CPU reference; Some(ctx): the GPU
+/// let mut r = NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap()).unwrap();
+/// let p: ndarray::ArrayD<f32> = r.by_name("param").unwrap();
+/// assert_eq!(p.as_slice().unwrap(), &[-0.5, 1.5]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
     let out = clear_output(dir)?;
     let case = load_case(dir)?;

@@ -382,6 +382,20 @@ pub const SPD_PANEL: usize = 32;
 /// passes ([`MatOps::solve`], which pivots and suits general matrices). Pivoting is not needed: the
 /// diagonal blocks of an SPD matrix's Schur complements are SPD. A block whose pivots are not
 /// positive is an error.
+///
+/// ```
+/// use gpuopt::reference::roots::CpuMats;
+/// use gpuopt::roots::{solve_spd, MatOps};
+/// let mut ops = CpuMats::default();
+/// let m = ops.upload(&[4.0, 1.0, 1.0, 3.0], 1, 2, 2)?;
+/// let rhs = ops.upload(&[1.0, 2.0], 1, 2, 1)?;
+/// solve_spd(&mut ops, m, rhs)?;
+/// let x = ops.read(rhs)?; // [1/11, 7/11]
+/// assert!((x[0] - 1.0 / 11.0).abs() < 1e-6 && (x[1] - 7.0 / 11.0).abs() < 1e-6);
+/// let indefinite = ops.upload(&[1.0, 2.0, 2.0, 1.0], 1, 2, 2)?;
+/// assert!(solve_spd(&mut ops, indefinite, rhs).is_err());
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn solve_spd(ops: &mut impl MatOps, m: Mat, rhs: Mat) -> Result<()> {
     let (b, n) = square(ops, m, "solve_spd")?;
     let (rb, rn, k) = ops.shape(rhs);
@@ -470,6 +484,19 @@ pub fn power_iteration(ops: &mut impl MatOps, g: Mat) -> Result<Vec<f32>> {
 /// 1.2 error-growth guard; p must be a power of two from 1 to 32 (T^p by repeated squaring). Returns
 /// the accepted iterates and their errors; an error when any matrix ends with max|M − I| above
 /// [`INV_ROOT_FAILURE`] or not finite (never a silent NaN).
+///
+/// ```
+/// use gpuopt::reference::roots::CpuMats;
+/// use gpuopt::roots::{inv_root, InvRootOptions, MatOps};
+/// let mut ops = CpuMats::default();
+/// let a = ops.upload(&[16.0, 0.0, 0.0, 81.0], 1, 2, 2)?;
+/// let r = inv_root(&mut ops, a, 4, InvRootOptions { eps: 0.0, ..Default::default() })?;
+/// let x = ops.read(r.x)?; // A^(-1/4) = diag(1/2, 1/3)
+/// assert!((x[0] - 0.5).abs() < 1e-5 && (x[3] - 1.0 / 3.0).abs() < 1e-5 && r.err[0] <= 1e-5);
+/// // Two iterations are not enough: an error, not a half-converged matrix.
+/// assert!(inv_root(&mut ops, a, 4, InvRootOptions { eps: 0.0, max_iters: 2, ..Default::default() }).is_err());
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn inv_root(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOptions) -> Result<InvRoot> {
     let r = inv_root_unchecked(ops, a, p, opts)?;
     if let Some(z) = r.err.iter().position(|e| e.is_nan() || *e > INV_ROOT_FAILURE) {
@@ -621,6 +648,20 @@ fn lyapunov_sign(ops: &mut impl MatOps, b0: Mat, c0: Mat, iters: usize) -> Resul
 
 /// ∂L/∂A for Y = A^{1/2} (§7.4, `MPA_Lya`): solves Y·X + X·Y = ∂L/∂Y by `iters` sign iterations (the
 /// reference uses 8) on B = Y/sqrt(s), C' = ∂L/∂Y / sqrt(s), s = ‖A‖_F.
+///
+/// ```
+/// use gpuopt::reference::roots::CpuMats;
+/// use gpuopt::roots::{sqrt, sqrt_backward, MatOps, SqrtMethod};
+/// let mut ops = CpuMats::default();
+/// // A = diag(4, 9): Y = diag(2, 3), and for C = I the solution of Y·X + X·Y = C is diag(1/4, 1/6).
+/// let a = ops.upload(&[4.0, 0.0, 0.0, 9.0], 1, 2, 2)?;
+/// let y = sqrt(&mut ops, a, SqrtMethod::NewtonSchulz { iters: 20, tol: None })?;
+/// let c = ops.upload(&[1.0, 0.0, 0.0, 1.0], 1, 2, 2)?;
+/// let dx = sqrt_backward(&mut ops, a, y, c, 15)?;
+/// let x = ops.read(dx)?;
+/// assert!((x[0] - 0.25).abs() < 1e-4 && (x[3] - 1.0 / 6.0).abs() < 1e-4);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 pub fn sqrt_backward(ops: &mut impl MatOps, a: Mat, y: Mat, grad: Mat, iters: usize) -> Result<Mat> {
     let (b, n) = square(ops, a, "sqrt backward")?;
     let s = ops.alloc(b, 1, 1)?;

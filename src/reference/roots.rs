@@ -10,6 +10,17 @@ use crate::roots::{Mat, MatOps, Scale};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The CPU backend: every batch a `Vec<f32>`.
+///
+/// ```
+/// use gpuopt::reference::roots::CpuMats;
+/// use gpuopt::roots::{MatOps, Scale};
+/// let mut ops = CpuMats::default();
+/// let x = ops.upload(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2)?;
+/// let out = ops.alloc(1, 2, 2)?;
+/// ops.affine(out, Some(x), 2.0, Scale::One, 0.0, 1.0)?; // 2·X + I
+/// assert_eq!(ops.read(out)?, vec![3.0, 4.0, 6.0, 9.0]);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
 #[derive(Default)]
 pub struct CpuMats {
     mats: Vec<((usize, usize, usize), Vec<f32>)>,
