@@ -40,6 +40,13 @@ struct FlatParams {
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
+// (6.5.3) D^ = max(|D|, alpha), written as a select so that a NaN D gives NaN on every GPU (WGSL's max
+// leaves NaN unspecified) and on the CPU twin alike: a NaN Hessian sample is not silently floored.
+fn truncate(d: f32) -> f32 {
+    let a = abs(d);
+    return select(a, fp.floor, a < fp.floor);
+}
+
 // (6.5.2)-(6.5.3) and the two sums of (6.5.4): sum D^(w - w_prev)^2 and sum (g - g_prev)^2 / D^.
 @compute @workgroup_size(256)
 fn oasis_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -50,7 +57,7 @@ fn oasis_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         var di = hd[i];
         if (fp.first == 0u) { di = fp.beta2 * d[i] + fp.omb2 * hd[i]; }
         d[i] = di;
-        let dh = max(abs(di), fp.floor);
+        let dh = truncate(di);
         let dw = p[i] - wp[i];
         let dg = g[i] - gp[i];
         acc = acc + vec2<f32>(dh * dw * dw, dg * dg / dh);
@@ -98,7 +105,7 @@ fn oasis_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= fp.len) { return; }
-    let dh = max(abs(d[i]), fp.floor);
+    let dh = truncate(d[i]);
     let w = p[i];
     let gi = g[i];
     wp[i] = w;

@@ -90,6 +90,14 @@ pub trait MatOps {
     fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()>;
     /// The batch's values, row-major (runs everything recorded so far).
     fn read(&mut self, m: Mat) -> Result<Vec<f32>>;
+    /// Submits the work recorded so far without waiting for it (a no-op on the CPU).
+    fn submit(&mut self) {}
+    /// A mark of the matrices allocated so far, for [`MatOps::release`].
+    fn mark(&self) -> usize;
+    /// Frees every matrix allocated after `mark` (their handles become invalid); work already
+    /// recorded that uses them still runs. The algorithms release their scratch matrices this way,
+    /// so a long-lived backend (Shampoo's) does not grow.
+    fn release(&mut self, mark: usize);
 }
 
 /// How [`sqrt`] and [`inv_sqrt`] compute the root (ALGORITHMS.md §11.4).
@@ -265,6 +273,16 @@ pub fn inv_sqrt(ops: &mut impl MatOps, a: Mat, method: SqrtMethod) -> Result<Mat
 
 fn root(ops: &mut impl MatOps, a: Mat, method: SqrtMethod, inverse: bool) -> Result<Mat> {
     let what = if inverse { "inv_sqrt" } else { "sqrt" };
+    let (b, n) = square(ops, a, what)?;
+    let out = ops.alloc(b, n, n)?;
+    let mark = ops.mark();
+    let r = root_into(ops, a, method, inverse, out);
+    ops.release(mark);
+    r.map(|_| out)
+}
+
+fn root_into(ops: &mut impl MatOps, a: Mat, method: SqrtMethod, inverse: bool, out: Mat) -> Result<()> {
+    let what = if inverse { "inv_sqrt" } else { "sqrt" };
     let (s, ahat) = normalise(ops, a, what)?;
     let y = match method {
         SqrtMethod::NewtonSchulz { iters, tol } => coupled_newton_schulz(ops, ahat, iters, tol, inverse)?.0,
@@ -272,10 +290,7 @@ fn root(ops: &mut impl MatOps, a: Mat, method: SqrtMethod, inverse: bool) -> Res
         SqrtMethod::Mpa { degree } => pade(ops, ahat, degree, inverse)?,
     };
     // (7.1.3): sqrt(A) = sqrt(s)·sqrt(Â); A^{−1/2} = Â^{−1/2}/sqrt(s).
-    let (b, n, _) = ops.shape(a);
-    let out = ops.alloc(b, n, n)?;
-    ops.affine(out, Some(y), 1.0, Scale::Pow(s, if inverse { -0.5 } else { 0.5 }), 0.0, 0.0)?;
-    Ok(out)
+    ops.affine(out, Some(y), 1.0, Scale::Pow(s, if inverse { -0.5 } else { 0.5 }), 0.0, 0.0)
 }
 
 /// (7.5.1)–(7.5.3) on a normalised batch: Y → Â^{1/2}, Z → Â^{−1/2}; returns the one asked for and the
@@ -289,7 +304,9 @@ pub fn coupled_newton_schulz(
 ) -> Result<(Mat, usize)> {
     let (b, n) = square(ops, ahat, "coupled Newton-Schulz")?;
     let ident = identity(ops, 1, n)?;
-    let mut y = [ahat, ops.alloc(b, n, n)?];
+    // Y_0 is a copy: the ping-pong would otherwise write into the caller's Â.
+    let mut y = [ops.alloc(b, n, n)?, ops.alloc(b, n, n)?];
+    ops.affine(y[0], Some(ahat), 1.0, Scale::One, 0.0, 0.0)?;
     let mut z = [identity(ops, b, n)?, ops.alloc(b, n, n)?];
     let t = ops.alloc(b, n, n)?;
     let (residual, norms) = (ops.alloc(b, n, n)?, ops.alloc(b, 1, 1)?);
@@ -402,6 +419,13 @@ pub fn solve_spd(ops: &mut impl MatOps, m: Mat, rhs: Mat) -> Result<()> {
     if rb != b || rn != n {
         return Err(Error::Shape { what: "solve_spd rhs".into(), expected: vec![b, n, k], got: vec![rb, rn, k] });
     }
+    let mark = ops.mark();
+    let r = solve_spd_scratch(ops, m, rhs, (b, n, k));
+    ops.release(mark);
+    r
+}
+
+fn solve_spd_scratch(ops: &mut impl MatOps, m: Mat, rhs: Mat, (b, n, k): (usize, usize, usize)) -> Result<()> {
     let w = n + k;
     let aug = ops.alloc(b, n, w)?;
     ops.copy_region(aug, (0, 0), m, (0, 0), n, n)?;
@@ -437,13 +461,13 @@ pub fn solve_spd(ops: &mut impl MatOps, m: Mat, rhs: Mat) -> Result<()> {
         // Count the panels with a bad pivot (read once at the end).
         ops.affine(bad, Some(status), 1.0, Scale::One, 1.0, 0.0)?;
     }
-    ops.copy_region(rhs, (0, 0), aug, (0, n), n, k)?;
+    // Check before writing the result, so a refused system leaves rhs as it was.
     if let Some(z) = ops.read(bad)?.iter().position(|&s| s != 0.0) {
         return Err(Error::Invalid(format!(
             "solve_spd: matrix {z} is not positive definite (a pivot was not positive)"
         )));
     }
-    Ok(())
+    ops.copy_region(rhs, (0, 0), aug, (0, n), n, k)
 }
 
 /// λ_max of each matrix by power iteration from ALGORITHMS.md §11.4's deterministic start: at most 100
@@ -533,6 +557,23 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
             reason: "must be finite and >= 0".into(),
         });
     }
+    // The result first; every scratch matrix after the mark is released on the way out.
+    let best = ops.alloc(b, n, n)?;
+    let mark = ops.mark();
+    let r = inv_root_into(ops, a, p, opts, best);
+    ops.release(mark);
+    let (err, iters) = r?;
+    Ok(InvRoot { x: best, err, iters })
+}
+
+fn inv_root_into(
+    ops: &mut impl MatOps,
+    a: Mat,
+    p: u32,
+    opts: InvRootOptions,
+    best: Mat,
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    let (b, n, _) = ops.shape(a);
     let pf = p as f32;
     let ident_b = identity(ops, b, n)?;
     // G = A + ridge·I.
@@ -564,7 +605,8 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
         }
         let xs: Vec<f32> = gv.iter().map(|&v| (v as f64).powf(-1.0 / p as f64) as f32).collect();
         let x = ops.upload(&xs, b, 1, 1)?;
-        return Ok(InvRoot { x, err: vec![0.0; b], iters: vec![0; b] });
+        ops.affine(best, Some(x), 1.0, Scale::One, 0.0, 0.0)?;
+        return Ok((vec![0.0; b], vec![0; b]));
     }
     // z = (1 + p)/(2‖G‖_F);  X_0 = z^{1/p}·I;  M_0 = z·G.
     let half = (1.0 + pf) / 2.0;
@@ -572,7 +614,6 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
     let mut m = [ops.alloc(b, n, n)?, ops.alloc(b, n, n)?];
     ops.affine(x[0], Some(ident_b), half.powf(1.0 / pf), Scale::Pow(norms, -1.0 / pf), 0.0, 0.0)?;
     ops.affine(m[0], Some(g), half, Scale::Pow(norms, -1.0), 0.0, 0.0)?;
-    let best = ops.alloc(b, n, n)?;
     ops.affine(best, Some(x[0]), 1.0, Scale::One, 0.0, 0.0)?;
     let errs = ops.alloc(b, 1, 1)?;
     ops.max_dev(m[0], errs)?;
@@ -619,7 +660,7 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
         x.swap(0, 1);
         m.swap(0, 1);
     }
-    Ok(InvRoot { x: best, err, iters })
+    Ok((err, iters))
 }
 
 /// The Lyapunov solve of §7.4 by the matrix-sign iteration: given B (eigenvalues in (0, 1]) and C',

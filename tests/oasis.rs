@@ -244,3 +244,17 @@ fn bad_configurations_are_errors() {
     assert!(o.write_loss(1.0).is_err());
     assert!(o.set_lr(gpuopt::optim::GroupId(0), -1.0).is_err());
 }
+
+#[test]
+fn a_nan_hessian_sample_is_not_floored_away_on_either_backend() {
+    let ctx = common::ctx();
+    let alg = FlatAlgorithm::Oasis(OasisConfig::new(0.1, 0.9, 0.5));
+    let p = [("w".to_string(), vec![1.0, 2.0], vec![2])];
+    for mut opt in [FlatOptimizer::new(&ctx, alg.clone(), &p).unwrap(), FlatOptimizer::cpu(alg.clone(), &p).unwrap()] {
+        opt.write_grad(ParamId(0), &[1.0, 1.0]).unwrap();
+        opt.write_hess_diag(ParamId(0), &[f32::NAN, 1.0]).unwrap();
+        opt.step().unwrap();
+        let w = opt.read_param(ParamId(0)).unwrap();
+        assert!(w[0].is_nan() && w[1] == 2.0 - 0.1, "{w:?}");
+    }
+}

@@ -295,3 +295,25 @@ fn checkpoint_resumes_bit_identically_and_refuses_mismatches() {
     let (mut c, _) = make();
     assert!(c.load(&path).is_err());
 }
+
+#[test]
+fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
+    let ctx = common::ctx();
+    let cfg = ShampooConfig { precondition_frequency: 1, start_preconditioning_step: 1, ..config(Graft::Sgd, false) };
+    let mut opt = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg).unwrap();
+    let w = opt.add_param(&TestRng::new(1).normals(30, 1.0), &[6, 5]).unwrap();
+    let g = TestRng::new(2).normals(30, 1.0);
+    opt.step(&[&g]).unwrap();
+    let mats = opt.backend().mark();
+    for _ in 0..5 {
+        opt.step(&[&g]).unwrap();
+    }
+    assert_eq!(opt.backend().mark(), mats, "every step's scratch matrices are released");
+    // A NaN written straight into the gradient (step_in_place does not check) poisons the
+    // statistics: the refresh fails, is counted, and the old roots stay; no error, no panic.
+    let grad = opt.grad_mat(w);
+    let nan = opt.backend().upload(&[f32::NAN; 30], 1, 6, 5).unwrap();
+    opt.backend().affine(grad, Some(nan), 1.0, gpuopt::roots::Scale::One, 0.0, 0.0).unwrap();
+    opt.step_in_place().unwrap();
+    assert!(opt.root_failures() >= 1);
+}

@@ -358,6 +358,20 @@ impl MatOps for GpuMats {
         super::random::fill(&self.ctx, self.tensor(out), super::random::Draw::Uniform, seed, 0, 0, 0)
     }
 
+    fn submit(&mut self) {
+        self.flush();
+    }
+
+    fn mark(&self) -> usize {
+        self.mats.len()
+    }
+
+    fn release(&mut self, mark: usize) {
+        // Recorded work may still use them: keep the buffers alive until the next submit.
+        let gone: Vec<Tensor> = self.mats.drain(mark.min(self.mats.len())..).map(|(t, _)| t).collect();
+        self.keep.push(Box::new(gone));
+    }
+
     fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
         let enc = self.enc.take();
         let keep = std::mem::take(&mut self.keep);

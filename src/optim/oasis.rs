@@ -346,6 +346,16 @@ pub struct FlatOptimizer {
     store: Store,
 }
 
+/// The shader's `truncate`: max(|d|, floor), NaN staying NaN.
+fn truncate(d: f32, floor: f32) -> f32 {
+    let a = d.abs();
+    if a < floor {
+        floor
+    } else {
+        a
+    }
+}
+
 fn flatten(params: &[(String, Vec<f32>, Vec<usize>)]) -> Result<(Vec<ParamMeta>, Vec<usize>, Vec<f32>)> {
     let mut metas = Vec::new();
     let mut offsets = Vec::new();
@@ -365,8 +375,12 @@ fn flatten(params: &[(String, Vec<f32>, Vec<usize>)]) -> Result<(Vec<ParamMeta>,
     if flat.is_empty() {
         return Err(Error::Invalid("the optimizer needs at least one non-empty parameter".into()));
     }
-    if flat.len() > u32::MAX as usize {
-        return Err(Error::Invalid("more than 2^32 - 1 elements in one flat optimizer".into()));
+    if flat.len() > 65_535 * CHUNK {
+        return Err(Error::Invalid(format!(
+            "{} elements in one flat optimizer: at most {} (65,535 partial-sum workgroups of {CHUNK})",
+            flat.len(),
+            65_535 * CHUNK
+        )));
     }
     Ok((metas, offsets, flat))
 }
@@ -480,7 +494,7 @@ impl FlatOptimizer {
                 for i in 0..n {
                     let di = if fp.first != 0 { c.hd[i] } else { fp.beta2 * c.d[i] + fp.omb2 * c.hd[i] };
                     c.d[i] = di;
-                    let dh = di.abs().max(fp.floor);
+                    let dh = truncate(di, fp.floor);
                     let (dw, dg) = (c.p[i] - c.wp[i], c.g[i] - c.gp[i]);
                     a += (dh * dw * dw) as f64;
                     b += (dg * dg / dh) as f64;
@@ -509,7 +523,7 @@ impl FlatOptimizer {
                 c.scal[0] = eta;
                 c.scal[2] = eta;
                 for i in 0..n {
-                    let dh = c.d[i].abs().max(fp.floor);
+                    let dh = truncate(c.d[i], fp.floor);
                     let (w, gi) = (c.p[i], c.g[i]);
                     c.wp[i] = w;
                     c.gp[i] = gi;

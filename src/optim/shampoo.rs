@@ -388,6 +388,7 @@ impl<O: MatOps> Shampoo<O> {
             });
         }
         // Everything is checked: now write.
+        let mark = self.ops.mark();
         for (i, (_, st)) in checked.iter().enumerate() {
             let p = &self.params[i];
             let (rows, cols) = (p.rows, p.cols);
@@ -399,6 +400,7 @@ impl<O: MatOps> Shampoo<O> {
                 self.ops.affine(m, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
             }
         }
+        self.ops.release(mark);
         if let Some((cfg, _)) = checked.into_iter().next() {
             self.cfg = cfg;
         }
@@ -441,10 +443,12 @@ impl<O: MatOps> Shampoo<O> {
             self.skipped += 1;
             return Ok(());
         }
+        let mark = self.ops.mark();
         for (g, p) in grads.iter().zip(&self.params) {
             let up = self.ops.upload(g, 1, p.rows, p.cols)?;
             self.ops.affine(p.grad, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
         }
+        self.ops.release(mark);
         self.step_in_place()
     }
 
@@ -497,15 +501,20 @@ impl<O: MatOps> Shampoo<O> {
                                 max_iters: cfg.root_iters,
                                 tol: 1e-6,
                             };
-                            let r = inv_root_unchecked(ops, stat, 4, opts)?;
-                            if r.err[0].is_nan() || r.err[0] >= INV_ROOT_FAILURE {
+                            // (7.7.2): a failed root (error NaN or ≥ 0.1, or statistics that are not
+                            // finite) keeps the old one; the root's scratch is released either way.
+                            let mark = ops.mark();
+                            let outcome = match inv_root_unchecked(ops, stat, 4, opts) {
+                                Ok(r) if r.err[0].is_finite() && r.err[0] < INV_ROOT_FAILURE => {
+                                    ops.affine(root, Some(r.x), 1.0, Scale::One, 0.0, 0.0).map(|_| None)
+                                }
+                                Ok(r) => Ok(Some(format!("max|M - I| = {}", r.err[0]))),
+                                Err(e) => Ok(Some(e.to_string())),
+                            };
+                            ops.release(mark);
+                            if let Some(why) = outcome? {
                                 self.root_failures += 1;
-                                log::warn!(
-                                    "shampoo: inverse root failed (max|M - I| = {}); keeping the old one",
-                                    r.err[0]
-                                );
-                            } else {
-                                ops.affine(root, Some(r.x), 1.0, Scale::One, 0.0, 0.0)?;
+                                log::warn!("shampoo: inverse root failed ({why}); keeping the old one");
                             }
                         }
                     }
@@ -543,6 +552,8 @@ impl<O: MatOps> Shampoo<O> {
             let lr = cfg.lr as f32;
             ops.affine(p.p, Some(step_dir), -lr, Scale::One, (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)?;
         }
+        // One submit per step; nothing is read back.
+        self.ops.submit();
         Ok(())
     }
 }

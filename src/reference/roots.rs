@@ -248,6 +248,14 @@ impl MatOps for CpuMats {
     fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
         Ok(self.data(m).to_vec())
     }
+
+    fn mark(&self) -> usize {
+        self.mats.len()
+    }
+
+    fn release(&mut self, mark: usize) {
+        self.mats.truncate(mark);
+    }
 }
 
 /// The shader's Gauss–Jordan elimination with partial pivoting on [a | r] (a n×n, r n×k), in f32 and in
