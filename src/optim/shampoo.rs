@@ -36,7 +36,7 @@
 //! # }
 //! ```
 
-use super::{check_config_snapshot, config_snapshot, ParamMeta, Snapshot};
+use super::{config_snapshot, ParamMeta, Snapshot};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale, INV_ROOT_FAILURE};
@@ -345,51 +345,38 @@ impl<O: MatOps> Shampoo<O> {
     /// Restores a snapshot of a Shampoo with the same parameters (shapes, block size); a mismatch is
     /// an error and changes nothing.
     pub fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
         let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
-        // Every parameter has the same number of blocks here as in the file, or the names differ.
-        let names: Vec<Vec<String>> = self.params.iter().map(Self::state_names).collect();
+        s.check_common("shampoo", &metas)?;
+        let cfg: ShampooConfig =
+            serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("shampoo config: {e}")))?;
+        cfg.validate()?;
+        if cfg.block_size != self.cfg.block_size {
+            return Err(bad(format!("block_size {} in the file, {} here", cfg.block_size, self.cfg.block_size)));
+        }
+        // Per parameter, the state tensors of this layout (their names carry the block count), each of
+        // its matrix's size.
         let mut checked = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
-            let refs: Vec<&str> = names[i].iter().map(|s| s.as_str()).collect();
-            let lens: Vec<usize> = Self::state_mats(p)
-                .iter()
-                .map(|&m| {
-                    let (b, r, c) = self.ops.shape(m);
-                    b * r * c
-                })
-                .collect();
-            let one = std::slice::from_ref(&metas[i]);
-            let single = Snapshot {
-                params: vec![s.params.get(i).cloned().unwrap_or_else(|| metas[i].clone())],
-                values: vec![s.values.get(i).cloned().unwrap_or_default()],
-                states: vec![s.states.get(i).cloned().unwrap_or_default()],
-                ..s.clone()
-            };
-            let (cfg, st): (ShampooConfig, _) = check_config_snapshot(
-                &single,
-                "shampoo",
-                one,
-                &refs,
-                |_, name| lens[refs.iter().position(|r| *r == name).expect("own name")],
-                ShampooConfig::validate,
-            )?;
-            if cfg.block_size != self.cfg.block_size {
-                return Err(Error::Checkpoint {
-                    path: "<snapshot>".into(),
-                    reason: format!("block_size {} in the file, {} here", cfg.block_size, self.cfg.block_size),
-                });
+            let names = Self::state_names(p);
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let st = s.states_of(i, &refs)?;
+            for ((name, v), m) in names.iter().zip(&st).zip(Self::state_mats(p)) {
+                let (b, r, c) = self.ops.shape(m);
+                if v.len() != b * r * c {
+                    return Err(bad(format!(
+                        "state {name} of {} has {} values, expected {}",
+                        p.meta.name,
+                        v.len(),
+                        b * r * c
+                    )));
+                }
             }
-            checked.push((cfg, st.into_iter().next().unwrap_or_default()));
-        }
-        if s.params.len() != self.params.len() {
-            return Err(Error::Checkpoint {
-                path: "<snapshot>".into(),
-                reason: format!("{} parameters in the file, {} here", s.params.len(), self.params.len()),
-            });
+            checked.push(st);
         }
         // Everything is checked: now write.
         let mark = self.ops.mark();
-        for (i, (_, st)) in checked.iter().enumerate() {
+        for (i, st) in checked.iter().enumerate() {
             let p = &self.params[i];
             let (rows, cols) = (p.rows, p.cols);
             let up = self.ops.upload(&s.values[i], 1, rows, cols)?;
@@ -401,9 +388,7 @@ impl<O: MatOps> Shampoo<O> {
             }
         }
         self.ops.release(mark);
-        if let Some((cfg, _)) = checked.into_iter().next() {
-            self.cfg = cfg;
-        }
+        self.cfg = cfg;
         self.step = s.step as usize;
         self.skipped = s.skipped as usize;
         Ok(())
