@@ -242,20 +242,27 @@ fn identity(ops: &mut impl MatOps, batch: usize, n: usize) -> Result<Mat> {
     Ok(i)
 }
 
-/// Per-matrix Frobenius norms s (read back and checked: every s must be finite and positive) and
-/// Â = A / s (§7.1).
-fn normalise(ops: &mut impl MatOps, a: Mat, what: &str) -> Result<(Mat, Mat)> {
-    let (b, n) = square(ops, a, what)?;
-    let s = ops.alloc(b, 1, 1)?;
-    ops.frobenius(a, s)?;
-    for (z, v) in ops.read(s)?.into_iter().enumerate() {
+/// ‖x[z]‖_F per matrix, read back and checked: an error naming `what` and the matrix when one is not
+/// finite (NaN or Inf in the input) or is zero (`zero` says what that means for the caller).
+fn checked_norms(ops: &mut impl MatOps, x: Mat, what: &str, zero: &str) -> Result<Mat> {
+    let norms = ops.alloc(ops.shape(x).0, 1, 1)?;
+    ops.frobenius(x, norms)?;
+    for (z, v) in ops.read(norms)?.into_iter().enumerate() {
         if !v.is_finite() {
             return Err(Error::Invalid(format!("{what}: matrix {z} holds NaN or Inf")));
         }
         if v <= 0.0 {
-            return Err(Error::Invalid(format!("{what}: matrix {z} is zero (not positive definite)")));
+            return Err(Error::Invalid(format!("{what}: matrix {z} {zero}")));
         }
     }
+    Ok(norms)
+}
+
+/// Per-matrix Frobenius norms s (read back and checked: every s must be finite and positive) and
+/// Â = A / s (§7.1).
+fn normalise(ops: &mut impl MatOps, a: Mat, what: &str) -> Result<(Mat, Mat)> {
+    let (b, n) = square(ops, a, what)?;
+    let s = checked_norms(ops, a, what, "is zero (not positive definite)")?;
     let ahat = ops.alloc(b, n, n)?;
     ops.affine(ahat, Some(a), 1.0, Scale::Pow(s, -1.0), 0.0, 0.0)?;
     Ok((s, ahat))
@@ -587,16 +594,7 @@ fn inv_root_into(
     } else {
         ops.affine(g, None, 0.0, Scale::One, 1.0, opts.eps)?;
     }
-    let norms = ops.alloc(b, 1, 1)?;
-    ops.frobenius(g, norms)?;
-    for (z, v) in ops.read(norms)?.into_iter().enumerate() {
-        if !v.is_finite() {
-            return Err(Error::Invalid(format!("inv_root: matrix {z} holds NaN or Inf")));
-        }
-        if v <= 0.0 {
-            return Err(Error::Invalid(format!("inv_root: matrix {z} plus the ridge is zero (give eps > 0)")));
-        }
-    }
+    let norms = checked_norms(ops, g, "inv_root", "plus the ridge is zero (give eps > 0)")?;
     if n == 1 {
         // A scalar: (a + ridge)^{−1/p} directly (the reference's identity is a quirk, §11.4).
         let gv = ops.read(g)?;

@@ -6,8 +6,8 @@
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
 use super::{
-    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, update_config, GroupId, ParamId,
-    ParamMeta, Snapshot, Stepper,
+    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, read_params_and_states, update_config,
+    GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
@@ -343,11 +343,7 @@ impl Stepper for AuonOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let n = self.params.len();
-        let values = (0..n).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
-        let states = (0..n)
-            .map(|i| Ok(vec![("momentum_buffer".to_string(), self.read_state(ParamId(i), "momentum_buffer")?)]))
-            .collect::<Result<Vec<_>>>()?;
+        let (values, states) = read_params_and_states(self, &["momentum_buffer"])?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
         Ok(config_snapshot(self.name(), &self.config, lr_wd, self.t, &self.params, values, states))
     }

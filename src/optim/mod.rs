@@ -328,6 +328,23 @@ pub(crate) fn chain_read<C: ChainTensors>(ctx: &crate::Context, chain: Option<&C
     chain.map_or(Ok(Vec::new()), |c| c.param_tensor().to_vec(ctx))
 }
 
+/// Named state tensors per parameter, as [`Snapshot::states`] holds them.
+pub(crate) type NamedStates = Vec<Vec<(String, Vec<f32>)>>;
+
+/// Every parameter's values and its state tensors `names`, read through the optimizer's own
+/// `read_param` / `read_state` (the checkpoints of AuON, REG, OASIS/SANIA).
+pub(crate) fn read_params_and_states<S: Stepper + ?Sized>(
+    opt: &mut S,
+    names: &[&str],
+) -> Result<(Vec<Vec<f32>>, NamedStates)> {
+    let n = opt.params().len();
+    let values = (0..n).map(|i| opt.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
+    let states = (0..n)
+        .map(|i| names.iter().map(|k| Ok((k.to_string(), opt.read_state(ParamId(i), k)?))).collect())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((values, states))
+}
+
 /// The checkpoint of a single-config optimizer (AuON, REG): `hyper` is the config, one group.
 pub(crate) fn config_snapshot<C: serde::Serialize>(
     name: &str,

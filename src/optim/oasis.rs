@@ -668,12 +668,7 @@ impl Stepper for FlatOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let n = self.params.len();
-        let values = (0..n).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
-        let names = self.algorithm.states();
-        let states = (0..n)
-            .map(|i| names.iter().map(|k| Ok((k.to_string(), self.read_state(ParamId(i), k)?))).collect())
-            .collect::<Result<Vec<_>>>()?;
+        let (values, states) = super::read_params_and_states(self, self.algorithm.states())?;
         let hyper = match &self.algorithm {
             FlatAlgorithm::Oasis(c) => serde_json::to_value(c),
             FlatAlgorithm::Sania(c) => serde_json::to_value(c),

@@ -5,8 +5,8 @@
 //! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
 
 use super::{
-    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, update_config, GroupId, ParamId,
-    ParamMeta, Snapshot, Stepper,
+    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, read_params_and_states, update_config,
+    GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
@@ -318,16 +318,7 @@ impl Stepper for RegOptimizer {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let n = self.params.len();
-        let values = (0..n).map(|i| self.read_param(ParamId(i))).collect::<Result<Vec<_>>>()?;
-        let states = (0..n)
-            .map(|i| {
-                ["s", "q", "theta"]
-                    .iter()
-                    .map(|k| Ok((k.to_string(), self.read_state(ParamId(i), k)?)))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (values, states) = read_params_and_states(self, &["s", "q", "theta"])?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
         Ok(config_snapshot("reg", &self.config, lr_wd, self.t, &self.params, values, states))
     }
