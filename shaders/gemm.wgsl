@@ -22,7 +22,10 @@ struct GemmParams {
     // 1: C is known to be symmetric (X*X^T, or A*A with A symmetric, plus a symmetric addend): only
     // tiles on or above the diagonal are computed and each is also stored mirrored: half the FLOPs.
     symmetric: u32,
-    _p0: u32, _p1: u32, _p2: u32,
+    // Split-K partial products (0: off): matrix z of the batch is the z-th slice of k, of gp.k
+    // columns (the last one shorter), k_total in all; the host sums the slices (gemm_splitk_reduce).
+    k_total: u32,
+    _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;
@@ -39,16 +42,26 @@ const BK: u32 = 16u;
 var<workgroup> a_s: array<vec4<f32>, 256>;
 var<workgroup> b_s: array<vec4<f32>, 256>;
 
+// The k extent of batch matrix z: gp.k, or in split-K mode what is left of k_total for slice z.
+var<private> k_lim: u32;
+
+fn set_k_lim(z: u32) {
+    k_lim = gp.k;
+    if (gp.k_total != 0u) {
+        k_lim = min(gp.k, gp.k_total - min(gp.k_total, z * gp.k));
+    }
+}
+
 // op(A)[row, kk] of the matrix at `base`, or 0 outside.
 fn load_a(base: u32, row: u32, kk: u32) -> f32 {
-    if (row >= gp.m || kk >= gp.k) { return 0.0; }
+    if (row >= gp.m || kk >= k_lim) { return 0.0; }
     if (gp.trans_a != 0u) { return a[base + kk * gp.lda + row]; }
     return a[base + row * gp.lda + kk];
 }
 
 // op(B)[kk, col] of the matrix at `base`, or 0 outside.
 fn load_b(base: u32, kk: u32, col: u32) -> f32 {
-    if (kk >= gp.k || col >= gp.n) { return 0.0; }
+    if (kk >= k_lim || col >= gp.n) { return 0.0; }
     if (gp.trans_b != 0u) { return b[base + col * gp.ldb + kk]; }
     return b[base + kk * gp.ldb + col];
 }
@@ -69,13 +82,14 @@ fn epilogue(z: u32, row: u32, col: u32, acc: f32) -> f32 {
 
 // C[row, col0 .. col0+3] <- epilogue, within bounds; in symmetric mode also C[col, row] for the
 // elements strictly above the diagonal (a tile on the diagonal writes both halves itself).
-fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>) {
+// `tile` is the output tile edge of the calling kernel (which tiles are on the diagonal).
+fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>, tile: u32) {
     if (row >= gp.m) { return; }
     for (var j = 0u; j < 4u; j = j + 1u) {
         let col = col0 + j;
         if (col < gp.n) {
             c[z * gp.stride_c + row * gp.ldc + col] = epilogue(z, row, col, v[j]);
-            if (gp.symmetric != 0u && col / TILE != row / TILE) {
+            if (gp.symmetric != 0u && col / tile != row / tile) {
                 c[z * gp.stride_c + col * gp.ldc + row] = epilogue(z, col, row, v[j]);
             }
         }
@@ -109,7 +123,8 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     var a70 = vec4<f32>(0.0);
     var a71 = vec4<f32>(0.0);
 
-    let ktiles = (gp.k + BK - 1u) / BK;
+    set_k_lim(z);
+    let ktiles = (k_lim + BK - 1u) / BK;
     for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
         let k0 = kt * BK;
         // 256 vec4 slots per slice, four per invocation.
@@ -152,20 +167,169 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 
     let r0 = row0 + lid3.y * 8u;
     let c0 = col0 + lid3.x * 8u;
-    store4(z, r0 + 0u, c0 + 0u, a00);
-    store4(z, r0 + 0u, c0 + 4u, a01);
-    store4(z, r0 + 1u, c0 + 0u, a10);
-    store4(z, r0 + 1u, c0 + 4u, a11);
-    store4(z, r0 + 2u, c0 + 0u, a20);
-    store4(z, r0 + 2u, c0 + 4u, a21);
-    store4(z, r0 + 3u, c0 + 0u, a30);
-    store4(z, r0 + 3u, c0 + 4u, a31);
-    store4(z, r0 + 4u, c0 + 0u, a40);
-    store4(z, r0 + 4u, c0 + 4u, a41);
-    store4(z, r0 + 5u, c0 + 0u, a50);
-    store4(z, r0 + 5u, c0 + 4u, a51);
-    store4(z, r0 + 6u, c0 + 0u, a60);
-    store4(z, r0 + 6u, c0 + 4u, a61);
-    store4(z, r0 + 7u, c0 + 0u, a70);
-    store4(z, r0 + 7u, c0 + 4u, a71);
+    store4(z, r0 + 0u, c0 + 0u, a00, TILE);
+    store4(z, r0 + 0u, c0 + 4u, a01, TILE);
+    store4(z, r0 + 1u, c0 + 0u, a10, TILE);
+    store4(z, r0 + 1u, c0 + 4u, a11, TILE);
+    store4(z, r0 + 2u, c0 + 0u, a20, TILE);
+    store4(z, r0 + 2u, c0 + 4u, a21, TILE);
+    store4(z, r0 + 3u, c0 + 0u, a30, TILE);
+    store4(z, r0 + 3u, c0 + 4u, a31, TILE);
+    store4(z, r0 + 4u, c0 + 0u, a40, TILE);
+    store4(z, r0 + 4u, c0 + 4u, a41, TILE);
+    store4(z, r0 + 5u, c0 + 0u, a50, TILE);
+    store4(z, r0 + 5u, c0 + 4u, a51, TILE);
+    store4(z, r0 + 6u, c0 + 0u, a60, TILE);
+    store4(z, r0 + 6u, c0 + 4u, a61, TILE);
+    store4(z, r0 + 7u, c0 + 0u, a70, TILE);
+    store4(z, r0 + 7u, c0 + 4u, a71, TILE);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The large-tile kernel for GPUs (the host picks it on non-CPU adapters for problems that fill the
+// device; see `GemmKernel` in src/kernels/gemm.rs). One workgroup of 16 x 16 invocations computes a
+// 128 x 128 tile of C; each invocation still owns 8 x 8 outputs, but as two 4-row groups 64 rows
+// apart and two 4-column groups 64 columns apart, so that a warp's reads of the B slice are 16
+// consecutive vec4s (no bank conflicts) and its reads of the A slice are broadcasts. The k dimension
+// is walked in slices of 16; each invocation loads two vec4 slots of each slice, mapped so that
+// consecutive invocations read consecutive addresses of the stored matrix (k-fastest for a row-major
+// A or a transposed B, row/column-fastest otherwise): global loads coalesce whatever the op. Within a
+// slice row the vec4 index is XOR-swizzled with kk (`swz`), so the k-fastest mapping, whose 16
+// consecutive invocations store to 16 different slice rows, hits 16 different banks; padding would do
+// the same but push the two slices past WebGPU's 16 KiB default workgroup-memory limit. (Measured on
+// an H200 with a 33-vec4 pitch instead of the swizzle: 24.3 TFLOP/s at n = 4096, 0.48 of torch.matmul
+// in f32; loading the next slice into registers during the multiply is the next thing to measure.)
+
+const TILE_L: u32 = 128u;
+const BK_L: u32 = 16u;
+
+var<workgroup> al_s: array<vec4<f32>, 512>; // al_s[kk * 32 + swz(kk, r4)] = rows 4*r4..+3 at kk
+var<workgroup> bl_s: array<vec4<f32>, 512>; // bl_s[kk * 32 + swz(kk, c4)] = columns 4*c4..+3 at row kk
+
+// Slice-row position of vec4 q (0..31) in slice row kk (0..15): a permutation within each half.
+fn swz(kk: u32, q: u32) -> u32 {
+    return kk * 32u + (q ^ kk);
+}
+
+// An invocation's 8 x 8 accumulators: rXcY holds row group X's row (4 rows from x0, 4 from x1) times
+// column group Y (y0, y1). Named vec4s rather than an array, so nothing has a reason to spill.
+struct Block8 {
+    a00: vec4<f32>, a01: vec4<f32>, a10: vec4<f32>, a11: vec4<f32>,
+    a20: vec4<f32>, a21: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
+    a40: vec4<f32>, a41: vec4<f32>, a50: vec4<f32>, a51: vec4<f32>,
+    a60: vec4<f32>, a61: vec4<f32>, a70: vec4<f32>, a71: vec4<f32>,
+}
+
+// acc += [x0; x1] (8 rows) outer [y0, y1] (8 columns): 64 FMAs.
+fn rank1(acc: ptr<function, Block8>, x0: vec4<f32>, x1: vec4<f32>, y0: vec4<f32>, y1: vec4<f32>) {
+    (*acc).a00 = fma(vec4<f32>(x0.x), y0, (*acc).a00);
+    (*acc).a01 = fma(vec4<f32>(x0.x), y1, (*acc).a01);
+    (*acc).a10 = fma(vec4<f32>(x0.y), y0, (*acc).a10);
+    (*acc).a11 = fma(vec4<f32>(x0.y), y1, (*acc).a11);
+    (*acc).a20 = fma(vec4<f32>(x0.z), y0, (*acc).a20);
+    (*acc).a21 = fma(vec4<f32>(x0.z), y1, (*acc).a21);
+    (*acc).a30 = fma(vec4<f32>(x0.w), y0, (*acc).a30);
+    (*acc).a31 = fma(vec4<f32>(x0.w), y1, (*acc).a31);
+    (*acc).a40 = fma(vec4<f32>(x1.x), y0, (*acc).a40);
+    (*acc).a41 = fma(vec4<f32>(x1.x), y1, (*acc).a41);
+    (*acc).a50 = fma(vec4<f32>(x1.y), y0, (*acc).a50);
+    (*acc).a51 = fma(vec4<f32>(x1.y), y1, (*acc).a51);
+    (*acc).a60 = fma(vec4<f32>(x1.z), y0, (*acc).a60);
+    (*acc).a61 = fma(vec4<f32>(x1.z), y1, (*acc).a61);
+    (*acc).a70 = fma(vec4<f32>(x1.w), y0, (*acc).a70);
+    (*acc).a71 = fma(vec4<f32>(x1.w), y1, (*acc).a71);
+}
+
+// Stores the block: rows r0..r0+3 (x0) and r1..r1+3 (x1), columns c0..c0+3 (y0) and c1..c1+3 (y1).
+fn store_block(z: u32, acc: ptr<function, Block8>, r0: u32, r1: u32, c0: u32, c1: u32, tile: u32) {
+    store4(z, r0 + 0u, c0, (*acc).a00, tile);
+    store4(z, r0 + 0u, c1, (*acc).a01, tile);
+    store4(z, r0 + 1u, c0, (*acc).a10, tile);
+    store4(z, r0 + 1u, c1, (*acc).a11, tile);
+    store4(z, r0 + 2u, c0, (*acc).a20, tile);
+    store4(z, r0 + 2u, c1, (*acc).a21, tile);
+    store4(z, r0 + 3u, c0, (*acc).a30, tile);
+    store4(z, r0 + 3u, c1, (*acc).a31, tile);
+    store4(z, r1 + 0u, c0, (*acc).a40, tile);
+    store4(z, r1 + 0u, c1, (*acc).a41, tile);
+    store4(z, r1 + 1u, c0, (*acc).a50, tile);
+    store4(z, r1 + 1u, c1, (*acc).a51, tile);
+    store4(z, r1 + 2u, c0, (*acc).a60, tile);
+    store4(z, r1 + 2u, c1, (*acc).a61, tile);
+    store4(z, r1 + 3u, c0, (*acc).a70, tile);
+    store4(z, r1 + 3u, c1, (*acc).a71, tile);
+}
+
+// (kk, q) of vec4 slot `slot` of a 16 x 128 slice: k-fastest when `k_fast`, else q-fastest.
+fn slot_of(slot: u32, k_fast: bool) -> vec2<u32> {
+    if (k_fast) { return vec2<u32>(slot % BK_L, slot / BK_L); }
+    return vec2<u32>(slot / 32u, slot % 32u);
+}
+
+// Slot s = (kk, q) of the A slice at k0: op(A) rows row0 + 4q .. +3 at column k0 + kk.
+fn load_a4(base: u32, row0: u32, k0: u32, s: vec2<u32>) -> vec4<f32> {
+    let r = row0 + 4u * s.y;
+    let k = k0 + s.x;
+    return vec4<f32>(load_a(base, r, k), load_a(base, r + 1u, k), load_a(base, r + 2u, k), load_a(base, r + 3u, k));
+}
+
+// Slot s = (kk, q) of the B slice at k0: op(B) columns col0 + 4q .. +3 at row k0 + kk.
+fn load_b4(base: u32, col0: u32, k0: u32, s: vec2<u32>) -> vec4<f32> {
+    let c = col0 + 4u * s.y;
+    let k = k0 + s.x;
+    return vec4<f32>(load_b(base, k, c), load_b(base, k, c + 1u), load_b(base, k, c + 2u), load_b(base, k, c + 3u));
+}
+
+@compute @workgroup_size(16, 16)
+fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let z = wid.z;
+    if (gp.symmetric != 0u && wid.y > wid.x) { return; }
+    let row0 = wid.y * TILE_L;
+    let col0 = wid.x * TILE_L;
+    let base_a = z * gp.stride_a;
+    let base_b = z * gp.stride_b;
+    var acc: Block8;
+    set_k_lim(z);
+    // A stored row-major (not transposed) has k contiguous; B has k contiguous when stored transposed.
+    let a_kfast = gp.trans_a == 0u;
+    let b_kfast = gp.trans_b != 0u;
+    // This invocation's two slots of each slice (fixed over k).
+    let sa0 = slot_of(lid, a_kfast);
+    let sa1 = slot_of(lid + 256u, a_kfast);
+    let sb0 = slot_of(lid, b_kfast);
+    let sb1 = slot_of(lid + 256u, b_kfast);
+    let ktiles = (k_lim + BK_L - 1u) / BK_L;
+    for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
+        let k0 = kt * BK_L;
+        al_s[swz(sa0.x, sa0.y)] = load_a4(base_a, row0, k0, sa0);
+        al_s[swz(sa1.x, sa1.y)] = load_a4(base_a, row0, k0, sa1);
+        bl_s[swz(sb0.x, sb0.y)] = load_b4(base_b, col0, k0, sb0);
+        bl_s[swz(sb1.x, sb1.y)] = load_b4(base_b, col0, k0, sb1);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK_L; kk = kk + 1u) {
+            rank1(&acc, al_s[swz(kk, lid3.y)], al_s[swz(kk, 16u + lid3.y)], bl_s[swz(kk, lid3.x)],
+                  bl_s[swz(kk, 16u + lid3.x)]);
+        }
+        workgroupBarrier();
+    }
+    store_block(z, &acc, row0 + 4u * lid3.y, row0 + 64u + 4u * lid3.y, col0 + 4u * lid3.x,
+                col0 + 64u + 4u * lid3.x, TILE_L);
+}
+
+// Split-K: C = alpha * (sum over the gp.batch partial products in `a`, each m x n) + beta * D, one
+// invocation per element of C (symmetric partials were already mirrored by the GEMM kernel).
+@compute @workgroup_size(256)
+fn gemm_splitk_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let total = gp.m * gp.n;
+    if (i >= total) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < gp.batch; z = z + 1u) {
+        s = s + a[z * total + i];
+    }
+    let row = i / gp.n;
+    let col = i % gp.n;
+    c[row * gp.ldc + col] = epilogue(0u, row, col, s);
 }

@@ -40,11 +40,14 @@ struct FlatParams {
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
-// (6.5.3) D^ = max(|D|, alpha), written as a select so that a NaN D gives NaN on every GPU (WGSL's max
-// leaves NaN unspecified) and on the CPU twin alike: a NaN Hessian sample is not silently floored.
+// (6.5.3) D^ = max(|D|, alpha), with a NaN D kept NaN on every GPU and on the CPU twin alike: a NaN
+// Hessian sample is not silently floored. WGSL leaves NaN handling to the implementation, and a
+// compare-and-select is what drivers turn into a max instruction (NVIDIA's returned alpha for NaN, seen
+// on an H200), so the NaN test is on the bits.
 fn truncate(d: f32) -> f32 {
     let a = abs(d);
-    return select(a, fp.floor, a < fp.floor);
+    let is_nan = (bitcast<u32>(d) & 0x7fffffffu) > 0x7f800000u;
+    return select(select(a, fp.floor, a < fp.floor), d, is_nan);
 }
 
 // (6.5.2)-(6.5.3) and the two sums of (6.5.4): sum D^(w - w_prev)^2 and sum (g - g_prev)^2 / D^.

@@ -5,14 +5,25 @@
 //! bounded by S = Σ_l |a_il|·|b_lj|, so the worst case is k·ε/2·S, but the roundings are independent
 //! and of both signs, so their sum grows like sqrt(k)·ε/2·S (the usual probabilistic bound). We
 //! allow (sqrt(k) + 2)·ε·|α|·S, plus one rounding of the α·acc + β·c epilogue.
+//!
+//! Every case runs through both kernels (64×64 and 128×128 tiles) whatever the adapter would pick.
 
 mod common;
 
-use gpuopt::kernels::gemm::{gemm, GemmDesc};
+use gpuopt::kernels::gemm::{gemm, GemmDesc, GemmKernel};
 use gpuopt::parity::TestRng;
 use gpuopt::{reference, Tensor};
 
+/// The kernels every case runs through.
+const KERNELS: [GemmKernel; 2] = [GemmKernel::Tile64, GemmKernel::Tile128];
+
 fn check(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
+    for kernel in KERNELS {
+        check_one(GemmDesc { kernel, ..desc }, broadcast_a, broadcast_b);
+    }
+}
+
+fn check_one(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
     let ctx = common::ctx();
     let mut rng = TestRng::new((desc.m * 31 + desc.n * 7 + desc.k) as u64);
     let a_len = desc.m * desc.k * if broadcast_a { 1 } else { desc.batch };
@@ -67,12 +78,27 @@ fn gemm_batched_and_broadcast() {
 #[test]
 fn gemm_with_beta_zero_does_not_read_c() {
     let ctx = common::ctx();
-    let desc = GemmDesc::new(3, 2, 4);
-    let a = Tensor::from_slice(&ctx, &[1.0; 12], &[12]).unwrap();
-    let b = Tensor::from_slice(&ctx, &[0.5; 8], &[8]).unwrap();
-    let c = Tensor::from_slice(&ctx, &[f32::NAN; 6], &[6]).unwrap();
-    gemm(&ctx, desc, &a, &b, &c).unwrap();
-    assert_eq!(c.to_vec(&ctx).unwrap(), vec![2.0; 6]);
+    for kernel in KERNELS {
+        let desc = GemmDesc { kernel, ..GemmDesc::new(3, 2, 4) };
+        let a = Tensor::from_slice(&ctx, &[1.0; 12], &[12]).unwrap();
+        let b = Tensor::from_slice(&ctx, &[0.5; 8], &[8]).unwrap();
+        let c = Tensor::from_slice(&ctx, &[f32::NAN; 6], &[6]).unwrap();
+        gemm(&ctx, desc, &a, &b, &c).unwrap();
+        assert_eq!(c.to_vec(&ctx).unwrap(), vec![2.0; 6], "{kernel:?}");
+    }
+}
+
+#[test]
+fn auto_kernel_choice_follows_adapter_and_size() {
+    let ctx = common::ctx();
+    let big = GemmDesc::new(4096, 4096, 64);
+    let small = GemmDesc::new(256, 256, 64);
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), GemmKernel::Tile64);
+    let on_gpu = ctx.info().device_type != wgpu::DeviceType::Cpu;
+    let want = if on_gpu { GemmKernel::Tile128 } else { GemmKernel::Tile64 };
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &big), want);
+    // An explicit choice is kept.
+    assert_eq!(GemmKernel::Tile128.resolve(&ctx, &small), GemmKernel::Tile128);
 }
 
 #[test]
@@ -89,10 +115,12 @@ fn gemm_rejects_bad_shapes() {
 fn gemm_fused_addend_epilogue() {
     let ctx = common::ctx();
     let mut rng = TestRng::new(11);
-    for (desc, d_len) in [
+    let cases = [
         (GemmDesc { alpha: 2.0315, beta: -4.775, ..GemmDesc::new(33, 33, 33) }, 33 * 33),
         (GemmDesc { alpha: 1.0, beta: 3.4445, batch: 3, ..GemmDesc::new(20, 50, 20) }, 3 * 20 * 50),
-    ] {
+        (GemmDesc { alpha: -1.0, beta: 0.5, ..GemmDesc::new(140, 131, 70) }, 140 * 131),
+    ];
+    for (desc, d_len) in KERNELS.iter().flat_map(|&kernel| cases.map(|(d, l)| (GemmDesc { kernel, ..d }, l))) {
         let a = rng.uniforms(desc.m * desc.k * desc.batch, 1.0);
         let b = rng.uniforms(desc.k * desc.n * desc.batch, 1.0);
         let d = rng.uniforms(d_len, 1.0);
@@ -121,8 +149,9 @@ fn gemm_fused_addend_epilogue() {
 #[test]
 fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let ctx = common::ctx();
-    for (m, k, batch) in [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3)] {
-        let desc = GemmDesc { batch, ..GemmDesc::gram(m, k) };
+    let shapes = [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1)];
+    for ((m, k, batch), kernel) in shapes.into_iter().flat_map(|s| KERNELS.map(|kernel| (s, kernel))) {
+        let desc = GemmDesc { batch, kernel, ..GemmDesc::gram(m, k) };
         let x = TestRng::new(m as u64).uniforms(batch * m * k, 1.0);
         let tx = Tensor::from_slice(&ctx, &x, &[batch * m * k]).unwrap();
         let tc = Tensor::zeros(&ctx, &[batch * m * m]).unwrap();
@@ -152,4 +181,78 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
         &Tensor::zeros(&ctx, &[12]).unwrap()
     )
     .is_err());
+}
+
+#[test]
+fn split_k_matches_reference_for_all_op_combinations() {
+    // k split into slices summed by a second dispatch; the last slice ragged (k not a multiple of 16).
+    for &(m, n, k) in &[(7, 3, 50), (37, 53, 129), (130, 70, 300)] {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            for split_k in [2, 3] {
+                let desc = GemmDesc { trans_a, trans_b, split_k, alpha: -0.75, beta: 0.5, ..GemmDesc::new(m, n, k) };
+                check(desc, false, false);
+            }
+        }
+    }
+    // beta = 0 must not read C through the reduction either.
+    let ctx = common::ctx();
+    let desc = GemmDesc { split_k: 4, ..GemmDesc::new(3, 2, 70) };
+    let a = Tensor::from_slice(&ctx, &[1.0; 210], &[210]).unwrap();
+    let b = Tensor::from_slice(&ctx, &[0.5; 140], &[140]).unwrap();
+    let c = Tensor::from_slice(&ctx, &[f32::NAN; 6], &[6]).unwrap();
+    let plan = gpuopt::kernels::gemm::GemmPlan::new(&ctx, desc, &a, &b, &c).unwrap();
+    assert_eq!(plan.slices(), 3, "70 = 32 + 32 + 6");
+    let mut enc = ctx.encoder("t");
+    assert_eq!(plan.record(&mut enc), 2, "the partial products and the reduction");
+    ctx.submit(enc);
+    assert_eq!(c.to_vec(&ctx).unwrap(), vec![35.0; 6]);
+}
+
+#[test]
+fn split_k_gram_and_fused_addend() {
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(21);
+    for kernel in KERNELS {
+        // Gram X·Xᵀ (A and B the same buffer): slices are symmetric, still computed as half products.
+        let (m, k) = (70, 260);
+        let x = rng.uniforms(m * k, 1.0);
+        let tx = Tensor::from_slice(&ctx, &x, &[m * k]).unwrap();
+        let d = rng.uniforms(m * m, 1.0);
+        let dd: Vec<f32> = (0..m * m).map(|i| d[i] + d[(i % m) * m + i / m]).collect(); // symmetric addend
+        let td = Tensor::from_slice(&ctx, &dd, &[m * m]).unwrap();
+        let tc = Tensor::zeros(&ctx, &[m * m]).unwrap();
+        let desc = GemmDesc { split_k: 3, alpha: 2.0, beta: -1.0, kernel, ..GemmDesc::gram(m, k) };
+        let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &tx, &tx, &tc, &td).unwrap();
+        assert_eq!(plan.slices(), 3);
+        let mut enc = ctx.encoder("t");
+        plan.record(&mut enc);
+        ctx.submit(enc);
+        let got = tc.to_vec(&ctx).unwrap();
+        let mut want = vec![0.0; m * m];
+        reference::gemm::gemm_addend(&desc, &x, &x, &mut want, &dd);
+        let scale = reference::gemm::abs_product(&desc, &x, &x);
+        for i in 0..m * m {
+            let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * 2.0 * scale[i]
+                + 2.0 * f32::EPSILON * (want[i].abs() + dd[i].abs());
+            assert!((got[i] - want[i]).abs() <= tol, "{kernel:?} {i}: {} vs {}", got[i], want[i]);
+            assert_eq!(got[i], got[(i % m) * m + i / m], "exactly symmetric");
+        }
+        // A symmetric product of two different matrices is never split (its slices are not symmetric).
+        let ty = Tensor::from_slice(&ctx, &x, &[m * k]).unwrap();
+        let desc = GemmDesc { split_k: 3, kernel, ..GemmDesc::gram(m, k) };
+        assert_eq!(gpuopt::kernels::gemm::GemmPlan::new(&ctx, desc, &tx, &ty, &tc).unwrap().slices(), 1);
+    }
+    // The automatic choice does not split unless GPUOPT_GEMM_SPLIT_K=auto, and never on CPU adapters;
+    // an explicit split is honoured, capped at one slice per k.
+    let wide = GemmDesc::gram(768, 3072);
+    let opted_in = std::env::var("GPUOPT_GEMM_SPLIT_K").is_ok_and(|v| v == "auto");
+    let auto = wide.split_k_for(&ctx, true);
+    if ctx.info().device_type == wgpu::DeviceType::Cpu || !opted_in {
+        assert_eq!(auto, 1);
+    } else {
+        assert!(auto > 1, "{auto}");
+    }
+    assert_eq!(GemmDesc { split_k: 4, ..wide }.split_k_for(&ctx, true), 4);
+    assert_eq!(GemmDesc { split_k: 9, ..GemmDesc::new(2, 2, 5) }.split_k_for(&ctx, false), 5);
+    assert_eq!(GemmDesc { split_k: 4, batch: 2, ..wide }.split_k_for(&ctx, true), 1, "batched: never");
 }

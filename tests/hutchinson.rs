@@ -94,7 +94,11 @@ fn block_averaging_matches_cpu_twin_and_the_reference_layouts() {
         block_average(&ctx, &t, block, &out).unwrap();
         let got = out.to_vec(&ctx).unwrap();
         let want = gpuopt::reference::hutchinson::block_average(&d, block);
-        assert_eq!(got, want, "n={n} block={block}");
+        // Same summation order on both sides; only the final division differs: WGSL allows 2.5 ulp
+        // for f32 x / y (lavapipe rounds it correctly, NVIDIA's Vulkan driver does not: 1 ulp seen).
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 2.5 * f32::EPSILON * w.abs(), "n={n} block={block} [{i}]: {g} vs {w}");
+        }
     }
     // Known answer: blocks of 3 over [1, -2, 3, -4, 5] → [2, 2, 2, 4.5, 4.5].
     assert_eq!(

@@ -98,6 +98,12 @@ fn portability_kernels_fit_webgpu_default_limits() {
         assert!(storage <= default.max_storage_buffers_per_shader_stage, "{what}: {storage} storage buffers");
         assert!(check_kernel_limits(&spec, &default).is_ok());
         // Downlevel (WebGL-class) devices: the host must refuse, with the limit named, whatever exceeds.
+        if workgroup_bytes > downlevel.max_compute_workgroup_storage_size {
+            let declared = gpuopt::gpu::LARGE_WORKGROUP_MEMORY
+                .iter()
+                .any(|&(m, e, bytes)| m == spec.module && e == spec.entry && bytes >= workgroup_bytes);
+            assert!(declared, "{what}: {workgroup_bytes} bytes of workgroup memory, not in LARGE_WORKGROUP_MEMORY");
+        }
         let fits_downlevel = storage <= downlevel.max_storage_buffers_per_shader_stage
             && workgroup_bytes <= downlevel.max_compute_workgroup_storage_size
             && x * y * z <= downlevel.max_compute_invocations_per_workgroup;
@@ -106,7 +112,10 @@ fn portability_kernels_fit_webgpu_default_limits() {
             assert!(checked.is_ok(), "{what}: {checked:?}");
         } else {
             let msg = checked.expect_err("the host refuses kernels over the downlevel limits").to_string();
-            assert!(msg.contains(spec.entry) && msg.contains("max_storage_buffers_per_shader_stage"), "{msg}");
+            let names_limit = ["max_storage_buffers_per_shader_stage", "max_compute_workgroup_storage_size"]
+                .iter()
+                .any(|l| msg.contains(l));
+            assert!(msg.contains(spec.entry) && names_limit, "{msg}");
             over_downlevel.push(what);
         }
     }

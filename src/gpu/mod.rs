@@ -60,8 +60,24 @@ pub fn check_kernel_limits(spec: &KernelSpec, limits: &wgpu::Limits) -> Result<(
             limits.max_uniform_buffers_per_shader_stage,
         ));
     }
+    let workgroup = LARGE_WORKGROUP_MEMORY
+        .iter()
+        .find(|(m, e, _)| *m == spec.module && *e == spec.entry)
+        .map_or(0, |&(_, _, bytes)| bytes);
+    if workgroup > limits.max_compute_workgroup_storage_size {
+        return Err(over(
+            "bytes of workgroup memory (max_compute_workgroup_storage_size)",
+            workgroup,
+            limits.max_compute_workgroup_storage_size,
+        ));
+    }
     Ok(())
 }
+
+/// The kernels that need more workgroup memory than WebGL-class downlevel devices offer (16,352
+/// bytes), with their need in bytes: (module, entry, bytes). `tests/portability.rs` measures every
+/// shader with naga and fails if one over that limit is missing here.
+pub const LARGE_WORKGROUP_MEMORY: &[(&str, &str, u32)] = &[("gemm", "gemm_f32_128", 16384)];
 
 /// Workgroup size of every 1-D kernel in gpuopt.
 pub const WORKGROUP_SIZE: u32 = 256;

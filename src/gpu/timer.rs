@@ -1,6 +1,6 @@
 //! GPU timing for benchmarks: timestamp queries around a batch of repetitions where the adapter has
-//! them, else submit-and-wait wall time; the median over batches, per repetition. A warm-up batch runs
-//! first, so pipeline compilation and first-touch costs are excluded.
+//! them, else submit-and-wait wall time; the median over batches, per repetition. Warm-up batches run
+//! first (for at least 25 ms), so pipeline compilation, first-touch costs and idle GPU clocks are excluded.
 
 use super::Context;
 use crate::error::Result;
@@ -80,7 +80,16 @@ impl Context {
             };
             Ok((wall, gpu))
         };
+        // Warm-up: pipeline compilation and first touch, and on GPUs that clock down when idle (an
+        // H200 idles at 345 MHz) long enough for the clocks to ramp up: batches until 25 ms have passed.
+        let warm = Instant::now();
         run(1)?;
+        for _ in 0..64 {
+            if warm.elapsed().as_secs_f64() >= 0.025 {
+                break;
+            }
+            run(reps.max(1))?;
+        }
         let mut wall = Vec::new();
         let mut gpu = Vec::new();
         for _ in 0..batches.max(1) {

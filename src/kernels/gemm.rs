@@ -10,13 +10,58 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 /// The GEMM kernel.
 pub const GEMM_F32: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)] };
+/// Sums split-K partial products and applies the epilogue.
+pub const GEMM_SPLITK_REDUCE: KernelSpec =
+    KernelSpec { module: "gemm", entry: "gemm_splitk_reduce", bindings: &[(0, U), (1, R), (3, W), (4, R)] };
+/// The large-tile GEMM kernel for GPUs (128×128 tiles, 256 invocations).
+pub const GEMM_F32_128: KernelSpec =
+    KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)] };
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[GEMM_F32, FMA_PEAK];
+pub const SPECS: &[KernelSpec] = &[GEMM_F32, GEMM_F32_128, GEMM_SPLITK_REDUCE, FMA_PEAK];
 
-/// Output tile edge of one workgroup (keep in sync with `TILE` in the shader).
+/// Output tile edge of one workgroup of `gemm_f32` (keep in sync with `TILE` in the shader).
 pub const TILE: u32 = 64;
+/// Output tile edge of one workgroup of `gemm_f32_128` (`TILE_L` in the shader).
+pub const TILE_LARGE: u32 = 128;
+
+/// Which GEMM kernel runs a problem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// [`GemmKernel::Tile128`] on GPUs when the problem has at least [`LARGE_TILE_MIN_WORKGROUPS`]
+    /// of its tiles (enough to fill a large GPU), else [`GemmKernel::Tile64`]. CPU adapters (lavapipe)
+    /// always get `Tile64`: there fewer, fatter invocations per workgroup are what pays.
+    #[default]
+    Auto,
+    /// 64×64 output tiles, 8×8 invocations of 8×8 outputs each (`gemm_f32`).
+    Tile64,
+    /// 128×128 output tiles, 16×16 invocations of 8×8 outputs each, loads coalesced for every
+    /// transpose combination (`gemm_f32_128`).
+    Tile128,
+}
+
+/// The fewest 128×128 tiles (over the batch) for which [`GemmKernel::Auto`] picks the large tile.
+pub const LARGE_TILE_MIN_WORKGROUPS: usize = 128;
+
+impl GemmKernel {
+    /// The kernel `self` resolves to for `desc` on `ctx`'s adapter.
+    pub fn resolve(self, ctx: &Context, desc: &GemmDesc) -> GemmKernel {
+        match self {
+            GemmKernel::Auto => {
+                let tiles = desc.m.div_ceil(TILE_LARGE as usize) * desc.n.div_ceil(TILE_LARGE as usize);
+                let tiles = if desc.symmetric { tiles.div_ceil(2) } else { tiles } * desc.batch;
+                let fits = crate::gpu::check_kernel_limits(&GEMM_F32_128, &ctx.info().limits).is_ok();
+                if fits && ctx.info().device_type != wgpu::DeviceType::Cpu && tiles >= LARGE_TILE_MIN_WORKGROUPS {
+                    GemmKernel::Tile128
+                } else {
+                    GemmKernel::Tile64
+                }
+            }
+            chosen => chosen,
+        }
+    }
+}
 
 /// Uniform of `gemm_f32`. Keep in sync with `struct GemmParams` in `shaders/gemm.wgsl`.
 #[repr(C)]
@@ -56,8 +101,10 @@ pub struct GemmParams {
     pub stride_d: u32,
     /// 1: compute the upper triangle of tiles and mirror it (C symmetric).
     pub symmetric: u32,
+    /// Split-K partial products: the whole inner dimension (0: off; then `k` is one slice's).
+    pub k_total: u32,
     /// Padding to 80 bytes.
-    pub _p: [u32; 3],
+    pub _p: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 
@@ -83,6 +130,11 @@ pub struct GemmDesc {
     /// The result is symmetric (X·Xᵀ, or A·Aᵀ with a symmetric addend): compute half, mirror it.
     /// The caller vouches for the symmetry; m must equal n.
     pub symmetric: bool,
+    /// The kernel (default: chosen per adapter and size).
+    pub kernel: GemmKernel,
+    /// Split-K: 0 is automatic (see [`GemmDesc::split_k_for`]), 1 never splits, s > 1 splits the
+    /// inner dimension into s slices whose partial products a second dispatch sums (single matrices).
+    pub split_k: usize,
 }
 
 impl GemmDesc {
@@ -93,7 +145,62 @@ impl GemmDesc {
 
     /// C = op(A)·op(B) for one matrix.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        GemmDesc { m, n, k, batch: 1, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, symmetric: false }
+        GemmDesc {
+            m,
+            n,
+            k,
+            batch: 1,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            symmetric: false,
+            kernel: GemmKernel::Auto,
+            split_k: 0,
+        }
+    }
+
+    /// The number of k slices this problem runs in on `ctx` (1: no split).
+    ///
+    /// Why: a single matrix whose output has too few tiles to fill a GPU while k is long leaves most
+    /// of it idle. NS5's Gram product X·Xᵀ of a 768×3,072 X is 78 workgroups each walking k = 3,072;
+    /// on an H200 (132 SMs) NS5 there took 6.5 ms against 4.2 ms for its 15 GEMMs' worth of FLOPs.
+    /// The automatic rule: enough slices for ~2 workgroups of the large tile (8 of the small) per SM
+    /// of a 132-SM GPU, each slice at least 128 deep, at most 16; never on CPU adapters, where the
+    /// extra pass only costs. Until it has been timed on a GPU it is opt-in: the automatic choice
+    /// (`split_k` = 0) splits only when `GPUOPT_GEMM_SPLIT_K=auto` is set; `split_k` > 1 asks for a
+    /// split explicitly (`gpuopt bench --suite gemm` times both on GPUs).
+    /// A symmetric product is split only when it is a Gram product (A and B the same buffer, one of
+    /// them transposed), whose slices are symmetric too.
+    pub fn split_k_for(&self, ctx: &Context, gram: bool) -> usize {
+        if self.batch != 1 || (self.symmetric && !gram) || self.m == 0 || self.n == 0 {
+            return 1;
+        }
+        let slices = match self.split_k {
+            0 => {
+                if ctx.info().device_type == wgpu::DeviceType::Cpu || !GemmDesc::split_k_auto() {
+                    return 1;
+                }
+                let (kernel, tile) = match self.kernel.resolve(ctx, self) {
+                    GemmKernel::Tile128 => (GemmKernel::Tile128, TILE_LARGE as usize),
+                    _ => (GemmKernel::Tile64, TILE as usize),
+                };
+                let mut tiles = self.m.div_ceil(tile) * self.n.div_ceil(tile);
+                if self.symmetric {
+                    tiles = tiles.div_ceil(2) + self.m.div_ceil(tile).div_ceil(2);
+                }
+                // Workgroups that fill a large GPU: 2 per SM of the large tile, 8 of the small one.
+                let fill: usize = if kernel == GemmKernel::Tile128 { 264 } else { 1056 };
+                fill.div_ceil(tiles).min(self.k / 128).min(16)
+            }
+            s => s,
+        };
+        slices.clamp(1, self.k.max(1))
+    }
+
+    /// `GPUOPT_GEMM_SPLIT_K=auto` turns the automatic split-K rule on (see [`GemmDesc::split_k_for`]).
+    fn split_k_auto() -> bool {
+        std::env::var("GPUOPT_GEMM_SPLIT_K").is_ok_and(|v| v == "auto")
     }
 
     /// FLOPs (a multiply-add counts 2).
@@ -123,7 +230,8 @@ impl GemmDesc {
             d_mode: 0,
             stride_d: 0,
             symmetric: self.symmetric as u32,
-            _p: [0; 3],
+            k_total: 0,
+            _p: [0; 2],
         }
     }
 
@@ -163,6 +271,15 @@ pub struct GemmPlan {
     grid: (u32, u32, u32),
     _uniform: wgpu::Buffer,
     desc: GemmDesc,
+    /// Split-K: the reduction of the partial products.
+    reduce: Option<Box<SplitReduce>>,
+}
+
+/// The second dispatch of a split-K GEMM: its kernel, grid, and uniform and scratch buffers.
+struct SplitReduce {
+    bound: BoundKernel,
+    grid: (u32, u32, u32),
+    buffers: [wgpu::Buffer; 2],
 }
 
 impl GemmPlan {
@@ -192,8 +309,6 @@ impl GemmPlan {
             params.d_mode = 1;
             params.stride_d = if d.len() == one && desc.batch > 1 { 0 } else { one as u32 };
         }
-        let uniform = ctx.uniform_buffer("gemm params", 80);
-        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         // Without an addend the `d` binding still needs a buffer; it is never read (d_mode = 0).
         let dummy;
         let d_buf = match d {
@@ -203,13 +318,46 @@ impl GemmPlan {
                 &dummy
             }
         };
+        let (spec, tile) = match desc.kernel.resolve(ctx, &desc) {
+            GemmKernel::Tile128 => (&GEMM_F32_128, TILE_LARGE),
+            _ => (&GEMM_F32, TILE),
+        };
+        let gram = a.buffer() == b.buffer() && desc.trans_a != desc.trans_b;
+        // Slices of a multiple of 16 (the kernels' k step), so only the last one is ragged.
+        let kc = desc.k.div_ceil(desc.split_k_for(ctx, gram)).next_multiple_of(16).min(desc.k).max(1);
+        let slices = desc.k.div_ceil(kc);
+        let mut reduce = None;
+        // Split-K: slice z of k is batch matrix z of a GEMM into scratch; the reduction applies α, β.
+        let (out, batch) = if slices > 1 {
+            let scratch = ctx.storage_buffer("gemm split-k partials", (slices * one * 4) as u64)?;
+            let mut rp = params;
+            rp.batch = slices as u32;
+            let ru = ctx.uniform_buffer("gemm split-k reduce params", 80);
+            ctx.queue().write_buffer(&ru, 0, bytemuck::bytes_of(&rp));
+            let bound = ctx.bind(&GEMM_SPLITK_REDUCE, &[&ru, &scratch, c.buffer(), d_buf])?;
+            let (x, y) = ctx.grid((one as u32).div_ceil(crate::gpu::WORKGROUP_SIZE));
+            params.k = kc as u32;
+            params.k_total = desc.k as u32;
+            params.stride_a = (if desc.trans_a { kc * desc.m } else { kc }) as u32;
+            params.stride_b = (if desc.trans_b { kc } else { kc * desc.n }) as u32;
+            params.stride_c = one as u32;
+            params.alpha = 1.0;
+            params.beta = 0.0;
+            params.d_mode = 0;
+            reduce = Some(Box::new(SplitReduce { bound, grid: (x, y, 1), buffers: [ru, scratch] }));
+            (reduce.as_ref().map(|r| &r.buffers[1]), slices)
+        } else {
+            (None, desc.batch)
+        };
+        let uniform = ctx.uniform_buffer("gemm params", 80);
+        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         let bound = if desc.m == 0 || desc.n == 0 {
             None
         } else {
-            Some(ctx.bind(&GEMM_F32, &[&uniform, a.buffer(), b.buffer(), c.buffer(), d_buf])?)
+            Some(ctx.bind(spec, &[&uniform, a.buffer(), b.buffer(), out.unwrap_or(c.buffer()), d_buf])?)
         };
-        let grid = ((desc.n as u32).div_ceil(TILE), (desc.m as u32).div_ceil(TILE), desc.batch as u32);
-        Ok(GemmPlan { bound, grid, _uniform: uniform, desc })
+        let grid = ((desc.n as u32).div_ceil(tile), (desc.m as u32).div_ceil(tile), batch as u32);
+        Ok(GemmPlan { bound, grid, _uniform: uniform, desc, reduce })
     }
 
     /// The problem.
@@ -224,7 +372,20 @@ impl GemmPlan {
             // Checked in `new` through the tensor-size limits long before this could happen.
             log::error!("gemm grid {:?} exceeds 65,535", self.grid);
         }
-        bound.record_3d(encoder, self.grid)
+        let mut n = bound.record_3d(encoder, self.grid);
+        if let Some(r) = &self.reduce {
+            n += r.bound.record_3d(encoder, r.grid);
+        }
+        n
+    }
+
+    /// The number of k slices (1: no split-K).
+    pub fn slices(&self) -> usize {
+        if self.reduce.is_some() {
+            self.grid.2 as usize
+        } else {
+            1
+        }
     }
 }
 

@@ -3,8 +3,16 @@
 
 use gpuopt::{Context, ContextOptions};
 
-/// The default context, or a panic that names the fix.
+/// The test binary's shared default context (one device per process, as an application holds one),
+/// or a panic that names the fix. Creating a device per check made the NVIDIA driver refuse new ones
+/// after some dozens in one process ("Parent device is lost", seen on an H200).
 pub fn ctx() -> Context {
+    static SHARED: std::sync::OnceLock<Context> = std::sync::OnceLock::new();
+    SHARED.get_or_init(own_ctx).clone()
+}
+
+/// A context of its own (for tests that count what it compiled).
+pub fn own_ctx() -> Context {
     ctx_with(ContextOptions::default())
 }
 
