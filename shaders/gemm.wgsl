@@ -4,8 +4,7 @@
 // CPU twin: src/reference/gemm.rs. Host side: src/kernels/gemm.rs.
 //
 // Tiling: one workgroup of 8 x 8 invocations computes a 64 x 64 tile of C; each invocation holds an
-// 8 x 8 block of accumulators in registers (register blocking: 16 named vec4s, not an array, so no
-// compiler has a reason to spill them). The k dimension is walked in slices of 16: each invocation
+// 8 x 8 block of accumulators in registers (register blocking: `Block8`, 16 named vec4s). The k dimension is walked in slices of 16: each invocation
 // loads 4 vec4s of the A slice (64 x 16) and 4 of the B slice (16 x 64) into workgroup memory (8 KiB
 // in all), then does 16 rank-1 updates of its 8 x 8 block, each from 2 vec4s of A and 2 of B
 // (64 FMAs per 4 workgroup loads). On lavapipe, which runs invocations as SIMD lanes and switches
@@ -96,123 +95,9 @@ fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>, tile: u32) {
     }
 }
 
-@compute @workgroup_size(8, 8)
-fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-    let z = wid.z;
-    // Symmetric mode: tiles below the diagonal are written by their mirror (uniform early exit).
-    if (gp.symmetric != 0u && wid.y > wid.x) { return; }
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
-    let base_a = z * gp.stride_a;
-    let base_b = z * gp.stride_b;
-    var a00 = vec4<f32>(0.0);
-    var a01 = vec4<f32>(0.0);
-    var a10 = vec4<f32>(0.0);
-    var a11 = vec4<f32>(0.0);
-    var a20 = vec4<f32>(0.0);
-    var a21 = vec4<f32>(0.0);
-    var a30 = vec4<f32>(0.0);
-    var a31 = vec4<f32>(0.0);
-    var a40 = vec4<f32>(0.0);
-    var a41 = vec4<f32>(0.0);
-    var a50 = vec4<f32>(0.0);
-    var a51 = vec4<f32>(0.0);
-    var a60 = vec4<f32>(0.0);
-    var a61 = vec4<f32>(0.0);
-    var a70 = vec4<f32>(0.0);
-    var a71 = vec4<f32>(0.0);
-
-    set_k_lim(z);
-    let ktiles = (k_lim + BK - 1u) / BK;
-    for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
-        let k0 = kt * BK;
-        // 256 vec4 slots per slice, four per invocation.
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let slot = lid + 64u * j;
-            let kk = k0 + slot / 16u;
-            let q = (slot % 16u) * 4u;
-            let r = row0 + q;
-            a_s[slot] = vec4<f32>(load_a(base_a, r, kk), load_a(base_a, r + 1u, kk),
-                                  load_a(base_a, r + 2u, kk), load_a(base_a, r + 3u, kk));
-            let cc = col0 + q;
-            b_s[slot] = vec4<f32>(load_b(base_b, kk, cc), load_b(base_b, kk, cc + 1u),
-                                  load_b(base_b, kk, cc + 2u), load_b(base_b, kk, cc + 3u));
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let x0 = a_s[kk * 16u + 2u * lid3.y];
-            let x1 = a_s[kk * 16u + 2u * lid3.y + 1u];
-            let y0 = b_s[kk * 16u + 2u * lid3.x];
-            let y1 = b_s[kk * 16u + 2u * lid3.x + 1u];
-            a00 = fma(vec4<f32>(x0.x), y0, a00);
-            a01 = fma(vec4<f32>(x0.x), y1, a01);
-            a10 = fma(vec4<f32>(x0.y), y0, a10);
-            a11 = fma(vec4<f32>(x0.y), y1, a11);
-            a20 = fma(vec4<f32>(x0.z), y0, a20);
-            a21 = fma(vec4<f32>(x0.z), y1, a21);
-            a30 = fma(vec4<f32>(x0.w), y0, a30);
-            a31 = fma(vec4<f32>(x0.w), y1, a31);
-            a40 = fma(vec4<f32>(x1.x), y0, a40);
-            a41 = fma(vec4<f32>(x1.x), y1, a41);
-            a50 = fma(vec4<f32>(x1.y), y0, a50);
-            a51 = fma(vec4<f32>(x1.y), y1, a51);
-            a60 = fma(vec4<f32>(x1.z), y0, a60);
-            a61 = fma(vec4<f32>(x1.z), y1, a61);
-            a70 = fma(vec4<f32>(x1.w), y0, a70);
-            a71 = fma(vec4<f32>(x1.w), y1, a71);
-        }
-        workgroupBarrier();
-    }
-
-    let r0 = row0 + lid3.y * 8u;
-    let c0 = col0 + lid3.x * 8u;
-    store4(z, r0 + 0u, c0 + 0u, a00, TILE);
-    store4(z, r0 + 0u, c0 + 4u, a01, TILE);
-    store4(z, r0 + 1u, c0 + 0u, a10, TILE);
-    store4(z, r0 + 1u, c0 + 4u, a11, TILE);
-    store4(z, r0 + 2u, c0 + 0u, a20, TILE);
-    store4(z, r0 + 2u, c0 + 4u, a21, TILE);
-    store4(z, r0 + 3u, c0 + 0u, a30, TILE);
-    store4(z, r0 + 3u, c0 + 4u, a31, TILE);
-    store4(z, r0 + 4u, c0 + 0u, a40, TILE);
-    store4(z, r0 + 4u, c0 + 4u, a41, TILE);
-    store4(z, r0 + 5u, c0 + 0u, a50, TILE);
-    store4(z, r0 + 5u, c0 + 4u, a51, TILE);
-    store4(z, r0 + 6u, c0 + 0u, a60, TILE);
-    store4(z, r0 + 6u, c0 + 4u, a61, TILE);
-    store4(z, r0 + 7u, c0 + 0u, a70, TILE);
-    store4(z, r0 + 7u, c0 + 4u, a71, TILE);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// The large-tile kernel for GPUs (the host picks it on non-CPU adapters for problems that fill the
-// device; see `GemmKernel` in src/kernels/gemm.rs). One workgroup of 16 x 16 invocations computes a
-// 128 x 128 tile of C; each invocation still owns 8 x 8 outputs, but as two 4-row groups 64 rows
-// apart and two 4-column groups 64 columns apart, so that a warp's reads of the B slice are 16
-// consecutive vec4s (no bank conflicts) and its reads of the A slice are broadcasts. The k dimension
-// is walked in slices of 16; each invocation loads two vec4 slots of each slice, mapped so that
-// consecutive invocations read consecutive addresses of the stored matrix (k-fastest for a row-major
-// A or a transposed B, row/column-fastest otherwise): global loads coalesce whatever the op. Within a
-// slice row the vec4 index is XOR-swizzled with kk (`swz`), so the k-fastest mapping, whose 16
-// consecutive invocations store to 16 different slice rows, hits 16 different banks; padding would do
-// the same but push the two slices past WebGPU's 16 KiB default workgroup-memory limit. (Measured on
-// an H200 with a 33-vec4 pitch instead of the swizzle: 24.3 TFLOP/s at n = 4096, 0.48 of torch.matmul
-// in f32; loading the next slice into registers during the multiply is the next thing to measure.)
-
-const TILE_L: u32 = 128u;
-const BK_L: u32 = 16u;
-
-var<workgroup> al_s: array<vec4<f32>, 512>; // al_s[kk * 32 + swz(kk, r4)] = rows 4*r4..+3 at kk
-var<workgroup> bl_s: array<vec4<f32>, 512>; // bl_s[kk * 32 + swz(kk, c4)] = columns 4*c4..+3 at row kk
-
-// Slice-row position of vec4 q (0..31) in slice row kk (0..15): a permutation within each half.
-fn swz(kk: u32, q: u32) -> u32 {
-    return kk * 32u + (q ^ kk);
-}
-
-// An invocation's 8 x 8 accumulators: rXcY holds row group X's row (4 rows from x0, 4 from x1) times
-// column group Y (y0, y1). Named vec4s rather than an array, so nothing has a reason to spill.
+// An invocation's 8 x 8 accumulators, shared by both kernels: aRC holds row R of its 8 (0-3 from x0,
+// 4-7 from x1) times column group C (0: y0, 1: y1). Named vec4s rather than an array, so no compiler
+// has a reason to spill them.
 struct Block8 {
     a00: vec4<f32>, a01: vec4<f32>, a10: vec4<f32>, a11: vec4<f32>,
     a20: vec4<f32>, a21: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
@@ -258,6 +143,76 @@ fn store_block(z: u32, acc: ptr<function, Block8>, r0: u32, r1: u32, c0: u32, c1
     store4(z, r1 + 2u, c1, (*acc).a61, tile);
     store4(z, r1 + 3u, c0, (*acc).a70, tile);
     store4(z, r1 + 3u, c1, (*acc).a71, tile);
+}
+
+@compute @workgroup_size(8, 8)
+fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let z = wid.z;
+    // Symmetric mode: tiles below the diagonal are written by their mirror (uniform early exit).
+    if (gp.symmetric != 0u && wid.y > wid.x) { return; }
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let base_a = z * gp.stride_a;
+    let base_b = z * gp.stride_b;
+    var acc: Block8;
+
+    set_k_lim(z);
+    let ktiles = (k_lim + BK - 1u) / BK;
+    for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
+        let k0 = kt * BK;
+        // 256 vec4 slots per slice, four per invocation.
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let slot = lid + 64u * j;
+            let kk = k0 + slot / 16u;
+            let q = (slot % 16u) * 4u;
+            let r = row0 + q;
+            a_s[slot] = vec4<f32>(load_a(base_a, r, kk), load_a(base_a, r + 1u, kk),
+                                  load_a(base_a, r + 2u, kk), load_a(base_a, r + 3u, kk));
+            let cc = col0 + q;
+            b_s[slot] = vec4<f32>(load_b(base_b, kk, cc), load_b(base_b, kk, cc + 1u),
+                                  load_b(base_b, kk, cc + 2u), load_b(base_b, kk, cc + 3u));
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let x0 = a_s[kk * 16u + 2u * lid3.y];
+            let x1 = a_s[kk * 16u + 2u * lid3.y + 1u];
+            let y0 = b_s[kk * 16u + 2u * lid3.x];
+            let y1 = b_s[kk * 16u + 2u * lid3.x + 1u];
+            rank1(&acc, x0, x1, y0, y1);
+        }
+        workgroupBarrier();
+    }
+
+    let r0 = row0 + lid3.y * 8u;
+    let c0 = col0 + lid3.x * 8u;
+    store_block(z, &acc, r0, r0 + 4u, c0, c0 + 4u, TILE);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The large-tile kernel for GPUs (the host picks it on non-CPU adapters for problems that fill the
+// device; see `GemmKernel` in src/kernels/gemm.rs). One workgroup of 16 x 16 invocations computes a
+// 128 x 128 tile of C; each invocation still owns 8 x 8 outputs, but as two 4-row groups 64 rows
+// apart and two 4-column groups 64 columns apart, so that a warp's reads of the B slice are 16
+// consecutive vec4s (no bank conflicts) and its reads of the A slice are broadcasts. The k dimension
+// is walked in slices of 16; each invocation loads two vec4 slots of each slice, mapped so that
+// consecutive invocations read consecutive addresses of the stored matrix (k-fastest for a row-major
+// A or a transposed B, row/column-fastest otherwise): global loads coalesce whatever the op. Within a
+// slice row the vec4 index is XOR-swizzled with kk (`swz`), so the k-fastest mapping, whose 16
+// consecutive invocations store to 16 different slice rows, hits 16 different banks; padding would do
+// the same but push the two slices past WebGPU's 16 KiB default workgroup-memory limit. (Measured on
+// an H200 with a 33-vec4 pitch instead of the swizzle: 24.3 TFLOP/s at n = 4096, 0.48 of torch.matmul
+// in f32; loading the next slice into registers during the multiply is the next thing to measure.)
+
+const TILE_L: u32 = 128u;
+const BK_L: u32 = 16u;
+
+var<workgroup> al_s: array<vec4<f32>, 512>; // al_s[kk * 32 + swz(kk, r4)] = rows 4*r4..+3 at kk
+var<workgroup> bl_s: array<vec4<f32>, 512>; // bl_s[kk * 32 + swz(kk, c4)] = columns 4*c4..+3 at row kk
+
+// Slice-row position of vec4 q (0..31) in slice row kk (0..15): a permutation within each half.
+fn swz(kk: u32, q: u32) -> u32 {
+    return kk * 32u + (q ^ kk);
 }
 
 // (kk, q) of vec4 slot `slot` of a 16 x 128 slice: k-fastest when `k_fast`, else q-fastest.
