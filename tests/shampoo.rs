@@ -309,11 +309,21 @@ fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
         opt.step(&[&g]).unwrap();
     }
     assert_eq!(opt.backend().mark(), mats, "every step's scratch matrices are released");
-    // A NaN written straight into the gradient (step_in_place does not check) poisons the
-    // statistics: the refresh fails, is counted, and the old roots stay; no error, no panic.
+    // A NaN written straight into the gradient is caught by step_in_place too: the step is skipped
+    // and nothing changes.
     let grad = opt.grad_mat(w);
+    let before = opt.read(w).unwrap();
+    let (steps, skipped) = (opt.steps(), opt.skipped_steps());
     let nan = opt.backend().upload(&[f32::NAN; 30], 1, 6, 5).unwrap();
     opt.backend().affine(grad, Some(nan), 1.0, gpuopt::roots::Scale::One, 0.0, 0.0).unwrap();
     opt.step_in_place().unwrap();
+    assert_eq!((opt.steps(), opt.skipped_steps()), (steps, skipped + 1));
+    assert_eq!(opt.read(w).unwrap(), before);
+    // A finite gradient so large that the statistics' norm overflows f32 poisons the refresh: it
+    // fails, is counted, and the old roots stay; no error, no panic.
+    let huge = opt.backend().upload(&[1e18; 30], 1, 6, 5).unwrap();
+    opt.backend().affine(grad, Some(huge), 1.0, gpuopt::roots::Scale::One, 0.0, 0.0).unwrap();
+    opt.step_in_place().unwrap();
+    assert_eq!(opt.steps(), steps + 1);
     assert!(opt.root_failures() >= 1);
 }

@@ -434,11 +434,35 @@ impl<O: MatOps> Shampoo<O> {
             self.ops.affine(p.grad, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
         }
         self.ops.release(mark);
-        self.step_in_place()
+        self.apply_step()
     }
 
-    /// One step with the gradients already in [`Shampoo::grad_mat`] (not checked for NaN).
+    /// One step with the gradients already in [`Shampoo::grad_mat`]. As in [`Shampoo::step`], a
+    /// gradient that is not finite skips the whole step (counted by [`Shampoo::skipped_steps`]); the
+    /// test is each gradient's Frobenius norm, read back (one number per parameter, one
+    /// synchronisation per step), so values whose squares overflow f32 also skip it — the
+    /// statistics G·Gᵀ could not hold them either.
     pub fn step_in_place(&mut self) -> Result<()> {
+        let mark = self.ops.mark();
+        let mut norms = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let n = self.ops.alloc(1, 1, 1)?;
+            self.ops.frobenius(p.grad, n)?;
+            norms.push(n);
+        }
+        let mut finite = true;
+        for n in norms {
+            finite &= self.ops.read(n)?[0].is_finite();
+        }
+        self.ops.release(mark);
+        if !finite {
+            self.skipped += 1;
+            return Ok(());
+        }
+        self.apply_step()
+    }
+
+    fn apply_step(&mut self) -> Result<()> {
         self.step += 1;
         let t = self.step;
         let cfg = self.cfg.clone();
