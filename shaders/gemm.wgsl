@@ -42,14 +42,15 @@ var<workgroup> a_s: array<vec4<f32>, 256>;
 var<workgroup> b_s: array<vec4<f32>, 256>;
 
 // The k extent of batch matrix z: gp.k, or in split-K mode what is left of k_total for slice z.
-var<private> k_lim: u32;
-
-fn set_k_lim(z: u32) {
-    k_lim = gp.k;
-    if (gp.k_total != 0u) {
-        k_lim = min(gp.k, gp.k_total - min(gp.k_total, z * gp.k));
-    }
+// Computed from the uniform and the workgroup id only, so the k loop's trip count (and with it every
+// workgroupBarrier inside) stays in uniform control flow; a read of the private copy `k_lim`, which
+// the loads use for their bounds, would not count as uniform under WGSL's uniformity analysis.
+fn k_extent(z: u32) -> u32 {
+    if (gp.k_total == 0u) { return gp.k; }
+    return min(gp.k, gp.k_total - min(gp.k_total, z * gp.k));
 }
+
+var<private> k_lim: u32;
 
 // op(A)[row, kk] of the matrix at `base`, or 0 outside.
 fn load_a(base: u32, row: u32, kk: u32) -> f32 {
@@ -157,8 +158,9 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let base_b = z * gp.stride_b;
     var acc: Block8;
 
-    set_k_lim(z);
-    let ktiles = (k_lim + BK - 1u) / BK;
+    let kext = k_extent(z);
+    k_lim = kext;
+    let ktiles = (kext + BK - 1u) / BK;
     for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
         let k0 = kt * BK;
         // 256 vec4 slots per slice, four per invocation.
@@ -245,7 +247,8 @@ fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let base_a = z * gp.stride_a;
     let base_b = z * gp.stride_b;
     var acc: Block8;
-    set_k_lim(z);
+    let kext = k_extent(z);
+    k_lim = kext;
     // A stored row-major (not transposed) has k contiguous; B has k contiguous when stored transposed.
     let a_kfast = gp.trans_a == 0u;
     let b_kfast = gp.trans_b != 0u;
@@ -254,7 +257,7 @@ fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let sa1 = slot_of(lid + 256u, a_kfast);
     let sb0 = slot_of(lid, b_kfast);
     let sb1 = slot_of(lid + 256u, b_kfast);
-    let ktiles = (k_lim + BK_L - 1u) / BK_L;
+    let ktiles = (kext + BK_L - 1u) / BK_L;
     for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
         let k0 = kt * BK_L;
         al_s[swz(sa0.x, sa0.y)] = load_a4(base_a, row0, k0, sa0);

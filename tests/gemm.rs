@@ -254,5 +254,7 @@ fn split_k_gram_and_fused_addend() {
     }
     assert_eq!(GemmDesc { split_k: 4, ..wide }.split_k_for(&ctx, true), 4);
     assert_eq!(GemmDesc { split_k: 9, ..GemmDesc::new(2, 2, 5) }.split_k_for(&ctx, false), 5);
+    let cap = gpuopt::kernels::gemm::MAX_SPLIT_K;
+    assert_eq!(GemmDesc { split_k: 100_000, ..GemmDesc::new(2, 2, 2_000_000) }.split_k_for(&ctx, false), cap);
     assert_eq!(GemmDesc { split_k: 4, batch: 2, ..wide }.split_k_for(&ctx, true), 1, "batched: never");
 }

@@ -319,8 +319,8 @@ fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
     opt.step_in_place().unwrap();
     assert_eq!((opt.steps(), opt.skipped_steps()), (steps, skipped + 1));
     assert_eq!(opt.read(w).unwrap(), before);
-    // A finite gradient so large that the statistics' norm overflows f32 poisons the refresh: it
-    // fails, is counted, and the old roots stay; no error, no panic.
+    // A finite gradient of 1e18 is not skipped, but its statistics (entries ≈ 5e36, near the top of
+    // f32's range) make the root fail: the failure is counted and the old roots stay; no error, no panic.
     let huge = opt.backend().upload(&[1e18; 30], 1, 6, 5).unwrap();
     opt.backend().affine(grad, Some(huge), 1.0, gpuopt::roots::Scale::One, 0.0, 0.0).unwrap();
     opt.step_in_place().unwrap();

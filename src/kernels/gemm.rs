@@ -41,6 +41,10 @@ pub enum GemmKernel {
     Tile128,
 }
 
+/// The most k slices a split-K GEMM is cut into (an explicit `split_k` above it is capped): keeps the
+/// scratch of partial products (slices × m × n floats) and the dispatch's z dimension bounded.
+pub const MAX_SPLIT_K: usize = 64;
+
 /// The fewest 128×128 tiles (over the batch) for which [`GemmKernel::Auto`] picks the large tile.
 pub const LARGE_TILE_MIN_WORKGROUPS: usize = 128;
 
@@ -133,7 +137,8 @@ pub struct GemmDesc {
     /// The kernel (default: chosen per adapter and size).
     pub kernel: GemmKernel,
     /// Split-K: 0 is automatic (see [`GemmDesc::split_k_for`]), 1 never splits, s > 1 splits the
-    /// inner dimension into s slices whose partial products a second dispatch sums (single matrices).
+    /// inner dimension into s slices (at most [`MAX_SPLIT_K`]) whose partial products a second
+    /// dispatch sums (single matrices).
     pub split_k: usize,
 }
 
@@ -195,7 +200,7 @@ impl GemmDesc {
             }
             s => s,
         };
-        slices.clamp(1, self.k.max(1))
+        slices.clamp(1, self.k.clamp(1, MAX_SPLIT_K))
     }
 
     /// `GPUOPT_GEMM_SPLIT_K=auto` turns the automatic split-K rule on (see [`GemmDesc::split_k_for`]).

@@ -438,24 +438,29 @@ impl<O: MatOps> Shampoo<O> {
     }
 
     /// One step with the gradients already in [`Shampoo::grad_mat`]. As in [`Shampoo::step`], a
-    /// gradient that is not finite skips the whole step (counted by [`Shampoo::skipped_steps`]); the
-    /// test is each gradient's Frobenius norm, read back (one number per parameter, one
-    /// synchronisation per step), so values whose squares overflow f32 also skip it — the
-    /// statistics G·Gᵀ could not hold them either.
+    /// gradient holding NaN or Inf skips the whole step (counted by [`Shampoo::skipped_steps`]); the
+    /// test is each gradient's Frobenius norm (computed overflow-safely), read back: one number per
+    /// parameter, one synchronisation per step.
     pub fn step_in_place(&mut self) -> Result<()> {
         let mark = self.ops.mark();
-        let mut norms = Vec::with_capacity(self.params.len());
-        for p in &self.params {
-            let n = self.ops.alloc(1, 1, 1)?;
-            self.ops.frobenius(p.grad, n)?;
-            norms.push(n);
-        }
-        let mut finite = true;
-        for n in norms {
-            finite &= self.ops.read(n)?[0].is_finite();
-        }
+        let params = &self.params;
+        let ops = &mut self.ops;
+        let finite = (|| -> Result<bool> {
+            let mut norms = Vec::with_capacity(params.len());
+            for p in params {
+                let n = ops.alloc(1, 1, 1)?;
+                ops.frobenius(p.grad, n)?;
+                norms.push(n);
+            }
+            let mut finite = true;
+            for n in norms {
+                finite &= ops.read(n)?[0].is_finite();
+            }
+            Ok(finite)
+        })();
+        // Scratch is released on the error path too.
         self.ops.release(mark);
-        if !finite {
+        if !finite? {
             self.skipped += 1;
             return Ok(());
         }
