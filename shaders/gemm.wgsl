@@ -24,7 +24,11 @@ struct GemmParams {
     // Split-K partial products (0: off): matrix z of the batch is the z-th slice of k, of gp.k
     // columns (the last one shorter), k_total in all; the host sums the slices (gemm_splitk_reduce).
     k_total: u32,
-    _p1: u32, _p2: u32,
+    // Per-matrix scaling by s = 1 / (norms[z] + eps) (NS5's normalisation fused into its first
+    // products): bits 0-3 the power of s on alpha (0, 1, 2), bits 4-7 on beta (0, 1).
+    scale_pows: u32,
+    eps: f32,
+    _p1: u32, _p2: u32, _p3: u32, _p4: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;
@@ -32,6 +36,7 @@ struct GemmParams {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> d: array<f32>;
+@group(0) @binding(5) var<storage, read> norms: array<f32>;
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -66,15 +71,33 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     return b[base + kk * gp.ldb + col];
 }
 
-// alpha * acc + beta * D at (row, col), D not read when beta == 0.
+// Matrix z's (alpha, beta): times powers of s = 1 / (norms[z] + eps) when gp.scale_pows asks. Computed
+// once per invocation, outside the per-element epilogue.
+fn coefficients(z: u32) -> vec2<f32> {
+    var al = gp.alpha;
+    var be = gp.beta;
+    if (gp.scale_pows != 0u) {
+        let s = 1.0 / (norms[z] + gp.eps);
+        let pa = gp.scale_pows & 15u;
+        if (pa >= 1u) { al = al * s; }
+        if (pa >= 2u) { al = al * s; }
+        if ((gp.scale_pows >> 4u) >= 1u) { be = be * s; }
+    }
+    return vec2<f32>(al, be);
+}
+
+var<private> coef: vec2<f32>;
+
+// coef.x * acc + coef.y * D at (row, col) (coef set by the kernel from `coefficients`), D not read
+// when beta == 0.
 fn epilogue(z: u32, row: u32, col: u32, acc: f32) -> f32 {
-    let off = row * gp.ldc + col;
-    var r = gp.alpha * acc;
+    let be = coef.y;
+    var r = coef.x * acc;
     if (gp.beta != 0.0) {
         if (gp.d_mode == 0u) {
-            r = r + gp.beta * c[z * gp.stride_c + off];
+            r = r + be * c[z * gp.stride_c + row * gp.ldc + col];
         } else {
-            r = r + gp.beta * d[z * gp.stride_d + off];
+            r = r + be * d[z * gp.stride_d + row * gp.ldc + col];
         }
     }
     return r;
@@ -127,23 +150,23 @@ fn rank1(acc: ptr<function, Block8>, x0: vec4<f32>, x1: vec4<f32>, y0: vec4<f32>
 }
 
 // Stores the block: rows r0..r0+3 (x0) and r1..r1+3 (x1), columns c0..c0+3 (y0) and c1..c1+3 (y1).
-fn store_block(z: u32, acc: ptr<function, Block8>, r0: u32, r1: u32, c0: u32, c1: u32, tile: u32) {
-    store4(z, r0 + 0u, c0, (*acc).a00, tile);
-    store4(z, r0 + 0u, c1, (*acc).a01, tile);
-    store4(z, r0 + 1u, c0, (*acc).a10, tile);
-    store4(z, r0 + 1u, c1, (*acc).a11, tile);
-    store4(z, r0 + 2u, c0, (*acc).a20, tile);
-    store4(z, r0 + 2u, c1, (*acc).a21, tile);
-    store4(z, r0 + 3u, c0, (*acc).a30, tile);
-    store4(z, r0 + 3u, c1, (*acc).a31, tile);
-    store4(z, r1 + 0u, c0, (*acc).a40, tile);
-    store4(z, r1 + 0u, c1, (*acc).a41, tile);
-    store4(z, r1 + 1u, c0, (*acc).a50, tile);
-    store4(z, r1 + 1u, c1, (*acc).a51, tile);
-    store4(z, r1 + 2u, c0, (*acc).a60, tile);
-    store4(z, r1 + 2u, c1, (*acc).a61, tile);
-    store4(z, r1 + 3u, c0, (*acc).a70, tile);
-    store4(z, r1 + 3u, c1, (*acc).a71, tile);
+fn store_block(z: u32, acc: Block8, r0: u32, r1: u32, c0: u32, c1: u32, tile: u32) {
+    store4(z, r0 + 0u, c0, acc.a00, tile);
+    store4(z, r0 + 0u, c1, acc.a01, tile);
+    store4(z, r0 + 1u, c0, acc.a10, tile);
+    store4(z, r0 + 1u, c1, acc.a11, tile);
+    store4(z, r0 + 2u, c0, acc.a20, tile);
+    store4(z, r0 + 2u, c1, acc.a21, tile);
+    store4(z, r0 + 3u, c0, acc.a30, tile);
+    store4(z, r0 + 3u, c1, acc.a31, tile);
+    store4(z, r1 + 0u, c0, acc.a40, tile);
+    store4(z, r1 + 0u, c1, acc.a41, tile);
+    store4(z, r1 + 1u, c0, acc.a50, tile);
+    store4(z, r1 + 1u, c1, acc.a51, tile);
+    store4(z, r1 + 2u, c0, acc.a60, tile);
+    store4(z, r1 + 2u, c1, acc.a61, tile);
+    store4(z, r1 + 3u, c0, acc.a70, tile);
+    store4(z, r1 + 3u, c1, acc.a71, tile);
 }
 
 @compute @workgroup_size(8, 8)
@@ -188,7 +211,8 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 
     let r0 = row0 + lid3.y * 8u;
     let c0 = col0 + lid3.x * 8u;
-    store_block(z, &acc, r0, r0 + 4u, c0, c0 + 4u, TILE);
+    coef = coefficients(z);
+    store_block(z, acc, r0, r0 + 4u, c0, c0 + 4u, TILE);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -271,7 +295,8 @@ fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         }
         workgroupBarrier();
     }
-    store_block(z, &acc, row0 + 4u * lid3.y, row0 + 64u + 4u * lid3.y, col0 + 4u * lid3.x,
+    coef = coefficients(z);
+    store_block(z, acc, row0 + 4u * lid3.y, row0 + 64u + 4u * lid3.y, col0 + 4u * lid3.x,
                 col0 + 64u + 4u * lid3.x, TILE_L);
 }
 
@@ -289,5 +314,6 @@ fn gemm_splitk_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
     let row = i / gp.n;
     let col = i % gp.n;
+    coef = coefficients(0u);
     c[row * gp.ldc + col] = epilogue(0u, row, col, s);
 }

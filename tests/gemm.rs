@@ -258,3 +258,66 @@ fn split_k_gram_and_fused_addend() {
     assert_eq!(GemmDesc { split_k: 100_000, ..GemmDesc::new(2, 2, 2_000_000) }.split_k_for(&ctx, false), cap);
     assert_eq!(GemmDesc { split_k: 4, batch: 2, ..wide }.split_k_for(&ctx, true), 1, "batched: never");
 }
+
+#[test]
+fn norm_scaled_products_match_reference() {
+    use gpuopt::kernels::gemm::{GemmPlan, NormScale};
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(31);
+    let (batch, m, n, k) = (3, 19, 37, 70);
+    let norms_v = [0.5f32, 3.0, 40.0];
+    let norms = Tensor::from_slice(&ctx, &norms_v, &[3]).unwrap();
+    let eps = 1e-3f32;
+    for kernel in KERNELS {
+        for (product_pow, addend_pow, split_k) in [(2, 0, 1), (1, 1, 1), (0, 1, 1), (2, 1, 3)] {
+            let batch = if split_k > 1 { 1 } else { batch };
+            let desc = GemmDesc { batch, alpha: 1.5, beta: -0.75, kernel, split_k, ..GemmDesc::new(m, n, k) };
+            let a = rng.uniforms(batch * m * k, 1.0);
+            let b = rng.uniforms(batch * k * n, 1.0);
+            let d = rng.uniforms(batch * m * n, 1.0);
+            let t = |v: &[f32]| Tensor::from_slice(&ctx, v, &[v.len()]).unwrap();
+            let (ta, tb, td) = (t(&a), t(&b), t(&d));
+            let tc = t(&vec![f32::NAN; batch * m * n]);
+            let scale = NormScale { norms: &norms, eps, product_pow, addend_pow };
+            let plan = GemmPlan::scaled(&ctx, desc, (&ta, &tb, &tc), Some(&td), scale).unwrap();
+            let mut enc = ctx.encoder("t");
+            plan.record(&mut enc);
+            ctx.submit(enc);
+            let got = tc.to_vec(&ctx).unwrap();
+            // The reference: α·s^p·A·B + β·s^q·D per matrix.
+            let unit = GemmDesc { batch: 1, alpha: 1.0, beta: 0.0, ..GemmDesc::new(m, n, k) };
+            for z in 0..batch {
+                let s = 1.0 / (norms_v[z] as f64 + eps as f64);
+                let mut prod = vec![0.0; m * n];
+                let (az, bz) = (&a[z * m * k..(z + 1) * m * k], &b[z * k * n..(z + 1) * k * n]);
+                reference::gemm::gemm(&unit, az, bz, &mut prod);
+                let scale_ab = reference::gemm::abs_product(&unit, az, bz);
+                for i in 0..m * n {
+                    let dv = d[z * m * n + i];
+                    let want = 1.5 * s.powi(product_pow as i32) * prod[i] as f64
+                        - 0.75 * s.powi(addend_pow as i32) * dv as f64;
+                    let tol = ((k as f64).sqrt() + 4.0)
+                        * f32::EPSILON as f64
+                        * (1.5 * s.powi(product_pow as i32) * scale_ab[i] as f64
+                            + 0.75 * s.powi(addend_pow as i32) * (dv as f64).abs());
+                    let g = got[z * m * n + i] as f64;
+                    assert!(
+                        (g - want).abs() <= tol,
+                        "{kernel:?} p={product_pow} q={addend_pow} [{z}][{i}]: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    // Bad scales are refused.
+    let t = |n: usize| Tensor::zeros(&ctx, &[n]).unwrap();
+    let (a, b, c) = (t(6), t(6), t(4));
+    let bad = |product_pow, eps: f32, len: usize| {
+        let nn = t(len);
+        let scale = NormScale { norms: &nn, eps, product_pow, addend_pow: 0 };
+        GemmPlan::scaled(&ctx, GemmDesc { batch: 2, ..GemmDesc::new(1, 2, 3) }, (&a, &b, &c), None, scale).is_err()
+    };
+    assert!(bad(3, 0.0, 2), "power 3");
+    assert!(bad(1, f32::NAN, 2), "eps NaN");
+    assert!(bad(1, 0.0, 1), "fewer norms than matrices");
+}

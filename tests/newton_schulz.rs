@@ -109,3 +109,29 @@ fn polar_reports_non_convergence() {
     assert!(err.to_string().contains("did not converge"), "{err}");
     assert!(polar(&ctx, &Tensor::zeros(&ctx, &[3, 3]).unwrap(), 10).is_err());
 }
+
+#[test]
+fn ns5_normalisation_is_fused_into_the_first_products() {
+    use gpuopt::kernels::newton_schulz::Ns5Plan;
+    let ctx = common::ctx();
+    // Wide or square: two norm passes, then three products per step and nothing else; no pass
+    // writes a normalised copy of G. Tall: the transposing (and scaling) pass in, and the one back.
+    for (shape, steps, extra) in [(vec![3, 8, 20], 5, 0), (vec![20, 8], 5, 2), (vec![16, 16], 1, 0)] {
+        let n: usize = shape.iter().product();
+        let g = Tensor::from_slice(&ctx, &TestRng::new(4).uniforms(n, 1.0), &shape).unwrap();
+        let plan = Ns5Plan::new(&ctx, &g, steps, NS5_COEFFICIENTS).unwrap();
+        let mut enc = ctx.encoder("t");
+        assert_eq!(plan.record(&mut enc), 2 + 3 * steps + extra, "{shape:?}");
+    }
+    // Zero steps return X₀ = G / (‖G‖_F + 1e-7) itself, through the one remaining copy pass.
+    for shape in [vec![2, 3], vec![3, 2]] {
+        let g = TestRng::new(5).uniforms(6, 1.0);
+        let t = Tensor::from_slice(&ctx, &g, &shape).unwrap();
+        let got = newton_schulz5(&ctx, &t, 0).unwrap();
+        let norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        for (x, v) in got.iter().zip(&g) {
+            let want = *v as f64 / (norm + 1e-7);
+            assert!((*x as f64 - want).abs() <= 4.0 * f32::EPSILON as f64 * want.abs().max(1e-3), "{x} vs {want}");
+        }
+    }
+}

@@ -9,13 +9,13 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 
 /// The GEMM kernel.
 pub const GEMM_F32: KernelSpec =
-    KernelSpec { module: "gemm", entry: "gemm_f32", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)] };
+    KernelSpec { module: "gemm", entry: "gemm_f32", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
 /// Sums split-K partial products and applies the epilogue.
 pub const GEMM_SPLITK_REDUCE: KernelSpec =
-    KernelSpec { module: "gemm", entry: "gemm_splitk_reduce", bindings: &[(0, U), (1, R), (3, W), (4, R)] };
+    KernelSpec { module: "gemm", entry: "gemm_splitk_reduce", bindings: &[(0, U), (1, R), (3, W), (4, R), (5, R)] };
 /// The large-tile GEMM kernel for GPUs (128×128 tiles, 256 invocations).
 pub const GEMM_F32_128: KernelSpec =
-    KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R)] };
+    KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
@@ -107,10 +107,14 @@ pub struct GemmParams {
     pub symmetric: u32,
     /// Split-K partial products: the whole inner dimension (0: off; then `k` is one slice's).
     pub k_total: u32,
-    /// Padding to 80 bytes.
-    pub _p: [u32; 2],
+    /// Powers of s = 1/(norms[z] + eps) on α (bits 0–3) and β (bits 4–7); see [`NormScale`].
+    pub scale_pows: u32,
+    /// The ε of s.
+    pub eps: f32,
+    /// Padding to 96 bytes.
+    pub _p: [u32; 4],
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 96);
 
 /// A GEMM problem: C[z] = α·op(A[z])·op(B[z]) + β·C[z] for z < batch, all matrices dense row-major.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -236,7 +240,9 @@ impl GemmDesc {
             stride_d: 0,
             symmetric: self.symmetric as u32,
             k_total: 0,
-            _p: [0; 2],
+            scale_pows: 0,
+            eps: 0.0,
+            _p: [0; 4],
         }
     }
 
@@ -270,6 +276,21 @@ impl GemmDesc {
     }
 }
 
+/// Per-matrix scaling of a GEMM's two terms by s_z = 1/(norms[z] + eps): C = α·s^p·op(A)·op(B) +
+/// β·s^q·D. Newton–Schulz uses it to fuse its normalisation X = G/(‖G‖ + eps) into its first two
+/// products instead of a pass that writes the normalised copy.
+#[derive(Clone, Copy, Debug)]
+pub struct NormScale<'a> {
+    /// One value per matrix of the batch.
+    pub norms: &'a Tensor,
+    /// The ε of s.
+    pub eps: f32,
+    /// p, the power of s on the product: 0, 1 or 2.
+    pub product_pow: u32,
+    /// q, the power of s on the addend: 0 or 1.
+    pub addend_pow: u32,
+}
+
 /// A GEMM bound to its tensors, ready to record (build once, record many times).
 pub struct GemmPlan {
     bound: Option<BoundKernel>,
@@ -290,18 +311,55 @@ struct SplitReduce {
 impl GemmPlan {
     /// Validates shapes and binds `c ← α·op(a)·op(b) + β·c`.
     pub fn new(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Self> {
-        Self::build(ctx, desc, a, b, c, None)
+        Self::build(ctx, desc, a, b, c, None, None)
     }
 
     /// Validates shapes and binds `c ← α·op(a)·op(b) + β·d` with `d` of C's shape (one matrix,
     /// broadcast, or `batch`), a fused epilogue in the same dispatch.
     pub fn with_addend(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor, d: &Tensor) -> Result<Self> {
-        Self::build(ctx, desc, a, b, c, Some(d))
+        Self::build(ctx, desc, a, b, c, Some(d), None)
     }
 
-    fn build(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor, d: Option<&Tensor>) -> Result<Self> {
+    /// As [`GemmPlan::new`] / [`GemmPlan::with_addend`] with both terms scaled per matrix
+    /// ([`NormScale`]).
+    pub fn scaled(
+        ctx: &Context,
+        desc: GemmDesc,
+        (a, b, c): (&Tensor, &Tensor, &Tensor),
+        d: Option<&Tensor>,
+        scale: NormScale,
+    ) -> Result<Self> {
+        Self::build(ctx, desc, a, b, c, d, Some(scale))
+    }
+
+    fn build(
+        ctx: &Context,
+        desc: GemmDesc,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        d: Option<&Tensor>,
+        scale: Option<NormScale>,
+    ) -> Result<Self> {
         desc.check(a.len(), b.len(), c.len())?;
         let mut params = desc.params(a.len(), b.len());
+        if let Some(sc) = &scale {
+            if sc.product_pow > 2 || sc.addend_pow > 1 || !sc.eps.is_finite() || sc.eps < 0.0 {
+                return Err(Error::Invalid(format!(
+                    "gemm scale: powers {} and {} (at most 2 and 1), eps {} (finite, >= 0)",
+                    sc.product_pow, sc.addend_pow, sc.eps
+                )));
+            }
+            if sc.norms.len() < desc.batch {
+                return Err(Error::Shape {
+                    what: "gemm scale norms".into(),
+                    expected: vec![desc.batch],
+                    got: sc.norms.shape().to_vec(),
+                });
+            }
+            params.scale_pows = sc.product_pow | (sc.addend_pow << 4);
+            params.eps = sc.eps;
+        }
         let one = desc.m * desc.n;
         if let Some(d) = d {
             if d.len() != one && d.len() != one * desc.batch {
@@ -314,15 +372,12 @@ impl GemmPlan {
             params.d_mode = 1;
             params.stride_d = if d.len() == one && desc.batch > 1 { 0 } else { one as u32 };
         }
-        // Without an addend the `d` binding still needs a buffer; it is never read (d_mode = 0).
-        let dummy;
-        let d_buf = match d {
-            Some(d) => d.buffer(),
-            None => {
-                dummy = ctx.storage_buffer("gemm unused addend", 16)?;
-                &dummy
-            }
-        };
+        // Without an addend or a scale the `d` and `norms` bindings still need a buffer; it is never
+        // read (d_mode = 0, scale_pows = 0).
+        let dummy =
+            if d.is_none() || scale.is_none() { Some(ctx.storage_buffer("gemm unused binding", 16)?) } else { None };
+        let d_buf = d.map(Tensor::buffer).or(dummy.as_ref()).expect("a buffer");
+        let n_buf = scale.map(|sc| sc.norms.buffer()).or(dummy.as_ref()).expect("a buffer");
         let (spec, tile) = match desc.kernel.resolve(ctx, &desc) {
             GemmKernel::Tile128 => (&GEMM_F32_128, TILE_LARGE),
             _ => (&GEMM_F32, TILE),
@@ -337,9 +392,9 @@ impl GemmPlan {
             let scratch = ctx.storage_buffer("gemm split-k partials", (slices * one * 4) as u64)?;
             let mut rp = params;
             rp.batch = slices as u32;
-            let ru = ctx.uniform_buffer("gemm split-k reduce params", 80);
+            let ru = ctx.uniform_buffer("gemm split-k reduce params", std::mem::size_of::<GemmParams>() as u64);
             ctx.queue().write_buffer(&ru, 0, bytemuck::bytes_of(&rp));
-            let bound = ctx.bind(&GEMM_SPLITK_REDUCE, &[&ru, &scratch, c.buffer(), d_buf])?;
+            let bound = ctx.bind(&GEMM_SPLITK_REDUCE, &[&ru, &scratch, c.buffer(), d_buf, n_buf])?;
             let (x, y) = ctx.grid((one as u32).div_ceil(crate::gpu::WORKGROUP_SIZE));
             params.k = kc as u32;
             params.k_total = desc.k as u32;
@@ -349,17 +404,18 @@ impl GemmPlan {
             params.alpha = 1.0;
             params.beta = 0.0;
             params.d_mode = 0;
+            params.scale_pows = 0; // the reduction scales
             reduce = Some(Box::new(SplitReduce { bound, grid: (x, y, 1), buffers: [ru, scratch] }));
             (reduce.as_ref().map(|r| &r.buffers[1]), slices)
         } else {
             (None, desc.batch)
         };
-        let uniform = ctx.uniform_buffer("gemm params", 80);
+        let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         let bound = if desc.m == 0 || desc.n == 0 {
             None
         } else {
-            Some(ctx.bind(spec, &[&uniform, a.buffer(), b.buffer(), out.unwrap_or(c.buffer()), d_buf])?)
+            Some(ctx.bind(spec, &[&uniform, a.buffer(), b.buffer(), out.unwrap_or(c.buffer()), d_buf, n_buf])?)
         };
         let grid = ((desc.n as u32).div_ceil(tile), (desc.m as u32).div_ceil(tile), batch as u32);
         Ok(GemmPlan { bound, grid, _uniform: uniform, desc, reduce })

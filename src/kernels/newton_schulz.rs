@@ -8,7 +8,7 @@
 //! 2. B ← c·A·A + b·A                one GEMM, addend A
 //! 3. X ← B·X + a·X                  one GEMM, addend X (ping-pong buffers)
 
-use super::gemm::{GemmDesc, GemmPlan};
+use super::gemm::{GemmDesc, GemmPlan, NormScale};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -179,9 +179,17 @@ pub fn batch_shape(shape: &[usize]) -> Result<(usize, usize, usize)> {
 }
 
 /// NS5 over a batch, planned once (buffers, bind groups), recordable many times.
+///
+/// For a wide or square G the normalisation X₀ = G/(‖G‖_F + ε) is fused into the first step's two
+/// products (issue 3): they read G itself and scale by s = 1/(‖G‖ + ε) per matrix in their
+/// epilogues — A₀ = s²·G·Gᵀ and X₁ = s·(a·G + B₀·G) — so no pass writes a normalised copy. A tall G
+/// must be transposed into the wide orientation anyway; that pass also scales it. (Reading the
+/// transposed G as the second product's addend instead made lavapipe's GEMM kernel 5× slower as a
+/// whole, for a pass that costs ~0.1% of NS5 on a GPU.) `steps` = 0 also copies: its output is X₀.
 pub struct Ns5Plan {
     norm: FrobeniusPlan,
-    normalize: ScaleCopyPlan,
+    normalize: Option<ScaleCopyPlan>,
+    first: Option<[GemmPlan; 2]>,
     steps: usize,
     gram: [GemmPlan; 2],
     poly: GemmPlan,
@@ -205,9 +213,21 @@ impl Ns5Plan {
         let norms = Tensor::zeros(ctx, &[b])?;
         let norm = FrobeniusPlan::new(ctx, g, None, b, &norms)?;
         let xs = [Tensor::zeros(ctx, &[b, r, c])?, Tensor::zeros(ctx, &[b, r, c])?];
-        let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
         let a_mat = Tensor::zeros(ctx, &[b, r, r])?;
         let b_mat = Tensor::zeros(ctx, &[b, r, r])?;
+        let (normalize, first) = if steps == 0 || transpose {
+            (Some(ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?), None)
+        } else {
+            // Step 0 on G itself (wide: X₀ = G up to s).
+            let scale = |product_pow, addend_pow| NormScale { norms: &norms, eps: NS_EPS, product_pow, addend_pow };
+            // A₀ = s²·G·Gᵀ, a Gram product.
+            let gram0 = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
+            let gram0 = GemmPlan::scaled(ctx, gram0, (g, g, &a_mat), None, scale(2, 0))?;
+            // X₁ = s·B₀·G + a·s·G.
+            let up0 = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
+            let update0 = GemmPlan::scaled(ctx, up0, (&b_mat, g, &xs[1]), Some(g), scale(1, 1))?;
+            (None, Some([gram0, update0]))
+        };
         // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
         let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
         let gram = [
@@ -237,6 +257,7 @@ impl Ns5Plan {
         Ok(Ns5Plan {
             norm,
             normalize,
+            first,
             steps,
             gram,
             poly,
@@ -251,10 +272,18 @@ impl Ns5Plan {
 
     /// Records the whole chain; returns the number of dispatches.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        let mut n = self.norm.record(encoder) + self.normalize.record(encoder);
+        let mut n = self.norm.record(encoder);
+        if let Some(p) = &self.normalize {
+            n += p.record(encoder);
+        }
         for s in 0..self.steps {
             let i = s % 2;
-            n += self.gram[i].record(encoder) + self.poly.record(encoder) + self.update[i].record(encoder);
+            n += match (&self.first, s) {
+                (Some([gram0, update0]), 0) => {
+                    gram0.record(encoder) + self.poly.record(encoder) + update0.record(encoder)
+                }
+                _ => self.gram[i].record(encoder) + self.poly.record(encoder) + self.update[i].record(encoder),
+            };
         }
         if let Some(f) = &self.finish {
             n += f.record(encoder);
