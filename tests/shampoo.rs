@@ -300,7 +300,7 @@ fn checkpoint_resumes_bit_identically_and_refuses_mismatches() {
 fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
     let ctx = common::ctx();
     let cfg = ShampooConfig { precondition_frequency: 1, start_preconditioning_step: 1, ..config(Graft::Sgd, false) };
-    let mut opt = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg).unwrap();
+    let mut opt = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg.clone()).unwrap();
     let w = opt.add_param(&TestRng::new(1).normals(30, 1.0), &[6, 5]).unwrap();
     let g = TestRng::new(2).normals(30, 1.0);
     opt.step(&[&g]).unwrap();
@@ -326,4 +326,15 @@ fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
     opt.step_in_place().unwrap();
     assert_eq!(opt.steps(), steps + 1);
     assert!(opt.root_failures() >= 1);
+    // The failure count survives a checkpoint (and one without it reads as 0).
+    let mut snap = opt.snapshot().unwrap();
+    let mut other = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg.clone()).unwrap();
+    other.add_param(&[0.0; 30], &[6, 5]).unwrap();
+    other.restore(snap.clone()).unwrap();
+    assert_eq!((other.root_failures(), other.steps()), (opt.root_failures(), opt.steps()));
+    snap.hyper.as_object_mut().unwrap().remove("root_failures");
+    other.restore(snap.clone()).unwrap();
+    assert_eq!(other.root_failures(), 0);
+    snap.hyper["root_failures"] = serde_json::json!("many");
+    assert!(other.restore(snap).is_err());
 }

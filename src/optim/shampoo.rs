@@ -339,6 +339,8 @@ impl<O: MatOps> Shampoo<O> {
             states,
         );
         s.skipped = self.skipped as u64;
+        // A counter, not a hyperparameter: kept beside them (the format allows optimizer extras).
+        s.hyper["root_failures"] = serde_json::json!(self.root_failures);
         Ok(s)
     }
 
@@ -351,6 +353,11 @@ impl<O: MatOps> Shampoo<O> {
         let cfg: ShampooConfig =
             serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("shampoo config: {e}")))?;
         cfg.validate()?;
+        // Checkpoints written before the counter was saved have none: 0.
+        let root_failures = match s.hyper.get("root_failures") {
+            None => 0,
+            Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
+        };
         if cfg.block_size != self.cfg.block_size {
             return Err(bad(format!("block_size {} in the file, {} here", cfg.block_size, self.cfg.block_size)));
         }
@@ -391,6 +398,7 @@ impl<O: MatOps> Shampoo<O> {
         self.cfg = cfg;
         self.step = s.step as usize;
         self.skipped = s.skipped as usize;
+        self.root_failures = root_failures;
         Ok(())
     }
 
