@@ -72,7 +72,8 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
 }
 
 // Matrix z's (alpha, beta): times powers of s = 1 / (norms[z] + eps) when gp.scale_pows asks. Computed
-// once per invocation, outside the per-element epilogue.
+// once per invocation into `coef`, outside the per-element epilogue: calling it from the epilogue made
+// lavapipe's GEMM 1.6x slower (gram_half at n = 256: 7.3 against 4.6 ms).
 fn coefficients(z: u32) -> vec2<f32> {
     var al = gp.alpha;
     var be = gp.beta;

@@ -390,7 +390,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
 pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     use crate::kernels::gemm::{FmaPeak, GemmDesc, GemmKernel, GemmPlan};
     let adapter = ctx.info().name.clone();
-    let on_gpu = ctx.info().device_type != wgpu::DeviceType::Cpu;
+    let on_gpu = !ctx.info().is_cpu();
     let sizes: &[usize] = match (quick, on_gpu) {
         (true, _) => &[256],
         (false, false) => &[256, 512, 1024, 2048],
@@ -543,7 +543,7 @@ pub fn hutchinson(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec
     let adapter = ctx.info().name.clone();
     // On GPUs 2^26 elements (256 MiB per tensor), far past any L2 cache (50-60 MB on an H100/H200),
     // so that the copy baseline measures memory bandwidth and not the cache.
-    let on_gpu = ctx.info().device_type != wgpu::DeviceType::Cpu;
+    let on_gpu = !ctx.info().is_cpu();
     let n: usize = match (quick, on_gpu) {
         (true, _) => 1 << 20,
         (false, false) => 1 << 24,

@@ -222,7 +222,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(name: &str, init: &[f32], flip: f32, sign: bool) -> Self {
+    fn new(name: &str, init: &[f32], flip: f32, may_jump: bool) -> Self {
         let n = init.len();
         Tracker {
             report: Report {
@@ -235,7 +235,7 @@ impl Tracker {
                 mismatches: 0,
                 // Jumps where an argument is within rounding of a threshold (see `jump_bound`): at
                 // most 1 in 1000.
-                budget: if sign { n.div_ceil(1000) } else { 0 },
+                budget: if may_jump { n.div_ceil(1000) } else { 0 },
                 pass: true,
             },
             prev: init.to_vec(),
@@ -336,8 +336,7 @@ pub fn run(
     let mut cpu = b.build_cpu()?;
     let jump = jump_bound(algorithm);
     let flip = 2.0 * lr as f32 * (1.0 + wd as f32) * jump.unwrap_or(0.0);
-    let sign = jump.is_some();
-    let mut trackers: Vec<Tracker> = inits.iter().map(|i| Tracker::new(name, i, flip, sign)).collect();
+    let mut trackers: Vec<Tracker> = inits.iter().map(|i| Tracker::new(name, i, flip, jump.is_some())).collect();
     for s in 0..steps {
         for (&id, &n) in ids.iter().zip(sizes) {
             let g = grad(&mut rng, n, s, edges);

@@ -94,7 +94,7 @@ fn auto_kernel_choice_follows_adapter_and_size() {
     let big = GemmDesc::new(4096, 4096, 64);
     let small = GemmDesc::new(256, 256, 64);
     assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), GemmKernel::Tile64);
-    let on_gpu = ctx.info().device_type != wgpu::DeviceType::Cpu;
+    let on_gpu = !ctx.info().is_cpu();
     let want = if on_gpu { GemmKernel::Tile128 } else { GemmKernel::Tile64 };
     assert_eq!(GemmKernel::Auto.resolve(&ctx, &big), want);
     // An explicit choice is kept.
@@ -247,7 +247,7 @@ fn split_k_gram_and_fused_addend() {
     let wide = GemmDesc::gram(768, 3072);
     let opted_in = std::env::var("GPUOPT_GEMM_SPLIT_K").is_ok_and(|v| v == "auto");
     let auto = wide.split_k_for(&ctx, true);
-    if ctx.info().device_type == wgpu::DeviceType::Cpu || !opted_in {
+    if ctx.info().is_cpu() || !opted_in {
         assert_eq!(auto, 1);
     } else {
         assert!(auto > 1, "{auto}");

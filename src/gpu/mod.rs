@@ -114,6 +114,14 @@ pub struct AdapterSummary {
     pub timestamps: bool,
 }
 
+impl AdapterSummary {
+    /// A CPU driver (lavapipe, WARP, SwiftShader): kernels that pick their shape per adapter class
+    /// (the GEMM's tile, split-K, the bench sizes) take their CPU-driver branch.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let l = &self.limits;

@@ -56,7 +56,7 @@ impl GemmKernel {
                 let tiles = desc.m.div_ceil(TILE_LARGE as usize) * desc.n.div_ceil(TILE_LARGE as usize);
                 let tiles = if desc.symmetric { tiles.div_ceil(2) } else { tiles } * desc.batch;
                 let fits = crate::gpu::check_kernel_limits(&GEMM_F32_128, &ctx.info().limits).is_ok();
-                if fits && ctx.info().device_type != wgpu::DeviceType::Cpu && tiles >= LARGE_TILE_MIN_WORKGROUPS {
+                if fits && !ctx.info().is_cpu() && tiles >= LARGE_TILE_MIN_WORKGROUPS {
                     GemmKernel::Tile128
                 } else {
                     GemmKernel::Tile64
@@ -187,7 +187,7 @@ impl GemmDesc {
         }
         let slices = match self.split_k {
             0 => {
-                if ctx.info().device_type == wgpu::DeviceType::Cpu || !GemmDesc::split_k_auto() {
+                if ctx.info().is_cpu() || !GemmDesc::split_k_auto() {
                     return 1;
                 }
                 let (kernel, tile) = match self.kernel.resolve(ctx, self) {

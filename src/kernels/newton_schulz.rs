@@ -215,21 +215,19 @@ impl Ns5Plan {
         let xs = [Tensor::zeros(ctx, &[b, r, c])?, Tensor::zeros(ctx, &[b, r, c])?];
         let a_mat = Tensor::zeros(ctx, &[b, r, r])?;
         let b_mat = Tensor::zeros(ctx, &[b, r, r])?;
+        // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
+        let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
+        let up = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
         let (normalize, first) = if steps == 0 || transpose {
             (Some(ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?), None)
         } else {
             // Step 0 on G itself (wide: X₀ = G up to s).
             let scale = |product_pow, addend_pow| NormScale { norms: &norms, eps: NS_EPS, product_pow, addend_pow };
-            // A₀ = s²·G·Gᵀ, a Gram product.
-            let gram0 = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
-            let gram0 = GemmPlan::scaled(ctx, gram0, (g, g, &a_mat), None, scale(2, 0))?;
-            // X₁ = s·B₀·G + a·s·G.
-            let up0 = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
-            let update0 = GemmPlan::scaled(ctx, up0, (&b_mat, g, &xs[1]), Some(g), scale(1, 1))?;
+            // A₀ = s²·G·Gᵀ and X₁ = s·B₀·G + a·s·G.
+            let gram0 = GemmPlan::scaled(ctx, gram_desc, (g, g, &a_mat), None, scale(2, 0))?;
+            let update0 = GemmPlan::scaled(ctx, up, (&b_mat, g, &xs[1]), Some(g), scale(1, 1))?;
             (None, Some([gram0, update0]))
         };
-        // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
-        let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
         let gram = [
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
@@ -242,7 +240,6 @@ impl Ns5Plan {
             &b_mat,
             &a_mat,
         )?;
-        let up = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
         let update = [
             GemmPlan::with_addend(ctx, up, &b_mat, &xs[0], &xs[1], &xs[0])?,
             GemmPlan::with_addend(ctx, up, &b_mat, &xs[1], &xs[0], &xs[1])?,
