@@ -11,32 +11,7 @@
 // between them at every barrier, fewer, fatter invocations are what pays. Out-of-range elements load as 0, so no
 // padding is asked of the caller. When beta == 0, C is not read (BLAS semantics: it may hold NaN).
 
-struct GemmParams {
-    m: u32, n: u32, k: u32, batch: u32,
-    lda: u32, ldb: u32, ldc: u32, trans_a: u32,
-    stride_a: u32, stride_b: u32, stride_c: u32, trans_b: u32,
-    alpha: f32, beta: f32,
-    d_mode: u32,    // 0: D = C; 1: D is the separate `d` binding
-    stride_d: u32,
-    // 1: C is known to be symmetric (X*X^T, or A*A with A symmetric, plus a symmetric addend): only
-    // tiles on or above the diagonal are computed and each is also stored mirrored: half the FLOPs.
-    symmetric: u32,
-    // Split-K partial products (0: off): matrix z of the batch is the z-th slice of k, of gp.k
-    // columns (the last one shorter), k_total in all; the host sums the slices (gemm_splitk_reduce).
-    k_total: u32,
-    // Per-matrix scaling by s = 1 / (norms[z] + eps) (NS5's normalisation fused into its first
-    // products): bits 0-3 the power of s on alpha (0, 1, 2), bits 4-7 on beta (0, 1).
-    scale_pows: u32,
-    eps: f32,
-    _p1: u32, _p2: u32, _p3: u32, _p4: u32,
-}
-
-@group(0) @binding(0) var<uniform> gp: GemmParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read> d: array<f32>;
-@group(0) @binding(5) var<storage, read> norms: array<f32>;
+#import shared/gemm_common
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -53,71 +28,6 @@ var<workgroup> b_s: array<vec4<f32>, 256>;
 fn k_extent(z: u32) -> u32 {
     if (gp.k_total == 0u) { return gp.k; }
     return min(gp.k, gp.k_total - min(gp.k_total, z * gp.k));
-}
-
-var<private> k_lim: u32;
-
-// op(A)[row, kk] of the matrix at `base`, or 0 outside.
-fn load_a(base: u32, row: u32, kk: u32) -> f32 {
-    if (row >= gp.m || kk >= k_lim) { return 0.0; }
-    if (gp.trans_a != 0u) { return a[base + kk * gp.lda + row]; }
-    return a[base + row * gp.lda + kk];
-}
-
-// op(B)[kk, col] of the matrix at `base`, or 0 outside.
-fn load_b(base: u32, kk: u32, col: u32) -> f32 {
-    if (kk >= k_lim || col >= gp.n) { return 0.0; }
-    if (gp.trans_b != 0u) { return b[base + col * gp.ldb + kk]; }
-    return b[base + kk * gp.ldb + col];
-}
-
-// Matrix z's (alpha, beta): times powers of s = 1 / (norms[z] + eps) when gp.scale_pows asks. Computed
-// once per invocation into `coef`, outside the per-element epilogue: calling it from the epilogue made
-// lavapipe's GEMM 1.6x slower (gram_half at n = 256: 7.3 against 4.6 ms).
-fn coefficients(z: u32) -> vec2<f32> {
-    var al = gp.alpha;
-    var be = gp.beta;
-    if (gp.scale_pows != 0u) {
-        let s = 1.0 / (norms[z] + gp.eps);
-        let pa = gp.scale_pows & 15u;
-        if (pa >= 1u) { al = al * s; }
-        if (pa >= 2u) { al = al * s; }
-        if ((gp.scale_pows >> 4u) >= 1u) { be = be * s; }
-    }
-    return vec2<f32>(al, be);
-}
-
-var<private> coef: vec2<f32>;
-
-// coef.x * acc + coef.y * D at (row, col) (coef set by the kernel from `coefficients`), D not read
-// when beta == 0.
-fn epilogue(z: u32, row: u32, col: u32, acc: f32) -> f32 {
-    let be = coef.y;
-    var r = coef.x * acc;
-    if (gp.beta != 0.0) {
-        if (gp.d_mode == 0u) {
-            r = r + be * c[z * gp.stride_c + row * gp.ldc + col];
-        } else {
-            r = r + be * d[z * gp.stride_d + row * gp.ldc + col];
-        }
-    }
-    return r;
-}
-
-// C[row, col0 .. col0+3] <- epilogue, within bounds; in symmetric mode also C[col, row] for the
-// elements strictly above the diagonal (a tile on the diagonal writes both halves itself).
-// `tile` is the output tile edge of the calling kernel (which tiles are on the diagonal).
-fn store4(z: u32, row: u32, col0: u32, v: vec4<f32>, tile: u32) {
-    if (row >= gp.m) { return; }
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        let col = col0 + j;
-        if (col < gp.n) {
-            c[z * gp.stride_c + row * gp.ldc + col] = epilogue(z, row, col, v[j]);
-            if (gp.symmetric != 0u && col / tile != row / tile) {
-                c[z * gp.stride_c + col * gp.ldc + row] = epilogue(z, col, row, v[j]);
-            }
-        }
-    }
 }
 
 // An invocation's 8 x 8 accumulators, shared by both kernels: aRC holds row R of its 8 (0-3 from x0,
@@ -151,23 +61,23 @@ fn rank1(acc: ptr<function, Block8>, x0: vec4<f32>, x1: vec4<f32>, y0: vec4<f32>
 }
 
 // Stores the block: rows r0..r0+3 (x0) and r1..r1+3 (x1), columns c0..c0+3 (y0) and c1..c1+3 (y1).
-fn store_block(z: u32, acc: Block8, r0: u32, r1: u32, c0: u32, c1: u32, tile: u32) {
-    store4(z, r0 + 0u, c0, acc.a00, tile);
-    store4(z, r0 + 0u, c1, acc.a01, tile);
-    store4(z, r0 + 1u, c0, acc.a10, tile);
-    store4(z, r0 + 1u, c1, acc.a11, tile);
-    store4(z, r0 + 2u, c0, acc.a20, tile);
-    store4(z, r0 + 2u, c1, acc.a21, tile);
-    store4(z, r0 + 3u, c0, acc.a30, tile);
-    store4(z, r0 + 3u, c1, acc.a31, tile);
-    store4(z, r1 + 0u, c0, acc.a40, tile);
-    store4(z, r1 + 0u, c1, acc.a41, tile);
-    store4(z, r1 + 1u, c0, acc.a50, tile);
-    store4(z, r1 + 1u, c1, acc.a51, tile);
-    store4(z, r1 + 2u, c0, acc.a60, tile);
-    store4(z, r1 + 2u, c1, acc.a61, tile);
-    store4(z, r1 + 3u, c0, acc.a70, tile);
-    store4(z, r1 + 3u, c1, acc.a71, tile);
+fn store_block(z: u32, acc: Block8, r0: u32, r1: u32, c0: u32, c1: u32) {
+    store4(z, r0 + 0u, c0, acc.a00);
+    store4(z, r0 + 0u, c1, acc.a01);
+    store4(z, r0 + 1u, c0, acc.a10);
+    store4(z, r0 + 1u, c1, acc.a11);
+    store4(z, r0 + 2u, c0, acc.a20);
+    store4(z, r0 + 2u, c1, acc.a21);
+    store4(z, r0 + 3u, c0, acc.a30);
+    store4(z, r0 + 3u, c1, acc.a31);
+    store4(z, r1 + 0u, c0, acc.a40);
+    store4(z, r1 + 0u, c1, acc.a41);
+    store4(z, r1 + 1u, c0, acc.a50);
+    store4(z, r1 + 1u, c1, acc.a51);
+    store4(z, r1 + 2u, c0, acc.a60);
+    store4(z, r1 + 2u, c1, acc.a61);
+    store4(z, r1 + 3u, c0, acc.a70);
+    store4(z, r1 + 3u, c1, acc.a71);
 }
 
 @compute @workgroup_size(8, 8)
@@ -213,7 +123,7 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let r0 = row0 + lid3.y * 8u;
     let c0 = col0 + lid3.x * 8u;
     coef = coefficients(z);
-    store_block(z, acc, r0, r0 + 4u, c0, c0 + 4u, TILE);
+    store_block(z, acc, r0, r0 + 4u, c0, c0 + 4u);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -298,7 +208,7 @@ fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     coef = coefficients(z);
     store_block(z, acc, row0 + 4u * lid3.y, row0 + 64u + 4u * lid3.y, col0 + 4u * lid3.x,
-                col0 + 64u + 4u * lid3.x, TILE_L);
+                col0 + 64u + 4u * lid3.x);
 }
 
 // Split-K: C = alpha * (sum over the gp.batch partial products in `a`, each m x n) + beta * D, one

@@ -386,7 +386,8 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
 /// On GPUs both tile kernels are timed without split-K (records `gemm_f32_nn/t64` and `/t128`) beside
 /// the automatic choice (`/auto`: kernel and split-K as `GemmDesc` picks them) and a 4-way split-K,
 /// and n = 4096 is added;
-/// on CPU adapters only the 64×64 kernel, the one the automatic choice runs there.
+/// on CPU adapters the 64×64 kernel and, where subgroups are 8 lanes wide, the packed-panel kernel
+/// (`/panel`, packing included: the automatic choice there).
 pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     use crate::kernels::gemm::{FmaPeak, GemmDesc, GemmKernel, GemmPlan};
     let adapter = ctx.info().name.clone();
@@ -396,6 +397,7 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         (false, false) => &[256, 512, 1024, 2048],
         (false, true) => &[256, 512, 1024, 2048, 4096],
     };
+    let panel = ctx.info().subgroup_size == Some(crate::kernels::gemm::PANEL_LANES);
     let kernels: &[(GemmKernel, usize, &str)] = if on_gpu {
         &[
             (GemmKernel::Tile64, 1, "gemm_f32_nn/t64"),
@@ -403,6 +405,8 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
             (GemmKernel::Auto, 0, "gemm_f32_nn/auto"),
             (GemmKernel::Auto, 4, "gemm_f32_nn/auto_split4"),
         ]
+    } else if panel {
+        &[(GemmKernel::Tile64, 1, "gemm_f32_nn/t64"), (GemmKernel::Panel, 1, "gemm_f32_nn/panel")]
     } else {
         &[(GemmKernel::Tile64, 1, "gemm_f32_nn/t64")]
     };

@@ -13,6 +13,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("shared/arena", include_str!("../shaders/shared/arena.wgsl")),
     ("shared/reduce", include_str!("../shaders/shared/reduce.wgsl")),
     ("shared/philox", include_str!("../shaders/shared/philox.wgsl")),
+    ("shared/gemm_common", include_str!("../shaders/shared/gemm_common.wgsl")),
     ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
     ("adaptive", include_str!("../shaders/adaptive.wgsl")),
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
@@ -20,6 +21,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("check", include_str!("../shaders/check.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("gemm", include_str!("../shaders/gemm.wgsl")),
+    ("gemm_panel", include_str!("../shaders/gemm_panel.wgsl")),
     ("random", include_str!("../shaders/random.wgsl")),
     ("hutchinson", include_str!("../shaders/hutchinson.wgsl")),
     ("softmax", include_str!("../shaders/softmax.wgsl")),
@@ -32,6 +34,16 @@ const SOURCES: &[(&str, &str)] = &[
     ("oasis", include_str!("../shaders/oasis.wgsl")),
     ("mlp", include_str!("../shaders/mlp.wgsl")),
 ];
+
+/// Modules that use subgroup operations (an optional WebGPU feature). Only compiled when the host
+/// picked one of their kernels, which it does only on devices with subgroups (see
+/// [`crate::kernels::gemm::GemmKernel::Panel`]).
+pub const SUBGROUP_MODULES: &[&str] = &["gemm_panel"];
+
+/// Whether module `name` needs subgroup operations.
+pub fn needs_subgroups(name: &str) -> bool {
+    SUBGROUP_MODULES.contains(&name)
+}
 
 /// Names of the modules that are compiled into pipelines (everything outside `shared/`).
 pub fn module_names() -> impl Iterator<Item = &'static str> {

@@ -6,7 +6,8 @@
 //! and of both signs, so their sum grows like sqrt(k)·ε/2·S (the usual probabilistic bound). We
 //! allow (sqrt(k) + 2)·ε·|α|·S, plus one rounding of the α·acc + β·c epilogue.
 //!
-//! Every case runs through both kernels (64×64 and 128×128 tiles) whatever the adapter would pick.
+//! Every case runs through every kernel the adapter can run (64×64 and 128×128 tiles everywhere; the
+//! packed-panel kernel where subgroups are 8 lanes wide, as on lavapipe), whatever it would pick.
 
 mod common;
 
@@ -14,11 +15,17 @@ use gpuopt::kernels::gemm::{gemm, GemmDesc, GemmKernel};
 use gpuopt::parity::TestRng;
 use gpuopt::{reference, Tensor};
 
-/// The kernels every case runs through.
-const KERNELS: [GemmKernel; 2] = [GemmKernel::Tile64, GemmKernel::Tile128];
+/// The kernels every case runs through: all that this adapter can run.
+fn kernels() -> Vec<GemmKernel> {
+    let mut v = vec![GemmKernel::Tile64, GemmKernel::Tile128];
+    if common::ctx().info().subgroup_size == Some(gpuopt::kernels::gemm::PANEL_LANES) {
+        v.push(GemmKernel::Panel);
+    }
+    v
+}
 
 fn check(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
-    for kernel in KERNELS {
+    for kernel in kernels() {
         check_one(GemmDesc { kernel, ..desc }, broadcast_a, broadcast_b);
     }
 }
@@ -78,7 +85,7 @@ fn gemm_batched_and_broadcast() {
 #[test]
 fn gemm_with_beta_zero_does_not_read_c() {
     let ctx = common::ctx();
-    for kernel in KERNELS {
+    for kernel in kernels() {
         let desc = GemmDesc { kernel, ..GemmDesc::new(3, 2, 4) };
         let a = Tensor::from_slice(&ctx, &[1.0; 12], &[12]).unwrap();
         let b = Tensor::from_slice(&ctx, &[0.5; 8], &[8]).unwrap();
@@ -93,10 +100,19 @@ fn auto_kernel_choice_follows_adapter_and_size() {
     let ctx = common::ctx();
     let big = GemmDesc::new(4096, 4096, 64);
     let small = GemmDesc::new(256, 256, 64);
-    assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), GemmKernel::Tile64);
     let on_gpu = !ctx.info().is_cpu();
-    let want = if on_gpu { GemmKernel::Tile128 } else { GemmKernel::Tile64 };
-    assert_eq!(GemmKernel::Auto.resolve(&ctx, &big), want);
+    // lavapipe offers 8-lane subgroups: a CPU adapter without them would fall back to Tile64.
+    let cpu = if ctx.info().subgroup_size == Some(8) { GemmKernel::Panel } else { GemmKernel::Tile64 };
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), if on_gpu { GemmKernel::Tile64 } else { cpu });
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &big), if on_gpu { GemmKernel::Tile128 } else { cpu });
+    // Split-K asked for on a CPU adapter: the panel kernel never splits, so the tiled one runs.
+    let split = GemmDesc { split_k: 4, ..small };
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &split), GemmKernel::Tile64);
+    // llvmpipe names its SIMD width; at 256 bits its subgroups are 8 lanes and the panel kernel must
+    // be in use (so a wgpu or driver change that hides subgroups cannot silently slow every GEMM).
+    if ctx.info().name.contains("llvmpipe") && ctx.info().name.contains("256 bits") {
+        assert_eq!(ctx.info().subgroup_size, Some(8), "{}", ctx.info());
+    }
     // An explicit choice is kept.
     assert_eq!(GemmKernel::Tile128.resolve(&ctx, &small), GemmKernel::Tile128);
 }
@@ -120,7 +136,7 @@ fn gemm_fused_addend_epilogue() {
         (GemmDesc { alpha: 1.0, beta: 3.4445, batch: 3, ..GemmDesc::new(20, 50, 20) }, 3 * 20 * 50),
         (GemmDesc { alpha: -1.0, beta: 0.5, ..GemmDesc::new(140, 131, 70) }, 140 * 131),
     ];
-    for (desc, d_len) in KERNELS.iter().flat_map(|&kernel| cases.map(|(d, l)| (GemmDesc { kernel, ..d }, l))) {
+    for (desc, d_len) in kernels().into_iter().flat_map(|kernel| cases.map(|(d, l)| (GemmDesc { kernel, ..d }, l))) {
         let a = rng.uniforms(desc.m * desc.k * desc.batch, 1.0);
         let b = rng.uniforms(desc.k * desc.n * desc.batch, 1.0);
         let d = rng.uniforms(d_len, 1.0);
@@ -150,7 +166,8 @@ fn gemm_fused_addend_epilogue() {
 fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let ctx = common::ctx();
     let shapes = [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1)];
-    for ((m, k, batch), kernel) in shapes.into_iter().flat_map(|s| KERNELS.map(|kernel| (s, kernel))) {
+    for ((m, k, batch), kernel) in shapes.into_iter().flat_map(|s| kernels().into_iter().map(move |kernel| (s, kernel)))
+    {
         let desc = GemmDesc { batch, kernel, ..GemmDesc::gram(m, k) };
         let x = TestRng::new(m as u64).uniforms(batch * m * k, 1.0);
         let tx = Tensor::from_slice(&ctx, &x, &[batch * m * k]).unwrap();
@@ -212,7 +229,8 @@ fn split_k_matches_reference_for_all_op_combinations() {
 fn split_k_gram_and_fused_addend() {
     let ctx = common::ctx();
     let mut rng = TestRng::new(21);
-    for kernel in KERNELS {
+    // Split-K is a feature of the tiled kernels (the panel kernel never splits).
+    for kernel in [GemmKernel::Tile64, GemmKernel::Tile128] {
         // Gram X·Xᵀ (A and B the same buffer): slices are symmetric, still computed as half products.
         let (m, k) = (70, 260);
         let x = rng.uniforms(m * k, 1.0);
@@ -268,7 +286,7 @@ fn norm_scaled_products_match_reference() {
     let norms_v = [0.5f32, 3.0, 40.0];
     let norms = Tensor::from_slice(&ctx, &norms_v, &[3]).unwrap();
     let eps = 1e-3f32;
-    for kernel in KERNELS {
+    for kernel in kernels() {
         for (product_pow, addend_pow, split_k) in [(2, 0, 1), (1, 1, 1), (0, 1, 1), (2, 1, 3)] {
             let batch = if split_k > 1 { 1 } else { batch };
             let desc = GemmDesc { batch, alpha: 1.5, beta: -0.75, kernel, split_k, ..GemmDesc::new(m, n, k) };

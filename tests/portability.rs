@@ -2,19 +2,29 @@
 //! naga's back ends to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.10 compute (the GL /
 //! WebGL-class fallback); every kernel stays inside WebGPU's default limits; kernels over the
 //! downlevel (WebGL-class) limits are refused by the host's limit check before compilation.
-//! No shader uses an optional feature (subgroups, f16), so no back end is skipped.
+//! Optional features: only `gemm_panel` (the CPU-adapter GEMM) uses subgroups, validated with that
+//! capability and translated like the rest; nothing uses f16. No back end is skipped.
 
 use gpuopt::gpu::check_kernel_limits;
 use gpuopt::kernels::all_specs;
 use gpuopt::shaders;
 
+fn validator(name: &str) -> naga::valid::Validator {
+    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
+    if !shaders::needs_subgroups(name) {
+        return Validator::new(ValidationFlags::all(), Capabilities::empty());
+    }
+    let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+    v.subgroup_stages(ShaderStages::COMPUTE).subgroup_operations(SubgroupOperationSet::all());
+    v
+}
+
 fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shaders::composed(name).unwrap();
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
-    // Capabilities::empty(): any optional feature would fail validation here.
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    // Capabilities::empty(): any optional feature would fail validation here, except subgroup
+    // operations in the modules that declare them (shaders::SUBGROUP_MODULES).
+    let info = validator(name).validate(&module).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
     (module, info)
 }
 

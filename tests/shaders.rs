@@ -6,13 +6,22 @@ use gpuopt::kernels::all_specs;
 use gpuopt::shaders;
 use std::collections::BTreeMap;
 
+fn validator(name: &str) -> naga::valid::Validator {
+    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
+    if !shaders::needs_subgroups(name) {
+        return Validator::new(ValidationFlags::all(), Capabilities::empty());
+    }
+    let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+    v.subgroup_stages(ShaderStages::COMPUTE).subgroup_operations(SubgroupOperationSet::all());
+    v
+}
+
 fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shaders::composed(name).unwrap();
     let module =
         naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
+    let info =
+        validator(name).validate(&module).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
     (module, info)
 }
 

@@ -112,6 +112,10 @@ pub struct AdapterSummary {
     pub limits: wgpu::Limits,
     /// Whether GPU timestamps are available.
     pub timestamps: bool,
+    /// The subgroup width when the device has subgroup operations and a fixed width (lavapipe: 8,
+    /// its SIMD lanes); `None` otherwise. The CPU-adapter GEMM ([`crate::kernels::gemm::GemmKernel::Panel`])
+    /// needs exactly 8.
+    pub subgroup_size: Option<u32>,
 }
 
 impl AdapterSummary {
@@ -130,6 +134,10 @@ impl std::fmt::Display for AdapterSummary {
         writeln!(f, "device type:    {:?}", self.device_type)?;
         writeln!(f, "driver:         {}", self.driver)?;
         writeln!(f, "timestamps:     {}", self.timestamps)?;
+        match self.subgroup_size {
+            Some(w) => writeln!(f, "subgroups:      {w} lanes")?,
+            None => writeln!(f, "subgroups:      no")?,
+        }
         writeln!(f, "max_buffer_size:                     {}", l.max_buffer_size)?;
         writeln!(f, "max_storage_buffer_binding_size:     {}", l.max_storage_buffer_binding_size)?;
         writeln!(f, "max_storage_buffers_per_shader_stage: {}", l.max_storage_buffers_per_shader_stage)?;
@@ -220,6 +228,11 @@ impl Context {
         if timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        // Subgroup operations, where offered, for the CPU-adapter GEMM; no other kernel uses them.
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gpuopt"),
             required_features: features,
@@ -244,6 +257,8 @@ impl Context {
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             limits,
             timestamps,
+            subgroup_size: (subgroups && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
         };
         log::info!("gpuopt: using {} ({:?}, {:?})", summary.name, summary.backend, summary.device_type);
         Ok(Context {

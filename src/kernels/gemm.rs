@@ -16,22 +16,43 @@ pub const GEMM_SPLITK_REDUCE: KernelSpec =
 /// The large-tile GEMM kernel for GPUs (128×128 tiles, 256 invocations).
 pub const GEMM_F32_128: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
+/// The CPU-adapter GEMM (64×32 tiles from packed panels, 8-lane subgroup broadcasts) into a padded
+/// scratch matrix.
+pub const GEMM_PANEL: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: &[(0, U), (6, R), (7, R), (8, W)] };
+/// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
+pub const GEMM_PANEL_FINISH: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "panel_finish", bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R)] };
+/// Packs op(A) into the panel kernel's 64-row panels.
+pub const GEMM_PACK_A: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W)] };
+/// Packs op(B) into the panel kernel's 32-column panels.
+pub const GEMM_PACK_B: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "pack_b", bindings: &[(0, U), (2, R), (8, W)] };
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[GEMM_F32, GEMM_F32_128, GEMM_SPLITK_REDUCE, FMA_PEAK];
+pub const SPECS: &[KernelSpec] =
+    &[GEMM_F32, GEMM_F32_128, GEMM_SPLITK_REDUCE, GEMM_PANEL, GEMM_PANEL_FINISH, GEMM_PACK_A, GEMM_PACK_B, FMA_PEAK];
 
 /// Output tile edge of one workgroup of `gemm_f32` (keep in sync with `TILE` in the shader).
 pub const TILE: u32 = 64;
 /// Output tile edge of one workgroup of `gemm_f32_128` (`TILE_L` in the shader).
 pub const TILE_LARGE: u32 = 128;
+/// Rows of a `gemm_panel` tile (`PM` in the shader).
+pub const PANEL_ROWS: u32 = 64;
+/// Columns of a `gemm_panel` tile (`PN` in the shader).
+pub const PANEL_COLS: u32 = 32;
+/// The subgroup width `gemm_panel` is written for.
+pub const PANEL_LANES: u32 = 8;
 
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
     /// [`GemmKernel::Tile128`] on GPUs when the problem has at least [`LARGE_TILE_MIN_WORKGROUPS`]
     /// of its tiles (enough to fill a large GPU), else [`GemmKernel::Tile64`]. CPU adapters (lavapipe)
-    /// always get `Tile64`: there fewer, fatter invocations per workgroup are what pays.
+    /// get [`GemmKernel::Panel`] where it can run (8-lane subgroups, no split-K asked for, packed
+    /// operands within one binding), else `Tile64`.
     #[default]
     Auto,
     /// 64×64 output tiles, 8×8 invocations of 8×8 outputs each (`gemm_f32`).
@@ -39,6 +60,12 @@ pub enum GemmKernel {
     /// 128×128 output tiles, 16×16 invocations of 8×8 outputs each, loads coalesced for every
     /// transpose combination (`gemm_f32_128`).
     Tile128,
+    /// For CPU drivers that run a subgroup as one SIMD register (lavapipe): op(A) and op(B) are first
+    /// packed into zero-padded panels, then one 8-invocation workgroup computes a 64×32 tile with
+    /// vec4 loads and subgroup broadcasts (`gemm_panel`), and a last pass applies α, β, the addend
+    /// and the symmetric mirror: four dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never
+    /// splits k.
+    Panel,
 }
 
 /// The most k slices a split-K GEMM is cut into (an explicit `split_k` above it is capped): keeps the
@@ -52,6 +79,14 @@ impl GemmKernel {
     /// The kernel `self` resolves to for `desc` on `ctx`'s adapter.
     pub fn resolve(self, ctx: &Context, desc: &GemmDesc) -> GemmKernel {
         match self {
+            GemmKernel::Auto if ctx.info().is_cpu() => {
+                let fits = desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes());
+                if ctx.info().subgroup_size == Some(PANEL_LANES) && desc.split_k <= 1 && fits {
+                    GemmKernel::Panel
+                } else {
+                    GemmKernel::Tile64
+                }
+            }
             GemmKernel::Auto => {
                 let tiles = desc.m.div_ceil(TILE_LARGE as usize) * desc.n.div_ceil(TILE_LARGE as usize);
                 let tiles = if desc.symmetric { tiles.div_ceil(2) } else { tiles } * desc.batch;
@@ -212,6 +247,17 @@ impl GemmDesc {
         std::env::var("GPUOPT_GEMM_SPLIT_K").is_ok_and(|v| v == "auto")
     }
 
+    /// Bytes of the panel kernel's scratch over the whole batch: packed op(A), packed op(B) and the
+    /// raw product (rows padded to 64, columns to 32, k to 4; an operand shared by the batch is
+    /// packed once, so this is an upper bound).
+    pub fn packed_bytes(&self) -> [u64; 3] {
+        let k4 = self.k.div_ceil(4) as u64;
+        let rows = self.m.next_multiple_of(PANEL_ROWS as usize) as u64;
+        let cols = self.n.next_multiple_of(PANEL_COLS as usize) as u64;
+        let batch = self.batch as u64;
+        [batch * rows * k4 * 16, batch * cols * k4 * 16, batch * rows * cols * 4]
+    }
+
     /// FLOPs (a multiply-add counts 2).
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k * self.batch) as f64
@@ -299,6 +345,9 @@ pub struct GemmPlan {
     desc: GemmDesc,
     /// Split-K: the reduction of the partial products.
     reduce: Option<Box<SplitReduce>>,
+    /// The panel kernel's dispatches, in order (pack A, pack B, product, epilogue), and its scratch.
+    steps: Vec<(BoundKernel, (u32, u32, u32))>,
+    _scratch: Vec<wgpu::Buffer>,
 }
 
 /// The second dispatch of a split-K GEMM: its kernel, grid, and uniform and scratch buffers.
@@ -378,7 +427,11 @@ impl GemmPlan {
             if d.is_none() || scale.is_none() { Some(ctx.storage_buffer("gemm unused binding", 16)?) } else { None };
         let d_buf = d.map(Tensor::buffer).or(dummy.as_ref()).expect("a buffer");
         let n_buf = scale.map(|sc| sc.norms.buffer()).or(dummy.as_ref()).expect("a buffer");
-        let (spec, tile) = match desc.kernel.resolve(ctx, &desc) {
+        let kernel = desc.kernel.resolve(ctx, &desc);
+        if kernel == GemmKernel::Panel {
+            return Self::build_panel(ctx, desc, params, (a, b, c), d_buf, n_buf);
+        }
+        let (spec, tile) = match kernel {
             GemmKernel::Tile128 => (&GEMM_F32_128, TILE_LARGE),
             _ => (&GEMM_F32, TILE),
         };
@@ -418,7 +471,65 @@ impl GemmPlan {
             Some(ctx.bind(spec, &[&uniform, a.buffer(), b.buffer(), out.unwrap_or(c.buffer()), d_buf, n_buf])?)
         };
         let grid = ((desc.n as u32).div_ceil(tile), (desc.m as u32).div_ceil(tile), batch as u32);
-        Ok(GemmPlan { bound, grid, _uniform: uniform, desc, reduce })
+        Ok(GemmPlan { bound, grid, _uniform: uniform, desc, reduce, steps: Vec::new(), _scratch: Vec::new() })
+    }
+
+    /// The panel kernel: pack op(A) and op(B) (each once when the batch shares it), then multiply.
+    fn build_panel(
+        ctx: &Context,
+        desc: GemmDesc,
+        params: GemmParams,
+        (a, b, c): (&Tensor, &Tensor, &Tensor),
+        d_buf: &wgpu::Buffer,
+        n_buf: &wgpu::Buffer,
+    ) -> Result<Self> {
+        if ctx.info().subgroup_size != Some(PANEL_LANES) {
+            return Err(Error::Invalid(format!(
+                "the panel GEMM kernel needs subgroups of {PANEL_LANES} lanes; {} has {:?}",
+                ctx.info().name,
+                ctx.info().subgroup_size
+            )));
+        }
+        let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
+        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
+        let k4 = desc.k.div_ceil(4);
+        let (rows, cols) = (PANEL_ROWS as usize, PANEL_COLS as usize);
+        let count_a = if params.stride_a == 0 { 1 } else { desc.batch };
+        let count_b = if params.stride_b == 0 { 1 } else { desc.batch };
+        // vec4s per packed matrix
+        let per_a = desc.m.div_ceil(rows) * k4 * rows;
+        let per_b = desc.n.div_ceil(cols) * k4 * cols;
+        let ap = ctx.storage_buffer("gemm packed A", (count_a * per_a * 16) as u64)?;
+        let bp = ctx.storage_buffer("gemm packed B", (count_b * per_b * 16) as u64)?;
+        let (m_pad, n_pad) = (desc.m.next_multiple_of(rows), desc.n.next_multiple_of(cols));
+        let raw = ctx.storage_buffer("gemm raw product", (desc.batch * m_pad * n_pad * 4) as u64)?;
+        let wg = |count: usize| ctx.grid((count as u32).div_ceil(crate::gpu::WORKGROUP_SIZE));
+        let mut steps = Vec::new();
+        if desc.m > 0 && desc.n > 0 {
+            if desc.k > 0 {
+                let jobs = [(&GEMM_PACK_A, a, &ap, per_a, count_a), (&GEMM_PACK_B, b, &bp, per_b, count_b)];
+                for (spec, src, dst, per, count) in jobs {
+                    let (x, y) = wg(per);
+                    steps.push((ctx.bind(spec, &[&uniform, src.buffer(), dst])?, (x, y, count as u32)));
+                }
+            }
+            let grid = ((n_pad / cols) as u32, (m_pad / rows) as u32, desc.batch as u32);
+            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, &ap, &bp, &raw])?, grid));
+            let (x, y) = wg(desc.m * desc.n);
+            steps.push((
+                ctx.bind(&GEMM_PANEL_FINISH, &[&uniform, c.buffer(), d_buf, n_buf, &raw])?,
+                (x, y, desc.batch as u32),
+            ));
+        }
+        Ok(GemmPlan {
+            bound: None,
+            grid: (0, 0, 0),
+            _uniform: uniform,
+            desc,
+            reduce: None,
+            steps,
+            _scratch: vec![ap, bp, raw],
+        })
     }
 
     /// The problem.
@@ -428,12 +539,16 @@ impl GemmPlan {
 
     /// Records the dispatch; returns the number of dispatches (0 for an empty C).
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        let Some(bound) = &self.bound else { return 0 };
+        let mut n = 0;
+        for (kernel, grid) in &self.steps {
+            n += kernel.record_3d(encoder, *grid);
+        }
+        let Some(bound) = &self.bound else { return n };
         if self.grid.0 > 65_535 || self.grid.1 > 65_535 {
             // Checked in `new` through the tensor-size limits long before this could happen.
             log::error!("gemm grid {:?} exceeds 65,535", self.grid);
         }
-        let mut n = bound.record_3d(encoder, self.grid);
+        n += bound.record_3d(encoder, self.grid);
         if let Some(r) = &self.reduce {
             n += r.bound.record_3d(encoder, r.grid);
         }
@@ -479,8 +594,10 @@ pub struct FmaPeak {
 }
 
 impl FmaPeak {
-    /// Binds the kernel for `workgroups` × 256 invocations of `iters` iterations.
+    /// Binds the kernel for `workgroups` × 256 invocations of `iters` steps (rounded up to a multiple
+    /// of 4, the kernel's unrolling).
     pub fn new(ctx: &Context, workgroups: u32, iters: u32) -> Result<Self> {
+        let iters = iters.next_multiple_of(4);
         let uniform = ctx.uniform_buffer("fma params", 16);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::cast_slice(&[iters, 0u32, 0, 0]));
         let out = ctx.storage_buffer("fma out", 16 * 256 * workgroups as u64)?;
