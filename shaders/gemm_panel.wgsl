@@ -24,43 +24,121 @@
 @group(0) @binding(6) var<storage, read> ap: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> bp: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> packed: array<vec4<f32>>; // pack_a, pack_b, gemm_panel (raw tile)
-@group(0) @binding(9) var<storage, read> raw: array<f32>;            // panel_finish
+@group(0) @binding(9) var<storage, read> raw: array<vec4<f32>>;      // panel_finish
 
 const PM: u32 = 64u; // rows of an A panel = rows of a C tile
 const PN: u32 = 32u; // columns of a B panel = columns of a C tile
 
+// The views of A, B, C and D as vec4s (the same buffers as a, b, c, d), for the passes' aligned paths.
+@group(0) @binding(10) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> d4: array<vec4<f32>>;
+
+// A 4 x 4 block as four vec4 rows.
+struct Block4 { x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, }
+
+fn transpose4(b: Block4) -> Block4 {
+    return Block4(vec4<f32>(b.x0.x, b.x1.x, b.x2.x, b.x3.x), vec4<f32>(b.x0.y, b.x1.y, b.x2.y, b.x3.y),
+                  vec4<f32>(b.x0.z, b.x1.z, b.x2.z, b.x3.z), vec4<f32>(b.x0.w, b.x1.w, b.x2.w, b.x3.w));
+}
+
+// Four vec4s of a4 (stored rows `at`, `at + s`, ...), each kept where its flag is set and 0 elsewhere.
+// The loads are unconditional (a read past the end is safe in WGSL and discarded here): a CPU driver
+// turns a per-invocation branch into mask bookkeeping around every load inside it.
+fn rows4_a(at: u32, s: u32, keep: vec4<bool>) -> Block4 {
+    let z = vec4<f32>(0.0);
+    return Block4(select(z, a4[at], keep.x), select(z, a4[at + s], keep.y), select(z, a4[at + 2u * s], keep.z),
+                  select(z, a4[at + 3u * s], keep.w));
+}
+
+fn rows4_b(at: u32, s: u32, keep: vec4<bool>) -> Block4 {
+    let z = vec4<f32>(0.0);
+    return Block4(select(z, b4[at], keep.x), select(z, b4[at + s], keep.y), select(z, b4[at + 2u * s], keep.z),
+                  select(z, b4[at + 3u * s], keep.w));
+}
+
 // Packed A, per matrix: panels of 64 rows; panel p, k group g (4 steps of k), row r is the vec4
-// ap[(p * k4n + g) * 64 + r] = op(A)[64p + r, 4g .. 4g + 3], zero outside op(A).
-@compute @workgroup_size(256)
+// ap[(p * k4n + g) * 64 + r] = op(A)[64p + r, 4g .. 4g + 3], zero outside op(A). One invocation
+// packs a 4 x 4 block (4 consecutive vec4s), with 4 vec4 loads where the stored rows allow it
+// (k % 4 == 0 for A, m % 4 == 0 for a transposed A) and 16 checked scalar loads otherwise.
+// Grid: x covers the 4-row blocks (64 per workgroup), y the k groups (looping past the grid's
+// height), z the batch; every index comes from the grid, since a CPU driver runs an integer
+// division by a run-time value one lane at a time.
+@compute @workgroup_size(64)
 fn pack_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     k_lim = gp.k;
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let rb = wid.x * 64u + lid;
+    let rows = (gp.m + PM - 1u) / PM * PM;
+    if (4u * rb >= rows) { return; }
+    let row = 4u * rb;
     let k4n = (gp.k + 3u) / 4u;
-    let per = (gp.m + PM - 1u) / PM * k4n * PM;
-    if (i >= per) { return; }
-    let row = i / (PM * k4n) * PM + i % PM;
-    let k = 4u * ((i / PM) % k4n);
     let base = wid.z * gp.stride_a;
-    packed[wid.z * per + i] =
-        vec4<f32>(load_a(base, row, k), load_a(base, row, k + 1u), load_a(base, row, k + 2u), load_a(base, row, k + 3u));
+    let r4 = vec4<u32>(row, row + 1u, row + 2u, row + 3u);
+    for (var g = wid.y; g < k4n; g = g + nwg.y) {
+        let k4 = vec4<u32>(4u * g, 4u * g + 1u, 4u * g + 2u, 4u * g + 3u);
+        var x: Block4;
+        if (gp.trans_a == 0u && gp.k % 4u == 0u) {
+            x = rows4_a((base + row * gp.lda) / 4u + g, gp.lda / 4u, r4 < vec4<u32>(gp.m));
+        } else if (gp.trans_a != 0u && gp.m % 4u == 0u) {
+            let keep = k4 < vec4<u32>(gp.k) & vec4<bool>(row < gp.m);
+            x = transpose4(rows4_a((base + 4u * g * gp.lda + row) / 4u, gp.lda / 4u, keep));
+        } else {
+            x = Block4(load_a4(base, row, k4), load_a4(base, row + 1u, k4), load_a4(base, row + 2u, k4),
+                       load_a4(base, row + 3u, k4));
+        }
+        let out = (wid.z * rows / PM + row / PM) * k4n * PM + g * PM + row % PM;
+        packed[out] = x.x0;
+        packed[out + 1u] = x.x1;
+        packed[out + 2u] = x.x2;
+        packed[out + 3u] = x.x3;
+    }
+}
+
+// op(A)[row, k.x .. k.w] by checked scalar loads.
+fn load_a4(base: u32, row: u32, k: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(load_a(base, row, k.x), load_a(base, row, k.y), load_a(base, row, k.z), load_a(base, row, k.w));
 }
 
 // Packed B, per matrix: panels of 32 columns; panel p, row k (padded to 4 * k4n), column group q is
 // the vec4 bp[(p * 4 * k4n + k) * 8 + q] = op(B)[k, 32p + 4q .. 32p + 4q + 3], zero outside op(B).
-@compute @workgroup_size(256)
+// One invocation packs a 4 x 4 block (rows 4g .. 4g + 3 of a column group), vectorised as pack_a;
+// grid x covers the column groups, y the k groups, z the batch.
+@compute @workgroup_size(64)
 fn pack_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     k_lim = gp.k;
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let cg = wid.x * 64u + lid;
+    let cols = (gp.n + PN - 1u) / PN * PN;
+    if (4u * cg >= cols) { return; }
+    let col = 4u * cg;
     let k4n = (gp.k + 3u) / 4u;
-    let per = (gp.n + PN - 1u) / PN * k4n * 32u;
-    if (i >= per) { return; }
-    let k = (i / 8u) % (4u * k4n);
-    let col = i / (32u * k4n) * PN + 4u * (i % 8u);
     let base = wid.z * gp.stride_b;
-    packed[wid.z * per + i] =
-        vec4<f32>(load_b(base, k, col), load_b(base, k, col + 1u), load_b(base, k, col + 2u), load_b(base, k, col + 3u));
+    let c4i = vec4<u32>(col, col + 1u, col + 2u, col + 3u);
+    for (var g = wid.y; g < k4n; g = g + nwg.y) {
+        let k4 = vec4<u32>(4u * g, 4u * g + 1u, 4u * g + 2u, 4u * g + 3u);
+        var x: Block4;
+        if (gp.trans_b == 0u && gp.n % 4u == 0u) {
+            let keep = k4 < vec4<u32>(gp.k) & vec4<bool>(col < gp.n);
+            x = rows4_b((base + 4u * g * gp.ldb + col) / 4u, gp.ldb / 4u, keep);
+        } else if (gp.trans_b != 0u && gp.k % 4u == 0u) {
+            x = transpose4(rows4_b((base + col * gp.ldb) / 4u + g, gp.ldb / 4u, c4i < vec4<u32>(gp.n)));
+        } else {
+            x = Block4(load_b4(base, k4.x, col), load_b4(base, k4.y, col), load_b4(base, k4.z, col),
+                       load_b4(base, k4.w, col));
+        }
+        let out = ((wid.z * cols / PN + col / PN) * 4u * k4n + 4u * g) * 8u + (col % PN) / 4u;
+        packed[out] = x.x0;
+        packed[out + 8u] = x.x1;
+        packed[out + 16u] = x.x2;
+        packed[out + 24u] = x.x3;
+    }
+}
+
+// op(B)[k, col .. col + 3] by checked scalar loads.
+fn load_b4(base: u32, k: u32, col: u32) -> vec4<f32> {
+    return vec4<f32>(load_b(base, k, col), load_b(base, k, col + 1u), load_b(base, k, col + 2u), load_b(base, k, col + 3u));
 }
 
 // The accumulators of one invocation for one 4-column group of the tile: its 8 rows.
@@ -204,20 +282,44 @@ fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocatio
     packed[base + 56u * ld4 + 7u] = acc.q7.r7;
 }
 
-// C = epilogue of the raw product, one invocation per element of C (grid z: the batch). In symmetric
+// C = epilogue of the raw product, one invocation per 4 consecutive elements of a row of C: vec4
+// loads and stores where C's rows are (n % 4 == 0), per element otherwise. Grid: x covers a row's
+// vec4s (64 per workgroup), y the rows (looping past the grid's height), z the batch. In symmetric
 // mode the lower triangle reads its mirror, the only one that was computed.
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn panel_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= gp.m * gp.n) { return; }
+    let col = 4u * (wid.x * 64u + lid);
+    if (col >= gp.n) { return; }
     let z = wid.z;
-    let row = i / gp.n;
-    let col = i % gp.n;
-    let lower = gp.symmetric != 0u && row > col;
-    let r = select(row, col, lower);
-    let cc = select(col, row, lower);
     let ld = (gp.n + PN - 1u) / PN * PN;
+    let top = z * ((gp.m + PM - 1u) / PM) * PM;
     coef = coefficients(z);
-    c[z * gp.stride_c + row * gp.ldc + col] = epilogue(z, row, col, raw[(z * ((gp.m + PM - 1u) / PM) * PM + r) * ld + cc]);
+    for (var row = wid.y; row < gp.m; row = row + nwg.y) {
+        var v = raw[((top + row) * ld + col) / 4u];
+        if (gp.symmetric != 0u && row > col) {
+            // Columns col .. col + 3 left of the diagonal read their mirrors (in the padded scratch,
+            // so the reads are in bounds even past n).
+            let e = (top + col) * ld + row;
+            let mirror = vec4<f32>(raw[e / 4u][e % 4u], raw[(e + ld) / 4u][(e + ld) % 4u],
+                                   raw[(e + 2u * ld) / 4u][(e + 2u * ld) % 4u], raw[(e + 3u * ld) / 4u][(e + 3u * ld) % 4u]);
+            v = select(v, mirror, vec4<u32>(row) > vec4<u32>(col, col + 1u, col + 2u, col + 3u));
+        }
+        let at = z * gp.stride_c + row * gp.ldc + col;
+        if (gp.n % 4u == 0u) {
+            var r = coef.x * v;
+            if (gp.beta != 0.0) {
+                if (gp.d_mode == 0u) {
+                    r = r + coef.y * c4[at / 4u];
+                } else {
+                    r = r + coef.y * d4[(z * gp.stride_d + row * gp.ldc + col) / 4u];
+                }
+            }
+            c4[at / 4u] = r;
+        } else {
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                if (col + j < gp.n) { c[at + j] = epilogue(z, row, col + j, v[j]); }
+            }
+        }
+    }
 }

@@ -21,14 +21,17 @@ pub const GEMM_F32_128: KernelSpec =
 pub const GEMM_PANEL: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: &[(0, U), (6, R), (7, R), (8, W)] };
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
-pub const GEMM_PANEL_FINISH: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "panel_finish", bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R)] };
+pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
+    module: "gemm_panel",
+    entry: "panel_finish",
+    bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R), (12, W), (13, R)],
+};
 /// Packs op(A) into the panel kernel's 64-row panels.
 pub const GEMM_PACK_A: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W)] };
+    KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W), (10, R)] };
 /// Packs op(B) into the panel kernel's 32-column panels.
 pub const GEMM_PACK_B: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "pack_b", bindings: &[(0, U), (2, R), (8, W)] };
+    KernelSpec { module: "gemm_panel", entry: "pack_b", bindings: &[(0, U), (2, R), (8, W), (11, R)] };
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
@@ -503,23 +506,25 @@ impl GemmPlan {
         let bp = ctx.storage_buffer("gemm packed B", (count_b * per_b * 16) as u64)?;
         let (m_pad, n_pad) = (desc.m.next_multiple_of(rows), desc.n.next_multiple_of(cols));
         let raw = ctx.storage_buffer("gemm raw product", (desc.batch * m_pad * n_pad * 4) as u64)?;
-        let wg = |count: usize| ctx.grid((count as u32).div_ceil(crate::gpu::WORKGROUP_SIZE));
+        // The passes' grids: x over 64-invocation workgroups, y over k groups or rows (the kernels loop
+        // past the grid's height), z over the batch.
+        let max_y = ctx.info().limits.max_compute_workgroups_per_dimension as usize;
+        let pass_grid = |x: usize, y: usize, z: usize| ((x as u32).div_ceil(64), y.clamp(1, max_y) as u32, z as u32);
         let mut steps = Vec::new();
         if desc.m > 0 && desc.n > 0 {
             if desc.k > 0 {
-                let jobs = [(&GEMM_PACK_A, a, &ap, per_a, count_a), (&GEMM_PACK_B, b, &bp, per_b, count_b)];
-                for (spec, src, dst, per, count) in jobs {
-                    let (x, y) = wg(per);
-                    steps.push((ctx.bind(spec, &[&uniform, src.buffer(), dst])?, (x, y, count as u32)));
+                // One invocation per 4×4 block; the source bound twice (as f32s and as vec4s).
+                let jobs = [(&GEMM_PACK_A, a, &ap, m_pad, count_a), (&GEMM_PACK_B, b, &bp, n_pad, count_b)];
+                for (spec, src, dst, extent, count) in jobs {
+                    let bound = ctx.bind(spec, &[&uniform, src.buffer(), dst, src.buffer()])?;
+                    steps.push((bound, pass_grid(extent / 4, k4, count)));
                 }
             }
             let grid = ((n_pad / cols) as u32, (m_pad / rows) as u32, desc.batch as u32);
             steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, &ap, &bp, &raw])?, grid));
-            let (x, y) = wg(desc.m * desc.n);
-            steps.push((
-                ctx.bind(&GEMM_PANEL_FINISH, &[&uniform, c.buffer(), d_buf, n_buf, &raw])?,
-                (x, y, desc.batch as u32),
-            ));
+            // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
+            let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
+            steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, pass_grid(desc.n.div_ceil(4), desc.m, desc.batch)));
         }
         Ok(GemmPlan {
             bound: None,
