@@ -103,10 +103,13 @@ fn auto_kernel_choice_follows_adapter_and_size() {
     let on_gpu = !ctx.info().is_cpu();
     // lavapipe offers 8-lane subgroups: a CPU adapter without them would fall back to Tile64.
     let cpu = if ctx.info().subgroup_size == Some(8) { GemmKernel::Panel } else { GemmKernel::Tile64 };
-    assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), if on_gpu { GemmKernel::Tile64 } else { cpu });
+    // Small problems stay on the 64×64 kernel everywhere (on a CPU adapter, below PANEL_MIN_WORK).
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &small), GemmKernel::Tile64);
+    let mid = GemmDesc::new(256, 256, 256);
+    assert_eq!(GemmKernel::Auto.resolve(&ctx, &mid), if on_gpu { GemmKernel::Tile64 } else { cpu });
     assert_eq!(GemmKernel::Auto.resolve(&ctx, &big), if on_gpu { GemmKernel::Tile128 } else { cpu });
     // Split-K asked for on a CPU adapter: the panel kernel never splits, so the tiled one runs.
-    let split = GemmDesc { split_k: 4, ..small };
+    let split = GemmDesc { split_k: 4, ..mid };
     assert_eq!(GemmKernel::Auto.resolve(&ctx, &split), GemmKernel::Tile64);
     // llvmpipe names its SIMD width; at 256 bits its subgroups are 8 lanes and the panel kernel must
     // be in use (so a wgpu or driver change that hides subgroups cannot silently slow every GEMM).

@@ -42,6 +42,10 @@ fn ns5_matches_reference_square_wide_tall_batched() {
     ns5_case(1, 100, 40, 5);
     ns5_case(4, 33, 20, 5);
     ns5_case(3, 20, 65, 3);
+    // Large enough (m·n·k·batch ≥ PANEL_MIN_WORK) that a CPU adapter's Gram and update products take
+    // the panel kernel; the smaller ones above take the 64×64 kernel.
+    ns5_case(1, 130, 520, 5);
+    ns5_case(6, 100, 150, 3);
 }
 
 /// Singular values of an m×n matrix (m ≥ n) via the f64 eigenvalues of XᵀX.

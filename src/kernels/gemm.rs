@@ -48,14 +48,18 @@ pub const PANEL_ROWS: u32 = 64;
 pub const PANEL_COLS: u32 = 32;
 /// The subgroup width `gemm_panel` is written for.
 pub const PANEL_LANES: u32 = 8;
+/// The least m·n·k·batch for which [`GemmKernel::Auto`] picks the panel kernel on a CPU adapter: below
+/// it the panel kernel's four dispatches cost more than its speed saves (lavapipe, NS5 on one matrix:
+/// at n = 64 and 128 the 64×64 kernel was 1.6–2× faster, at n = 256 the panel kernel 1.7×).
+pub const PANEL_MIN_WORK: usize = 1 << 23;
 
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
     /// [`GemmKernel::Tile128`] on GPUs when the problem has at least [`LARGE_TILE_MIN_WORKGROUPS`]
     /// of its tiles (enough to fill a large GPU), else [`GemmKernel::Tile64`]. CPU adapters (lavapipe)
-    /// get [`GemmKernel::Panel`] where it can run (8-lane subgroups, no split-K asked for, packed
-    /// operands within one binding), else `Tile64`.
+    /// get [`GemmKernel::Panel`] where it can run and pays (8-lane subgroups, no split-K asked for,
+    /// packed operands within one binding, at least [`PANEL_MIN_WORK`]), else `Tile64`.
     #[default]
     Auto,
     /// 64×64 output tiles, 8×8 invocations of 8×8 outputs each (`gemm_f32`).
@@ -84,7 +88,9 @@ impl GemmKernel {
         match self {
             GemmKernel::Auto if ctx.info().is_cpu() => {
                 let fits = desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes());
-                if ctx.info().subgroup_size == Some(PANEL_LANES) && desc.split_k <= 1 && fits {
+                let work = desc.m * desc.n * desc.k * desc.batch;
+                if ctx.info().subgroup_size == Some(PANEL_LANES) && desc.split_k <= 1 && fits && work >= PANEL_MIN_WORK
+                {
                     GemmKernel::Panel
                 } else {
                     GemmKernel::Tile64
