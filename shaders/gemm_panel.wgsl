@@ -188,23 +188,28 @@ fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocatio
     // Symmetric mode: a tile wholly below the diagonal is written by its mirror (uniform exit).
     if (gp.symmetric != 0u && row0 >= col0 + PN) { return; }
     let k4n = (gp.k + 3u) / 4u;
-    // A broadcast operand (stride 0) was packed once.
+    // A broadcast operand (stride 0) is one matrix. Addressing in vec4s from the uniform: packed
+    // panels, or a row-major operand read in place (its rows past m or columns past n, read or not,
+    // only reach accumulators that the epilogue pass never stores).
     let za = select(z, 0u, gp.stride_a == 0u);
     let zb = select(z, 0u, gp.stride_b == 0u);
-    var ai = (za * ((gp.m + PM - 1u) / PM) + wid.y) * k4n * PM + lane;
-    var bi = (zb * ((gp.n + PN - 1u) / PN) + wid.x) * k4n * 32u + lane;
+    var ai = za * gp.a_mat + wid.y * gp.a_panel + lane * gp.a_row;
+    var bi = zb * gp.b_mat + wid.x * gp.b_panel + lane;
+    let ar = 8u * gp.a_row;
+    let br = gp.b_row;
     var acc: Acc;
     for (var g = 0u; g < k4n; g = g + 1u) {
         // Every load of the step group first, then only arithmetic: a CPU driver's per-lane load
         // loops are branches, and accumulators live across a branch get spilled and reloaded
         // around it (loading B row by row between the updates measured 1.7x slower on lavapipe).
-        let a = array<vec4<f32>, 8>(ap[ai + 0u], ap[ai + 8u], ap[ai + 16u], ap[ai + 24u], ap[ai + 32u], ap[ai + 40u], ap[ai + 48u], ap[ai + 56u]);
+        let a = array<vec4<f32>, 8>(ap[ai], ap[ai + ar], ap[ai + 2u * ar], ap[ai + 3u * ar], ap[ai + 4u * ar],
+                                    ap[ai + 5u * ar], ap[ai + 6u * ar], ap[ai + 7u * ar]);
         let v0 = bp[bi];
-        let v1 = bp[bi + 8u];
-        let v2 = bp[bi + 16u];
-        let v3 = bp[bi + 24u];
-        ai = ai + PM;
-        bi = bi + 32u;
+        let v1 = bp[bi + br];
+        let v2 = bp[bi + 2u * br];
+        let v3 = bp[bi + 3u * br];
+        ai = ai + gp.a_step;
+        bi = bi + 4u * br;
         rank1(&acc, a_step(a, 0u), v0);
         rank1(&acc, a_step(a, 1u), v1);
         rank1(&acc, a_step(a, 2u), v2);

@@ -80,6 +80,10 @@ fn gemm_batched_and_broadcast() {
     check(GemmDesc { batch: 5, ..GemmDesc::new(37, 53, 29) }, false, false);
     check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(70, 20, 90) }, true, false);
     check(GemmDesc { batch: 4, trans_a: true, beta: 1.0, ..GemmDesc::new(9, 66, 31) }, false, true);
+    // Aligned row-major operands, which the panel kernel reads in place (k % 4 == 0, n % 4 == 0):
+    // a broadcast A over a batch of B, and the other way round, with ragged panels (m < 64, n < 32).
+    check(GemmDesc { batch: 3, alpha: 0.5, ..GemmDesc::new(70, 36, 44) }, true, false);
+    check(GemmDesc { batch: 2, beta: -1.0, ..GemmDesc::new(9, 100, 8) }, false, true);
 }
 
 #[test]

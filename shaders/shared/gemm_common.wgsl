@@ -19,7 +19,11 @@ struct GemmParams {
     // products): bits 0-3 the power of s on alpha (0, 1, 2), bits 4-7 on beta (0, 1).
     scale_pows: u32,
     eps: f32,
-    _p1: u32, _p2: u32, _p3: u32, _p4: u32,
+    // gemm_panel's operand addressing, in vec4s (set by the host; see GemmPlan::build_panel): A's row
+    // stride, k-group step, 64-row panel stride and matrix stride; B's row (k) stride, 32-column
+    // panel stride and matrix stride. Packed operands and operands read in place differ only here.
+    a_row: u32, a_step: u32, a_panel: u32, a_mat: u32,
+    b_row: u32, b_panel: u32, b_mat: u32, _p: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;

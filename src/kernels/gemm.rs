@@ -52,6 +52,9 @@ pub const PANEL_LANES: u32 = 8;
 /// it the panel kernel's four dispatches cost more than its speed saves (lavapipe, NS5 on one matrix:
 /// at n = 64 and 128 the 64×64 kernel was 1.6–2× faster, at n = 256 the panel kernel 1.7×).
 pub const PANEL_MIN_WORK: usize = 1 << 23;
+/// The largest k for which the panel kernel reads an aligned row-major operand in place instead of
+/// packing it (a 64-row panel of A is then at most 256 KiB, within a core's L2).
+pub const PANEL_IN_PLACE_K: usize = 1024;
 
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,10 +158,14 @@ pub struct GemmParams {
     pub scale_pows: u32,
     /// The ε of s.
     pub eps: f32,
-    /// Padding to 96 bytes.
-    pub _p: [u32; 4],
+    /// The panel kernel's A addressing in vec4s: row stride, k-group step, 64-row panel stride,
+    /// matrix stride (packed, or the stored A read in place).
+    pub a_addr: [u32; 4],
+    /// The panel kernel's B addressing in vec4s: row (k) stride, 32-column panel stride, matrix
+    /// stride, and padding.
+    pub b_addr: [u32; 4],
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 96);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 112);
 
 /// A GEMM problem: C[z] = α·op(A[z])·op(B[z]) + β·C[z] for z < batch, all matrices dense row-major.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -297,7 +304,8 @@ impl GemmDesc {
             k_total: 0,
             scale_pows: 0,
             eps: 0.0,
-            _p: [0; 4],
+            a_addr: [0; 4],
+            b_addr: [0; 4],
         }
     }
 
@@ -499,18 +507,38 @@ impl GemmPlan {
                 ctx.info().subgroup_size
             )));
         }
-        let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
-        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         let k4 = desc.k.div_ceil(4);
         let (rows, cols) = (PANEL_ROWS as usize, PANEL_COLS as usize);
+        let (m_pad, n_pad) = (desc.m.next_multiple_of(rows), desc.n.next_multiple_of(cols));
         let count_a = if params.stride_a == 0 { 1 } else { desc.batch };
         let count_b = if params.stride_b == 0 { 1 } else { desc.batch };
-        // vec4s per packed matrix
-        let per_a = desc.m.div_ceil(rows) * k4 * rows;
-        let per_b = desc.n.div_ceil(cols) * k4 * cols;
-        let ap = ctx.storage_buffer("gemm packed A", (count_a * per_a * 16) as u64)?;
-        let bp = ctx.storage_buffer("gemm packed B", (count_b * per_b * 16) as u64)?;
-        let (m_pad, n_pad) = (desc.m.next_multiple_of(rows), desc.n.next_multiple_of(cols));
+        // An operand stored row-major with rows of whole vec4s and no partial k group is read in
+        // place (up to PANEL_IN_PLACE_K; beyond it the packed panels' in-order streams pay); anything
+        // else is packed first. vec4s per packed matrix:
+        let per_a = m_pad * k4;
+        let per_b = n_pad * k4;
+        let in_place = desc.k.is_multiple_of(4) && desc.k <= PANEL_IN_PLACE_K;
+        let direct_a = in_place && !desc.trans_a;
+        let direct_b = in_place && !desc.trans_b && desc.n.is_multiple_of(4);
+        let mut params = params;
+        params.a_addr = if direct_a {
+            let lda4 = params.lda / 4;
+            [lda4, 1, PANEL_ROWS * lda4, params.stride_a / 4]
+        } else {
+            [1, PANEL_ROWS, (rows * k4) as u32, per_a as u32]
+        };
+        params.b_addr = if direct_b {
+            [params.ldb / 4, PANEL_COLS / 4, params.stride_b / 4, 0]
+        } else {
+            [PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0]
+        };
+        let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
+        ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
+        let scratch = |label: &str, packed: bool, vec4s: usize| {
+            ctx.storage_buffer(label, if packed { vec4s as u64 * 16 } else { 16 })
+        };
+        let ap = scratch("gemm packed A", !direct_a, count_a * per_a)?;
+        let bp = scratch("gemm packed B", !direct_b, count_b * per_b)?;
         let raw = ctx.storage_buffer("gemm raw product", (desc.batch * m_pad * n_pad * 4) as u64)?;
         // The passes' grids: x over 64-invocation workgroups, y over k groups or rows (the kernels loop
         // past the grid's height), z over the batch.
@@ -520,14 +548,19 @@ impl GemmPlan {
         if desc.m > 0 && desc.n > 0 {
             if desc.k > 0 {
                 // One invocation per 4×4 block; the source bound twice (as f32s and as vec4s).
-                let jobs = [(&GEMM_PACK_A, a, &ap, m_pad, count_a), (&GEMM_PACK_B, b, &bp, n_pad, count_b)];
-                for (spec, src, dst, extent, count) in jobs {
+                let jobs = [
+                    (&GEMM_PACK_A, a, &ap, m_pad, count_a, direct_a),
+                    (&GEMM_PACK_B, b, &bp, n_pad, count_b, direct_b),
+                ];
+                for (spec, src, dst, extent, count, _) in jobs.into_iter().filter(|job| !job.5) {
                     let bound = ctx.bind(spec, &[&uniform, src.buffer(), dst, src.buffer()])?;
                     steps.push((bound, pass_grid(extent / 4, k4, count)));
                 }
             }
             let grid = ((n_pad / cols) as u32, (m_pad / rows) as u32, desc.batch as u32);
-            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, &ap, &bp, &raw])?, grid));
+            let a_in = if direct_a { a.buffer() } else { &ap };
+            let b_in = if direct_b { b.buffer() } else { &bp };
+            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, a_in, b_in, &raw])?, grid));
             // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
             let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
             steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, pass_grid(desc.n.div_ceil(4), desc.m, desc.batch)));
