@@ -84,6 +84,9 @@ fn gemm_batched_and_broadcast() {
     // a broadcast A over a batch of B, and the other way round, with ragged panels (m < 64, n < 32).
     check(GemmDesc { batch: 3, alpha: 0.5, ..GemmDesc::new(70, 36, 44) }, true, false);
     check(GemmDesc { batch: 2, beta: -1.0, ..GemmDesc::new(9, 100, 8) }, false, true);
+    // C of whole 64×32 tiles with β = 0: the panel kernel writes α·A·B into C itself (no epilogue pass).
+    check(GemmDesc { batch: 2, alpha: -1.5, ..GemmDesc::new(128, 64, 20) }, false, false);
+    check(GemmDesc { batch: 3, trans_a: true, trans_b: true, ..GemmDesc::new(64, 96, 7) }, false, true);
 }
 
 #[test]

@@ -17,9 +17,9 @@ pub const GEMM_SPLITK_REDUCE: KernelSpec =
 pub const GEMM_F32_128: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
 /// The CPU-adapter GEMM (64×32 tiles from packed panels, 8-lane subgroup broadcasts) into a padded
-/// scratch matrix.
+/// scratch matrix, or straight into C when C has that shape and only α is asked.
 pub const GEMM_PANEL: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: &[(0, U), (6, R), (7, R), (8, W)] };
+    KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R)] };
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
 pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     module: "gemm_panel",
@@ -73,8 +73,9 @@ pub enum GemmKernel {
     /// For CPU drivers that run a subgroup as one SIMD register (lavapipe): op(A) and op(B) are first
     /// packed into zero-padded panels, then one 8-invocation workgroup computes a 64×32 tile with
     /// vec4 loads and subgroup broadcasts (`gemm_panel`), and a last pass applies α, β, the addend
-    /// and the symmetric mirror: four dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never
-    /// splits k.
+    /// and the symmetric mirror: up to four dispatches (aligned row-major operands are read in
+    /// place; C = α·A·B with m % 64 == n % 32 == 0 is written directly). Needs subgroups of exactly
+    /// [`PANEL_LANES`]; never splits k.
     Panel,
 }
 
@@ -162,7 +163,7 @@ pub struct GemmParams {
     /// matrix stride (packed, or the stored A read in place).
     pub a_addr: [u32; 4],
     /// The panel kernel's B addressing in vec4s: row (k) stride, 32-column panel stride, matrix
-    /// stride, and padding.
+    /// stride; then 1 when the panel kernel writes α·product straight into C (`direct_out`).
     pub b_addr: [u32; 4],
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 112);
@@ -532,6 +533,9 @@ impl GemmPlan {
         } else {
             [PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0]
         };
+        // C with the scratch's shape and only α asked of the epilogue: the product kernel writes C.
+        let direct_out = desc.beta == 0.0 && !desc.symmetric && m_pad == desc.m && n_pad == desc.n;
+        params.b_addr[3] = direct_out as u32;
         let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         let scratch = |label: &str, packed: bool, vec4s: usize| {
@@ -539,7 +543,8 @@ impl GemmPlan {
         };
         let ap = scratch("gemm packed A", !direct_a, count_a * per_a)?;
         let bp = scratch("gemm packed B", !direct_b, count_b * per_b)?;
-        let raw = ctx.storage_buffer("gemm raw product", (desc.batch * m_pad * n_pad * 4) as u64)?;
+        let raw_bytes = if direct_out { 16 } else { desc.batch * m_pad * n_pad * 4 };
+        let raw = ctx.storage_buffer("gemm raw product", raw_bytes as u64)?;
         // The passes' grids: x over 64-invocation workgroups, y over k groups or rows (the kernels loop
         // past the grid's height), z over the batch.
         let max_y = ctx.info().limits.max_compute_workgroups_per_dimension as usize;
@@ -560,10 +565,13 @@ impl GemmPlan {
             let grid = ((n_pad / cols) as u32, (m_pad / rows) as u32, desc.batch as u32);
             let a_in = if direct_a { a.buffer() } else { &ap };
             let b_in = if direct_b { b.buffer() } else { &bp };
-            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, a_in, b_in, &raw])?, grid));
-            // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
-            let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
-            steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, pass_grid(desc.n.div_ceil(4), desc.m, desc.batch)));
+            let out = if direct_out { c.buffer() } else { &raw };
+            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, a_in, b_in, out, n_buf])?, grid));
+            if !direct_out {
+                // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
+                let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
+                steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, pass_grid(desc.n.div_ceil(4), desc.m, desc.batch)));
+            }
         }
         Ok(GemmPlan {
             bound: None,
