@@ -330,3 +330,22 @@ fn panel_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// Direct output of a symmetric product: gemm_panel wrote every tile it computed straight into C (a
+// tile's entries below the diagonal equal their mirrors bit for bit: the same products summed in the
+// same order); the tiles it skipped, wholly below the diagonal, are copied here from their mirrors.
+// One invocation per 4 consecutive elements of a row (n % 4 == 0 in direct mode); grid as panel_finish.
+@compute @workgroup_size(64)
+fn panel_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let col = 4u * (wid.x * 64u + lid);
+    if (col >= gp.n) { return; }
+    let z = wid.z;
+    for (var row = wid.y; row < gp.m; row = row + nwg.y) {
+        if (row / PM * PM >= col / PN * PN + PN) {
+            let e = z * gp.stride_c + col * gp.ldc + row;
+            c4[(z * gp.stride_c + row * gp.ldc + col) / 4u] =
+                vec4<f32>(c[e], c[e + gp.ldc], c[e + 2u * gp.ldc], c[e + 3u * gp.ldc]);
+        }
+    }
+}

@@ -26,6 +26,9 @@ pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     entry: "panel_finish",
     bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R), (12, W), (13, R)],
 };
+/// Direct output of a symmetric panel product: fills the skipped tiles from their mirrors.
+pub const GEMM_PANEL_MIRROR: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "panel_mirror", bindings: &[(0, U), (3, W), (12, W)] };
 /// Packs op(A) into the panel kernel's 64-row panels.
 pub const GEMM_PACK_A: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W), (10, R)] };
@@ -35,8 +38,17 @@ pub const GEMM_PACK_B: KernelSpec =
 /// The FMA-throughput kernel.
 pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_peak", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] =
-    &[GEMM_F32, GEMM_F32_128, GEMM_SPLITK_REDUCE, GEMM_PANEL, GEMM_PANEL_FINISH, GEMM_PACK_A, GEMM_PACK_B, FMA_PEAK];
+pub const SPECS: &[KernelSpec] = &[
+    GEMM_F32,
+    GEMM_F32_128,
+    GEMM_SPLITK_REDUCE,
+    GEMM_PANEL,
+    GEMM_PANEL_FINISH,
+    GEMM_PANEL_MIRROR,
+    GEMM_PACK_A,
+    GEMM_PACK_B,
+    FMA_PEAK,
+];
 
 /// Output tile edge of one workgroup of `gemm_f32` (keep in sync with `TILE` in the shader).
 pub const TILE: u32 = 64;
@@ -534,7 +546,7 @@ impl GemmPlan {
             [PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0]
         };
         // C with the scratch's shape and only α asked of the epilogue: the product kernel writes C.
-        let direct_out = desc.beta == 0.0 && !desc.symmetric && m_pad == desc.m && n_pad == desc.n;
+        let direct_out = desc.beta == 0.0 && m_pad == desc.m && n_pad == desc.n;
         params.b_addr[3] = direct_out as u32;
         let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
@@ -567,10 +579,13 @@ impl GemmPlan {
             let b_in = if direct_b { b.buffer() } else { &bp };
             let out = if direct_out { c.buffer() } else { &raw };
             steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, a_in, b_in, out, n_buf])?, grid));
+            let rows_grid = pass_grid(desc.n.div_ceil(4), desc.m, desc.batch);
             if !direct_out {
                 // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
                 let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
-                steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, pass_grid(desc.n.div_ceil(4), desc.m, desc.batch)));
+                steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, rows_grid));
+            } else if desc.symmetric {
+                steps.push((ctx.bind(&GEMM_PANEL_MIRROR, &[&uniform, c.buffer(), c.buffer()])?, rows_grid));
             }
         }
         Ok(GemmPlan {
