@@ -61,7 +61,7 @@ pub const PANEL_COLS: u32 = 32;
 /// The subgroup width `gemm_panel` is written for.
 pub const PANEL_LANES: u32 = 8;
 /// The least m·n·k·batch for which [`GemmKernel::Auto`] picks the panel kernel on a CPU adapter: below
-/// it the panel kernel's four dispatches cost more than its speed saves (lavapipe, NS5 on one matrix:
+/// it the panel kernel's extra dispatches cost more than its speed saves (lavapipe, NS5 on one matrix:
 /// at n = 64 and 128 the 64×64 kernel was 1.6–2× faster, at n = 256 the panel kernel 1.7×).
 pub const PANEL_MIN_WORK: usize = 1 << 23;
 /// The largest k for which the panel kernel reads an aligned row-major operand in place instead of
@@ -375,7 +375,8 @@ pub struct GemmPlan {
     desc: GemmDesc,
     /// Split-K: the reduction of the partial products.
     reduce: Option<Box<SplitReduce>>,
-    /// The panel kernel's dispatches, in order (pack A, pack B, product, epilogue), and its scratch.
+    /// The panel kernel's dispatches, in order (packs where needed, the product, the epilogue or mirror
+    /// pass where needed), and its scratch.
     steps: Vec<(BoundKernel, (u32, u32, u32))>,
     _scratch: Vec<wgpu::Buffer>,
 }
