@@ -7,16 +7,19 @@
 // lanes, while a subgroup broadcast is one register shuffle. Measured on lavapipe (LLVM 15, AVX2),
 // per value delivered to a lane: ~4 cycles for a scalar storage load, ~1.7 for a vec4 storage load,
 // ~0.2 for a broadcast. So this kernel loads only vec4s, as few as it can, and shares them by
-// broadcast. Four dispatches:
+// broadcast. Up to four dispatches:
 //   1. pack_a / pack_b copy op(A) and op(B) into zero-padded panels (as BLAS libraries pack), so the
-//      multiply has no bounds checks, transposes or alignment cases and reads memory in order;
+//      multiply has no bounds checks, transposes or alignment cases and reads memory in order; an
+//      operand stored row-major with whole vec4 rows (and k <= 1024) is read in place instead;
 //   2. gemm_panel: one workgroup is one subgroup and computes a 64 x 32 tile; invocation `lane` owns
 //      rows lane, lane + 8, ..., lane + 56 and all 32 columns (256 accumulators: the driver keeps
 //      what does not fit in registers on the stack, which costs less than any further load). Per 4
 //      steps of k it loads one vec4 of A per row it owns and one vec4 of each of the B panel's 4 rows
 //      (8 lanes x 4 = the tile's 32 columns), which broadcasts hand to every lane: 1024 FMAs per 12
-//      vec4 loads. The raw tile goes to a padded scratch matrix;
-//   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element.
+//      vec4 loads. The raw tile goes to a padded scratch matrix, or, when C is whole tiles and only
+//      alpha is asked (direct_out), alpha times it straight into C;
+//   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element
+//      (with direct_out, only a symmetric product has a last pass: panel_mirror).
 // The accumulators are named struct fields, never an indexed array, so no compiler has to prove
 // indices constant to keep them out of memory.
 
@@ -190,7 +193,7 @@ fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocatio
     let k4n = (gp.k + 3u) / 4u;
     // A broadcast operand (stride 0) is one matrix. Addressing in vec4s from the uniform: packed
     // panels, or a row-major operand read in place (its rows past m or columns past n, read or not,
-    // only reach accumulators that the epilogue pass never stores).
+    // only reach accumulators that are never stored: direct_out has none).
     let za = select(z, 0u, gp.stride_a == 0u);
     let zb = select(z, 0u, gp.stride_b == 0u);
     var ai = za * gp.a_mat + wid.y * gp.a_panel + lane * gp.a_row;

@@ -9,30 +9,13 @@ use gpuopt::gpu::check_kernel_limits;
 use gpuopt::kernels::all_specs;
 use gpuopt::shaders;
 
-fn validator(name: &str) -> naga::valid::Validator {
-    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
-    if !shaders::needs_subgroups(name) {
-        return Validator::new(ValidationFlags::all(), Capabilities::empty());
-    }
-    let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
-    v.subgroup_stages(ShaderStages::COMPUTE).subgroup_operations(SubgroupOperationSet::all());
-    v
-}
-
-fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = shaders::composed(name).unwrap();
-    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
-    // Capabilities::empty(): any optional feature would fail validation here, except subgroup
-    // operations in the modules that declare them (shaders::SUBGROUP_MODULES).
-    let info = validator(name).validate(&module).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
-    (module, info)
-}
+mod common;
 
 #[test]
 fn portability_every_shader_translates_to_every_back_end() {
     let mut translated = 0;
     for name in shaders::module_names() {
-        let (module, info) = parse(name);
+        let (module, info) = common::naga_module(name);
         naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
             .unwrap_or_else(|e| panic!("shader {name}, back end SPIR-V: {e}"));
         for ep in &module.entry_points {
@@ -78,7 +61,7 @@ fn portability_kernels_fit_webgpu_default_limits() {
     let downlevel = wgpu::Limits::downlevel_defaults();
     let mut over_downlevel = Vec::new();
     for spec in all_specs() {
-        let (module, info) = parse(spec.module);
+        let (module, info) = common::naga_module(spec.module);
         let (index, ep) = module.entry_points.iter().enumerate().find(|(_, ep)| ep.name == spec.entry).unwrap();
         let [x, y, z] = ep.workgroup_size;
         let what = format!("{}::{}", spec.module, spec.entry);
@@ -136,7 +119,7 @@ fn portability_kernels_fit_webgpu_default_limits() {
 #[test]
 fn portability_no_64_bit_types() {
     for name in shaders::module_names() {
-        let (module, _) = parse(name);
+        let (module, _) = common::naga_module(name);
         for (_, ty) in module.types.iter() {
             let scalar = match &ty.inner {
                 naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } | naga::TypeInner::Atomic(s) => {

@@ -6,36 +6,19 @@ use gpuopt::kernels::all_specs;
 use gpuopt::shaders;
 use std::collections::BTreeMap;
 
-fn validator(name: &str) -> naga::valid::Validator {
-    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
-    if !shaders::needs_subgroups(name) {
-        return Validator::new(ValidationFlags::all(), Capabilities::empty());
-    }
-    let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
-    v.subgroup_stages(ShaderStages::COMPUTE).subgroup_operations(SubgroupOperationSet::all());
-    v
-}
-
-fn parse(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = shaders::composed(name).unwrap();
-    let module =
-        naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
-    let info =
-        validator(name).validate(&module).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
-    (module, info)
-}
+mod common;
 
 #[test]
 fn shaders_every_module_validates_with_naga() {
     for name in shaders::module_names() {
-        parse(name);
+        common::naga_module(name);
     }
 }
 
 #[test]
 fn shaders_kernel_bindings_match_reflection() {
     for spec in all_specs() {
-        let (module, info) = parse(spec.module);
+        let (module, info) = common::naga_module(spec.module);
         let (index, _) = module
             .entry_points
             .iter()

@@ -280,11 +280,15 @@ impl GemmDesc {
     /// raw product (rows padded to 64, columns to 32, k to 4; an operand shared by the batch is
     /// packed once, so this is an upper bound).
     pub fn packed_bytes(&self) -> [u64; 3] {
-        let k4 = self.k.div_ceil(4) as u64;
-        let rows = self.m.next_multiple_of(PANEL_ROWS as usize) as u64;
-        let cols = self.n.next_multiple_of(PANEL_COLS as usize) as u64;
-        let batch = self.batch as u64;
+        let (k4, rows, cols) = self.panel_shape();
+        let [k4, rows, cols, batch] = [k4, rows, cols, self.batch].map(|v| v as u64);
         [batch * rows * k4 * 16, batch * cols * k4 * 16, batch * rows * cols * 4]
+    }
+
+    /// The panel kernel's padded extents: k groups of 4, rows padded to 64, columns to 32.
+    fn panel_shape(&self) -> (usize, usize, usize) {
+        let k4 = self.k.div_ceil(4);
+        (k4, self.m.next_multiple_of(PANEL_ROWS as usize), self.n.next_multiple_of(PANEL_COLS as usize))
     }
 
     /// FLOPs (a multiply-add counts 2).
@@ -505,7 +509,8 @@ impl GemmPlan {
         Ok(GemmPlan { bound, grid, _uniform: uniform, desc, reduce, steps: Vec::new(), _scratch: Vec::new() })
     }
 
-    /// The panel kernel: pack op(A) and op(B) (each once when the batch shares it), then multiply.
+    /// The panel kernel: pack op(A) and op(B) where they cannot be read in place (each once when the
+    /// batch shares it), multiply, and apply the epilogue (or the mirror) where C is not written directly.
     fn build_panel(
         ctx: &Context,
         desc: GemmDesc,
@@ -521,9 +526,8 @@ impl GemmPlan {
                 ctx.info().subgroup_size
             )));
         }
-        let k4 = desc.k.div_ceil(4);
         let (rows, cols) = (PANEL_ROWS as usize, PANEL_COLS as usize);
-        let (m_pad, n_pad) = (desc.m.next_multiple_of(rows), desc.n.next_multiple_of(cols));
+        let (k4, m_pad, n_pad) = desc.panel_shape();
         let count_a = if params.stride_a == 0 { 1 } else { desc.batch };
         let count_b = if params.stride_b == 0 { 1 } else { desc.batch };
         // An operand stored row-major with rows of whole vec4s and no partial k group is read in

@@ -26,3 +26,22 @@ pub fn ctx_with(opts: ContextOptions) -> Context {
         ),
     }
 }
+
+/// Module `name` composed, parsed and validated with naga: no optional capability, except subgroup
+/// operations for the modules that declare them (`shaders::SUBGROUP_MODULES`), so any other optional
+/// feature fails validation here.
+pub fn naga_module(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
+    let src = gpuopt::shaders::composed(name).unwrap();
+    let module =
+        naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
+    let mut validator = if gpuopt::shaders::needs_subgroups(name) {
+        let mut v = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP);
+        v.subgroup_stages(ShaderStages::COMPUTE).subgroup_operations(SubgroupOperationSet::all());
+        v
+    } else {
+        Validator::new(ValidationFlags::all(), Capabilities::empty())
+    };
+    let info = validator.validate(&module).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
+    (module, info)
+}
