@@ -16,8 +16,8 @@
 //      what does not fit in registers on the stack, which costs less than any further load). Per 4
 //      steps of k it loads one vec4 of A per row it owns and one vec4 of each of the B panel's 4 rows
 //      (8 lanes x 4 = the tile's 32 columns), which broadcasts hand to every lane: 1024 FMAs per 12
-//      vec4 loads. The raw tile goes to a padded scratch matrix, or, when C is whole tiles and only
-//      alpha is asked (direct_out), alpha times it straight into C;
+//      vec4 loads. The raw tile goes to a padded scratch matrix, or, when C is whole tiles and its
+//      addend (if any) is a separate D (direct_out), alpha * tile + beta * D straight into C;
 //   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element
 //      (with direct_out, only a symmetric product has a last pass: panel_mirror).
 // The accumulators are named struct fields, never an indexed array, so no compiler has to prove
@@ -183,21 +183,64 @@ fn rank1(acc: ptr<function, Acc>, x: A8, v: vec4<f32>) {
     (*acc).q7 = col_fma((*acc).q7, x, subgroupBroadcast(v, 7u));
 }
 
+var<private> use_d: bool;
+var<private> d_shift: u32;
+
+// packed[i] = coef.x * v (+ coef.y * D at the same place of C when use_d). The addend is loaded
+// unconditionally (a read past a dummy binding's end is safe in WGSL) and selected: a CPU driver
+// turns a per-invocation branch around a load into mask bookkeeping.
+fn put(i: u32, v: vec4<f32>) {
+    let dv = d4[i + d_shift];
+    packed[i] = select(coef.x * v, coef.x * v + coef.y * dv, use_d); // panel_finish's rounding
+}
+
 @compute @workgroup_size(8)
 fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    panel(wid, lane, false);
+}
+
+// gemm_panel for a B stored transposed (n x k, row-major) read in place: per 4 steps of k, lane q
+// loads one vec4 from each of the 4 stored rows 4q .. 4q + 3 of its panel (b_lane = 4 rows, b_row =
+// 1 row, b_step = 1 vec4) and transposes the 4 x 4 block in registers into the 4 B rows' vec4s,
+// instead of a pass that packs op(B) (measured on lavapipe: packing a 768 x 768 B cost as much as a
+// third of the Gram product it feeds).
+@compute @workgroup_size(8)
+fn gemm_panel_bt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    panel(wid, lane, true);
+}
+
+// The body of both entry points; `bt` is a literal there, so a driver that inlines (every one that
+// compiles through NIR or LLVM) drops the branch from the loop.
+fn panel(wid: vec3<u32>, lane: u32, bt: bool) {
     let z = wid.z;
-    let row0 = wid.y * PM;
-    let col0 = wid.x * PN;
-    // Symmetric mode: a tile wholly below the diagonal is written by its mirror (uniform exit).
-    if (gp.symmetric != 0u && row0 >= col0 + PN) { return; }
+    // The tile: (wid.y, wid.x), or in symmetric mode one of those on or above the diagonal only.
+    // Row panel i there has C - 2i such tiles (C column tiles; PM = 2 * PN), so the grid pairs row
+    // panels i = wid.y and R - 1 - i (R row panels) into one grid row of 2C - 2R + 2 tiles: every grid
+    // row then holds the same work. (A CPU driver hands each thread a contiguous range of
+    // workgroups; launched as a square grid whose lower tiles exit at once, the thread with the top
+    // rows got 3/4 of a symmetric product's work on lavapipe's 2 threads.)
+    var ty = wid.y;
+    var tx = wid.x;
+    if (gp.symmetric != 0u) {
+        let first = (gp.n + PN - 1u) / PN - 2u * wid.y;
+        if (wid.x >= first) {
+            ty = (gp.m + PM - 1u) / PM - 1u - wid.y;
+            tx = 2u * ty + wid.x - first;
+            if (ty == wid.y) { return; } // the middle row panel of an odd count is paired with itself
+        } else {
+            tx = 2u * wid.y + wid.x;
+        }
+    }
+    let row0 = ty * PM;
+    let col0 = tx * PN;
     let k4n = (gp.k + 3u) / 4u;
     // A broadcast operand (stride 0) is one matrix. Addressing in vec4s from the uniform: packed
     // panels, or a row-major operand read in place (its rows past m or columns past n, read or not,
     // only reach accumulators that are never stored: direct_out has none).
     let za = select(z, 0u, gp.stride_a == 0u);
     let zb = select(z, 0u, gp.stride_b == 0u);
-    var ai = za * gp.a_mat + wid.y * gp.a_panel + lane * gp.a_row;
-    var bi = zb * gp.b_mat + wid.x * gp.b_panel + lane;
+    var ai = za * gp.a_mat + ty * gp.a_panel + lane * gp.a_row;
+    var bi = zb * gp.b_mat + tx * gp.b_panel + lane * gp.b_lane;
     let ar = 8u * gp.a_row;
     let br = gp.b_row;
     var acc: Acc;
@@ -207,89 +250,91 @@ fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocatio
         // around it (loading B row by row between the updates measured 1.7x slower on lavapipe).
         let a = array<vec4<f32>, 8>(ap[ai], ap[ai + ar], ap[ai + 2u * ar], ap[ai + 3u * ar], ap[ai + 4u * ar],
                                     ap[ai + 5u * ar], ap[ai + 6u * ar], ap[ai + 7u * ar]);
-        let v0 = bp[bi];
-        let v1 = bp[bi + br];
-        let v2 = bp[bi + 2u * br];
-        let v3 = bp[bi + 3u * br];
+        var v = Block4(bp[bi], bp[bi + br], bp[bi + 2u * br], bp[bi + 3u * br]);
+        if (bt) { v = transpose4(v); }
         ai = ai + gp.a_step;
-        bi = bi + 4u * br;
-        rank1(&acc, a_step(a, 0u), v0);
-        rank1(&acc, a_step(a, 1u), v1);
-        rank1(&acc, a_step(a, 2u), v2);
-        rank1(&acc, a_step(a, 3u), v3);
+        bi = bi + gp.b_step;
+        rank1(&acc, a_step(a, 0u), v.x0);
+        rank1(&acc, a_step(a, 1u), v.x1);
+        rank1(&acc, a_step(a, 2u), v.x2);
+        rank1(&acc, a_step(a, 3u), v.x3);
     }
     // The raw tile goes to a padded scratch matrix with plain vec4 stores, and panel_finish applies
     // the epilogue (bounds, alpha, beta, D, the mirror) in a second pass over C. In-kernel, that
     // epilogue unrolled over 256 accumulators took lavapipe 25 s to compile, and as a loop over a
-    // private copy it made the kernel 1.3-2x slower; the extra pass costs a few percent. Where C has
-    // the scratch's shape and nothing but alpha is asked (direct_out), `packed` is C itself.
+    // private copy it made the kernel 1.3-2x slower. Where C has the scratch's shape and asks for no
+    // bounds (direct_out), `packed` is C itself and each store applies alpha and, when asked, beta
+    // times the separate addend D (same layout as C): one vec4 load and select per store.
     let ld4 = (gp.n + PN - 1u) / PN * (PN / 4u);
     let base = (z * ((gp.m + PM - 1u) / PM) * PM + row0 + lane) * ld4 + col0 / 4u;
-    let s = select(1.0, coefficients(z).x, gp.direct_out != 0u);
-    packed[base + 0u * ld4 + 0u] = s * acc.q0.r0;
-    packed[base + 0u * ld4 + 1u] = s * acc.q1.r0;
-    packed[base + 0u * ld4 + 2u] = s * acc.q2.r0;
-    packed[base + 0u * ld4 + 3u] = s * acc.q3.r0;
-    packed[base + 0u * ld4 + 4u] = s * acc.q4.r0;
-    packed[base + 0u * ld4 + 5u] = s * acc.q5.r0;
-    packed[base + 0u * ld4 + 6u] = s * acc.q6.r0;
-    packed[base + 0u * ld4 + 7u] = s * acc.q7.r0;
-    packed[base + 8u * ld4 + 0u] = s * acc.q0.r1;
-    packed[base + 8u * ld4 + 1u] = s * acc.q1.r1;
-    packed[base + 8u * ld4 + 2u] = s * acc.q2.r1;
-    packed[base + 8u * ld4 + 3u] = s * acc.q3.r1;
-    packed[base + 8u * ld4 + 4u] = s * acc.q4.r1;
-    packed[base + 8u * ld4 + 5u] = s * acc.q5.r1;
-    packed[base + 8u * ld4 + 6u] = s * acc.q6.r1;
-    packed[base + 8u * ld4 + 7u] = s * acc.q7.r1;
-    packed[base + 16u * ld4 + 0u] = s * acc.q0.r2;
-    packed[base + 16u * ld4 + 1u] = s * acc.q1.r2;
-    packed[base + 16u * ld4 + 2u] = s * acc.q2.r2;
-    packed[base + 16u * ld4 + 3u] = s * acc.q3.r2;
-    packed[base + 16u * ld4 + 4u] = s * acc.q4.r2;
-    packed[base + 16u * ld4 + 5u] = s * acc.q5.r2;
-    packed[base + 16u * ld4 + 6u] = s * acc.q6.r2;
-    packed[base + 16u * ld4 + 7u] = s * acc.q7.r2;
-    packed[base + 24u * ld4 + 0u] = s * acc.q0.r3;
-    packed[base + 24u * ld4 + 1u] = s * acc.q1.r3;
-    packed[base + 24u * ld4 + 2u] = s * acc.q2.r3;
-    packed[base + 24u * ld4 + 3u] = s * acc.q3.r3;
-    packed[base + 24u * ld4 + 4u] = s * acc.q4.r3;
-    packed[base + 24u * ld4 + 5u] = s * acc.q5.r3;
-    packed[base + 24u * ld4 + 6u] = s * acc.q6.r3;
-    packed[base + 24u * ld4 + 7u] = s * acc.q7.r3;
-    packed[base + 32u * ld4 + 0u] = s * acc.q0.r4;
-    packed[base + 32u * ld4 + 1u] = s * acc.q1.r4;
-    packed[base + 32u * ld4 + 2u] = s * acc.q2.r4;
-    packed[base + 32u * ld4 + 3u] = s * acc.q3.r4;
-    packed[base + 32u * ld4 + 4u] = s * acc.q4.r4;
-    packed[base + 32u * ld4 + 5u] = s * acc.q5.r4;
-    packed[base + 32u * ld4 + 6u] = s * acc.q6.r4;
-    packed[base + 32u * ld4 + 7u] = s * acc.q7.r4;
-    packed[base + 40u * ld4 + 0u] = s * acc.q0.r5;
-    packed[base + 40u * ld4 + 1u] = s * acc.q1.r5;
-    packed[base + 40u * ld4 + 2u] = s * acc.q2.r5;
-    packed[base + 40u * ld4 + 3u] = s * acc.q3.r5;
-    packed[base + 40u * ld4 + 4u] = s * acc.q4.r5;
-    packed[base + 40u * ld4 + 5u] = s * acc.q5.r5;
-    packed[base + 40u * ld4 + 6u] = s * acc.q6.r5;
-    packed[base + 40u * ld4 + 7u] = s * acc.q7.r5;
-    packed[base + 48u * ld4 + 0u] = s * acc.q0.r6;
-    packed[base + 48u * ld4 + 1u] = s * acc.q1.r6;
-    packed[base + 48u * ld4 + 2u] = s * acc.q2.r6;
-    packed[base + 48u * ld4 + 3u] = s * acc.q3.r6;
-    packed[base + 48u * ld4 + 4u] = s * acc.q4.r6;
-    packed[base + 48u * ld4 + 5u] = s * acc.q5.r6;
-    packed[base + 48u * ld4 + 6u] = s * acc.q6.r6;
-    packed[base + 48u * ld4 + 7u] = s * acc.q7.r6;
-    packed[base + 56u * ld4 + 0u] = s * acc.q0.r7;
-    packed[base + 56u * ld4 + 1u] = s * acc.q1.r7;
-    packed[base + 56u * ld4 + 2u] = s * acc.q2.r7;
-    packed[base + 56u * ld4 + 3u] = s * acc.q3.r7;
-    packed[base + 56u * ld4 + 4u] = s * acc.q4.r7;
-    packed[base + 56u * ld4 + 5u] = s * acc.q5.r7;
-    packed[base + 56u * ld4 + 6u] = s * acc.q6.r7;
-    packed[base + 56u * ld4 + 7u] = s * acc.q7.r7;
+    coef = select(vec2<f32>(1.0, 0.0), coefficients(z), gp.direct_out != 0u);
+    use_d = gp.direct_out != 0u && gp.beta != 0.0;
+    // D's index is C's, moved from matrix z of C to matrix z of D (stride_d = 0 broadcasts one D).
+    d_shift = z * (gp.stride_d / 4u) - z * (gp.stride_c / 4u);
+    put(base + 0u * ld4 + 0u, acc.q0.r0);
+    put(base + 0u * ld4 + 1u, acc.q1.r0);
+    put(base + 0u * ld4 + 2u, acc.q2.r0);
+    put(base + 0u * ld4 + 3u, acc.q3.r0);
+    put(base + 0u * ld4 + 4u, acc.q4.r0);
+    put(base + 0u * ld4 + 5u, acc.q5.r0);
+    put(base + 0u * ld4 + 6u, acc.q6.r0);
+    put(base + 0u * ld4 + 7u, acc.q7.r0);
+    put(base + 8u * ld4 + 0u, acc.q0.r1);
+    put(base + 8u * ld4 + 1u, acc.q1.r1);
+    put(base + 8u * ld4 + 2u, acc.q2.r1);
+    put(base + 8u * ld4 + 3u, acc.q3.r1);
+    put(base + 8u * ld4 + 4u, acc.q4.r1);
+    put(base + 8u * ld4 + 5u, acc.q5.r1);
+    put(base + 8u * ld4 + 6u, acc.q6.r1);
+    put(base + 8u * ld4 + 7u, acc.q7.r1);
+    put(base + 16u * ld4 + 0u, acc.q0.r2);
+    put(base + 16u * ld4 + 1u, acc.q1.r2);
+    put(base + 16u * ld4 + 2u, acc.q2.r2);
+    put(base + 16u * ld4 + 3u, acc.q3.r2);
+    put(base + 16u * ld4 + 4u, acc.q4.r2);
+    put(base + 16u * ld4 + 5u, acc.q5.r2);
+    put(base + 16u * ld4 + 6u, acc.q6.r2);
+    put(base + 16u * ld4 + 7u, acc.q7.r2);
+    put(base + 24u * ld4 + 0u, acc.q0.r3);
+    put(base + 24u * ld4 + 1u, acc.q1.r3);
+    put(base + 24u * ld4 + 2u, acc.q2.r3);
+    put(base + 24u * ld4 + 3u, acc.q3.r3);
+    put(base + 24u * ld4 + 4u, acc.q4.r3);
+    put(base + 24u * ld4 + 5u, acc.q5.r3);
+    put(base + 24u * ld4 + 6u, acc.q6.r3);
+    put(base + 24u * ld4 + 7u, acc.q7.r3);
+    put(base + 32u * ld4 + 0u, acc.q0.r4);
+    put(base + 32u * ld4 + 1u, acc.q1.r4);
+    put(base + 32u * ld4 + 2u, acc.q2.r4);
+    put(base + 32u * ld4 + 3u, acc.q3.r4);
+    put(base + 32u * ld4 + 4u, acc.q4.r4);
+    put(base + 32u * ld4 + 5u, acc.q5.r4);
+    put(base + 32u * ld4 + 6u, acc.q6.r4);
+    put(base + 32u * ld4 + 7u, acc.q7.r4);
+    put(base + 40u * ld4 + 0u, acc.q0.r5);
+    put(base + 40u * ld4 + 1u, acc.q1.r5);
+    put(base + 40u * ld4 + 2u, acc.q2.r5);
+    put(base + 40u * ld4 + 3u, acc.q3.r5);
+    put(base + 40u * ld4 + 4u, acc.q4.r5);
+    put(base + 40u * ld4 + 5u, acc.q5.r5);
+    put(base + 40u * ld4 + 6u, acc.q6.r5);
+    put(base + 40u * ld4 + 7u, acc.q7.r5);
+    put(base + 48u * ld4 + 0u, acc.q0.r6);
+    put(base + 48u * ld4 + 1u, acc.q1.r6);
+    put(base + 48u * ld4 + 2u, acc.q2.r6);
+    put(base + 48u * ld4 + 3u, acc.q3.r6);
+    put(base + 48u * ld4 + 4u, acc.q4.r6);
+    put(base + 48u * ld4 + 5u, acc.q5.r6);
+    put(base + 48u * ld4 + 6u, acc.q6.r6);
+    put(base + 48u * ld4 + 7u, acc.q7.r6);
+    put(base + 56u * ld4 + 0u, acc.q0.r7);
+    put(base + 56u * ld4 + 1u, acc.q1.r7);
+    put(base + 56u * ld4 + 2u, acc.q2.r7);
+    put(base + 56u * ld4 + 3u, acc.q3.r7);
+    put(base + 56u * ld4 + 4u, acc.q4.r7);
+    put(base + 56u * ld4 + 5u, acc.q5.r7);
+    put(base + 56u * ld4 + 6u, acc.q6.r7);
+    put(base + 56u * ld4 + 7u, acc.q7.r7);
 }
 
 // C = epilogue of the raw product, one invocation per 4 consecutive elements of a row of C: vec4
@@ -337,18 +382,26 @@ fn panel_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // Direct output of a symmetric product: gemm_panel wrote every tile it computed straight into C (a
 // tile's entries below the diagonal equal their mirrors bit for bit: the same products summed in the
 // same order); the tiles it skipped, wholly below the diagonal, are copied here from their mirrors.
-// One invocation per 4 consecutive elements of a row (n % 4 == 0 in direct mode); grid as panel_finish.
+// One invocation per 4 x 4 block, the transpose of its mirror block: 4 vec4 loads and 4 vec4 stores
+// (m % 64 == n % 32 == 0 in direct mode; per-element strided reads made this pass as slow as a
+// third of the half-product on lavapipe). Grid: x covers a row's vec4s (64 per workgroup), y the
+// 4-row blocks (looping past the grid's height), z the batch.
 @compute @workgroup_size(64)
 fn panel_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let col = 4u * (wid.x * 64u + lid);
     if (col >= gp.n) { return; }
-    let z = wid.z;
-    for (var row = wid.y; row < gp.m; row = row + nwg.y) {
+    let ld4 = gp.ldc / 4u;
+    let top = wid.z * (gp.stride_c / 4u);
+    for (var row = 4u * wid.y; row < gp.m; row = row + 4u * nwg.y) {
         if (row / PM * PM >= col / PN * PN + PN) {
-            let e = z * gp.stride_c + col * gp.ldc + row;
-            c4[(z * gp.stride_c + row * gp.ldc + col) / 4u] =
-                vec4<f32>(c[e], c[e + gp.ldc], c[e + 2u * gp.ldc], c[e + 3u * gp.ldc]);
+            let src = top + col * ld4 + row / 4u;
+            let x = transpose4(Block4(c4[src], c4[src + ld4], c4[src + 2u * ld4], c4[src + 3u * ld4]));
+            let dst = top + row * ld4 + col / 4u;
+            c4[dst] = x.x0;
+            c4[dst + ld4] = x.x1;
+            c4[dst + 2u * ld4] = x.x2;
+            c4[dst + 3u * ld4] = x.x3;
         }
     }
 }

@@ -57,6 +57,14 @@ fn check_one(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
     }
 }
 
+/// Records `plan` once, runs it and reads C back.
+fn run(ctx: &gpuopt::Context, plan: &gpuopt::kernels::gemm::GemmPlan, c: &Tensor) -> Vec<f32> {
+    let mut enc = ctx.encoder("t");
+    plan.record(&mut enc);
+    ctx.submit(enc);
+    c.to_vec(ctx).unwrap()
+}
+
 const SHAPES: &[(usize, usize, usize)] =
     &[(1, 1, 1), (7, 3, 5), (37, 53, 29), (128, 96, 64), (256, 1000, 64), (1000, 256, 300)];
 
@@ -87,6 +95,10 @@ fn gemm_batched_and_broadcast() {
     // C of whole 64×32 tiles with β = 0: the panel kernel writes α·A·B into C itself (no epilogue pass).
     check(GemmDesc { batch: 2, alpha: -1.5, ..GemmDesc::new(128, 64, 20) }, false, false);
     check(GemmDesc { batch: 3, trans_a: true, trans_b: true, ..GemmDesc::new(64, 96, 7) }, false, true);
+    // A transposed B with k % 4 == 0, which the panel kernel reads in place 4 stored rows per lane
+    // (gemm_panel_bt): batched and broadcast, n ragged (lanes read rows past n), and whole tiles.
+    check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(70, 45, 36) }, false, false);
+    check(GemmDesc { batch: 2, trans_b: true, alpha: 2.0, ..GemmDesc::new(64, 64, 12) }, false, true);
 }
 
 #[test]
@@ -145,6 +157,10 @@ fn gemm_fused_addend_epilogue() {
         (GemmDesc { alpha: 2.0315, beta: -4.775, ..GemmDesc::new(33, 33, 33) }, 33 * 33),
         (GemmDesc { alpha: 1.0, beta: 3.4445, batch: 3, ..GemmDesc::new(20, 50, 20) }, 3 * 20 * 50),
         (GemmDesc { alpha: -1.0, beta: 0.5, ..GemmDesc::new(140, 131, 70) }, 140 * 131),
+        // Whole 64×32 tiles: the panel kernel adds β·D as it writes C (no epilogue pass), D per
+        // matrix and broadcast.
+        (GemmDesc { alpha: 0.75, beta: -2.0, batch: 2, ..GemmDesc::new(128, 64, 40) }, 2 * 128 * 64),
+        (GemmDesc { alpha: 1.0, beta: 3.0, batch: 3, trans_b: true, ..GemmDesc::new(64, 32, 12) }, 64 * 32),
     ];
     for (desc, d_len) in kernels().into_iter().flat_map(|kernel| cases.map(|(d, l)| (GemmDesc { kernel, ..d }, l))) {
         let a = rng.uniforms(desc.m * desc.k * desc.batch, 1.0);
@@ -156,10 +172,7 @@ fn gemm_fused_addend_epilogue() {
             Tensor::from_slice(&ctx, &vec![f32::NAN; desc.m * desc.n * desc.batch], &[desc.m * desc.n * desc.batch])
                 .unwrap();
         let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &td).unwrap();
-        let mut enc = ctx.encoder("t");
-        plan.record(&mut enc);
-        ctx.submit(enc);
-        let got = tc.to_vec(&ctx).unwrap();
+        let got = run(&ctx, &plan, &tc);
         let mut want = vec![0.0; got.len()];
         reference::gemm::gemm_addend(&desc, &a, &b, &mut want, &d);
         let scale = reference::gemm::abs_product(&desc, &a, &b);
@@ -176,7 +189,10 @@ fn gemm_fused_addend_epilogue() {
 fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let ctx = common::ctx();
     // (128, 40, 2): whole 64×32 tiles, which the panel kernel writes into C directly, mirroring after.
-    let shapes = [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1), (128, 40, 2)];
+    // The panel kernel's grid pairs row panels: odd and even counts of them, with the last column
+    // tile whole or ragged.
+    let shapes =
+        [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1), (128, 40, 2), (192, 20, 2)];
     for ((m, k, batch), kernel) in shapes.into_iter().flat_map(|s| kernels().into_iter().map(move |kernel| (s, kernel)))
     {
         let desc = GemmDesc { batch, kernel, ..GemmDesc::gram(m, k) };
@@ -209,6 +225,55 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
         &Tensor::zeros(&ctx, &[12]).unwrap()
     )
     .is_err());
+}
+
+/// NS5's second product, c·A·A + b·A with A symmetric: half the tiles computed, the addend fused
+/// (for whole tiles the panel kernel adds it as it writes C, then mirrors), as A·A and as A·Aᵀ.
+#[test]
+fn symmetric_product_with_addend_is_exactly_symmetric() {
+    let ctx = common::ctx();
+    for (m, batch) in [(128, 2), (70, 1), (192, 1)] {
+        let mut rng = TestRng::new(m as u64 + 5);
+        let mut a = rng.uniforms(batch * m * m, 1.0);
+        for z in 0..batch {
+            for i in 0..m {
+                for j in 0..i {
+                    a[z * m * m + i * m + j] = a[z * m * m + j * m + i];
+                }
+            }
+        }
+        let ta = Tensor::from_slice(&ctx, &a, &[batch, m, m]).unwrap();
+        for (trans_b, kernel) in [false, true].into_iter().flat_map(|t| kernels().into_iter().map(move |k| (t, k))) {
+            let desc = GemmDesc {
+                batch,
+                alpha: 2.0315,
+                beta: -4.775,
+                symmetric: true,
+                trans_b,
+                kernel,
+                ..GemmDesc::new(m, m, m)
+            };
+            let tc = Tensor::from_slice(&ctx, &vec![f32::NAN; batch * m * m], &[batch, m, m]).unwrap();
+            let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &ta, &tc, &ta).unwrap();
+            let got = run(&ctx, &plan, &tc);
+            let mut want = vec![0.0; got.len()];
+            reference::gemm::gemm_addend(&desc, &a, &a, &mut want, &a);
+            let scale = reference::gemm::abs_product(&desc, &a, &a);
+            for i in 0..got.len() {
+                let tol = ((m as f32).sqrt() + 2.0) * f32::EPSILON * 2.0315 * scale[i]
+                    + 2.0 * f32::EPSILON * (want[i].abs() + 4.775 * a[i].abs());
+                assert!((got[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", got[i], want[i]);
+            }
+            for z in 0..batch {
+                for i in 0..m {
+                    for j in 0..i {
+                        let (u, l) = (got[z * m * m + j * m + i], got[z * m * m + i * m + j]);
+                        assert_eq!(u.to_bits(), l.to_bits(), "{desc:?} [{z}] ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -253,10 +318,7 @@ fn split_k_gram_and_fused_addend() {
         let desc = GemmDesc { split_k: 3, alpha: 2.0, beta: -1.0, kernel, ..GemmDesc::gram(m, k) };
         let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &tx, &tx, &tc, &td).unwrap();
         assert_eq!(plan.slices(), 3);
-        let mut enc = ctx.encoder("t");
-        plan.record(&mut enc);
-        ctx.submit(enc);
-        let got = tc.to_vec(&ctx).unwrap();
+        let got = run(&ctx, &plan, &tc);
         let mut want = vec![0.0; m * m];
         reference::gemm::gemm_addend(&desc, &x, &x, &mut want, &dd);
         let scale = reference::gemm::abs_product(&desc, &x, &x);
@@ -293,11 +355,13 @@ fn norm_scaled_products_match_reference() {
     use gpuopt::kernels::gemm::{GemmPlan, NormScale};
     let ctx = common::ctx();
     let mut rng = TestRng::new(31);
-    let (batch, m, n, k) = (3, 19, 37, 70);
     let norms_v = [0.5f32, 3.0, 40.0];
     let norms = Tensor::from_slice(&ctx, &norms_v, &[3]).unwrap();
     let eps = 1e-3f32;
-    for kernel in kernels() {
+    // The second shape is whole 64×32 tiles: the panel kernel scales as it writes C.
+    for ((batch, m, n, k), kernel) in
+        [(3, 19, 37, 70), (3, 64, 64, 12)].into_iter().flat_map(|s| kernels().into_iter().map(move |k| (s, k)))
+    {
         for (product_pow, addend_pow, split_k) in [(2, 0, 1), (1, 1, 1), (0, 1, 1), (2, 1, 3)] {
             let batch = if split_k > 1 { 1 } else { batch };
             let desc = GemmDesc { batch, alpha: 1.5, beta: -0.75, kernel, split_k, ..GemmDesc::new(m, n, k) };
@@ -309,10 +373,7 @@ fn norm_scaled_products_match_reference() {
             let tc = t(&vec![f32::NAN; batch * m * n]);
             let scale = NormScale { norms: &norms, eps, product_pow, addend_pow };
             let plan = GemmPlan::scaled(&ctx, desc, (&ta, &tb, &tc), Some(&td), scale).unwrap();
-            let mut enc = ctx.encoder("t");
-            plan.record(&mut enc);
-            ctx.submit(enc);
-            let got = tc.to_vec(&ctx).unwrap();
+            let got = run(&ctx, &plan, &tc);
             // The reference: α·s^p·A·B + β·s^q·D per matrix.
             let unit = GemmDesc { batch: 1, alpha: 1.0, beta: 0.0, ..GemmDesc::new(m, n, k) };
             for z in 0..batch {

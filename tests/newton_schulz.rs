@@ -46,6 +46,10 @@ fn ns5_matches_reference_square_wide_tall_batched() {
     // the panel kernel; the smaller ones above take the 64×64 kernel.
     ns5_case(1, 130, 520, 5);
     ns5_case(6, 100, 150, 3);
+    // Whole 64×32 tiles: every product writes C itself (addends and the first step's norm scaling
+    // applied as it stores, symmetric ones mirrored after), and Xᵀ is read in place.
+    ns5_case(1, 256, 512, 5);
+    ns5_case(2, 192, 128, 3);
 }
 
 /// Singular values of an m×n matrix (m ≥ n) via the f64 eigenvalues of XᵀX.

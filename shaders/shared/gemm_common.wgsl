@@ -22,10 +22,13 @@ struct GemmParams {
     // gemm_panel's operand addressing, in vec4s (set by the host; see GemmPlan::build_panel): A's row
     // stride, k-group step, 64-row panel stride and matrix stride; B's row (k) stride, 32-column
     // panel stride and matrix stride. Packed operands and operands read in place differ only here.
-    // direct_out = 1: C is m x n with m % 64 == n % 32 == 0 and beta = 0, so gemm_panel writes
-    // alpha * product straight into it (a symmetric product's skipped tiles: panel_mirror).
+    // direct_out = 1: C is m x n with m % 64 == n % 32 == 0 and beta = 0 or D separate from C, so
+    // gemm_panel writes alpha * product + beta * D straight into it (a symmetric product's skipped
+    // tiles: panel_mirror).
     a_row: u32, a_step: u32, a_panel: u32, a_mat: u32,
     b_row: u32, b_panel: u32, b_mat: u32, direct_out: u32,
+    // gemm_panel's walk through B: a lane's first vec4 (b_lane per lane), the step per 4 steps of k.
+    b_lane: u32, b_step: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;

@@ -17,9 +17,18 @@ pub const GEMM_SPLITK_REDUCE: KernelSpec =
 pub const GEMM_F32_128: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
 /// The CPU-adapter GEMM (64×32 tiles from packed panels, 8-lane subgroup broadcasts) into a padded
-/// scratch matrix, or straight into C when C has that shape and only α is asked.
-pub const GEMM_PANEL: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R)] };
+/// scratch matrix, or straight into C when C has that shape and its addend, if any, is a separate D.
+pub const GEMM_PANEL: KernelSpec = KernelSpec {
+    module: "gemm_panel",
+    entry: "gemm_panel",
+    bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)],
+};
+/// [`GEMM_PANEL`] reading a transposed B (stored n×k) in place, transposing 4×4 blocks in registers.
+pub const GEMM_PANEL_BT: KernelSpec = KernelSpec {
+    module: "gemm_panel",
+    entry: "gemm_panel_bt",
+    bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)],
+};
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
 pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     module: "gemm_panel",
@@ -28,7 +37,7 @@ pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
 };
 /// Direct output of a symmetric panel product: fills the skipped tiles from their mirrors.
 pub const GEMM_PANEL_MIRROR: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "panel_mirror", bindings: &[(0, U), (3, W), (12, W)] };
+    KernelSpec { module: "gemm_panel", entry: "panel_mirror", bindings: &[(0, U), (12, W)] };
 /// Packs op(A) into the panel kernel's 64-row panels.
 pub const GEMM_PACK_A: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W), (10, R)] };
@@ -43,6 +52,7 @@ pub const SPECS: &[KernelSpec] = &[
     GEMM_F32_128,
     GEMM_SPLITK_REDUCE,
     GEMM_PANEL,
+    GEMM_PANEL_BT,
     GEMM_PANEL_FINISH,
     GEMM_PANEL_MIRROR,
     GEMM_PACK_A,
@@ -86,7 +96,7 @@ pub enum GemmKernel {
     /// packed into zero-padded panels, then one 8-invocation workgroup computes a 64×32 tile with
     /// vec4 loads and subgroup broadcasts (`gemm_panel`), and a last pass applies α, β, the addend
     /// and the symmetric mirror: up to four dispatches (aligned row-major operands are read in
-    /// place; C = α·A·B with m % 64 == n % 32 == 0 is written directly). Needs subgroups of exactly
+    /// place; C = α·A·B (+ β·D, D not C) with m % 64 == n % 32 == 0 is written directly). Needs subgroups of exactly
     /// [`PANEL_LANES`]; never splits k.
     Panel,
 }
@@ -175,10 +185,12 @@ pub struct GemmParams {
     /// matrix stride (packed, or the stored A read in place).
     pub a_addr: [u32; 4],
     /// The panel kernel's B addressing in vec4s: row (k) stride, 32-column panel stride, matrix
-    /// stride; then 1 when the panel kernel writes α·product straight into C (`direct_out`).
+    /// stride; then 1 when the panel kernel writes α·product (+ β·D) straight into C (`direct_out`).
     pub b_addr: [u32; 4],
+    /// The panel kernel's walk through B in vec4s: a lane's offset, the step per k group; padding.
+    pub b_walk: [u32; 4],
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 112);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 /// A GEMM problem: C[z] = α·op(A[z])·op(B[z]) + β·C[z] for z < batch, all matrices dense row-major.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -323,6 +335,7 @@ impl GemmDesc {
             eps: 0.0,
             a_addr: [0; 4],
             b_addr: [0; 4],
+            b_walk: [0; 4],
         }
     }
 
@@ -537,7 +550,8 @@ impl GemmPlan {
         let per_b = n_pad * k4;
         let in_place = desc.k.is_multiple_of(4) && desc.k <= PANEL_IN_PLACE_K;
         let direct_a = in_place && !desc.trans_a;
-        let direct_b = in_place && !desc.trans_b && desc.n.is_multiple_of(4);
+        // A transposed B (n×k) is read in place by gemm_panel_bt, 4 stored rows per lane.
+        let direct_b = in_place && (desc.trans_b || desc.n.is_multiple_of(4));
         let mut params = params;
         params.a_addr = if direct_a {
             let lda4 = params.lda / 4;
@@ -545,13 +559,17 @@ impl GemmPlan {
         } else {
             [1, PANEL_ROWS, (rows * k4) as u32, per_a as u32]
         };
-        params.b_addr = if direct_b {
-            [params.ldb / 4, PANEL_COLS / 4, params.stride_b / 4, 0]
-        } else {
-            [PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0]
+        let ldb4 = params.ldb / 4;
+        (params.b_addr, params.b_walk) = match (direct_b, desc.trans_b) {
+            // Lane q: stored rows 4q .. 4q + 3 of the panel's 32, one vec4 of k each.
+            (true, true) => ([ldb4, PANEL_COLS * ldb4, params.stride_b / 4, 0], [4 * ldb4, 1, 0, 0]),
+            // Lane q: vec4 q of each of 4 consecutive rows of k.
+            (true, false) => ([ldb4, PANEL_COLS / 4, params.stride_b / 4, 0], [1, 4 * ldb4, 0, 0]),
+            (false, _) => ([PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0], [1, PANEL_COLS, 0, 0]),
         };
-        // C with the scratch's shape and only α asked of the epilogue: the product kernel writes C.
-        let direct_out = desc.beta == 0.0 && m_pad == desc.m && n_pad == desc.n;
+        // C with the scratch's shape and no addend, or one that is not C itself (C is bound for
+        // writing, so it cannot be bound again for reading): the product kernel writes C.
+        let direct_out = (desc.beta == 0.0 || params.d_mode == 1) && m_pad == desc.m && n_pad == desc.n;
         params.b_addr[3] = direct_out as u32;
         let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
@@ -579,18 +597,27 @@ impl GemmPlan {
                     steps.push((bound, pass_grid(extent / 4, k4, count)));
                 }
             }
-            let grid = ((n_pad / cols) as u32, (m_pad / rows) as u32, desc.batch as u32);
+            let (tiles_r, tiles_c) = (m_pad / rows, n_pad / cols);
+            // Symmetric: pairs of row panels with the same number of upper tiles (see `panel`).
+            let grid = if desc.symmetric {
+                ((2 * tiles_c + 2 - 2 * tiles_r) as u32, tiles_r.div_ceil(2) as u32, desc.batch as u32)
+            } else {
+                (tiles_c as u32, tiles_r as u32, desc.batch as u32)
+            };
             let a_in = if direct_a { a.buffer() } else { &ap };
             let b_in = if direct_b { b.buffer() } else { &bp };
             let out = if direct_out { c.buffer() } else { &raw };
-            steps.push((ctx.bind(&GEMM_PANEL, &[&uniform, a_in, b_in, out, n_buf])?, grid));
+            let spec = if direct_b && desc.trans_b { &GEMM_PANEL_BT } else { &GEMM_PANEL };
+            steps.push((ctx.bind(spec, &[&uniform, a_in, b_in, out, n_buf, d_buf])?, grid));
             let rows_grid = pass_grid(desc.n.div_ceil(4), desc.m, desc.batch);
             if !direct_out {
                 // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
                 let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
                 steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, rows_grid));
             } else if desc.symmetric {
-                steps.push((ctx.bind(&GEMM_PANEL_MIRROR, &[&uniform, c.buffer(), c.buffer()])?, rows_grid));
+                // One invocation per 4×4 block.
+                let blocks_grid = pass_grid(desc.n / 4, desc.m / 4, desc.batch);
+                steps.push((ctx.bind(&GEMM_PANEL_MIRROR, &[&uniform, c.buffer()])?, blocks_grid));
             }
         }
         Ok(GemmPlan {

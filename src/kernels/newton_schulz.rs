@@ -232,9 +232,11 @@ impl Ns5Plan {
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
         ];
+        // A is symmetric bit for bit (the Gram product mirrors its upper triangle), so A·A = A·Aᵀ
+        // exactly: read as A·A, B is row-major, which the panel kernel reads in place (A·Aᵀ it packs).
         let poly = GemmPlan::with_addend(
             ctx,
-            GemmDesc { batch: b, alpha: cc, beta: cb, ..GemmDesc::gram(r, r) },
+            GemmDesc { batch: b, alpha: cc, beta: cb, symmetric: true, ..GemmDesc::new(r, r, r) },
             &a_mat,
             &a_mat,
             &b_mat,
