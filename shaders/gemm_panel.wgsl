@@ -10,7 +10,7 @@
 // broadcast. Up to four dispatches:
 //   1. pack_a / pack_b copy op(A) and op(B) into zero-padded panels (as BLAS libraries pack), so the
 //      multiply has no bounds checks, transposes or alignment cases and reads memory in order; an
-//      operand stored row-major with whole vec4 rows (and k <= 1024) is read in place instead;
+//      operand stored row-major with whole vec4 rows (and k <= 4096) is read in place instead;
 //   2. gemm_panel: one workgroup is one subgroup and computes a 64 x 32 tile; invocation `lane` owns
 //      rows lane, lane + 8, ..., lane + 56 and all 32 columns (256 accumulators: the driver keeps
 //      what does not fit in registers on the stack, which costs less than any further load). Per 4

@@ -99,6 +99,10 @@ fn gemm_batched_and_broadcast() {
     // (gemm_panel_bt): batched and broadcast, n ragged (lanes read rows past n), and whole tiles.
     check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(70, 45, 36) }, false, false);
     check(GemmDesc { batch: 2, trans_b: true, alpha: 2.0, ..GemmDesc::new(64, 64, 12) }, false, true);
+    // Long k, still read in place (k <= PANEL_IN_PLACE_K), and past it (packed).
+    check(GemmDesc { batch: 2, trans_b: true, ..GemmDesc::new(70, 40, 1100) }, false, false);
+    check(GemmDesc { beta: 0.5, ..GemmDesc::new(64, 36, 2052) }, false, false);
+    check(GemmDesc { trans_b: true, ..GemmDesc::new(9, 33, 4100) }, false, false);
 }
 
 #[test]
