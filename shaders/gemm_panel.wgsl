@@ -9,9 +9,11 @@
 // ~0.2 for a broadcast. So this kernel loads only vec4s, as few as it can, and shares them by
 // broadcast. Up to four dispatches:
 //   1. pack_a / pack_b copy op(A) and op(B) into zero-padded panels (as BLAS libraries pack), so the
-//      multiply has no bounds checks, transposes or alignment cases and reads memory in order; an
-//      operand stored row-major with whole vec4 rows (and k <= 4096) is read in place instead;
-//   2. gemm_panel: one workgroup is one subgroup and computes a 64 x 32 tile; invocation `lane` owns
+//      multiply has no bounds checks, transposes or alignment cases and reads memory in order; A
+//      stored m x k, B stored k x n with whole vec4 rows, and B stored n x k (gemm_panel_bt, which
+//      transposes 4 x 4 blocks in registers) are read in place instead when k % 4 == 0, k <= 4096;
+//   2. gemm_panel: one workgroup is one subgroup and computes a 64 x 32 tile (a symmetric product
+//      only the tiles on or above the diagonal, on a grid balanced for CPU threads); invocation `lane` owns
 //      rows lane, lane + 8, ..., lane + 56 and all 32 columns (256 accumulators: the driver keeps
 //      what does not fit in registers on the stack, which costs less than any further load). Per 4
 //      steps of k it loads one vec4 of A per row it owns and one vec4 of each of the B panel's 4 rows

@@ -94,12 +94,14 @@ pub enum GemmKernel {
     /// 128×128 output tiles, 16×16 invocations of 8×8 outputs each, loads coalesced for every
     /// transpose combination (`gemm_f32_128`).
     Tile128,
-    /// For CPU drivers that run a subgroup as one SIMD register (lavapipe): op(A) and op(B) are first
-    /// packed into zero-padded panels, then one 8-invocation workgroup computes a 64×32 tile with
-    /// vec4 loads and subgroup broadcasts (`gemm_panel`), and a last pass applies α, β, the addend
-    /// and the symmetric mirror: up to four dispatches (aligned row-major operands are read in
-    /// place; C = α·A·B (+ β·D, D not C) with m % 64 == n % 32 == 0 is written directly). Needs subgroups of exactly
-    /// [`PANEL_LANES`]; never splits k.
+    /// For CPU drivers that run a subgroup as one SIMD register (lavapipe): one 8-invocation
+    /// workgroup computes a 64×32 tile with vec4 loads and subgroup broadcasts (`gemm_panel`, or
+    /// `gemm_panel_bt` for a B stored n×k). A, B stored k×n and B stored n×k are read in place when
+    /// k % 4 == 0 and k ≤ [`PANEL_IN_PLACE_K`] (B k×n also needs n % 4 == 0); other operands are
+    /// packed into zero-padded panels first. C of whole tiles (m % 64 == n % 32 == 0) with no
+    /// addend or a separate one is written by the product kernel (a symmetric one then mirrored);
+    /// anything else goes through a raw scratch matrix and an epilogue pass. One to four
+    /// dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never splits k.
     Panel,
 }
 
