@@ -237,8 +237,9 @@ fn panel(wid: vec3<u32>, lane: u32, bt: bool) {
     let col0 = tx * PN;
     let k4n = (gp.k + 3u) / 4u;
     // A broadcast operand (stride 0) is one matrix. Addressing in vec4s from the uniform: packed
-    // panels, or a row-major operand read in place (its rows past m or columns past n, read or not,
-    // only reach accumulators that are never stored: direct_out has none).
+    // panels, or an operand read in place (its rows past m or columns past n, read or not, only
+    // reach accumulators stored into the scratch's padding, which is never read back: direct_out
+    // has none).
     let za = select(z, 0u, gp.stride_a == 0u);
     let zb = select(z, 0u, gp.stride_b == 0u);
     var ai = za * gp.a_mat + ty * gp.a_panel + lane * gp.a_row;

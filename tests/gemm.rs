@@ -103,6 +103,8 @@ fn gemm_batched_and_broadcast() {
     check(GemmDesc { batch: 2, trans_b: true, ..GemmDesc::new(70, 40, 1100) }, false, false);
     check(GemmDesc { beta: 0.5, ..GemmDesc::new(64, 36, 2052) }, false, false);
     check(GemmDesc { trans_b: true, ..GemmDesc::new(9, 33, 4100) }, false, false);
+    check(GemmDesc { trans_b: true, ..GemmDesc::new(9, 33, 4096) }, false, false);
+    check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(64, 40, 16) }, true, false);
 }
 
 #[test]
@@ -236,7 +238,8 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
 #[test]
 fn symmetric_product_with_addend_is_exactly_symmetric() {
     let ctx = common::ctx();
-    for (m, batch) in [(128, 2), (70, 1), (192, 1)] {
+    // (128, 2, true): D one matrix broadcast over the batch; 72: in place, through the scratch pass.
+    for (m, batch, broadcast_d) in [(128, 2, false), (128, 2, true), (70, 1, false), (72, 1, false), (192, 1, false)] {
         let mut rng = TestRng::new(m as u64 + 5);
         let mut a = rng.uniforms(batch * m * m, 1.0);
         for z in 0..batch {
@@ -247,6 +250,8 @@ fn symmetric_product_with_addend_is_exactly_symmetric() {
             }
         }
         let ta = Tensor::from_slice(&ctx, &a, &[batch, m, m]).unwrap();
+        let d = if broadcast_d { a[..m * m].to_vec() } else { a.clone() };
+        let td = Tensor::from_slice(&ctx, &d, &[d.len()]).unwrap();
         for (trans_b, kernel) in [false, true].into_iter().flat_map(|t| kernels().into_iter().map(move |k| (t, k))) {
             let desc = GemmDesc {
                 batch,
@@ -258,14 +263,14 @@ fn symmetric_product_with_addend_is_exactly_symmetric() {
                 ..GemmDesc::new(m, m, m)
             };
             let tc = Tensor::from_slice(&ctx, &vec![f32::NAN; batch * m * m], &[batch, m, m]).unwrap();
-            let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &ta, &tc, &ta).unwrap();
+            let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &ta, &tc, &td).unwrap();
             let got = run(&ctx, &plan, &tc);
             let mut want = vec![0.0; got.len()];
-            reference::gemm::gemm_addend(&desc, &a, &a, &mut want, &a);
+            reference::gemm::gemm_addend(&desc, &a, &a, &mut want, &d);
             let scale = reference::gemm::abs_product(&desc, &a, &a);
             for i in 0..got.len() {
                 let tol = ((m as f32).sqrt() + 2.0) * f32::EPSILON * 2.0315 * scale[i]
-                    + 2.0 * f32::EPSILON * (want[i].abs() + 4.775 * a[i].abs());
+                    + 2.0 * f32::EPSILON * (want[i].abs() + 4.775 * d[i % d.len()].abs());
                 assert!((got[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", got[i], want[i]);
             }
             for z in 0..batch {
@@ -275,6 +280,30 @@ fn symmetric_product_with_addend_is_exactly_symmetric() {
                         assert_eq!(u.to_bits(), l.to_bits(), "{desc:?} [{z}] ({i}, {j})");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// An addend given as C itself is β·C: it must not bind C twice (a wgpu usage conflict).
+#[test]
+fn addend_given_as_c_is_beta_times_c() {
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(17);
+    for (m, n, k) in [(7, 3, 5), (64, 32, 8)] {
+        for kernel in kernels() {
+            let desc = GemmDesc { alpha: 1.5, beta: -0.5, kernel, ..GemmDesc::new(m, n, k) };
+            let (a, b, c0) = (rng.uniforms(m * k, 1.0), rng.uniforms(k * n, 1.0), rng.uniforms(m * n, 1.0));
+            let t = |v: &[f32]| Tensor::from_slice(&ctx, v, &[v.len()]).unwrap();
+            let (ta, tb, tc) = (t(&a), t(&b), t(&c0));
+            let plan = gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &tc).unwrap();
+            let got = run(&ctx, &plan, &tc);
+            let mut want = c0.clone();
+            reference::gemm::gemm(&desc, &a, &b, &mut want);
+            let scale = reference::gemm::abs_product(&desc, &a, &b);
+            for i in 0..got.len() {
+                let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * (1.5 * scale[i] + 0.5 * c0[i].abs());
+                assert!((got[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", got[i], want[i]);
             }
         }
     }

@@ -141,7 +141,8 @@ impl GemmKernel {
     }
 }
 
-/// Uniform of `gemm_f32`. Keep in sync with `struct GemmParams` in `shaders/gemm.wgsl`.
+/// Uniform of every GEMM kernel. Keep in sync with `struct GemmParams` in
+/// `shaders/shared/gemm_common.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct GemmParams {
@@ -188,8 +189,9 @@ pub struct GemmParams {
     /// The panel kernel's A addressing in vec4s: row stride, k-group step, 64-row panel stride,
     /// matrix stride (packed, or the stored A read in place).
     pub a_addr: [u32; 4],
-    /// The panel kernel's B addressing in vec4s: row (k) stride, 32-column panel stride, matrix
-    /// stride; then 1 when the panel kernel writes α·product (+ β·D) straight into C (`direct_out`).
+    /// The panel kernel's B addressing in vec4s: stored-row stride (between rows of k, or for a B
+    /// stored n×k between columns), 32-column panel stride, matrix stride; then 1 when the panel
+    /// kernel writes α·product (+ β·D) straight into C (`direct_out`).
     pub b_addr: [u32; 4],
     /// The panel kernel's walk through B in vec4s: a lane's offset, the step per k group; padding.
     pub b_walk: [u32; 4],
@@ -462,6 +464,9 @@ impl GemmPlan {
             params.eps = sc.eps;
         }
         let one = desc.m * desc.n;
+        // D given as C itself is the plain β·C epilogue (binding C for writing and again for reading
+        // in one dispatch is a usage conflict).
+        let d = d.filter(|d| d.buffer() != c.buffer());
         if let Some(d) = d {
             if d.len() != one && d.len() != one * desc.batch {
                 return Err(Error::Shape {

@@ -233,7 +233,8 @@ impl Ns5Plan {
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
         ];
         // A is symmetric bit for bit (the Gram product mirrors its upper triangle), so A·A = A·Aᵀ
-        // exactly: read as A·A, B is row-major, which the panel kernel reads in place (A·Aᵀ it packs).
+        // exactly; read as A·A (both operands as stored), it is an NN product for every kernel.
+        // (Unlike A·Aᵀ it is never split-K: only Gram products are, under GPUOPT_GEMM_SPLIT_K=auto.)
         let poly = GemmPlan::with_addend(
             ctx,
             GemmDesc { batch: b, alpha: cc, beta: cb, symmetric: true, ..GemmDesc::new(r, r, r) },
