@@ -105,6 +105,11 @@ fn gemm_batched_and_broadcast() {
     check(GemmDesc { trans_b: true, ..GemmDesc::new(9, 33, 4100) }, false, false);
     check(GemmDesc { trans_b: true, ..GemmDesc::new(9, 33, 4096) }, false, false);
     check(GemmDesc { batch: 3, trans_b: true, ..GemmDesc::new(64, 40, 16) }, true, false);
+    // A transposed A, which the panel kernel packs: ragged m, broadcast, both operands transposed,
+    // whole tiles with an addend, long k.
+    check(GemmDesc { batch: 3, trans_a: true, ..GemmDesc::new(68, 36, 24) }, true, false);
+    check(GemmDesc { batch: 2, trans_a: true, trans_b: true, beta: 0.5, ..GemmDesc::new(128, 40, 12) }, false, false);
+    check(GemmDesc { trans_a: true, trans_b: true, ..GemmDesc::new(64, 64, 2000) }, false, false);
 }
 
 #[test]
@@ -199,9 +204,14 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     // tile whole or ragged.
     let shapes =
         [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1), (128, 40, 2), (192, 20, 2)];
-    for ((m, k, batch), kernel) in shapes.into_iter().flat_map(|s| kernels().into_iter().map(move |kernel| (s, kernel)))
-    {
-        let desc = GemmDesc { batch, kernel, ..GemmDesc::gram(m, k) };
+    // Each as X·Xᵀ of an m×k X and as Xᵀ·X of a k×m X (Shampoo's right statistic).
+    let forms = [false, true].into_iter().flat_map(|t| kernels().into_iter().map(move |kernel| (t, kernel)));
+    for ((m, k, batch), (xtx, kernel)) in shapes.into_iter().flat_map(|s| forms.clone().map(move |f| (s, f))) {
+        let desc = if xtx {
+            GemmDesc { batch, kernel, trans_a: true, symmetric: true, ..GemmDesc::new(m, m, k) }
+        } else {
+            GemmDesc { batch, kernel, ..GemmDesc::gram(m, k) }
+        };
         let x = TestRng::new(m as u64).uniforms(batch * m * k, 1.0);
         let tx = Tensor::from_slice(&ctx, &x, &[batch * m * k]).unwrap();
         let tc = Tensor::zeros(&ctx, &[batch * m * m]).unwrap();
