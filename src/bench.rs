@@ -519,7 +519,8 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
                 .on(adapter.clone(), t.method),
         );
         // The same pair by each side's fastest batch: on a shared CPU (lavapipe) slow spells swing
-        // the medians' ratio by 1.5x from run to run; the minima move far less.
+        // the medians' ratio by 1.5x from run to run. (With five batches the minima were not
+        // steadier across runs there; both are recorded.)
         out.push(
             Record::measured("ns", "newton_schulz5/min", vec![b, m, n], t.min_s, "15x_gemm/min", 15.0 * one.min_s)
                 .gflops(nominal)

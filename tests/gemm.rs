@@ -24,6 +24,23 @@ fn kernels() -> Vec<GemmKernel> {
     v
 }
 
+/// Every case of `cases` paired with every kernel of [`kernels`].
+fn with_kernels<T: Copy>(cases: impl IntoIterator<Item = T>) -> Vec<(T, GemmKernel)> {
+    cases.into_iter().flat_map(|case| kernels().into_iter().map(move |kernel| (case, kernel))).collect()
+}
+
+/// Asserts that each of the `batch` m×m matrices in `c` equals its transpose bit for bit.
+fn assert_bitwise_symmetric(c: &[f32], m: usize, batch: usize, what: &str) {
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..i {
+                let (l, u) = (c[z * m * m + i * m + j], c[z * m * m + j * m + i]);
+                assert_eq!(l.to_bits(), u.to_bits(), "{what} [{z}] ({i}, {j})");
+            }
+        }
+    }
+}
+
 fn check(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
     for kernel in kernels() {
         check_one(GemmDesc { kernel, ..desc }, broadcast_a, broadcast_b);
@@ -205,8 +222,7 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let shapes =
         [(1, 1, 1), (7, 3, 1), (37, 53, 2), (65, 29, 1), (130, 70, 3), (260, 40, 1), (128, 40, 2), (192, 20, 2)];
     // Each as X·Xᵀ of an m×k X and as Xᵀ·X of a k×m X (Shampoo's right statistic).
-    let forms = [false, true].into_iter().flat_map(|t| kernels().into_iter().map(move |kernel| (t, kernel)));
-    for ((m, k, batch), (xtx, kernel)) in shapes.into_iter().flat_map(|s| forms.clone().map(move |f| (s, f))) {
+    for (((m, k, batch), xtx), kernel) in with_kernels(shapes.into_iter().flat_map(|s| [(s, false), (s, true)])) {
         let desc = if xtx {
             GemmDesc { batch, kernel, trans_a: true, symmetric: true, ..GemmDesc::new(m, m, k) }
         } else {
@@ -225,13 +241,7 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
             assert!((c[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", c[i], want[i]);
         }
         // Bitwise symmetry: each off-diagonal pair is written from one accumulator.
-        for z in 0..batch {
-            for i in 0..m {
-                for j in 0..m {
-                    assert_eq!(c[z * m * m + i * m + j], c[z * m * m + j * m + i], "({i}, {j})");
-                }
-            }
-        }
+        assert_bitwise_symmetric(&c, m, batch, &format!("{desc:?}"));
     }
     assert!(gemm(
         &ctx,
@@ -262,7 +272,7 @@ fn symmetric_product_with_addend_is_exactly_symmetric() {
         let ta = Tensor::from_slice(&ctx, &a, &[batch, m, m]).unwrap();
         let d = if broadcast_d { a[..m * m].to_vec() } else { a.clone() };
         let td = Tensor::from_slice(&ctx, &d, &[d.len()]).unwrap();
-        for (trans_b, kernel) in [false, true].into_iter().flat_map(|t| kernels().into_iter().map(move |k| (t, k))) {
+        for (trans_b, kernel) in with_kernels([false, true]) {
             let desc = GemmDesc {
                 batch,
                 alpha: 2.0315,
@@ -283,14 +293,7 @@ fn symmetric_product_with_addend_is_exactly_symmetric() {
                     + 2.0 * f32::EPSILON * (want[i].abs() + 4.775 * d[i % d.len()].abs());
                 assert!((got[i] - want[i]).abs() <= tol, "{desc:?} {i}: {} vs {}", got[i], want[i]);
             }
-            for z in 0..batch {
-                for i in 0..m {
-                    for j in 0..i {
-                        let (u, l) = (got[z * m * m + j * m + i], got[z * m * m + i * m + j]);
-                        assert_eq!(u.to_bits(), l.to_bits(), "{desc:?} [{z}] ({i}, {j})");
-                    }
-                }
-            }
+            assert_bitwise_symmetric(&got, m, batch, &format!("{desc:?}"));
         }
     }
 }
@@ -402,9 +405,7 @@ fn norm_scaled_products_match_reference() {
     let norms = Tensor::from_slice(&ctx, &norms_v, &[3]).unwrap();
     let eps = 1e-3f32;
     // The second shape is whole 64×32 tiles: the panel kernel scales as it writes C.
-    for ((batch, m, n, k), kernel) in
-        [(3, 19, 37, 70), (3, 64, 64, 12)].into_iter().flat_map(|s| kernels().into_iter().map(move |k| (s, k)))
-    {
+    for ((batch, m, n, k), kernel) in with_kernels([(3, 19, 37, 70), (3, 64, 64, 12)]) {
         for (product_pow, addend_pow, split_k) in [(2, 0, 1), (1, 1, 1), (0, 1, 1), (2, 1, 3)] {
             let batch = if split_k > 1 { 1 } else { batch };
             let desc = GemmDesc { batch, alpha: 1.5, beta: -0.75, kernel, split_k, ..GemmDesc::new(m, n, k) };

@@ -21,8 +21,8 @@ struct GemmParams {
     eps: f32,
     // gemm_panel's operand addressing, in vec4s (set by the host; see GemmPlan::build_panel): A's row
     // stride, k-group step, 64-row panel stride and matrix stride; B's stored-row stride (rows of k,
-    // or columns for gemm_panel_bt), 32-column panel stride and matrix stride (b_walk below: a lane's
-    // offset and the step per k group). Packed operands and operands read in place differ only here.
+    // or columns for gemm_panel_bt), 32-column panel stride and matrix stride (b_lane and b_step
+    // below: a lane's offset and the step per k group). Packed operands and operands read in place differ only here.
     // direct_out = 1: C is m x n with m % 64 == n % 32 == 0 and beta = 0 or D separate from C, so
     // gemm_panel writes alpha * product + beta * D straight into it (a symmetric product's skipped
     // tiles: panel_mirror).

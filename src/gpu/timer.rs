@@ -12,7 +12,7 @@ pub struct Timing {
     /// Median seconds per repetition.
     pub median_s: f64,
     /// The fastest batch's seconds per repetition: on a shared machine, whose slow spells inflate
-    /// medians, the steadiest estimate of what the work itself costs.
+    /// medians, the estimate least inflated by them (with few batches it can still miss a quiet one).
     pub min_s: f64,
     /// "timestamps" or "wall-clock".
     pub method: &'static str,

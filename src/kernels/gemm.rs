@@ -18,17 +18,12 @@ pub const GEMM_F32_128: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
 /// The CPU-adapter GEMM (64×32 tiles from packed panels, 8-lane subgroup broadcasts) into a padded
 /// scratch matrix, or straight into C when C has that shape and its addend, if any, is a separate D.
-pub const GEMM_PANEL: KernelSpec = KernelSpec {
-    module: "gemm_panel",
-    entry: "gemm_panel",
-    bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)],
-};
+pub const GEMM_PANEL: KernelSpec = KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: PANEL_BINDINGS };
 /// [`GEMM_PANEL`] reading a transposed B (stored n×k) in place, transposing 4×4 blocks in registers.
-pub const GEMM_PANEL_BT: KernelSpec = KernelSpec {
-    module: "gemm_panel",
-    entry: "gemm_panel_bt",
-    bindings: &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)],
-};
+pub const GEMM_PANEL_BT: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "gemm_panel_bt", bindings: PANEL_BINDINGS };
+/// The bindings of both panel entry points: uniform, A, B, C (or the raw scratch), norms, D.
+const PANEL_BINDINGS: &[(u32, Binding)] = &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)];
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
 pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     module: "gemm_panel",
