@@ -21,7 +21,8 @@
 //      vec4 loads. The raw tile goes to a padded scratch matrix, or, when C is whole tiles and its
 //      addend (if any) is a separate D (direct_out), alpha * tile + beta * D straight into C;
 //   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element
-//      (with direct_out, only a symmetric product has a last pass: panel_mirror).
+//      (not needed with direct_out: a symmetric product's tiles wholly above the diagonal then also
+//      store their transposes).
 // The accumulators are named struct fields, never an indexed array, so no compiler has to prove
 // indices constant to keep them out of memory.
 
@@ -187,13 +188,29 @@ fn rank1(acc: ptr<function, Acc>, x: A8, v: vec4<f32>) {
 
 var<private> use_d: bool;
 var<private> d_shift: u32;
+var<private> out_at: u32; // vec4 index of the invocation's first vec4 of the tile (row lane, columns 0-3)
+var<private> ld4: u32;    // vec4s per row of the output
+var<private> mirror_at: u32; // float index of the tile's transposed element (lane, 0) in C
+var<private> mirror: bool;   // a direct symmetric product's tile wholly above the diagonal
 
-// packed[i] = coef.x * v (+ coef.y * D at the same place of C when use_d). The addend is loaded
-// unconditionally (a read past a dummy binding's end is safe in WGSL) and selected: a CPU driver
-// turns a per-invocation branch around a load into mask bookkeeping.
-fn put(i: u32, v: vec4<f32>) {
+// The vec4 of the tile's columns 4q .. 4q + 3 in its row lane + r: packed[..] = coef.x * v (+ coef.y
+// * D at the same place of C when use_d). The addend is loaded unconditionally (a read past a dummy
+// binding's end is safe in WGSL) and selected: a CPU driver turns a per-invocation branch around a
+// load into mask bookkeeping. A mirrored tile also stores the 4 values, down a column, at their
+// transposed places: the 8 lanes' stores of one component land on 8 consecutive floats.
+fn put(r: u32, q: u32, v: vec4<f32>) {
+    let i = out_at + r * ld4 + q;
     let dv = d4[i + d_shift];
-    packed[i] = select(coef.x * v, coef.x * v + coef.y * dv, use_d); // panel_finish's rounding
+    let x = select(coef.x * v, coef.x * v + coef.y * dv, use_d); // panel_finish's rounding
+    packed[i] = x;
+    if (mirror) {
+        let ld = 4u * ld4;
+        let t = mirror_at + 4u * q * ld + r;
+        packed[t / 4u][t % 4u] = x.x;
+        packed[(t + ld) / 4u][t % 4u] = x.y;
+        packed[(t + 2u * ld) / 4u][t % 4u] = x.z;
+        packed[(t + 3u * ld) / 4u][t % 4u] = x.w;
+    }
 }
 
 @compute @workgroup_size(8)
@@ -268,76 +285,81 @@ fn panel(wid: vec3<u32>, lane: u32, bt: bool) {
     // private copy it made the kernel 1.3-2x slower. Where C has the scratch's shape and asks for no
     // bounds (direct_out), `packed` is C itself and each store applies alpha and, when asked, beta
     // times the separate addend D (same layout as C): one vec4 load and select per store.
-    let ld4 = (gp.n + PN - 1u) / PN * (PN / 4u);
-    let base = (z * ((gp.m + PM - 1u) / PM) * PM + row0 + lane) * ld4 + col0 / 4u;
+    ld4 = (gp.n + PN - 1u) / PN * (PN / 4u);
+    let top = z * ((gp.m + PM - 1u) / PM) * PM;
+    out_at = (top + row0 + lane) * ld4 + col0 / 4u;
+    // Direct output (m = n, whole tiles): a tile wholly above the diagonal also writes its
+    // transpose, the tile below that no workgroup computes (so no mirror pass).
+    mirror = gp.symmetric != 0u && gp.direct_out != 0u && col0 >= row0 + PM;
+    mirror_at = (top + col0) * 4u * ld4 + row0 + lane;
     coef = select(vec2<f32>(1.0, 0.0), coefficients(z), gp.direct_out != 0u);
     use_d = gp.direct_out != 0u && gp.beta != 0.0;
     // D's index is C's, moved from matrix z of C to matrix z of D (stride_d = 0 broadcasts one D).
     d_shift = z * (gp.stride_d / 4u) - z * (gp.stride_c / 4u);
-    put(base + 0u * ld4 + 0u, acc.q0.r0);
-    put(base + 0u * ld4 + 1u, acc.q1.r0);
-    put(base + 0u * ld4 + 2u, acc.q2.r0);
-    put(base + 0u * ld4 + 3u, acc.q3.r0);
-    put(base + 0u * ld4 + 4u, acc.q4.r0);
-    put(base + 0u * ld4 + 5u, acc.q5.r0);
-    put(base + 0u * ld4 + 6u, acc.q6.r0);
-    put(base + 0u * ld4 + 7u, acc.q7.r0);
-    put(base + 8u * ld4 + 0u, acc.q0.r1);
-    put(base + 8u * ld4 + 1u, acc.q1.r1);
-    put(base + 8u * ld4 + 2u, acc.q2.r1);
-    put(base + 8u * ld4 + 3u, acc.q3.r1);
-    put(base + 8u * ld4 + 4u, acc.q4.r1);
-    put(base + 8u * ld4 + 5u, acc.q5.r1);
-    put(base + 8u * ld4 + 6u, acc.q6.r1);
-    put(base + 8u * ld4 + 7u, acc.q7.r1);
-    put(base + 16u * ld4 + 0u, acc.q0.r2);
-    put(base + 16u * ld4 + 1u, acc.q1.r2);
-    put(base + 16u * ld4 + 2u, acc.q2.r2);
-    put(base + 16u * ld4 + 3u, acc.q3.r2);
-    put(base + 16u * ld4 + 4u, acc.q4.r2);
-    put(base + 16u * ld4 + 5u, acc.q5.r2);
-    put(base + 16u * ld4 + 6u, acc.q6.r2);
-    put(base + 16u * ld4 + 7u, acc.q7.r2);
-    put(base + 24u * ld4 + 0u, acc.q0.r3);
-    put(base + 24u * ld4 + 1u, acc.q1.r3);
-    put(base + 24u * ld4 + 2u, acc.q2.r3);
-    put(base + 24u * ld4 + 3u, acc.q3.r3);
-    put(base + 24u * ld4 + 4u, acc.q4.r3);
-    put(base + 24u * ld4 + 5u, acc.q5.r3);
-    put(base + 24u * ld4 + 6u, acc.q6.r3);
-    put(base + 24u * ld4 + 7u, acc.q7.r3);
-    put(base + 32u * ld4 + 0u, acc.q0.r4);
-    put(base + 32u * ld4 + 1u, acc.q1.r4);
-    put(base + 32u * ld4 + 2u, acc.q2.r4);
-    put(base + 32u * ld4 + 3u, acc.q3.r4);
-    put(base + 32u * ld4 + 4u, acc.q4.r4);
-    put(base + 32u * ld4 + 5u, acc.q5.r4);
-    put(base + 32u * ld4 + 6u, acc.q6.r4);
-    put(base + 32u * ld4 + 7u, acc.q7.r4);
-    put(base + 40u * ld4 + 0u, acc.q0.r5);
-    put(base + 40u * ld4 + 1u, acc.q1.r5);
-    put(base + 40u * ld4 + 2u, acc.q2.r5);
-    put(base + 40u * ld4 + 3u, acc.q3.r5);
-    put(base + 40u * ld4 + 4u, acc.q4.r5);
-    put(base + 40u * ld4 + 5u, acc.q5.r5);
-    put(base + 40u * ld4 + 6u, acc.q6.r5);
-    put(base + 40u * ld4 + 7u, acc.q7.r5);
-    put(base + 48u * ld4 + 0u, acc.q0.r6);
-    put(base + 48u * ld4 + 1u, acc.q1.r6);
-    put(base + 48u * ld4 + 2u, acc.q2.r6);
-    put(base + 48u * ld4 + 3u, acc.q3.r6);
-    put(base + 48u * ld4 + 4u, acc.q4.r6);
-    put(base + 48u * ld4 + 5u, acc.q5.r6);
-    put(base + 48u * ld4 + 6u, acc.q6.r6);
-    put(base + 48u * ld4 + 7u, acc.q7.r6);
-    put(base + 56u * ld4 + 0u, acc.q0.r7);
-    put(base + 56u * ld4 + 1u, acc.q1.r7);
-    put(base + 56u * ld4 + 2u, acc.q2.r7);
-    put(base + 56u * ld4 + 3u, acc.q3.r7);
-    put(base + 56u * ld4 + 4u, acc.q4.r7);
-    put(base + 56u * ld4 + 5u, acc.q5.r7);
-    put(base + 56u * ld4 + 6u, acc.q6.r7);
-    put(base + 56u * ld4 + 7u, acc.q7.r7);
+    put(0u, 0u, acc.q0.r0);
+    put(0u, 1u, acc.q1.r0);
+    put(0u, 2u, acc.q2.r0);
+    put(0u, 3u, acc.q3.r0);
+    put(0u, 4u, acc.q4.r0);
+    put(0u, 5u, acc.q5.r0);
+    put(0u, 6u, acc.q6.r0);
+    put(0u, 7u, acc.q7.r0);
+    put(8u, 0u, acc.q0.r1);
+    put(8u, 1u, acc.q1.r1);
+    put(8u, 2u, acc.q2.r1);
+    put(8u, 3u, acc.q3.r1);
+    put(8u, 4u, acc.q4.r1);
+    put(8u, 5u, acc.q5.r1);
+    put(8u, 6u, acc.q6.r1);
+    put(8u, 7u, acc.q7.r1);
+    put(16u, 0u, acc.q0.r2);
+    put(16u, 1u, acc.q1.r2);
+    put(16u, 2u, acc.q2.r2);
+    put(16u, 3u, acc.q3.r2);
+    put(16u, 4u, acc.q4.r2);
+    put(16u, 5u, acc.q5.r2);
+    put(16u, 6u, acc.q6.r2);
+    put(16u, 7u, acc.q7.r2);
+    put(24u, 0u, acc.q0.r3);
+    put(24u, 1u, acc.q1.r3);
+    put(24u, 2u, acc.q2.r3);
+    put(24u, 3u, acc.q3.r3);
+    put(24u, 4u, acc.q4.r3);
+    put(24u, 5u, acc.q5.r3);
+    put(24u, 6u, acc.q6.r3);
+    put(24u, 7u, acc.q7.r3);
+    put(32u, 0u, acc.q0.r4);
+    put(32u, 1u, acc.q1.r4);
+    put(32u, 2u, acc.q2.r4);
+    put(32u, 3u, acc.q3.r4);
+    put(32u, 4u, acc.q4.r4);
+    put(32u, 5u, acc.q5.r4);
+    put(32u, 6u, acc.q6.r4);
+    put(32u, 7u, acc.q7.r4);
+    put(40u, 0u, acc.q0.r5);
+    put(40u, 1u, acc.q1.r5);
+    put(40u, 2u, acc.q2.r5);
+    put(40u, 3u, acc.q3.r5);
+    put(40u, 4u, acc.q4.r5);
+    put(40u, 5u, acc.q5.r5);
+    put(40u, 6u, acc.q6.r5);
+    put(40u, 7u, acc.q7.r5);
+    put(48u, 0u, acc.q0.r6);
+    put(48u, 1u, acc.q1.r6);
+    put(48u, 2u, acc.q2.r6);
+    put(48u, 3u, acc.q3.r6);
+    put(48u, 4u, acc.q4.r6);
+    put(48u, 5u, acc.q5.r6);
+    put(48u, 6u, acc.q6.r6);
+    put(48u, 7u, acc.q7.r6);
+    put(56u, 0u, acc.q0.r7);
+    put(56u, 1u, acc.q1.r7);
+    put(56u, 2u, acc.q2.r7);
+    put(56u, 3u, acc.q3.r7);
+    put(56u, 4u, acc.q4.r7);
+    put(56u, 5u, acc.q5.r7);
+    put(56u, 6u, acc.q6.r7);
+    put(56u, 7u, acc.q7.r7);
 }
 
 // C = epilogue of the raw product, one invocation per 4 consecutive elements of a row of C: vec4
@@ -378,33 +400,6 @@ fn panel_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             for (var j = 0u; j < 4u; j = j + 1u) {
                 if (col + j < gp.n) { c[at + j] = epilogue(z, row, col + j, v[j]); }
             }
-        }
-    }
-}
-
-// Direct output of a symmetric product: gemm_panel wrote every tile it computed straight into C (a
-// tile's entries below the diagonal equal their mirrors bit for bit: the same products summed in the
-// same order); the tiles it skipped, wholly below the diagonal, are copied here from their mirrors.
-// One invocation per 4 x 4 block, the transpose of its mirror block: 4 vec4 loads and 4 vec4 stores
-// (m % 64 == n % 32 == 0 in direct mode; per-element strided reads made this pass as slow as a
-// third of the half-product on lavapipe). Grid: x covers a row's vec4s (64 per workgroup), y the
-// 4-row blocks (looping past the grid's height), z the batch.
-@compute @workgroup_size(64)
-fn panel_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let col = 4u * (wid.x * 64u + lid);
-    if (col >= gp.n) { return; }
-    let ld4 = gp.ldc / 4u;
-    let top = wid.z * (gp.stride_c / 4u);
-    for (var row = 4u * wid.y; row < gp.m; row = row + 4u * nwg.y) {
-        if (row / PM * PM >= col / PN * PN + PN) {
-            let src = top + col * ld4 + row / 4u;
-            let x = transpose4(Block4(c4[src], c4[src + ld4], c4[src + 2u * ld4], c4[src + 3u * ld4]));
-            let dst = top + row * ld4 + col / 4u;
-            c4[dst] = x.x0;
-            c4[dst + ld4] = x.x1;
-            c4[dst + 2u * ld4] = x.x2;
-            c4[dst + 3u * ld4] = x.x3;
         }
     }
 }

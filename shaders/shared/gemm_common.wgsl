@@ -24,8 +24,8 @@ struct GemmParams {
     // or columns for gemm_panel_bt), 32-column panel stride and matrix stride (b_lane and b_step
     // below: a lane's offset and the step per k group). Packed operands and operands read in place differ only here.
     // direct_out = 1: C is m x n with m % 64 == n % 32 == 0 and beta = 0 or D separate from C, so
-    // gemm_panel writes alpha * product + beta * D straight into it (a symmetric product's skipped
-    // tiles: panel_mirror).
+    // gemm_panel writes alpha * product + beta * D straight into it (a symmetric product's tiles
+    // wholly above the diagonal also store their transposes).
     a_row: u32, a_step: u32, a_panel: u32, a_mat: u32,
     b_row: u32, b_panel: u32, b_mat: u32, direct_out: u32,
     // gemm_panel's walk through B: a lane's first vec4 (b_lane per lane), the step per 4 steps of k.

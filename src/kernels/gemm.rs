@@ -30,9 +30,6 @@ pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     entry: "panel_finish",
     bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R), (12, W), (13, R)],
 };
-/// Direct output of a symmetric panel product: fills the skipped tiles from their mirrors.
-pub const GEMM_PANEL_MIRROR: KernelSpec =
-    KernelSpec { module: "gemm_panel", entry: "panel_mirror", bindings: &[(0, U), (12, W)] };
 /// Packs op(A) into the panel kernel's 64-row panels.
 pub const GEMM_PACK_A: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W), (10, R)] };
@@ -49,7 +46,6 @@ pub const SPECS: &[KernelSpec] = &[
     GEMM_PANEL,
     GEMM_PANEL_BT,
     GEMM_PANEL_FINISH,
-    GEMM_PANEL_MIRROR,
     GEMM_PACK_A,
     GEMM_PACK_B,
     FMA_PEAK,
@@ -94,9 +90,9 @@ pub enum GemmKernel {
     /// `gemm_panel_bt` for a B stored n×k). A, B stored k×n and B stored n×k are read in place when
     /// k % 4 == 0 and k ≤ [`PANEL_IN_PLACE_K`] (B k×n also needs n % 4 == 0); other operands are
     /// packed into zero-padded panels first. C of whole tiles (m % 64 == n % 32 == 0) with no
-    /// addend or a separate one is written by the product kernel (a symmetric one then mirrored);
-    /// anything else goes through a raw scratch matrix and an epilogue pass. One to four
-    /// dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never splits k.
+    /// addend or a separate one is written by the product kernel (a symmetric one's tiles above the
+    /// diagonal also store their transposes); anything else goes through a raw scratch matrix and an
+    /// epilogue pass. One to four dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never splits k.
     Panel,
 }
 
@@ -618,10 +614,6 @@ impl GemmPlan {
                 // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
                 let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
                 steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, rows_grid));
-            } else if desc.symmetric {
-                // One invocation per 4×4 block.
-                let blocks_grid = pass_grid(desc.n / 4, desc.m / 4, desc.batch);
-                steps.push((ctx.bind(&GEMM_PANEL_MIRROR, &[&uniform, c.buffer()])?, blocks_grid));
             }
         }
         Ok(GemmPlan {
