@@ -19,7 +19,7 @@ pub struct Record {
     pub kernel: String,
     /// Problem shape (elements; for multi-tensor records the total).
     pub shape: Vec<usize>,
-    /// Median seconds per step (the fastest batch's where `timing` ends in "fastest batch").
+    /// Median seconds per step.
     pub median_s: f64,
     /// Effective bandwidth in GB/s (memory-bound kernels).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,7 +31,9 @@ pub struct Record {
     pub baseline: String,
     /// The baseline's median seconds.
     pub baseline_median_s: f64,
-    /// This kernel's throughput over the baseline's (higher is better; 1.0 = at the limit).
+    /// This kernel's throughput over the baseline's (higher is better; 1.0 = at the limit): the
+    /// baseline's time over the kernel's, or, where `timing` says "median of paired ratios", the
+    /// median of that ratio over batches timed in alternation ([`crate::gpu::PairedTiming`]).
     pub ratio: f64,
     /// Tensors in the step (multi-tensor records).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,7 +46,7 @@ pub struct Record {
     pub per_second: Option<f64>,
     /// Adapter the figures came from.
     pub adapter: String,
-    /// "timestamps" or "wall-clock"; then ", fastest batch" where both sides are minima.
+    /// "timestamps" or "wall-clock"; then ", median of paired ratios" where that is the ratio.
     pub timing: String,
 }
 
@@ -496,36 +498,44 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
         let (r, c) = (m.min(n), m.max(n));
         let g = crate::Tensor::from_slice(ctx, &rng.uniforms(b * m * n, 1.0), &[b, m, n])?;
         let plan = Ns5Plan::new(ctx, &g, 5, NS5_COEFFICIENTS)?;
-        let t = ctx.time(1, batches, |enc| {
-            plan.record(enc);
-        })?;
-        pb.inc(1);
-        pb.set_message(format!("15 gemm {b}x{r}x{c}x{r}"));
         let desc = GemmDesc { batch: b, ..GemmDesc::new(r, c, r) };
         let a = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * r, 1.0), &[b, r, r])?;
         let x = crate::Tensor::from_slice(ctx, &rng.uniforms(b * r * c, 1.0), &[b, r, c])?;
         let y = crate::Tensor::zeros(ctx, &[b, r, c])?;
         let gp = GemmPlan::new(ctx, desc, &a, &x, &y)?;
-        // The 15 products recorded into one submission, as NS5's are: both sides then pay the same
-        // per-submission cost and span the same stretch of time (on a shared CPU a longer measurement
-        // is likelier to catch a slow spell than 15 short ones, which favoured the baseline).
-        let one = ctx.time(15, batches, |enc| {
-            gp.record(enc);
-        })?;
+        // NS5 and the baseline alternate batch by batch (a shared CPU's slow spells, lasting seconds,
+        // then hit both sides of a pair alike; timed one side after the other, a spell swung the
+        // ratio of medians by 1.5x from run to run). The baseline's 15 products are recorded into one
+        // submission, as NS5's are: both sides pay the same per-submission cost.
+        let t = ctx.time_paired(
+            (1, |enc: &mut wgpu::CommandEncoder| {
+                plan.record(enc);
+            }),
+            (15, |enc: &mut wgpu::CommandEncoder| {
+                gp.record(enc);
+            }),
+            batches,
+        )?;
         let nominal = 5.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64) * b as f64;
         out.push(
-            Record::measured("ns", "newton_schulz5", vec![b, m, n], t.median_s, "15x_gemm", 15.0 * one.median_s)
+            Record::measured("ns", "newton_schulz5", vec![b, m, n], t.a.median_s, "15x_gemm", 15.0 * t.b.median_s)
                 .gflops(nominal)
-                .on(adapter.clone(), t.method),
+                .on(adapter.clone(), t.a.method),
         );
-        // The same pair by each side's fastest batch: on a shared CPU (lavapipe) slow spells swing
-        // the medians' ratio by 1.5x from run to run. (With five batches the minima were not
-        // steadier across runs there; both are recorded.)
-        out.push(
-            Record::measured("ns", "newton_schulz5/min", vec![b, m, n], t.min_s, "15x_gemm/min", 15.0 * one.min_s)
-                .gflops(nominal)
-                .on(adapter.clone(), format!("{}, fastest batch", t.method)),
-        );
+        // The median of the pairs' ratios (each pair ran back to back): the estimate least swung by
+        // slow spells. Its times are the medians above.
+        let mut paired = Record::measured(
+            "ns",
+            "newton_schulz5/paired",
+            vec![b, m, n],
+            t.a.median_s,
+            "15x_gemm",
+            15.0 * t.b.median_s,
+        )
+        .gflops(nominal)
+        .on(adapter.clone(), format!("{}, median of paired ratios", t.a.method));
+        paired.ratio = t.ratio;
+        out.push(paired);
         pb.inc(1);
     }
     // The Gram half-product beside the full X·Xᵀ.
@@ -535,17 +545,23 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let cbuf = crate::Tensor::zeros(ctx, &[n, n])?;
     let half = GemmPlan::new(ctx, GemmDesc::gram(n, n), &x, &x, &cbuf)?;
     let full = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, n, n) }, &x, &x, &cbuf)?;
-    let th = ctx.time(1, batches, |enc| {
-        half.record(enc);
-    })?;
-    let tf = ctx.time(1, batches, |enc| {
-        full.record(enc);
-    })?;
-    out.push(
-        Record::measured("ns", "gram_half", vec![n, n, n], th.median_s, "gemm_full_xxt", tf.median_s)
+    let t = ctx.time_paired(
+        (1, |enc: &mut wgpu::CommandEncoder| {
+            half.record(enc);
+        }),
+        (1, |enc: &mut wgpu::CommandEncoder| {
+            full.record(enc);
+        }),
+        batches,
+    )?;
+    let record = |kernel: &str| {
+        Record::measured("ns", kernel, vec![n, n, n], t.a.median_s, "gemm_full_xxt", t.b.median_s)
             .gflops(2.0 * (n * n * n) as f64)
-            .on(adapter, th.method),
-    );
+    };
+    out.push(record("gram_half").on(adapter.clone(), t.a.method));
+    let mut paired = record("gram_half/paired").on(adapter, format!("{}, median of paired ratios", t.a.method));
+    paired.ratio = t.ratio;
+    out.push(paired);
     pb.inc(1);
     pb.finish_and_clear();
     Ok(out)

@@ -165,6 +165,32 @@ fn bench_json_records_have_the_documented_fields() {
     assert!(!bad.status.success());
 }
 
+#[test]
+fn ns_bench_pairs_each_shape_with_its_baseline() {
+    let out = gpuopt(&["bench", "--suite", "ns", "--json", "--quick"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = v.as_array().unwrap();
+    for (kernel, baseline) in [("newton_schulz5", "15x_gemm"), ("gram_half", "gemm_full_xxt")] {
+        let plain: Vec<_> = records.iter().filter(|r| r["kernel"] == kernel).collect();
+        let paired: Vec<_> = records.iter().filter(|r| r["kernel"] == format!("{kernel}/paired")).collect();
+        assert!(!plain.is_empty() && plain.len() == paired.len(), "{kernel}: {} vs {}", plain.len(), paired.len());
+        for (p, q) in plain.iter().zip(&paired) {
+            assert_eq!((&p["baseline"], &q["baseline"]), (&baseline.into(), &baseline.into()));
+            // Both records come from one interleaved measurement: the same medians.
+            assert_eq!(
+                (&p["shape"], &p["median_s"], &p["baseline_median_s"]),
+                (&q["shape"], &q["median_s"], &q["baseline_median_s"])
+            );
+            let (m, b) = (p["median_s"].as_f64().unwrap(), p["baseline_median_s"].as_f64().unwrap());
+            assert!((p["ratio"].as_f64().unwrap() - b / m).abs() <= 1e-9 * b / m, "{p}");
+            let r = q["ratio"].as_f64().unwrap();
+            assert!(r.is_finite() && r > 0.0, "{q}");
+            assert!(q["timing"].as_str().unwrap().ends_with("median of paired ratios"), "{q}");
+        }
+    }
+}
+
 /// A batch of symmetric positive definite matrices X·Xᵀ + I from `data`'s values.
 fn spd(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let n = *shape.last().unwrap();

@@ -5,7 +5,7 @@ mod tensor;
 mod timer;
 
 pub use tensor::{Tensor, TensorView};
-pub use timer::Timing;
+pub use timer::{PairedTiming, Timing};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

@@ -11,24 +11,34 @@ use std::time::Instant;
 pub struct Timing {
     /// Median seconds per repetition.
     pub median_s: f64,
-    /// The fastest batch's seconds per repetition: on a shared machine, whose slow spells inflate
-    /// medians, the estimate least inflated by them (with few batches it can still miss a quiet one).
-    pub min_s: f64,
     /// "timestamps" or "wall-clock".
     pub method: &'static str,
 }
 
-impl Context {
-    /// Times `record` (which records one repetition into the encoder): `batches` command buffers of
-    /// `reps` repetitions each.
-    pub fn time(
-        &self,
-        reps: usize,
-        batches: usize,
-        mut record: impl FnMut(&mut wgpu::CommandEncoder),
-    ) -> Result<Timing> {
-        let device = self.device();
-        let queries = self.info().timestamps.then(|| {
+/// Two workloads timed in alternating batches ([`Context::time_paired`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PairedTiming {
+    /// The first workload.
+    pub a: Timing,
+    /// The second workload.
+    pub b: Timing,
+    /// The median over batch pairs of b's batch time over a's (`reps_b` repetitions of b against
+    /// `reps_a` of a): each pair ran back to back, so a slow spell of a shared machine longer than
+    /// one pair inflates both sides of it alike.
+    pub ratio: f64,
+}
+
+/// Times command buffers: timestamp queries where the adapter has them, else submit-and-wait wall time.
+struct Sampler<'a> {
+    ctx: &'a Context,
+    queries: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    period_ns: f64,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(ctx: &'a Context) -> Self {
+        let device = ctx.device();
+        let queries = ctx.info().timestamps.then(|| {
             let set = device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("bench timestamps"),
                 ty: wgpu::QueryType::Timestamp,
@@ -42,72 +52,141 @@ impl Context {
             });
             (set, resolve)
         });
-        let period_ns = self.queue().get_timestamp_period() as f64;
-        let mut run = |reps: usize| -> Result<(f64, Option<f64>)> {
-            let mut enc = self.encoder("bench");
-            let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
-                if let Some((set, _)) = &queries {
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("timestamp"),
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: set,
-                            beginning_of_pass_write_index: begin,
-                            end_of_pass_write_index: end,
-                        }),
-                    });
-                }
-            };
-            mark(&mut enc, Some(0), None);
-            for _ in 0..reps {
-                record(&mut enc);
+        Sampler { ctx, queries, period_ns: ctx.queue().get_timestamp_period() as f64 }
+    }
+
+    /// One command buffer of `reps` repetitions: (wall seconds, GPU seconds where timestamps work).
+    fn run(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder)) -> Result<(f64, Option<f64>)> {
+        let ctx = self.ctx;
+        let mut enc = ctx.encoder("bench");
+        let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
+            if let Some((set, _)) = &self.queries {
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("timestamp"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: begin,
+                        end_of_pass_write_index: end,
+                    }),
+                });
             }
-            mark(&mut enc, None, Some(1));
-            let staging = queries.as_ref().map(|(set, resolve)| {
-                enc.resolve_query_set(set, 0..2, resolve, 0);
-                let s = self.staging(16);
-                enc.copy_buffer_to_buffer(resolve, 0, &s, 0, 16);
-                s
-            });
-            let start = Instant::now();
-            let index = self.submit(enc);
-            self.wait_for(Some(index.clone()))?;
-            let wall = start.elapsed().as_secs_f64();
-            let gpu = match staging {
-                Some(s) => {
-                    let b = self.map_staging(&s, Some(index))?;
-                    let t0 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-                    let t1 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-                    (t1 > t0).then(|| (t1 - t0) as f64 * period_ns * 1e-9)
-                }
-                None => None,
-            };
-            Ok((wall, gpu))
         };
-        // Warm-up: pipeline compilation and first touch, and on GPUs that clock down when idle (an
-        // H200 idles at 345 MHz) long enough for the clocks to ramp up: batches until 25 ms have passed.
+        mark(&mut enc, Some(0), None);
+        for _ in 0..reps {
+            record(&mut enc);
+        }
+        mark(&mut enc, None, Some(1));
+        let staging = self.queries.as_ref().map(|(set, resolve)| {
+            enc.resolve_query_set(set, 0..2, resolve, 0);
+            let s = ctx.staging(16);
+            enc.copy_buffer_to_buffer(resolve, 0, &s, 0, 16);
+            s
+        });
+        let start = Instant::now();
+        let index = ctx.submit(enc);
+        ctx.wait_for(Some(index.clone()))?;
+        let wall = start.elapsed().as_secs_f64();
+        let gpu = match staging {
+            Some(s) => {
+                let b = ctx.map_staging(&s, Some(index))?;
+                let t0 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+                let t1 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                (t1 > t0).then(|| (t1 - t0) as f64 * self.period_ns * 1e-9)
+            }
+            None => None,
+        };
+        Ok((wall, gpu))
+    }
+
+    /// Warm-up: pipeline compilation and first touch, and on GPUs that clock down when idle (an
+    /// H200 idles at 345 MHz) long enough for the clocks to ramp up: batches until 25 ms have passed.
+    fn warm_up(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder)) -> Result<()> {
         let warm = Instant::now();
-        run(1)?;
+        self.run(1, record)?;
         for _ in 0..64 {
             if warm.elapsed().as_secs_f64() >= 0.025 {
                 break;
             }
-            run(reps.max(1))?;
+            self.run(reps, record)?;
         }
-        let mut wall = Vec::new();
-        let mut gpu = Vec::new();
-        for _ in 0..batches.max(1) {
-            let (w, g) = run(reps.max(1))?;
-            wall.push(w / reps.max(1) as f64);
-            gpu.extend(g.map(|g| g / reps.max(1) as f64));
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        if gpu.len() == wall.len() {
-            Ok(Timing { median_s: median(&mut gpu), min_s: gpu[0], method: "timestamps" })
+        Ok(())
+    }
+}
+
+/// Per-repetition batch times, GPU timestamps where every batch had them, else wall-clock.
+#[derive(Default)]
+struct Samples {
+    wall: Vec<f64>,
+    gpu: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, (wall, gpu): (f64, Option<f64>), reps: usize) {
+        self.wall.push(wall / reps as f64);
+        self.gpu.extend(gpu.map(|g| g / reps as f64));
+    }
+
+    /// The batch times in the order they ran, and how they were taken.
+    fn times(&self) -> (&[f64], &'static str) {
+        if self.gpu.len() == self.wall.len() {
+            (&self.gpu, "timestamps")
         } else {
-            Ok(Timing { median_s: median(&mut wall), min_s: wall[0], method: "wall-clock" })
+            (&self.wall, "wall-clock")
         }
+    }
+
+    fn timing(&self) -> Timing {
+        let (times, method) = self.times();
+        Timing { median_s: median(times.to_vec()), method }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl Context {
+    /// Times `record` (which records one repetition into the encoder): `batches` command buffers of
+    /// `reps` repetitions each.
+    pub fn time(
+        &self,
+        reps: usize,
+        batches: usize,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder),
+    ) -> Result<Timing> {
+        let reps = reps.max(1);
+        let sampler = Sampler::new(self);
+        sampler.warm_up(reps, &mut record)?;
+        let mut samples = Samples::default();
+        for _ in 0..batches.max(1) {
+            samples.push(sampler.run(reps, &mut record)?, reps);
+        }
+        Ok(samples.timing())
+    }
+
+    /// Times two workloads in alternating batches (a, b, a, b, ...; `reps_a` and `reps_b`
+    /// repetitions per batch), both warmed up first, for comparing them on a machine whose speed
+    /// drifts: see [`PairedTiming::ratio`].
+    pub fn time_paired(
+        &self,
+        (reps_a, mut record_a): (usize, impl FnMut(&mut wgpu::CommandEncoder)),
+        (reps_b, mut record_b): (usize, impl FnMut(&mut wgpu::CommandEncoder)),
+        batches: usize,
+    ) -> Result<PairedTiming> {
+        let (reps_a, reps_b) = (reps_a.max(1), reps_b.max(1));
+        let sampler = Sampler::new(self);
+        sampler.warm_up(reps_a, &mut record_a)?;
+        sampler.warm_up(reps_b, &mut record_b)?;
+        let (mut a, mut b) = (Samples::default(), Samples::default());
+        for _ in 0..batches.max(1) {
+            a.push(sampler.run(reps_a, &mut record_a)?, reps_a);
+            b.push(sampler.run(reps_b, &mut record_b)?, reps_b);
+        }
+        // Pairs only where both sides were timed the same way.
+        let ((ta, ma), (tb, mb)) = (a.times(), b.times());
+        let (ta, tb) = if ma == mb { (ta, tb) } else { (&a.wall[..], &b.wall[..]) };
+        let ratio = median(ta.iter().zip(tb).map(|(x, y)| y * reps_b as f64 / (x * reps_a as f64)).collect());
+        Ok(PairedTiming { a: a.timing(), b: b.timing(), ratio })
     }
 }
