@@ -139,7 +139,8 @@ fn gemm_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 // consecutive invocations store to 16 different slice rows, hits 16 different banks; padding would do
 // the same but push the two slices past WebGPU's 16 KiB default workgroup-memory limit. (Measured on
 // an H200 with a 33-vec4 pitch instead of the swizzle: 24.3 TFLOP/s at n = 4096, 0.48 of torch.matmul
-// in f32; loading the next slice into registers during the multiply is the next thing to measure.)
+// in f32; gemm_f32_128_prefetch loads the next slice into registers during the multiply, not yet
+// timed on a GPU.)
 
 const TILE_L: u32 = 128u;
 const BK_L: u32 = 16u;
@@ -175,6 +176,20 @@ fn load_b4(base: u32, col0: u32, k0: u32, s: vec2<u32>) -> vec4<f32> {
 @compute @workgroup_size(16, 16)
 fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
+    tile128(wid, lid3, lid, false);
+}
+
+// gemm_f32_128 with the next slice's global loads issued before the current slice's multiply (into
+// registers, stored to workgroup memory after it), so their latency hides behind 16 rank-1 updates
+// instead of stalling the workgroup between barriers: 16 more registers per invocation.
+@compute @workgroup_size(16, 16)
+fn gemm_f32_128_prefetch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    tile128(wid, lid3, lid, true);
+}
+
+// The body of both entry points; `prefetch` is a literal there, so the compiler drops the other path.
+fn tile128(wid: vec3<u32>, lid3: vec3<u32>, lid: u32, prefetch: bool) {
     let z = wid.z;
     if (gp.symmetric != 0u && wid.y > wid.x) { return; }
     let row0 = wid.y * TILE_L;
@@ -193,13 +208,37 @@ fn gemm_f32_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let sb0 = slot_of(lid, b_kfast);
     let sb1 = slot_of(lid + 256u, b_kfast);
     let ktiles = (kext + BK_L - 1u) / BK_L;
+    // The slots of the slice at k = 0 (prefetch), then of each next one (zeros past k_lim).
+    var pa0 = vec4<f32>();
+    var pa1 = vec4<f32>();
+    var pb0 = vec4<f32>();
+    var pb1 = vec4<f32>();
+    if (prefetch) {
+        pa0 = load_a4(base_a, row0, 0u, sa0);
+        pa1 = load_a4(base_a, row0, 0u, sa1);
+        pb0 = load_b4(base_b, col0, 0u, sb0);
+        pb1 = load_b4(base_b, col0, 0u, sb1);
+    }
     for (var kt = 0u; kt < ktiles; kt = kt + 1u) {
         let k0 = kt * BK_L;
-        al_s[swz(sa0.x, sa0.y)] = load_a4(base_a, row0, k0, sa0);
-        al_s[swz(sa1.x, sa1.y)] = load_a4(base_a, row0, k0, sa1);
-        bl_s[swz(sb0.x, sb0.y)] = load_b4(base_b, col0, k0, sb0);
-        bl_s[swz(sb1.x, sb1.y)] = load_b4(base_b, col0, k0, sb1);
+        if (!prefetch) {
+            pa0 = load_a4(base_a, row0, k0, sa0);
+            pa1 = load_a4(base_a, row0, k0, sa1);
+            pb0 = load_b4(base_b, col0, k0, sb0);
+            pb1 = load_b4(base_b, col0, k0, sb1);
+        }
+        al_s[swz(sa0.x, sa0.y)] = pa0;
+        al_s[swz(sa1.x, sa1.y)] = pa1;
+        bl_s[swz(sb0.x, sb0.y)] = pb0;
+        bl_s[swz(sb1.x, sb1.y)] = pb1;
         workgroupBarrier();
+        if (prefetch) {
+            let k1 = k0 + BK_L;
+            pa0 = load_a4(base_a, row0, k1, sa0);
+            pa1 = load_a4(base_a, row0, k1, sa1);
+            pb0 = load_b4(base_b, col0, k1, sb0);
+            pb1 = load_b4(base_b, col0, k1, sb1);
+        }
         for (var kk = 0u; kk < BK_L; kk = kk + 1u) {
             rank1(&acc, al_s[swz(kk, lid3.y)], al_s[swz(kk, 16u + lid3.y)], bl_s[swz(kk, lid3.x)],
                   bl_s[swz(kk, 16u + lid3.x)]);

@@ -404,6 +404,7 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         &[
             (GemmKernel::Tile64, 1, "gemm_f32_nn/t64"),
             (GemmKernel::Tile128, 1, "gemm_f32_nn/t128"),
+            (GemmKernel::Tile128Prefetch, 1, "gemm_f32_nn/t128_prefetch"),
             (GemmKernel::Auto, 0, "gemm_f32_nn/auto"),
             (GemmKernel::Auto, 4, "gemm_f32_nn/auto_split4"),
         ]

@@ -17,7 +17,7 @@ use gpuopt::{reference, Tensor};
 
 /// The kernels every case runs through: all that this adapter can run.
 fn kernels() -> Vec<GemmKernel> {
-    let mut v = vec![GemmKernel::Tile64, GemmKernel::Tile128];
+    let mut v = vec![GemmKernel::Tile64, GemmKernel::Tile128, GemmKernel::Tile128Prefetch];
     if common::ctx().info().subgroup_size == Some(gpuopt::kernels::gemm::PANEL_LANES) {
         v.push(GemmKernel::Panel);
     }
@@ -352,7 +352,7 @@ fn split_k_gram_and_fused_addend() {
     let ctx = common::ctx();
     let mut rng = TestRng::new(21);
     // Split-K is a feature of the tiled kernels (the panel kernel never splits).
-    for kernel in [GemmKernel::Tile64, GemmKernel::Tile128] {
+    for kernel in [GemmKernel::Tile64, GemmKernel::Tile128, GemmKernel::Tile128Prefetch] {
         // Gram X·Xᵀ (A and B the same buffer): slices are symmetric, still computed as half products.
         let (m, k) = (70, 260);
         let x = rng.uniforms(m * k, 1.0);

@@ -16,6 +16,12 @@ pub const GEMM_SPLITK_REDUCE: KernelSpec =
 /// The large-tile GEMM kernel for GPUs (128×128 tiles, 256 invocations).
 pub const GEMM_F32_128: KernelSpec =
     KernelSpec { module: "gemm", entry: "gemm_f32_128", bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)] };
+/// [`GEMM_F32_128`] loading the next k slice into registers while it multiplies the current one.
+pub const GEMM_F32_128_PREFETCH: KernelSpec = KernelSpec {
+    module: "gemm",
+    entry: "gemm_f32_128_prefetch",
+    bindings: &[(0, U), (1, R), (2, R), (3, W), (4, R), (5, R)],
+};
 /// The CPU-adapter GEMM (64×32 tiles from packed panels, 8-lane subgroup broadcasts) into a padded
 /// scratch matrix, or straight into C when C has that shape and its addend, if any, is a separate D.
 pub const GEMM_PANEL: KernelSpec = KernelSpec { module: "gemm_panel", entry: "gemm_panel", bindings: PANEL_BINDINGS };
@@ -42,6 +48,7 @@ pub const FMA_PEAK: KernelSpec = KernelSpec { module: "fma_peak", entry: "fma_pe
 pub const SPECS: &[KernelSpec] = &[
     GEMM_F32,
     GEMM_F32_128,
+    GEMM_F32_128_PREFETCH,
     GEMM_SPLITK_REDUCE,
     GEMM_PANEL,
     GEMM_PANEL_BT,
@@ -85,6 +92,10 @@ pub enum GemmKernel {
     /// 128×128 output tiles, 16×16 invocations of 8×8 outputs each, loads coalesced for every
     /// transpose combination (`gemm_f32_128`).
     Tile128,
+    /// [`GemmKernel::Tile128`] with the next k slice's global loads issued before the current
+    /// slice's multiply, hiding their latency (`gemm_f32_128_prefetch`; 16 more registers per
+    /// invocation). Not chosen by `Auto` until a GPU run shows it faster: the gemm bench times both.
+    Tile128Prefetch,
     /// For CPU drivers that run a subgroup as one SIMD register (lavapipe): one 8-invocation
     /// workgroup computes a 64×32 tile with vec4 loads and subgroup broadcasts (`gemm_panel`, or
     /// `gemm_panel_bt` for a B stored n×k). A, B stored k×n and B stored n×k are read in place when
@@ -129,6 +140,11 @@ impl GemmKernel {
             }
             chosen => chosen,
         }
+    }
+
+    /// The 128×128-tile kernels.
+    pub fn is_large(self) -> bool {
+        matches!(self, GemmKernel::Tile128 | GemmKernel::Tile128Prefetch)
     }
 }
 
@@ -263,16 +279,14 @@ impl GemmDesc {
                 if ctx.info().is_cpu() || !GemmDesc::split_k_auto() {
                     return 1;
                 }
-                let (kernel, tile) = match self.kernel.resolve(ctx, self) {
-                    GemmKernel::Tile128 => (GemmKernel::Tile128, TILE_LARGE as usize),
-                    _ => (GemmKernel::Tile64, TILE as usize),
-                };
+                let large = self.kernel.resolve(ctx, self).is_large();
+                let tile = if large { TILE_LARGE } else { TILE } as usize;
                 let mut tiles = self.m.div_ceil(tile) * self.n.div_ceil(tile);
                 if self.symmetric {
                     tiles = tiles.div_ceil(2) + self.m.div_ceil(tile).div_ceil(2);
                 }
                 // Workgroups that fill a large GPU: 2 per SM of the large tile, 8 of the small one.
-                let fill: usize = if kernel == GemmKernel::Tile128 { 264 } else { 1056 };
+                let fill: usize = if large { 264 } else { 1056 };
                 fill.div_ceil(tiles).min(self.k / 128).min(16)
             }
             s => s,
@@ -481,6 +495,7 @@ impl GemmPlan {
         }
         let (spec, tile) = match kernel {
             GemmKernel::Tile128 => (&GEMM_F32_128, TILE_LARGE),
+            GemmKernel::Tile128Prefetch => (&GEMM_F32_128_PREFETCH, TILE_LARGE),
             _ => (&GEMM_F32, TILE),
         };
         let gram = a.buffer() == b.buffer() && desc.trans_a != desc.trans_b;
