@@ -77,7 +77,8 @@ pub fn check_kernel_limits(spec: &KernelSpec, limits: &wgpu::Limits) -> Result<(
 /// The kernels that need more workgroup memory than WebGL-class downlevel devices offer (16,352
 /// bytes), with their need in bytes: (module, entry, bytes). `tests/portability.rs` measures every
 /// shader with naga and fails if one over that limit is missing here.
-pub const LARGE_WORKGROUP_MEMORY: &[(&str, &str, u32)] = &[("gemm", "gemm_f32_128", 16384)];
+pub const LARGE_WORKGROUP_MEMORY: &[(&str, &str, u32)] =
+    &[("gemm", "gemm_f32_128", 16384), ("gemm", "gemm_f32_128_prefetch", 16384)];
 
 /// Workgroup size of every 1-D kernel in gpuopt.
 pub const WORKGROUP_SIZE: u32 = 256;
