@@ -196,8 +196,10 @@ var<private> mirror: bool;   // a direct symmetric product's tile wholly above t
 // The vec4 of the tile's columns 4q .. 4q + 3 in its row lane + r: packed[..] = coef.x * v (+ coef.y
 // * D at the same place of C when use_d). The addend is loaded unconditionally (a read past a dummy
 // binding's end is safe in WGSL) and selected: a CPU driver turns a per-invocation branch around a
-// load into mask bookkeeping. A mirrored tile also stores the 4 values, down a column, at their
-// transposed places: the 8 lanes' stores of one component land on 8 consecutive floats.
+// load into mask bookkeeping. A mirrored tile also stores the 4 values at their transposed places,
+// down a column of C (the 8 lanes together write 8 consecutive floats of a row per component).
+// Those are f32 stores through `c` (C bound again as f32s): a store to one component of a vec4 in
+// `packed` may, by the WGSL spec, access the whole vec4, which the neighbouring lanes also write.
 fn put(r: u32, q: u32, v: vec4<f32>) {
     let i = out_at + r * ld4 + q;
     let dv = d4[i + d_shift];
@@ -206,10 +208,10 @@ fn put(r: u32, q: u32, v: vec4<f32>) {
     if (mirror) {
         let ld = 4u * ld4;
         let t = mirror_at + 4u * q * ld + r;
-        packed[t / 4u][t % 4u] = x.x;
-        packed[(t + ld) / 4u][t % 4u] = x.y;
-        packed[(t + 2u * ld) / 4u][t % 4u] = x.z;
-        packed[(t + 3u * ld) / 4u][t % 4u] = x.w;
+        c[t] = x.x;
+        c[t + ld] = x.y;
+        c[t + 2u * ld] = x.z;
+        c[t + 3u * ld] = x.w;
     }
 }
 

@@ -216,7 +216,7 @@ fn gemm_fused_addend_epilogue() {
 #[test]
 fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     let ctx = common::ctx();
-    // (128, 40, 2): whole 64×32 tiles, which the panel kernel writes into C directly, mirroring after.
+    // (128, 40, 2): whole 64×32 tiles, which the panel kernel writes into C directly, transposes too.
     // The panel kernel's grid pairs row panels: odd and even counts of them, with the last column
     // tile whole or ragged.
     let shapes =
@@ -253,22 +253,83 @@ fn gram_half_product_matches_reference_and_is_exactly_symmetric() {
     .is_err());
 }
 
+/// `batch` random m×m matrices, each bitwise symmetric (upper triangle mirrored).
+fn symmetric_matrices(rng: &mut TestRng, m: usize, batch: usize) -> Vec<f32> {
+    let mut a = rng.uniforms(batch * m * m, 1.0);
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..i {
+                a[z * m * m + i * m + j] = a[z * m * m + j * m + i];
+            }
+        }
+    }
+    a
+}
+
+#[test]
+fn commuting_product_of_two_matrices_is_exactly_symmetric() {
+    // A·B with B = A² + A (a polynomial in A, so A·B is symmetric), A and B separate buffers as in
+    // the matrix roots' iterations: the result must still equal its transpose bit for bit, also in
+    // the tiles crossing the diagonal (which compute their lower halves themselves when the two
+    // operands are one matrix).
+    let ctx = common::ctx();
+    let (m, batch) = (128, 2);
+    let a = symmetric_matrices(&mut TestRng::new(41), m, batch);
+    let mut b = vec![0.0f32; batch * m * m];
+    for z in 0..batch {
+        for i in 0..m {
+            for j in i..m {
+                let dot: f64 = (0..m).map(|k| a[z * m * m + i * m + k] as f64 * a[z * m * m + k * m + j] as f64).sum();
+                let v = (dot + a[z * m * m + i * m + j] as f64) as f32;
+                (b[z * m * m + i * m + j], b[z * m * m + j * m + i]) = (v, v);
+            }
+        }
+    }
+    let (ta, tb) =
+        (Tensor::from_slice(&ctx, &a, &[batch, m, m]).unwrap(), Tensor::from_slice(&ctx, &b, &[batch, m, m]).unwrap());
+    for (addend, kernel) in with_kernels([false, true]) {
+        let desc = GemmDesc {
+            batch,
+            alpha: 0.75,
+            beta: if addend { 2.0 } else { 0.0 },
+            symmetric: true,
+            kernel,
+            ..GemmDesc::new(m, m, m)
+        };
+        let tc = Tensor::from_slice(&ctx, &vec![f32::NAN; batch * m * m], &[batch, m, m]).unwrap();
+        // The addend A: symmetric, a separate buffer (written by the product kernel itself where it can).
+        let plan = if addend {
+            gpuopt::kernels::gemm::GemmPlan::with_addend(&ctx, desc, &ta, &tb, &tc, &ta).unwrap()
+        } else {
+            gpuopt::kernels::gemm::GemmPlan::new(&ctx, desc, &ta, &tb, &tc).unwrap()
+        };
+        let got = run(&ctx, &plan, &tc);
+        let mut want = vec![0.0; got.len()];
+        reference::gemm::gemm_addend(&desc, &a, &b, &mut want, &a);
+        let scale = reference::gemm::abs_product(&desc, &a, &b);
+        for z in 0..batch {
+            for i in 0..m {
+                for j in i..m {
+                    let e = z * m * m + i * m + j;
+                    let tol = ((m as f32).sqrt() + 2.0) * f32::EPSILON * 0.75 * scale[e]
+                        + 2.0 * f32::EPSILON * (want[e].abs() + 2.0 * a[e].abs());
+                    assert!((got[e] - want[e]).abs() <= tol, "{desc:?} [{z}] ({i}, {j}): {} vs {}", got[e], want[e]);
+                }
+            }
+        }
+        assert_bitwise_symmetric(&got, m, batch, &format!("{desc:?}"));
+    }
+}
+
 /// NS5's second product, c·A·A + b·A with A symmetric: half the tiles computed, the addend fused
-/// (for whole tiles the panel kernel adds it as it writes C, then mirrors), as A·A and as A·Aᵀ.
+/// (for whole tiles the panel kernel adds it as it writes C, the tiles above the diagonal also
+/// storing their transposes), as A·A and as A·Aᵀ.
 #[test]
 fn symmetric_product_with_addend_is_exactly_symmetric() {
     let ctx = common::ctx();
     // (128, 2, true): D one matrix broadcast over the batch; 72: in place, through the scratch pass.
     for (m, batch, broadcast_d) in [(128, 2, false), (128, 2, true), (70, 1, false), (72, 1, false), (192, 1, false)] {
-        let mut rng = TestRng::new(m as u64 + 5);
-        let mut a = rng.uniforms(batch * m * m, 1.0);
-        for z in 0..batch {
-            for i in 0..m {
-                for j in 0..i {
-                    a[z * m * m + i * m + j] = a[z * m * m + j * m + i];
-                }
-            }
-        }
+        let a = symmetric_matrices(&mut TestRng::new(m as u64 + 5), m, batch);
         let ta = Tensor::from_slice(&ctx, &a, &[batch, m, m]).unwrap();
         let d = if broadcast_d { a[..m * m].to_vec() } else { a.clone() };
         let td = Tensor::from_slice(&ctx, &d, &[d.len()]).unwrap();

@@ -48,7 +48,7 @@ fn ns5_matches_reference_square_wide_tall_batched() {
     ns5_case(6, 100, 150, 3);
     // Whole 64×32 tiles, large enough for the panel kernel: every product writes C itself (addends
     // and, for the wide input, the first step's norm scaling applied as it stores; symmetric ones
-    // mirrored after), and Xᵀ is read in place. The tall batch runs on its transposed copy.
+    // storing their transposes too), and Xᵀ is read in place. The tall batch runs on its transposed copy.
     ns5_case(1, 256, 512, 5);
     ns5_case(2, 320, 192, 3);
 }

@@ -28,8 +28,9 @@ pub const GEMM_PANEL: KernelSpec = KernelSpec { module: "gemm_panel", entry: "ge
 /// [`GEMM_PANEL`] reading a transposed B (stored n×k) in place, transposing 4×4 blocks in registers.
 pub const GEMM_PANEL_BT: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "gemm_panel_bt", bindings: PANEL_BINDINGS };
-/// The bindings of both panel entry points: uniform, A, B, C (or the raw scratch), norms, D.
-const PANEL_BINDINGS: &[(u32, Binding)] = &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R)];
+/// The bindings of both panel entry points: uniform, A, B, C (or the raw scratch) as vec4s, norms,
+/// D, and C again as f32s (a symmetric product's transposed stores).
+const PANEL_BINDINGS: &[(u32, Binding)] = &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R), (3, W)];
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
 pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     module: "gemm_panel",
@@ -403,8 +404,8 @@ pub struct GemmPlan {
     desc: GemmDesc,
     /// Split-K: the reduction of the partial products.
     reduce: Option<Box<SplitReduce>>,
-    /// The panel kernel's dispatches, in order (packs where needed, the product, the epilogue or mirror
-    /// pass where needed), and its scratch.
+    /// The panel kernel's dispatches, in order (packs where needed, the product, the epilogue pass
+    /// where needed), and its scratch.
     steps: Vec<(BoundKernel, (u32, u32, u32))>,
     _scratch: Vec<wgpu::Buffer>,
 }
@@ -538,7 +539,7 @@ impl GemmPlan {
     }
 
     /// The panel kernel: pack op(A) and op(B) where they cannot be read in place (each once when the
-    /// batch shares it), multiply, and apply the epilogue (or the mirror) where C is not written directly.
+    /// batch shares it), multiply, and apply the epilogue (with the mirror) where C is not written directly.
     fn build_panel(
         ctx: &Context,
         desc: GemmDesc,
@@ -583,8 +584,16 @@ impl GemmPlan {
             (false, _) => ([PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0], [1, PANEL_COLS, 0, 0]),
         };
         // C with the scratch's shape and no addend, or one that is not C itself (C is bound for
-        // writing, so it cannot be bound again for reading): the product kernel writes C.
-        let direct_out = (desc.beta == 0.0 || params.d_mode == 1) && m_pad == desc.m && n_pad == desc.n;
+        // writing, so it cannot be bound again for reading): the product kernel writes C. Not for a
+        // symmetric product of two different matrices (commuting ones, as the matrix roots use): the
+        // tiles crossing the diagonal compute their lower elements themselves, which equal their
+        // mirrors bit for bit only when both operands are one matrix (X·Xᵀ, A·A with A symmetric: the
+        // same products summed in the same order); the scratch's pass copies the mirrors instead.
+        let one_operand = a.buffer() == b.buffer() && params.stride_a == params.stride_b;
+        let direct_out = (desc.beta == 0.0 || params.d_mode == 1)
+            && m_pad == desc.m
+            && n_pad == desc.n
+            && (!desc.symmetric || one_operand);
         params.b_addr[3] = direct_out as u32;
         let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
@@ -623,7 +632,7 @@ impl GemmPlan {
             let b_in = if direct_b { b.buffer() } else { &bp };
             let out = if direct_out { c.buffer() } else { &raw };
             let spec = if direct_b && desc.trans_b { &GEMM_PANEL_BT } else { &GEMM_PANEL };
-            steps.push((ctx.bind(spec, &[&uniform, a_in, b_in, out, n_buf, d_buf])?, grid));
+            steps.push((ctx.bind(spec, &[&uniform, a_in, b_in, out, n_buf, d_buf, out])?, grid));
             let rows_grid = pass_grid(desc.n.div_ceil(4), desc.m, desc.batch);
             if !direct_out {
                 // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
