@@ -385,7 +385,8 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
 
 /// The gemm suite: square f32 GEMMs in GFLOP/s beside the WGSL FMA-throughput kernel (the adapter's
 /// arithmetic limit as WGSL reaches it) and the CPU's sgemm (ndarray's product), in the same run.
-/// On GPUs both tile kernels are timed without split-K (records `gemm_f32_nn/t64` and `/t128`) beside
+/// On GPUs the tile kernels are timed without split-K (records `gemm_f32_nn/t64`, `/t128` and
+/// `/t128_prefetch`) beside
 /// the automatic choice (`/auto`: kernel and split-K as `GemmDesc` picks them) and a 4-way split-K,
 /// and n = 4096 is added;
 /// on CPU adapters the 64×64 kernel and, where subgroups are 8 lanes wide, the packed-panel kernel
@@ -491,7 +492,7 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     };
     // Five batches: this suite's medians were swung by a slow spell in one of three.
     let batches = if quick { 2 } else { 5 };
-    let pb = progress(2 * cases.len() as u64 + 1, show_progress);
+    let pb = progress(cases.len() as u64 + 1, show_progress);
     let mut rng = TestRng::new(5);
     let mut out = Vec::new();
     for &(b, m, n) in &cases {

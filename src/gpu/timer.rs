@@ -113,7 +113,7 @@ impl<'a> Sampler<'a> {
     }
 }
 
-/// Per-repetition batch times, GPU timestamps where every batch had them, else wall-clock.
+/// Per-repetition batch times: wall-clock, and GPU timestamps where the batch had them.
 #[derive(Default)]
 struct Samples {
     wall: Vec<f64>,
@@ -126,24 +126,34 @@ impl Samples {
         self.gpu.extend(gpu.map(|g| g / reps as f64));
     }
 
-    /// The batch times in the order they ran, and how they were taken.
-    fn times(&self) -> (&[f64], &'static str) {
-        if self.gpu.len() == self.wall.len() {
-            (&self.gpu, "timestamps")
+    /// Every batch has a GPU time.
+    fn has_gpu(&self) -> bool {
+        self.gpu.len() == self.wall.len()
+    }
+
+    /// The batch times in the order they ran: GPU times when `gpu`, else wall-clock.
+    fn times(&self, gpu: bool) -> &[f64] {
+        if gpu {
+            &self.gpu
         } else {
-            (&self.wall, "wall-clock")
+            &self.wall
         }
     }
 
-    fn timing(&self) -> Timing {
-        let (times, method) = self.times();
-        Timing { median_s: median(times.to_vec()), method }
+    fn timing(&self, gpu: bool) -> Timing {
+        Timing { median_s: median(self.times(gpu).to_vec()), method: if gpu { "timestamps" } else { "wall-clock" } }
     }
 }
 
+/// The middle value (the mean of the two middle ones for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let h = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[h - 1] + v[h]) / 2.0
+    } else {
+        v[h]
+    }
 }
 
 impl Context {
@@ -162,12 +172,13 @@ impl Context {
         for _ in 0..batches.max(1) {
             samples.push(sampler.run(reps, &mut record)?, reps);
         }
-        Ok(samples.timing())
+        Ok(samples.timing(samples.has_gpu()))
     }
 
-    /// Times two workloads in alternating batches (a, b, a, b, ...; `reps_a` and `reps_b`
-    /// repetitions per batch), both warmed up first, for comparing them on a machine whose speed
-    /// drifts: see [`PairedTiming::ratio`].
+    /// Times two workloads in pairs of batches (`reps_a` and `reps_b` repetitions per batch), a
+    /// first in even pairs and b first in odd ones, both warmed up before, for comparing them on a
+    /// machine whose speed drifts: see [`PairedTiming::ratio`]. Both sides are timed the same way
+    /// (timestamps only where every batch of both had them).
     pub fn time_paired(
         &self,
         (reps_a, mut record_a): (usize, impl FnMut(&mut wgpu::CommandEncoder)),
@@ -179,14 +190,30 @@ impl Context {
         sampler.warm_up(reps_a, &mut record_a)?;
         sampler.warm_up(reps_b, &mut record_b)?;
         let (mut a, mut b) = (Samples::default(), Samples::default());
-        for _ in 0..batches.max(1) {
+        for pair in 0..batches.max(1) {
+            if !pair.is_multiple_of(2) {
+                b.push(sampler.run(reps_b, &mut record_b)?, reps_b);
+            }
             a.push(sampler.run(reps_a, &mut record_a)?, reps_a);
-            b.push(sampler.run(reps_b, &mut record_b)?, reps_b);
+            if pair.is_multiple_of(2) {
+                b.push(sampler.run(reps_b, &mut record_b)?, reps_b);
+            }
         }
-        // Pairs only where both sides were timed the same way.
-        let ((ta, ma), (tb, mb)) = (a.times(), b.times());
-        let (ta, tb) = if ma == mb { (ta, tb) } else { (&a.wall[..], &b.wall[..]) };
-        let ratio = median(ta.iter().zip(tb).map(|(x, y)| y * reps_b as f64 / (x * reps_a as f64)).collect());
-        Ok(PairedTiming { a: a.timing(), b: b.timing(), ratio })
+        let gpu = a.has_gpu() && b.has_gpu();
+        let pairs = a.times(gpu).iter().zip(b.times(gpu));
+        let ratio = median(pairs.map(|(x, y)| y * reps_b as f64 / (x * reps_a as f64)).collect());
+        Ok(PairedTiming { a: a.timing(gpu), b: b.timing(gpu), ratio })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![5.0]), 5.0);
     }
 }
