@@ -405,3 +405,41 @@ fn panel_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// Direct output of a symmetric product of two different matrices (commuting ones: the matrix roots'
+// iterations): the tiles crossing the diagonal computed their lower elements themselves, and those
+// sums of other products need not equal their mirrors bit for bit, so each 64 x 64 diagonal block's
+// upper triangle is copied over its lower one. (For one matrix times itself they are already equal:
+// the same products summed in the same order.) Workgroup x: one diagonal block, z: the matrix; each
+// invocation copies 4 of the block's 16 x 16 4 x 4-blocks, a block below the diagonal from the
+// transpose of its mirror, one on it keeping its own upper elements. Only blocks on or above the
+// diagonal are read and only ones on or below it written, each by one invocation.
+@compute @workgroup_size(64)
+fn panel_diag_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ld4 = gp.ldc / 4u;
+    let top = wid.z * (gp.stride_c / 4u);
+    let d0 = wid.x * PM;
+    let i = vec4<u32>(0u, 1u, 2u, 3u);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let blk = 4u * lid + j;
+        let br = blk / 16u;
+        let bc = blk % 16u;
+        if (br < bc) { continue; }
+        let row = d0 + 4u * br;
+        let col = d0 + 4u * bc;
+        let src = top + col * ld4 + row / 4u;
+        let x = transpose4(Block4(c4[src], c4[src + ld4], c4[src + 2u * ld4], c4[src + 3u * ld4]));
+        let dst = top + row * ld4 + col / 4u;
+        if (br > bc) {
+            c4[dst] = x.x0;
+            c4[dst + ld4] = x.x1;
+            c4[dst + 2u * ld4] = x.x2;
+            c4[dst + 3u * ld4] = x.x3;
+        } else {
+            // On the diagonal (src = dst): row r takes the mirror left of the diagonal (columns < r).
+            c4[dst + ld4] = select(c4[dst + ld4], x.x1, i < vec4<u32>(1u));
+            c4[dst + 2u * ld4] = select(c4[dst + 2u * ld4], x.x2, i < vec4<u32>(2u));
+            c4[dst + 3u * ld4] = select(c4[dst + 3u * ld4], x.x3, i < vec4<u32>(3u));
+        }
+    }
+}

@@ -37,6 +37,10 @@ pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
     entry: "panel_finish",
     bindings: &[(0, U), (3, W), (4, R), (5, R), (9, R), (12, W), (13, R)],
 };
+/// Direct output of a symmetric product of two different matrices: copies each 64×64 diagonal
+/// block's upper triangle over its lower one (which the product computed from other products).
+pub const GEMM_PANEL_DIAG_MIRROR: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "panel_diag_mirror", bindings: &[(0, U), (12, W)] };
 /// Packs op(A) into the panel kernel's 64-row panels.
 pub const GEMM_PACK_A: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "pack_a", bindings: &[(0, U), (1, R), (8, W), (10, R)] };
@@ -54,6 +58,7 @@ pub const SPECS: &[KernelSpec] = &[
     GEMM_PANEL,
     GEMM_PANEL_BT,
     GEMM_PANEL_FINISH,
+    GEMM_PANEL_DIAG_MIRROR,
     GEMM_PACK_A,
     GEMM_PACK_B,
     FMA_PEAK,
@@ -103,8 +108,9 @@ pub enum GemmKernel {
     /// k % 4 == 0 and k ≤ [`PANEL_IN_PLACE_K`] (B k×n also needs n % 4 == 0); other operands are
     /// packed into zero-padded panels first. C of whole tiles (m % 64 == n % 32 == 0) with no
     /// addend or a separate one is written by the product kernel (a symmetric one's tiles above the
-    /// diagonal also store their transposes); anything else goes through a raw scratch matrix and an
-    /// epilogue pass. One to four dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never splits k.
+    /// diagonal also store their transposes; of two different matrices, a small pass then mirrors the
+    /// diagonal blocks); anything else goes through a raw scratch matrix and an epilogue pass. One to
+    /// four dispatches. Needs subgroups of exactly [`PANEL_LANES`]; never splits k.
     Panel,
 }
 
@@ -584,16 +590,14 @@ impl GemmPlan {
             (false, _) => ([PANEL_COLS / 4, (cols * k4) as u32, per_b as u32, 0], [1, PANEL_COLS, 0, 0]),
         };
         // C with the scratch's shape and no addend, or one that is not C itself (C is bound for
-        // writing, so it cannot be bound again for reading): the product kernel writes C. Not for a
-        // symmetric product of two different matrices (commuting ones, as the matrix roots use): the
-        // tiles crossing the diagonal compute their lower elements themselves, which equal their
+        // writing, so it cannot be bound again for reading): the product kernel writes C.
+        let direct_out = (desc.beta == 0.0 || params.d_mode == 1) && m_pad == desc.m && n_pad == desc.n;
+        // The tiles crossing the diagonal compute their lower elements themselves, which equal their
         // mirrors bit for bit only when both operands are one matrix (X·Xᵀ, A·A with A symmetric: the
-        // same products summed in the same order); the scratch's pass copies the mirrors instead.
+        // same products summed in the same order). A symmetric product of two different matrices
+        // (commuting ones, as the matrix roots use) then copies the diagonal blocks' upper halves.
         let one_operand = a.buffer() == b.buffer() && params.stride_a == params.stride_b;
-        let direct_out = (desc.beta == 0.0 || params.d_mode == 1)
-            && m_pad == desc.m
-            && n_pad == desc.n
-            && (!desc.symmetric || one_operand);
+        let diag_mirror = direct_out && desc.symmetric && !one_operand;
         params.b_addr[3] = direct_out as u32;
         let uniform = ctx.uniform_buffer("gemm params", std::mem::size_of::<GemmParams>() as u64);
         ctx.queue().write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
@@ -638,6 +642,9 @@ impl GemmPlan {
                 // One invocation per 4 elements of a row; C and D bound twice (as f32s and as vec4s).
                 let views = [&uniform, c.buffer(), d_buf, n_buf, &raw, c.buffer(), d_buf];
                 steps.push((ctx.bind(&GEMM_PANEL_FINISH, &views)?, rows_grid));
+            } else if diag_mirror {
+                let grid = (tiles_r as u32, 1, desc.batch as u32);
+                steps.push((ctx.bind(&GEMM_PANEL_DIAG_MIRROR, &[&uniform, c.buffer()])?, grid));
             }
         }
         Ok(GemmPlan {
