@@ -217,7 +217,16 @@ fn put(r: u32, q: u32, v: vec4<f32>) {
 
 @compute @workgroup_size(8)
 fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    panel(wid, lane, false);
+    panel(wid, lane, false, false);
+}
+
+// gemm_panel for a symmetric product written straight into C (direct_out): the tiles wholly above
+// the diagonal also store their transposes. A separate entry point so that other products carry no
+// trace of those stores (behind a runtime flag in every product, they made lavapipe's n = 2048 NN
+// product 4-6% slower in one interleaved timing of three runs each; later ones were within noise).
+@compute @workgroup_size(8)
+fn gemm_panel_sym(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    panel(wid, lane, false, true);
 }
 
 // gemm_panel for a B stored transposed (n x k, row-major) read in place: per 4 steps of k, lane q
@@ -227,12 +236,19 @@ fn gemm_panel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocatio
 // third of the Gram product it feeds).
 @compute @workgroup_size(8)
 fn gemm_panel_bt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    panel(wid, lane, true);
+    panel(wid, lane, true, false);
 }
 
-// The body of both entry points; `bt` is a literal there, so a driver that inlines (every one that
-// compiles through NIR or LLVM) drops the branch from the loop.
-fn panel(wid: vec3<u32>, lane: u32, bt: bool) {
+// gemm_panel_bt and gemm_panel_sym together (the Gram product X * X^T written into C).
+@compute @workgroup_size(8)
+fn gemm_panel_bt_sym(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    panel(wid, lane, true, true);
+}
+
+// The body of the entry points; `bt` and `sym` are literals there, so a driver that inlines (every
+// one that compiles through NIR or LLVM) drops the branch from the loop and, without `sym`, the
+// transposed stores.
+fn panel(wid: vec3<u32>, lane: u32, bt: bool, sym: bool) {
     let z = wid.z;
     // The tile: (wid.y, wid.x), or in symmetric mode one of those on or above the diagonal only.
     // Row panel i there has C - 2i such tiles (C column tiles; PM = 2 * PN), so the grid pairs row
@@ -290,9 +306,9 @@ fn panel(wid: vec3<u32>, lane: u32, bt: bool) {
     ld4 = (gp.n + PN - 1u) / PN * (PN / 4u);
     let top = z * ((gp.m + PM - 1u) / PM) * PM;
     out_at = (top + row0 + lane) * ld4 + col0 / 4u;
-    // Direct output (m = n, whole tiles): a tile wholly above the diagonal also writes its
-    // transpose, the tile below that no workgroup computes (so no mirror pass).
-    mirror = gp.symmetric != 0u && gp.direct_out != 0u && col0 >= row0 + PM;
+    // Direct output of a symmetric product (m = n, whole tiles): a tile wholly above the diagonal
+    // also writes its transpose, the tile below that no workgroup computes (so no mirror pass).
+    mirror = sym && gp.symmetric != 0u && gp.direct_out != 0u && col0 >= row0 + PM;
     mirror_at = (top + col0) * 4u * ld4 + row0 + lane;
     coef = select(vec2<f32>(1.0, 0.0), coefficients(z), gp.direct_out != 0u);
     use_d = gp.direct_out != 0u && gp.beta != 0.0;

@@ -28,7 +28,14 @@ pub const GEMM_PANEL: KernelSpec = KernelSpec { module: "gemm_panel", entry: "ge
 /// [`GEMM_PANEL`] reading a transposed B (stored n×k) in place, transposing 4×4 blocks in registers.
 pub const GEMM_PANEL_BT: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "gemm_panel_bt", bindings: PANEL_BINDINGS };
-/// The bindings of both panel entry points: uniform, A, B, C (or the raw scratch) as vec4s, norms,
+/// [`GEMM_PANEL`] for a symmetric product written straight into C: tiles above the diagonal also
+/// store their transposes.
+pub const GEMM_PANEL_SYM: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "gemm_panel_sym", bindings: PANEL_BINDINGS };
+/// [`GEMM_PANEL_BT`] and [`GEMM_PANEL_SYM`] together.
+pub const GEMM_PANEL_BT_SYM: KernelSpec =
+    KernelSpec { module: "gemm_panel", entry: "gemm_panel_bt_sym", bindings: PANEL_BINDINGS };
+/// The bindings of the panel entry points: uniform, A, B, C (or the raw scratch) as vec4s, norms,
 /// D, and C again as f32s (a symmetric product's transposed stores).
 const PANEL_BINDINGS: &[(u32, Binding)] = &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R), (3, W)];
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
@@ -57,6 +64,8 @@ pub const SPECS: &[KernelSpec] = &[
     GEMM_SPLITK_REDUCE,
     GEMM_PANEL,
     GEMM_PANEL_BT,
+    GEMM_PANEL_SYM,
+    GEMM_PANEL_BT_SYM,
     GEMM_PANEL_FINISH,
     GEMM_PANEL_DIAG_MIRROR,
     GEMM_PACK_A,
@@ -635,7 +644,12 @@ impl GemmPlan {
             let a_in = if direct_a { a.buffer() } else { &ap };
             let b_in = if direct_b { b.buffer() } else { &bp };
             let out = if direct_out { c.buffer() } else { &raw };
-            let spec = if direct_b && desc.trans_b { &GEMM_PANEL_BT } else { &GEMM_PANEL };
+            let spec = match (direct_b && desc.trans_b, direct_out && desc.symmetric) {
+                (false, false) => &GEMM_PANEL,
+                (true, false) => &GEMM_PANEL_BT,
+                (false, true) => &GEMM_PANEL_SYM,
+                (true, true) => &GEMM_PANEL_BT_SYM,
+            };
             steps.push((ctx.bind(spec, &[&uniform, a_in, b_in, out, n_buf, d_buf, out])?, grid));
             let rows_grid = pass_grid(desc.n.div_ceil(4), desc.m, desc.batch);
             if !direct_out {
