@@ -7,8 +7,8 @@
 //! - [`Context`] opens the best adapter and reports its limits ([`Context::info`]).
 //! - [`optim::OptimizerBuilder`] collects parameters in groups and builds an [`optim::Optimizer`]:
 //!   parameters, gradients and state in flat arenas, one fused dispatch per step.
-//! - [`reference`] holds the CPU twin of every kernel and [`reference::CpuOptimizer`].
-//! - [`replay`], [`parity`] and [`bench`] back the `gpuopt` command line.
+//! - [`reference`](mod@reference) holds the CPU twin of every kernel and [`reference::CpuOptimizer`].
+//! - [`replay`], [`parity`] and [`bench`](mod@bench) back the `gpuopt` command line.
 //!
 //! Update rules follow `ALGORITHMS.md`; names, defaults and weight-decay conventions follow its §11.
 #![warn(missing_docs)]

@@ -194,7 +194,7 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
 }
 
 /// `gpuopt hutchinson CASE_DIR`: `case.json` `{"samples": N, "seed": S}`, `inputs.npz` `a`
-/// (symmetric [n, n], the Hessian of ½xᵀAx) → `outputs.npz` `diag` [n] = (1/N)·Σ_k z_k ⊙ (A·z_k)
+/// (symmetric [n, n], the Hessian of ½xᵀAx) → `outputs.npz` `diag` \[n\] = (1/N)·Σ_k z_k ⊙ (A·z_k)
 /// with the library's Rademacher probes (ALGORITHMS.md §11.5). GPU and CPU draw identical probes.
 pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
     let out = clear_output(dir)?;

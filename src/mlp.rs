@@ -20,7 +20,7 @@ pub const BIAS_RELU: KernelSpec =
 /// out = z + b.
 pub const BIAS_ADD: KernelSpec =
     KernelSpec { module: "mlp", entry: "bias_add", bindings: &[(0, U), (1, R), (2, R), (3, W)] };
-/// out = z·[h > 0].
+/// out = z·\[h > 0\].
 pub const RELU_BACKWARD: KernelSpec =
     KernelSpec { module: "mlp", entry: "relu_backward", bindings: &[(0, U), (1, R), (3, W), (4, R)] };
 /// out_j = scale·Σ_i z_ij.
@@ -29,7 +29,7 @@ pub const COLUMN_SUM: KernelSpec =
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[BIAS_RELU, BIAS_ADD, RELU_BACKWARD, COLUMN_SUM];
 
-/// Parameter shapes: W1 [d, hidden], b1 [hidden], W2 [hidden, k], b2 [k].
+/// Parameter shapes: W1 [d, hidden], b1 \[hidden\], W2 [hidden, k], b2 \[k\].
 pub fn param_shapes(d: usize, hidden: usize, k: usize) -> [Vec<usize>; 4] {
     [vec![d, hidden], vec![hidden], vec![hidden, k], vec![k]]
 }

@@ -4,7 +4,7 @@
 //! `CASE_DIR/case.json` is `{"optimizer": NAME, "steps": T, "hyper": {...}}` (unknown keys ignored;
 //! omitted hyperparameters take the reference defaults of ALGORITHMS.md §11.2). `CASE_DIR/inputs.npz`
 //! holds `param` (f32, 1-D or 2-D, shape S) and `grads` (f32, [T, *S]), plus `hess_diag` ([T, *S]) for
-//! `adahessian`, `sophia` and `oasis`, and `losses` ([T]) for `sania`. The result,
+//! `adahessian`, `sophia` and `oasis`, and `losses` (\[T\]) for `sania`. The result,
 //! `CASE_DIR/outputs.npz`, holds `param` (after the last step) and `trajectory` ([T, *S], the
 //! parameter after each step). A bad case is an error and writes no `outputs.npz` (a stale one is
 //! removed first, so a failed run never leaves an old result looking current).
@@ -37,7 +37,7 @@ pub enum CaseOptimizer {
 /// Replay names of the matrix optimizers (beside the elementwise ones).
 pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg"];
 
-/// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` ([T],
+/// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` (\[T\],
 /// the loss at each step) in inputs.npz.
 pub const FLAT_NAMES: &[&str] = &["oasis", "sania"];
 
@@ -54,7 +54,7 @@ pub struct Case {
     pub grads: ArrayD<f32>,
     /// Per-step Hessian diagonals, [T, *S] (AdaHessian, Sophia, OASIS; `hess_diag` in inputs.npz).
     pub hess: Option<ArrayD<f32>>,
-    /// Per-step loss values, [T] (SANIA; `losses` in inputs.npz).
+    /// Per-step loss values, \[T\] (SANIA; `losses` in inputs.npz).
     pub losses: Option<Vec<f32>>,
 }
 

@@ -40,11 +40,11 @@ pub struct Mat(pub(crate) usize);
 pub enum Scale {
     /// 1.
     One,
-    /// s[z]^power, with s a [b] (or [b, 1, 1]) batch of scalars.
+    /// s\[z\]^power, with s a \[b\] (or [b, 1, 1]) batch of scalars.
     Pow(Mat, f32),
-    /// Writes matrix z only where mask[z] ≠ 0 (a per-matrix select); the others keep their values.
+    /// Writes matrix z only where mask\[z\] ≠ 0 (a per-matrix select); the others keep their values.
     Mask(Mat),
-    /// num[z] / (den[z] + 1e-16) (Shampoo's grafting ratio).
+    /// num\[z\] / (den\[z\] + 1e-16) (Shampoo's grafting ratio).
     Ratio(Mat, Mat),
 }
 
@@ -59,15 +59,15 @@ pub trait MatOps {
     /// c ← α·op(a)·op(b) + β·(addend or c) for every matrix of the batch (`desc` gives the sizes;
     /// a or b may hold one matrix that is broadcast, and so may the addend).
     fn gemm(&mut self, desc: GemmDesc, a: Mat, b: Mat, c: Mat, addend: Option<Mat>) -> Result<()>;
-    /// out[z] ← α·s[z]·x[z] + β·out[z] + γ·I (x = None reads nothing: α is ignored; β = 0 does not
+    /// out\[z\] ← α·s\[z\]·x\[z\] + β·out\[z\] + γ·I (x = None reads nothing: α is ignored; β = 0 does not
     /// read out).
     fn affine(&mut self, out: Mat, x: Option<Mat>, alpha: f32, scale: Scale, beta: f32, gamma: f32) -> Result<()>;
-    /// out[z] ← ‖x[z]‖_F (out holds `batch` scalars).
+    /// out\[z\] ← ‖x\[z\]‖_F (out holds `batch` scalars).
     fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()>;
-    /// out[z] ← max_ij |x[z]_ij − I_ij| (NaN counts as +Inf).
+    /// out\[z\] ← max_ij |x\[z\]_ij − I_ij| (NaN counts as +Inf).
     fn max_dev(&mut self, x: Mat, out: Mat) -> Result<()>;
-    /// rhs[z] ← m[z]⁻¹·rhs[z] by Gauss–Jordan elimination with partial pivoting (m is overwritten);
-    /// status[z] ← 1 where a pivot was zero or not finite, else 0.
+    /// rhs\[z\] ← m\[z\]⁻¹·rhs\[z\] by Gauss–Jordan elimination with partial pivoting (m is overwritten);
+    /// status\[z\] ← 1 where a pivot was zero or not finite, else 0.
     fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()>;
     /// acc ← decay·acc + weight·g², out ← g/(sqrt(acc) + eps), elementwise (AdaGrad / RMSProp grafting).
     fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()>;
@@ -82,8 +82,8 @@ pub trait MatOps {
         h: usize,
         w: usize,
     ) -> Result<()>;
-    /// out[z] ← d[z]⁻¹ for a batch of h×h blocks (h ≤ 32) of symmetric positive definite matrices, by
-    /// Gauss–Jordan without pivoting; status[z] ← 1 where a pivot was not positive and finite.
+    /// out\[z\] ← d\[z\]⁻¹ for a batch of h×h blocks (h ≤ 32) of symmetric positive definite matrices, by
+    /// Gauss–Jordan without pivoting; status\[z\] ← 1 where a pivot was not positive and finite.
     fn invert_spd_blocks(&mut self, d: Mat, out: Mat, status: Mat) -> Result<()>;
     /// out ← uniform draws in [0, 1) from the library's Philox generator (seed, sample 0, tensor 0,
     /// element index i), ALGORITHMS.md §11.4's power-iteration start before the map to [−1, 1).

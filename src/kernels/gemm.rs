@@ -205,7 +205,7 @@ pub struct GemmParams {
     pub symmetric: u32,
     /// Split-K partial products: the whole inner dimension (0: off; then `k` is one slice's).
     pub k_total: u32,
-    /// Powers of s = 1/(norms[z] + eps) on α (bits 0–3) and β (bits 4–7); see [`NormScale`].
+    /// Powers of s = 1/(norms\[z\] + eps) on α (bits 0–3) and β (bits 4–7); see [`NormScale`].
     pub scale_pows: u32,
     /// The ε of s.
     pub eps: f32,
@@ -221,7 +221,7 @@ pub struct GemmParams {
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
-/// A GEMM problem: C[z] = α·op(A[z])·op(B[z]) + β·C[z] for z < batch, all matrices dense row-major.
+/// A GEMM problem: C\[z\] = α·op(A\[z\])·op(B\[z\]) + β·C\[z\] for z < batch, all matrices dense row-major.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmDesc {
     /// Rows of op(A) and C.
@@ -396,7 +396,7 @@ impl GemmDesc {
     }
 }
 
-/// Per-matrix scaling of a GEMM's two terms by s_z = 1/(norms[z] + eps): C = α·s^p·op(A)·op(B) +
+/// Per-matrix scaling of a GEMM's two terms by s_z = 1/(norms\[z\] + eps): C = α·s^p·op(A)·op(B) +
 /// β·s^q·D. Newton–Schulz uses it to fuse its normalisation X = G/(‖G‖ + eps) into its first two
 /// products instead of a pass that writes the normalised copy.
 #[derive(Clone, Copy, Debug)]

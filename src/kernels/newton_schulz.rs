@@ -77,7 +77,7 @@ impl FrobeniusPlan {
         })
     }
 
-    /// sqrt(Σ cosh(γ·x/(norms[z] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
+    /// sqrt(Σ cosh(γ·x/(norms\[z\] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
     /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
     pub fn cosh(ctx: &Context, x: &Tensor, norms: &Tensor, gamma: f32, batch: usize, out: &Tensor) -> Result<Self> {
         let extra = NsParams { eps: NS_EPS, gamma, ..Default::default() };
@@ -112,7 +112,7 @@ impl FrobeniusPlan {
     }
 }
 
-/// `out[z] = x[z]·s` with s = 1/(norm[z] + eps) or 1, transposing rows×cols matrices if asked.
+/// `out[z] = x[z]·s` with s = 1/(norm\[z\] + eps) or 1, transposing rows×cols matrices if asked.
 pub struct ScaleCopyPlan {
     bound: BoundKernel,
     grid: (u32, u32, u32),

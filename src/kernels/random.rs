@@ -14,7 +14,7 @@ pub const UNIFORM_FILL: KernelSpec =
     KernelSpec { module: "random", entry: "uniform_fill", bindings: &[(0, U), (1, W)] };
 /// Raw Philox outputs for (counter, key) pairs.
 pub const PHILOX_RAW: KernelSpec = KernelSpec { module: "random", entry: "philox_raw", bindings: &[(2, R), (3, W)] };
-/// Z[k][i] = z_i of samples k0 .. k0 + samples − 1, in one dispatch.
+/// Z\[k\]\[i\] = z_i of samples k0 .. k0 + samples − 1, in one dispatch.
 pub const RADEMACHER_SAMPLES: KernelSpec =
     KernelSpec { module: "random", entry: "rademacher_samples", bindings: &[(0, U), (1, W)] };
 /// All specs of this module.

@@ -147,7 +147,7 @@ impl AuonBuilder {
         AuonBuilder { config, hybrid, params: Vec::new() }
     }
 
-    /// Adds a parameter (matrices: shape[0] × rest for NS5).
+    /// Adds a parameter (matrices: shape\[0\] × rest for NS5).
     pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let len: usize = shape.iter().product();
         if len != data.len() {

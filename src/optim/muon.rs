@@ -207,7 +207,7 @@ impl MuonBuilder {
         Ok(ParamId(self.params.len() - 1))
     }
 
-    /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (flattened to shape[0] × rest), else AdamW.
+    /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (flattened to shape\[0\] × rest), else AdamW.
     pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let matrix = shape.len() >= 2 && !data.is_empty();
         self.push(name, data, shape, if matrix { Route::Muon } else { Route::AdamW })

@@ -2,7 +2,7 @@
 //! exactly as pytorch-optimizer's `RACS` defines it (row and column second-moment scaling of the
 //! gradient, a norm-growth limiter, decoupled decay) under the replay name `reg`, and says so here
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
-//! weight_decay. Tensors are viewed as shape[0] × rest (1-D: n × 1), as RACS does.
+//! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does.
 
 use super::{
     chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, read_params_and_states, update_config,
@@ -121,7 +121,7 @@ pub struct RacsParams {
 }
 const _: () = assert!(std::mem::size_of::<RacsParams>() == 48);
 
-/// The matrix view RACS uses: shape[0] × rest (1-D: n × 1).
+/// The matrix view RACS uses: shape\[0\] × rest (1-D: n × 1).
 pub fn racs_view(shape: &[usize]) -> (usize, usize) {
     match shape.len() {
         0 => (1, 1),

@@ -3,7 +3,7 @@
 
 use crate::kernels::gemm::GemmDesc;
 
-/// C[z] = α·op(A[z])·op(B[z]) + β·D[z] with a separate addend D (one matrix or `batch`).
+/// C\[z\] = α·op(A\[z\])·op(B\[z\]) + β·D\[z\] with a separate addend D (one matrix or `batch`).
 pub fn gemm_addend(desc: &GemmDesc, a: &[f32], b: &[f32], c: &mut [f32], d: &[f32]) {
     let one = desc.m * desc.n;
     for z in 0..desc.batch {
@@ -13,7 +13,7 @@ pub fn gemm_addend(desc: &GemmDesc, a: &[f32], b: &[f32], c: &mut [f32], d: &[f3
     gemm(desc, a, b, c);
 }
 
-/// C[z] = α·op(A[z])·op(B[z]) + β·C[z]; A and B hold `batch` matrices or one (broadcast).
+/// C\[z\] = α·op(A\[z\])·op(B\[z\]) + β·C\[z\]; A and B hold `batch` matrices or one (broadcast).
 pub fn gemm(d: &GemmDesc, a: &[f32], b: &[f32], c: &mut [f32]) {
     let (m, n, k) = (d.m, d.n, d.k);
     let a_stride = if a.len() == m * k && d.batch > 1 { 0 } else { m * k };
