@@ -415,8 +415,8 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
         &[(GemmKernel::Tile64, 1, "gemm_f32_nn/t64")]
     };
     let pb = progress(((kernels.len() + 1) * sizes.len()) as u64, show_progress);
-    // Enough workgroups to fill a large GPU (132 SMs x 16) where there is one.
-    let fma = FmaPeak::new(ctx, if on_gpu { 2048 } else { 512 }, 4096)?;
+    // On a GPU, enough workgroups to fill a large one (132 SMs x 16), one FMA run per batch.
+    let gpu_fma = if on_gpu { Some(FmaPeak::new(ctx, 2048, 4096)?) } else { None };
     let mut out = Vec::new();
     let mut rng = TestRng::new(3);
     for &n in sizes {
@@ -435,13 +435,27 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
                 (1024.., false) => 2,
                 _ => 5,
             };
-            // The FMA kernel is timed in batches alternating with the product's (two runs each), so a
-            // slow spell of a shared machine slows both sides of a pair alike.
+            // The FMA kernel is timed in batches alternating with the product's, so a slow spell of a
+            // shared machine slows both sides of a pair alike. On a CPU adapter its run does the
+            // batch's FLOPs (1,024 steps per invocation, as many 256-invocation workgroups as that
+            // takes, at least 64: fewer ran measurably below the limit), so both sides of a pair last
+            // about as long: a fixed 34-GFLOP run had taken ~0.4 s against the 5-10 ms of five 256^2
+            // products.
+            let sized;
+            let fma = match &gpu_fma {
+                Some(f) => f,
+                None => {
+                    let per_group = 256.0 * 1024.0 * 64.0;
+                    let groups = (reps as f64 * desc.flops() / per_group).round().max(64.0);
+                    sized = FmaPeak::new(ctx, groups as u32, 1024)?;
+                    &sized
+                }
+            };
             let t = ctx.time_paired(
                 (reps, |enc: &mut wgpu::CommandEncoder| {
                     plan.record(enc);
                 }),
-                (2, |enc: &mut wgpu::CommandEncoder| fma.record(ctx, enc)),
+                (1, |enc: &mut wgpu::CommandEncoder| fma.record(ctx, enc)),
                 if quick { 3 } else { 5 },
             )?;
             best = best.min(t.a.median_s);
@@ -452,7 +466,7 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
                 Record::measured("gemm", name, vec![n, n, n], t.a.median_s, "fma_peak", t.b.median_s * same_flops)
                     .gflops(desc.flops())
                     .on(adapter.clone(), format!("{}, median of paired ratios", t.a.method));
-            record.ratio = t.ratio * reps as f64 / 2.0 * same_flops;
+            record.ratio = t.ratio * reps as f64 * same_flops;
             out.push(record);
             pb.inc(1);
         }
