@@ -19,10 +19,12 @@
 //      steps of k it loads one vec4 of A per row it owns and one vec4 of each of the B panel's 4 rows
 //      (8 lanes x 4 = the tile's 32 columns), which broadcasts hand to every lane: 1024 FMAs per 12
 //      vec4 loads. The raw tile goes to a padded scratch matrix, or, when C is whole tiles and its
-//      addend (if any) is a separate D (direct_out), alpha * tile + beta * D straight into C;
-//   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element
-//      (not needed with direct_out: a symmetric product's tiles wholly above the diagonal then also
-//      store their transposes).
+//      addend (if any) is a separate D (direct_out), alpha * tile + beta * D straight into C, where a
+//      symmetric product's tiles wholly above the diagonal also store their transposes
+//      (gemm_panel_sym, gemm_panel_bt_sym);
+//   3. panel_finish applies bounds, alpha, beta, the addend D and the symmetric mirror per element;
+//      with direct_out only a symmetric product of two different matrices has a last pass,
+//      panel_diag_mirror (see there).
 // The accumulators are named struct fields, never an indexed array, so no compiler has to prove
 // indices constant to keep them out of memory.
 
@@ -307,7 +309,7 @@ fn panel(wid: vec3<u32>, lane: u32, bt: bool, sym: bool) {
     let top = z * ((gp.m + PM - 1u) / PM) * PM;
     out_at = (top + row0 + lane) * ld4 + col0 / 4u;
     // Direct output of a symmetric product (m = n, whole tiles): a tile wholly above the diagonal
-    // also writes its transpose, the tile below that no workgroup computes (so no mirror pass).
+    // also writes its transpose, the tile below that no workgroup computes.
     mirror = sym && gp.symmetric != 0u && gp.direct_out != 0u && col0 >= row0 + PM;
     mirror_at = (top + col0) * 4u * ld4 + row0 + lane;
     coef = select(vec2<f32>(1.0, 0.0), coefficients(z), gp.direct_out != 0u);

@@ -9,8 +9,9 @@ struct GemmParams {
     alpha: f32, beta: f32,
     d_mode: u32,    // 0: D = C; 1: D is the separate `d` binding
     stride_d: u32,
-    // 1: C is known to be symmetric (X*X^T, or A*A with A symmetric, plus a symmetric addend): only
-    // tiles reaching on or above the diagonal are computed, their upper elements stored mirrored.
+    // 1: C is known to be symmetric (X*X^T, A*A with A symmetric, or a product of two commuting
+    // symmetric matrices, plus a symmetric addend): only tiles reaching on or above the diagonal are
+    // computed, their upper elements stored mirrored.
     symmetric: u32,
     // Split-K partial products (0: off): matrix z of the batch is the z-th slice of k, of gp.k
     // columns (the last one shorter), k_total in all; the host sums the slices (gemm_splitk_reduce).

@@ -35,8 +35,8 @@ pub const GEMM_PANEL_SYM: KernelSpec =
 /// [`GEMM_PANEL_BT`] and [`GEMM_PANEL_SYM`] together.
 pub const GEMM_PANEL_BT_SYM: KernelSpec =
     KernelSpec { module: "gemm_panel", entry: "gemm_panel_bt_sym", bindings: PANEL_BINDINGS };
-/// The bindings of the panel entry points: uniform, A, B, C (or the raw scratch) as vec4s, norms,
-/// D, and C again as f32s (a symmetric product's transposed stores).
+/// The bindings of the panel entry points: uniform, A, B, the output (C or the raw scratch) as
+/// vec4s, norms, D, and the output again as f32s (a symmetric product's transposed stores).
 const PANEL_BINDINGS: &[(u32, Binding)] = &[(0, U), (6, R), (7, R), (8, W), (5, R), (13, R), (3, W)];
 /// The panel kernel's epilogue pass: C = α·product + β·D from the scratch matrix.
 pub const GEMM_PANEL_FINISH: KernelSpec = KernelSpec {
@@ -240,7 +240,8 @@ pub struct GemmDesc {
     pub alpha: f32,
     /// β.
     pub beta: f32,
-    /// The result is symmetric (X·Xᵀ, or A·Aᵀ with a symmetric addend): compute half, mirror it.
+    /// The result is symmetric (X·Xᵀ, A·A with A symmetric, or a product of two commuting symmetric
+    /// matrices, each with a symmetric addend): compute half, mirror it (bitwise symmetric result).
     /// The caller vouches for the symmetry; m must equal n.
     pub symmetric: bool,
     /// The kernel (default: chosen per adapter and size).
