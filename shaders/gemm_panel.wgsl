@@ -446,7 +446,8 @@ fn panel_diag_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         let row = d0 + 4u * br;
         let col = d0 + 4u * bc;
         let src = top + col * ld4 + row / 4u;
-        let x = transpose4(Block4(c4[src], c4[src + ld4], c4[src + 2u * ld4], c4[src + 3u * ld4]));
+        let mine = Block4(c4[src], c4[src + ld4], c4[src + 2u * ld4], c4[src + 3u * ld4]);
+        let x = transpose4(mine);
         let dst = top + row * ld4 + col / 4u;
         if (br > bc) {
             c4[dst] = x.x0;
@@ -454,10 +455,11 @@ fn panel_diag_mirror(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             c4[dst + 2u * ld4] = x.x2;
             c4[dst + 3u * ld4] = x.x3;
         } else {
-            // On the diagonal (src = dst): row r takes the mirror left of the diagonal (columns < r).
-            c4[dst + ld4] = select(c4[dst + ld4], x.x1, i < vec4<u32>(1u));
-            c4[dst + 2u * ld4] = select(c4[dst + 2u * ld4], x.x2, i < vec4<u32>(2u));
-            c4[dst + 3u * ld4] = select(c4[dst + 3u * ld4], x.x3, i < vec4<u32>(3u));
+            // On the diagonal (src = dst, `mine` is this block): row r takes the mirror left of the
+            // diagonal (columns < r); row 0 has none.
+            c4[dst + ld4] = select(mine.x1, x.x1, i < vec4<u32>(1u));
+            c4[dst + 2u * ld4] = select(mine.x2, x.x2, i < vec4<u32>(2u));
+            c4[dst + 3u * ld4] = select(mine.x3, x.x3, i < vec4<u32>(3u));
         }
     }
 }

@@ -122,6 +122,14 @@ impl Record {
         self.timing = timing.into();
         self
     }
+
+    /// The ratio as the median over batches timed in alternation ([`crate::gpu::PairedTiming`])
+    /// instead of the ratio of the medians; `timing` says so.
+    pub fn paired(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self.timing = format!("{}, median of paired ratios", self.timing);
+        self
+    }
 }
 
 /// The suites `gpuopt bench` knows.
@@ -462,12 +470,12 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
             // The FMA kernel's time for the same FLOPs: the ratio is then GEMM GFLOP/s over the FMA
             // limit, the median over the pairs (their batch-time ratio scaled to equal FLOPs).
             let same_flops = desc.flops() / fma.flops;
-            let mut record =
+            out.push(
                 Record::measured("gemm", name, vec![n, n, n], t.a.median_s, "fma_peak", t.b.median_s * same_flops)
                     .gflops(desc.flops())
-                    .on(adapter.clone(), format!("{}, median of paired ratios", t.a.method));
-            record.ratio = t.ratio * reps as f64 * same_flops;
-            out.push(record);
+                    .on(adapter.clone(), t.a.method)
+                    .paired(t.ratio * reps as f64 * same_flops),
+            );
             pb.inc(1);
         }
         let flops = GemmDesc::new(n, n, n).flops();
@@ -538,25 +546,15 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
             batches,
         )?;
         let nominal = 5.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64) * b as f64;
-        out.push(
-            Record::measured("ns", "newton_schulz5", vec![b, m, n], t.a.median_s, "15x_gemm", 15.0 * t.b.median_s)
+        let record = |kernel: &str| {
+            Record::measured("ns", kernel, vec![b, m, n], t.a.median_s, "15x_gemm", 15.0 * t.b.median_s)
                 .gflops(nominal)
-                .on(adapter.clone(), t.a.method),
-        );
+                .on(adapter.clone(), t.a.method)
+        };
+        out.push(record("newton_schulz5"));
         // The median of the pairs' ratios (each pair ran back to back): the estimate least swung by
         // slow spells. Its times are the medians above.
-        let mut paired = Record::measured(
-            "ns",
-            "newton_schulz5/paired",
-            vec![b, m, n],
-            t.a.median_s,
-            "15x_gemm",
-            15.0 * t.b.median_s,
-        )
-        .gflops(nominal)
-        .on(adapter.clone(), format!("{}, median of paired ratios", t.a.method));
-        paired.ratio = t.ratio;
-        out.push(paired);
+        out.push(record("newton_schulz5/paired").paired(t.ratio));
         pb.inc(1);
     }
     // The Gram half-product beside the full X·Xᵀ.
@@ -578,11 +576,10 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let record = |kernel: &str| {
         Record::measured("ns", kernel, vec![n, n, n], t.a.median_s, "gemm_full_xxt", t.b.median_s)
             .gflops(2.0 * (n * n * n) as f64)
+            .on(adapter.clone(), t.a.method)
     };
-    out.push(record("gram_half").on(adapter.clone(), t.a.method));
-    let mut paired = record("gram_half/paired").on(adapter, format!("{}, median of paired ratios", t.a.method));
-    paired.ratio = t.ratio;
-    out.push(paired);
+    out.push(record("gram_half"));
+    out.push(record("gram_half/paired").paired(t.ratio));
     pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
