@@ -309,16 +309,21 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         (false, true) => 5,
         (false, false) => 20,
     };
-    let algorithms: Vec<Algorithm> = crate::optim::algorithm::NAMES
-        .iter()
-        .map(|n| Algorithm::from_name(n, &serde_json::json!({})))
+    // Every replay optimizer at its defaults, and Lion-K with an elementwise and a per-tensor map.
+    let mut algorithms: Vec<(String, Algorithm)> = (crate::optim::algorithm::NAMES.iter())
+        .map(|n| Ok((n.to_string(), Algorithm::from_name(n, &serde_json::json!({}))?)))
         .collect::<Result<_>>()?;
+    for (name, hyper) in
+        [("lion_k_tanh", serde_json::json!({"k_map": "tanh"})), ("lion_k_l2", serde_json::json!({"k_map": "l2"}))]
+    {
+        algorithms.push((name.into(), Algorithm::from_name("lion", &hyper)?));
+    }
     let multi = ["adamw", "lion"];
     let pb = progress((algorithms.len() * sizes.len() + multi.len() + 1) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
-        for alg in &algorithms {
-            pb.set_message(format!("{} n={n}", alg.name()));
+        for (name, alg) in &algorithms {
+            pb.set_message(format!("{name} n={n}"));
             let bytes = alg.bytes_per_param() * n;
             let reps = reps_for(n);
             let copy = CopyKernel::new(ctx, bytes / 8)?;
@@ -327,7 +332,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
             let t = time_update(ctx, &opt, reps, batches)?;
             drop(opt);
             out.push(
-                Record::measured("elementwise", alg.name(), vec![n], t.median_s, "copy", base.median_s)
+                Record::measured("elementwise", name, vec![n], t.median_s, "copy", base.median_s)
                     .gbps(bytes as f64)
                     .on(adapter.clone(), t.method),
             );

@@ -5,8 +5,8 @@
 use crate::error::Result;
 use crate::optim::algorithm::{AdaHessian, Sophia, SophiaVariant};
 use crate::optim::{
-    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, Lion, Mars, MarsVariant, OptimizerBuilder,
-    Sgd, SignSgd, Signum, Stepper,
+    AdEMAMix, AdaBound, AdaMomentum, AdamW, Algorithm, Ano, GroupOptions, KMap, Lion, Mars, MarsVariant,
+    OptimizerBuilder, Sgd, SignSgd, Signum, Stepper,
 };
 use crate::Context;
 
@@ -75,7 +75,26 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
         ),
         ("signsgd", SignSgd { lr: 0.003, weight_decay: 0.1 }.into()),
         ("signum", Signum { lr: 0.002, momentum: 0.85, weight_decay: 0.1 }.into()),
-        ("lion", Lion { lr: 3e-4, beta1: 0.95, beta2: 0.98, weight_decay: 0.3 }.into()),
+        ("lion", Lion { lr: 3e-4, beta1: 0.95, beta2: 0.98, weight_decay: 0.3, ..Lion::default() }.into()),
+        ("lion_k_l2", Lion { lr: 0.05, beta1: 0.8, weight_decay: 0.1, k_map: KMap::L2, ..Lion::default() }.into()),
+        (
+            "lion_k_lp",
+            Lion { lr: 0.05, beta2: 0.95, weight_decay: 0.1, k_map: KMap::Lp, k_p: Some(1.5), ..Lion::default() }
+                .into(),
+        ),
+        // Scales inside the gradients' range (1e-3 to 3), so both the linear and the saturated parts run.
+        (
+            "lion_k_huber",
+            Lion { lr: 1e-3, weight_decay: 0.2, k_map: KMap::Huber, k_scale: 0.05, ..Lion::default() }.into(),
+        ),
+        (
+            "lion_k_tanh",
+            Lion { lr: 1e-3, weight_decay: 0.2, k_map: KMap::Tanh, k_scale: 20.0, ..Lion::default() }.into(),
+        ),
+        (
+            "lion_k_relativistic",
+            Lion { lr: 1e-3, weight_decay: 0.2, k_map: KMap::Relativistic, k_scale: 0.1, ..Lion::default() }.into(),
+        ),
         ("ano", Ano { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-6, weight_decay: 0.05 }.into()),
         ("anolog", Algorithm::Anolog(Ano { lr: 1e-3, beta2: 0.97, eps: 1e-7, weight_decay: 0.05, ..Ano::default() })),
         ("adamw", AdamW { lr: 3e-3, beta1: 0.85, beta2: 0.99, eps: 1e-7, weight_decay: 0.05, amsgrad: false }.into()),
@@ -151,10 +170,9 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
 /// Whether the update applies `sign` (so a coordinate may legitimately flip where its argument is
 /// within rounding of 0, ALGORITHMS.md §2.8).
 pub fn sign_based(a: &Algorithm) -> bool {
-    matches!(
-        a,
-        Algorithm::SignSgd(_) | Algorithm::Signum(_) | Algorithm::Lion(_) | Algorithm::Ano(_) | Algorithm::Anolog(_)
-    ) || matches!(a, Algorithm::Mars(m) if m.variant == MarsVariant::Lion)
+    matches!(a, Algorithm::SignSgd(_) | Algorithm::Signum(_) | Algorithm::Ano(_) | Algorithm::Anolog(_))
+        || matches!(a, Algorithm::Mars(m) if m.variant == MarsVariant::Lion)
+        || matches!(a, Algorithm::Lion(l) if l.k_map == KMap::Sign)
 }
 
 /// For updates that may jump between their bounds where an argument is within rounding of a

@@ -15,6 +15,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("shared/philox", include_str!("../shaders/shared/philox.wgsl")),
     ("shared/gemm_common", include_str!("../shaders/shared/gemm_common.wgsl")),
     ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
+    ("lion_k", include_str!("../shaders/lion_k.wgsl")),
     ("adaptive", include_str!("../shaders/adaptive.wgsl")),
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
     ("hessian", include_str!("../shaders/hessian.wgsl")),

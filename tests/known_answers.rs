@@ -61,7 +61,7 @@ fn lion_uses_the_old_momentum_for_the_sign() {
     // (0.99 * 0.01 + 0.01 * g = 0.00905) it would be 0.9 * 0.00905 - 0.0085 < 0 and p = 0.
     // With g = -0.2 both agree: c < 0, p back to 0.
     let traj = run(
-        Lion { lr: 0.1, beta1: 0.9, beta2: 0.99, weight_decay: 0.0 },
+        Lion { lr: 0.1, beta1: 0.9, beta2: 0.99, weight_decay: 0.0, ..Lion::default() },
         &[0.0, 0.0],
         &[vec![1.0, 1.0], vec![-0.085, -0.2]],
     );

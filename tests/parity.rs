@@ -1,4 +1,4 @@
-//! GPU vs CPU reference for every elementwise optimizer (and each variant), 12 steps, random data
+//! GPU vs CPU reference for every elementwise optimizer (and each variant, Lion-K maps included), 12 steps, random data
 //! with edge values (0, ±1e-30, ±1e30 in parameters and gradients), two parameter groups, on sizes
 //! 1, 7, 255, 256, 257, 4099, 65537 in one arena and 65,535 × 256 + 2 alone (past the 1-D dispatch
 //! limit). Tolerances: `gpuopt::parity::tolerance` (derived there from the op count).
@@ -49,6 +49,11 @@ parity_tests!(
     signsgd_matches_reference => "signsgd",
     signum_matches_reference => "signum",
     lion_matches_reference => "lion",
+    lion_k_l2_matches_reference => "lion_k_l2",
+    lion_k_lp_matches_reference => "lion_k_lp",
+    lion_k_huber_matches_reference => "lion_k_huber",
+    lion_k_tanh_matches_reference => "lion_k_tanh",
+    lion_k_relativistic_matches_reference => "lion_k_relativistic",
     ano_matches_reference => "ano",
     anolog_matches_reference => "anolog",
     adamw_matches_reference => "adamw",
@@ -73,12 +78,12 @@ fn parity_covers_every_replay_optimizer() {
     }
 }
 
-/// The 2-D grid: with at most 3 workgroups per dimension every kernel (update, MARS norms, guard)
+/// The 2-D grid: with at most 3 workgroups per dimension every kernel (update, norm passes, guard)
 /// must fold its blocks onto x and y and still cover every element exactly once.
 #[test]
 fn parity_holds_on_a_two_dimensional_grid() {
     let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
-    for name in ["lion", "adamw_amsgrad", "mars", "ademamix"] {
+    for name in ["lion", "lion_k_lp", "adamw_amsgrad", "mars", "ademamix"] {
         let (_, alg) = test_algorithms().into_iter().find(|(n, _)| n == name).unwrap();
         assert_pass(&run(&ctx, name, &alg, &[1, 4099, 65537], STEPS, 5, true).unwrap());
     }
@@ -88,7 +93,7 @@ fn parity_holds_on_a_two_dimensional_grid() {
 #[test]
 fn parity_holds_across_arena_segments() {
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(64 * 1024), ..Default::default() });
-    for name in ["signum", "adamw", "mars_lion"] {
+    for name in ["signum", "adamw", "mars_lion", "lion_k_l2"] {
         let (_, alg) = test_algorithms().into_iter().find(|(n, _)| n == name).unwrap();
         assert_pass(&run(&ctx, name, &alg, &[7, 4099, 9000, 257, 16000], STEPS, 6, true).unwrap());
     }

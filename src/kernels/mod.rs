@@ -9,6 +9,7 @@ pub mod arena;
 pub mod gemm;
 pub mod hessian;
 pub mod hutchinson;
+pub mod lion_k;
 pub mod newton_schulz;
 pub mod random;
 pub mod roots;
@@ -34,6 +35,7 @@ pub const COPY_VEC4: KernelSpec = KernelSpec { module: "copy", entry: "copy_vec4
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = vec![FIND_NON_FINITE, COPY_VEC4];
     v.extend_from_slice(sign_momentum::SPECS);
+    v.extend_from_slice(lion_k::SPECS);
     v.extend_from_slice(adaptive::SPECS);
     v.extend_from_slice(hessian::SPECS);
     v.extend_from_slice(gemm::SPECS);

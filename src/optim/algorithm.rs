@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::KernelSpec;
 use crate::kernels::arena::Hyper;
-use crate::kernels::{adaptive as ka, hessian as kh, sign_momentum as ks};
+use crate::kernels::{adaptive as ka, hessian as kh, lion_k as kl, sign_momentum as ks};
 use serde::{Deserialize, Serialize};
 
 macro_rules! config {
@@ -39,10 +39,42 @@ config!(
     /// Signum (MXNet Signum, §4.3); `weight_decay` is MXNet's `wd_lh` (DW-B).
     Signum { /** learning rate */ lr: f64 = 0.01, /** μ */ momentum: f64 = 0.9, /** DW-B decay */ weight_decay: f64 = 0.0 }
 );
+/// Lion-K's map ∇K, which replaces Lion's `sign` (ALGORITHMS.md §4.5; `k_map` in §11.1). The
+/// discriminants are the map numbers `shaders/lion_k.wgsl` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KMap {
+    /// K = ‖x‖₁: `sign(c)`, plain Lion.
+    #[default]
+    Sign = 0,
+    /// K = ‖x‖₂ per tensor: `c / ‖c‖₂` (normalised momentum).
+    L2 = 1,
+    /// K = ‖x‖_p per tensor (`k_p` > 1): `sign(c)·|c|^(p−1) / ‖c‖_p^(p−1)`.
+    Lp = 2,
+    /// K = Σ Huber with knee a = `k_scale`: `clip(c / a, −1, 1)`.
+    Huber = 3,
+    /// K = Σ log(cosh(s·x)) / s with s = `k_scale`: `tanh(s·c)`.
+    Tanh = 4,
+    /// K = Σ sqrt(x² + a²) with a = `k_scale`: `c / sqrt(c² + a²)`.
+    Relativistic = 5,
+}
+
+impl KMap {
+    /// Whether the map needs a per-tensor norm of c first (two extra passes).
+    pub fn per_tensor(self) -> bool {
+        matches!(self, KMap::L2 | KMap::Lp)
+    }
+}
+
 config!(
-    /// Lion (google/automl lion_pytorch.py, §4.4); decay DW-B.
+    /// Lion (google/automl lion_pytorch.py, §4.4); decay DW-B. With `k_map` other than `"sign"` it is
+    /// Lion-K (§4.5, no official code; defaults as Lion): `k_p` is required by `"lp"`, `k_scale` (a or
+    /// s, default 1: optax-style `"refined"` clipping is Huber with a = 1) is read by `"huber"`,
+    /// `"tanh"` and `"relativistic"`. The ℓ2 and ℓp norms are taken per parameter tensor.
     Lion { /** learning rate */ lr: f64 = 1e-4, /** interpolation β1 */ beta1: f64 = 0.9,
-           /** momentum EMA β2 */ beta2: f64 = 0.99, /** DW-B decay */ weight_decay: f64 = 0.0 }
+           /** momentum EMA β2 */ beta2: f64 = 0.99, /** DW-B decay */ weight_decay: f64 = 0.0,
+           /** Lion-K map */ k_map: KMap = KMap::Sign, /** p of the ℓp map */ k_p: Option<f64> = None,
+           /** a or s of the elementwise maps */ k_scale: f64 = 1.0 }
 );
 config!(
     /// Ano and Anolog (PyPI ano-optimizer 1.0.0, §4.7); decay DW-B. Anolog ignores `beta1`.
@@ -351,6 +383,18 @@ impl Algorithm {
             Algorithm::Lion(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
+                check_positive("k_scale", c.k_scale)?;
+                match (c.k_map, c.k_p) {
+                    (KMap::Lp, None) => return Err(Error::Invalid("k_map \"lp\" needs k_p (> 1)".into())),
+                    (KMap::Lp, Some(p)) if !(p.is_finite() && p > 1.0) => {
+                        return Err(Error::Hyperparameter {
+                            name: "k_p".into(),
+                            value: p,
+                            reason: "must be finite and > 1 (p = 1 is the \"sign\" map)".into(),
+                        })
+                    }
+                    _ => {}
+                }
             }
             Algorithm::Ano(c) | Algorithm::Anolog(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
@@ -450,7 +494,9 @@ impl Algorithm {
             Algorithm::Sgd(_) => ks::SGD,
             Algorithm::SignSgd(_) => ks::SIGNSGD,
             Algorithm::Signum(_) => ks::SIGNUM,
-            Algorithm::Lion(_) => ks::LION,
+            Algorithm::Lion(c) if c.k_map == KMap::Sign => ks::LION,
+            Algorithm::Lion(c) if c.k_map.per_tensor() => kl::LION_K_NORM_STEP,
+            Algorithm::Lion(_) => kl::LION_K,
             Algorithm::Ano(_) | Algorithm::Anolog(_) => ks::ANO,
             Algorithm::AdamW(c) if c.amsgrad => ka::ADAMW_AMSGRAD,
             Algorithm::AdamW(_) => ka::ADAMW,
@@ -467,9 +513,19 @@ impl Algorithm {
         }
     }
 
-    /// Whether the update needs a per-tensor norm first (MARS).
+    /// Whether the update needs a per-tensor norm first (MARS, Lion-K's ℓ2 and ℓp maps).
     pub fn needs_norm(&self) -> bool {
-        matches!(self, Algorithm::Mars(_))
+        self.norm_passes().is_some()
+    }
+
+    /// The two per-tensor norm passes (per block, then per tensor) and the state tensor the first
+    /// one reads besides the gradient.
+    pub(crate) fn norm_passes(&self) -> Option<(KernelSpec, KernelSpec, &'static str)> {
+        match self {
+            Algorithm::Mars(_) => Some((ka::MARS_PARTIAL, ka::MARS_NORM, "g_prev")),
+            Algorithm::Lion(c) if c.k_map.per_tensor() => Some((kl::LION_K_PARTIAL, kl::LION_K_NORM, "m")),
+            _ => None,
+        }
     }
 
     /// Whether each step takes a Hessian-diagonal estimate (`write_hess_diag`).
@@ -478,7 +534,7 @@ impl Algorithm {
     }
 
     /// Bytes the fused update must move per parameter (ALGORITHMS.md §3), for bandwidth figures.
-    /// MARS counts its norm pass (8 B) too.
+    /// The norm passes (MARS, Lion-K's ℓ2/ℓp maps) add 8 B: g and the state they read.
     pub fn bytes_per_param(&self) -> usize {
         let states = self.states().len();
         // read p, g and every state; write p and every state
@@ -523,6 +579,14 @@ impl Algorithm {
             Algorithm::Lion(c) => {
                 h.decay = dwb;
                 betas(&mut h, c.beta1, c.beta2);
+                let p = match c.k_map {
+                    KMap::L2 => 2.0,
+                    KMap::Lp => c.k_p.unwrap_or(2.0),
+                    _ => c.k_scale,
+                };
+                h.c[0] = c.k_map as u32 as f32;
+                h.c[1] = f(p);
+                h.c[2] = f(p - 1.0);
             }
             Algorithm::Ano(c) | Algorithm::Anolog(c) => {
                 h.decay = dwb;

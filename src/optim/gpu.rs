@@ -3,11 +3,10 @@
 use super::{Core, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{BoundKernel, Context, TensorView, WORKGROUP_SIZE};
-use crate::kernels::adaptive::{MARS_NORM, MARS_PARTIAL};
 use crate::kernels::arena::{plan_segments, ArenaLayout, Hypers, ALIGN_ELEMS};
 use crate::kernels::FIND_NON_FINITE;
 
-/// The per-tensor norm passes of MARS.
+/// The per-tensor norm passes of MARS and Lion-K's norm maps.
 struct NormPasses {
     partial: BoundKernel,
     norm: BoundKernel,
@@ -38,7 +37,7 @@ struct Pending {
 
 /// The GPU optimizer. Parameters, gradients and every state tensor live in flat arenas (one buffer
 /// each) with an offset table; a step is one command buffer with one update dispatch for all tensors
-/// (plus one for the non-finite guard and two for MARS's per-tensor norms), whatever their number.
+/// (plus one for the non-finite guard and two for per-tensor norms: MARS, Lion-K's ℓ2/ℓp), whatever their number.
 pub struct Optimizer {
     ctx: Context,
     core: Core,
@@ -83,15 +82,26 @@ impl Segment {
         let blocks = ctx.storage_buffer("block table", 16 * seg.layout.blocks.len() as u64)?;
         ctx.queue().write_buffer(&blocks, 0, bytemuck::cast_slice(&seg.layout.blocks));
         let mut norm_buf = None;
-        if core.algorithm.needs_norm() {
+        if let Some((partial_spec, norm_spec, state)) = core.algorithm.norm_passes() {
             let n_tensors = seg.layout.tensor_blocks.len();
-            let norms = ctx.storage_buffer("per-tensor norms", 4 * n_tensors as u64)?;
+            // f32 per tensor for MARS, (max, root of the scaled sum) for Lion-K: 8 bytes serve both.
+            let norms = ctx.storage_buffer("per-tensor norms", 8 * n_tensors as u64)?;
             let partials = ctx.storage_buffer("norm partials", 8 * seg.layout.blocks.len() as u64)?;
             let table = ctx.storage_buffer("tensor table", 8 * n_tensors as u64)?;
             ctx.queue().write_buffer(&table, 0, bytemuck::cast_slice(&seg.layout.tensor_blocks));
-            let g_prev = &seg.states[core.state_index("g_prev")?];
-            let partial = ctx.bind(&MARS_PARTIAL, &[hyper, &blocks, &seg.grads, g_prev, &partials])?;
-            let norm = ctx.bind(&MARS_NORM, &[&norms, &partials, &table])?;
+            let read = &seg.states[core.state_index(state)?];
+            let partial = ctx.bind(&partial_spec, &[hyper, &blocks, &seg.grads, read, &partials])?;
+            // Bound by binding number: Lion-K's pass also reads the hyperparameters and block table.
+            let norm_buffers: Vec<&wgpu::Buffer> = (norm_spec.bindings.iter())
+                .map(|&(b, _)| match b {
+                    0 => hyper,
+                    1 => &blocks,
+                    8 => &norms,
+                    9 => &partials,
+                    _ => &table,
+                })
+                .collect();
+            let norm = ctx.bind(&norm_spec, &norm_buffers)?;
             seg.norms = Some(NormPasses { partial, norm, tensors: n_tensors as u32 });
             norm_buf = Some(norms);
         }

@@ -27,8 +27,8 @@ pub mod reg;
 pub mod shampoo;
 
 pub use algorithm::{
-    AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, Lion, Mars, MarsVariant, Sgd, SignSgd, Signum,
-    Sophia, SophiaVariant,
+    AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, KMap, Lion, Mars, MarsVariant, Sgd, SignSgd,
+    Signum, Sophia, SophiaVariant,
 };
 pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;

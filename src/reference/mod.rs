@@ -8,6 +8,7 @@ pub mod auon;
 pub mod gemm;
 pub mod hessian;
 pub mod hutchinson;
+pub mod lion_k;
 pub mod muon;
 pub mod newton_schulz;
 pub mod racs;
@@ -17,7 +18,7 @@ pub mod sign_momentum;
 
 use crate::error::Result;
 use crate::kernels::arena::Hyper;
-use crate::optim::{Algorithm, Core, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::optim::{Algorithm, Core, GroupId, KMap, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
 use ndarray::{ArrayD, IxDyn};
 
 /// sign with sign(±0) = 0 (and 0 for NaN, which the guard keeps out), as WGSL's `sign`.
@@ -47,7 +48,12 @@ pub fn step_tensor(algorithm: &Algorithm, h: &Hyper, p: &mut [f32], g: &[f32], d
         (Algorithm::Sgd(_), [b]) => s::sgd_momentum_step(h, p, g, b),
         (Algorithm::SignSgd(_), []) => s::signsgd_step(h, p, g),
         (Algorithm::Signum(_), [m]) => s::signum_step(h, p, g, m),
-        (Algorithm::Lion(_), [m]) => s::lion_step(h, p, g, m),
+        (Algorithm::Lion(c), [m]) if c.k_map == KMap::Sign => s::lion_step(h, p, g, m),
+        (Algorithm::Lion(c), [m]) if c.k_map.per_tensor() => {
+            let norm = lion_k::lion_k_norm(h, g, m);
+            lion_k::lion_k_norm_step(h, p, g, m, norm)
+        }
+        (Algorithm::Lion(_), [m]) => lion_k::lion_k_step(h, p, g, m),
         (Algorithm::Ano(_) | Algorithm::Anolog(_), [m, v]) => s::ano_step(h, p, g, m, v),
         (Algorithm::AdamW(_), [m, v]) => a::adamw_step(h, p, g, m, v, None),
         (Algorithm::AdamW(_), [m, v, vm]) => a::adamw_step(h, p, g, m, v, Some(vm)),
