@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{BoundKernel, Context, Timing, WORKGROUP_SIZE};
 use crate::kernels::COPY_VEC4;
+use crate::optim::distributed_lion::{Aggregation, DistributedLion, DistributedLionConfig};
 use crate::optim::{Algorithm, Optimizer, OptimizerBuilder, Stepper};
 use crate::parity::TestRng;
 use serde::Serialize;
@@ -319,7 +320,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         algorithms.push((name.into(), Algorithm::from_name("lion", &hyper)?));
     }
     let multi = ["adamw", "lion"];
-    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 1) as u64, show_progress);
+    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 3) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         for (name, alg) in &algorithms {
@@ -338,6 +339,33 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
             );
             pb.inc(1);
         }
+    }
+    // Distributed Lion, 4 workers on one GPU: the whole step (compress, aggregate, apply) beside
+    // the copy kernel moving the same bytes.
+    let n = sizes[0];
+    for (variant, name) in
+        [(Aggregation::Mavo, "distributed_lion_mavo/4"), (Aggregation::Avg, "distributed_lion_avg/4")]
+    {
+        pb.set_message(format!("{name} n={n}"));
+        let config = DistributedLionConfig { variant, ..Default::default() };
+        let mut opt = DistributedLion::new(ctx, config, &vec![0.5; n], 4)?;
+        let mut rng = TestRng::new(7);
+        for w in 0..4 {
+            opt.write_grad(w, &rng.normals(n, 1.0))?;
+        }
+        opt.write_uniform();
+        let bytes = opt.bytes_per_param() * n as f64;
+        let copy = CopyKernel::new(ctx, bytes as usize / 8)?;
+        let base = ctx.time(reps_for(n), batches, |enc| copy.record(ctx, enc))?;
+        let t = ctx.time(reps_for(n), batches, |enc| {
+            opt.record_step(enc);
+        })?;
+        out.push(
+            Record::measured("elementwise", name, vec![n], t.median_s, "copy", base.median_s)
+                .gbps(bytes)
+                .on(adapter.clone(), t.method),
+        );
+        pb.inc(1);
     }
     // Many tensors, one dispatch: GPT-2-small shapes against one flat tensor of the same size.
     let full = if quick { gpt2_shapes(192, 50257 / 4) } else { gpt2_shapes(768, 50257) };

@@ -16,6 +16,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("shared/gemm_common", include_str!("../shaders/shared/gemm_common.wgsl")),
     ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
     ("lion_k", include_str!("../shaders/lion_k.wgsl")),
+    ("distributed_lion", include_str!("../shaders/distributed_lion.wgsl")),
     ("adaptive", include_str!("../shaders/adaptive.wgsl")),
     ("mars_norm", include_str!("../shaders/mars_norm.wgsl")),
     ("hessian", include_str!("../shaders/hessian.wgsl")),

@@ -150,7 +150,8 @@ fn bench_json_records_have_the_documented_fields() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let records = v.as_array().unwrap();
-    for name in gpuopt::optim::algorithm::NAMES.iter().chain(&["lion_k_tanh", "lion_k_l2"]) {
+    let extra = ["lion_k_tanh", "lion_k_l2", "distributed_lion_mavo/4", "distributed_lion_avg/4"];
+    for name in gpuopt::optim::algorithm::NAMES.iter().chain(&extra) {
         let r = records.iter().find(|r| r["kernel"] == *name).unwrap_or_else(|| panic!("no record for {name}"));
         assert_eq!(r["baseline"], "copy");
         for key in ["suite", "shape", "median_s", "gbps", "baseline_median_s", "ratio"] {

@@ -6,6 +6,7 @@
 
 pub mod adaptive;
 pub mod arena;
+pub mod distributed_lion;
 pub mod gemm;
 pub mod hessian;
 pub mod hutchinson;
@@ -36,6 +37,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = vec![FIND_NON_FINITE, COPY_VEC4];
     v.extend_from_slice(sign_momentum::SPECS);
     v.extend_from_slice(lion_k::SPECS);
+    v.extend_from_slice(distributed_lion::SPECS);
     v.extend_from_slice(adaptive::SPECS);
     v.extend_from_slice(hessian::SPECS);
     v.extend_from_slice(gemm::SPECS);

@@ -20,6 +20,7 @@
 pub mod algorithm;
 pub mod auon;
 pub mod checkpoint;
+pub mod distributed_lion;
 mod gpu;
 pub mod muon;
 pub mod oasis;
