@@ -137,6 +137,35 @@ fn checkpoint_corrupt_or_mismatched_is_an_error_and_changes_nothing() {
     assert!(matches!(victim.load(&dir.path().join("nope")), Err(Error::Io { .. })));
 }
 
+/// A checkpoint whose hyperparameters need another update kernel than the one the optimizer was built
+/// with (same state tensors) is refused rather than run with the old kernel, on GPU and CPU alike.
+#[test]
+fn checkpoint_selecting_another_update_kernel_is_refused() {
+    use gpuopt::optim::{AdaHessian, KMap, Lion, Sophia, SophiaVariant};
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.safetensors");
+    let pairs: [(Algorithm, Algorithm); 3] = [
+        (Lion::default().into(), Lion { k_map: KMap::L2, ..Lion::default() }.into()),
+        (Sophia::default().into(), Sophia { variant: SophiaVariant::Sophiah, ..Sophia::default() }.into()),
+        (AdaHessian::default().into(), AdaHessian { hessian_power: 0.5, ..AdaHessian::default() }.into()),
+    ];
+    for (saved, built) in pairs {
+        let (b, _, _) = builder(saved.clone(), 4);
+        b.build(&ctx).unwrap().save(&path).unwrap();
+        let (b2, _, _) = builder(built.clone(), 5);
+        let mut gpu = b2.clone().build(&ctx).unwrap();
+        let before = gpu.snapshot().unwrap();
+        let r = gpu.load(&path);
+        assert!(matches!(r, Err(Error::Checkpoint { .. })), "{} into {:?}: {r:?}", saved.name(), built);
+        assert_eq!(gpu.snapshot().unwrap(), before);
+        assert!(b2.build_cpu().unwrap().load(&path).is_err());
+        // The same hyperparameters load.
+        let (b3, _, _) = builder(saved, 6);
+        b3.build(&ctx).unwrap().load(&path).unwrap();
+    }
+}
+
 /// Resume of the matrix optimizers: `make(seed)` builds the GPU optimizer (and, with `cpu`, the CPU
 /// reference) over the same parameters.
 fn matrix_resume(make: &dyn Fn(u64, bool) -> Box<dyn Stepper>, shapes: &[Vec<usize>]) {

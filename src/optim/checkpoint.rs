@@ -101,6 +101,17 @@ impl Snapshot {
         if algorithm.states() != core.algorithm.states() {
             return Err(mismatch("state tensors differ (e.g. amsgrad or variant changed)"));
         }
+        // The GPU optimizer's kernels were bound at build time: a checkpoint whose hyperparameters
+        // select another update kernel (Sophia's variant, Lion's k_map, AdaHessian's power 1) would
+        // otherwise run the old kernel with the new scalars.
+        let (saved, built) = (algorithm.kernel(), core.algorithm.kernel());
+        if (saved.module, saved.entry) != (built.module, built.entry) {
+            return Err(mismatch(format!(
+                "the checkpoint's hyperparameters select the update kernel {}, this optimizer was built with {}: \
+                 build it with the checkpoint's hyperparameters",
+                saved.entry, built.entry
+            )));
+        }
         if self.groups.len() != core.groups.len() {
             return Err(mismatch(format!("{} groups, this optimizer has {}", self.groups.len(), core.groups.len())));
         }
