@@ -187,9 +187,8 @@ fn bad_input_is_refused_and_loses_nothing() {
 #[test]
 fn checkpoints_resume_bit_identically_and_mismatches_change_nothing() {
     let ctx = common::ctx();
-    let dir = std::env::temp_dir().join(format!("gpuopt-dlion-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dlion.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlion.safetensors");
     let cfg = config(Aggregation::Avg);
     let mut rng = TestRng::new(3);
     let grads: Vec<Vec<Vec<f32>>> = (0..5).map(|s| (0..3).map(|_| grad(&mut rng, 100, s)).collect()).collect();
@@ -230,5 +229,4 @@ fn checkpoints_resume_bit_identically_and_mismatches_change_nothing() {
     let mut c = DistributedLion::new(&ctx, cfg, &[0.25; 100], 3).unwrap();
     assert!(c.load(&path).is_err());
     assert!(c.read_param().unwrap().iter().all(|&x| x == 0.25));
-    std::fs::remove_dir_all(&dir).ok();
 }

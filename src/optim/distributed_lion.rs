@@ -41,6 +41,14 @@ pub enum Aggregation {
 
 const NAME: &str = "distributed_lion";
 
+/// An error naming the first NaN/Inf of `data` (checked before anything is written).
+fn check_finite(data: &[f32], what: &str) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::Invalid(format!("{what}: element {i} is {}; nothing was written", data[i]))),
+        None => Ok(()),
+    }
+}
+
 /// Workers the averaging variant takes (its counts are signed bytes).
 pub const MAX_AVG_WORKERS: usize = 127;
 /// Workers the majority vote takes.
@@ -148,9 +156,7 @@ impl DistributedLion {
         if init.is_empty() {
             return Err(Error::Invalid("Distributed Lion needs at least one parameter".into()));
         }
-        if let Some(i) = init.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!("initial parameter {i} is {}", init[i])));
-        }
+        check_finite(init, "initial parameters")?;
         let n = init.len();
         let words = n.div_ceil(32);
         let per_worker = 128 * words as u64; // bytes of one worker's padded vector
@@ -224,10 +230,7 @@ impl DistributedLion {
         if data.len() != self.n {
             return Err(Error::Shape { what: what.into(), expected: vec![self.n], got: vec![data.len()] });
         }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!("{what}: element {i} is {}; nothing was written", data[i])));
-        }
-        Ok(())
+        check_finite(data, what)
     }
 
     /// Writes worker `worker`'s gradient for the next step. A non-finite value is an error and
@@ -285,17 +288,9 @@ impl DistributedLion {
     /// per 32 parameters); returns the dispatch count.
     #[doc(hidden)]
     pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) -> usize {
-        self.record_part(enc, 0) + self.record_part(enc, 1)
-    }
-
-    /// Records pass `which` of a step: 0 the workers' compression, 1 the aggregation and update.
-    #[doc(hidden)]
-    pub fn record_part(&self, enc: &mut wgpu::CommandEncoder, which: usize) -> usize {
         let wg = |threads: usize| threads.div_ceil(WORKGROUP_SIZE as usize) as u32;
-        match which {
-            0 => self.compress_k.record(&self.ctx, enc, wg(self.words * self.workers)),
-            _ => self.aggregate_k.record(&self.ctx, enc, wg(self.words)),
-        }
+        self.compress_k.record(&self.ctx, enc, wg(self.words * self.workers))
+            + self.aggregate_k.record(&self.ctx, enc, wg(self.words))
     }
 
     /// Bytes a step moves per parameter (ALGORITHMS.md §4.6(f)): each worker reads g and m and

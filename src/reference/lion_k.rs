@@ -4,18 +4,20 @@
 
 use super::sgn;
 use crate::kernels::arena::Hyper;
+use crate::optim::KMap;
 
 /// c = β1·m + (1 − β1)·g (4.5.1).
 fn mix(h: &Hyper, m: f32, g: f32) -> f32 {
     h.beta1 * m + h.omb1 * g
 }
 
-/// The elementwise maps (3 Huber, 4 tanh, 5 relativistic; `h.c[1]` is a or s).
+/// The elementwise maps (`h.c[0]` the [`KMap`] number: Huber, tanh, else relativistic; `h.c[1]` is a
+/// or s).
 pub fn k_map(h: &Hyper, c: f32) -> f32 {
     let a = h.c[1];
     match h.c[0] as u32 {
-        3 => (c / a).clamp(-1.0, 1.0),
-        4 => (a * c).clamp(-15.0, 15.0).tanh(),
+        m if m == KMap::Huber as u32 => (c / a).clamp(-1.0, 1.0),
+        m if m == KMap::Tanh as u32 => (a * c).clamp(-15.0, 15.0).tanh(),
         _ => {
             let big = c.abs().max(a);
             let (x, y) = (c / big, a / big);
