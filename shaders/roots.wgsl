@@ -4,7 +4,8 @@
 // affine:          out[z] = alpha * s[z] * x[z] + beta * out[z] + gamma * I
 //                  s[z] = 1 (mode 0), scales[z]^power (mode 1), scales[z] / (den[z] + 1e-16) (mode 3);
 //                  mode 2 copies alpha * x[z] only where scales[z] != 0 (a per-matrix mask) and
-//                  leaves the other matrices untouched.
+//                  leaves the other matrices untouched; mode 4 likewise where scales[z] < f32::MAX
+//                  (max_dev's flag of a matrix without NaN or Inf).
 // graft:           acc = decay * acc + weight * g^2;  out = g / (sqrt(acc) + eps)   (AdaGrad / RMSProp)
 // copy_region:     out[dst_off + i * dst_ld + j] = x[src_off + i * src_ld + j] for an h x w window
 // maxdev_partial + maxdev_final: max_ij |x_ij - I_ij| per matrix (NaN counts as +Inf), two passes.
@@ -65,6 +66,7 @@ fn affine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (rp.mode == 1u) { s = s * scale_pow(scales[z], rp.power); }
     if (rp.mode == 3u) { s = s * (scales[z] / (den[z] + 1e-16)); }
     if (rp.mode == 2u && scales[z] == 0.0) { return; }
+    if (rp.mode == 4u && !(scales[z] < INF)) { return; }
     var v = 0.0;
     if (rp.alpha != 0.0) { v = s * x[z * len + i]; }
     if (rp.beta != 0.0) { v = v + rp.beta * out[z * len + i]; }

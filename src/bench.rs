@@ -538,7 +538,8 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
 }
 
 /// The ns suite: NS5 on transformer shapes beside 15 × one GEMM of the update's size (the r×r by r×c
-/// product, 2r²c FLOPs) in the same run, and the Gram half-product beside the full X·Xᵀ.
+/// product, 2r²c FLOPs) in the same run, the Gram half-product beside the full X·Xᵀ, and one ASGO step
+/// beside one Muon step on the single-matrix shapes.
 /// Goals (issue 3): NS5 ≤ 1.10 × 15 GEMMs with fused epilogues (ratio ≥ 0.91) and ≤ 0.75 × with the
 /// symmetric half-products (ratio ≥ 1.33); the Gram kernel near 2× the full product.
 pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
@@ -552,7 +553,8 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     };
     // Five batches: this suite's medians were swung by a slow spell in one of three.
     let batches = if quick { 2 } else { 5 };
-    let pb = progress(cases.len() as u64 + 1, show_progress);
+    let singles = cases.iter().filter(|c| c.0 == 1).count();
+    let pb = progress((cases.len() + 1 + singles) as u64, show_progress);
     let mut rng = TestRng::new(5);
     let mut out = Vec::new();
     for &(b, m, n) in &cases {
@@ -614,8 +616,51 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     out.push(record("gram_half"));
     out.push(record("gram_half/paired").paired(t.ratio));
     pb.inc(1);
+    // One ASGO step beside one Muon step on the same single matrices, wall-clock (each step then reads
+    // the parameter back, the same bytes on both sides). Nominal FLOPs: ASGO 4r²c + 80r³ (§5.7(f):
+    // Gram, preconditioning, 10 Polar Express iterations); Muon's NS5 5·(4r²c + 2r³).
+    for &(b, m, n) in cases.iter().filter(|c| c.0 == 1) {
+        pb.set_message(format!("asgo {m}x{n}"));
+        let (r, c) = (m.min(n) as f64, m.max(n) as f64);
+        let (asgo_t, muon_t) = asgo_and_muon_steps(ctx, m, n, if quick { 2 } else { 5 }, &mut rng)?;
+        out.push(
+            Record::measured("ns", "asgo_step", vec![b, m, n], asgo_t, "muon_step", muon_t)
+                .gflops(4.0 * r * r * c + 80.0 * r * r * r)
+                .on(adapter.clone(), "wall-clock"),
+        );
+    }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// Median wall-clock seconds of one ASGO step and of one Muon step (each followed by reading the
+/// parameter back) on an m×n matrix with a fixed random gradient, interleaved step by step.
+fn asgo_and_muon_steps(ctx: &Context, m: usize, n: usize, reps: usize, rng: &mut TestRng) -> Result<(f64, f64)> {
+    use crate::optim::{Asgo, AsgoConfig, MuonBuilder, MuonConfig};
+    let (p0, g) = (rng.uniforms(m * n, 1.0), rng.uniforms(m * n, 1.0));
+    let mut asgo = Asgo::gpu(ctx, AsgoConfig::default())?;
+    let ia = asgo.add_param("w", &p0, &[m, n])?;
+    let mut b = MuonBuilder::new(MuonConfig::default());
+    let im = b.param("w", &p0, &[m, n])?;
+    let mut muon = b.build(ctx)?;
+    let mut times = (Vec::new(), Vec::new());
+    // One warm-up step each (pipelines compiled), then `reps` timed pairs.
+    for k in 0..=reps {
+        for (opt, id, t) in [(&mut asgo as &mut dyn Stepper, ia, &mut times.0), (&mut muon, im, &mut times.1)] {
+            opt.write_grad(id, &g)?;
+            let start = std::time::Instant::now();
+            opt.step()?;
+            opt.read_param(id)?;
+            if k > 0 {
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut times.0), median(&mut times.1)))
 }
 
 /// The hutchinson suite: Rademacher generation beside the copy kernel writing the same bytes (goal
@@ -712,7 +757,8 @@ fn rel_error(got: &[f32], want: &[f64]) -> f64 {
 }
 
 /// The roots suite: A^{1/2} by coupled Newton–Schulz (5 and 10 iterations), MTP-10 and MPA-[5/5], and
-/// (A + 1e-6·I)^{−1/4} by the coupled Newton iteration, for SPD matrices with condition number 100 at
+/// (A + 1e-6·I)^{−1/4} by the coupled Newton iteration and A^{−1/2} by ASGO's Polar Express (10
+/// iterations), for SPD matrices with condition number 100 at
 /// n = 64 … 1024, each beside the CPU's f64 eigendecomposition (nalgebra) of the same matrix, with its
 /// relative error against that oracle; and a batch of 64 matrices of 64×64 beside the same 64 solved
 /// one call at a time (goal ≥ 5×). Wall-clock, end to end (upload, the algorithm with its readbacks,
@@ -720,7 +766,7 @@ fn rel_error(got: &[f32], want: &[f64]) -> f64 {
 pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>> {
     use crate::kernels::roots::GpuMats;
     use crate::reference::roots::{eigen, spd_matrix, spectral};
-    use crate::roots::{inv_root, sqrt, InvRootOptions, MatOps, SqrtMethod};
+    use crate::roots::{inv_root, inv_sqrt_polar_express, sqrt, InvRootOptions, MatOps, SqrtMethod};
     let adapter = ctx.info().name.clone();
     let sizes: &[usize] = if quick { &[32, 64] } else { &[64, 128, 256, 512, 1024] };
     let reps = if quick { 1 } else { 3 };
@@ -730,7 +776,7 @@ pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Reco
         ("sqrt_mtp10", SqrtMethod::Mtp { degree: 10 }),
         ("sqrt_mpa5", SqrtMethod::Mpa { degree: 5 }),
     ];
-    let pb = progress((sizes.len() * (methods.len() + 2) + 2) as u64, show_progress);
+    let pb = progress((sizes.len() * (methods.len() + 3) + 2) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         pb.set_message(format!("eigendecomposition {n}"));
@@ -775,6 +821,24 @@ pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Reco
         out.push(
             Record::measured("roots", "inv_root_p4", vec![n, n], t, "f64_eigh_cpu", eig)
                 .error(rel_error(&got, &want4))
+                .on(adapter.clone(), "wall-clock"),
+        );
+        pb.inc(1);
+        pb.set_message(format!("polar express {n}"));
+        let want_inv = {
+            let (values, vectors) = eigen(&a, n, 0.0);
+            spectral(&values, &vectors, |l| l.powf(-0.5))
+        };
+        let t = median_wall(reps, || {
+            let mut ops = GpuMats::new(ctx)?;
+            let am = ops.upload(&a, 1, n, n)?;
+            let p = inv_sqrt_polar_express(&mut ops, am, 0.0, 10)?;
+            got = ops.read(p)?;
+            Ok(())
+        })?;
+        out.push(
+            Record::measured("roots", "inv_sqrt_polar_express10", vec![n, n], t, "f64_eigh_cpu", eig)
+                .error(rel_error(&got, &want_inv))
                 .on(adapter.clone(), "wall-clock"),
         );
         pb.inc(1);

@@ -12,9 +12,10 @@
 use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::optim::{
-    Algorithm, AuonBuilder, AuonConfig, FlatAlgorithm, FlatOptimizer, MuonBuilder, MuonConfig, OasisConfig,
-    OptimizerBuilder, RegBuilder, RegConfig, SaniaConfig, Stepper,
+    Algorithm, Asgo, AsgoConfig, AuonBuilder, AuonConfig, FlatAlgorithm, FlatOptimizer, MuonBuilder, MuonConfig,
+    OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Stepper,
 };
+use crate::roots::MatOps;
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::path::Path;
@@ -30,12 +31,14 @@ pub enum CaseOptimizer {
     Auon(AuonConfig, bool),
     /// REG, as the RACS operator of pytorch-optimizer.
     Reg(RegConfig),
+    /// ASGO (matrix parameters only).
+    Asgo(AsgoConfig),
     /// OASIS or SANIA (global step sizes over a flat vector).
     Flat(FlatAlgorithm),
 }
 
 /// Replay names of the matrix optimizers (beside the elementwise ones).
-pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg"];
+pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo"];
 
 /// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` (\[T\],
 /// the loss at each step) in inputs.npz.
@@ -91,6 +94,10 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         let c: RegConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Reg(c)
+    } else if name == "asgo" {
+        let c: AsgoConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Asgo(c)
     } else if name == "oasis" {
         let c: OasisConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
@@ -127,8 +134,8 @@ pub fn load_case(dir: &Path) -> Result<Case> {
             got: grads.shape().to_vec(),
         });
     }
-    if matches!(algorithm, CaseOptimizer::Muon(_)) && param.ndim() != 2 {
-        return Err(invalid(&npz_path, format!("muon takes a 2-D param, got shape {:?}", param.shape())));
+    if matches!(algorithm, CaseOptimizer::Muon(_) | CaseOptimizer::Asgo(_)) && param.ndim() != 2 {
+        return Err(invalid(&npz_path, format!("{name} takes a 2-D param, got shape {:?}", param.shape())));
     }
     let needs_hess = matches!(&algorithm, CaseOptimizer::Elementwise(a) if a.needs_hessian())
         || matches!(&algorithm, CaseOptimizer::Flat(FlatAlgorithm::Oasis(_)));
@@ -221,6 +228,19 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
                     None => Box::new(FlatOptimizer::cpu(a.clone(), &params)?),
                 },
             )
+        }
+        CaseOptimizer::Asgo(c) => {
+            fn boxed<O: MatOps + 'static>(
+                mut o: Asgo<O>,
+                data: &[f32],
+                shape: &[usize],
+            ) -> Result<(ParamId, Box<dyn Stepper>)> {
+                Ok((o.add_param("param", data, shape)?, Box::new(o)))
+            }
+            match ctx {
+                Some(ctx) => boxed(Asgo::gpu(ctx, c.clone())?, &data, case.param.shape())?,
+                None => boxed(Asgo::cpu(c.clone())?, &data, case.param.shape())?,
+            }
         }
         CaseOptimizer::Muon(c) => {
             let mut b = MuonBuilder::new(c.clone());

@@ -46,6 +46,9 @@ pub enum Scale {
     Mask(Mat),
     /// num\[z\] / (den\[z\] + 1e-16) (Shampoo's grafting ratio).
     Ratio(Mat, Mat),
+    /// Writes matrix z only where dev\[z\] < f32::MAX, i.e. where [`MatOps::max_dev`] found no NaN or
+    /// Inf in it (ASGO's fallback: an identity stays where the root broke down).
+    Finite(Mat),
 }
 
 /// The batched matrix operations the root algorithms are written against.
@@ -90,6 +93,15 @@ pub trait MatOps {
     fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()>;
     /// The batch's values, row-major (runs everything recorded so far).
     fn read(&mut self, m: Mat) -> Result<Vec<f32>>;
+    /// Overwrites `dst` with row-major `data` (its element count) through a scratch upload, released
+    /// at once; work recorded earlier reads the old values.
+    fn write(&mut self, dst: Mat, data: &[f32]) -> Result<()> {
+        let (b, r, c) = self.shape(dst);
+        let mark = self.mark();
+        let res = self.upload(data, b, r, c).and_then(|up| self.affine(dst, Some(up), 1.0, Scale::One, 0.0, 0.0));
+        self.release(mark);
+        res
+    }
     /// Submits the work recorded so far without waiting for it (a no-op on the CPU).
     fn submit(&mut self) {}
     /// A mark of the matrices allocated so far, for [`MatOps::release`].
@@ -216,7 +228,9 @@ fn mm(ops: &mut impl MatOps, out: Mat, a: Mat, b: Mat, alpha: f32, addend: Optio
 /// [`mm`] for a product known to be symmetric — a·b with a and b symmetric polynomials in the same
 /// matrix (so they commute), plus a symmetric addend: the half-product GEMM computes the tiles on and
 /// above the diagonal and mirrors them (half the FLOPs, and the result exactly symmetric, which the
-/// iterations' f32 drift would otherwise lose, ALGORITHMS.md §7.5).
+/// iterations' f32 drift would otherwise lose, ALGORITHMS.md §7.5). Not for the updates of a coupled
+/// pair (Y·T, T·Z of Newton–Schulz and Polar Express): mirroring there breaks the coupling, and the
+/// iterates drift away after converging on ill-conditioned input (see [`coupled_newton_schulz`]).
 fn mm_sym(ops: &mut impl MatOps, out: Mat, a: Mat, b: Mat, alpha: f32, addend: Option<(Mat, f32)>) -> Result<()> {
     product(ops, out, a, b, alpha, addend, true)
 }
@@ -280,10 +294,20 @@ pub fn inv_sqrt(ops: &mut impl MatOps, a: Mat, method: SqrtMethod) -> Result<Mat
 
 fn root(ops: &mut impl MatOps, a: Mat, method: SqrtMethod, inverse: bool) -> Result<Mat> {
     let what = if inverse { "inv_sqrt" } else { "sqrt" };
-    let (b, n) = square(ops, a, what)?;
+    let shape = square(ops, a, what)?;
+    into_new(ops, shape, |ops, out| root_into(ops, a, method, inverse, out))
+}
+
+/// A new [b, n, n] result that `fill` writes; every matrix `fill` allocates is released afterwards,
+/// on error too.
+fn into_new<O: MatOps>(
+    ops: &mut O,
+    (b, n): (usize, usize),
+    fill: impl FnOnce(&mut O, Mat) -> Result<()>,
+) -> Result<Mat> {
     let out = ops.alloc(b, n, n)?;
     let mark = ops.mark();
-    let r = root_into(ops, a, method, inverse, out);
+    let r = fill(ops, out);
     ops.release(mark);
     r.map(|_| out)
 }
@@ -330,17 +354,153 @@ pub fn coupled_newton_schulz(
             }
         }
         let last = k + 1 == iters;
+        // Y·T and T·Z as full products: mirrored from half-products (symmetric in exact arithmetic),
+        // they broke the coupling's self-correction and the iterates drifted away once converged
+        // (tests/roots.rs, clustered spectra). T itself stays a half-product, and so does the last
+        // update, which nothing feeds back on: the root comes out exactly symmetric.
         if !last || !inverse {
-            mm_sym(ops, y[1], y[0], t, 1.0, None)?;
+            if last {
+                mm_sym(ops, y[1], y[0], t, 1.0, None)?;
+            } else {
+                mm(ops, y[1], y[0], t, 1.0, None)?;
+            }
             y.swap(0, 1);
         }
         if !last || inverse {
-            mm_sym(ops, z[1], t, z[0], 1.0, None)?;
+            if last {
+                mm_sym(ops, z[1], t, z[0], 1.0, None)?;
+            } else {
+                mm(ops, z[1], t, z[0], 1.0, None)?;
+            }
             z.swap(0, 1);
         }
         done = k + 1;
     }
-    Ok((if inverse { z[0] } else { y[0] }, done))
+    let root = if inverse { z[0] } else { y[0] };
+    if done == 0 || done == iters {
+        return Ok((root, done));
+    }
+    // Stopped at the tolerance: the iterate came from a full product; return its symmetric part.
+    let sym = ops.alloc(b, n, n)?;
+    symmetric_part(ops, root, sym)?;
+    Ok((sym, done))
+}
+
+/// out ← ½(x + xᵀ) per matrix: xᵀ·I (exact: one non-zero product per element) with x as the
+/// addend, one rounding of a commutative sum, so (i, j) and (j, i) agree bit for bit. A full
+/// product: the half-product would need a symmetric addend.
+fn symmetric_part(ops: &mut impl MatOps, x: Mat, out: Mat) -> Result<()> {
+    let (batch, n, _) = ops.shape(x);
+    let ident = identity(ops, 1, n)?;
+    let desc = GemmDesc { batch, alpha: 0.5, beta: 0.5, trans_a: true, ..GemmDesc::new(n, n, n) };
+    ops.gemm(desc, x, ident, out, Some(x))
+}
+
+/// The Polar Express coefficients (a, b, c) of ASGO's inverse square root, as ALGORITHMS.md §5.7
+/// lists them (infinity-stars/ASGO, `optimizers/utils/matrix_decom.py`), before the safety factor.
+/// The last triple, (15/8, −5/4, 3/8), is the Taylor polynomial of x^{−1/2} about 1 to second order;
+/// it repeats for every later iteration.
+pub const POLAR_EXPRESS: [(f64, f64, f64); 8] = [
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+];
+
+/// The (a, b, c) of Polar Express iteration `k` (from 0), in f32: every triple but the last divided
+/// by (1.01, 1.01³, 1.01⁵) in f64 (the reference's safety factor), the last repeated.
+pub fn polar_express_coefficients(k: usize) -> (f32, f32, f32) {
+    let last = POLAR_EXPRESS.len() - 1;
+    let (a, b, c) = POLAR_EXPRESS[k.min(last)];
+    let f = if k < last { 1.01f64 } else { 1.0 };
+    ((a / f) as f32, (b / f.powi(3)) as f32, (c / f.powi(5)) as f32)
+}
+
+/// V^{−1/2} of each symmetric positive semi-definite matrix of the batch `v` ([b, r, r]) by ASGO's
+/// coupled Polar Express iteration (ALGORITHMS.md §5.7.3), `steps` iterations:
+///
+/// ```text
+/// s ← 1.01·‖V + eps·I‖_F;  Y ← V/s;  Z ← I               (eps enters only through s)
+/// per iteration (a, b, c):  T ← Z·Y;  B ← b·T + c·T²;  Y ← a·Y + Y·B;  Z ← a·Z + B·Z
+/// result Z/√s
+/// ```
+///
+/// T and T² run as half-products (symmetric, so B is exactly symmetric); the updates of Y and Z run
+/// as full products except the last (so P is exactly symmetric): mirrored as well, they made the
+/// iteration diverge on nearly singular V (a
+/// 40×40 Gram matrix of rank 3 plus a ridge 1e-5 of its top eigenvalue went to NaN), while this mix
+/// lands closer to the f64 iteration than four plain f32 products (2.6e-4 against 1.0e-3 relative
+/// there; examples in tests/asgo.rs). The first iteration skips Z·Y (Z = I) and the last skips Y:
+/// 4·steps − 3 products. Nothing is read back and nothing is checked: eigenvalues far below s/100
+/// are not converged after 10 iterations (Z grows by the product of the a's there), and V = 0 with
+/// eps = 0 gives NaN — the caller decides (ASGO falls back to I, with [`Scale::Finite`]).
+///
+/// ```
+/// use gpuopt::reference::roots::CpuMats;
+/// use gpuopt::roots::{inv_sqrt_polar_express, MatOps};
+/// let mut ops = CpuMats::default();
+/// let v = ops.upload(&[4.0, 0.0, 0.0, 1.0], 1, 2, 2)?;
+/// let root = inv_sqrt_polar_express(&mut ops, v, 0.0, 10)?;
+/// let p = ops.read(root)?; // ≈ diag(1/2, 1)
+/// assert!((p[0] - 0.5).abs() < 1e-4 && (p[3] - 1.0).abs() < 1e-4 && p[1] == 0.0);
+/// # Ok::<(), gpuopt::Error>(())
+/// ```
+pub fn inv_sqrt_polar_express(ops: &mut impl MatOps, v: Mat, eps: f32, steps: usize) -> Result<Mat> {
+    let (b, n) = square(ops, v, "polar express inverse square root")?;
+    if !eps.is_finite() || eps < 0.0 {
+        return Err(Error::Hyperparameter {
+            name: "eps".into(),
+            value: eps as f64,
+            reason: "must be finite and >= 0".into(),
+        });
+    }
+    into_new(ops, (b, n), |ops, out| polar_express_into(ops, v, eps, steps, out))
+}
+
+fn polar_express_into(ops: &mut impl MatOps, v: Mat, eps: f32, steps: usize, out: Mat) -> Result<()> {
+    let (b, n, _) = ops.shape(v);
+    let shifted = ops.alloc(b, n, n)?;
+    ops.affine(shifted, Some(v), 1.0, Scale::One, 0.0, eps)?;
+    let (norm, s) = (ops.alloc(b, 1, 1)?, ops.alloc(b, 1, 1)?);
+    ops.frobenius(shifted, norm)?;
+    ops.affine(s, Some(norm), 1.01, Scale::One, 0.0, 0.0)?;
+    // `shifted` is free again: the second buffer of Y's ping-pong.
+    let mut y = [ops.alloc(b, n, n)?, shifted];
+    ops.affine(y[0], Some(v), 1.0, Scale::Pow(s, -1.0), 0.0, 0.0)?;
+    let mut z = [identity(ops, b, n)?, ops.alloc(b, n, n)?];
+    let (t, bm) = (ops.alloc(b, n, n)?, ops.alloc(b, n, n)?);
+    for k in 0..steps {
+        let (ca, cb, cc) = polar_express_coefficients(k);
+        let first = k == 0;
+        // T = Z·Y and B = b·T + c·T² (half-products); Y ← a·Y + Y·B, Z ← a·Z + B·Z (full).
+        let tk = if first {
+            y[0]
+        } else {
+            mm_sym(ops, t, z[0], y[0], 1.0, None)?;
+            t
+        };
+        mm_sym(ops, bm, tk, tk, cc, Some((tk, cb)))?;
+        if k + 1 < steps {
+            mm(ops, y[1], y[0], bm, 1.0, Some((y[0], ca)))?;
+            y.swap(0, 1);
+        }
+        if first {
+            ops.affine(z[1], Some(bm), 1.0, Scale::One, 0.0, ca)?;
+        } else if k + 1 == steps {
+            // The last update feeds nothing back: mirrored, P comes out exactly symmetric. As
+            // (B + a·I)·Z, since the half-product needs a symmetric addend and Z is not exactly one.
+            ops.affine(bm, None, 0.0, Scale::One, 1.0, ca)?;
+            mm_sym(ops, z[1], bm, z[0], 1.0, None)?;
+        } else {
+            mm(ops, z[1], bm, z[0], 1.0, Some((z[0], ca)))?;
+        }
+        z.swap(0, 1);
+    }
+    ops.affine(out, Some(z[0]), 1.0, Scale::Pow(s, -0.5), 0.0, 0.0)
 }
 
 /// (7.2.1) on a normalised batch by Horner's rule: K − 1 products for degree K.

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{rel, rel32};
+
 use gpuopt::kernels::roots::GpuMats;
 use gpuopt::parity::TestRng;
 use gpuopt::reference::roots::{eigen, oracle_power, oracle_sqrt_backward, spd_matrix, spectral, CpuMats};
@@ -21,16 +23,6 @@ const EPS: f64 = f32::EPSILON as f64;
 
 fn spd(n: usize, cond: f64, top: f64, seed: u64) -> Vec<f32> {
     spd_matrix(n, cond, top, seed)
-}
-
-fn rel(x: &[f32], y: &[f64]) -> f64 {
-    let num: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
-    let den: f64 = y.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn rel32(x: &[f32], y: &[f32]) -> f64 {
-    rel(x, &y.iter().map(|&v| v as f64).collect::<Vec<_>>())
 }
 
 fn batch(mats: &[Vec<f32>]) -> Vec<f32> {
@@ -94,6 +86,15 @@ impl<T: MatOps> MatOpsDyn for T {
         let d = self.read(norms).unwrap();
         assert_eq!(d[b - 1], f32::MAX, "a NaN must count as the largest deviation");
         out.push(d);
+        // Scale::Finite with those flags: the matrix holding the NaN keeps its old values, the
+        // others take x.
+        let om = self.upload(o, b, r, c).unwrap();
+        self.affine(om, Some(xm), 1.0, Scale::Finite(norms), 0.0, 0.0).unwrap();
+        let f = self.read(om).unwrap();
+        let len = r * c;
+        assert_eq!(&f[(b - 1) * len..], &o[(b - 1) * len..], "a flagged matrix must keep its values");
+        assert_eq!(&f[..(b - 1) * len], &x[..(b - 1) * len], "unflagged matrices take x");
+        out.push(f);
         out
     }
 }
@@ -252,6 +253,37 @@ fn sqrt_and_inv_sqrt_match_the_oracle_within_each_methods_error() {
 }
 
 #[test]
+fn newton_schulz_stays_converged_on_clustered_ill_conditioned_spectra() {
+    // A Gram matrix of rank 3 plus a ridge (1e-2 or 1e-3 of its top eigenvalue): three large
+    // eigenvalues and 37 equal small ones. Run 30 iterations, well past convergence: with the Y and
+    // Z updates mirrored from half-products, the coupled iteration drifted away after converging
+    // (4.7e-2 at the 1e-2 ridge, NaN at 1e-3); as full products it stays at f32 accuracy. Bound: the
+    // one of the test above, 200·sqrt(n)·ε·sqrt(cond).
+    let ctx = common::ctx();
+    let n = 40;
+    let f = TestRng::new(48).normals(n * 3, 1.0);
+    let fm = nalgebra::DMatrix::from_row_slice(n, 3, &f.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let gram = &fm * fm.transpose();
+    let top = gram.symmetric_eigenvalues().max();
+    for ridge in [1e-2, 1e-3] {
+        let a64 = &gram + nalgebra::DMatrix::<f64>::identity(n, n) * (ridge * top);
+        let a: Vec<f32> = (0..n * n).map(|i| a64[(i / n, i % n)] as f32).collect();
+        let cond = 1.0 / ridge;
+        let method = SqrtMethod::NewtonSchulz { iters: 30, tol: None };
+        for inverse in [false, true] {
+            let want = oracle_power(&a, n, if inverse { -0.5 } else { 0.5 }, 0.0);
+            let bound = 200.0 * (n as f64).sqrt() * EPS * cond.sqrt();
+            let got = run_root(&mut GpuMats::new(&ctx).unwrap(), &a, 1, n, method, inverse);
+            let twin = run_root(&mut CpuMats::default(), &a, 1, n, method, inverse);
+            for (who, x) in [("GPU", &got), ("CPU", &twin)] {
+                let err = rel(x, &want);
+                assert!(err <= bound, "{who} ridge {ridge:e} inv={inverse}: error {err:e} > {bound:e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn newton_schulz_stops_at_tolerance_and_y_z_are_inverse() {
     let ctx = common::ctx();
     let n = 24;
@@ -262,6 +294,13 @@ fn newton_schulz_stops_at_tolerance_and_y_z_are_inverse() {
     let y = sqrt(&mut ops, ahat, SqrtMethod::NewtonSchulz { iters: 50, tol: Some(1e-4) }).unwrap();
     let z = inv_sqrt(&mut ops, ahat, SqrtMethod::NewtonSchulz { iters: 50, tol: Some(1e-4) }).unwrap();
     let (y, z) = (ops.read(y).unwrap(), ops.read(z).unwrap());
+    // Stopped at the tolerance, each came from a full product and is returned as its symmetric part:
+    // exactly symmetric, like a root that ran all its iterations (whose last product is mirrored).
+    let full = sqrt(&mut ops, am, SqrtMethod::NewtonSchulz { iters: 7, tol: None }).unwrap();
+    let full = ops.read(full).unwrap();
+    for m in [&y, &z, &full] {
+        assert!((0..n * n).all(|i| m[i] == m[(i % n) * n + i / n]), "not exactly symmetric");
+    }
     // ‖Y·Z − I‖_F: both are polynomials in A, so Y·Z = I up to the stopping tolerance.
     let ym = nalgebra::DMatrix::from_row_slice(n, n, &y.iter().map(|&v| v as f64).collect::<Vec<_>>());
     let zm = nalgebra::DMatrix::from_row_slice(n, n, &z.iter().map(|&v| v as f64).collect::<Vec<_>>());

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::rel;
+
 use gpuopt::kernels::roots::GpuMats;
 use gpuopt::optim::shampoo::{Graft, Shampoo, ShampooConfig};
 use gpuopt::parity::TestRng;
@@ -52,12 +54,6 @@ fn run<O: MatOps>(ops: O, cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f32>
     }
     assert_eq!(opt.root_failures(), 0);
     traj
-}
-
-fn rel(x: &[f32], y: &[f64]) -> f64 {
-    let num: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
-    let den: f64 = y.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 #[test]

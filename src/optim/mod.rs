@@ -18,6 +18,7 @@
 //! ```
 
 pub mod algorithm;
+pub mod asgo;
 pub mod auon;
 pub mod checkpoint;
 pub mod distributed_lion;
@@ -31,6 +32,7 @@ pub use algorithm::{
     AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, KMap, Lion, Mars, MarsVariant, Sgd, SignSgd,
     Signum, Sophia, SophiaVariant,
 };
+pub use asgo::{Asgo, AsgoConfig};
 pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
 pub use gpu::Optimizer;

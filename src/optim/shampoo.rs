@@ -382,19 +382,13 @@ impl<O: MatOps> Shampoo<O> {
             checked.push(st);
         }
         // Everything is checked: now write.
-        let mark = self.ops.mark();
         for (i, st) in checked.iter().enumerate() {
             let p = &self.params[i];
-            let (rows, cols) = (p.rows, p.cols);
-            let up = self.ops.upload(&s.values[i], 1, rows, cols)?;
-            self.ops.affine(p.p, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
+            self.ops.write(p.p, &s.values[i])?;
             for (m, data) in Self::state_mats(p).into_iter().zip(st) {
-                let (b, r, c) = self.ops.shape(m);
-                let up = self.ops.upload(data, b, r, c)?;
-                self.ops.affine(m, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
+                self.ops.write(m, data)?;
             }
         }
-        self.ops.release(mark);
         self.cfg = cfg;
         self.step = s.step as usize;
         self.skipped = s.skipped as usize;
@@ -436,12 +430,9 @@ impl<O: MatOps> Shampoo<O> {
             self.skipped += 1;
             return Ok(());
         }
-        let mark = self.ops.mark();
         for (g, p) in grads.iter().zip(&self.params) {
-            let up = self.ops.upload(g, 1, p.rows, p.cols)?;
-            self.ops.affine(p.grad, Some(up), 1.0, Scale::One, 0.0, 0.0)?;
+            self.ops.write(p.grad, g)?;
         }
-        self.ops.release(mark);
         self.apply_step()
     }
 

@@ -119,6 +119,12 @@ impl MatOps for CpuMats {
                         continue;
                     }
                 }
+                Scale::Finite(m) => {
+                    // As the shader: skip unless d < MAX (a NaN flag also skips).
+                    if self.data(m)[z].partial_cmp(&f32::MAX) != Some(std::cmp::Ordering::Less) {
+                        continue;
+                    }
+                }
             }
             for i in 0..len {
                 let mut v = 0.0;

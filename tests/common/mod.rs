@@ -45,3 +45,15 @@ pub fn naga_module(name: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let info = validator.validate(&module).unwrap_or_else(|e| panic!("shader {name}: {}", e.emit_to_string(&src)));
     (module, info)
 }
+
+/// Relative Frobenius (2-norm) difference ‖x − y‖/‖y‖ of an f32 result from an f64 reference.
+pub fn rel(x: &[f32], y: &[f64]) -> f64 {
+    let num: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+    let den: f64 = y.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// [`rel`] against an f32 reference.
+pub fn rel32(x: &[f32], y: &[f32]) -> f64 {
+    rel(x, &y.iter().map(|&v| v as f64).collect::<Vec<_>>())
+}

@@ -1,0 +1,349 @@
+//! ASGO (ALGORITHMS.md §5.7; An et al., "ASGO: Adaptive Structured Gradient Optimization",
+//! NeurIPS 2025): one-sided Shampoo on the smaller side of each matrix, as the authors' code
+//! (infinity-stars/ASGO `optimizers/asgo.py`) runs it. For a parameter G of m×n, r = min(m, n):
+//!
+//! ```text
+//! (5.7.1) M ← μ·M + (1 − μ)·G                                   (lerp, M starts at 0)
+//! (5.7.2) V ← β2·V + (1 − β2)·G·Gᵀ if m < n, else with Gᵀ·G     (r×r, starts at 0; square: Gᵀ·G)
+//! (5.7.3) P ← V^{−1/2} by Polar Express (root_iters iterations, eps inside its norm only);
+//!         P ← I where P holds NaN or Inf
+//! (5.7.4) U ← P·M if m < n, else M·P
+//! (5.7.6) p ← (1 − lr·wd)·p − lr·0.2·√(mn)·U/(‖U‖_F + 1e-16)    ((5.7.5) fused: update RMS 0.2)
+//! ```
+//!
+//! Written once over [`MatOps`], so the same driver runs on the GPU ([`GpuMats`]: Gram half-products,
+//! symmetric Polar Express products, GEMMs with fused addends, nothing read back) and on its CPU twin
+//! ([`CpuMats`]). Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
+//!
+//! Where gpuopt differs from the reference, and why:
+//! - `+ 1e-16` in the RMS scaling: the reference divides by ‖U‖_F alone, so a zero momentum (a zero
+//!   first gradient) writes 0/0 = NaN into the parameter; here it takes no step. For ‖U‖_F above
+//!   about 1e-9 the term is below f32 rounding.
+//! - Tensors of rank > 2 are viewed as shape\[0\] × rest (as Muon's conv kernels); the reference
+//!   refuses them. Rank 0 and 1 are refused, as there (ASGO preconditions matrices: give vectors to
+//!   AdamW).
+//! - A gradient holding NaN or Inf skips the whole step and keeps every state (the reference would
+//!   feed it into V and fall back to P = I only after the root broke).
+//!
+//! ```
+//! use gpuopt::optim::{asgo::{Asgo, AsgoConfig}, Stepper};
+//! # fn main() -> gpuopt::Result<()> {
+//! let mut opt = Asgo::cpu(AsgoConfig { lr: 0.1, weight_decay: 0.0, ..Default::default() })?; // or Asgo::gpu(&ctx, ..)
+//! let w = opt.add_param("w", &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+//! let g = opt.read_param(w)?; // gradient of ½‖w‖²
+//! opt.write_grad(w, &g)?;
+//! opt.step()?;
+//! let after = opt.read_param(w)?;
+//! let rms = (after.iter().zip(&g).map(|(a, b)| ((b - a) / 0.1).powi(2)).sum::<f32>() / 6.0).sqrt();
+//! assert!((rms - 0.2).abs() < 1e-4); // every step has RMS 0.2·lr
+//! # Ok(())
+//! # }
+//! ```
+
+use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
+use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use crate::error::{Error, Result};
+use crate::kernels::gemm::GemmDesc;
+use crate::kernels::roots::GpuMats;
+use crate::reference::roots::CpuMats;
+use crate::roots::{inv_sqrt_polar_express, Mat, MatOps, Scale};
+use crate::Context;
+use serde::{Deserialize, Serialize};
+
+/// ASGO's hyperparameters (ALGORITHMS.md §11.1 names); defaults are the reference's
+/// (`asgo(learning_rate=1e-2, momentum=0.9, weight_decay=0.1, beta2=0.8, eps=1e-10, matalg_steps=10)`,
+/// repeated by its `asgo.yaml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AsgoConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum μ of the EMA M.
+    pub momentum: f64,
+    /// EMA coefficient of the preconditioner statistics V.
+    pub beta2: f64,
+    /// Ridge inside the root's normalising norm ‖V + eps·I‖_F.
+    pub eps: f64,
+    /// Decoupled weight decay (DW-B).
+    pub weight_decay: f64,
+    /// Polar Express iterations (the reference's `matalg_steps`).
+    pub root_iters: usize,
+}
+
+impl Default for AsgoConfig {
+    fn default() -> Self {
+        AsgoConfig { lr: 1e-2, momentum: 0.9, beta2: 0.8, eps: 1e-10, weight_decay: 0.1, root_iters: 10 }
+    }
+}
+
+/// The most Polar Express iterations accepted (the reference runs 10; more only repeat the last
+/// polynomial).
+pub const MAX_ROOT_ITERS: usize = 100;
+
+impl AsgoConfig {
+    /// Rejects non-finite or out-of-range values.
+    pub fn validate(&self) -> Result<()> {
+        super::algorithm::check_lr_wd(self.lr, self.weight_decay)?;
+        let bad = |name: &str, v: f64, reason: &str| {
+            Err(Error::Hyperparameter { name: name.into(), value: v, reason: reason.into() })
+        };
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("momentum", self.momentum, "must lie in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta2", self.beta2, "must lie in [0, 1)");
+        }
+        if !self.eps.is_finite() || self.eps < 0.0 {
+            return bad("eps", self.eps, "must be finite and >= 0");
+        }
+        if !(1..=MAX_ROOT_ITERS).contains(&self.root_iters) {
+            return bad("root_iters", self.root_iters as f64, "must be from 1 to 100");
+        }
+        Ok(())
+    }
+}
+
+/// The state names of a parameter, in checkpoints and [`Stepper::read_state`].
+const STATES: [&str; 2] = ["momentum", "precond"];
+
+struct Param {
+    rows: usize,
+    cols: usize,
+    p: Mat,
+    grad: Mat,
+    momentum: Mat,
+    /// V, r×r.
+    precond: Mat,
+}
+
+impl Param {
+    fn left(&self) -> bool {
+        self.rows < self.cols
+    }
+
+    fn side(&self) -> usize {
+        self.rows.min(self.cols)
+    }
+}
+
+/// ASGO over a [`MatOps`] backend ([`Asgo::gpu`], [`Asgo::cpu`]); steps through [`Stepper`].
+pub struct Asgo<O: MatOps> {
+    ops: O,
+    cfg: AsgoConfig,
+    params: Vec<Param>,
+    metas: Vec<ParamMeta>,
+    /// A 1×1 matrix holding 1: the numerator of the RMS scaling's ratio.
+    one: Mat,
+    t: u64,
+    skipped: u64,
+    /// A gradient written since the last step held NaN or Inf.
+    pending_non_finite: bool,
+    last_skipped: bool,
+}
+
+impl Asgo<GpuMats> {
+    /// ASGO on the GPU.
+    pub fn gpu(ctx: &Context, cfg: AsgoConfig) -> Result<Self> {
+        Self::new(GpuMats::new(ctx)?, cfg)
+    }
+}
+
+impl Asgo<CpuMats> {
+    /// ASGO's CPU twin (the same driver over the CPU matrix operations).
+    pub fn cpu(cfg: AsgoConfig) -> Result<Self> {
+        Self::new(CpuMats::default(), cfg)
+    }
+}
+
+impl<O: MatOps> Asgo<O> {
+    /// An empty optimizer on `ops` (validates the configuration).
+    pub fn new(mut ops: O, cfg: AsgoConfig) -> Result<Self> {
+        cfg.validate()?;
+        let one = ops.alloc(1, 1, 1)?;
+        ops.affine(one, None, 0.0, Scale::One, 0.0, 1.0)?;
+        let (params, metas) = (Vec::new(), Vec::new());
+        Ok(Asgo { ops, cfg, params, metas, one, t: 0, skipped: 0, pending_non_finite: false, last_skipped: false })
+    }
+
+    /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
+    pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        let n: usize = shape.iter().product();
+        if shape.len() < 2 || n == 0 || n != data.len() {
+            return Err(Error::Shape {
+                what: format!("asgo parameter {name:?} (a non-empty matrix: rank 2, or higher viewed as rows x rest; give vectors to AdamW)"),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
+        }
+        if self.metas.iter().any(|m| m.name == name) {
+            return Err(Error::Invalid(format!("asgo: a parameter is already named {name:?}")));
+        }
+        let (rows, cols) = (shape[0], n / shape[0]);
+        let r = rows.min(cols);
+        let ops = &mut self.ops;
+        let param = Param {
+            rows,
+            cols,
+            p: ops.upload(data, 1, rows, cols)?,
+            grad: ops.alloc(1, rows, cols)?,
+            momentum: ops.alloc(1, rows, cols)?,
+            precond: ops.alloc(1, r, r)?,
+        };
+        self.params.push(param);
+        self.metas.push(ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 });
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AsgoConfig {
+        &self.cfg
+    }
+
+    /// The backend (e.g. to reach a parameter's GPU tensor).
+    pub fn backend(&mut self) -> &mut O {
+        &mut self.ops
+    }
+
+    fn param(&self, id: ParamId, len: Option<usize>) -> Result<&Param> {
+        let meta = self.metas.get(id.0).ok_or_else(|| Error::Invalid(format!("asgo: no parameter {}", id.0)))?;
+        if let Some(len) = len {
+            if len != meta.len() {
+                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
+            }
+        }
+        Ok(&self.params[id.0])
+    }
+
+    /// (5.7.1)–(5.7.6) for one parameter; its scratch matrices are the caller's to release.
+    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat) -> Result<()> {
+        let (m, n, r) = (p.rows, p.cols, p.side());
+        let (mu, b2) = (cfg.momentum as f32, cfg.beta2 as f32);
+        ops.affine(p.momentum, Some(p.grad), 1.0 - mu, Scale::One, mu, 0.0)?;
+        // The Gram half-product on the short side, V its own addend.
+        let gram = if p.left() {
+            GemmDesc::gram(m, n)
+        } else {
+            GemmDesc { trans_a: true, symmetric: true, ..GemmDesc::new(n, n, m) }
+        };
+        ops.gemm(GemmDesc { alpha: 1.0 - b2, beta: b2, ..gram }, p.grad, p.grad, p.precond, Some(p.precond))?;
+        let root = inv_sqrt_polar_express(ops, p.precond, cfg.eps as f32, cfg.root_iters)?;
+        // P = I, overwritten by the root where max_dev finds neither NaN nor Inf in it.
+        let (dev, pm) = (ops.alloc(1, 1, 1)?, ops.alloc(1, r, r)?);
+        ops.max_dev(root, dev)?;
+        ops.affine(pm, None, 0.0, Scale::One, 0.0, 1.0)?;
+        ops.affine(pm, Some(root), 1.0, Scale::Finite(dev), 0.0, 0.0)?;
+        let u = ops.alloc(1, m, n)?;
+        if p.left() {
+            ops.gemm(GemmDesc::new(m, n, m), pm, p.momentum, u, None)?;
+        } else {
+            ops.gemm(GemmDesc::new(m, n, n), p.momentum, pm, u, None)?;
+        }
+        let norm = ops.alloc(1, 1, 1)?;
+        ops.frobenius(u, norm)?;
+        let step = -(cfg.lr * 0.2 * ((m * n) as f64).sqrt()) as f32;
+        ops.affine(p.p, Some(u), step, Scale::Ratio(one, norm), (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)
+    }
+}
+
+impl<O: MatOps> Stepper for Asgo<O> {
+    /// One step over every parameter with the gradients written since the last one (a parameter
+    /// whose gradient was not written reuses its last). Skipped, changing nothing, when one of them
+    /// held NaN or Inf. One submit, nothing read back.
+    fn step(&mut self) -> Result<()> {
+        self.last_skipped = std::mem::take(&mut self.pending_non_finite);
+        if self.last_skipped {
+            self.skipped += 1;
+            return Ok(());
+        }
+        for p in &self.params {
+            let mark = self.ops.mark();
+            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one);
+            self.ops.release(mark);
+            r?;
+        }
+        self.ops.submit();
+        self.t += 1;
+        Ok(())
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        let dst = self.param(id, Some(grad.len()))?.grad;
+        if crate::reference::has_non_finite(grad) {
+            // Nothing is written: the step is skipped and every state kept.
+            self.pending_non_finite = true;
+            return Ok(());
+        }
+        self.ops.write(dst, grad)
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        let dst = self.param(id, Some(data.len()))?.p;
+        self.ops.write(dst, data)
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        let m = self.param(id, None)?.p;
+        self.ops.read(m)
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        let p = self.param(id, None)?;
+        let m = match state {
+            "momentum" => p.momentum,
+            "precond" => p.precond,
+            other => return Err(Error::Invalid(format!("asgo has no state {other:?} (momentum, precond)"))),
+        };
+        self.ops.read(m)
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.last_skipped)
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.skipped)
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        update_config(&mut self.cfg, group, |c| c.lr = lr, AsgoConfig::validate)
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        update_config(&mut self.cfg, group, |c| c.weight_decay = wd, AsgoConfig::validate)
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        let (values, states) = read_params_and_states(self, &STATES)?;
+        let lr_wd = (self.cfg.lr, self.cfg.weight_decay);
+        let mut s = config_snapshot("asgo", &self.cfg, lr_wd, self.t, &self.metas, values, states);
+        s.skipped = self.skipped;
+        Ok(s)
+    }
+
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let side = |m: &ParamMeta| m.shape[0].min(m.len() / m.shape[0]);
+        let len = |m: &ParamMeta, state: &str| if state == "precond" { side(m) * side(m) } else { m.len() };
+        let (cfg, states) = check_config_snapshot(&s, "asgo", &self.metas, &STATES, len, AsgoConfig::validate)?;
+        // Everything is checked: now write.
+        for (i, st) in states.iter().enumerate() {
+            let p = &self.params[i];
+            for (m, data) in [(p.p, &s.values[i]), (p.momentum, &st[0]), (p.precond, &st[1])] {
+                self.ops.write(m, data)?;
+            }
+        }
+        self.cfg = cfg;
+        self.t = s.step;
+        self.skipped = s.skipped;
+        self.pending_non_finite = false;
+        self.last_skipped = false;
+        Ok(())
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.metas
+    }
+}
