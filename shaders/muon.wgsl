@@ -22,14 +22,7 @@ struct MuonParams {
 @group(0) @binding(4) var<storage, read> o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> p: array<f32>;
 
-fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
-    if (w < 0.5) { return a + w * (b - a); }
-    return b - (b - a) * (1.0 - w);
-}
-
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
+#import shared/grid
 
 @compute @workgroup_size(256)
 fn muon_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

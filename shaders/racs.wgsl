@@ -29,19 +29,12 @@ struct RacsParams {
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 
 #import shared/reduce
+#import shared/grid
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
 
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-fn lerp_small(a: f32, b: f32, w: f32) -> f32 {
-    if (w < 0.5) { return a + w * (b - a); }
-    return b - (b - a) * (1.0 - w);
-}
 
 @compute @workgroup_size(256)
 fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -53,7 +46,7 @@ fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let v = g[i * rp.cols + j];
         sum = sum + v * v;
     }
-    s[i] = lerp_small(s[i], sum / f32(rp.cols), rp.omb);
+    s[i] = lerp_torch(s[i], sum / f32(rp.cols), rp.omb);
 }
 
 @compute @workgroup_size(256)
@@ -66,7 +59,7 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let v = g[i * rp.cols + j];
         sum = sum + v * v;
     }
-    q[j] = lerp_small(q[j], sum / f32(rp.rows), rp.omb);
+    q[j] = lerp_torch(q[j], sum / f32(rp.rows), rp.omb);
 }
 
 fn g_hat(k: u32) -> f32 {

@@ -108,11 +108,12 @@ fn workgroup_argmax(lid: u32) {
 }
 
 fn dev(v: f32, r: u32, c: u32) -> f32 {
+    // NaN and +-Inf by their exponent bits (comparisons with NaN are not dependable in WGSL,
+    // ALGORITHMS.md §2.1): the largest deviation, f32::MAX.
+    if ((bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u) { return INF; }
     var d = v;
     if (r == c) { d = v - 1.0; }
-    let a = abs(d);
-    // NaN fails every comparison: report it as the largest deviation.
-    return select(INF, min(a, INF), a <= INF);
+    return min(abs(d), INF);
 }
 
 @compute @workgroup_size(256)

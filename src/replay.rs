@@ -12,8 +12,8 @@
 use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::optim::{
-    Algorithm, Asgo, AsgoConfig, AuonBuilder, AuonConfig, FlatAlgorithm, FlatOptimizer, MuonBuilder, MuonConfig,
-    OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Stepper,
+    Algorithm, Asgo, AsgoConfig, AuonBuilder, AuonConfig, Dasgo, DasgoConfig, FlatAlgorithm, FlatOptimizer,
+    MuonBuilder, MuonConfig, OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Stepper,
 };
 use crate::roots::MatOps;
 use crate::Context;
@@ -33,12 +33,14 @@ pub enum CaseOptimizer {
     Reg(RegConfig),
     /// ASGO (matrix parameters only).
     Asgo(AsgoConfig),
+    /// DASGO, ASGO's diagonal variant (matrix parameters only).
+    Dasgo(DasgoConfig),
     /// OASIS or SANIA (global step sizes over a flat vector).
     Flat(FlatAlgorithm),
 }
 
 /// Replay names of the matrix optimizers (beside the elementwise ones).
-pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo"];
+pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo", "dasgo"];
 
 /// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` (\[T\],
 /// the loss at each step) in inputs.npz.
@@ -98,6 +100,10 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         let c: AsgoConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Asgo(c)
+    } else if name == "dasgo" {
+        let c: DasgoConfig = parse(hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Dasgo(c)
     } else if name == "oasis" {
         let c: OasisConfig = parse(hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
@@ -134,7 +140,9 @@ pub fn load_case(dir: &Path) -> Result<Case> {
             got: grads.shape().to_vec(),
         });
     }
-    if matches!(algorithm, CaseOptimizer::Muon(_) | CaseOptimizer::Asgo(_)) && param.ndim() != 2 {
+    if matches!(algorithm, CaseOptimizer::Muon(_) | CaseOptimizer::Asgo(_) | CaseOptimizer::Dasgo(_))
+        && param.ndim() != 2
+    {
         return Err(invalid(&npz_path, format!("{name} takes a 2-D param, got shape {:?}", param.shape())));
     }
     let needs_hess = matches!(&algorithm, CaseOptimizer::Elementwise(a) if a.needs_hessian())
@@ -241,6 +249,13 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
                 Some(ctx) => boxed(Asgo::gpu(ctx, c.clone())?, &data, case.param.shape())?,
                 None => boxed(Asgo::cpu(c.clone())?, &data, case.param.shape())?,
             }
+        }
+        CaseOptimizer::Dasgo(c) => {
+            let mut o = match ctx {
+                Some(ctx) => Dasgo::gpu(ctx, c.clone())?,
+                None => Dasgo::cpu(c.clone())?,
+            };
+            (o.add_param("param", &data, case.param.shape())?, Box::new(o))
         }
         CaseOptimizer::Muon(c) => {
             let mut b = MuonBuilder::new(c.clone());

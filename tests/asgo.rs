@@ -22,15 +22,28 @@ use gpuopt::roots::{inv_sqrt_polar_express, polar_express_coefficients, MatOps, 
 use gpuopt::{kernels::roots::GpuMats, Error};
 use nalgebra::DMatrix;
 
+/// ALGORITHMS.md §5.7's Polar Express table, copied here from the spec (not imported from the
+/// library) so the model is independent of it.
+const SPEC_TABLE: [(f64, f64, f64); 8] = [
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+];
+
 /// Polar Express in f64 (§5.7.3), the coefficients divided by the safety factor in f64.
 fn polar_express_f64(v: &DMatrix<f64>, eps: f64, steps: usize) -> DMatrix<f64> {
     let n = v.nrows();
     let ident = DMatrix::<f64>::identity(n, n);
     let s = (v + &ident * eps).norm() * 1.01;
     let (mut y, mut z) = (v / s, ident.clone());
-    let last = POLAR_EXPRESS.len() - 1;
+    let last = SPEC_TABLE.len() - 1;
     for k in 0..steps {
-        let (a, b, c) = POLAR_EXPRESS[k.min(last)];
+        let (a, b, c) = SPEC_TABLE[k.min(last)];
         let f = if k < last { 1.01f64 } else { 1.0 };
         let (a, b, c) = (a / f, b / f.powi(3), c / f.powi(5));
         let t = &z * &y;
@@ -108,8 +121,9 @@ fn polar_express_coefficients_carry_the_safety_factor() {
     for k in [7, 8, 50] {
         assert_eq!(polar_express_coefficients(k), (1.875, -1.25, 0.375));
     }
-    // The last two polynomials have p(1) = a + b + c = 1: Z·Y = I is the fixed point the iteration
-    // settles on (Z·Y ← T·p(T)² for T = Z·Y).
+    // The library's table is the spec's, and its last two polynomials have p(1) = a + b + c = 1:
+    // Z·Y = I is the fixed point the iteration settles on (Z·Y ← T·p(T)² for T = Z·Y).
+    assert_eq!(POLAR_EXPRESS, SPEC_TABLE);
     for &(a, b, c) in &POLAR_EXPRESS[6..] {
         assert!((a + b + c - 1.0).abs() < 1e-12, "{a} + {b} + {c}");
     }
@@ -169,7 +183,10 @@ fn polar_express_gpu_matches_cpu_twin_and_f64_on_nearly_singular_matrices() {
     assert!(cpu.read(pz).unwrap().iter().all(|x| x.is_nan()));
 }
 
-const SHAPES: &[(usize, usize)] = &[(1, 1), (1, 5), (7, 3), (6, 6), (37, 53), (70, 20)];
+/// (rows, cols, root_iters): every shape with the default 10 iterations, and the branches where the
+/// first iteration is also the last (1) or the last follows it at once (2).
+const SHAPES: &[(usize, usize, usize)] =
+    &[(1, 1, 10), (1, 5, 10), (7, 3, 10), (6, 6, 10), (37, 53, 10), (70, 20, 10), (7, 3, 1), (4, 9, 2), (6, 6, 2)];
 
 fn grads(rows: usize, cols: usize, steps: usize, seed: u64) -> (Vec<f32>, Vec<Vec<f32>>) {
     let mut rng = TestRng::new(seed);
@@ -188,13 +205,14 @@ fn asgo_on_the_gpu_matches_the_cpu_twin_and_an_f64_model_over_12_steps() {
     // the total movement (1e-4 of it; measured at most 8e-6 on lavapipe).
     let ctx = common::ctx();
     let steps = 12;
-    for &(rows, cols) in SHAPES {
+    for &(rows, cols, root_iters) in SHAPES {
         let (p0, gs) = grads(rows, cols, steps, (rows * 100 + cols) as u64);
-        let mut gpu = Asgo::gpu(&ctx, cfg()).unwrap();
-        let mut cpu = Asgo::cpu(cfg()).unwrap();
+        let c = AsgoConfig { root_iters, ..cfg() };
+        let mut gpu = Asgo::gpu(&ctx, c.clone()).unwrap();
+        let mut cpu = Asgo::cpu(c.clone()).unwrap();
         let ig = gpu.add_param("w", &p0, &[rows, cols]).unwrap();
         let ic = cpu.add_param("w", &p0, &[rows, cols]).unwrap();
-        let mut model = Model::new(cfg(), &p0, rows, cols);
+        let mut model = Model::new(c, &p0, rows, cols);
         let mut worst = (0.0f64, 0.0f64);
         for (t, g) in gs.iter().enumerate() {
             gpu.write_grad(ig, g).unwrap();
@@ -208,10 +226,14 @@ fn asgo_on_the_gpu_matches_the_cpu_twin_and_an_f64_model_over_12_steps() {
             let pc64: Vec<f64> = pc.iter().map(|&x| x as f64).collect();
             let (eg, ec) = (d(&pg, &pc64) / moved, d(&pc, &pm) / moved);
             worst = (worst.0.max(eg), worst.1.max(ec));
-            assert!(eg < 1e-4, "{rows}x{cols} step {}: GPU vs CPU twin {eg:e} of the movement", t + 1);
-            assert!(ec < 1e-4, "{rows}x{cols} step {}: CPU twin vs f64 model {ec:e} of the movement", t + 1);
+            assert!(eg < 1e-4, "{rows}x{cols}/{root_iters} step {}: GPU vs CPU twin {eg:e} of the movement", t + 1);
+            assert!(
+                ec < 1e-4,
+                "{rows}x{cols}/{root_iters} step {}: CPU twin vs f64 model {ec:e} of the movement",
+                t + 1
+            );
         }
-        eprintln!("{rows}x{cols}: worst GPU-CPU {:e}, CPU-f64 {:e}", worst.0, worst.1);
+        eprintln!("{rows}x{cols}/{root_iters}: worst GPU-CPU {:e}, CPU-f64 {:e}", worst.0, worst.1);
         assert_eq!(gpu.step_count().unwrap(), steps as u64);
     }
 }
@@ -257,7 +279,7 @@ fn the_first_step_is_the_polar_factor_at_rms_two_tenths() {
     // factor Q of G (Q·Qᵀ = I on the short side). Scaled to RMS 0.2: Δ = −lr·0.2·sqrt(long)·Q.
     // Checked against the maths, not the model: ‖Δ·Δᵀ/(lr²·0.04·long) − I‖_max on the short side
     // (Polar Express on singular values spread 1:4 converges to f32 accuracy; bound 1e-4), and
-    // RMS(Δ)/lr = 0.2 to 1e-5.
+    // RMS(Δ)/lr = 0.2 to 1e-4 relative (that one holds for any finite P: the scaling's own check).
     let ctx = common::ctx();
     for &(rows, cols) in &[(5, 9), (9, 5), (8, 8)] {
         let g64 = well_conditioned(rows, cols, (rows * cols) as u64);
@@ -272,7 +294,7 @@ fn the_first_step_is_the_polar_factor_at_rms_two_tenths() {
         let p1 = opt.read_param(id).unwrap();
         let d = DMatrix::from_row_iterator(rows, cols, p1.iter().map(|&x| -x as f64 / lr));
         let rms = (d.norm_squared() / (rows * cols) as f64).sqrt();
-        assert!((rms - 0.2).abs() < 1e-5 * 0.2 * 10.0, "{rows}x{cols}: RMS {rms}");
+        assert!((rms - 0.2).abs() < 1e-4 * 0.2, "{rows}x{cols}: RMS {rms}");
         let (short, long) = (rows.min(cols), rows.max(cols));
         let gram = if rows <= cols { &d * d.transpose() } else { d.transpose() * &d };
         let dev = (gram / (0.04 * long as f64) - DMatrix::<f64>::identity(short, short)).amax();
@@ -370,10 +392,18 @@ fn non_finite_gradients_skip_the_step_and_keep_every_state() {
         }
         assert!(!a.found_non_finite().unwrap());
     }
+    // A NaN gradient rewritten with a finite one before the step is not a skip.
+    a.write_grad(w, &[f32::NAN; 24]).unwrap();
+    a.write_grad(w, &gs[0]).unwrap();
+    b.write_grad(bw, &gs[0]).unwrap();
+    for opt in [&mut a, &mut b] {
+        opt.step().unwrap();
+    }
+    assert!(!a.found_non_finite().unwrap());
     // The skipped steps left no trace: same trajectory as a run without them.
     assert_eq!(a.read_param(w).unwrap(), b.read_param(bw).unwrap());
     assert_eq!(a.read_param(x).unwrap(), b.read_param(bx).unwrap());
-    assert_eq!(a.step_count().unwrap(), 4);
+    assert_eq!(a.step_count().unwrap(), 5);
 }
 
 #[test]
@@ -437,6 +467,14 @@ fn bad_input_is_refused_with_a_clear_error() {
     assert!(opt.set_lr(GroupId(0), f64::NAN).is_err());
     assert_eq!(opt.config().lr, cfg().lr, "a refused lr changes nothing");
     assert!(opt.read_state(id, "v").is_err());
+    // An lr whose f32 step factor overflows is refused at the step, before anything changes.
+    assert!(matches!(Asgo::cpu(AsgoConfig { eps: 1e39, ..cfg() }), Err(Error::Hyperparameter { .. })));
+    let mut big = Asgo::cpu(AsgoConfig { lr: 1e39, weight_decay: 0.0, ..cfg() }).unwrap();
+    let w = big.add_param("w", &[1.0; 6], &[2, 3]).unwrap();
+    big.write_grad(w, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    assert!(matches!(big.step(), Err(Error::Hyperparameter { .. })));
+    assert_eq!(big.read_state(w, "momentum").unwrap(), vec![0.0; 6]);
+    assert_eq!(big.step_count().unwrap(), 0);
 }
 
 #[test]

@@ -49,6 +49,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend_from_slice(crate::optim::muon::SPECS);
     v.extend_from_slice(crate::optim::auon::SPECS);
     v.extend_from_slice(crate::optim::reg::SPECS);
+    v.extend_from_slice(crate::optim::dasgo::SPECS);
     v.extend_from_slice(crate::optim::oasis::SPECS);
     v.extend_from_slice(crate::mlp::SPECS);
     v

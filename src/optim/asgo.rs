@@ -41,7 +41,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{f32_step, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::roots::GpuMats;
@@ -93,8 +93,8 @@ impl AsgoConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return bad("beta2", self.beta2, "must lie in [0, 1)");
         }
-        if !self.eps.is_finite() || self.eps < 0.0 {
-            return bad("eps", self.eps, "must be finite and >= 0");
+        if !(self.eps as f32).is_finite() || self.eps < 0.0 {
+            return bad("eps", self.eps, "must be finite in f32 and >= 0");
         }
         if !(1..=MAX_ROOT_ITERS).contains(&self.root_iters) {
             return bad("root_iters", self.root_iters as f64, "must be from 1 to 100");
@@ -135,10 +135,7 @@ pub struct Asgo<O: MatOps> {
     /// A 1×1 matrix holding 1: the numerator of the RMS scaling's ratio.
     one: Mat,
     t: u64,
-    skipped: u64,
-    /// A gradient written since the last step held NaN or Inf.
-    pending_non_finite: bool,
-    last_skipped: bool,
+    guard: HostGuard,
 }
 
 impl Asgo<GpuMats> {
@@ -162,7 +159,7 @@ impl<O: MatOps> Asgo<O> {
         let one = ops.alloc(1, 1, 1)?;
         ops.affine(one, None, 0.0, Scale::One, 0.0, 1.0)?;
         let (params, metas) = (Vec::new(), Vec::new());
-        Ok(Asgo { ops, cfg, params, metas, one, t: 0, skipped: 0, pending_non_finite: false, last_skipped: false })
+        Ok(Asgo { ops, cfg, params, metas, one, t: 0, guard: HostGuard::default() })
     }
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
@@ -190,6 +187,7 @@ impl<O: MatOps> Asgo<O> {
             precond: ops.alloc(1, r, r)?,
         };
         self.params.push(param);
+        self.guard.add_param();
         self.metas.push(ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 });
         Ok(ParamId(self.params.len() - 1))
     }
@@ -215,7 +213,8 @@ impl<O: MatOps> Asgo<O> {
     }
 
     /// (5.7.1)–(5.7.6) for one parameter; its scratch matrices are the caller's to release.
-    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat) -> Result<()> {
+    /// `step` is lr·0.2·sqrt(mn) in f32.
+    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat, step: f32) -> Result<()> {
         let (m, n, r) = (p.rows, p.cols, p.side());
         let (mu, b2) = (cfg.momentum as f32, cfg.beta2 as f32);
         ops.affine(p.momentum, Some(p.grad), 1.0 - mu, Scale::One, mu, 0.0)?;
@@ -240,24 +239,27 @@ impl<O: MatOps> Asgo<O> {
         }
         let norm = ops.alloc(1, 1, 1)?;
         ops.frobenius(u, norm)?;
-        let step = -(cfg.lr * 0.2 * ((m * n) as f64).sqrt()) as f32;
-        ops.affine(p.p, Some(u), step, Scale::Ratio(one, norm), (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)
+        ops.affine(p.p, Some(u), -step, Scale::Ratio(one, norm), (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)
     }
 }
 
 impl<O: MatOps> Stepper for Asgo<O> {
     /// One step over every parameter with the gradients written since the last one (a parameter
     /// whose gradient was not written reuses its last). Skipped, changing nothing, when one of them
-    /// held NaN or Inf. One submit, nothing read back.
+    /// held NaN or Inf (and was not rewritten since). One submit, nothing read back.
     fn step(&mut self) -> Result<()> {
-        self.last_skipped = std::mem::take(&mut self.pending_non_finite);
-        if self.last_skipped {
-            self.skipped += 1;
+        // The f32 factors first, so an lr that overflows changes nothing.
+        let factors = self
+            .params
+            .iter()
+            .map(|p| f32_step(self.cfg.lr, 0.2 * ((p.rows * p.cols) as f64).sqrt()))
+            .collect::<Result<Vec<f32>>>()?;
+        if self.guard.skip_step() {
             return Ok(());
         }
-        for p in &self.params {
+        for (p, &step) in self.params.iter().zip(&factors) {
             let mark = self.ops.mark();
-            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one);
+            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one, step);
             self.ops.release(mark);
             r?;
         }
@@ -268,9 +270,8 @@ impl<O: MatOps> Stepper for Asgo<O> {
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         let dst = self.param(id, Some(grad.len()))?.grad;
-        if crate::reference::has_non_finite(grad) {
-            // Nothing is written: the step is skipped and every state kept.
-            self.pending_non_finite = true;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
             return Ok(());
         }
         self.ops.write(dst, grad)
@@ -301,11 +302,11 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(self.last_skipped)
+        Ok(self.guard.last_skipped())
     }
 
     fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(self.skipped)
+        Ok(self.guard.skipped())
     }
 
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
@@ -320,7 +321,7 @@ impl<O: MatOps> Stepper for Asgo<O> {
         let (values, states) = read_params_and_states(self, &STATES)?;
         let lr_wd = (self.cfg.lr, self.cfg.weight_decay);
         let mut s = config_snapshot("asgo", &self.cfg, lr_wd, self.t, &self.metas, values, states);
-        s.skipped = self.skipped;
+        s.skipped = self.guard.skipped();
         Ok(s)
     }
 
@@ -337,9 +338,7 @@ impl<O: MatOps> Stepper for Asgo<O> {
         }
         self.cfg = cfg;
         self.t = s.step;
-        self.skipped = s.skipped;
-        self.pending_non_finite = false;
-        self.last_skipped = false;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ pub mod algorithm;
 pub mod asgo;
 pub mod auon;
 pub mod checkpoint;
+pub mod dasgo;
 pub mod distributed_lion;
 mod gpu;
 pub mod muon;
@@ -35,6 +36,7 @@ pub use algorithm::{
 pub use asgo::{Asgo, AsgoConfig};
 pub use auon::{AuonBuilder, AuonConfig, AuonOptimizer, AuonVariant};
 pub use checkpoint::Snapshot;
+pub use dasgo::{Dasgo, DasgoConfig};
 pub use gpu::Optimizer;
 pub use muon::{AdjustLr, MuonBuilder, MuonConfig, MuonOptimizer};
 pub use oasis::{FlatAlgorithm, FlatOptimizer, OasisConfig, SaniaConfig, SaniaPreconditioner, SaniaVariant};
@@ -268,6 +270,68 @@ impl Core {
         g.weight_decay = wd;
         Ok(())
     }
+}
+
+/// The NaN/Inf guard of the optimizers that take host gradients (ASGO, DASGO): which gradients
+/// written since the last step held NaN or Inf (a finite rewrite of the same parameter clears its
+/// mark; a non-finite one is never written), and the steps skipped for them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostGuard {
+    bad: Vec<bool>,
+    skipped: u64,
+    last_skipped: bool,
+}
+
+impl HostGuard {
+    /// A new parameter, unmarked.
+    pub(crate) fn add_param(&mut self) {
+        self.bad.push(false);
+    }
+
+    /// Marks or clears parameter `i` for `grad`; true when the gradient is finite and may be written.
+    pub(crate) fn admit(&mut self, i: usize, grad: &[f32]) -> bool {
+        self.bad[i] = crate::reference::has_non_finite(grad);
+        !self.bad[i]
+    }
+
+    /// At a step: whether it must be skipped (then counted); clears every mark.
+    pub(crate) fn skip_step(&mut self) -> bool {
+        self.last_skipped = self.bad.iter().any(|&b| b);
+        self.bad.fill(false);
+        self.skipped += self.last_skipped as u64;
+        self.last_skipped
+    }
+
+    /// Whether the last step was skipped.
+    pub(crate) fn last_skipped(&self) -> bool {
+        self.last_skipped
+    }
+
+    /// Steps skipped so far.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// After a restore: the file's skip count, no marks.
+    pub(crate) fn reset(&mut self, skipped: u64) {
+        self.bad.fill(false);
+        self.skipped = skipped;
+        self.last_skipped = false;
+    }
+}
+
+/// lr·scale as the f32 a kernel multiplies by, or an error naming `lr` when it overflows f32 (a
+/// finite f64 lr can; checked before a step changes anything).
+pub(crate) fn f32_step(lr: f64, scale: f64) -> Result<f32> {
+    let v = (lr * scale) as f32;
+    if !v.is_finite() {
+        return Err(Error::Hyperparameter {
+            name: "lr".into(),
+            value: lr,
+            reason: format!("lr x {scale:e} overflows f32"),
+        });
+    }
+    Ok(v)
 }
 
 /// Changes a single-group optimizer's config: `change` is applied to a copy, which must pass

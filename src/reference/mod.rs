@@ -5,6 +5,7 @@
 
 pub mod adaptive;
 pub mod auon;
+pub mod dasgo;
 pub mod distributed_lion;
 pub mod gemm;
 pub mod hessian;

@@ -1,0 +1,84 @@
+// DASGO, ASGO's diagonal variant (ALGORITHMS.md §5.7; infinity-stars/ASGO optimizers/dasgo.py). For a
+// parameter viewed as rows x cols:
+//   d_j <- lerp(d_j, sum_i G_ij^2, 1 - beta2)       (one statistic per column, d = 0 at start)
+//   M   <- lerp(M, G, 1 - momentum)
+//   U_ij = M_ij / sqrt(d_j + eps)
+//   p   <- (1 - lr*wd) * p - lr * 0.2*sqrt(rows*cols) * U / (||U||_F + 1e-16)      (update RMS 0.2)
+// Four passes: column statistics, momentum with the partial sums of ||U||^2, the norm, the update.
+// CPU twin: src/reference/dasgo.rs.
+
+struct DasgoParams {
+    rows: u32,
+    cols: u32,
+    chunks: u32,
+    _pad: u32,
+    omb: f32,     // 1 - beta2
+    omm: f32,     // 1 - momentum
+    eps: f32,
+    decay: f32,   // 1 - lr * weight_decay
+    step: f32,    // lr * 0.2 * sqrt(rows * cols)
+    _p0: f32, _p1: f32, _p2: f32,
+}
+
+@group(0) @binding(0) var<uniform> dp: DasgoParams;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> d: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
+// [||U||_F, unused x 3]
+@group(0) @binding(5) var<storage, read_write> scal: array<f32>;
+@group(0) @binding(6) var<storage, read_write> p: array<f32>;
+
+#import shared/reduce
+#import shared/grid
+
+const WG: u32 = 256u;
+const CHUNK: u32 = 4096u;
+
+fn u_of(k: u32) -> f32 {
+    return m[k] / sqrt(d[k % dp.cols] + dp.eps);
+}
+
+@compute @workgroup_size(256)
+fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let j = index(wid, nwg, lid);
+    if (j >= dp.cols) { return; }
+    var sum = 0.0;
+    for (var i = 0u; i < dp.rows; i = i + 1u) {
+        let v = g[i * dp.cols + j];
+        sum = sum + v * v;
+    }
+    d[j] = lerp_torch(d[j], sum, dp.omb);
+}
+
+@compute @workgroup_size(256)
+fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let start = wid.x * CHUNK;
+    let end = min(start + CHUNK, dp.rows * dp.cols);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = start + lid; k < end; k = k + WG) {
+        m[k] = lerp_torch(m[k], g[k], dp.omm);
+        acc = acc + split_square(u_of(k));
+    }
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[wid.x] = total; }
+}
+
+@compute @workgroup_size(256)
+fn dasgo_norm(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var j = lid; j < dp.chunks; j = j + WG) { acc = acc + partials[j]; }
+    red[lid] = acc;
+    let t = workgroup_sum(lid);
+    if (lid == 0u) { scal[0] = split_norm(t); }
+}
+
+@compute @workgroup_size(256)
+fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let k = index(wid, nwg, lid);
+    if (k >= dp.rows * dp.cols) { return; }
+    p[k] = dp.decay * p[k] - (dp.step / (scal[0] + 1e-16)) * u_of(k);
+}

@@ -1,0 +1,12 @@
+// Small helpers of the per-tensor passes (Muon, REG/RACS, DASGO, the MLP).
+
+// The flat index of an invocation of a 256-wide workgroup on a 2-D grid (x, then y rows of x).
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+// torch's lerp(a, b, w): a + w·(b − a) for w < 0.5, else b − (b − a)·(1 − w) (exact at both ends).
+fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
+    if (w < 0.5) { return a + w * (b - a); }
+    return b - (b - a) * (1.0 - w);
+}

@@ -1,0 +1,28 @@
+//! CPU twin of `shaders/dasgo.wgsl` (DASGO, ALGORITHMS.md §5.7): the same operations in the same
+//! order, so the GPU is held to it at a few ulp (the norm's summation order differs).
+
+use super::muon::lerp_torch;
+use crate::optim::dasgo::DasgoParams;
+
+/// One DASGO step of a rows × cols parameter `p` with gradient `g`, column statistics `d` and momentum
+/// `m`; returns ‖U‖_F.
+pub fn dasgo_step(h: &DasgoParams, p: &mut [f32], g: &[f32], d: &mut [f32], m: &mut [f32]) -> f32 {
+    let (rows, cols) = (h.rows as usize, h.cols as usize);
+    for (j, dj) in d.iter_mut().enumerate().take(cols) {
+        let mut sum = 0.0f32;
+        for i in 0..rows {
+            sum += g[i * cols + j] * g[i * cols + j];
+        }
+        *dj = lerp_torch(*dj, sum, h.omb);
+    }
+    for (mk, gk) in m.iter_mut().zip(g) {
+        *mk = lerp_torch(*mk, *gk, h.omm);
+    }
+    let u = |k: usize| m[k] / (d[k % cols] + h.eps).sqrt();
+    let norm = (0..rows * cols).map(|k| (u(k) as f64).powi(2)).sum::<f64>().sqrt() as f32;
+    let scale = h.step / (norm + 1e-16);
+    for (k, pk) in p.iter_mut().enumerate() {
+        *pk = h.decay * *pk - scale * u(k);
+    }
+    norm
+}

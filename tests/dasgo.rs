@@ -1,0 +1,232 @@
+//! DASGO (ALGORITHMS.md §5.7, ASGO's diagonal variant): the GPU against its CPU twin and an f64 model
+//! written here from the equations, over awkward sizes (1×1 … a 2×8,388,609 parameter whose update
+//! pass needs more than 65,535 workgroups); a closed-form first step; zero and NaN gradients;
+//! checkpoints; replay; bad input.
+//!
+//! Tolerances, relative to the movement ‖p_t − p_0‖ (each step moves lr·0.2 in RMS): the GPU and the
+//! twin run the same operations in the same order except the norm's summation (f32 partial sums per
+//! workgroup against the twin's f64 sum); the f64 model differs by the f32 rounding of a few
+//! operations per step. Both are bounded by 1e-5 plus the floor f32 puts under any trajectory: p
+//! itself (|p| ≤ 1 here) is rounded to ε·|p| each step, 4·ε/(0.2·lr) relative to a step's movement.
+
+mod common;
+
+use gpuopt::optim::{Dasgo, DasgoConfig, GroupId, ParamId, Stepper};
+use gpuopt::parity::TestRng;
+use gpuopt::Error;
+
+fn cfg() -> DasgoConfig {
+    DasgoConfig { lr: 0.05, momentum: 0.8, beta2: 0.7, eps: 1e-6, weight_decay: 0.1 }
+}
+
+/// DASGO in f64 from §5.7's equations.
+struct Model {
+    c: DasgoConfig,
+    rows: usize,
+    cols: usize,
+    p: Vec<f64>,
+    d: Vec<f64>,
+    m: Vec<f64>,
+}
+
+impl Model {
+    fn new(c: DasgoConfig, p: &[f32], rows: usize, cols: usize) -> Self {
+        Model { c, rows, cols, p: p.iter().map(|&x| x as f64).collect(), d: vec![0.0; cols], m: vec![0.0; rows * cols] }
+    }
+
+    fn step(&mut self, g: &[f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        for j in 0..cols {
+            let s: f64 = (0..rows).map(|i| (g[i * cols + j] as f64).powi(2)).sum();
+            self.d[j] = self.c.beta2 * self.d[j] + (1.0 - self.c.beta2) * s;
+        }
+        for (m, g) in self.m.iter_mut().zip(g) {
+            *m = self.c.momentum * *m + (1.0 - self.c.momentum) * *g as f64;
+        }
+        let u: Vec<f64> = (0..rows * cols).map(|k| self.m[k] / (self.d[k % cols] + self.c.eps).sqrt()).collect();
+        let norm = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let scale = 0.2 * ((rows * cols) as f64).sqrt() / norm;
+        for (p, u) in self.p.iter_mut().zip(&u) {
+            *p = *p * (1.0 - self.c.lr * self.c.weight_decay) - self.c.lr * scale * u;
+        }
+    }
+}
+
+fn data(rows: usize, cols: usize, steps: usize, seed: u64) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let mut rng = TestRng::new(seed);
+    let p = rng.uniforms(rows * cols, 1.0);
+    let g = (0..steps).map(|t| rng.uniforms(rows * cols, 0.1 * (1.0 + t as f32))).collect();
+    (p, g)
+}
+
+fn dist(x: &[f32], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
+    let ctx = common::ctx();
+    // (rows, cols, steps): 2 × 8,388,609 = 16,777,218 elements, 65,537 workgroups of 256 in the update.
+    for &(rows, cols, steps) in &[(1, 1, 12), (1, 5, 12), (7, 3, 12), (37, 53, 12), (70, 20, 12), (2, 8_388_609, 2)] {
+        let (p0, gs) = data(rows, cols, steps, (rows * 31 + cols) as u64);
+        let mut gpu = Dasgo::gpu(&ctx, cfg()).unwrap();
+        let mut cpu = Dasgo::cpu(cfg()).unwrap();
+        let ig = gpu.add_param("w", &p0, &[rows, cols]).unwrap();
+        let ic = cpu.add_param("w", &p0, &[rows, cols]).unwrap();
+        let mut model = Model::new(cfg(), &p0, rows, cols);
+        let mut worst = (0.0f64, 0.0f64);
+        let bound = 1e-5 + 4.0 * f32::EPSILON as f64 / (0.2 * cfg().lr);
+        for (t, g) in gs.iter().enumerate() {
+            for (o, id) in [(&mut gpu, ig), (&mut cpu, ic)] {
+                o.write_grad(id, g).unwrap();
+                o.step().unwrap();
+            }
+            model.step(g);
+            let (pg, pc) = (gpu.read_param(ig).unwrap(), cpu.read_param(ic).unwrap());
+            let moved = dist(&p0, &model.p);
+            let pc64: Vec<f64> = pc.iter().map(|&x| x as f64).collect();
+            let (eg, ec) = (dist(&pg, &pc64) / moved, dist(&pc, &model.p) / moved);
+            worst = (worst.0.max(eg), worst.1.max(ec));
+            assert!(eg < bound, "{rows}x{cols} step {}: GPU vs CPU twin {eg:e} of the movement", t + 1);
+            assert!(ec < bound, "{rows}x{cols} step {}: CPU twin vs f64 model {ec:e} of the movement", t + 1);
+        }
+        eprintln!("{rows}x{cols}: worst GPU-CPU {:e}, CPU-f64 {:e}", worst.0, worst.1);
+        assert_eq!(gpu.read_state(ig, "precond").unwrap().len(), cols);
+    }
+}
+
+#[test]
+fn first_step_normalises_each_column_in_closed_form() {
+    // momentum 0, beta2 0, eps ≈ 0: U_ij = G_ij/‖G_:j‖, every column of U a unit vector, so
+    // ‖U‖_F = sqrt(cols) and the step is Δ_ij = −lr·0.2·sqrt(rows)·G_ij/‖G_:j‖ (worked from the
+    // equations, not from the code), on the GPU and the twin.
+    let ctx = common::ctx();
+    let (rows, cols) = (5, 4);
+    let g = TestRng::new(2).uniforms(rows * cols, 1.0);
+    let c = DasgoConfig { lr: 0.1, momentum: 0.0, beta2: 0.0, eps: 1e-30, weight_decay: 0.0 };
+    let p0 = vec![0.0f32; rows * cols];
+    let mut gpu = Dasgo::gpu(&ctx, c.clone()).unwrap();
+    let mut cpu = Dasgo::cpu(c).unwrap();
+    for opt in [&mut gpu, &mut cpu] {
+        let id = opt.add_param("w", &p0, &[rows, cols]).unwrap();
+        opt.write_grad(id, &g).unwrap();
+        opt.step().unwrap();
+        let p = opt.read_param(id).unwrap();
+        for j in 0..cols {
+            let norm = (0..rows).map(|i| (g[i * cols + j] as f64).powi(2)).sum::<f64>().sqrt();
+            for i in 0..rows {
+                let want = -0.1 * 0.2 * (rows as f64).sqrt() * g[i * cols + j] as f64 / norm;
+                let got = p[i * cols + j] as f64;
+                assert!((got - want).abs() < 1e-6 * want.abs().max(1e-3), "({i}, {j}): {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_and_non_finite_gradients() {
+    let ctx = common::ctx();
+    let (p0, gs) = data(6, 4, 3, 8);
+    let mut a = Dasgo::gpu(&ctx, DasgoConfig { weight_decay: 0.0, ..cfg() }).unwrap();
+    let w = a.add_param("w", &p0, &[6, 4]).unwrap();
+    // A zero gradient first: zero momentum, no step (the reference would write 0/0 = NaN).
+    a.write_grad(w, &[0.0; 24]).unwrap();
+    a.step().unwrap();
+    assert_eq!(a.read_param(w).unwrap(), p0);
+    a.write_grad(w, &gs[0]).unwrap();
+    a.step().unwrap();
+    let before = (a.read_param(w).unwrap(), a.read_state(w, "momentum").unwrap(), a.read_state(w, "precond").unwrap());
+    let mut bad = gs[1].clone();
+    bad[3] = f32::NAN;
+    a.write_grad(w, &bad).unwrap();
+    a.step().unwrap();
+    assert!(a.found_non_finite().unwrap());
+    assert_eq!(a.skipped_steps().unwrap(), 1);
+    let after = (a.read_param(w).unwrap(), a.read_state(w, "momentum").unwrap(), a.read_state(w, "precond").unwrap());
+    assert_eq!(before, after, "a skipped step must change nothing");
+    a.write_grad(w, &gs[1]).unwrap();
+    a.step().unwrap();
+    assert!(!a.found_non_finite().unwrap());
+    assert_eq!(a.step_count().unwrap(), 3);
+}
+
+#[test]
+fn checkpoints_resume_bit_identically_and_refuse_mismatches() {
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dasgo.safetensors");
+    let (p0, gs) = data(5, 7, 6, 12);
+    let mut a = Dasgo::gpu(&ctx, cfg()).unwrap();
+    let id = a.add_param("w", &p0, &[5, 7]).unwrap();
+    for g in &gs[..3] {
+        a.write_grad(id, g).unwrap();
+        a.step().unwrap();
+    }
+    a.save(&path).unwrap();
+    // Resumed on the CPU twin: the file is backend-neutral.
+    let mut b = Dasgo::cpu(DasgoConfig::default()).unwrap();
+    let ib = b.add_param("w", &p0, &[5, 7]).unwrap();
+    b.load(&path).unwrap();
+    assert_eq!(b.config(), &cfg());
+    let mut c = Dasgo::gpu(&ctx, DasgoConfig::default()).unwrap();
+    let ic = c.add_param("w", &p0, &[5, 7]).unwrap();
+    c.load(&path).unwrap();
+    for g in &gs[3..] {
+        for (o, i) in [(&mut a, id), (&mut c, ic), (&mut b, ib)] {
+            o.write_grad(i, g).unwrap();
+            o.step().unwrap();
+        }
+    }
+    assert_eq!(a.read_param(id).unwrap(), c.read_param(ic).unwrap(), "GPU resumed bit-identically");
+    let (pa, pb) = (a.read_param(id).unwrap(), b.read_param(ib).unwrap());
+    assert!(pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)));
+    let mut d = Dasgo::gpu(&ctx, cfg()).unwrap();
+    let idd = d.add_param("w", &p0, &[7, 5]).unwrap();
+    assert!(matches!(d.load(&path), Err(Error::Checkpoint { .. })));
+    assert_eq!(d.read_param(idd).unwrap(), p0);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    for c in [
+        DasgoConfig { eps: 0.0, ..cfg() },
+        DasgoConfig { momentum: 1.0, ..cfg() },
+        DasgoConfig { beta2: f64::NAN, ..cfg() },
+        DasgoConfig { lr: -1.0, ..cfg() },
+    ] {
+        assert!(matches!(Dasgo::cpu(c.clone()), Err(Error::Hyperparameter { .. })), "{c:?}");
+    }
+    let mut opt = Dasgo::cpu(cfg()).unwrap();
+    assert!(opt.add_param("b", &[1.0; 3], &[3]).unwrap_err().to_string().contains("AdamW"));
+    let id = opt.add_param("w", &[1.0; 6], &[2, 3]).unwrap();
+    assert!(opt.add_param("w", &[1.0; 6], &[3, 2]).is_err(), "duplicate name");
+    assert!(matches!(opt.write_grad(id, &[1.0; 5]), Err(Error::Shape { .. })));
+    assert!(opt.read_param(ParamId(7)).is_err());
+    assert!(opt.set_weight_decay(GroupId(0), f64::INFINITY).is_err());
+    assert_eq!(opt.config(), &cfg());
+    assert!(opt.read_state(id, "d").is_err());
+}
+
+#[test]
+fn replay_runs_dasgo_with_the_cases_hyperparameters() {
+    use ndarray_npy::NpzWriter;
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("case.json"), r#"{"optimizer": "dasgo", "hyper": {"lr": 0.05, "beta2": 0.5}}"#)
+        .unwrap();
+    let (p0, gs) = data(4, 6, 4, 30);
+    let mut w = NpzWriter::new(std::fs::File::create(dir.path().join("inputs.npz")).unwrap());
+    w.add_array("param", &ndarray::Array2::from_shape_vec((4, 6), p0.clone()).unwrap()).unwrap();
+    w.add_array("grads", &ndarray::Array3::from_shape_vec((4, 4, 6), gs.concat()).unwrap()).unwrap();
+    w.finish().unwrap();
+    let case = gpuopt::replay::load_case(dir.path()).unwrap();
+    let g: Vec<f32> = gpuopt::replay::run(&case, Some(&ctx)).unwrap().iter().copied().collect();
+    let c: Vec<f32> = gpuopt::replay::run(&case, None).unwrap().iter().copied().collect();
+    let mut model = Model::new(DasgoConfig { lr: 0.05, beta2: 0.5, ..DasgoConfig::default() }, &p0, 4, 6);
+    for gr in &gs {
+        model.step(gr);
+    }
+    let last = &g[g.len() - 24..];
+    assert!(dist(last, &model.p) / dist(&p0, &model.p) < 1e-5, "replay vs model");
+    assert!(g.iter().zip(&c).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)), "GPU vs CPU replay");
+}
