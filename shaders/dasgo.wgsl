@@ -2,16 +2,19 @@
 // parameter viewed as rows x cols:
 //   d_j <- lerp(d_j, sum_i G_ij^2, 1 - beta2)       (one statistic per column, d = 0 at start)
 //   M   <- lerp(M, G, 1 - momentum)
-//   U_ij = M_ij / sqrt(d_j + eps)
+//   U_ij = M_ij * r_j,  r_j = 1 / sqrt(d_j + eps)   (the reference's M * (d + eps)^-0.5)
 //   p   <- (1 - lr*wd) * p - lr * 0.2*sqrt(rows*cols) * U / (||U||_F + 1e-16)      (update RMS 0.2)
-// Four passes: column statistics, momentum with the partial sums of ||U||^2, the norm, the update.
+// Four passes: column statistics (and r), momentum with the partial sums of ||U||^2, the norm, the
+// update. The last two element passes walk 4096-element chunks, each invocation every 256th element,
+// so its column advances by 256 mod cols (`wrap`) with one compare instead of a division per element
+// (integer division is scalar on CPU drivers: it cost lavapipe more than the arithmetic).
 // CPU twin: src/reference/dasgo.rs.
 
 struct DasgoParams {
     rows: u32,
     cols: u32,
     chunks: u32,
-    _pad: u32,
+    wrap: u32,    // 256 mod cols
     omb: f32,     // 1 - beta2
     omm: f32,     // 1 - momentum
     eps: f32,
@@ -28,6 +31,7 @@ struct DasgoParams {
 // [||U||_F, unused x 3]
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
+@group(0) @binding(7) var<storage, read_write> r: array<f32>;
 
 #import shared/reduce
 #import shared/grid
@@ -35,8 +39,14 @@ struct DasgoParams {
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
-fn u_of(k: u32) -> f32 {
-    return m[k] / sqrt(d[k % dp.cols] + dp.eps);
+// The chunk of a workgroup on a 2-D grid (more than 65,535 chunks on large bindings).
+fn chunk_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+fn next_col(j: u32) -> u32 {
+    let n = j + dp.wrap;
+    return select(n, n - dp.cols, n >= dp.cols);
 }
 
 @compute @workgroup_size(256)
@@ -49,21 +59,29 @@ fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let v = g[i * dp.cols + j];
         sum = sum + v * v;
     }
-    d[j] = lerp_torch(d[j], sum, dp.omb);
+    let dj = lerp_torch(d[j], sum, dp.omb);
+    d[j] = dj;
+    r[j] = 1.0 / sqrt(dj + dp.eps);
 }
 
 @compute @workgroup_size(256)
-fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let start = wid.x * CHUNK;
+fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let chunk = chunk_of(wid, nwg);
+    if (chunk >= dp.chunks) { return; }
+    let start = chunk * CHUNK;
     let end = min(start + CHUNK, dp.rows * dp.cols);
     var acc = vec2<f32>(0.0, 0.0);
+    var j = (start + lid) % dp.cols;
     for (var k = start + lid; k < end; k = k + WG) {
-        m[k] = lerp_torch(m[k], g[k], dp.omm);
-        acc = acc + split_square(u_of(k));
+        let mk = lerp_torch(m[k], g[k], dp.omm);
+        m[k] = mk;
+        acc = acc + split_square(mk * r[j]);
+        j = next_col(j);
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[wid.x] = total; }
+    if (lid == 0u) { partials[chunk] = total; }
 }
 
 @compute @workgroup_size(256)
@@ -78,7 +96,14 @@ fn dasgo_norm(@builtin(local_invocation_index) lid: u32) {
 @compute @workgroup_size(256)
 fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let k = index(wid, nwg, lid);
-    if (k >= dp.rows * dp.cols) { return; }
-    p[k] = dp.decay * p[k] - (dp.step / (scal[0] + 1e-16)) * u_of(k);
+    let chunk = chunk_of(wid, nwg);
+    if (chunk >= dp.chunks) { return; }
+    let start = chunk * CHUNK;
+    let end = min(start + CHUNK, dp.rows * dp.cols);
+    let scale = dp.step / (scal[0] + 1e-16);
+    var j = (start + lid) % dp.cols;
+    for (var k = start + lid; k < end; k = k + WG) {
+        p[k] = dp.decay * p[k] - scale * (m[k] * r[j]);
+        j = next_col(j);
+    }
 }

@@ -320,7 +320,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         algorithms.push((name.into(), Algorithm::from_name("lion", &hyper)?));
     }
     let multi = ["adamw", "lion"];
-    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 3) as u64, show_progress);
+    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 4) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         for (name, alg) in &algorithms {
@@ -363,6 +363,28 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         out.push(
             Record::measured("elementwise", name, vec![n], t.median_s, "copy", base.median_s)
                 .gbps(bytes)
+                .on(adapter.clone(), t.method),
+        );
+        pb.inc(1);
+    }
+    // DASGO on a 1024 x (n / 1024) matrix at its defaults: its four passes move about 28 bytes per
+    // parameter (g read twice, m read twice and written, p read and written), beside the copy
+    // kernel moving those bytes.
+    {
+        let (rows, cols) = (1024, n / 1024);
+        pb.set_message(format!("dasgo {rows}x{cols}"));
+        let mut rng = TestRng::new(8);
+        let mut opt = crate::optim::Dasgo::gpu(ctx, Default::default())?;
+        let id = opt.add_param("w", &rng.normals(n, 1.0), &[rows, cols])?;
+        opt.write_grad(id, &rng.normals(n, 1.0))?;
+        opt.write_uniforms(&opt.uniforms()?);
+        let bytes = 28 * n;
+        let copy = CopyKernel::new(ctx, bytes / 8)?;
+        let base = ctx.time(reps_for(n), batches, |enc| copy.record(ctx, enc))?;
+        let t = ctx.time(reps_for(n), batches, |enc| opt.record_step(enc))?;
+        out.push(
+            Record::measured("elementwise", "dasgo", vec![rows, cols], t.median_s, "copy", base.median_s)
+                .gbps(bytes as f64)
                 .on(adapter.clone(), t.method),
         );
         pb.inc(1);

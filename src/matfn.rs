@@ -4,8 +4,10 @@
 //! - `newton_schulz5` (key `steps`, default 5): `a` is [m, n] or [b, m, n];
 //! - `polar` (key `max_iters`, default 100): `a` is [m, n]; non-convergence is an error;
 //! - `sqrt`, `inv_sqrt` (key `method`: "newton_schulz" with `iters` (default 5) and optional `tol`,
-//!   "mtp" or "mpa" with `degree` (defaults 10 and 5)): `a` is [n, n] or [b, n, n], symmetric positive
-//!   definite (checked on the host: symmetry and an f64 Cholesky factorisation);
+//!   "mtp" or "mpa" with `degree` (defaults 10 and 5); for `inv_sqrt` also "polar_express", ASGO's
+//!   root, with `iters` (default 10) and `eps` (default 0, inside its normalising norm)): `a` is
+//!   [n, n] or [b, n, n], symmetric positive definite (checked on the host: symmetry and an f64
+//!   Cholesky factorisation); a result holding NaN or Inf is an error;
 //! - `inv_root` (keys `p` (required: 1, 2, 4, …, 32), `eps` (default 1e-6, an absolute ridge),
 //!   `eps_relative` (default false: ridge = eps·λ_max), `max_iters` (100), `tol` (1e-6)): `a` is
 //!   [n, n] or [b, n, n] symmetric positive semi-definite; a final max|M − I| above 0.1 is an error.
@@ -87,30 +89,32 @@ fn check_spd(data: &[f32], b: usize, m: usize, n: usize, definite: bool) -> Resu
     Ok(())
 }
 
-fn root_with(
-    ops: &mut impl MatOps,
-    data: &[f32],
-    b: usize,
-    n: usize,
-    method: SqrtMethod,
-    inverse: bool,
-) -> Result<Vec<f32>> {
-    let a = ops.upload(data, b, n, n)?;
-    let y = if inverse { roots::inv_sqrt(ops, a, method)? } else { roots::sqrt(ops, a, method)? };
-    ops.read(y)
+/// One of the SPD matrix functions, run by [`root_fn`].
+enum RootFn {
+    /// sqrt (`false`) or inv_sqrt (`true`) by `SqrtMethod`.
+    Root(SqrtMethod, bool),
+    /// inv_sqrt by Polar Express: eps, iterations.
+    PolarExpress(f32, usize),
+    /// inv_root: p, options.
+    InvRoot(u32, InvRootOptions),
 }
 
-fn inv_root_with(
-    ops: &mut impl MatOps,
-    data: &[f32],
-    b: usize,
-    n: usize,
-    p: u32,
-    opts: InvRootOptions,
-) -> Result<Vec<f32>> {
-    let a = ops.upload(data, b, n, n)?;
-    let r = roots::inv_root(ops, a, p, opts)?;
-    ops.read(r.x)
+/// Runs `f` on the batch `data` ([b, n, n]) on the GPU (`ctx`) or the CPU twin; the result read back.
+fn root_fn(ctx: Option<Context>, data: &[f32], b: usize, n: usize, f: RootFn) -> Result<Vec<f32>> {
+    fn on(ops: &mut impl MatOps, data: &[f32], b: usize, n: usize, f: RootFn) -> Result<Vec<f32>> {
+        let a = ops.upload(data, b, n, n)?;
+        let y = match f {
+            RootFn::Root(method, true) => roots::inv_sqrt(ops, a, method)?,
+            RootFn::Root(method, false) => roots::sqrt(ops, a, method)?,
+            RootFn::PolarExpress(eps, iters) => roots::inv_sqrt_polar_express(ops, a, eps, iters)?,
+            RootFn::InvRoot(p, opts) => roots::inv_root(ops, a, p, opts)?.x,
+        };
+        ops.read(y)
+    }
+    match ctx {
+        Some(ctx) => on(&mut GpuMats::new(&ctx)?, data, b, n, f),
+        None => on(&mut CpuMats::default(), data, b, n, f),
+    }
 }
 
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,
@@ -154,14 +158,32 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
                 None => reference::newton_schulz::polar(&data, m, n, max_iters)?.0,
             }
         }
+        "sqrt" | "inv_sqrt" if json.get("method").and_then(|v| v.as_str()) == Some("polar_express") => {
+            if function == "sqrt" {
+                return Err(invalid(
+                    &case_path,
+                    "method \"polar_express\" computes inverse square roots only (inv_sqrt)",
+                ));
+            }
+            let iters = key_usize(&json, "iters", 10, &case_path)?;
+            if !(1..=crate::optim::asgo::MAX_ROOT_ITERS).contains(&iters) {
+                return Err(invalid(&case_path, "\"iters\" of polar_express must be from 1 to 100"));
+            }
+            let eps = key_f32(&json, "eps", 0.0, &case_path)?;
+            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
+            let y = root_fn(backend()?, &data, b, n, RootFn::PolarExpress(eps, iters))?;
+            if reference::has_non_finite(&y) {
+                return Err(Error::Invalid(format!(
+                    "polar_express broke down (NaN or Inf after {iters} iterations): the matrix is too close to singular for f32"
+                )));
+            }
+            y
+        }
         "sqrt" | "inv_sqrt" => {
             let method = sqrt_method(&json, &case_path)?;
             check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
             let inverse = function == "inv_sqrt";
-            match backend()? {
-                Some(ctx) => root_with(&mut GpuMats::new(&ctx)?, &data, b, n, method, inverse)?,
-                None => root_with(&mut CpuMats::default(), &data, b, n, method, inverse)?,
-            }
+            root_fn(backend()?, &data, b, n, RootFn::Root(method, inverse))?
         }
         "inv_root" => {
             let p = match json.get("p").and_then(|v| v.as_u64()) {
@@ -180,10 +202,7 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
                 tol: key_f32(&json, "tol", 1e-6, &case_path)?,
             };
             check_spd(&data, b, m, n, false).map_err(|e| invalid(&npz_path, e))?;
-            match backend()? {
-                Some(ctx) => inv_root_with(&mut GpuMats::new(&ctx)?, &data, b, n, p, opts)?,
-                None => inv_root_with(&mut CpuMats::default(), &data, b, n, p, opts)?,
-            }
+            root_fn(backend()?, &data, b, n, RootFn::InvRoot(p, opts))?
         }
         other => {
             return Err(invalid(&case_path, format!("unknown function {other:?} (known: {})", FUNCTIONS.join(", "))))

@@ -227,6 +227,7 @@ fn matfn_runs_on_both_backends_and_agrees() {
         (r#"{"function": "sqrt", "method": "mpa"}"#, vec![9, 9]),
         (r#"{"function": "inv_sqrt", "method": "mtp", "degree": 12}"#, vec![9, 9]),
         (r#"{"function": "inv_sqrt", "method": "newton_schulz", "iters": 30, "tol": 1e-5}"#, vec![3, 5, 5]),
+        (r#"{"function": "inv_sqrt", "method": "polar_express", "iters": 12, "eps": 1e-6}"#, vec![2, 7, 7]),
         (r#"{"function": "inv_root", "p": 4, "eps": 1e-4}"#, vec![9, 9]),
         (r#"{"function": "inv_root", "p": 2, "eps": 1e-3, "eps_relative": true}"#, vec![2, 6, 6]),
     ] {
@@ -257,6 +258,12 @@ fn matfn_bad_cases_fail_with_one_line_and_no_output() {
         ("no function", r#"{"steps": 5}"#, vec![3, 3]),
         ("sqrt of a non-symmetric matrix", r#"{"function": "sqrt"}"#, vec![3, 3]),
         ("unknown sqrt method", r#"{"function": "sqrt", "method": "eig"}"#, vec![3, 3]),
+        ("polar express for sqrt", r#"{"function": "sqrt", "method": "polar_express"}"#, vec![3, 3]),
+        (
+            "polar express, 0 iterations",
+            r#"{"function": "inv_sqrt", "method": "polar_express", "iters": 0}"#,
+            vec![3, 3],
+        ),
         ("inv_root without p", r#"{"function": "inv_root"}"#, vec![3, 3]),
         ("inv_root p = 3", r#"{"function": "inv_root", "p": 3}"#, vec![3, 3]),
     ];
@@ -295,10 +302,17 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
 }
 
 #[test]
-fn replay_auon_hybrid_and_reg_on_both_backends() {
-    for (name, shape) in
-        [("auon", vec![30]), ("auon", vec![8, 6]), ("hybrid_auon", vec![8, 6]), ("reg", vec![8, 6]), ("reg", vec![11])]
-    {
+fn replay_auon_hybrid_reg_asgo_and_dasgo_on_both_backends() {
+    for (name, shape) in [
+        ("auon", vec![30]),
+        ("auon", vec![8, 6]),
+        ("hybrid_auon", vec![8, 6]),
+        ("reg", vec![8, 6]),
+        ("reg", vec![11]),
+        ("asgo", vec![8, 6]),
+        ("asgo", vec![5, 9]),
+        ("dasgo", vec![8, 6]),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut gshape = vec![5];
         gshape.extend(&shape);

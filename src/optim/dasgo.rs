@@ -40,14 +40,14 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
     KernelSpec { module: "dasgo", entry, bindings }
 }
-/// Column statistics d.
-pub const DASGO_COLS: KernelSpec = spec("dasgo_cols", &[(0, U), (1, R), (2, W)]);
+/// Column statistics d and their factors r = (d + eps)^(−1/2).
+pub const DASGO_COLS: KernelSpec = spec("dasgo_cols", &[(0, U), (1, R), (2, W), (7, W)]);
 /// Momentum and the partial sums of ‖U‖².
-pub const DASGO_PARTIAL: KernelSpec = spec("dasgo_partial", &[(0, U), (1, R), (2, W), (3, W), (4, W)]);
+pub const DASGO_PARTIAL: KernelSpec = spec("dasgo_partial", &[(0, U), (1, R), (3, W), (4, W), (7, W)]);
 /// ‖U‖_F.
 pub const DASGO_NORM: KernelSpec = spec("dasgo_norm", &[(0, U), (4, W), (5, W)]);
 /// The update.
-pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (2, W), (3, W), (5, W), (6, W)]);
+pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (3, W), (5, W), (6, W), (7, W)]);
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] = &[DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY];
 const CHUNK: usize = 4096;
@@ -99,7 +99,7 @@ impl DasgoConfig {
             rows: rows as u32,
             cols: cols as u32,
             chunks: (rows * cols).div_ceil(CHUNK).max(1) as u32,
-            _pad: 0,
+            wrap: (256 % cols) as u32,
             omb: (1.0 - self.beta2) as f32,
             omm: (1.0 - self.momentum) as f32,
             eps: self.eps as f32,
@@ -118,10 +118,10 @@ pub struct DasgoParams {
     pub rows: u32,
     /// Columns.
     pub cols: u32,
-    /// Partial-sum workgroups.
+    /// Partial-sum workgroups (4096 elements each; also the update's).
     pub chunks: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// 256 mod cols: how far an invocation's column advances per element it walks.
+    pub wrap: u32,
     /// 1 − β2.
     pub omb: f32,
     /// 1 − momentum.
@@ -150,6 +150,7 @@ struct Chain {
     uniform: wgpu::Buffer,
     _partials: wgpu::Buffer,
     _scal: Tensor,
+    _r: Tensor,
 }
 
 /// A parameter on the CPU twin.
@@ -220,24 +221,57 @@ impl Dasgo {
                     Tensor::zeros(ctx, &[rows, cols])?,
                     Tensor::zeros(ctx, &[cols])?,
                 );
-                let scal = Tensor::zeros(ctx, &[4])?;
+                let (scal, r) = (Tensor::zeros(ctx, &[4])?, Tensor::zeros(ctx, &[cols])?);
                 let uniform = ctx.uniform_buffer("dasgo params", 48);
                 let partials = ctx.storage_buffer("dasgo partials", 8 * n.div_ceil(CHUNK) as u64)?;
-                let (u, gb, db, mb, pb, sb, xb) =
-                    (&uniform, g.buffer(), d.buffer(), m.buffer(), &partials, scal.buffer(), p.buffer());
+                let (u, gb, db, mb, pb, sb, xb, rb) =
+                    (&uniform, g.buffer(), d.buffer(), m.buffer(), &partials, scal.buffer(), p.buffer(), r.buffer());
                 let kernels = [
-                    ctx.bind(&DASGO_COLS, &[u, gb, db])?,
-                    ctx.bind(&DASGO_PARTIAL, &[u, gb, db, mb, pb])?,
+                    ctx.bind(&DASGO_COLS, &[u, gb, db, rb])?,
+                    ctx.bind(&DASGO_PARTIAL, &[u, gb, mb, pb, rb])?,
                     ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
-                    ctx.bind(&DASGO_APPLY, &[u, db, mb, sb, xb])?,
+                    ctx.bind(&DASGO_APPLY, &[u, mb, sb, xb, rb])?,
                 ];
-                Slot::Gpu(Box::new(Chain { p, g, d, m, kernels, uniform, _partials: partials, _scal: scal }))
+                Slot::Gpu(Box::new(Chain { p, g, d, m, kernels, uniform, _partials: partials, _scal: scal, _r: r }))
             }
         };
         self.slots.push(slot);
         self.guard.add_param();
         self.metas.push(ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 });
         Ok(ParamId(self.slots.len() - 1))
+    }
+
+    /// The uniforms of the config in force, one per parameter (an error when lr overflows f32).
+    pub fn uniforms(&self) -> Result<Vec<DasgoParams>> {
+        self.metas.iter().map(|m| self.cfg.params(m.shape[0], m.len() / m.shape[0])).collect()
+    }
+
+    /// GPU: writes the parameters' uniforms (from [`Dasgo::uniforms`]) for the passes recorded next.
+    pub fn write_uniforms(&self, hs: &[DasgoParams]) {
+        if let Some(ctx) = &self.ctx {
+            for (slot, h) in self.slots.iter().zip(hs) {
+                if let Slot::Gpu(c) = slot {
+                    ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(h));
+                }
+            }
+        }
+    }
+
+    /// GPU: records one step's four passes per parameter into `enc`, with the uniforms last written;
+    /// no guard, no count (what [`Stepper::step`] submits, and what the benchmark times).
+    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+        let Some(ctx) = &self.ctx else { return };
+        for slot in &self.slots {
+            if let Slot::Gpu(c) = slot {
+                let (rows, cols) = (c.p.shape()[0], c.p.shape()[1]);
+                let [col, partial, norm, apply] = &c.kernels;
+                let chunks = (rows * cols).div_ceil(CHUNK).max(1) as u32;
+                col.record(ctx, enc, (cols as u32).div_ceil(WORKGROUP_SIZE));
+                partial.record(ctx, enc, chunks);
+                norm.record_3d(enc, (1, 1, 1));
+                apply.record(ctx, enc, chunks);
+            }
+        }
     }
 
     fn slot(&mut self, id: ParamId, len: Option<usize>) -> Result<&mut Slot> {
@@ -280,11 +314,7 @@ impl Stepper for Dasgo {
     /// of them held NaN or Inf.
     fn step(&mut self) -> Result<()> {
         // The uniforms first, so an lr that overflows f32 changes nothing.
-        let hs = self
-            .metas
-            .iter()
-            .map(|m| self.cfg.params(m.shape[0], m.len() / m.shape[0]))
-            .collect::<Result<Vec<DasgoParams>>>()?;
+        let hs = self.uniforms()?;
         if self.guard.skip_step() {
             return Ok(());
         }
@@ -297,20 +327,9 @@ impl Stepper for Dasgo {
                 }
             }
             Some(ctx) => {
+                self.write_uniforms(&hs);
                 let mut enc = ctx.encoder("dasgo step");
-                ctx.scoped("dasgo step", || {
-                    for (slot, h) in self.slots.iter().zip(&hs) {
-                        if let Slot::Gpu(c) = slot {
-                            let (rows, cols) = (h.rows as usize, h.cols as usize);
-                            ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(h));
-                            let [col, partial, norm, apply] = &c.kernels;
-                            col.record(ctx, &mut enc, (cols as u32).div_ceil(WORKGROUP_SIZE));
-                            partial.record_3d(&mut enc, (h.chunks, 1, 1));
-                            norm.record_3d(&mut enc, (1, 1, 1));
-                            apply.record(ctx, &mut enc, ((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
-                        }
-                    }
-                })?;
+                ctx.scoped("dasgo step", || self.record_step(&mut enc))?;
                 ctx.submit(enc);
             }
         }

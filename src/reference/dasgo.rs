@@ -8,17 +8,19 @@ use crate::optim::dasgo::DasgoParams;
 /// `m`; returns ‖U‖_F.
 pub fn dasgo_step(h: &DasgoParams, p: &mut [f32], g: &[f32], d: &mut [f32], m: &mut [f32]) -> f32 {
     let (rows, cols) = (h.rows as usize, h.cols as usize);
-    for (j, dj) in d.iter_mut().enumerate().take(cols) {
+    let mut r = vec![0.0f32; cols];
+    for (j, (dj, rj)) in d.iter_mut().zip(&mut r).enumerate() {
         let mut sum = 0.0f32;
         for i in 0..rows {
             sum += g[i * cols + j] * g[i * cols + j];
         }
         *dj = lerp_torch(*dj, sum, h.omb);
+        *rj = 1.0 / (*dj + h.eps).sqrt();
     }
     for (mk, gk) in m.iter_mut().zip(g) {
         *mk = lerp_torch(*mk, *gk, h.omm);
     }
-    let u = |k: usize| m[k] / (d[k % cols] + h.eps).sqrt();
+    let u = |k: usize| m[k] * r[k % cols];
     let norm = (0..rows * cols).map(|k| (u(k) as f64).powi(2)).sum::<f64>().sqrt() as f32;
     let scale = h.step / (norm + 1e-16);
     for (k, pk) in p.iter_mut().enumerate() {
