@@ -66,7 +66,12 @@ fn sqrt_method(json: &serde_json::Value, path: &Path) -> Result<SqrtMethod> {
             }
             SqrtMethod::Mpa { degree }
         }
-        other => return Err(invalid(path, format!("unknown method {other:?} (known: newton_schulz, mtp, mpa)"))),
+        other => {
+            return Err(invalid(
+                path,
+                format!("unknown method {other:?} (known: newton_schulz, mtp, mpa; polar_express for inv_sqrt)"),
+            ))
+        }
     })
 }
 
@@ -165,11 +170,15 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
                     "method \"polar_express\" computes inverse square roots only (inv_sqrt)",
                 ));
             }
+            let max = crate::optim::asgo::MAX_ROOT_ITERS;
             let iters = key_usize(&json, "iters", 10, &case_path)?;
-            if !(1..=crate::optim::asgo::MAX_ROOT_ITERS).contains(&iters) {
-                return Err(invalid(&case_path, "\"iters\" of polar_express must be from 1 to 100"));
+            if !(1..=max).contains(&iters) {
+                return Err(invalid(&case_path, format!("\"iters\" of polar_express must be from 1 to {max}")));
             }
             let eps = key_f32(&json, "eps", 0.0, &case_path)?;
+            if !eps.is_finite() || eps < 0.0 {
+                return Err(invalid(&case_path, "\"eps\" of polar_express must be >= 0 and finite in f32"));
+            }
             check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
             let y = root_fn(backend()?, &data, b, n, RootFn::PolarExpress(eps, iters))?;
             if reference::has_non_finite(&y) {

@@ -213,8 +213,8 @@ impl<O: MatOps> Asgo<O> {
     }
 
     /// (5.7.1)–(5.7.6) for one parameter; its scratch matrices are the caller's to release.
-    /// `step` is lr·0.2·sqrt(mn) in f32.
-    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat, step: f32) -> Result<()> {
+    /// `(step, decay)` are lr·0.2·sqrt(mn) and 1 − lr·wd in f32.
+    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat, (step, decay): (f32, f32)) -> Result<()> {
         let (m, n, r) = (p.rows, p.cols, p.side());
         let (mu, b2) = (cfg.momentum as f32, cfg.beta2 as f32);
         ops.affine(p.momentum, Some(p.grad), 1.0 - mu, Scale::One, mu, 0.0)?;
@@ -239,7 +239,7 @@ impl<O: MatOps> Asgo<O> {
         }
         let norm = ops.alloc(1, 1, 1)?;
         ops.frobenius(u, norm)?;
-        ops.affine(p.p, Some(u), -step, Scale::Ratio(one, norm), (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)
+        ops.affine(p.p, Some(u), -step, Scale::Ratio(one, norm), decay, 0.0)
     }
 }
 
@@ -252,14 +252,14 @@ impl<O: MatOps> Stepper for Asgo<O> {
         let factors = self
             .params
             .iter()
-            .map(|p| f32_step(self.cfg.lr, 0.2 * ((p.rows * p.cols) as f64).sqrt()))
-            .collect::<Result<Vec<f32>>>()?;
+            .map(|p| f32_step(self.cfg.lr, self.cfg.weight_decay, 0.2 * ((p.rows * p.cols) as f64).sqrt()))
+            .collect::<Result<Vec<(f32, f32)>>>()?;
         if self.guard.skip_step() {
             return Ok(());
         }
-        for (p, &step) in self.params.iter().zip(&factors) {
+        for (p, &factor) in self.params.iter().zip(&factors) {
             let mark = self.ops.mark();
-            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one, step);
+            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one, factor);
             self.ops.release(mark);
             r?;
         }

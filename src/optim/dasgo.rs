@@ -93,8 +93,9 @@ impl DasgoConfig {
         Ok(())
     }
 
-    /// The uniform for a rows × cols parameter (an error when lr·0.2·sqrt(rows·cols) overflows f32).
+    /// The uniform for a rows × cols parameter (an error when its f32 factors overflow).
     pub fn params(&self, rows: usize, cols: usize) -> Result<DasgoParams> {
+        let (step, decay) = f32_step(self.lr, self.weight_decay, 0.2 * ((rows * cols) as f64).sqrt())?;
         Ok(DasgoParams {
             rows: rows as u32,
             cols: cols as u32,
@@ -103,8 +104,8 @@ impl DasgoConfig {
             omb: (1.0 - self.beta2) as f32,
             omm: (1.0 - self.momentum) as f32,
             eps: self.eps as f32,
-            decay: (1.0 - self.lr * self.weight_decay) as f32,
-            step: f32_step(self.lr, 0.2 * ((rows * cols) as f64).sqrt())?,
+            decay,
+            step,
             _p: [0.0; 3],
         })
     }

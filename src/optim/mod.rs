@@ -320,18 +320,19 @@ impl HostGuard {
     }
 }
 
-/// lr·scale as the f32 a kernel multiplies by, or an error naming `lr` when it overflows f32 (a
-/// finite f64 lr can; checked before a step changes anything).
-pub(crate) fn f32_step(lr: f64, scale: f64) -> Result<f32> {
-    let v = (lr * scale) as f32;
-    if !v.is_finite() {
+/// The f32 factors of a normalised step, p ← decay·p − step·U/(‖U‖ + 1e-16): step = lr·scale and
+/// decay = 1 − lr·wd, or an error naming lr when either (or step·1e16, the zero-norm guard's
+/// largest factor) overflows f32, which a finite f64 lr can. Checked before a step changes anything.
+pub(crate) fn f32_step(lr: f64, wd: f64, scale: f64) -> Result<(f32, f32)> {
+    let (step, decay) = ((lr * scale) as f32, (1.0 - lr * wd) as f32);
+    if !(step * 1e16).is_finite() || !decay.is_finite() {
         return Err(Error::Hyperparameter {
             name: "lr".into(),
             value: lr,
-            reason: format!("lr x {scale:e} overflows f32"),
+            reason: format!("lr x {scale:e} x 1e16 or 1 - lr x weight_decay overflows f32"),
         });
     }
-    Ok(v)
+    Ok((step, decay))
 }
 
 /// Changes a single-group optimizer's config: `change` is applied to a copy, which must pass
