@@ -280,6 +280,33 @@ fn newton_schulz_stays_converged_on_clustered_ill_conditioned_spectra() {
                 assert!(err <= bound, "{who} ridge {ridge:e} inv={inverse}: error {err:e} > {bound:e}");
             }
         }
+        // The inverse root keeps its mirrored coupled updates: it stops at its tolerance or its growth
+        // guard. Held to its own bound (1e-5·sqrt(κ) + 1e-5, as below) on the same spectra, also with
+        // tol = 0, which runs it to the guard or max_iters.
+        for p in [2u32, 4] {
+            let want = oracle_power(&a, n, -1.0 / p as f64, 0.0);
+            for tol in [1e-6, 0.0] {
+                let opts = InvRootOptions { eps: 0.0, tol, ..Default::default() };
+                for (who, x) in [
+                    ("GPU", {
+                        let mut ops = GpuMats::new(&ctx).unwrap();
+                        let am = ops.upload(&a, 1, n, n).unwrap();
+                        let r = inv_root(&mut ops, am, p, opts).unwrap();
+                        ops.read(r.x).unwrap()
+                    }),
+                    ("CPU", {
+                        let mut ops = CpuMats::default();
+                        let am = ops.upload(&a, 1, n, n).unwrap();
+                        let r = inv_root(&mut ops, am, p, opts).unwrap();
+                        ops.read(r.x).unwrap()
+                    }),
+                ] {
+                    let err = rel(&x, &want);
+                    let bound = 1e-5 * cond.sqrt() + 1e-5;
+                    assert!(err <= bound, "{who} inv_root p={p} tol={tol} ridge {ridge:e}: {err:e} > {bound:e}");
+                }
+            }
+        }
     }
 }
 
