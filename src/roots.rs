@@ -249,6 +249,18 @@ fn product(
     ops.gemm(desc, a, b, out, addend.map(|d| d.0))
 }
 
+/// An error naming `name` unless `v` is finite and ≥ 0.
+fn finite_nonneg(name: &str, v: f32) -> Result<()> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(Error::Hyperparameter {
+            name: name.into(),
+            value: v as f64,
+            reason: "must be finite and >= 0".into(),
+        });
+    }
+    Ok(())
+}
+
 /// One identity matrix (broadcast as a GEMM addend).
 fn identity(ops: &mut impl MatOps, batch: usize, n: usize) -> Result<Mat> {
     let i = ops.alloc(batch, n, n)?;
@@ -359,19 +371,11 @@ pub fn coupled_newton_schulz(
         // (tests/roots.rs, clustered spectra). T itself stays a half-product, and so does the last
         // update, which nothing feeds back on: the root comes out exactly symmetric.
         if !last || !inverse {
-            if last {
-                mm_sym(ops, y[1], y[0], t, 1.0, None)?;
-            } else {
-                mm(ops, y[1], y[0], t, 1.0, None)?;
-            }
+            product(ops, y[1], y[0], t, 1.0, None, last)?;
             y.swap(0, 1);
         }
         if !last || inverse {
-            if last {
-                mm_sym(ops, z[1], t, z[0], 1.0, None)?;
-            } else {
-                mm(ops, z[1], t, z[0], 1.0, None)?;
-            }
+            product(ops, z[1], t, z[0], 1.0, None, last)?;
             z.swap(0, 1);
         }
         done = k + 1;
@@ -451,13 +455,7 @@ pub fn polar_express_coefficients(k: usize) -> (f32, f32, f32) {
 /// ```
 pub fn inv_sqrt_polar_express(ops: &mut impl MatOps, v: Mat, eps: f32, steps: usize) -> Result<Mat> {
     let (b, n) = square(ops, v, "polar express inverse square root")?;
-    if !eps.is_finite() || eps < 0.0 {
-        return Err(Error::Hyperparameter {
-            name: "eps".into(),
-            value: eps as f64,
-            reason: "must be finite and >= 0".into(),
-        });
-    }
+    finite_nonneg("eps", eps)?;
     into_new(ops, (b, n), |ops, out| polar_express_into(ops, v, eps, steps, out))
 }
 
@@ -710,20 +708,8 @@ pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOp
             reason: "must be a power of two from 1 to 32 (T^p by repeated squaring, as ComputePower)".into(),
         });
     }
-    if !opts.eps.is_finite() || opts.eps < 0.0 {
-        return Err(Error::Hyperparameter {
-            name: "eps".into(),
-            value: opts.eps as f64,
-            reason: "must be finite and >= 0".into(),
-        });
-    }
-    if opts.tol.is_nan() || opts.tol < 0.0 || !opts.tol.is_finite() {
-        return Err(Error::Hyperparameter {
-            name: "tol".into(),
-            value: opts.tol as f64,
-            reason: "must be finite and >= 0".into(),
-        });
-    }
+    finite_nonneg("eps", opts.eps)?;
+    finite_nonneg("tol", opts.tol)?;
     // The result first; every scratch matrix after the mark is released on the way out.
     let best = ops.alloc(b, n, n)?;
     let mark = ops.mark();

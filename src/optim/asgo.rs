@@ -41,7 +41,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::roots::GpuMats;
@@ -164,18 +164,7 @@ impl<O: MatOps> Asgo<O> {
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
-        let n: usize = shape.iter().product();
-        if shape.len() < 2 || n == 0 || n != data.len() {
-            return Err(Error::Shape {
-                what: format!("asgo parameter {name:?} (a non-empty matrix: rank 2, or higher viewed as rows x rest; give vectors to AdamW)"),
-                expected: shape.to_vec(),
-                got: vec![data.len()],
-            });
-        }
-        if self.metas.iter().any(|m| m.name == name) {
-            return Err(Error::Invalid(format!("asgo: a parameter is already named {name:?}")));
-        }
-        let (rows, cols) = (shape[0], n / shape[0]);
+        let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let r = rows.min(cols);
         let ops = &mut self.ops;
         let param = Param {
@@ -203,12 +192,7 @@ impl<O: MatOps> Asgo<O> {
     }
 
     fn param(&self, id: ParamId, len: Option<usize>) -> Result<&Param> {
-        let meta = self.metas.get(id.0).ok_or_else(|| Error::Invalid(format!("asgo: no parameter {}", id.0)))?;
-        if let Some(len) = len {
-            if len != meta.len() {
-                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
-            }
-        }
+        meta_at(&self.metas, id, len)?;
         Ok(&self.params[id.0])
     }
 

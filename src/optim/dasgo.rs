@@ -29,7 +29,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::reference::dasgo::dasgo_step;
@@ -162,6 +162,15 @@ struct Host {
     m: Vec<f32>,
 }
 
+/// A parameter's tensors, in the order [`Chain`] and [`Host`] list them.
+#[derive(Clone, Copy)]
+enum Part {
+    Values,
+    Grad,
+    Stats,
+    Momentum,
+}
+
 enum Slot {
     Gpu(Box<Chain>),
     Cpu(Host),
@@ -201,18 +210,8 @@ impl Dasgo {
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
-        let n: usize = shape.iter().product();
-        if shape.len() < 2 || n == 0 || n != data.len() {
-            return Err(Error::Shape {
-                what: format!("dasgo parameter {name:?} (a non-empty matrix: rank 2, or higher viewed as rows x rest; give vectors to AdamW)"),
-                expected: shape.to_vec(),
-                got: vec![data.len()],
-            });
-        }
-        if self.metas.iter().any(|m| m.name == name) {
-            return Err(Error::Invalid(format!("dasgo: a parameter is already named {name:?}")));
-        }
-        let (rows, cols) = (shape[0], n / shape[0]);
+        let (rows, cols) = matrix_param("dasgo", &self.metas, name, data, shape)?;
+        let n = rows * cols;
         let slot = match &self.ctx {
             None => Slot::Cpu(Host { p: data.to_vec(), g: vec![0.0; n], d: vec![0.0; cols], m: vec![0.0; n] }),
             Some(ctx) => {
@@ -276,18 +275,13 @@ impl Dasgo {
     }
 
     fn slot(&mut self, id: ParamId, len: Option<usize>) -> Result<&mut Slot> {
-        let meta = self.metas.get(id.0).ok_or_else(|| Error::Invalid(format!("dasgo: no parameter {}", id.0)))?;
-        if let Some(len) = len {
-            if len != meta.len() {
-                return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
-            }
-        }
+        meta_at(&self.metas, id, len)?;
         Ok(&mut self.slots[id.0])
     }
 
-    /// Writes one of a parameter's tensors: 0 the values, 1 the gradient, 2 the statistics, 3 the
-    /// momentum (lengths checked by the caller).
-    fn write(&mut self, id: ParamId, which: usize, data: &[f32]) -> Result<()> {
+    /// Writes one of a parameter's tensors (lengths checked by the caller).
+    fn write(&mut self, id: ParamId, which: Part, data: &[f32]) -> Result<()> {
+        let which = which as usize;
         let ctx = self.ctx.clone();
         match self.slot(id, None)? {
             Slot::Gpu(c) => {
@@ -301,7 +295,8 @@ impl Dasgo {
         }
     }
 
-    fn read(&mut self, id: ParamId, which: usize) -> Result<Vec<f32>> {
+    fn read(&mut self, id: ParamId, which: Part) -> Result<Vec<f32>> {
+        let which = which as usize;
         let ctx = self.ctx.clone();
         match self.slot(id, None)? {
             Slot::Gpu(c) => [&c.p, &c.g, &c.d, &c.m][which].to_vec(&ctx.expect("a GPU slot has a context")),
@@ -344,22 +339,22 @@ impl Stepper for Dasgo {
         if !self.guard.admit(id.0, grad) {
             return Ok(());
         }
-        self.write(id, 1, grad)
+        self.write(id, Part::Grad, grad)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
         self.slot(id, Some(data.len()))?;
-        self.write(id, 0, data)
+        self.write(id, Part::Values, data)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        self.read(id, 0)
+        self.read(id, Part::Values)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
         match state {
-            "precond" => self.read(id, 2),
-            "momentum" => self.read(id, 3),
+            "precond" => self.read(id, Part::Stats),
+            "momentum" => self.read(id, Part::Momentum),
             other => Err(Error::Invalid(format!("dasgo has no state {other:?} (momentum, precond)"))),
         }
     }
@@ -397,9 +392,9 @@ impl Stepper for Dasgo {
         let (cfg, states) = check_config_snapshot(&s, "dasgo", &self.metas, &STATES, len, DasgoConfig::validate)?;
         // Everything is checked: now write.
         for (i, st) in states.iter().enumerate() {
-            self.write(ParamId(i), 0, &s.values[i])?;
-            self.write(ParamId(i), 3, &st[0])?;
-            self.write(ParamId(i), 2, &st[1])?;
+            self.write(ParamId(i), Part::Values, &s.values[i])?;
+            self.write(ParamId(i), Part::Momentum, &st[0])?;
+            self.write(ParamId(i), Part::Stats, &st[1])?;
         }
         self.cfg = cfg;
         self.t = s.step;

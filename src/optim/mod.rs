@@ -368,13 +368,42 @@ pub(crate) fn chain_at<'a, C>(
     id: ParamId,
     len: Option<usize>,
 ) -> Result<Option<&'a C>> {
+    meta_at(params, id, len)?;
+    Ok(chains[id.0].as_ref())
+}
+
+/// The metadata of parameter `id`, checking `len` (the element count of a write) when given.
+pub(crate) fn meta_at(params: &[ParamMeta], id: ParamId, len: Option<usize>) -> Result<&ParamMeta> {
     let meta = params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;
     if let Some(len) = len {
         if len != meta.len() {
             return Err(Error::Shape { what: meta.name.clone(), expected: meta.shape.clone(), got: vec![len] });
         }
     }
-    Ok(chains[id.0].as_ref())
+    Ok(meta)
+}
+
+/// The rows × cols view of a new matrix parameter of ASGO or DASGO (`who`): rank ≥ 2 viewed as
+/// shape\[0\] × rest, non-empty, `data` of its size, and a name not yet in `params`.
+pub(crate) fn matrix_param(
+    who: &str,
+    params: &[ParamMeta],
+    name: &str,
+    data: &[f32],
+    shape: &[usize],
+) -> Result<(usize, usize)> {
+    let n: usize = shape.iter().product();
+    if shape.len() < 2 || n == 0 || n != data.len() {
+        return Err(Error::Shape {
+            what: format!("{who} parameter {name:?} (a non-empty matrix: rank 2, or higher viewed as rows x rest; give vectors to AdamW)"),
+            expected: shape.to_vec(),
+            got: vec![data.len()],
+        });
+    }
+    if params.iter().any(|m| m.name == name) {
+        return Err(Error::Invalid(format!("{who}: a parameter is already named {name:?}")));
+    }
+    Ok((shape[0], n / shape[0]))
 }
 
 /// Writes a chain's gradient (`grad`) or parameter; nothing for an empty parameter.
