@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{BoundKernel, Context, Timing, WORKGROUP_SIZE};
 use crate::kernels::COPY_VEC4;
 use crate::optim::distributed_lion::{Aggregation, DistributedLion, DistributedLionConfig};
-use crate::optim::{Algorithm, Optimizer, OptimizerBuilder, Stepper};
+use crate::optim::{Algorithm, Optimizer, OptimizerBuilder, ParamId, Stepper};
 use crate::parity::TestRng;
 use serde::Serialize;
 
@@ -576,7 +576,10 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     // Five batches: this suite's medians were swung by a slow spell in one of three.
     let batches = if quick { 2 } else { 5 };
     let singles = cases.iter().filter(|c| c.0 == 1).count();
-    let pb = progress((cases.len() + 1 + singles) as u64, show_progress);
+    // A stack of same-shape matrices as one ASGO chain beside one ASGO per matrix: the batched cases,
+    // and 48 small matrices, where dispatches rather than FLOPs set the time.
+    let stacks: Vec<_> = cases.iter().copied().filter(|c| c.0 > 1).chain([(48, 128, 128)]).collect();
+    let pb = progress((cases.len() + 1 + singles + stacks.len()) as u64, show_progress);
     let mut rng = TestRng::new(5);
     let mut out = Vec::new();
     for &(b, m, n) in &cases {
@@ -650,9 +653,67 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
                 .gflops(4.0 * r * r * c + 80.0 * r * r * r)
                 .on(adapter.clone(), "wall-clock"),
         );
+        pb.inc(1);
+    }
+    // The ASGO stacks (wall-clock, each side then reads one parameter back).
+    for (b, m, n) in stacks {
+        pb.set_message(format!("asgo stack {b}x{m}x{n}"));
+        let (r, c) = (m.min(n) as f64, m.max(n) as f64);
+        let (stack_t, apart_t) = asgo_stack_steps(ctx, (b, m, n), if quick { 1 } else { 3 }, &mut rng)?;
+        out.push(
+            Record::measured("ns", "asgo_stack_step", vec![b, m, n], stack_t, "asgo_steps_apart", apart_t)
+                .gflops(b as f64 * (4.0 * r * r * c + 80.0 * r * r * r))
+                .on(adapter.clone(), "wall-clock"),
+        );
+        pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// Median wall-clock seconds of one ASGO step over b same-shape m×n parameters stacked in one
+/// optimizer, and of one step of b optimizers holding one each, interleaved.
+fn asgo_stack_steps(
+    ctx: &Context,
+    (b, m, n): (usize, usize, usize),
+    reps: usize,
+    rng: &mut TestRng,
+) -> Result<(f64, f64)> {
+    use crate::optim::{Asgo, AsgoConfig};
+    let (p0, g) = (rng.uniforms(m * n, 1.0), rng.uniforms(m * n, 1.0));
+    let mut stack = Asgo::gpu(ctx, AsgoConfig::default())?;
+    let mut apart = Vec::new();
+    for i in 0..b {
+        let id = stack.add_param(&format!("w{i}"), &p0, &[m, n])?;
+        stack.write_grad(id, &g)?;
+        let mut one = Asgo::gpu(ctx, AsgoConfig::default())?;
+        let id = one.add_param("w", &p0, &[m, n])?;
+        one.write_grad(id, &g)?;
+        apart.push(one);
+    }
+    let mut times = (Vec::new(), Vec::new());
+    // One warm-up step each, then `reps` timed pairs.
+    for k in 0..=reps {
+        let start = std::time::Instant::now();
+        stack.step()?;
+        stack.read_param(ParamId(b - 1))?;
+        let stack_t = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        for one in &mut apart {
+            one.step()?;
+        }
+        apart[b - 1].read_param(ParamId(0))?;
+        if k > 0 {
+            times.0.push(stack_t);
+            times.1.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(&mut times.0), median(&mut times.1)))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Median wall-clock seconds of one ASGO step and of one Muon step (each followed by reading the
@@ -678,10 +739,6 @@ fn asgo_and_muon_steps(ctx: &Context, m: usize, n: usize, reps: usize, rng: &mut
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok((median(&mut times.0), median(&mut times.1)))
 }
 
@@ -768,8 +825,7 @@ fn median_wall(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         f()?;
         t.push(start.elapsed().as_secs_f64());
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(median(&mut t))
 }
 
 fn rel_error(got: &[f32], want: &[f64]) -> f64 {

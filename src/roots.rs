@@ -102,6 +102,36 @@ pub trait MatOps {
         self.release(mark);
         res
     }
+    /// Copies `count` whole matrices, dst\[dst_z + i\] ← src\[src_z + i\] (the two hold matrices of
+    /// the same element count and are different batches), in order with the work recorded before.
+    fn copy_batch(&mut self, dst: Mat, dst_z: usize, src: Mat, src_z: usize, count: usize) -> Result<()>;
+    /// Grows `m` to `batch` matrices under the same handle: the first ones keep their values (work
+    /// recorded earlier still sees the old storage), the new ones are zero.
+    fn grow(&mut self, m: Mat, batch: usize) -> Result<()>;
+    /// The most f32 elements one batch may hold (the GPU's largest storage binding).
+    fn max_elements(&self) -> usize {
+        usize::MAX
+    }
+    /// Overwrites matrix `z` of `dst` with row-major `data` (one matrix's elements), as
+    /// [`MatOps::write`] does for a whole batch.
+    fn write_at(&mut self, dst: Mat, z: usize, data: &[f32]) -> Result<()> {
+        let (_, r, c) = self.shape(dst);
+        let mark = self.mark();
+        let res = self.upload(data, 1, r, c).and_then(|up| self.copy_batch(dst, z, up, 0, 1));
+        self.release(mark);
+        res
+    }
+    /// Matrix `z` of `m`, row-major (runs everything recorded so far).
+    fn read_at(&mut self, m: Mat, z: usize) -> Result<Vec<f32>> {
+        let (_, r, c) = self.shape(m);
+        let mark = self.mark();
+        let res = self.alloc(1, r, c).and_then(|one| {
+            self.copy_batch(one, 0, m, z, 1)?;
+            self.read(one)
+        });
+        self.release(mark);
+        res
+    }
     /// Submits the work recorded so far without waiting for it (a no-op on the CPU).
     fn submit(&mut self) {}
     /// A mark of the matrices allocated so far, for [`MatOps::release`].
@@ -206,6 +236,23 @@ pub fn pade_coefficients(a: &[f64], m: usize, n: usize) -> Result<(Vec<f64>, Vec
     q.extend(q_tail.iter());
     let p = (0..=m).map(|k| (0..=k.min(n)).map(|j| q[j] * a[k - j]).sum()).collect();
     Ok((p, q))
+}
+
+/// Checks [`MatOps::copy_batch`]'s arguments; returns the elements of one matrix.
+pub(crate) fn check_copy_batch(
+    ops: &impl MatOps,
+    (dst, dst_z): (Mat, usize),
+    (src, src_z): (Mat, usize),
+    count: usize,
+) -> Result<usize> {
+    let ((db, dr, dc), (sb, sr, sc)) = (ops.shape(dst), ops.shape(src));
+    if dst == src || dr * dc != sr * sc || dst_z + count > db || src_z + count > sb {
+        return Err(Error::Invalid(format!(
+            "copy_batch of {count} matrices from {src_z} of [{sb}, {sr}, {sc}] to {dst_z} of [{db}, {dr}, {dc}] \
+             (distinct batches, equal matrix sizes, in range)"
+        )));
+    }
+    Ok(dr * dc)
 }
 
 fn square(ops: &impl MatOps, a: Mat, what: &str) -> Result<(usize, usize)> {

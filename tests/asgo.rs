@@ -19,7 +19,7 @@ use gpuopt::optim::{Asgo, AsgoConfig, GroupId, ParamId, Stepper};
 use gpuopt::parity::TestRng;
 use gpuopt::reference::roots::{oracle_power, spd_matrix, CpuMats};
 use gpuopt::roots::{inv_sqrt_polar_express, polar_express_coefficients, MatOps, POLAR_EXPRESS};
-use gpuopt::{kernels::roots::GpuMats, Error};
+use gpuopt::{kernels::roots::GpuMats, ContextOptions, Error};
 use nalgebra::DMatrix;
 
 /// ALGORITHMS.md §5.7's Polar Express table, copied here from the spec (not imported from the
@@ -236,6 +236,123 @@ fn asgo_on_the_gpu_matches_the_cpu_twin_and_an_f64_model_over_12_steps() {
         eprintln!("{rows}x{cols}/{root_iters}: worst GPU-CPU {:e}, CPU-f64 {:e}", worst.0, worst.1);
         assert_eq!(gpu.step_count().unwrap(), steps as u64);
     }
+}
+
+/// Parameters (name, rows, cols) in the order they are added: three stacks, interleaved.
+const STACKED: &[(&str, usize, usize)] =
+    &[("a", 7, 3), ("b", 1, 5), ("c", 7, 3), ("d", 6, 6), ("e", 7, 3), ("f", 1, 5), ("g", 7, 3)];
+
+/// Adds every parameter of `list` to `opt`, runs `steps` steps (gradients seeded by the parameter's
+/// position in STACKED; "c" gets zeros throughout, so its root sees only the ridge) and returns each
+/// parameter's trajectory.
+fn run_stacked<O: MatOps>(opt: &mut Asgo<O>, list: &[(&str, usize, usize)], steps: usize) -> Vec<Vec<Vec<f32>>> {
+    let seed = |name: &str| STACKED.iter().position(|s| s.0 == name).unwrap() as u64 + 40;
+    let data: Vec<_> = list.iter().map(|&(name, r, c)| grads(r, c, steps, seed(name))).collect();
+    let ids: Vec<ParamId> =
+        list.iter().zip(&data).map(|(&(name, r, c), (p0, _))| opt.add_param(name, p0, &[r, c]).unwrap()).collect();
+    let mut out = vec![Vec::new(); list.len()];
+    for t in 0..steps {
+        for (i, &(name, _, _)) in list.iter().enumerate() {
+            let g = &data[i].1[t];
+            let g = if name == "c" { vec![0.0; g.len()] } else { g.clone() };
+            opt.write_grad(ids[i], &g).unwrap();
+        }
+        opt.step().unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            out[i].push(opt.read_param(id).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn same_shape_parameters_step_as_one_stack_exactly_as_they_would_alone() {
+    // The CPU twin runs a stack matrix by matrix in the same order as a lone parameter: bit-identical.
+    // On the GPU the stack's batched products are held to the twin (1e-4 of the movement, as above)
+    // and to the GPU's own lone runs.
+    let ctx = common::ctx();
+    let steps = 6;
+    let mut cpu = Asgo::cpu(cfg()).unwrap();
+    let mut gpu = Asgo::gpu(&ctx, cfg()).unwrap();
+    let (tc, tg) = (run_stacked(&mut cpu, STACKED, steps), run_stacked(&mut gpu, STACKED, steps));
+    assert_eq!((cpu.chains(), gpu.chains()), (3, 3));
+    for (i, &one) in STACKED.iter().enumerate() {
+        let alone_cpu = run_stacked(&mut Asgo::cpu(cfg()).unwrap(), &[one], steps).remove(0);
+        let alone_gpu = run_stacked(&mut Asgo::gpu(&ctx, cfg()).unwrap(), &[one], steps).remove(0);
+        assert_eq!(tc[i], alone_cpu, "{}: stacked vs alone on the CPU", one.0);
+        let p0 = grads(one.1, one.2, steps, i as u64 + 40).0;
+        let d = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        for t in 0..steps {
+            let moved = d(&alone_cpu[t], &p0);
+            let (eg, ea) = (d(&tg[i][t], &tc[i][t]) / moved, d(&tg[i][t], &alone_gpu[t]) / moved);
+            assert!(eg < 1e-4 && ea < 1e-4, "{} step {}: GPU stack vs CPU {eg:e}, vs GPU alone {ea:e}", one.0, t + 1);
+        }
+    }
+    // "c" only decays: its zero momentum takes no step, whatever its neighbours do.
+    let c0 = grads(7, 3, steps, 42).0;
+    let decay = (1.0 - cfg().lr * cfg().weight_decay) as f32;
+    let want: Vec<f32> = c0.iter().map(|&x| (0..steps).fold(x, |v, _| v * decay)).collect();
+    assert!(rel32(&tg[2][steps - 1], &want) < 1e-6);
+}
+
+#[test]
+fn stacks_split_where_one_storage_binding_is_full_and_take_late_parameters() {
+    // Bindings of 4 KiB hold five 8×24 matrices: six parameters make two GPU stacks (the CPU has no
+    // such limit: one). A parameter added after three steps joins the second with zero state. (Wide,
+    // so G·Gᵀ is well conditioned: a square Gaussian G can make V ill-conditioned enough for 10
+    // Polar Express iterations to leave GPU and CPU rounding apart by 1e-2 of the movement.)
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });
+    let names = ["p0", "p1", "p2", "p3", "p4", "p5"];
+    let (steps, late) = (6, 3);
+    let data: Vec<_> = (0..7).map(|i| grads(8, 24, steps, 70 + i)).collect();
+    let mut gpu = Asgo::gpu(&ctx, cfg()).unwrap();
+    let mut cpu = Asgo::cpu(cfg()).unwrap();
+    let mut ids = Vec::new();
+    for (name, (p0, _)) in names.iter().zip(&data) {
+        ids.push((gpu.add_param(name, p0, &[8, 24]).unwrap(), cpu.add_param(name, p0, &[8, 24]).unwrap()));
+    }
+    assert_eq!((gpu.chains(), cpu.chains()), (2, 1));
+    let mut late_alone = Asgo::cpu(cfg()).unwrap();
+    let ia = late_alone.add_param("late", &data[6].0, &[8, 24]).unwrap();
+    for t in 0..steps {
+        if t == late {
+            let p0 = &data[6].0;
+            ids.push((gpu.add_param("late", p0, &[8, 24]).unwrap(), cpu.add_param("late", p0, &[8, 24]).unwrap()));
+            assert_eq!((gpu.chains(), cpu.chains()), (2, 1));
+        }
+        for (i, &(ig, ic)) in ids.iter().enumerate() {
+            gpu.write_grad(ig, &data[i].1[t]).unwrap();
+            cpu.write_grad(ic, &data[i].1[t]).unwrap();
+        }
+        if t >= late {
+            late_alone.write_grad(ia, &data[6].1[t]).unwrap();
+            late_alone.step().unwrap();
+        }
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        for (i, &(ig, ic)) in ids.iter().enumerate() {
+            let (pg, pc) = (gpu.read_param(ig).unwrap(), cpu.read_param(ic).unwrap());
+            let moved = rel32(&pc, &data[i].0);
+            let e = rel32(&pg, &pc) / moved;
+            assert!(e < 1e-4, "parameter {i} step {}: GPU vs CPU {e:e} of the movement", t + 1);
+        }
+    }
+    let (lg, lc) = ids[6];
+    assert_eq!(cpu.read_param(lc).unwrap(), late_alone.read_param(ia).unwrap());
+    assert_eq!(cpu.read_state(lc, "precond").unwrap(), late_alone.read_state(ia, "precond").unwrap());
+    // A snapshot of the stacks restores into an optimizer built one parameter at a time.
+    let snap = gpu.snapshot().unwrap();
+    let mut again = Asgo::gpu(&common::ctx(), AsgoConfig::default()).unwrap();
+    for (name, (p0, _)) in names.iter().chain(&["late"]).zip(&data) {
+        again.add_param(name, p0, &[8, 24]).unwrap();
+    }
+    assert_eq!(again.chains(), 1);
+    again.restore(snap).unwrap();
+    for (i, &(ig, _)) in ids.iter().enumerate() {
+        assert_eq!(again.read_param(ParamId(i)).unwrap(), gpu.read_param(ig).unwrap());
+        assert_eq!(again.read_state(ParamId(i), "momentum").unwrap(), gpu.read_state(ig, "momentum").unwrap());
+    }
+    assert_eq!(lg, ParamId(6));
 }
 
 #[test]

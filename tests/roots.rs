@@ -481,6 +481,49 @@ fn batched_equals_one_by_one() {
     }
 }
 
+/// grow / copy_batch / write_at / read_at on one backend: the stacking ASGO does, with the values
+/// each step leaves (row-major, every matrix of every batch).
+fn stack_ops(ops: &mut impl MatOps) -> Vec<Vec<f32>> {
+    let seq = |n: usize, k: f32| (0..n).map(|i| k + i as f32).collect::<Vec<f32>>();
+    let a = ops.upload(&seq(2 * 3 * 5, 1.0), 2, 3, 5).unwrap();
+    let flat = ops.upload(&seq(3 * 15, 100.0), 3, 15, 1).unwrap();
+    // Work recorded before the growth must land in what is kept.
+    ops.affine(a, None, 0.0, Scale::One, 2.0, 0.0).unwrap();
+    ops.grow(a, 5).unwrap();
+    ops.grow(a, 5).unwrap(); // the same length: a no-op
+    ops.copy_batch(a, 2, flat, 1, 2).unwrap(); // other shape, same element count
+    ops.write_at(a, 4, &seq(15, -7.0)).unwrap();
+    let mut out = vec![ops.read(a).unwrap()];
+    out.extend((0..5).map(|z| ops.read_at(a, z).unwrap()));
+    // Refused: shrinking, out of range, different sizes, the batch onto itself.
+    assert!(ops.grow(a, 4).is_err());
+    assert!(ops.copy_batch(a, 4, flat, 0, 2).is_err());
+    assert!(ops.copy_batch(a, 0, flat, 2, 2).is_err());
+    let small = ops.alloc(1, 2, 2).unwrap();
+    assert!(ops.copy_batch(small, 0, a, 0, 1).is_err());
+    assert!(ops.copy_batch(a, 0, a, 1, 1).is_err());
+    assert!(ops.write_at(a, 0, &[1.0; 14]).is_err());
+    out.push(ops.read(a).unwrap());
+    out
+}
+
+#[test]
+fn batches_grow_and_copy_matrices_in_place_on_both_backends() {
+    let ctx = common::ctx();
+    let gpu = stack_ops(&mut GpuMats::new(&ctx).unwrap());
+    let cpu = stack_ops(&mut CpuMats::default());
+    assert_eq!(gpu, cpu);
+    // Worked by hand: the doubled first two matrices, two rows of `flat`, a zero-filled slot
+    // overwritten by write_at; the refused calls changed nothing.
+    let seq = |n: usize, k: f32| (0..n).map(|i| k + i as f32).collect::<Vec<f32>>();
+    let mut want: Vec<f32> = seq(30, 1.0).iter().map(|v| 2.0 * v).collect();
+    want.extend(seq(30, 115.0));
+    want.extend(seq(15, -7.0));
+    assert_eq!(cpu[0], want);
+    assert_eq!(cpu[1..6].concat(), want);
+    assert_eq!(cpu[6], want);
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let ctx = common::ctx();

@@ -6,7 +6,7 @@ use super::gemm::{GemmDesc, GemmPlan};
 use super::newton_schulz::FrobeniusPlan;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::roots::{Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, Mat, MatOps, Scale};
 use bytemuck::{Pod, Zeroable};
 use std::any::Any;
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -361,6 +361,39 @@ impl MatOps for GpuMats {
 
     fn submit(&mut self) {
         self.flush();
+    }
+
+    fn copy_batch(&mut self, dst: Mat, dst_z: usize, src: Mat, src_z: usize, count: usize) -> Result<()> {
+        let bytes = 4 * check_copy_batch(self, (dst, dst_z), (src, src_z), count)? as u64;
+        if bytes * count as u64 > 0 {
+            let ctx = &self.ctx;
+            let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
+            let (s, d) = (self.mats[src.0].0.buffer(), self.mats[dst.0].0.buffer());
+            enc.copy_buffer_to_buffer(s, src_z as u64 * bytes, d, dst_z as u64 * bytes, Some(count as u64 * bytes));
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self, m: Mat, batch: usize) -> Result<()> {
+        let (b, r, c) = self.shape(m);
+        if batch < b {
+            return Err(Error::Invalid(format!("grow from {b} to {batch} matrices (it only grows)")));
+        }
+        let t = Tensor::zeros(&self.ctx, &[batch, r, c])?;
+        let bytes = 4 * (b * r * c) as u64;
+        if bytes > 0 {
+            let ctx = &self.ctx;
+            let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
+            enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
+        }
+        // Recorded work may still use the old buffer: keep it alive until the next submit.
+        let (old, _) = std::mem::replace(&mut self.mats[m.0], (t, (batch, r, c)));
+        self.keep.push(Box::new(old));
+        Ok(())
+    }
+
+    fn max_elements(&self) -> usize {
+        (self.ctx.max_binding_bytes() / 4) as usize
     }
 
     fn mark(&self) -> usize {

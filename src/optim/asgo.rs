@@ -13,7 +13,9 @@
 //!
 //! Written once over [`MatOps`], so the same driver runs on the GPU ([`GpuMats`]: Gram half-products,
 //! symmetric Polar Express products, GEMMs with fused addends, nothing read back) and on its CPU twin
-//! ([`CpuMats`]). Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
+//! ([`CpuMats`]). Parameters of the same shape are stacked into one batch (as many as one storage
+//! binding holds) and step as one chain of batched dispatches: a transformer's dozens of equal
+//! matrices cost one chain, and their small products fill a large GPU together. Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
 //!
 //! Where gpuopt differs from the reference, and why:
 //! - `+ 1e-16` in the RMS scaling: the reference divides by ‖U‖_F alone, so a zero momentum (a zero
@@ -106,17 +108,21 @@ impl AsgoConfig {
 /// The state names of a parameter, in checkpoints and [`Stepper::read_state`].
 const STATES: [&str; 2] = ["momentum", "precond"];
 
-struct Param {
+/// The parameters of one shape, stacked: each matrix below holds `len` of them.
+struct Group {
     rows: usize,
     cols: usize,
+    len: usize,
     p: Mat,
     grad: Mat,
     momentum: Mat,
-    /// V, r×r.
+    /// V, r×r each.
     precond: Mat,
+    /// Ones, 1×1 each: the numerators of the RMS scaling's ratios.
+    ones: Mat,
 }
 
-impl Param {
+impl Group {
     fn left(&self) -> bool {
         self.rows < self.cols
     }
@@ -124,16 +130,20 @@ impl Param {
     fn side(&self) -> usize {
         self.rows.min(self.cols)
     }
+
+    fn mats(&self) -> [Mat; 5] {
+        [self.p, self.grad, self.momentum, self.precond, self.ones]
+    }
 }
 
 /// ASGO over a [`MatOps`] backend ([`Asgo::gpu`], [`Asgo::cpu`]); steps through [`Stepper`].
 pub struct Asgo<O: MatOps> {
     ops: O,
     cfg: AsgoConfig,
-    params: Vec<Param>,
+    groups: Vec<Group>,
+    /// Each parameter's (group, index in the group).
+    slots: Vec<(usize, usize)>,
     metas: Vec<ParamMeta>,
-    /// A 1×1 matrix holding 1: the numerator of the RMS scaling's ratio.
-    one: Mat,
     t: u64,
     guard: HostGuard,
 }
@@ -154,31 +164,59 @@ impl Asgo<CpuMats> {
 
 impl<O: MatOps> Asgo<O> {
     /// An empty optimizer on `ops` (validates the configuration).
-    pub fn new(mut ops: O, cfg: AsgoConfig) -> Result<Self> {
+    pub fn new(ops: O, cfg: AsgoConfig) -> Result<Self> {
         cfg.validate()?;
-        let one = ops.alloc(1, 1, 1)?;
-        ops.affine(one, None, 0.0, Scale::One, 0.0, 1.0)?;
-        let (params, metas) = (Vec::new(), Vec::new());
-        Ok(Asgo { ops, cfg, params, metas, one, t: 0, guard: HostGuard::default() })
+        let (groups, slots, metas) = (Vec::new(), Vec::new(), Vec::new());
+        Ok(Asgo { ops, cfg, groups, slots, metas, t: 0, guard: HostGuard::default() })
     }
 
-    /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
+    /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name, stacked
+    /// with the earlier ones of its shape while their batch fits one storage binding. It starts with
+    /// zero momentum and statistics, also when added after steps.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
-        let r = rows.min(cols);
+        let max = self.ops.max_elements();
+        let fits = |g: &Group| (g.len + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
         let ops = &mut self.ops;
-        let param = Param {
-            rows,
-            cols,
-            p: ops.upload(data, 1, rows, cols)?,
-            grad: ops.alloc(1, rows, cols)?,
-            momentum: ops.alloc(1, rows, cols)?,
-            precond: ops.alloc(1, r, r)?,
+        let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
+            Some(gi) => {
+                let g = &mut self.groups[gi];
+                // `fits` rules out a refusal for size: only running out of device memory can stop
+                // this part-way.
+                for m in g.mats() {
+                    ops.grow(m, g.len + 1)?;
+                }
+                ops.write_at(g.p, g.len, data)?;
+                ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
+                g.len += 1;
+                (gi, g.len - 1)
+            }
+            None => {
+                let r = rows.min(cols);
+                let group = Group {
+                    rows,
+                    cols,
+                    len: 1,
+                    p: ops.upload(data, 1, rows, cols)?,
+                    grad: ops.alloc(1, rows, cols)?,
+                    momentum: ops.alloc(1, rows, cols)?,
+                    precond: ops.alloc(1, r, r)?,
+                    ones: ops.alloc(1, 1, 1)?,
+                };
+                ops.affine(group.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
+                self.groups.push(group);
+                (self.groups.len() - 1, 0)
+            }
         };
-        self.params.push(param);
+        self.slots.push(slot);
         self.guard.add_param();
         self.metas.push(ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 });
-        Ok(ParamId(self.params.len() - 1))
+        Ok(ParamId(self.slots.len() - 1))
+    }
+
+    /// The number of batched chains a step runs (one per stack of same-shape parameters).
+    pub fn chains(&self) -> usize {
+        self.groups.len()
     }
 
     /// The configuration in force.
@@ -186,20 +224,22 @@ impl<O: MatOps> Asgo<O> {
         &self.cfg
     }
 
-    /// The backend (e.g. to reach a parameter's GPU tensor).
+    /// The backend (its matrices are the stacks of same-shape parameters).
     pub fn backend(&mut self) -> &mut O {
         &mut self.ops
     }
 
-    fn param(&self, id: ParamId, len: Option<usize>) -> Result<&Param> {
+    /// The parameter's group and index in it.
+    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<(&Group, usize)> {
         meta_at(&self.metas, id, len)?;
-        Ok(&self.params[id.0])
+        let (g, z) = self.slots[id.0];
+        Ok((&self.groups[g], z))
     }
 
-    /// (5.7.1)–(5.7.6) for one parameter; its scratch matrices are the caller's to release.
+    /// (5.7.1)–(5.7.6) for one stack of parameters; its scratch matrices are the caller's to release.
     /// `(step, decay)` are lr·0.2·sqrt(mn) and 1 − lr·wd in f32.
-    fn param_step(ops: &mut O, cfg: &AsgoConfig, p: &Param, one: Mat, (step, decay): (f32, f32)) -> Result<()> {
-        let (m, n, r) = (p.rows, p.cols, p.side());
+    fn group_step(ops: &mut O, cfg: &AsgoConfig, p: &Group, (step, decay): (f32, f32)) -> Result<()> {
+        let (m, n, r, batch) = (p.rows, p.cols, p.side(), p.len);
         let (mu, b2) = (cfg.momentum as f32, cfg.beta2 as f32);
         ops.affine(p.momentum, Some(p.grad), 1.0 - mu, Scale::One, mu, 0.0)?;
         // The Gram half-product on the short side, V its own addend.
@@ -208,22 +248,23 @@ impl<O: MatOps> Asgo<O> {
         } else {
             GemmDesc { trans_a: true, symmetric: true, ..GemmDesc::new(n, n, m) }
         };
-        ops.gemm(GemmDesc { alpha: 1.0 - b2, beta: b2, ..gram }, p.grad, p.grad, p.precond, Some(p.precond))?;
+        let gram = GemmDesc { alpha: 1.0 - b2, beta: b2, batch, ..gram };
+        ops.gemm(gram, p.grad, p.grad, p.precond, Some(p.precond))?;
         let root = inv_sqrt_polar_express(ops, p.precond, cfg.eps as f32, cfg.root_iters)?;
         // P = I, overwritten by the root where max_dev finds neither NaN nor Inf in it.
-        let (dev, pm) = (ops.alloc(1, 1, 1)?, ops.alloc(1, r, r)?);
+        let (dev, pm) = (ops.alloc(batch, 1, 1)?, ops.alloc(batch, r, r)?);
         ops.max_dev(root, dev)?;
         ops.affine(pm, None, 0.0, Scale::One, 0.0, 1.0)?;
         ops.affine(pm, Some(root), 1.0, Scale::Finite(dev), 0.0, 0.0)?;
-        let u = ops.alloc(1, m, n)?;
+        let u = ops.alloc(batch, m, n)?;
         if p.left() {
-            ops.gemm(GemmDesc::new(m, n, m), pm, p.momentum, u, None)?;
+            ops.gemm(GemmDesc { batch, ..GemmDesc::new(m, n, m) }, pm, p.momentum, u, None)?;
         } else {
-            ops.gemm(GemmDesc::new(m, n, n), p.momentum, pm, u, None)?;
+            ops.gemm(GemmDesc { batch, ..GemmDesc::new(m, n, n) }, p.momentum, pm, u, None)?;
         }
-        let norm = ops.alloc(1, 1, 1)?;
+        let norm = ops.alloc(batch, 1, 1)?;
         ops.frobenius(u, norm)?;
-        ops.affine(p.p, Some(u), -step, Scale::Ratio(one, norm), decay, 0.0)
+        ops.affine(p.p, Some(u), -step, Scale::Ratio(p.ones, norm), decay, 0.0)
     }
 }
 
@@ -234,16 +275,16 @@ impl<O: MatOps> Stepper for Asgo<O> {
     fn step(&mut self) -> Result<()> {
         // The f32 factors first, so an lr that overflows changes nothing.
         let factors = self
-            .params
+            .groups
             .iter()
             .map(|p| f32_step(self.cfg.lr, self.cfg.weight_decay, 0.2 * ((p.rows * p.cols) as f64).sqrt()))
             .collect::<Result<Vec<(f32, f32)>>>()?;
         if self.guard.skip_step() {
             return Ok(());
         }
-        for (p, &factor) in self.params.iter().zip(&factors) {
+        for (g, &factor) in self.groups.iter().zip(&factors) {
             let mark = self.ops.mark();
-            let r = Self::param_step(&mut self.ops, &self.cfg, p, self.one, factor);
+            let r = Self::group_step(&mut self.ops, &self.cfg, g, factor);
             self.ops.release(mark);
             r?;
         }
@@ -253,32 +294,35 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        let dst = self.param(id, Some(grad.len()))?.grad;
+        let (g, z) = self.slot(id, Some(grad.len()))?;
+        let dst = g.grad;
         // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
         if !self.guard.admit(id.0, grad) {
             return Ok(());
         }
-        self.ops.write(dst, grad)
+        self.ops.write_at(dst, z, grad)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        let dst = self.param(id, Some(data.len()))?.p;
-        self.ops.write(dst, data)
+        let (g, z) = self.slot(id, Some(data.len()))?;
+        let dst = g.p;
+        self.ops.write_at(dst, z, data)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        let m = self.param(id, None)?.p;
-        self.ops.read(m)
+        let (g, z) = self.slot(id, None)?;
+        let m = g.p;
+        self.ops.read_at(m, z)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
-        let p = self.param(id, None)?;
+        let (g, z) = self.slot(id, None)?;
         let m = match state {
-            "momentum" => p.momentum,
-            "precond" => p.precond,
+            "momentum" => g.momentum,
+            "precond" => g.precond,
             other => return Err(Error::Invalid(format!("asgo has no state {other:?} (momentum, precond)"))),
         };
-        self.ops.read(m)
+        self.ops.read_at(m, z)
     }
 
     fn step_count(&mut self) -> Result<u64> {
@@ -315,9 +359,10 @@ impl<O: MatOps> Stepper for Asgo<O> {
         let (cfg, states) = check_config_snapshot(&s, "asgo", &self.metas, &STATES, len, AsgoConfig::validate)?;
         // Everything is checked: now write.
         for (i, st) in states.iter().enumerate() {
-            let p = &self.params[i];
-            for (m, data) in [(p.p, &s.values[i]), (p.momentum, &st[0]), (p.precond, &st[1])] {
-                self.ops.write(m, data)?;
+            let (g, z) = self.slots[i];
+            let g = &self.groups[g];
+            for (m, data) in [(g.p, &s.values[i]), (g.momentum, &st[0]), (g.precond, &st[1])] {
+                self.ops.write_at(m, z, data)?;
             }
         }
         self.cfg = cfg;

@@ -6,7 +6,7 @@
 use super::gemm::{gemm, gemm_addend};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
-use crate::roots::{Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, Mat, MatOps, Scale};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The CPU backend: every batch a `Vec<f32>`.
@@ -248,6 +248,23 @@ impl MatOps for CpuMats {
     fn fill_uniform(&mut self, out: Mat, seed: u64) -> Result<()> {
         let len = self.data(out).len();
         self.mats[out.0].1 = super::random::uniform(seed, 0, 0, 0, len);
+        Ok(())
+    }
+
+    fn copy_batch(&mut self, dst: Mat, dst_z: usize, src: Mat, src_z: usize, count: usize) -> Result<()> {
+        let len = check_copy_batch(self, (dst, dst_z), (src, src_z), count)?;
+        let from = self.data(src)[src_z * len..(src_z + count) * len].to_vec();
+        self.mats[dst.0].1[dst_z * len..(dst_z + count) * len].copy_from_slice(&from);
+        Ok(())
+    }
+
+    fn grow(&mut self, m: Mat, batch: usize) -> Result<()> {
+        let ((b, r, c), data) = &mut self.mats[m.0];
+        if batch < *b {
+            return Err(Error::Invalid(format!("grow from {b} to {batch} matrices (it only grows)")));
+        }
+        *b = batch;
+        data.resize(batch * *r * *c, 0.0);
         Ok(())
     }
 
