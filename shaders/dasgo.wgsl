@@ -4,8 +4,10 @@
 //   M   <- lerp(M, G, 1 - momentum)
 //   U_ij = M_ij * r_j,  r_j = 1 / sqrt(d_j + eps)   (the reference's M * (d + eps)^-0.5)
 //   p   <- (1 - lr*wd) * p - lr * 0.2*sqrt(rows*cols) * U / (||U||_F + 1e-16)      (update RMS 0.2)
-// Four passes: column statistics (and r), momentum with the partial sums of ||U||^2, the norm, the
-// update. The last two element passes walk 4096-element chunks, each invocation every 256th element,
+// Five passes: column sums over bands of rows (only when there is more than one band), column
+// statistics (and r), momentum with the partial sums of ||U||^2, the norm, the update. The bands make
+// bands * cols invocations share the column sums, so a matrix with few columns still fills a large
+// GPU (one invocation per column would give a 1024 x 1024 matrix 1,024 threads). The last two element passes walk 4096-element chunks, each invocation every 256th element,
 // so its column advances by 256 mod cols (`wrap`) with one compare instead of a division per element
 // (integer division is scalar on CPU drivers: it cost lavapipe more than the arithmetic).
 // CPU twin: src/reference/dasgo.rs.
@@ -20,7 +22,9 @@ struct DasgoParams {
     eps: f32,
     decay: f32,   // 1 - lr * weight_decay
     step: f32,    // lr * 0.2 * sqrt(rows * cols)
-    _p0: f32, _p1: f32, _p2: f32,
+    bands: u32,   // bands of rows the column sums are split into
+    band_rows: u32, // rows per band (the last may hold fewer)
+    _p0: u32,
 }
 
 @group(0) @binding(0) var<uniform> dp: DasgoParams;
@@ -32,6 +36,8 @@ struct DasgoParams {
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 @group(0) @binding(7) var<storage, read_write> r: array<f32>;
+// [bands, cols]: each band's column sums (with more than one band).
+@group(0) @binding(8) var<storage, read_write> colpart: array<f32>;
 
 #import shared/reduce
 #import shared/grid
@@ -49,15 +55,37 @@ fn next_col(j: u32) -> u32 {
     return select(n, n - dp.cols, n >= dp.cols);
 }
 
+// The sum of squares of column j over rows [first, last), in row order.
+fn column_sum(j: u32, first: u32, last: u32) -> f32 {
+    var sum = 0.0;
+    for (var i = first; i < last; i = i + 1u) {
+        let v = g[i * dp.cols + j];
+        sum = sum + v * v;
+    }
+    return sum;
+}
+
+// One invocation per (band, column); neighbours read neighbouring columns of the same rows.
+@compute @workgroup_size(256)
+fn dasgo_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    if (t >= dp.bands * dp.cols) { return; }
+    let band = t / dp.cols;
+    let first = band * dp.band_rows;
+    colpart[t] = column_sum(t - band * dp.cols, first, min(first + dp.band_rows, dp.rows));
+}
+
 @compute @workgroup_size(256)
 fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let j = index(wid, nwg, lid);
     if (j >= dp.cols) { return; }
     var sum = 0.0;
-    for (var i = 0u; i < dp.rows; i = i + 1u) {
-        let v = g[i * dp.cols + j];
-        sum = sum + v * v;
+    if (dp.bands == 1u) {
+        sum = column_sum(j, 0u, dp.rows);
+    } else {
+        for (var b = 0u; b < dp.bands; b = b + 1u) { sum = sum + colpart[b * dp.cols + j]; }
     }
     let dj = lerp_torch(d[j], sum, dp.omb);
     d[j] = dj;

@@ -13,6 +13,7 @@
 
 mod common;
 
+use gpuopt::optim::dasgo::column_bands;
 use gpuopt::optim::{Dasgo, DasgoConfig, GroupId, ParamId, Stepper};
 use gpuopt::parity::TestRng;
 use gpuopt::{ContextOptions, Error};
@@ -72,7 +73,9 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
     let ctx = common::ctx();
     // (rows, cols, steps): 1 × 16,777,217 needs 65,537 workgroups of 256 in the column pass and 4,097
     // chunks of 4,096 in the element passes; 3 × 256 has 256 mod cols = 0; 300 × 300 has cols > 256
-    // (each invocation's column advances by 256, wrapping past the row's end).
+    // (each invocation's column advances by 256, wrapping past the row's end). The column sums split
+    // into bands of rows: 300 × 300 into 9 (34 rows, the last 28), 1000 × 7 into 31 (33 rows, the
+    // last 10), 2000 × 1 into 61 (33, the last 20); the others keep one.
     for &(rows, cols, steps) in &[
         (1, 1, 12),
         (1, 5, 12),
@@ -81,6 +84,8 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
         (70, 20, 12),
         (3, 256, 6),
         (300, 300, 4),
+        (1000, 7, 3),
+        (2000, 1, 3),
         (1, 16_777_217, 2),
     ] {
         let (p0, gs) = data(rows, cols, steps, (rows * 31 + cols) as u64);
@@ -107,6 +112,32 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
         }
         eprintln!("{rows}x{cols}: worst GPU-CPU {:e}, CPU-f64 {:e}", worst.0, worst.1);
         assert_eq!(gpu.read_state(ig, "precond").unwrap().len(), cols);
+    }
+}
+
+#[test]
+fn column_sums_split_into_bands_only_where_columns_are_few() {
+    // (rows, cols) → (bands, rows per band): enough bands of ≥ 32 rows for 65,536 invocations.
+    for &((rows, cols), want) in &[
+        ((1024, 1024), (32, 32)),
+        ((1024, 16384), (4, 256)),
+        ((768, 3072), (22, 35)),
+        ((300, 300), (9, 34)),
+        ((1000, 7), (31, 33)),
+        ((2000, 1), (61, 33)),
+        ((63, 5), (1, 63)),
+        ((1, 16_777_217), (1, 1)),
+        ((4096, 65536), (1, 4096)),
+    ] {
+        assert_eq!(column_bands(rows, cols), want, "{rows}x{cols}");
+    }
+    for rows in [1, 31, 32, 64, 65, 100, 999, 1024, 5000] {
+        for cols in [1, 3, 255, 256, 1000, 70000] {
+            let (bands, band_rows) = column_bands(rows, cols);
+            // Every row in exactly one band, none empty, bands of ≥ 32 rows when split.
+            assert!(bands * band_rows >= rows && (bands - 1) * band_rows < rows, "{rows}x{cols}");
+            assert!(bands == 1 || band_rows >= 32, "{rows}x{cols}");
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! p   ← (1 − lr·wd)·p − lr·0.2·sqrt(rows·cols)·U/(‖U‖_F + 1e-16)
 //! ```
 //!
-//! Four passes per parameter on the GPU (`shaders/dasgo.wgsl`: column statistics, momentum with the
-//! partial sums of ‖U‖², the norm, the update; nothing read back), or the CPU twin
+//! Four or five passes per parameter on the GPU (`shaders/dasgo.wgsl`: column sums over bands of
+//! rows where a matrix has too few columns to fill a GPU (see [`column_bands`]), column statistics,
+//! momentum with the partial sums of ‖U‖², the norm, the update; nothing read back), or the CPU twin
 //! ([`crate::reference::dasgo`]) through the same [`Stepper`]. Defaults are the reference's
 //! (`dasgo(learning_rate=1e-3, momentum=0.9, weight_decay=0.1, beta2=0.95, eps=1e-8)`); the
 //! differences from it are ASGO's ([`super::asgo`]): `+ 1e-16` in the scaling (a zero update takes
@@ -40,8 +41,10 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
     KernelSpec { module: "dasgo", entry, bindings }
 }
+/// Each band's column sums of G².
+pub const DASGO_COLSUM: KernelSpec = spec("dasgo_colsum", &[(0, U), (1, R), (8, W)]);
 /// Column statistics d and their factors r = (d + eps)^(−1/2).
-pub const DASGO_COLS: KernelSpec = spec("dasgo_cols", &[(0, U), (1, R), (2, W), (7, W)]);
+pub const DASGO_COLS: KernelSpec = spec("dasgo_cols", &[(0, U), (1, R), (2, W), (7, W), (8, W)]);
 /// Momentum and the partial sums of ‖U‖².
 pub const DASGO_PARTIAL: KernelSpec = spec("dasgo_partial", &[(0, U), (1, R), (3, W), (4, W), (7, W)]);
 /// ‖U‖_F.
@@ -49,8 +52,24 @@ pub const DASGO_NORM: KernelSpec = spec("dasgo_norm", &[(0, U), (4, W), (5, W)])
 /// The update.
 pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (3, W), (5, W), (6, W), (7, W)]);
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY];
+pub const SPECS: &[KernelSpec] = &[DASGO_COLSUM, DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY];
 const CHUNK: usize = 4096;
+
+/// The invocations the column sums aim for: enough to fill a large GPU (an H200 holds about 270,000
+/// threads in flight; a quarter of that hides memory latency well), few enough that the bands'
+/// partial sums stay a small fraction of G's bytes.
+const COLUMN_INVOCATIONS: usize = 1 << 16;
+/// The fewest rows a band sums (below, the partial sums would cost more traffic than they save).
+const MIN_BAND_ROWS: usize = 32;
+
+/// (bands, rows per band) of a rows × cols parameter's column sums: one band where the columns alone
+/// reach [`COLUMN_INVOCATIONS`] (or there are fewer than 2·32 rows), else enough bands of at least 32
+/// rows to reach it. No band is empty; the last may be short.
+pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
+    let bands = COLUMN_INVOCATIONS.div_ceil(cols.max(1)).min(rows / MIN_BAND_ROWS).max(1);
+    let band_rows = rows.div_ceil(bands).max(1);
+    (rows.div_ceil(band_rows).max(1), band_rows)
+}
 
 /// DASGO's hyperparameters (ALGORITHMS.md §11.1 names; `learning_rate` → `lr`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,6 +115,7 @@ impl DasgoConfig {
     /// The uniform for a rows × cols parameter (an error when its f32 factors overflow).
     pub fn params(&self, rows: usize, cols: usize) -> Result<DasgoParams> {
         let (step, decay) = f32_step(self.lr, self.weight_decay, 0.2 * ((rows * cols) as f64).sqrt())?;
+        let (bands, band_rows) = column_bands(rows, cols);
         Ok(DasgoParams {
             rows: rows as u32,
             cols: cols as u32,
@@ -106,7 +126,9 @@ impl DasgoConfig {
             eps: self.eps as f32,
             decay,
             step,
-            _p: [0.0; 3],
+            bands: bands as u32,
+            band_rows: band_rows as u32,
+            _p: 0,
         })
     }
 }
@@ -133,8 +155,12 @@ pub struct DasgoParams {
     pub decay: f32,
     /// lr·0.2·sqrt(rows·cols).
     pub step: f32,
+    /// Bands of rows the column sums are split into ([`column_bands`]).
+    pub bands: u32,
+    /// Rows per band (the last may hold fewer).
+    pub band_rows: u32,
     /// Padding.
-    pub _p: [f32; 3],
+    pub _p: u32,
 }
 const _: () = assert!(std::mem::size_of::<DasgoParams>() == 48);
 
@@ -147,9 +173,10 @@ struct Chain {
     g: Tensor,
     d: Tensor,
     m: Tensor,
-    kernels: [BoundKernel; 4],
+    kernels: [BoundKernel; 5],
     uniform: wgpu::Buffer,
     _partials: wgpu::Buffer,
+    _colpart: wgpu::Buffer,
     _scal: Tensor,
     _r: Tensor,
 }
@@ -224,15 +251,21 @@ impl Dasgo {
                 let (scal, r) = (Tensor::zeros(ctx, &[4])?, Tensor::zeros(ctx, &[cols])?);
                 let uniform = ctx.uniform_buffer("dasgo params", 48);
                 let partials = ctx.storage_buffer("dasgo partials", 8 * n.div_ceil(CHUNK) as u64)?;
+                let bands = column_bands(rows, cols).0;
+                // Unused (a stub) with one band.
+                let colpart =
+                    ctx.storage_buffer("dasgo column sums", 4 * if bands > 1 { bands * cols } else { 1 } as u64)?;
                 let (u, gb, db, mb, pb, sb, xb, rb) =
                     (&uniform, g.buffer(), d.buffer(), m.buffer(), &partials, scal.buffer(), p.buffer(), r.buffer());
                 let kernels = [
-                    ctx.bind(&DASGO_COLS, &[u, gb, db, rb])?,
+                    ctx.bind(&DASGO_COLSUM, &[u, gb, &colpart])?,
+                    ctx.bind(&DASGO_COLS, &[u, gb, db, rb, &colpart])?,
                     ctx.bind(&DASGO_PARTIAL, &[u, gb, mb, pb, rb])?,
                     ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
                     ctx.bind(&DASGO_APPLY, &[u, mb, sb, xb, rb])?,
                 ];
-                Slot::Gpu(Box::new(Chain { p, g, d, m, kernels, uniform, _partials: partials, _scal: scal, _r: r }))
+                let (_partials, _colpart, _scal, _r) = (partials, colpart, scal, r);
+                Slot::Gpu(Box::new(Chain { p, g, d, m, kernels, uniform, _partials, _colpart, _scal, _r }))
             }
         };
         self.slots.push(slot);
@@ -257,15 +290,19 @@ impl Dasgo {
         }
     }
 
-    /// GPU: records one step's four passes per parameter into `enc`, with the uniforms last written;
+    /// GPU: records one step's four or five passes per parameter into `enc`, with the uniforms last written;
     /// no guard, no count (what [`Stepper::step`] submits, and what the benchmark times).
     pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
         let Some(ctx) = &self.ctx else { return };
         for slot in &self.slots {
             if let Slot::Gpu(c) = slot {
                 let (rows, cols) = (c.p.shape()[0], c.p.shape()[1]);
-                let [col, partial, norm, apply] = &c.kernels;
+                let [colsum, col, partial, norm, apply] = &c.kernels;
                 let chunks = (rows * cols).div_ceil(CHUNK).max(1) as u32;
+                let bands = column_bands(rows, cols).0;
+                if bands > 1 {
+                    colsum.record(ctx, enc, ((bands * cols) as u32).div_ceil(WORKGROUP_SIZE));
+                }
                 col.record(ctx, enc, (cols as u32).div_ceil(WORKGROUP_SIZE));
                 partial.record(ctx, enc, chunks);
                 norm.record_3d(enc, (1, 1, 1));
