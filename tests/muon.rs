@@ -9,6 +9,7 @@ mod common;
 
 use gpuopt::optim::{AdjustLr, MuonBuilder, MuonConfig, Stepper};
 use gpuopt::parity::TestRng;
+use gpuopt::ContextOptions;
 
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
@@ -32,6 +33,44 @@ fn muon_routes_matrices_and_batches_same_shapes() {
     assert_eq!(AdjustLr::Original.ratio(3, 12), 1.0);
     assert!((AdjustLr::MatchRmsAdamw.ratio(100, 25) - 2.0).abs() < 1e-12);
     assert_eq!(AdjustLr::None.ratio(7, 2), 1.0);
+}
+
+#[test]
+fn stacks_split_where_one_storage_binding_is_full() {
+    // Bindings of 4 KiB hold five 8×24 matrices: seven of them (one in a [2, 8, 12] conv view, and
+    // an odd shape between) make two stacks of their shape, and the other shape its own. Before the
+    // split, such a build failed: 32 layers of 4096×11008 (5.8 GB) exceed any GPU's binding.
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });
+    let shapes: Vec<Vec<usize>> =
+        vec![vec![8, 24], vec![8, 24], vec![5, 7], vec![8, 2, 12], vec![8, 24], vec![8, 24], vec![8, 24], vec![8, 24]];
+    let mut rng = TestRng::new(23);
+    let config = MuonConfig::default();
+    let mut b = MuonBuilder::new(config.clone());
+    let ids: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap())
+        .collect();
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    assert_eq!(gpu.shape_groups(), 3);
+    for t in 1..=4 {
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let g = rng.uniforms(s.iter().product(), 1.0);
+            gpu.write_grad(id, &g).unwrap();
+            cpu.write_grad(id, &g).unwrap();
+        }
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        for (&id, s) in ids.iter().zip(&shapes) {
+            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+            let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+            // The parity test's bound (below) for an 8×24 matrix, the largest here.
+            let e = 3.0 * config.ns_steps as f64 * 3.4445 * (24f64.sqrt() + 2.0) * f32::EPSILON as f64;
+            let tol = t as f64 * (config.lr * e * 1.2 * 8f64.sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y));
+            assert!(norm(&diff) <= tol, "{s:?} step {t}: |gpu - cpu| = {:e} > {tol:e}", norm(&diff));
+        }
+    }
 }
 
 fn parity(config: MuonConfig) {

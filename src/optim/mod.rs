@@ -372,6 +372,29 @@ pub(crate) fn chain_at<'a, C>(
     Ok(chains[id.0].as_ref())
 }
 
+/// Stacks of same-shape items for batched chains: item i with `Some((key, elements))` joins the
+/// last stack of its key while that stack stays within `max_elements` (one storage binding), else
+/// starts one; `None` items are left out. Returns (key, member indices) in first-seen order.
+pub(crate) fn stacks<K: PartialEq>(
+    items: impl IntoIterator<Item = Option<(K, usize)>>,
+    max_elements: usize,
+) -> Vec<(K, Vec<usize>)> {
+    let mut out: Vec<(K, Vec<usize>, usize)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let Some((key, len)) = item else { continue };
+        let fits =
+            |s: &&mut (K, Vec<usize>, usize)| s.0 == key && s.2.checked_add(len).is_some_and(|e| e <= max_elements);
+        match out.iter_mut().rev().find(|s| s.0 == key).filter(|s| fits(s)) {
+            Some(s) => {
+                s.1.push(i);
+                s.2 += len;
+            }
+            None => out.push((key, vec![i], len)),
+        }
+    }
+    out.into_iter().map(|(k, m, _)| (k, m)).collect()
+}
+
 /// The metadata of parameter `id`, checking `len` (the element count of a write) when given.
 pub(crate) fn meta_at(params: &[ParamMeta], id: ParamId, len: Option<usize>) -> Result<&ParamMeta> {
     let meta = params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))?;

@@ -240,20 +240,15 @@ impl MuonBuilder {
         (shape[0], shape[1..].iter().product())
     }
 
-    /// Shape groups: (rows, cols, member parameter indices) of the Muon parameters, in first-seen order.
-    pub(crate) fn shape_groups(&self) -> Vec<(usize, usize, Vec<usize>)> {
-        let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-        for (i, (meta, _, route)) in self.params.iter().enumerate() {
-            if *route != Route::Muon {
-                continue;
-            }
-            let (r, c) = Self::matrix(&meta.shape);
-            match groups.iter_mut().find(|g| g.0 == r && g.1 == c) {
-                Some(g) => g.2.push(i),
-                None => groups.push((r, c, vec![i])),
-            }
-        }
-        groups
+    /// Shape groups: (rows, cols, member parameter indices) of the Muon parameters, in first-seen
+    /// order; a shape whose matrices would not fit one binding of `max_elements` f32s is split over
+    /// several groups.
+    pub(crate) fn shape_groups(&self, max_elements: usize) -> Vec<(usize, usize, Vec<usize>)> {
+        let items = self
+            .params
+            .iter()
+            .map(|(meta, _, route)| (*route == Route::Muon).then(|| (Self::matrix(&meta.shape), meta.len())));
+        super::stacks(items, max_elements).into_iter().map(|((r, c), members)| (r, c, members)).collect()
     }
 
     /// The auxiliary AdamW builder and the map from our parameter indices to its ids.
@@ -381,7 +376,8 @@ impl MuonOptimizer {
     fn new(ctx: &Context, b: MuonBuilder) -> Result<Self> {
         let mut loc = vec![None; b.params.len()];
         let mut groups = Vec::new();
-        for (gi, (rows, cols, members)) in b.shape_groups().into_iter().enumerate() {
+        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
+        for (gi, (rows, cols, members)) in b.shape_groups(max_elements).into_iter().enumerate() {
             let n = members.len();
             let mut init = Vec::with_capacity(n * rows * cols);
             for (k, &i) in members.iter().enumerate() {
@@ -405,7 +401,8 @@ impl MuonOptimizer {
         Ok(MuonOptimizer { ctx: ctx.clone(), config: b.config, params, loc, groups, aux, aux_ids, t: 0 })
     }
 
-    /// Number of batched NS5 chains (one per distinct matrix shape).
+    /// Number of batched NS5 chains (one per distinct matrix shape, more where the matrices of a
+    /// shape would not fit one storage binding).
     pub fn shape_groups(&self) -> usize {
         self.groups.len()
     }
