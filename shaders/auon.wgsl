@@ -3,12 +3,13 @@
 // n = ||v||_F and rms = sqrt(mean(cosh(gamma * v / (n + 1e-7))^2)):
 //   package (ryyzn9/AuON auon/optimizer.py):  p <- (1 - lr*wd)*p;  if n > 0: p <- p - lr * v / (rms + 1e-8)
 //   paper (5.5.1-5.5.4):                      the same with v replaced by X = v / (n + 1e-7)
+// A stack of same-shape tensors runs as one: element i belongs to tensor i / per, whose norms it reads.
 // CPU twin: src/reference/auon.rs.
 
 struct AuonParams {
-    len: u32,
+    len: u32,          // elements of the stack
     paper: u32,
-    _p0: u32,
+    per: u32,          // elements of one tensor (N)
     _p1: u32,
     decay: f32,
     lr: f32,
@@ -28,13 +29,15 @@ fn auon_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;
     if (i >= ap.len) { return; }
     let p0 = ap.decay * p[i];
-    let n = norms[0];
+    var z = 0u;
+    if (ap.per != ap.len) { z = i / ap.per; }
+    let n = norms[z];
     if (n == 0.0) {
         p[i] = p0;   // (5.5.7): the step is skipped, the decay is not
         return;
     }
     var x = v[i];
     if (ap.paper != 0u) { x = x / (n + 1e-7); }
-    let rms = cosh_norm[0] * ap.inv_sqrt_n;
+    let rms = cosh_norm[z] * ap.inv_sqrt_n;
     p[i] = p0 - ap.lr * (x / (rms + 1e-8));
 }

@@ -9,14 +9,31 @@ mod common;
 
 use gpuopt::optim::{AuonBuilder, AuonConfig, AuonVariant, Stepper};
 use gpuopt::parity::TestRng;
+use gpuopt::ContextOptions;
 
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
 fn parity(config: AuonConfig, hybrid: bool) {
-    let ctx = common::ctx();
-    let shapes: Vec<Vec<usize>> = vec![vec![40, 24], vec![24, 40], vec![7], vec![3, 4, 5], vec![1]];
+    parity_on(&common::ctx(), config, hybrid, None);
+}
+
+/// GPU vs CPU twin over 10 steps on stacks: three 40×24 matrices (one of them a [40, 4, 6] view),
+/// two 7-vectors (one with zero gradients), single and empty tensors; `chains` is the number of
+/// stacks expected, when given.
+fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Option<usize>) {
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![40, 24],
+        vec![24, 40],
+        vec![7],
+        vec![40, 4, 6],
+        vec![3, 4, 5],
+        vec![1],
+        vec![7],
+        vec![0],
+        vec![40, 24],
+    ];
     let mut rng = TestRng::new(23);
     let mut b = AuonBuilder::new(config.clone(), hybrid);
     let ids: Vec<_> = shapes
@@ -24,11 +41,16 @@ fn parity(config: AuonConfig, hybrid: bool) {
         .enumerate()
         .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap())
         .collect();
-    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut gpu = b.clone().build(ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
+    // Hybrid: [40, 24] ×3, [24, 40], [7] ×2, [3, 20], [1] (the empty one has none); plain AuON
+    // stacks by length: 960 ×4, 7 ×2, 60, 1.
+    let want = if hybrid { 5 } else { 4 };
+    assert_eq!(gpu.chains(), chains.unwrap_or(want), "hybrid={hybrid}");
     for t in 1..=10 {
-        for (&id, s) in ids.iter().zip(&shapes) {
-            let g = rng.uniforms(s.iter().product(), 1.0);
+        for (i, (&id, s)) in ids.iter().zip(&shapes).enumerate() {
+            // The second 7-vector's gradient is zero: it only decays, whatever its stack-mate does.
+            let g = if i == 6 { vec![0.0; 7] } else { rng.uniforms(s.iter().product(), 1.0) };
             gpu.write_grad(id, &g).unwrap();
             cpu.write_grad(id, &g).unwrap();
         }
@@ -64,6 +86,15 @@ fn auon_paper_matches_reference() {
 fn hybrid_auon_matches_reference() {
     parity(AuonConfig { lr: 0.02, weight_decay: 0.05, ns_steps: 3, ..AuonConfig::default() }, true);
     parity(AuonConfig { lr: 0.02, variant: AuonVariant::Paper, ..AuonConfig::default() }, true);
+}
+
+#[test]
+fn stacks_split_where_one_storage_binding_is_full() {
+    // An 8 KiB binding holds two 960-element tensors: the three 40×24 (and, for plain AuON, the
+    // four tensors of 960) need two stacks.
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(8192), ..Default::default() });
+    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, true, Some(6));
+    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, false, Some(5));
 }
 
 #[test]

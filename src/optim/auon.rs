@@ -6,8 +6,8 @@
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
 use super::{
-    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, read_params_and_states, update_config,
-    GroupId, ParamId, ParamMeta, Snapshot, Stepper,
+    check_config_snapshot, config_snapshot, meta_at, read_params_and_states, update_config, GroupId, ParamId,
+    ParamMeta, Snapshot, Stepper,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
@@ -98,12 +98,13 @@ impl AuonConfig {
         }
     }
 
-    /// The update pass's uniform.
-    pub fn apply_params(&self, len: usize) -> AuonParams {
+    /// The update pass's uniform for `count` stacked tensors of `len` elements each.
+    pub fn apply_params(&self, len: usize, count: usize) -> AuonParams {
         AuonParams {
-            len: len as u32,
+            len: (len * count) as u32,
             paper: (self.variant == AuonVariant::Paper) as u32,
-            _p: [0; 2],
+            per: len as u32,
+            _p: 0,
             decay: (1.0 - self.lr * self.weight_decay) as f32,
             lr: self.lr as f32,
             inv_sqrt_n: (1.0 / (len.max(1) as f64).sqrt()) as f32,
@@ -116,12 +117,14 @@ impl AuonConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct AuonParams {
-    /// Elements.
+    /// Elements of the whole stack.
     pub len: u32,
     /// 1 for the paper variant.
     pub paper: u32,
+    /// Elements of one tensor of the stack (N).
+    pub per: u32,
     /// Padding.
-    pub _p: [u32; 2],
+    pub _p: u32,
     /// 1 − lr·wd.
     pub decay: f32,
     /// lr.
@@ -182,13 +185,15 @@ impl AuonBuilder {
     }
 }
 
+/// A stack of `count` same-shape parameters of `len` elements each, stepped as one chain.
 struct Chain {
     len: usize,
+    count: usize,
     p: Tensor,
     g: Tensor,
     m: Tensor,
     _u: Tensor,
-    /// ‖v‖_F and sqrt(Σ cosh²), read by the update pass.
+    /// ‖v‖_F and sqrt(Σ cosh²) of each tensor, read by the update pass.
     _norms: [Tensor; 2],
     ns: Option<Ns5Plan>,
     momentum: BoundKernel,
@@ -198,46 +203,57 @@ struct Chain {
     uniforms: [wgpu::Buffer; 2],
 }
 
-/// The GPU AuON / Hybrid-AuON optimizer (one chain of passes per parameter).
+/// The GPU AuON / Hybrid-AuON optimizer: parameters of the same shape are stacked into one chain of
+/// batched passes (as many as one storage binding holds), as Muon stacks its matrices.
 pub struct AuonOptimizer {
     ctx: Context,
     config: AuonConfig,
     hybrid: bool,
     params: Vec<ParamMeta>,
-    chains: Vec<Option<Chain>>,
+    chains: Vec<Chain>,
+    /// Each parameter's (chain, index in the stack); `None` for an empty one.
+    slots: Vec<Option<(usize, usize)>>,
     t: u64,
 }
 
 impl AuonOptimizer {
     fn new(ctx: &Context, b: AuonBuilder) -> Result<Self> {
-        let mut chains = Vec::new();
-        for (meta, data) in &b.params {
+        // Stack keys: [rows, cols] where NS5 runs (its matrices must match), [len] elsewhere (the
+        // passes are elementwise with one norm per tensor).
+        let items = b.params.iter().map(|(meta, _)| {
             let len = meta.len();
-            if len == 0 {
-                chains.push(None);
-                continue;
+            let view = if b.uses_ns(&meta.shape) { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
+            (len > 0).then_some((view, len))
+        });
+        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
+        let mut chains = Vec::new();
+        let mut slots = vec![None; b.params.len()];
+        for (view, members) in super::stacks(items, max_elements) {
+            let (count, len) = (members.len(), view.iter().product::<usize>());
+            let mut init = Vec::with_capacity(count * len);
+            for (k, &i) in members.iter().enumerate() {
+                slots[i] = Some((chains.len(), k));
+                init.extend_from_slice(&b.params[i].1);
             }
-            let shape = if meta.shape.len() >= 2 { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
-            let p = Tensor::from_slice(ctx, data, &shape)?;
+            let shape: Vec<usize> = std::iter::once(count).chain(view).collect();
+            let p = Tensor::from_slice(ctx, &init, &shape)?;
             let g = Tensor::zeros(ctx, &shape)?;
             let m = Tensor::zeros(ctx, &shape)?;
             let u = Tensor::zeros(ctx, &shape)?;
-            let ns = if b.uses_ns(&meta.shape) {
-                Some(Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?)
-            } else {
-                None
-            };
+            let ns =
+                if shape.len() == 3 { Some(Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?) } else { None };
             let v = ns.as_ref().map_or(&u, |n| n.output());
             let mu = ctx.uniform_buffer("auon momentum", 32);
             let au = ctx.uniform_buffer("auon apply", 32);
             let momentum = ctx.bind(&MUON_MOMENTUM, &[&mu, g.buffer(), m.buffer(), u.buffer()])?;
-            let norm_t = Tensor::zeros(ctx, &[1])?;
-            let cosh_t = Tensor::zeros(ctx, &[1])?;
-            let frob = FrobeniusPlan::new(ctx, v, None, 1, &norm_t)?;
-            let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, 1, &cosh_t)?;
+            let norm_t = Tensor::zeros(ctx, &[count])?;
+            let cosh_t = Tensor::zeros(ctx, &[count])?;
+            let frob = FrobeniusPlan::new(ctx, v, None, count, &norm_t)?;
+            let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, count, &cosh_t)?;
             let apply = ctx.bind(&AUON_APPLY, &[&au, v.buffer(), norm_t.buffer(), cosh_t.buffer(), p.buffer()])?;
-            chains.push(Some(Chain {
+            chains.push(Chain {
                 len,
+                count,
                 p,
                 g,
                 m,
@@ -249,7 +265,7 @@ impl AuonOptimizer {
                 cosh,
                 apply,
                 uniforms: [mu, au],
-            }));
+            });
         }
         Ok(AuonOptimizer {
             ctx: ctx.clone(),
@@ -257,8 +273,14 @@ impl AuonOptimizer {
             config: b.config,
             params: b.params.into_iter().map(|p| p.0).collect(),
             chains,
+            slots,
             t: 0,
         })
+    }
+
+    /// The number of batched chains a step runs (one per stack of same-shape parameters).
+    pub fn chains(&self) -> usize {
+        self.chains.len()
     }
 
     /// The replay / checkpoint name.
@@ -270,18 +292,27 @@ impl AuonOptimizer {
         }
     }
 
-    fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
-        chain_at(&self.params, &self.chains, id, len)
-    }
-}
-
-impl super::ChainTensors for Chain {
-    fn param_tensor(&self) -> &Tensor {
-        &self.p
+    /// The parameter's stack and the byte offset of its first element there (`None`: empty).
+    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, u64)>> {
+        meta_at(&self.params, id, len)?;
+        Ok(self.slots[id.0].map(|(c, k)| (&self.chains[c], 4 * (k * self.chains[c].len) as u64)))
     }
 
-    fn grad_tensor(&self) -> &Tensor {
-        &self.g
+    /// Writes the parameter's values (or gradient) into its stack.
+    fn write(&self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
+        if let Some((c, off)) = self.slot(id, Some(data.len()))? {
+            let t = if grad { &c.g } else { &c.p };
+            self.ctx.queue().write_buffer(t.buffer(), off, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Reads the parameter's values (or momentum) from its stack.
+    fn read(&self, id: ParamId, momentum: bool) -> Result<Vec<f32>> {
+        match self.slot(id, None)? {
+            Some((c, off)) => self.ctx.read_f32(if momentum { c.m.buffer() } else { c.p.buffer() }, off, c.len),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -289,11 +320,12 @@ impl Stepper for AuonOptimizer {
     fn step(&mut self) -> Result<()> {
         let mut enc = self.ctx.encoder("auon step");
         self.ctx.scoped("auon step", || {
-            for c in self.chains.iter().flatten() {
+            for c in &self.chains {
                 let q = self.ctx.queue();
-                q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(c.len)));
-                q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len)));
-                let wg = (c.len as u32).div_ceil(WORKGROUP_SIZE);
+                let n = c.len * c.count;
+                q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(n)));
+                q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len, c.count)));
+                let wg = (n as u32).div_ceil(WORKGROUP_SIZE);
                 c.momentum.record(&self.ctx, &mut enc, wg);
                 if let Some(ns) = &c.ns {
                     ns.record(&mut enc);
@@ -309,25 +341,22 @@ impl Stepper for AuonOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        chain_write(&self.ctx, self.chain(id, Some(grad.len()))?, grad, true)
+        self.write(id, grad, true)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        chain_write(&self.ctx, self.chain(id, Some(data.len()))?, data, false)
+        self.write(id, data, false)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        chain_read(&self.ctx, self.chain(id, None)?)
+        self.read(id, false)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
         if state != "momentum_buffer" {
             return Err(Error::Invalid(format!("auon has no state {state:?}")));
         }
-        Ok(match self.chain(id, None)? {
-            Some(c) => c.m.to_vec(&self.ctx)?,
-            None => Vec::new(),
-        })
+        self.read(id, true)
     }
 
     fn step_count(&mut self) -> Result<u64> {
@@ -358,9 +387,10 @@ impl Stepper for AuonOptimizer {
             AuonConfig::validate,
         )?;
         for (i, st) in states.iter().enumerate() {
-            if let Some(c) = self.chains[i].as_ref() {
-                c.p.write(&self.ctx, &s.values[i])?;
-                c.m.write(&self.ctx, &st[0])?;
+            if let Some((c, off)) = self.slot(ParamId(i), None)? {
+                let q = self.ctx.queue();
+                q.write_buffer(c.p.buffer(), off, bytemuck::cast_slice(&s.values[i]));
+                q.write_buffer(c.m.buffer(), off, bytemuck::cast_slice(&st[0]));
             }
         }
         self.config = config;

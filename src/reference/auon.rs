@@ -20,7 +20,7 @@ pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Op
         Some((r, cl)) => super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, NS5_COEFFICIENTS),
         None => u,
     };
-    let ap = c.apply_params(p.len());
+    let ap = c.apply_params(p.len(), 1);
     let n = super::newton_schulz::frobenius(&v);
     let s = c.gamma as f32 / (n + NS_EPS);
     let cosh_sum: f64 = v.iter().map(|&x| ((s * x).cosh() as f64).powi(2)).sum();
