@@ -63,8 +63,8 @@ const COLUMN_INVOCATIONS: usize = 1 << 16;
 const MIN_BAND_ROWS: usize = 32;
 
 /// (bands, rows per band) of a rows × cols parameter's column sums: one band where the columns alone
-/// reach [`COLUMN_INVOCATIONS`] (or there are fewer than 2·32 rows), else enough bands of at least 32
-/// rows to reach it. No band is empty; the last may be short.
+/// reach 65,536 invocations (or there are fewer than 2·32 rows), else enough bands of at least 32
+/// rows to reach that. No band is empty; the last may be short.
 pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
     let bands = COLUMN_INVOCATIONS.div_ceil(cols.max(1)).min(rows / MIN_BAND_ROWS).max(1);
     let band_rows = rows.div_ceil(bands).max(1);
