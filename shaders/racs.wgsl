@@ -4,27 +4,34 @@
 //   (5.6.3) Gh_ij = G_ij / (sqrt(s_i + eps) * sqrt(q_j + eps))
 //   (5.6.4) eta = 1 at t = 1, else gamma / max(||Gh||_F / (theta + eps), gamma);  theta <- eta * ||Gh||_F
 //   (5.6.1, 5.6.5) p <- (1 - lr*wd) * p - lr*alpha*eta * Gh
+// A stack of `count` same-view tensors runs as one [count * rows, cols] array: its stacked rows are
+// the tensors' rows in order, so the row statistics need no tensor index; the column statistics,
+// the norm and eta are per tensor (z).
 // CPU twin: src/reference/racs.rs.
 
 struct RacsParams {
-    rows: u32,
+    rows: u32,    // of one tensor
     cols: u32,
-    chunks: u32,
+    chunks: u32,  // partial-sum workgroups per tensor
     first: u32,
     omb: f32,     // 1 - beta
     eps: f32,
     gamma: f32,
     decay: f32,   // 1 - lr * weight_decay
     step: f32,    // lr * alpha
-    _p0: f32, _p1: f32, _p2: f32,
+    count: u32,   // tensors in the stack
+    _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> rp: RacsParams;
 @group(0) @binding(1) var<storage, read> g: array<f32>;
+// [count * rows]
 @group(0) @binding(2) var<storage, read_write> s: array<f32>;
+// [count * cols]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;
+// [count * chunks]
 @group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
-// [||Gh||_F, theta, eta, unused]
+// [count][||Gh||_F, theta, eta, unused]
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 
@@ -40,7 +47,7 @@ const CHUNK: u32 = 4096u;
 fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
-    if (i >= rp.rows) { return; }
+    if (i >= rp.count * rp.rows) { return; }
     var sum = 0.0;
     for (var j = 0u; j < rp.cols; j = j + 1u) {
         let v = g[i * rp.cols + j];
@@ -52,51 +59,58 @@ fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(256)
 fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let j = index(wid, nwg, lid);
-    if (j >= rp.cols) { return; }
+    // t = z * cols + j: column j of tensor z.
+    let t = index(wid, nwg, lid);
+    if (t >= rp.count * rp.cols) { return; }
+    let z = t / rp.cols;
+    let base = z * rp.rows * rp.cols + (t - z * rp.cols);
     var sum = 0.0;
     for (var i = 0u; i < rp.rows; i = i + 1u) {
-        let v = g[i * rp.cols + j];
+        let v = g[base + i * rp.cols];
         sum = sum + v * v;
     }
-    q[j] = lerp_torch(q[j], sum / f32(rp.rows), rp.omb);
+    q[t] = lerp_torch(q[t], sum / f32(rp.rows), rp.omb);
 }
 
-fn g_hat(k: u32) -> f32 {
-    let i = k / rp.cols;
-    let j = k % rp.cols;
-    return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[j] + rp.eps));
+// Gh at element k of the stack, whose stacked row is i = k / cols, in tensor z = i / rows.
+fn g_hat(k: u32, i: u32, z: u32) -> f32 {
+    let j = k - i * rp.cols;
+    return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[z * rp.cols + j] + rp.eps));
 }
 
+// Workgroup (x, z): chunk x of tensor z.
 @compute @workgroup_size(256)
 fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let start = wid.x * CHUNK;
-    let end = min(start + CHUNK, rp.rows * rp.cols);
+    let z = wid.y;
+    let size = rp.rows * rp.cols;
+    let start = z * size + wid.x * CHUNK;
+    let end = min(start + CHUNK, (z + 1u) * size);
     var acc = vec2<f32>(0.0, 0.0);
     for (var k = start + lid; k < end; k = k + WG) {
-        acc = acc + split_square(g_hat(k));
+        acc = acc + split_square(g_hat(k, k / rp.cols, z));
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[wid.x] = total; }
+    if (lid == 0u) { partials[z * rp.chunks + wid.x] = total; }
 }
 
-// One workgroup: ||Gh||_F from the partials, then the norm-growth limiter (5.6.4).
+// Workgroup z: ||Gh||_F of tensor z from its partials, then the norm-growth limiter (5.6.4).
 @compute @workgroup_size(256)
-fn racs_eta(@builtin(local_invocation_index) lid: u32) {
+fn racs_eta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let z = wid.x;
     var acc = vec2<f32>(0.0, 0.0);
-    for (var j = lid; j < rp.chunks; j = j + WG) { acc = acc + partials[j]; }
+    for (var j = lid; j < rp.chunks; j = j + WG) { acc = acc + partials[z * rp.chunks + j]; }
     red[lid] = acc;
     let t = workgroup_sum(lid);
     if (lid == 0u) {
         let norm = split_norm(t);
         var eta = 1.0;
         if (rp.first == 0u) {
-            eta = rp.gamma / max(norm / (scal[1] + rp.eps), rp.gamma);
+            eta = rp.gamma / max(norm / (scal[4u * z + 1u] + rp.eps), rp.gamma);
         }
-        scal[0] = norm;
-        scal[1] = norm * eta;
-        scal[2] = eta;
+        scal[4u * z] = norm;
+        scal[4u * z + 1u] = norm * eta;
+        scal[4u * z + 2u] = eta;
     }
 }
 
@@ -104,6 +118,8 @@ fn racs_eta(@builtin(local_invocation_index) lid: u32) {
 fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let k = index(wid, nwg, lid);
-    if (k >= rp.rows * rp.cols) { return; }
-    p[k] = rp.decay * p[k] - (rp.step * scal[2]) * g_hat(k);
+    if (k >= rp.count * rp.rows * rp.cols) { return; }
+    let i = k / rp.cols;
+    let z = i / rp.rows;
+    p[k] = rp.decay * p[k] - (rp.step * scal[4u * z + 2u]) * g_hat(k, i, z);
 }

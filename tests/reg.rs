@@ -5,12 +5,36 @@ mod common;
 
 use gpuopt::optim::{RegBuilder, RegConfig, Stepper};
 use gpuopt::parity::{tolerance, TestRng};
+use gpuopt::ContextOptions;
 
 #[test]
 fn reg_matches_reference_over_twelve_steps() {
-    let ctx = common::ctx();
+    // Stacks: [40, 24] ×3 (one a [40, 4, 6] view), [7, 1] ×2, [3, 20], [1, 1], [300, 2].
+    parity_on(&common::ctx(), 5);
+}
+
+#[test]
+fn stacks_split_where_one_storage_binding_is_full() {
+    // An 8 KiB binding holds two 40×24 tensors: their stack of three splits.
+    let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(8192), ..Default::default() });
+    parity_on(&ctx, 6);
+}
+
+/// GPU vs CPU twin over 12 steps with the limiter engaged, on stacks of same-view tensors (one
+/// vector's gradient is zero throughout) and an empty tensor; `chains` stacks are expected.
+fn parity_on(ctx: &gpuopt::Context, chains: usize) {
     let cfg = RegConfig { lr: 0.01, beta2: 0.8, alpha: 0.1, gamma: 1.05, weight_decay: 0.1, ..RegConfig::default() };
-    let shapes: Vec<Vec<usize>> = vec![vec![40, 24], vec![7], vec![3, 4, 5], vec![1], vec![300, 2]];
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![40, 24],
+        vec![7],
+        vec![3, 4, 5],
+        vec![40, 4, 6],
+        vec![1],
+        vec![300, 2],
+        vec![7],
+        vec![0],
+        vec![40, 24],
+    ];
     let mut rng = TestRng::new(31);
     let mut b = RegBuilder::new(cfg);
     let ids: Vec<_> = shapes
@@ -18,15 +42,22 @@ fn reg_matches_reference_over_twelve_steps() {
         .enumerate()
         .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 1.0), s).unwrap())
         .collect();
-    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut gpu = b.clone().build(ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
+    assert_eq!(gpu.chains(), chains);
     let mut prev: Vec<Vec<f32>> = ids.iter().map(|&id| cpu.read_param(id).unwrap()).collect();
     let mut max_step = vec![0.0f32; ids.len()];
     for t in 1..=12 {
         // Growing gradient scales (the limiter itself is checked in the test below).
         let scale = 1.5f32.powi(t as i32);
-        for (&id, s) in ids.iter().zip(&shapes) {
-            let g = rng.uniforms(s.iter().product(), scale);
+        for (i, (&id, s)) in ids.iter().zip(&shapes).enumerate() {
+            // In two stacks a member's limiter sees other data: a zero gradient beside a live one,
+            // and a steady gradient scale (η stays 1) beside growing ones (η < 1).
+            let g = match i {
+                6 => vec![0.0; 7],
+                8 => rng.uniforms(s.iter().product(), 1.0),
+                _ => rng.uniforms(s.iter().product(), scale),
+            };
             gpu.write_grad(id, &g).unwrap();
             cpu.write_grad(id, &g).unwrap();
         }
@@ -44,8 +75,19 @@ fn reg_matches_reference_over_twelve_steps() {
                     shapes[k]
                 );
             }
+            if shapes[k] == [0] {
+                assert!(x.is_empty() && gpu.read_state(id, "theta").unwrap().is_empty());
+                continue;
+            }
             let (tg, tc) = (gpu.read_state(id, "theta").unwrap()[0], cpu.read_state(id, "theta").unwrap()[0]);
             assert!((tg - tc).abs() <= 1e-5 * tc.abs(), "theta {tg} vs {tc}");
+            for state in ["s", "q"] {
+                let (a, b) = (gpu.read_state(id, state).unwrap(), cpu.read_state(id, state).unwrap());
+                assert_eq!(a.len(), b.len());
+                for (u, v) in a.iter().zip(&b) {
+                    assert!((u - v).abs() <= 1e-5 * v.abs(), "{:?} {state}: {u} vs {v}", shapes[k]);
+                }
+            }
             prev[k] = y;
         }
     }

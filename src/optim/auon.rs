@@ -6,8 +6,8 @@
 
 use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
 use super::{
-    check_config_snapshot, config_snapshot, meta_at, read_params_and_states, update_config, GroupId, ParamId,
-    ParamMeta, Snapshot, Stepper,
+    check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
+    GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
@@ -292,17 +292,15 @@ impl AuonOptimizer {
         }
     }
 
-    /// The parameter's stack and the byte offset of its first element there (`None`: empty).
-    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, u64)>> {
-        meta_at(&self.params, id, len)?;
-        Ok(self.slots[id.0].map(|(c, k)| (&self.chains[c], 4 * (k * self.chains[c].len) as u64)))
+    /// The parameter's stack and the element offset of its first element there (`None`: empty).
+    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, usize)>> {
+        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c], k * self.chains[c].len)))
     }
 
     /// Writes the parameter's values (or gradient) into its stack.
     fn write(&self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
-        if let Some((c, off)) = self.slot(id, Some(data.len()))? {
-            let t = if grad { &c.g } else { &c.p };
-            self.ctx.queue().write_buffer(t.buffer(), off, bytemuck::cast_slice(data));
+        if let Some((c, at)) = self.slot(id, Some(data.len()))? {
+            write_at(&self.ctx, if grad { &c.g } else { &c.p }, at, data);
         }
         Ok(())
     }
@@ -310,7 +308,7 @@ impl AuonOptimizer {
     /// Reads the parameter's values (or momentum) from its stack.
     fn read(&self, id: ParamId, momentum: bool) -> Result<Vec<f32>> {
         match self.slot(id, None)? {
-            Some((c, off)) => self.ctx.read_f32(if momentum { c.m.buffer() } else { c.p.buffer() }, off, c.len),
+            Some((c, at)) => read_at(&self.ctx, if momentum { &c.m } else { &c.p }, at, c.len),
             None => Ok(Vec::new()),
         }
     }
@@ -387,10 +385,9 @@ impl Stepper for AuonOptimizer {
             AuonConfig::validate,
         )?;
         for (i, st) in states.iter().enumerate() {
-            if let Some((c, off)) = self.slot(ParamId(i), None)? {
-                let q = self.ctx.queue();
-                q.write_buffer(c.p.buffer(), off, bytemuck::cast_slice(&s.values[i]));
-                q.write_buffer(c.m.buffer(), off, bytemuck::cast_slice(&st[0]));
+            if let Some((c, at)) = self.slot(ParamId(i), None)? {
+                write_at(&self.ctx, &c.p, at, &s.values[i]);
+                write_at(&self.ctx, &c.m, at, &st[0]);
             }
         }
         self.config = config;

@@ -353,25 +353,6 @@ pub(crate) fn update_config<C: Clone>(
     Ok(())
 }
 
-/// The parameter and gradient tensors of a per-tensor chain of passes (AuON, REG).
-pub(crate) trait ChainTensors {
-    /// The parameter.
-    fn param_tensor(&self) -> &crate::Tensor;
-    /// Its gradient.
-    fn grad_tensor(&self) -> &crate::Tensor;
-}
-
-/// The chain of parameter `id` (`None` for an empty parameter), checking `len` when given.
-pub(crate) fn chain_at<'a, C>(
-    params: &[ParamMeta],
-    chains: &'a [Option<C>],
-    id: ParamId,
-    len: Option<usize>,
-) -> Result<Option<&'a C>> {
-    meta_at(params, id, len)?;
-    Ok(chains[id.0].as_ref())
-}
-
 /// Stacks of same-shape items for batched chains: item i with `Some((key, elements))` joins the
 /// last stack of its key while that stack stays within `max_elements` (one storage binding), else
 /// starts one; `None` items are left out. Returns (key, member indices) in first-seen order.
@@ -429,23 +410,26 @@ pub(crate) fn matrix_param(
     Ok((shape[0], n / shape[0]))
 }
 
-/// Writes a chain's gradient (`grad`) or parameter; nothing for an empty parameter.
-pub(crate) fn chain_write<C: ChainTensors>(
-    ctx: &crate::Context,
-    chain: Option<&C>,
-    data: &[f32],
-    grad: bool,
-) -> Result<()> {
-    match chain {
-        Some(c) if grad => c.grad_tensor().write(ctx, data),
-        Some(c) => c.param_tensor().write(ctx, data),
-        None => Ok(()),
-    }
+/// Where parameter `id` of a stacked optimizer lives: (stack, index in it), `None` for an empty
+/// parameter; checks `len` (the element count of a write) when given.
+pub(crate) fn stack_slot(
+    params: &[ParamMeta],
+    slots: &[Option<(usize, usize)>],
+    id: ParamId,
+    len: Option<usize>,
+) -> Result<Option<(usize, usize)>> {
+    meta_at(params, id, len)?;
+    Ok(slots[id.0])
 }
 
-/// Reads a chain's parameter (empty for an empty parameter).
-pub(crate) fn chain_read<C: ChainTensors>(ctx: &crate::Context, chain: Option<&C>) -> Result<Vec<f32>> {
-    chain.map_or(Ok(Vec::new()), |c| c.param_tensor().to_vec(ctx))
+/// Writes `data` at element `at` of `t` (staged: it lands before the work of the next submit).
+pub(crate) fn write_at(ctx: &crate::Context, t: &crate::Tensor, at: usize, data: &[f32]) {
+    ctx.queue().write_buffer(t.buffer(), 4 * at as u64, bytemuck::cast_slice(data));
+}
+
+/// Reads `len` elements of `t` from element `at` (waits for the work submitted so far).
+pub(crate) fn read_at(ctx: &crate::Context, t: &crate::Tensor, at: usize, len: usize) -> Result<Vec<f32>> {
+    ctx.read_f32(t.buffer(), 4 * at as u64, len)
 }
 
 /// Named state tensors per parameter, as [`Snapshot::states`] holds them.

@@ -5,7 +5,7 @@
 //! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does.
 
 use super::{
-    chain_at, chain_read, chain_write, check_config_snapshot, config_snapshot, read_params_and_states, update_config,
+    check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
     GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ impl RegConfig {
         Ok(())
     }
 
-    /// The uniform for a rows × cols tensor at step `t`.
+    /// The uniform for a rows × cols tensor at step `t` (a stack of one; set `count` for more).
     pub fn params(&self, rows: usize, cols: usize, t: u64) -> RacsParams {
         RacsParams {
             rows: rows as u32,
@@ -89,7 +89,8 @@ impl RegConfig {
             gamma: self.gamma as f32,
             decay: (1.0 - self.lr * self.weight_decay) as f32,
             step: (self.lr * self.alpha) as f32,
-            _p: [0.0; 3],
+            count: 1,
+            _p: [0; 2],
         }
     }
 }
@@ -98,11 +99,11 @@ impl RegConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct RacsParams {
-    /// Rows of the matrix view.
+    /// Rows of one tensor's matrix view.
     pub rows: u32,
     /// Columns.
     pub cols: u32,
-    /// Partial-sum workgroups.
+    /// Partial-sum workgroups per tensor.
     pub chunks: u32,
     /// 1 at t = 1.
     pub first: u32,
@@ -116,8 +117,10 @@ pub struct RacsParams {
     pub decay: f32,
     /// lr·α.
     pub step: f32,
+    /// Tensors in the stack.
+    pub count: u32,
     /// Padding.
-    pub _p: [f32; 3],
+    pub _p: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<RacsParams>() == 48);
 
@@ -187,42 +190,54 @@ impl RegBuilder {
     }
 }
 
+/// A stack of `count` parameters with the same rows × cols view, stepped as one chain.
 struct Chain {
     rows: usize,
     cols: usize,
+    count: usize,
     p: Tensor,
     g: Tensor,
+    /// s \[count·rows\], q \[count·cols\], scal \[count·4\] (‖Ĝ‖, θ, η, unused per tensor).
     state: [Tensor; 3],
     kernels: [BoundKernel; 5],
     uniform: wgpu::Buffer,
     _partials: wgpu::Buffer,
 }
 
-/// The GPU REG (RACS) optimizer, one chain of five passes per parameter.
+/// The GPU REG (RACS) optimizer: parameters with the same matrix view are stacked into one chain of
+/// five passes (as many as one storage binding holds).
 pub struct RegOptimizer {
     ctx: Context,
     config: RegConfig,
     params: Vec<ParamMeta>,
-    chains: Vec<Option<Chain>>,
+    chains: Vec<Chain>,
+    /// Each parameter's (chain, index in the stack); `None` for an empty one.
+    slots: Vec<Option<(usize, usize)>>,
     t: u64,
 }
 
 impl RegOptimizer {
     fn new(ctx: &Context, b: RegBuilder) -> Result<Self> {
+        let items =
+            b.params.iter().map(|(meta, data)| (!data.is_empty()).then(|| (racs_view(&meta.shape), data.len())));
+        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
         let mut chains = Vec::new();
-        for (meta, data) in &b.params {
-            if data.is_empty() {
-                chains.push(None);
-                continue;
+        let mut slots = vec![None; b.params.len()];
+        for ((rows, cols), members) in super::stacks(items, max_elements) {
+            let count = members.len();
+            let mut init = Vec::with_capacity(count * rows * cols);
+            for (k, &i) in members.iter().enumerate() {
+                slots[i] = Some((chains.len(), k));
+                init.extend_from_slice(&b.params[i].1);
             }
-            let (rows, cols) = racs_view(&meta.shape);
-            let p = Tensor::from_slice(ctx, data, &[rows, cols])?;
-            let g = Tensor::zeros(ctx, &[rows, cols])?;
-            let s = Tensor::zeros(ctx, &[rows])?;
-            let q = Tensor::from_slice(ctx, &vec![1.0; cols], &[cols])?;
-            let scal = Tensor::zeros(ctx, &[4])?;
+            let p = Tensor::from_slice(ctx, &init, &[count * rows, cols])?;
+            let g = Tensor::zeros(ctx, &[count * rows, cols])?;
+            let s = Tensor::zeros(ctx, &[count * rows])?;
+            let q = Tensor::from_slice(ctx, &vec![1.0; count * cols], &[count * cols])?;
+            let scal = Tensor::zeros(ctx, &[count * 4])?;
             let uniform = ctx.uniform_buffer("racs params", 48);
-            let partials = ctx.storage_buffer("racs partials", 8 * (rows * cols).div_ceil(CHUNK) as u64)?;
+            let chunks = (rows * cols).div_ceil(CHUNK);
+            let partials = ctx.storage_buffer("racs partials", 8 * (count * chunks) as u64)?;
             let (u, gb, sb, qb, pb, cb, xb) =
                 (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
             let kernels = [
@@ -232,29 +247,35 @@ impl RegOptimizer {
                 ctx.bind(&RACS_ETA, &[u, pb, cb])?,
                 ctx.bind(&RACS_APPLY, &[u, gb, sb, qb, cb, xb])?,
             ];
-            chains.push(Some(Chain { rows, cols, p, g, state: [s, q, scal], kernels, uniform, _partials: partials }));
+            let state = [s, q, scal];
+            chains.push(Chain { rows, cols, count, p, g, state, kernels, uniform, _partials: partials });
         }
         Ok(RegOptimizer {
             ctx: ctx.clone(),
             config: b.config,
             params: b.params.into_iter().map(|p| p.0).collect(),
             chains,
+            slots,
             t: 0,
         })
     }
 
-    fn chain(&self, id: ParamId, len: Option<usize>) -> Result<Option<&Chain>> {
-        chain_at(&self.params, &self.chains, id, len)
-    }
-}
-
-impl super::ChainTensors for Chain {
-    fn param_tensor(&self) -> &Tensor {
-        &self.p
+    /// The number of batched chains a step runs (one per stack of same-view parameters).
+    pub fn chains(&self) -> usize {
+        self.chains.len()
     }
 
-    fn grad_tensor(&self) -> &Tensor {
-        &self.g
+    /// The parameter's stack and index there (`None`: empty), checking `len` when given.
+    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, usize)>> {
+        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c], k)))
+    }
+
+    /// Writes the parameter's values (or gradient) into its stack.
+    fn write(&self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
+        if let Some((c, k)) = self.slot(id, Some(data.len()))? {
+            write_at(&self.ctx, if grad { &c.g } else { &c.p }, k * c.rows * c.cols, data);
+        }
+        Ok(())
     }
 }
 
@@ -263,15 +284,16 @@ impl Stepper for RegOptimizer {
         let t = self.t + 1;
         let mut enc = self.ctx.encoder("reg step");
         self.ctx.scoped("reg step", || {
-            for c in self.chains.iter().flatten() {
-                let params = self.config.params(c.rows, c.cols, t);
+            for c in &self.chains {
+                let params = RacsParams { count: c.count as u32, ..self.config.params(c.rows, c.cols, t) };
                 self.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
                 let [rows, cols, partial, eta, apply] = &c.kernels;
-                rows.record(&self.ctx, &mut enc, (c.rows as u32).div_ceil(WORKGROUP_SIZE));
-                cols.record(&self.ctx, &mut enc, (c.cols as u32).div_ceil(WORKGROUP_SIZE));
-                partial.record_3d(&mut enc, (params.chunks, 1, 1));
-                eta.record_3d(&mut enc, (1, 1, 1));
-                apply.record(&self.ctx, &mut enc, ((c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
+                let n = c.count as u32;
+                rows.record(&self.ctx, &mut enc, (n * c.rows as u32).div_ceil(WORKGROUP_SIZE));
+                cols.record(&self.ctx, &mut enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+                partial.record_3d(&mut enc, (params.chunks, n, 1));
+                eta.record_3d(&mut enc, (n, 1, 1));
+                apply.record(&self.ctx, &mut enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
             }
         })?;
         self.ctx.submit(enc);
@@ -280,15 +302,18 @@ impl Stepper for RegOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        chain_write(&self.ctx, self.chain(id, Some(grad.len()))?, grad, true)
+        self.write(id, grad, true)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        chain_write(&self.ctx, self.chain(id, Some(data.len()))?, data, false)
+        self.write(id, data, false)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        chain_read(&self.ctx, self.chain(id, None)?)
+        match self.slot(id, None)? {
+            Some((c, k)) => read_at(&self.ctx, &c.p, k * c.rows * c.cols, c.rows * c.cols),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
@@ -298,11 +323,14 @@ impl Stepper for RegOptimizer {
             "theta" => 2,
             other => return Err(Error::Invalid(format!("reg has no state {other:?} (s, q, theta)"))),
         };
-        Ok(match self.chain(id, None)? {
-            Some(c) if k == 2 => vec![c.state[2].to_vec(&self.ctx)?[1]],
-            Some(c) => c.state[k].to_vec(&self.ctx)?,
-            None => Vec::new(),
-        })
+        match self.slot(id, None)? {
+            // theta is the second of the tensor's four scalars.
+            Some((c, z)) => {
+                let (at, len) = [(z * c.rows, c.rows), (z * c.cols, c.cols), (4 * z + 1, 1)][k];
+                read_at(&self.ctx, &c.state[k], at, len)
+            }
+            None => Ok(Vec::new()),
+        }
     }
 
     fn step_count(&mut self) -> Result<u64> {
@@ -327,12 +355,12 @@ impl Stepper for RegOptimizer {
         let (config, states) =
             check_config_snapshot(&s, "reg", &self.params, &["s", "q", "theta"], reg_state_len, RegConfig::validate)?;
         for (i, st) in states.iter().enumerate() {
-            if let Some(c) = self.chains[i].as_ref() {
-                c.p.write(&self.ctx, &s.values[i])?;
-                c.state[0].write(&self.ctx, &st[0])?;
-                c.state[1].write(&self.ctx, &st[1])?;
+            if let Some((c, z)) = self.slot(ParamId(i), None)? {
+                write_at(&self.ctx, &c.p, z * c.rows * c.cols, &s.values[i]);
+                write_at(&self.ctx, &c.state[0], z * c.rows, &st[0]);
+                write_at(&self.ctx, &c.state[1], z * c.cols, &st[1]);
                 // scal = [norm, theta, eta, unused]: only theta carries over.
-                c.state[2].write(&self.ctx, &[0.0, st[2][0], 1.0, 0.0])?;
+                write_at(&self.ctx, &c.state[2], 4 * z, &[0.0, st[2][0], 1.0, 0.0]);
             }
         }
         self.config = config;
