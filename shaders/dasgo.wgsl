@@ -82,7 +82,7 @@ fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let j = index(wid, nwg, lid);
     if (j >= dp.cols) { return; }
     var sum = 0.0;
-    if (dp.bands == 1u) {
+    if (dp.bands <= 1u) {
         sum = column_sum(j, 0u, dp.rows);
     } else {
         for (var b = 0u; b < dp.bands; b = b + 1u) { sum = sum + colpart[b * dp.cols + j]; }

@@ -105,9 +105,11 @@ pub trait MatOps {
     /// Copies `count` whole matrices, dst\[dst_z + i\] ← src\[src_z + i\] (the two hold matrices of
     /// the same element count and are different batches), in order with the work recorded before.
     fn copy_batch(&mut self, dst: Mat, dst_z: usize, src: Mat, src_z: usize, count: usize) -> Result<()>;
-    /// Grows `m` to `batch` matrices under the same handle: the first ones keep their values (work
-    /// recorded earlier still sees the old storage), the new ones are zero.
-    fn grow(&mut self, m: Mat, batch: usize) -> Result<()>;
+    /// Grows each of `mats` to `batch` matrices under the same handles: the first ones keep their
+    /// values (work recorded earlier still sees the old storage, which is freed at the next submit),
+    /// the new ones are zero; matrices already that long are left alone. All or nothing: on an
+    /// error (a batch that would shrink, no memory) none has changed.
+    fn grow(&mut self, mats: &[Mat], batch: usize) -> Result<()>;
     /// The most f32 elements one batch may hold (the GPU's largest storage binding).
     fn max_elements(&self) -> usize {
         usize::MAX
@@ -236,6 +238,14 @@ pub fn pade_coefficients(a: &[f64], m: usize, n: usize) -> Result<(Vec<f64>, Vec
     q.extend(q_tail.iter());
     let p = (0..=m).map(|k| (0..=k.min(n)).map(|j| q[j] * a[k - j]).sum()).collect();
     Ok((p, q))
+}
+
+/// Checks that [`MatOps::grow`] shrinks none of `mats`.
+pub(crate) fn check_grow(ops: &impl MatOps, mats: &[Mat], batch: usize) -> Result<()> {
+    match mats.iter().map(|&m| ops.shape(m).0).find(|&b| b > batch) {
+        Some(b) => Err(Error::Invalid(format!("grow from {b} to {batch} matrices (it only grows)"))),
+        None => Ok(()),
+    }
 }
 
 /// Checks [`MatOps::copy_batch`]'s arguments; returns the elements of one matrix.

@@ -37,7 +37,7 @@ fn muon_routes_matrices_and_batches_same_shapes() {
 
 #[test]
 fn stacks_split_where_one_storage_binding_is_full() {
-    // Bindings of 4 KiB hold five 8×24 matrices: seven of them (one in a [2, 8, 12] conv view, and
+    // Bindings of 4 KiB hold five 8×24 matrices: seven of them (one in an [8, 2, 12] conv view, and
     // an odd shape between) make two stacks of their shape, and the other shape its own. Before the
     // split, such a build failed: 32 layers of 4096×11008 (5.8 GB) exceed any GPU's binding.
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });

@@ -489,14 +489,20 @@ fn stack_ops(ops: &mut impl MatOps) -> Vec<Vec<f32>> {
     let flat = ops.upload(&seq(3 * 15, 100.0), 3, 15, 1).unwrap();
     // Work recorded before the growth must land in what is kept.
     ops.affine(a, None, 0.0, Scale::One, 2.0, 0.0).unwrap();
-    ops.grow(a, 5).unwrap();
-    ops.grow(a, 5).unwrap(); // the same length: a no-op
+    let b = ops.upload(&[9.0; 4], 1, 2, 2).unwrap();
+    ops.grow(&[a, b], 5).unwrap();
+    ops.grow(&[a], 5).unwrap(); // the same length: a no-op
     ops.copy_batch(a, 2, flat, 1, 2).unwrap(); // other shape, same element count
     ops.write_at(a, 4, &seq(15, -7.0)).unwrap();
     let mut out = vec![ops.read(a).unwrap()];
     out.extend((0..5).map(|z| ops.read_at(a, z).unwrap()));
-    // Refused: shrinking, out of range, different sizes, the batch onto itself.
-    assert!(ops.grow(a, 4).is_err());
+    out.push(ops.read(b).unwrap());
+    // Refused: shrinking (also when another of the matrices would grow: all or nothing), out of
+    // range, different sizes, the batch onto itself.
+    assert!(ops.grow(&[a], 4).is_err());
+    let c = ops.alloc(1, 1, 1).unwrap();
+    assert!(ops.grow(&[c, a], 4).is_err());
+    assert_eq!(ops.shape(c), (1, 1, 1));
     assert!(ops.copy_batch(a, 4, flat, 0, 2).is_err());
     assert!(ops.copy_batch(a, 0, flat, 2, 2).is_err());
     let small = ops.alloc(1, 2, 2).unwrap();
@@ -521,7 +527,10 @@ fn batches_grow_and_copy_matrices_in_place_on_both_backends() {
     want.extend(seq(15, -7.0));
     assert_eq!(cpu[0], want);
     assert_eq!(cpu[1..6].concat(), want);
-    assert_eq!(cpu[6], want);
+    let mut b = vec![9.0; 4];
+    b.extend([0.0; 16]);
+    assert_eq!(cpu[6], b);
+    assert_eq!(cpu[7], want);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::gemm::{GemmDesc, GemmPlan};
 use super::newton_schulz::FrobeniusPlan;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::roots::{check_copy_batch, Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, check_grow, Mat, MatOps, Scale};
 use bytemuck::{Pod, Zeroable};
 use std::any::Any;
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -374,21 +374,29 @@ impl MatOps for GpuMats {
         Ok(())
     }
 
-    fn grow(&mut self, m: Mat, batch: usize) -> Result<()> {
-        let (b, r, c) = self.shape(m);
-        if batch < b {
-            return Err(Error::Invalid(format!("grow from {b} to {batch} matrices (it only grows)")));
+    fn grow(&mut self, mats: &[Mat], batch: usize) -> Result<()> {
+        check_grow(self, mats, batch)?;
+        let short: Vec<Mat> = mats.iter().copied().filter(|&m| self.shape(m).0 < batch).collect();
+        // Every new buffer first, so a failure changes nothing.
+        let new = short
+            .iter()
+            .map(|&m| {
+                let (_, r, c) = self.shape(m);
+                Tensor::zeros(&self.ctx, &[batch, r, c])
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        for (m, t) in short.into_iter().zip(new) {
+            let (b, r, c) = self.shape(m);
+            let bytes = 4 * (b * r * c) as u64;
+            if bytes > 0 {
+                let ctx = &self.ctx;
+                let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
+                enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
+            }
+            // Recorded work may still use the old buffer: keep it alive until the next submit.
+            let (old, _) = std::mem::replace(&mut self.mats[m.0], (t, (batch, r, c)));
+            self.keep.push(Box::new(old));
         }
-        let t = Tensor::zeros(&self.ctx, &[batch, r, c])?;
-        let bytes = 4 * (b * r * c) as u64;
-        if bytes > 0 {
-            let ctx = &self.ctx;
-            let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
-            enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
-        }
-        // Recorded work may still use the old buffer: keep it alive until the next submit.
-        let (old, _) = std::mem::replace(&mut self.mats[m.0], (t, (batch, r, c)));
-        self.keep.push(Box::new(old));
         Ok(())
     }
 

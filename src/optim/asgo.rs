@@ -43,7 +43,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper, MAX_STACK};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::roots::GpuMats;
@@ -108,11 +108,13 @@ impl AsgoConfig {
 /// The state names of a parameter, in checkpoints and [`Stepper::read_state`].
 const STATES: [&str; 2] = ["momentum", "precond"];
 
-/// The parameters of one shape, stacked: each matrix below holds `len` of them.
+/// The parameters of one shape, stacked: each matrix below holds `len` of them; `members` counts
+/// those added since too (settled into the matrices before the next use).
 struct Group {
     rows: usize,
     cols: usize,
     len: usize,
+    members: usize,
     p: Mat,
     grad: Mat,
     momentum: Mat,
@@ -143,6 +145,8 @@ pub struct Asgo<O: MatOps> {
     groups: Vec<Group>,
     /// Each parameter's (group, index in the group).
     slots: Vec<(usize, usize)>,
+    /// Parameters added to existing stacks and not yet settled into them: (group, index, values).
+    pending: Vec<(usize, usize, Vec<f32>)>,
     metas: Vec<ParamMeta>,
     t: u64,
     guard: HostGuard,
@@ -166,37 +170,34 @@ impl<O: MatOps> Asgo<O> {
     /// An empty optimizer on `ops` (validates the configuration).
     pub fn new(ops: O, cfg: AsgoConfig) -> Result<Self> {
         cfg.validate()?;
-        let (groups, slots, metas) = (Vec::new(), Vec::new(), Vec::new());
-        Ok(Asgo { ops, cfg, groups, slots, metas, t: 0, guard: HostGuard::default() })
+        let (groups, slots, pending, metas) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        Ok(Asgo { ops, cfg, groups, slots, pending, metas, t: 0, guard: HostGuard::default() })
     }
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name, stacked
-    /// with the earlier ones of its shape while their batch fits one storage binding. It starts with
-    /// zero momentum and statistics, also when added after steps.
+    /// with the earlier ones of its shape while the stack fits one storage binding (and holds fewer
+    /// than 65,535). It starts with zero momentum and statistics, also when added after steps. A
+    /// parameter joining a stack waits on the host until the optimizer is next used, so that adding
+    /// many grows each stack once.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let max = self.ops.max_elements();
-        let fits = |g: &Group| (g.len + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
-        let ops = &mut self.ops;
+        let fits =
+            |g: &Group| g.members < MAX_STACK && (g.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];
-                // `fits` rules out a refusal for size: only running out of device memory can stop
-                // this part-way.
-                for m in g.mats() {
-                    ops.grow(m, g.len + 1)?;
-                }
-                ops.write_at(g.p, g.len, data)?;
-                ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
-                g.len += 1;
-                (gi, g.len - 1)
+                self.pending.push((gi, g.members, data.to_vec()));
+                g.members += 1;
+                (gi, g.members - 1)
             }
             None => {
-                let r = rows.min(cols);
+                let (ops, r) = (&mut self.ops, rows.min(cols));
                 let group = Group {
                     rows,
                     cols,
                     len: 1,
+                    members: 1,
                     p: ops.upload(data, 1, rows, cols)?,
                     grad: ops.alloc(1, rows, cols)?,
                     momentum: ops.alloc(1, rows, cols)?,
@@ -219,14 +220,37 @@ impl<O: MatOps> Asgo<O> {
         self.groups.len()
     }
 
+    /// Moves the parameters added to existing stacks into them: each such stack grows once (all its
+    /// matrices or none), then their values are written. On an error nothing is lost: what is not
+    /// yet written stays pending, and the next use tries again.
+    fn settle(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for g in self.groups.iter_mut().filter(|g| g.members > g.len) {
+            self.ops.grow(&g.mats(), g.members)?;
+            self.ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
+            g.len = g.members;
+        }
+        while let Some((gi, z, data)) = self.pending.last() {
+            self.ops.write_at(self.groups[*gi].p, *z, data)?;
+            self.pending.pop();
+        }
+        // Frees the stacks' old storage.
+        self.ops.submit();
+        Ok(())
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &AsgoConfig {
         &self.cfg
     }
 
-    /// The backend (its matrices are the stacks of same-shape parameters).
-    pub fn backend(&mut self) -> &mut O {
-        &mut self.ops
+    /// The backend, its matrices the stacks of same-shape parameters (with every parameter added so
+    /// far in them).
+    pub fn backend(&mut self) -> Result<&mut O> {
+        self.settle()?;
+        Ok(&mut self.ops)
     }
 
     /// The parameter's group and index in it.
@@ -282,6 +306,7 @@ impl<O: MatOps> Stepper for Asgo<O> {
         if self.guard.skip_step() {
             return Ok(());
         }
+        self.settle()?;
         for (g, &factor) in self.groups.iter().zip(&factors) {
             let mark = self.ops.mark();
             let r = Self::group_step(&mut self.ops, &self.cfg, g, factor);
@@ -294,7 +319,9 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        let (g, z) = self.slot(id, Some(grad.len()))?;
+        self.slot(id, Some(grad.len()))?;
+        self.settle()?;
+        let (g, z) = self.slot(id, None)?;
         let dst = g.grad;
         // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
         if !self.guard.admit(id.0, grad) {
@@ -304,18 +331,22 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        let (g, z) = self.slot(id, Some(data.len()))?;
+        self.slot(id, Some(data.len()))?;
+        self.settle()?;
+        let (g, z) = self.slot(id, None)?;
         let dst = g.p;
         self.ops.write_at(dst, z, data)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        self.settle()?;
         let (g, z) = self.slot(id, None)?;
         let m = g.p;
         self.ops.read_at(m, z)
     }
 
     fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        self.settle()?;
         let (g, z) = self.slot(id, None)?;
         let m = match state {
             "momentum" => g.momentum,
@@ -357,6 +388,7 @@ impl<O: MatOps> Stepper for Asgo<O> {
         let side = |m: &ParamMeta| m.shape[0].min(m.len() / m.shape[0]);
         let len = |m: &ParamMeta, state: &str| if state == "precond" { side(m) * side(m) } else { m.len() };
         let (cfg, states) = check_config_snapshot(&s, "asgo", &self.metas, &STATES, len, AsgoConfig::validate)?;
+        self.settle()?;
         // Everything is checked: now write.
         for (i, st) in states.iter().enumerate() {
             let (g, z) = self.slots[i];

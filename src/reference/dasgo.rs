@@ -14,7 +14,7 @@ pub fn dasgo_step(h: &DasgoParams, p: &mut [f32], g: &[f32], d: &mut [f32], m: &
         |j: usize, rows: std::ops::Range<usize>| rows.fold(0.0f32, |s, i| s + g[i * cols + j] * g[i * cols + j]);
     let mut r = vec![0.0f32; cols];
     for (j, (dj, rj)) in d.iter_mut().zip(&mut r).enumerate() {
-        let sum = if bands == 1 {
+        let sum = if bands <= 1 {
             column_sum(j, 0..rows)
         } else {
             (0..bands).fold(0.0f32, |s, b| s + column_sum(j, b * band_rows..((b + 1) * band_rows).min(rows)))

@@ -6,7 +6,7 @@
 use super::gemm::{gemm, gemm_addend};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
-use crate::roots::{check_copy_batch, Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, check_grow, Mat, MatOps, Scale};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The CPU backend: every batch a `Vec<f32>`.
@@ -258,13 +258,13 @@ impl MatOps for CpuMats {
         Ok(())
     }
 
-    fn grow(&mut self, m: Mat, batch: usize) -> Result<()> {
-        let ((b, r, c), data) = &mut self.mats[m.0];
-        if batch < *b {
-            return Err(Error::Invalid(format!("grow from {b} to {batch} matrices (it only grows)")));
+    fn grow(&mut self, mats: &[Mat], batch: usize) -> Result<()> {
+        check_grow(self, mats, batch)?;
+        for m in mats {
+            let ((b, r, c), data) = &mut self.mats[m.0];
+            *b = batch;
+            data.resize(batch * *r * *c, 0.0);
         }
-        *b = batch;
-        data.resize(batch * *r * *c, 0.0);
         Ok(())
     }
 
