@@ -78,12 +78,15 @@ fn g_hat(k: u32, i: u32, z: u32) -> f32 {
     return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[z * rp.cols + j] + rp.eps));
 }
 
-// Workgroup (x, z): chunk x of tensor z.
+// Workgroup (x, z, w): chunk x + w * (grid x) of tensor z (chunks fold past a dimension's limit).
 @compute @workgroup_size(256)
-fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let size = rp.rows * rp.cols;
-    let start = z * size + wid.x * CHUNK;
+    let start = z * size + chunk * CHUNK;
     let end = min(start + CHUNK, (z + 1u) * size);
     var acc = vec2<f32>(0.0, 0.0);
     for (var k = start + lid; k < end; k = k + WG) {
@@ -91,7 +94,7 @@ fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[z * rp.chunks + wid.x] = total; }
+    if (lid == 0u) { partials[z * rp.chunks + chunk] = total; }
 }
 
 // Workgroup z: ||Gh||_F of tensor z from its partials, then the norm-growth limiter (5.6.4).

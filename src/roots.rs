@@ -114,6 +114,11 @@ pub trait MatOps {
     fn max_elements(&self) -> usize {
         usize::MAX
     }
+    /// The most matrices one batch may hold (the GPU's workgroups per grid dimension: the
+    /// operations put the batch index there).
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
     /// Overwrites matrix `z` of `dst` with row-major `data` (one matrix's elements), as
     /// [`MatOps::write`] does for a whole batch.
     fn write_at(&mut self, dst: Mat, z: usize, data: &[f32]) -> Result<()> {

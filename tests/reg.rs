@@ -20,6 +20,38 @@ fn stacks_split_where_one_storage_binding_is_full() {
     parity_on(&ctx, 6);
 }
 
+#[test]
+fn folded_grids_and_stack_caps_follow_the_workgroup_limit() {
+    // With at most 3 workgroups per grid dimension, four 130×100 tensors make two stacks (3 + 1:
+    // the stack index is a grid dimension) and each tensor's 4 chunks of partial sums fold into a
+    // 3×2 grid, chunks past the end returning early.
+    let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
+    let cfg = RegConfig { lr: 0.01, beta2: 0.8, alpha: 0.1, gamma: 1.05, ..RegConfig::default() };
+    let mut rng = TestRng::new(41);
+    let mut b = RegBuilder::new(cfg);
+    let ids: Vec<_> =
+        (0..4).map(|i| b.param(&format!("p{i}"), &rng.uniforms(13_000, 1.0), &[130, 100]).unwrap()).collect();
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    assert_eq!(gpu.chains(), 2);
+    for t in 1..=4 {
+        for &id in &ids {
+            let g = rng.uniforms(13_000, 1.5f32.powi(t));
+            gpu.write_grad(id, &g).unwrap();
+            cpu.write_grad(id, &g).unwrap();
+        }
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        for &id in &ids {
+            let (tg, tc) = (gpu.read_state(id, "theta").unwrap()[0], cpu.read_state(id, "theta").unwrap()[0]);
+            assert!((tg - tc).abs() <= 1e-5 * tc.abs(), "step {t}: theta {tg} vs {tc}");
+            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+            let d = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d <= 1e-5, "step {t}: largest parameter difference {d:e}");
+        }
+    }
+}
+
 /// GPU vs CPU twin over 12 steps with the limiter engaged, on stacks of same-view tensors (one
 /// vector's gradient is zero throughout) and an empty tensor; `chains` stacks are expected.
 fn parity_on(ctx: &gpuopt::Context, chains: usize) {

@@ -438,6 +438,11 @@ impl Context {
         self.inner.max_binding
     }
 
+    /// The most workgroups per grid dimension (device limit or the test cap).
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.inner.max_dim
+    }
+
     /// The (x, y) grid that covers `workgroups` with x at most the per-dimension limit.
     pub fn grid(&self, workgroups: u32) -> (u32, u32) {
         let x = workgroups.min(self.inner.max_dim).max(1);

@@ -404,6 +404,10 @@ impl MatOps for GpuMats {
         (self.ctx.max_binding_bytes() / 4) as usize
     }
 
+    fn max_batch(&self) -> usize {
+        self.ctx.max_workgroups_per_dim() as usize
+    }
+
     fn mark(&self) -> usize {
         self.mats.len()
     }

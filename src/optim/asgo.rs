@@ -43,7 +43,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper, MAX_STACK};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::roots::GpuMats;
@@ -175,15 +175,15 @@ impl<O: MatOps> Asgo<O> {
     }
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name, stacked
-    /// with the earlier ones of its shape while the stack fits one storage binding (and holds fewer
-    /// than 65,535). It starts with zero momentum and statistics, also when added after steps. A
+    /// with the earlier ones of its shape while the stack fits one storage binding (and the
+    /// backend's [`MatOps::max_batch`]). It starts with zero momentum and statistics, also when added after steps. A
     /// parameter joining a stack waits on the host until the optimizer is next used, so that adding
     /// many grows each stack once.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
-        let max = self.ops.max_elements();
+        let (max, max_batch) = (self.ops.max_elements(), self.ops.max_batch());
         let fits =
-            |g: &Group| g.members < MAX_STACK && (g.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
+            |g: &Group| g.members < max_batch && (g.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];

@@ -225,10 +225,9 @@ impl AuonOptimizer {
             let view = if b.uses_ns(&meta.shape) { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
             (len > 0).then_some((view, len))
         });
-        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
         let mut chains = Vec::new();
         let mut slots = vec![None; b.params.len()];
-        for (view, members) in super::stacks(items, max_elements) {
+        for (view, members) in super::stacks(ctx, items) {
             let (count, len) = (members.len(), view.iter().product::<usize>());
             let mut init = Vec::with_capacity(count * len);
             for (k, &i) in members.iter().enumerate() {

@@ -353,22 +353,21 @@ pub(crate) fn update_config<C: Clone>(
     Ok(())
 }
 
-/// The most tensors one stack holds: its batch is a dispatch-grid dimension (65,535 at most).
-pub(crate) const MAX_STACK: usize = 65_535;
-
 /// Stacks of same-shape items for batched chains: item i with `Some((key, elements))` joins the
-/// last stack of its key while that stack stays within `max_elements` (one storage binding) and
-/// [`MAX_STACK`] members, else starts one; `None` items are left out. Returns (key, member
-/// indices) in first-seen order.
+/// last stack of its key while that stack stays within `ctx`'s largest binding and holds fewer
+/// members than a grid dimension's workgroups (passes put the stack's index there), else starts
+/// one; `None` items are left out. Returns (key, member indices) in first-seen order.
 pub(crate) fn stacks<K: PartialEq>(
+    ctx: &crate::Context,
     items: impl IntoIterator<Item = Option<(K, usize)>>,
-    max_elements: usize,
 ) -> Vec<(K, Vec<usize>)> {
+    let max_elements = (ctx.max_binding_bytes() / 4) as usize;
+    let max_members = ctx.max_workgroups_per_dim() as usize;
     let mut out: Vec<(K, Vec<usize>, usize)> = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let Some((key, len)) = item else { continue };
         let fits = |s: &&mut (K, Vec<usize>, usize)| {
-            s.1.len() < MAX_STACK && s.2.checked_add(len).is_some_and(|e| e <= max_elements)
+            s.1.len() < max_members && s.2.checked_add(len).is_some_and(|e| e <= max_elements)
         };
         match out.iter_mut().rev().find(|s| s.0 == key).filter(|s| fits(s)) {
             Some(s) => {

@@ -241,14 +241,14 @@ impl MuonBuilder {
     }
 
     /// Shape groups: (rows, cols, member parameter indices) of the Muon parameters, in first-seen
-    /// order; a shape whose matrices would not fit one binding of `max_elements` f32s is split over
-    /// several groups.
-    pub(crate) fn shape_groups(&self, max_elements: usize) -> Vec<(usize, usize, Vec<usize>)> {
+    /// order; a shape whose matrices would not fit one of `ctx`'s bindings (or grid dimensions) is
+    /// split over several groups.
+    pub(crate) fn shape_groups(&self, ctx: &Context) -> Vec<(usize, usize, Vec<usize>)> {
         let items = self
             .params
             .iter()
             .map(|(meta, _, route)| (*route == Route::Muon).then(|| (Self::matrix(&meta.shape), meta.len())));
-        super::stacks(items, max_elements).into_iter().map(|((r, c), members)| (r, c, members)).collect()
+        super::stacks(ctx, items).into_iter().map(|((r, c), members)| (r, c, members)).collect()
     }
 
     /// The auxiliary AdamW builder and the map from our parameter indices to its ids.
@@ -376,8 +376,7 @@ impl MuonOptimizer {
     fn new(ctx: &Context, b: MuonBuilder) -> Result<Self> {
         let mut loc = vec![None; b.params.len()];
         let mut groups = Vec::new();
-        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
-        for (gi, (rows, cols, members)) in b.shape_groups(max_elements).into_iter().enumerate() {
+        for (gi, (rows, cols, members)) in b.shape_groups(ctx).into_iter().enumerate() {
             let n = members.len();
             let mut init = Vec::with_capacity(n * rows * cols);
             for (k, &i) in members.iter().enumerate() {

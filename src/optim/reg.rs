@@ -220,10 +220,9 @@ impl RegOptimizer {
     fn new(ctx: &Context, b: RegBuilder) -> Result<Self> {
         let items =
             b.params.iter().map(|(meta, data)| (!data.is_empty()).then(|| (racs_view(&meta.shape), data.len())));
-        let max_elements = (ctx.max_binding_bytes() / 4) as usize;
         let mut chains = Vec::new();
         let mut slots = vec![None; b.params.len()];
-        for ((rows, cols), members) in super::stacks(items, max_elements) {
+        for ((rows, cols), members) in super::stacks(ctx, items) {
             let count = members.len();
             let mut init = Vec::with_capacity(count * rows * cols);
             for (k, &i) in members.iter().enumerate() {
@@ -291,7 +290,9 @@ impl Stepper for RegOptimizer {
                 let n = c.count as u32;
                 rows.record(&self.ctx, &mut enc, (n * c.rows as u32).div_ceil(WORKGROUP_SIZE));
                 cols.record(&self.ctx, &mut enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
-                partial.record_3d(&mut enc, (params.chunks, n, 1));
+                // Chunks fold into (x, z): a tensor can have more than a dimension's workgroups.
+                let x = params.chunks.min(self.ctx.max_workgroups_per_dim());
+                partial.record_3d(&mut enc, (x, n, params.chunks.div_ceil(x)));
                 eta.record_3d(&mut enc, (n, 1, 1));
                 apply.record(&self.ctx, &mut enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
             }
