@@ -6,7 +6,9 @@
 //   (5.6.1, 5.6.5) p <- (1 - lr*wd) * p - lr*alpha*eta * Gh
 // A stack of `count` same-view tensors runs as one [count * rows, cols] array: its stacked rows are
 // the tensors' rows in order, so the row statistics need no tensor index; the column statistics,
-// the norm and eta are per tensor (z).
+// the norm and eta are per tensor (z). Wide rows get a workgroup each and the column sums split into
+// bands of rows (src/optim/dasgo.rs column_bands), so that a stack of few rows or few columns still
+// fills a large GPU.
 // CPU twin: src/reference/racs.rs.
 
 struct RacsParams {
@@ -20,7 +22,8 @@ struct RacsParams {
     decay: f32,   // 1 - lr * weight_decay
     step: f32,    // lr * alpha
     count: u32,   // tensors in the stack
-    _p1: u32, _p2: u32,
+    bands: u32,   // bands of rows the column sums are split into (as DASGO's)
+    band_rows: u32, // rows per band (the last may hold fewer)
 }
 
 @group(0) @binding(0) var<uniform> rp: RacsParams;
@@ -33,6 +36,8 @@ struct RacsParams {
 @group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
 // [count][||Gh||_F, theta, eta, unused]
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
+// [bands, count * cols]: each band's column sums of G^2 (with more than one band).
+@group(0) @binding(7) var<storage, read_write> colpart: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 
 #import shared/reduce
@@ -43,6 +48,7 @@ const CHUNK: u32 = 4096u;
 
 
 
+// Row statistics, one invocation per stacked row (narrow rows: fewer than 64 columns).
 @compute @workgroup_size(256)
 fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
@@ -56,18 +62,59 @@ fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     s[i] = lerp_torch(s[i], sum / f32(rp.cols), rp.omb);
 }
 
+// Row statistics, one workgroup per stacked row (wide rows): lane l sums columns l, l + 256, ... so
+// neighbouring lanes read neighbouring columns, then the workgroup adds its lanes.
+@compute @workgroup_size(256)
+fn racs_rows_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = wid.x + wid.y * nwg.x;
+    if (i >= rp.count * rp.rows) { return; }
+    var sum = 0.0;
+    for (var j = lid; j < rp.cols; j = j + WG) {
+        let v = g[i * rp.cols + j];
+        sum = sum + v * v;
+    }
+    red[lid] = vec2<f32>(sum, 0.0);
+    let total = workgroup_sum(lid).x;
+    if (lid == 0u) { s[i] = lerp_torch(s[i], total / f32(rp.cols), rp.omb); }
+}
+
+// Column sums over one band of rows, one invocation per (band, stacked column c = z * cols + j).
+@compute @workgroup_size(256)
+fn racs_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    let width = rp.count * rp.cols;
+    if (t >= rp.bands * width) { return; }
+    let band = t / width;
+    let c = t - band * width;
+    let z = c / rp.cols;
+    let base = z * rp.rows * rp.cols + (c - z * rp.cols);
+    let first = band * rp.band_rows;
+    var sum = 0.0;
+    for (var i = first; i < min(first + rp.band_rows, rp.rows); i = i + 1u) {
+        let v = g[base + i * rp.cols];
+        sum = sum + v * v;
+    }
+    colpart[t] = sum;
+}
+
 @compute @workgroup_size(256)
 fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     // t = z * cols + j: column j of tensor z.
     let t = index(wid, nwg, lid);
     if (t >= rp.count * rp.cols) { return; }
-    let z = t / rp.cols;
-    let base = z * rp.rows * rp.cols + (t - z * rp.cols);
     var sum = 0.0;
-    for (var i = 0u; i < rp.rows; i = i + 1u) {
-        let v = g[base + i * rp.cols];
-        sum = sum + v * v;
+    if (rp.bands <= 1u) {
+        let z = t / rp.cols;
+        let base = z * rp.rows * rp.cols + (t - z * rp.cols);
+        for (var i = 0u; i < rp.rows; i = i + 1u) {
+            let v = g[base + i * rp.cols];
+            sum = sum + v * v;
+        }
+    } else {
+        for (var b = 0u; b < rp.bands; b = b + 1u) { sum = sum + colpart[b * rp.count * rp.cols + t]; }
     }
     q[t] = lerp_torch(q[t], sum / f32(rp.rows), rp.omb);
 }

@@ -17,10 +17,14 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
     KernelSpec { module: "racs", entry, bindings }
 }
-/// Row statistics s.
+/// Row statistics s, an invocation per row (rows of fewer than [`WIDE_ROWS`] columns).
 pub const RACS_ROWS: KernelSpec = spec("racs_rows", &[(0, U), (1, R), (2, W)]);
+/// Row statistics s, a workgroup per row (wide rows).
+pub const RACS_ROWS_WIDE: KernelSpec = spec("racs_rows_wide", &[(0, U), (1, R), (2, W)]);
+/// Each band's column sums of G² (more than one band).
+pub const RACS_COLSUM: KernelSpec = spec("racs_colsum", &[(0, U), (1, R), (7, W)]);
 /// Column statistics q.
-pub const RACS_COLS: KernelSpec = spec("racs_cols", &[(0, U), (1, R), (3, W)]);
+pub const RACS_COLS: KernelSpec = spec("racs_cols", &[(0, U), (1, R), (3, W), (7, W)]);
 /// Partial sums of ‖Ĝ‖².
 pub const RACS_PARTIAL: KernelSpec = spec("racs_partial", &[(0, U), (1, R), (2, W), (3, W), (4, W)]);
 /// ‖Ĝ‖ and the limiter η.
@@ -28,8 +32,12 @@ pub const RACS_ETA: KernelSpec = spec("racs_eta", &[(0, U), (4, W), (5, W)]);
 /// The update.
 pub const RACS_APPLY: KernelSpec = spec("racs_apply", &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)]);
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[RACS_ROWS, RACS_COLS, RACS_PARTIAL, RACS_ETA, RACS_APPLY];
+pub const SPECS: &[KernelSpec] =
+    &[RACS_ROWS, RACS_ROWS_WIDE, RACS_COLSUM, RACS_COLS, RACS_PARTIAL, RACS_ETA, RACS_APPLY];
 const CHUNK: usize = 4096;
+/// Rows of at least this many columns get a workgroup each for their statistics (lane l summing
+/// columns l, l + 256, …, then the workgroup's sum); narrower rows an invocation each.
+pub const WIDE_ROWS: usize = 64;
 
 /// REG / RACS hyperparameters; defaults are pytorch-optimizer `RACS`'s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,6 +87,7 @@ impl RegConfig {
 
     /// The uniform for a rows × cols tensor at step `t` (a stack of one; set `count` for more).
     pub fn params(&self, rows: usize, cols: usize, t: u64) -> RacsParams {
+        let (bands, band_rows) = super::dasgo::column_bands(rows, cols);
         RacsParams {
             rows: rows as u32,
             cols: cols as u32,
@@ -90,7 +99,8 @@ impl RegConfig {
             decay: (1.0 - self.lr * self.weight_decay) as f32,
             step: (self.lr * self.alpha) as f32,
             count: 1,
-            _p: [0; 2],
+            bands: bands as u32,
+            band_rows: band_rows as u32,
         }
     }
 }
@@ -119,8 +129,10 @@ pub struct RacsParams {
     pub step: f32,
     /// Tensors in the stack.
     pub count: u32,
-    /// Padding.
-    pub _p: [u32; 2],
+    /// Bands of rows the column sums are split into (DASGO's [`super::dasgo::column_bands`]).
+    pub bands: u32,
+    /// Rows per band (the last may hold fewer).
+    pub band_rows: u32,
 }
 const _: () = assert!(std::mem::size_of::<RacsParams>() == 48);
 
@@ -199,9 +211,11 @@ struct Chain {
     g: Tensor,
     /// s \[count·rows\], q \[count·cols\], scal \[count·4\] (‖Ĝ‖, θ, η, unused per tensor).
     state: [Tensor; 3],
-    kernels: [BoundKernel; 5],
+    /// Row statistics (per row or per workgroup, by width), column band sums, column statistics,
+    /// partial norms, eta, update.
+    kernels: [BoundKernel; 6],
     uniform: wgpu::Buffer,
-    _partials: wgpu::Buffer,
+    _buffers: [wgpu::Buffer; 2],
 }
 
 /// The GPU REG (RACS) optimizer: parameters with the same matrix view are stacked into one chain of
@@ -237,17 +251,24 @@ impl RegOptimizer {
             let uniform = ctx.uniform_buffer("racs params", 48);
             let chunks = (rows * cols).div_ceil(CHUNK);
             let partials = ctx.storage_buffer("racs partials", 8 * (count * chunks) as u64)?;
+            let bands = super::dasgo::column_bands(rows, cols).0;
+            // Unused (a stub) with one band.
+            let colpart_len = if bands > 1 { bands * count * cols } else { 1 };
+            let colpart = ctx.storage_buffer("racs column sums", 4 * colpart_len as u64)?;
             let (u, gb, sb, qb, pb, cb, xb) =
                 (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
+            let row_spec = if cols >= WIDE_ROWS { &RACS_ROWS_WIDE } else { &RACS_ROWS };
             let kernels = [
-                ctx.bind(&RACS_ROWS, &[u, gb, sb])?,
-                ctx.bind(&RACS_COLS, &[u, gb, qb])?,
+                ctx.bind(row_spec, &[u, gb, sb])?,
+                ctx.bind(&RACS_COLSUM, &[u, gb, &colpart])?,
+                ctx.bind(&RACS_COLS, &[u, gb, qb, &colpart])?,
                 ctx.bind(&RACS_PARTIAL, &[u, gb, sb, qb, pb])?,
                 ctx.bind(&RACS_ETA, &[u, pb, cb])?,
                 ctx.bind(&RACS_APPLY, &[u, gb, sb, qb, cb, xb])?,
             ];
             let state = [s, q, scal];
-            chains.push(Chain { rows, cols, count, p, g, state, kernels, uniform, _partials: partials });
+            let _buffers = [partials, colpart];
+            chains.push(Chain { rows, cols, count, p, g, state, kernels, uniform, _buffers });
         }
         Ok(RegOptimizer {
             ctx: ctx.clone(),
@@ -286,9 +307,18 @@ impl Stepper for RegOptimizer {
             for c in &self.chains {
                 let params = RacsParams { count: c.count as u32, ..self.config.params(c.rows, c.cols, t) };
                 self.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
-                let [rows, cols, partial, eta, apply] = &c.kernels;
+                let [rows, colsum, cols, partial, eta, apply] = &c.kernels;
                 let n = c.count as u32;
-                rows.record(&self.ctx, &mut enc, (n * c.rows as u32).div_ceil(WORKGROUP_SIZE));
+                let stacked_rows = n * c.rows as u32;
+                let wide = c.cols >= WIDE_ROWS;
+                rows.record(
+                    &self.ctx,
+                    &mut enc,
+                    if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) },
+                );
+                if params.bands > 1 {
+                    colsum.record(&self.ctx, &mut enc, (params.bands * n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+                }
                 cols.record(&self.ctx, &mut enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
                 // Chunks fold into (x, z): a tensor can have more than a dimension's workgroups.
                 let x = params.chunks.min(self.ctx.max_workgroups_per_dim());

@@ -2,7 +2,7 @@
 
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
-use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig};
+use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig, WIDE_ROWS};
 use crate::optim::{
     check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
@@ -21,19 +21,29 @@ pub fn racs_step(
     cols: usize,
 ) -> f32 {
     let h = c.params(rows, cols, t);
-    for i in 0..rows {
-        let mut sum = 0.0f32;
-        for j in 0..cols {
-            sum += g[i * cols + j] * g[i * cols + j];
-        }
-        s[i] = lerp_torch(s[i], sum / cols as f32, h.omb);
+    let sq = |i: usize, j: usize| g[i * cols + j] * g[i * cols + j];
+    for (i, si) in s.iter_mut().enumerate().take(rows) {
+        let sum = if cols >= WIDE_ROWS {
+            // The shader's workgroup: lane l sums columns l, l + 256, …; then 16 groups of 16 lanes,
+            // then the 16 group sums (shaders/shared/reduce.wgsl `workgroup_sum`).
+            let lane = |l: usize| (l..cols).step_by(256).fold(0.0f32, |a, j| a + sq(i, j));
+            let lanes: Vec<f32> = (0..256).map(lane).collect();
+            lanes.chunks(16).map(|c| c.iter().fold(0.0f32, |a, &x| a + x)).fold(0.0f32, |a, x| a + x)
+        } else {
+            (0..cols).fold(0.0f32, |a, j| a + sq(i, j))
+        };
+        *si = lerp_torch(*si, sum / cols as f32, h.omb);
     }
-    for j in 0..cols {
-        let mut sum = 0.0f32;
-        for i in 0..rows {
-            sum += g[i * cols + j] * g[i * cols + j];
-        }
-        q[j] = lerp_torch(q[j], sum / rows as f32, h.omb);
+    let (bands, band_rows) = (h.bands as usize, h.band_rows as usize);
+    for (j, qj) in q.iter_mut().enumerate().take(cols) {
+        // One band: the rows in order; more: each band's rows in order, then the bands in order.
+        let band = |b: usize| (b * band_rows..((b + 1) * band_rows).min(rows)).fold(0.0f32, |a, i| a + sq(i, j));
+        let sum = if bands <= 1 {
+            (0..rows).fold(0.0f32, |a, i| a + sq(i, j))
+        } else {
+            (0..bands).fold(0.0f32, |a, b| a + band(b))
+        };
+        *qj = lerp_torch(*qj, sum / rows as f32, h.omb);
     }
     let gh = |k: usize| g[k] / ((s[k / cols] + h.eps).sqrt() * (q[k % cols] + h.eps).sqrt());
     let norm = ((0..rows * cols).map(|k| (gh(k) as f64).powi(2)).sum::<f64>()).sqrt() as f32;
