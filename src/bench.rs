@@ -320,7 +320,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         algorithms.push((name.into(), Algorithm::from_name("lion", &hyper)?));
     }
     let multi = ["adamw", "lion"];
-    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 4) as u64, show_progress);
+    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 6) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         for (name, alg) in &algorithms {
@@ -384,6 +384,43 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         let t = ctx.time(reps_for(n), batches, |enc| opt.record_step(enc))?;
         out.push(
             Record::measured("elementwise", "dasgo", vec![rows, cols], t.median_s, "copy", base.median_s)
+                .gbps(bytes as f64)
+                .on(adapter.clone(), t.method),
+        );
+        pb.inc(1);
+    }
+    // REG (RACS) and AuON on a 1024 × (n / 1024) matrix (the largest size) at their defaults,
+    // beside the copy kernel moving their bytes per parameter: REG reads g in each of its row,
+    // column and norm passes and g, p and writes p in its update (24 B; the statistics add
+    // O(rows + cols)); AuON reads g and m and writes m and the update u, reads u for each of its
+    // two norms, and reads u and p and writes p (36 B).
+    let n = *sizes.last().expect("a size");
+    for (name, bytes_per) in [("reg", 24), ("auon", 36)] {
+        let (rows, cols) = (1024, n / 1024);
+        pb.set_message(format!("{name} {rows}x{cols}"));
+        let mut rng = TestRng::new(9);
+        let (p0, g) = (rng.normals(n, 1.0), rng.normals(n, 1.0));
+        let record: Box<dyn Fn(&mut wgpu::CommandEncoder)> = if name == "reg" {
+            let mut b = crate::optim::RegBuilder::new(Default::default());
+            let id = b.param("w", &p0, &[rows, cols])?;
+            let mut opt = b.build(ctx)?;
+            opt.write_grad(id, &g)?;
+            opt.write_uniforms(2);
+            Box::new(move |enc| opt.record_step(enc))
+        } else {
+            let mut b = crate::optim::AuonBuilder::new(Default::default(), false);
+            let id = b.param("w", &p0, &[rows, cols])?;
+            let mut opt = b.build(ctx)?;
+            opt.write_grad(id, &g)?;
+            opt.write_uniforms();
+            Box::new(move |enc| opt.record_step(enc))
+        };
+        let bytes = bytes_per * n;
+        let copy = CopyKernel::new(ctx, bytes / 8)?;
+        let base = ctx.time(reps_for(n), batches, |enc| copy.record(ctx, enc))?;
+        let t = ctx.time(reps_for(n), batches, |enc| record(enc))?;
+        out.push(
+            Record::measured("elementwise", name, vec![rows, cols], t.median_s, "copy", base.median_s)
                 .gbps(bytes as f64)
                 .on(adapter.clone(), t.method),
         );

@@ -291,6 +291,30 @@ impl AuonOptimizer {
         }
     }
 
+    /// Writes the uniforms of the config in force for the passes recorded next.
+    pub fn write_uniforms(&self) {
+        for c in &self.chains {
+            let q = self.ctx.queue();
+            q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(c.len * c.count)));
+            q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len, c.count)));
+        }
+    }
+
+    /// Records one step's passes for every stack into `enc`, with the uniforms last written: what
+    /// [`Stepper::step`] submits, and what the benchmark times.
+    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+        for c in &self.chains {
+            let wg = ((c.len * c.count) as u32).div_ceil(WORKGROUP_SIZE);
+            c.momentum.record(&self.ctx, enc, wg);
+            if let Some(ns) = &c.ns {
+                ns.record(enc);
+            }
+            c.frob.record(enc);
+            c.cosh.record(enc);
+            c.apply.record(&self.ctx, enc, wg);
+        }
+    }
+
     /// The parameter's stack and the element offset of its first element there (`None`: empty).
     fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, usize)>> {
         Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c], k * self.chains[c].len)))
@@ -315,23 +339,9 @@ impl AuonOptimizer {
 
 impl Stepper for AuonOptimizer {
     fn step(&mut self) -> Result<()> {
+        self.write_uniforms();
         let mut enc = self.ctx.encoder("auon step");
-        self.ctx.scoped("auon step", || {
-            for c in &self.chains {
-                let q = self.ctx.queue();
-                let n = c.len * c.count;
-                q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(n)));
-                q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len, c.count)));
-                let wg = (n as u32).div_ceil(WORKGROUP_SIZE);
-                c.momentum.record(&self.ctx, &mut enc, wg);
-                if let Some(ns) = &c.ns {
-                    ns.record(&mut enc);
-                }
-                c.frob.record(&mut enc);
-                c.cosh.record(&mut enc);
-                c.apply.record(&self.ctx, &mut enc, wg);
-            }
-        })?;
+        self.ctx.scoped("auon step", || self.record_step(&mut enc))?;
         self.ctx.submit(enc);
         self.t += 1;
         Ok(())

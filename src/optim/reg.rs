@@ -285,6 +285,36 @@ impl RegOptimizer {
         self.chains.len()
     }
 
+    /// Writes step `t`'s uniforms (t = 1 starts the limiter) for the passes recorded next.
+    pub fn write_uniforms(&self, t: u64) {
+        for c in &self.chains {
+            let params = RacsParams { count: c.count as u32, ..self.config.params(c.rows, c.cols, t) };
+            self.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
+        }
+    }
+
+    /// Records one step's passes for every stack into `enc`, with the uniforms last written: what
+    /// [`Stepper::step`] submits, and what the benchmark times.
+    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+        for c in &self.chains {
+            let params = self.config.params(c.rows, c.cols, 1);
+            let [rows, colsum, cols, partial, eta, apply] = &c.kernels;
+            let n = c.count as u32;
+            let stacked_rows = n * c.rows as u32;
+            let wide = c.cols >= WIDE_ROWS;
+            rows.record(&self.ctx, enc, if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) });
+            if params.bands > 1 {
+                colsum.record(&self.ctx, enc, (params.bands * n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+            }
+            cols.record(&self.ctx, enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+            // Chunks fold into (x, z): a tensor can have more than a dimension's workgroups.
+            let x = params.chunks.min(self.ctx.max_workgroups_per_dim());
+            partial.record_3d(enc, (x, n, params.chunks.div_ceil(x)));
+            eta.record_3d(enc, (n, 1, 1));
+            apply.record(&self.ctx, enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
+        }
+    }
+
     /// The parameter's stack and index there (`None`: empty), checking `len` when given.
     fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, usize)>> {
         Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c], k)))
@@ -302,31 +332,9 @@ impl RegOptimizer {
 impl Stepper for RegOptimizer {
     fn step(&mut self) -> Result<()> {
         let t = self.t + 1;
+        self.write_uniforms(t);
         let mut enc = self.ctx.encoder("reg step");
-        self.ctx.scoped("reg step", || {
-            for c in &self.chains {
-                let params = RacsParams { count: c.count as u32, ..self.config.params(c.rows, c.cols, t) };
-                self.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(&params));
-                let [rows, colsum, cols, partial, eta, apply] = &c.kernels;
-                let n = c.count as u32;
-                let stacked_rows = n * c.rows as u32;
-                let wide = c.cols >= WIDE_ROWS;
-                rows.record(
-                    &self.ctx,
-                    &mut enc,
-                    if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) },
-                );
-                if params.bands > 1 {
-                    colsum.record(&self.ctx, &mut enc, (params.bands * n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
-                }
-                cols.record(&self.ctx, &mut enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
-                // Chunks fold into (x, z): a tensor can have more than a dimension's workgroups.
-                let x = params.chunks.min(self.ctx.max_workgroups_per_dim());
-                partial.record_3d(&mut enc, (x, n, params.chunks.div_ceil(x)));
-                eta.record_3d(&mut enc, (n, 1, 1));
-                apply.record(&self.ctx, &mut enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
-            }
-        })?;
+        self.ctx.scoped("reg step", || self.record_step(&mut enc))?;
         self.ctx.submit(enc);
         self.t = t;
         Ok(())
