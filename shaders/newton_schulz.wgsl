@@ -33,9 +33,12 @@ const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;                 // elements per frob_partial workgroup (16 per invocation)
 
 
+// Workgroup (x, z, w): chunk x + w * (grid x) of matrix z (chunks fold past a dimension's limit).
 @compute @workgroup_size(256)
-fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x;
+fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= np.chunks) { return; }
     let z = wid.y;
     let start = chunk * CHUNK;
     let end = min(start + CHUNK, np.len);
@@ -54,8 +57,10 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // |gamma * v / norm| <= gamma, so cosh^2 stays small and the plain sum (first component) suffices;
 // frob_final then gives sqrt(sum).
 @compute @workgroup_size(256)
-fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x;
+fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= np.chunks) { return; }
     let z = wid.y;
     let start = chunk * CHUNK;
     let end = min(start + CHUNK, np.len);

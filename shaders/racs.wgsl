@@ -125,7 +125,8 @@ fn g_hat(k: u32, i: u32, z: u32) -> f32 {
     return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[z * rp.cols + j] + rp.eps));
 }
 
-// Workgroup (x, z, w): chunk x + w * (grid x) of tensor z (chunks fold past a dimension's limit).
+// Workgroup (x, z, w): chunk x + w * (grid x) of tensor z (chunks fold past a dimension's limit;
+// src/kernels/newton_schulz.rs chunk_grid).
 @compute @workgroup_size(256)
 fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {

@@ -116,10 +116,13 @@ fn dev(v: f32, r: u32, c: u32) -> f32 {
     return min(abs(d), INF);
 }
 
+// Workgroup (x, z, w): chunk x + w * (grid x) of matrix z, as frob_partial.
 @compute @workgroup_size(256)
-fn maxdev_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn maxdev_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
     let len = rp.rows * rp.cols;
-    let chunk = wid.x;
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let start = chunk * CHUNK;
     let end = min(start + CHUNK, len);

@@ -720,9 +720,12 @@ fn asgo_stack_steps(
     let (p0, g) = (rng.uniforms(m * n, 1.0), rng.uniforms(m * n, 1.0));
     let mut stack = Asgo::gpu(ctx, AsgoConfig::default())?;
     let mut apart = Vec::new();
-    for i in 0..b {
-        let id = stack.add_param(&format!("w{i}"), &p0, &[m, n])?;
+    // Every parameter first, then the gradients: the stack grows once.
+    let ids = (0..b).map(|i| stack.add_param(&format!("w{i}"), &p0, &[m, n])).collect::<Result<Vec<_>>>()?;
+    for id in ids {
         stack.write_grad(id, &g)?;
+    }
+    for _ in 0..b {
         let mut one = Asgo::gpu(ctx, AsgoConfig::default())?;
         let id = one.add_param("w", &p0, &[m, n])?;
         one.write_grad(id, &g)?;

@@ -99,6 +99,31 @@ fn stacks_split_where_one_storage_binding_is_full() {
 }
 
 #[test]
+fn norm_passes_fold_their_chunks_past_the_workgroup_limit() {
+    // At most 3 workgroups per grid dimension: a 42,000-element tensor's 11 chunks of norm and cosh
+    // partial sums fold into a 3×4 grid. Same bound as the parity test.
+    let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
+    let config = AuonConfig { lr: 0.02, ..AuonConfig::default() };
+    let mut rng = TestRng::new(29);
+    let mut b = AuonBuilder::new(config.clone(), false);
+    let id = b.param("w", &rng.uniforms(42_000, 0.5), &[42_000]).unwrap();
+    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut cpu = b.build_cpu().unwrap();
+    for t in 1..=3 {
+        let g = rng.uniforms(42_000, 1.0);
+        gpu.write_grad(id, &g).unwrap();
+        cpu.write_grad(id, &g).unwrap();
+        gpu.step().unwrap();
+        cpu.step().unwrap();
+        let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+        let eps = f32::EPSILON as f64;
+        let tol = t as f64 * (config.lr * 1.2 * 42_000f64.sqrt() * 32.0 * eps + 4.0 * eps * norm(&y));
+        let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+        assert!(norm(&diff) <= tol, "step {t}: {:e} > {tol:e}", norm(&diff));
+    }
+}
+
+#[test]
 fn auon_zero_gradient_skips_the_step_but_not_the_decay() {
     let ctx = common::ctx();
     let cfg = AuonConfig { lr: 0.1, weight_decay: 0.5, ..AuonConfig::default() };

@@ -201,7 +201,8 @@ fn matrix_resume(make: &dyn Fn(u64, bool) -> Box<dyn Stepper>, shapes: &[Vec<usi
 fn checkpoint_resume_is_bit_identical_auon_and_reg() {
     use gpuopt::optim::{AuonBuilder, AuonConfig, RegBuilder, RegConfig};
     let ctx = common::ctx();
-    let shapes: Vec<Vec<usize>> = vec![vec![8, 5], vec![7], vec![0], vec![3, 2, 2]];
+    // Second [8, 5] and [7]: restore writes into stacks at index 1 too.
+    let shapes: Vec<Vec<usize>> = vec![vec![8, 5], vec![7], vec![0], vec![3, 2, 2], vec![8, 5], vec![7]];
     let init = |seed: u64| -> Vec<Vec<f32>> {
         let mut rng = TestRng::new(seed);
         shapes.iter().map(|s| rng.uniforms(s.iter().product(), 0.5)).collect()

@@ -9,22 +9,24 @@ use gpuopt::ContextOptions;
 
 #[test]
 fn reg_matches_reference_over_twelve_steps() {
-    // Stacks: [40, 24] ×3 (one a [40, 4, 6] view), [7, 1] ×2, [3, 20], [1, 1], [300, 2].
-    parity_on(&common::ctx(), 5);
+    // Stacks: [40, 24] ×3 (one a [40, 4, 6] view), [7, 1] ×2, [3, 20], [1, 1], [300, 2] (9 bands
+    // of column sums), [5, 100] (a workgroup per row, 156 of its lanes idle).
+    parity_on(&common::ctx(), 6);
 }
 
 #[test]
 fn stacks_split_where_one_storage_binding_is_full() {
     // An 8 KiB binding holds two 40×24 tensors: their stack of three splits.
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(8192), ..Default::default() });
-    parity_on(&ctx, 6);
+    parity_on(&ctx, 7);
 }
 
 #[test]
 fn folded_grids_and_stack_caps_follow_the_workgroup_limit() {
     // With at most 3 workgroups per grid dimension, four 70×600 tensors make two stacks (3 + 1:
     // the stack index is a grid dimension) and each tensor's 11 chunks of partial sums fold into a
-    // 3×4 grid, chunks past the end returning early; the row and column passes' grids fold too.
+    // 3×4 grid, chunks past the end returning early (the row and column passes fold their counts
+    // into x, which this cap exercises; their y stays below real limits).
     let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
     let cfg = RegConfig { lr: 0.01, beta2: 0.8, alpha: 0.1, gamma: 1.05, ..RegConfig::default() };
     let mut rng = TestRng::new(41);
@@ -49,11 +51,12 @@ fn folded_grids_and_stack_caps_follow_the_workgroup_limit() {
             let d = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(d <= 1e-5, "step {t}: largest parameter difference {d:e}");
             // 600 columns: a workgroup per row, lanes summing up to 3 columns each; 70 rows: column
-            // sums in 2 bands of 35. The twin adds in the same order: equal to a few ulp.
+            // sums in 2 bands of 35. The twin adds in the same order: equal to a few ulp (16 ε leaves
+            // room for drivers that contract the squares into FMAs and divide to 2.5 ulp).
             for state in ["s", "q"] {
                 let (a, b) = (gpu.read_state(id, state).unwrap(), cpu.read_state(id, state).unwrap());
                 let worst = a.iter().zip(&b).map(|(u, v)| ((u - v) / v).abs()).fold(0.0f32, f32::max);
-                assert!(worst <= 4.0 * f32::EPSILON, "step {t} {state}: relative difference {worst:e}");
+                assert!(worst <= 16.0 * f32::EPSILON, "step {t} {state}: relative difference {worst:e}");
             }
         }
     }
@@ -73,6 +76,7 @@ fn parity_on(ctx: &gpuopt::Context, chains: usize) {
         vec![7],
         vec![0],
         vec![40, 24],
+        vec![5, 100],
     ];
     let mut rng = TestRng::new(31);
     let mut b = RegBuilder::new(cfg);

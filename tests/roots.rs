@@ -51,7 +51,38 @@ fn affine_maxdev_frobenius_match_their_cpu_twins() {
     }
 }
 
-/// The op sequence of the test above, object-safe over both backends.
+#[test]
+fn norms_fold_their_chunks_past_the_workgroup_limit() {
+    // At most 3 workgroups per grid dimension: a 70×600 matrix has 11 chunks of partial sums, which
+    // fold into a 3×4 grid (one past the end returns at once). Both reductions against the twin.
+    let ctx = common::ctx_with(gpuopt::ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
+    let x = TestRng::new(12).normals(2 * 70 * 600, 1.0);
+    let mut results = Vec::new();
+    let mut gpu = GpuMats::new(&ctx).unwrap();
+    let mut cpu = CpuMats::default();
+    for ops in [&mut gpu as &mut dyn FoldCase, &mut cpu] {
+        results.push(ops.norms(&x));
+    }
+    assert!(rel32(&results[0].0, &results[1].0) <= 4.0 * EPS, "{:?} vs {:?}", results[0].0, results[1].0);
+    assert_eq!(results[0].1, results[1].1, "max |x - I|");
+}
+
+/// Frobenius norms and max_dev of a [2, 70, 600] batch, object-safe over both backends.
+trait FoldCase {
+    fn norms(&mut self, x: &[f32]) -> (Vec<f32>, Vec<f32>);
+}
+
+impl<T: MatOps> FoldCase for T {
+    fn norms(&mut self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let m = self.upload(x, 2, 70, 600).unwrap();
+        let (f, d) = (self.alloc(2, 1, 1).unwrap(), self.alloc(2, 1, 1).unwrap());
+        self.frobenius(m, f).unwrap();
+        self.max_dev(m, d).unwrap();
+        (self.read(f).unwrap(), self.read(d).unwrap())
+    }
+}
+
+/// The op sequence of `affine_maxdev_frobenius_match_their_cpu_twins`, object-safe over both backends.
 trait MatOpsDyn {
     #[allow(clippy::too_many_arguments)]
     fn run(&mut self, x: &[f32], o: &[f32], s: &[f32], mask: &[f32], b: usize, r: usize, c: usize) -> Vec<Vec<f32>>;

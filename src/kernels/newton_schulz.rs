@@ -63,7 +63,8 @@ fn uniform(ctx: &Context, p: NsParams) -> wgpu::Buffer {
 pub struct FrobeniusPlan {
     partial: BoundKernel,
     finish: BoundKernel,
-    chunks: u32,
+    /// The partial pass's grid: (x, batch, w) with chunk = x + w·(grid x).
+    grid: (u32, u32, u32),
     batch: u32,
     _buffers: Vec<wgpu::Buffer>,
 }
@@ -102,14 +103,22 @@ impl FrobeniusPlan {
         let partials = ctx.storage_buffer("norm partials", 8 * (chunks * batch) as u64)?;
         let partial = partial(&u, &partials)?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, out.buffer()])?;
-        Ok(FrobeniusPlan { partial, finish, chunks: chunks as u32, batch: batch as u32, _buffers: vec![u, partials] })
+        let grid = chunk_grid(ctx, chunks, batch);
+        Ok(FrobeniusPlan { partial, finish, grid, batch: batch as u32, _buffers: vec![u, partials] })
     }
 
     /// Records both passes; returns 2.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        self.partial.record_3d(encoder, (self.chunks, self.batch, 1))
-            + self.finish.record_3d(encoder, (self.batch, 1, 1))
+        self.partial.record_3d(encoder, self.grid) + self.finish.record_3d(encoder, (self.batch, 1, 1))
     }
+}
+
+/// The grid of a per-matrix partial-sum pass over `chunks` chunks of each of `batch` matrices:
+/// (x, batch, w), chunk = x + w·(grid x), so one matrix may have more chunks than a grid dimension
+/// holds workgroups (the shaders return early past the last).
+pub(crate) fn chunk_grid(ctx: &Context, chunks: usize, batch: usize) -> (u32, u32, u32) {
+    let x = (chunks as u32).min(ctx.max_workgroups_per_dim()).max(1);
+    (x, batch as u32, (chunks as u32).div_ceil(x))
 }
 
 /// `out[z] = x[z]·s` with s = 1/(norm\[z\] + eps) or 1, transposing rows×cols matrices if asked.

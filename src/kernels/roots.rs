@@ -3,7 +3,7 @@
 //! (or data must be written in order). CPU twin: `reference::roots::CpuMats`.
 
 use super::gemm::{GemmDesc, GemmPlan};
-use super::newton_schulz::FrobeniusPlan;
+use super::newton_schulz::{chunk_grid, FrobeniusPlan};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::roots::{check_copy_batch, check_grow, Mat, MatOps, Scale};
@@ -245,7 +245,7 @@ impl MatOps for GpuMats {
         let second = self.ctx.bind(&MAXDEV_FINAL, &[&u, self.buf(out), &partials])?;
         let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
         self.dispatches +=
-            first.record_3d(enc, (chunks as u32, batch as u32, 1)) + second.record_3d(enc, (batch as u32, 1, 1));
+            first.record_3d(enc, chunk_grid(&self.ctx, chunks, batch)) + second.record_3d(enc, (batch as u32, 1, 1));
         self.keep.push(Box::new((u, partials, first, second)));
         Ok(())
     }

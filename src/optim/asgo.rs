@@ -14,7 +14,7 @@
 //! Written once over [`MatOps`], so the same driver runs on the GPU ([`GpuMats`]: Gram half-products,
 //! symmetric Polar Express products, GEMMs with fused addends, nothing read back) and on its CPU twin
 //! ([`CpuMats`]). Parameters of the same shape are stacked into one batch (as many as one storage
-//! binding holds) and step as one chain of batched dispatches: a transformer's dozens of equal
+//! binding and one grid dimension hold) and step as one chain of batched dispatches: a transformer's dozens of equal
 //! matrices cost one chain, and their small products fill a large GPU together. Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
 //!
 //! Where gpuopt differs from the reference, and why:
@@ -178,7 +178,8 @@ impl<O: MatOps> Asgo<O> {
     /// with the earlier ones of its shape while the stack fits one storage binding (and the
     /// backend's [`MatOps::max_batch`]). It starts with zero momentum and statistics, also when added after steps. A
     /// parameter joining a stack waits on the host until the optimizer is next used, so that adding
-    /// many grows each stack once.
+    /// many in a row grows each stack once (add them all before writing gradients: each use
+    /// between additions grows the stack again).
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let (max, max_batch) = (self.ops.max_elements(), self.ops.max_batch());

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use crate::kernels::newton_schulz::chunk_grid;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -219,7 +220,7 @@ struct Chain {
 }
 
 /// The GPU REG (RACS) optimizer: parameters with the same matrix view are stacked into one chain of
-/// five passes (as many as one storage binding holds).
+/// five or six passes (as many as one storage binding and one grid dimension hold).
 pub struct RegOptimizer {
     ctx: Context,
     config: RegConfig,
@@ -307,9 +308,8 @@ impl RegOptimizer {
                 colsum.record(&self.ctx, enc, (params.bands * n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
             }
             cols.record(&self.ctx, enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
-            // Chunks fold into (x, z): a tensor can have more than a dimension's workgroups.
-            let x = params.chunks.min(self.ctx.max_workgroups_per_dim());
-            partial.record_3d(enc, (x, n, params.chunks.div_ceil(x)));
+            // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
+            partial.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
             eta.record_3d(enc, (n, 1, 1));
             apply.record(&self.ctx, enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
         }
