@@ -356,6 +356,25 @@ fn stacks_split_where_one_storage_binding_is_full_and_take_late_parameters() {
 }
 
 #[test]
+fn parameters_added_in_a_row_grow_their_stack_once() {
+    // Five 6×10 matrices added in a row: the stack of the first grows once, its five matrices (p,
+    // grad, momentum, precond, ones) one copy each, and the four newcomers' values one copy each
+    // (growing per addition would copy 5·4 + 4 = 24 times). Adding one more after that use grows
+    // it again.
+    let ctx = common::ctx();
+    let mut opt = Asgo::gpu(&ctx, cfg()).unwrap();
+    let p0 = TestRng::new(3).normals(60, 1.0);
+    for i in 0..5 {
+        opt.add_param(&format!("w{i}"), &p0, &[6, 10]).unwrap();
+    }
+    assert_eq!(opt.backend().unwrap().copies(), 9);
+    opt.add_param("late", &p0, &[6, 10]).unwrap();
+    assert_eq!(opt.read_param(ParamId(5)).unwrap(), p0);
+    assert_eq!(opt.backend().unwrap().copies(), 9 + 5 + 1 + 1, "one more growth, one write, one read");
+    assert_eq!(opt.chains(), 1);
+}
+
+#[test]
 fn higher_rank_parameters_are_viewed_as_rows_by_rest() {
     // A 2×3×4 conv-like kernel is the 2×12 matrix: same trajectory as that matrix.
     let ctx = common::ctx();

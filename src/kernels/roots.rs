@@ -88,13 +88,14 @@ pub struct GpuMats {
     keep: Vec<Box<dyn Any>>,
     dummy: wgpu::Buffer,
     dispatches: usize,
+    copies: usize,
 }
 
 impl GpuMats {
     /// A backend on `ctx`.
     pub fn new(ctx: &Context) -> Result<Self> {
         let dummy = ctx.storage_buffer("roots unused binding", 16)?;
-        Ok(GpuMats { ctx: ctx.clone(), mats: Vec::new(), enc: None, keep: Vec::new(), dummy, dispatches: 0 })
+        Ok(GpuMats { ctx: ctx.clone(), mats: Vec::new(), enc: None, keep: Vec::new(), dummy, dispatches: 0, copies: 0 })
     }
 
     /// Takes ownership of a [b, rows, cols] (or [rows, cols]) tensor.
@@ -130,6 +131,11 @@ impl GpuMats {
     /// Dispatches recorded so far (a test and benchmark hook).
     pub fn dispatches(&self) -> usize {
         self.dispatches
+    }
+
+    /// Buffer copies recorded so far (`copy_batch` and `grow`; a test hook).
+    pub fn copies(&self) -> usize {
+        self.copies
     }
 
     fn buf(&self, m: Mat) -> &wgpu::Buffer {
@@ -370,6 +376,7 @@ impl MatOps for GpuMats {
             let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
             let (s, d) = (self.mats[src.0].0.buffer(), self.mats[dst.0].0.buffer());
             enc.copy_buffer_to_buffer(s, src_z as u64 * bytes, d, dst_z as u64 * bytes, Some(count as u64 * bytes));
+            self.copies += 1;
         }
         Ok(())
     }
@@ -392,6 +399,7 @@ impl MatOps for GpuMats {
                 let ctx = &self.ctx;
                 let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
                 enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
+                self.copies += 1;
             }
             // Recorded work may still use the old buffer: keep it alive until the next submit.
             let (old, _) = std::mem::replace(&mut self.mats[m.0], (t, (batch, r, c)));
