@@ -24,6 +24,9 @@ struct RacsParams {
     count: u32,   // tensors in the stack
     bands: u32,   // bands of rows the column sums are split into (as DASGO's)
     band_rows: u32, // rows per band (the last may hold fewer)
+    wrap: u32,    // 256 mod cols: a walk's column advance
+    step_rows: u32, // 256 / cols: a walk's row advance
+    _p0: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> rp: RacsParams;
@@ -120,9 +123,39 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 }
 
 // Gh at element k of the stack, whose stacked row is i = k / cols, in tensor z = i / rows.
-fn g_hat(k: u32, i: u32, z: u32) -> f32 {
-    let j = k - i * rp.cols;
-    return g[k] / (sqrt(s[i] + rp.eps) * sqrt(q[z * rp.cols + j] + rp.eps));
+// Where an invocation is in its chunk's walk: element k of the stack, its stacked row i, column j.
+struct Walk {
+    k: u32,
+    i: u32,
+    j: u32,
+}
+
+// Invocation lid's first element of chunk `chunk` of tensor z (the walk's only division).
+fn walk_start(z: u32, chunk: u32, lid: u32) -> Walk {
+    let local = chunk * CHUNK + lid;
+    let r = local / rp.cols;
+    return Walk(z * rp.rows * rp.cols + local, z * rp.rows + r, local - r * rp.cols);
+}
+
+// 256 elements on: 256 / cols rows and 256 mod cols columns, carrying a wrapped column into a row.
+fn walk_next(w: Walk) -> Walk {
+    var i = w.i + rp.step_rows;
+    var j = w.j + rp.wrap;
+    if (j >= rp.cols) {
+        j = j - rp.cols;
+        i = i + 1u;
+    }
+    return Walk(w.k + WG, i, j);
+}
+
+// The end of chunk `chunk` of tensor z in the stack.
+fn chunk_end(z: u32, chunk: u32) -> u32 {
+    let size = rp.rows * rp.cols;
+    return min(z * size + (chunk + 1u) * CHUNK, (z + 1u) * size);
+}
+
+fn g_hat(w: Walk, z: u32) -> f32 {
+    return g[w.k] / (sqrt(s[w.i] + rp.eps) * sqrt(q[z * rp.cols + w.j] + rp.eps));
 }
 
 // Workgroup (x, z, w): chunk x + w * (grid x) of tensor z (chunks fold past a dimension's limit;
@@ -133,12 +166,10 @@ fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let chunk = wid.x + wid.z * nwg.x;
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
-    let size = rp.rows * rp.cols;
-    let start = z * size + chunk * CHUNK;
-    let end = min(start + CHUNK, (z + 1u) * size);
+    let end = chunk_end(z, chunk);
     var acc = vec2<f32>(0.0, 0.0);
-    for (var k = start + lid; k < end; k = k + WG) {
-        acc = acc + split_square(g_hat(k, k / rp.cols, z));
+    for (var w = walk_start(z, chunk, lid); w.k < end; w = walk_next(w)) {
+        acc = acc + split_square(g_hat(w, z));
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
@@ -165,12 +196,16 @@ fn racs_eta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
 }
 
+// The update, on the partial pass's grid and walk.
 @compute @workgroup_size(256)
 fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let k = index(wid, nwg, lid);
-    if (k >= rp.count * rp.rows * rp.cols) { return; }
-    let i = k / rp.cols;
-    let z = i / rp.rows;
-    p[k] = rp.decay * p[k] - (rp.step * scal[4u * z + 2u]) * g_hat(k, i, z);
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= rp.chunks) { return; }
+    let z = wid.y;
+    let end = chunk_end(z, chunk);
+    let scale = rp.step * scal[4u * z + 2u];
+    for (var w = walk_start(z, chunk, lid); w.k < end; w = walk_next(w)) {
+        p[w.k] = rp.decay * p[w.k] - scale * g_hat(w, z);
+    }
 }

@@ -102,6 +102,9 @@ impl RegConfig {
             count: 1,
             bands: bands as u32,
             band_rows: band_rows as u32,
+            wrap: (256 % cols) as u32,
+            step_rows: (256 / cols) as u32,
+            _p: [0; 2],
         }
     }
 }
@@ -134,8 +137,14 @@ pub struct RacsParams {
     pub bands: u32,
     /// Rows per band (the last may hold fewer).
     pub band_rows: u32,
+    /// 256 mod cols: how far the norm and update passes' walk advances its column per element.
+    pub wrap: u32,
+    /// 256 / cols: how far it advances its row.
+    pub step_rows: u32,
+    /// Padding.
+    pub _p: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<RacsParams>() == 48);
+const _: () = assert!(std::mem::size_of::<RacsParams>() == 64);
 
 /// The matrix view RACS uses: shape\[0\] × rest (1-D: n × 1).
 pub fn racs_view(shape: &[usize]) -> (usize, usize) {
@@ -249,7 +258,7 @@ impl RegOptimizer {
             let s = Tensor::zeros(ctx, &[count * rows])?;
             let q = Tensor::from_slice(ctx, &vec![1.0; count * cols], &[count * cols])?;
             let scal = Tensor::zeros(ctx, &[count * 4])?;
-            let uniform = ctx.uniform_buffer("racs params", 48);
+            let uniform = ctx.uniform_buffer("racs params", 64);
             let chunks = (rows * cols).div_ceil(CHUNK);
             let partials = ctx.storage_buffer("racs partials", 8 * (count * chunks) as u64)?;
             let bands = super::dasgo::column_bands(rows, cols).0;
@@ -311,7 +320,7 @@ impl RegOptimizer {
             // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
             partial.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
             eta.record_3d(enc, (n, 1, 1));
-            apply.record(&self.ctx, enc, (n * (c.rows * c.cols) as u32).div_ceil(WORKGROUP_SIZE));
+            apply.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
         }
     }
 
