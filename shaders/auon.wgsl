@@ -3,7 +3,8 @@
 // n = ||v||_F and rms = sqrt(mean(cosh(gamma * v / (n + 1e-7))^2)):
 //   package (ryyzn9/AuON auon/optimizer.py):  p <- (1 - lr*wd)*p;  if n > 0: p <- p - lr * v / (rms + 1e-8)
 //   paper (5.5.1-5.5.4):                      the same with v replaced by X = v / (n + 1e-7)
-// A stack of same-shape tensors runs as one: element i belongs to tensor i / per, whose norms it reads.
+// A stack of same-shape tensors runs as one; the update's grid carries each element's tensor z, whose
+// norms it reads.
 // CPU twin: src/reference/auon.rs.
 
 struct AuonParams {
@@ -23,14 +24,16 @@ struct AuonParams {
 @group(0) @binding(3) var<storage, read> cosh_norm: array<f32>;
 @group(0) @binding(4) var<storage, read_write> p: array<f32>;
 
+// Workgroup (x, z, w): elements 256 * (x + w * (grid x)) + lid of tensor z (the grid carries the
+// tensor, so no element divides to find it).
 @compute @workgroup_size(256)
 fn auon_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= ap.len) { return; }
+    let z = wid.y;
+    let local = (wid.x + wid.z * nwg.x) * 256u + lid;
+    if (local >= ap.per) { return; }
+    let i = z * ap.per + local;
     let p0 = ap.decay * p[i];
-    var z = 0u;
-    if (ap.per != ap.len) { z = i / ap.per; }
     let n = norms[z];
     if (n == 0.0) {
         p[i] = p0;   // (5.5.7): the step is skipped, the decay is not

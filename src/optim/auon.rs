@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::kernels::newton_schulz::{FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
+use crate::kernels::newton_schulz::{chunk_grid, FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -311,7 +311,8 @@ impl AuonOptimizer {
             }
             c.frob.record(enc);
             c.cosh.record(enc);
-            c.apply.record(&self.ctx, enc, wg);
+            // One workgroup per 256 elements of each tensor: (x, tensor, w).
+            c.apply.record_3d(enc, chunk_grid(&self.ctx, c.len.div_ceil(WORKGROUP_SIZE as usize), c.count));
         }
     }
 
