@@ -14,8 +14,9 @@
 //! Written once over [`MatOps`], so the same driver runs on the GPU ([`GpuMats`]: Gram half-products,
 //! symmetric Polar Express products, GEMMs with fused addends, nothing read back) and on its CPU twin
 //! ([`CpuMats`]). Parameters of the same shape are stacked into one batch (as many as one storage
-//! binding and one grid dimension hold) and step as one chain of batched dispatches: a transformer's dozens of equal
-//! matrices cost one chain, and their small products fill a large GPU together. Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
+//! binding and one grid dimension hold) and step as one chain of batched dispatches: a
+//! transformer's dozens of equal matrices cost one chain, and their small products fill a large GPU
+//! together. Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
 //!
 //! Where gpuopt differs from the reference, and why:
 //! - `+ 1e-16` in the RMS scaling: the reference divides by ‖U‖_F alone, so a zero momentum (a zero
