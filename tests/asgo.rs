@@ -357,21 +357,38 @@ fn stacks_split_where_one_storage_binding_is_full_and_take_late_parameters() {
 
 #[test]
 fn parameters_added_in_a_row_grow_their_stack_once() {
-    // Five 6×10 matrices added in a row: the stack of the first grows once, its five matrices (p,
-    // grad, momentum, precond, ones) one copy each, and the four newcomers' values one copy each
-    // (growing per addition would copy 5·4 + 4 = 24 times). Adding one more after that use grows
-    // it again.
+    // Five 6×10 matrices, each added and given a gradient in turn: the first starts the stack, the
+    // others wait on the host with their gradients, and the first read grows the stack once: its
+    // five matrices (p, grad, momentum, precond, ones) one copy each, then the newcomers' values
+    // and gradients one copy each (4 + 4), after the first's gradient (1). Growing per addition
+    // would copy 5·4 more times. A parameter added after that read grows it again.
     let ctx = common::ctx();
     let mut opt = Asgo::gpu(&ctx, cfg()).unwrap();
     let p0 = TestRng::new(3).normals(60, 1.0);
-    for i in 0..5 {
-        opt.add_param(&format!("w{i}"), &p0, &[6, 10]).unwrap();
+    let grads: Vec<Vec<f32>> = (0..5).map(|i| TestRng::new(10 + i).normals(60, 1.0)).collect();
+    for (i, g) in grads.iter().enumerate() {
+        let id = opt.add_param(&format!("w{i}"), &p0, &[6, 10]).unwrap();
+        opt.write_grad(id, g).unwrap();
     }
-    assert_eq!(opt.backend().unwrap().copies(), 9);
+    assert_eq!(opt.backend().unwrap().copies(), 1 + 5 + 4 + 4);
     opt.add_param("late", &p0, &[6, 10]).unwrap();
     assert_eq!(opt.read_param(ParamId(5)).unwrap(), p0);
-    assert_eq!(opt.backend().unwrap().copies(), 9 + 5 + 1 + 1, "one more growth, one write, one read");
+    assert_eq!(opt.backend().unwrap().copies(), 14 + 5 + 1 + 1, "one more growth, one write, one read");
     assert_eq!(opt.chains(), 1);
+    // The waiting gradients landed: one step equals five lone optimizers' (the CPU twin, exactly).
+    let mut stacked = Asgo::cpu(cfg()).unwrap();
+    for (i, g) in grads.iter().enumerate() {
+        let id = stacked.add_param(&format!("w{i}"), &p0, &[6, 10]).unwrap();
+        stacked.write_grad(id, g).unwrap();
+    }
+    stacked.step().unwrap();
+    for (i, g) in grads.iter().enumerate() {
+        let mut alone = Asgo::cpu(cfg()).unwrap();
+        let id = alone.add_param("w", &p0, &[6, 10]).unwrap();
+        alone.write_grad(id, g).unwrap();
+        alone.step().unwrap();
+        assert_eq!(stacked.read_param(ParamId(i)).unwrap(), alone.read_param(id).unwrap(), "parameter {i}");
+    }
 }
 
 #[test]

@@ -139,6 +139,14 @@ impl Group {
     }
 }
 
+/// A parameter waiting on the host to join its stack: its place, values and gradient (if written).
+struct Pending {
+    group: usize,
+    z: usize,
+    p: Vec<f32>,
+    grad: Option<Vec<f32>>,
+}
+
 /// ASGO over a [`MatOps`] backend ([`Asgo::gpu`], [`Asgo::cpu`]); steps through [`Stepper`].
 pub struct Asgo<O: MatOps> {
     ops: O,
@@ -146,8 +154,8 @@ pub struct Asgo<O: MatOps> {
     groups: Vec<Group>,
     /// Each parameter's (group, index in the group).
     slots: Vec<(usize, usize)>,
-    /// Parameters added to existing stacks and not yet settled into them: (group, index, values).
-    pending: Vec<(usize, usize, Vec<f32>)>,
+    /// Parameters added to existing stacks and not yet settled into them.
+    pending: Vec<Pending>,
     metas: Vec<ParamMeta>,
     t: u64,
     guard: HostGuard,
@@ -179,8 +187,8 @@ impl<O: MatOps> Asgo<O> {
     /// with the earlier ones of its shape while the stack fits one storage binding (and the
     /// backend's [`MatOps::max_batch`]). It starts with zero momentum and statistics, also when added after steps. A
     /// parameter joining a stack waits on the host until the optimizer is next used, so that adding
-    /// many in a row grows each stack once (add them all before writing gradients: each use
-    /// between additions grows the stack again).
+    /// many grows each stack once, also between writes of gradients or values (reads and steps
+    /// settle them).
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let (max, max_batch) = (self.ops.max_elements(), self.ops.max_batch());
@@ -189,7 +197,7 @@ impl<O: MatOps> Asgo<O> {
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];
-                self.pending.push((gi, g.members, data.to_vec()));
+                self.pending.push(Pending { group: gi, z: g.members, p: data.to_vec(), grad: None });
                 g.members += 1;
                 (gi, g.members - 1)
             }
@@ -234,8 +242,16 @@ impl<O: MatOps> Asgo<O> {
             self.ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
             g.len = g.members;
         }
-        while let Some((gi, z, data)) = self.pending.last() {
-            self.ops.write_at(self.groups[*gi].p, *z, data)?;
+        while let Some(w) = self.pending.last_mut() {
+            let g = &self.groups[w.group];
+            self.ops.write_at(g.p, w.z, &w.p)?;
+            if let Some(grad) = w.grad.take() {
+                // Put back if the write fails: the next settle tries again.
+                if let Err(e) = self.ops.write_at(g.grad, w.z, &grad) {
+                    w.grad = Some(grad);
+                    return Err(e);
+                }
+            }
             self.pending.pop();
         }
         // Frees the stacks' old storage.
@@ -253,6 +269,12 @@ impl<O: MatOps> Asgo<O> {
     pub fn backend(&mut self) -> Result<&mut O> {
         self.settle()?;
         Ok(&mut self.ops)
+    }
+
+    /// The pending entry of a parameter still waiting for its stack.
+    fn pending_mut(&mut self, id: ParamId) -> Option<&mut Pending> {
+        let (group, z) = self.slots[id.0];
+        self.pending.iter_mut().find(|w| (w.group, w.z) == (group, z))
     }
 
     /// The parameter's group and index in it.
@@ -321,23 +343,32 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        self.slot(id, Some(grad.len()))?;
-        self.settle()?;
-        let (g, z) = self.slot(id, None)?;
+        let (g, z) = self.slot(id, Some(grad.len()))?;
         let dst = g.grad;
         // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
         if !self.guard.admit(id.0, grad) {
             return Ok(());
         }
-        self.ops.write_at(dst, z, grad)
+        // A parameter still waiting for its stack keeps its gradient with it (no growth now).
+        match self.pending_mut(id) {
+            Some(w) => {
+                w.grad = Some(grad.to_vec());
+                Ok(())
+            }
+            None => self.ops.write_at(dst, z, grad),
+        }
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        self.slot(id, Some(data.len()))?;
-        self.settle()?;
-        let (g, z) = self.slot(id, None)?;
+        let (g, z) = self.slot(id, Some(data.len()))?;
         let dst = g.p;
-        self.ops.write_at(dst, z, data)
+        match self.pending_mut(id) {
+            Some(w) => {
+                w.p = data.to_vec();
+                Ok(())
+            }
+            None => self.ops.write_at(dst, z, data),
+        }
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
