@@ -360,8 +360,9 @@ fn parameters_added_in_a_row_grow_their_stack_once() {
     // Five 6×10 matrices, each added and given a gradient in turn: the first starts the stack, the
     // others wait on the host with their gradients, and the first read grows the stack once: its
     // five matrices (p, grad, momentum, precond, ones) one copy each, then the newcomers' values
-    // and gradients one copy each (4 + 4), after the first's gradient (1). Growing per addition
-    // would copy 5·4 more times. A parameter added after that read grows it again.
+    // and gradients one copy each (4 + 4), after the first's gradient (1): 14. Growing at each
+    // write, as before, made 1 + 4·(5 + 1 + 1) = 29. A parameter added after that read grows it
+    // again.
     let ctx = common::ctx();
     let mut opt = Asgo::gpu(&ctx, cfg()).unwrap();
     let p0 = TestRng::new(3).normals(60, 1.0);
