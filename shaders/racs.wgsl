@@ -49,8 +49,6 @@ struct RacsParams {
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
-
-
 // Row statistics, one invocation per stacked row (narrow rows: fewer than 64 columns).
 @compute @workgroup_size(256)
 fn racs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -82,6 +80,19 @@ fn racs_rows_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (lid == 0u) { s[i] = lerp_torch(s[i], total / f32(rp.cols), rp.omb); }
 }
 
+// The sum of squares of stacked column c = z * cols + j (column j of tensor z) over that tensor's
+// rows [first, last), in row order.
+fn column_sum(c: u32, first: u32, last: u32) -> f32 {
+    let z = c / rp.cols;
+    let base = z * rp.rows * rp.cols + (c - z * rp.cols);
+    var sum = 0.0;
+    for (var i = first; i < last; i = i + 1u) {
+        let v = g[base + i * rp.cols];
+        sum = sum + v * v;
+    }
+    return sum;
+}
+
 // Column sums over one band of rows, one invocation per (band, stacked column c = z * cols + j).
 @compute @workgroup_size(256)
 fn racs_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -91,15 +102,8 @@ fn racs_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (t >= rp.bands * width) { return; }
     let band = t / width;
     let c = t - band * width;
-    let z = c / rp.cols;
-    let base = z * rp.rows * rp.cols + (c - z * rp.cols);
     let first = band * rp.band_rows;
-    var sum = 0.0;
-    for (var i = first; i < min(first + rp.band_rows, rp.rows); i = i + 1u) {
-        let v = g[base + i * rp.cols];
-        sum = sum + v * v;
-    }
-    colpart[t] = sum;
+    colpart[t] = column_sum(c, first, min(first + rp.band_rows, rp.rows));
 }
 
 @compute @workgroup_size(256)
@@ -110,19 +114,13 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (t >= rp.count * rp.cols) { return; }
     var sum = 0.0;
     if (rp.bands <= 1u) {
-        let z = t / rp.cols;
-        let base = z * rp.rows * rp.cols + (t - z * rp.cols);
-        for (var i = 0u; i < rp.rows; i = i + 1u) {
-            let v = g[base + i * rp.cols];
-            sum = sum + v * v;
-        }
+        sum = column_sum(t, 0u, rp.rows);
     } else {
         for (var b = 0u; b < rp.bands; b = b + 1u) { sum = sum + colpart[b * rp.count * rp.cols + t]; }
     }
     q[t] = lerp_torch(q[t], sum / f32(rp.rows), rp.omb);
 }
 
-// Gh at element k of the stack, whose stacked row is i = k / cols, in tensor z = i / rows.
 // Where an invocation is in its chunk's walk: element k of the stack, its stacked row i, column j.
 struct Walk {
     k: u32,

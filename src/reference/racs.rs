@@ -1,5 +1,6 @@
 //! CPU twin of REG / RACS (`src/optim/reg.rs`, `shaders/racs.wgsl`), in the shader's order.
 
+use super::dasgo::column_sums;
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig, WIDE_ROWS};
@@ -34,15 +35,8 @@ pub fn racs_step(
         };
         *si = lerp_torch(*si, sum / cols as f32, h.omb);
     }
-    let (bands, band_rows) = (h.bands as usize, h.band_rows as usize);
-    for (j, qj) in q.iter_mut().enumerate().take(cols) {
-        // One band: the rows in order; more: each band's rows in order, then the bands in order.
-        let band = |b: usize| (b * band_rows..((b + 1) * band_rows).min(rows)).fold(0.0f32, |a, i| a + sq(i, j));
-        let sum = if bands <= 1 {
-            (0..rows).fold(0.0f32, |a, i| a + sq(i, j))
-        } else {
-            (0..bands).fold(0.0f32, |a, b| a + band(b))
-        };
+    let sums = column_sums(&g[..rows * cols], rows, cols, (h.bands as usize, h.band_rows as usize));
+    for (qj, sum) in q.iter_mut().zip(sums) {
         *qj = lerp_torch(*qj, sum / rows as f32, h.omb);
     }
     let gh = |k: usize| g[k] / ((s[k / cols] + h.eps).sqrt() * (q[k % cols] + h.eps).sqrt());
