@@ -48,15 +48,12 @@ fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Op
     let want = if hybrid { 5 } else { 4 };
     assert_eq!(gpu.chains(), chains.unwrap_or(want), "hybrid={hybrid}");
     for t in 1..=10 {
-        for (i, (&id, s)) in ids.iter().zip(&shapes).enumerate() {
-            // The first 7-vector's gradient is zero: it only decays, and its live stack-mate must
-            // not read its zero norms.
-            let g = if i == 2 { vec![0.0; 7] } else { rng.uniforms(s.iter().product(), 1.0) };
-            gpu.write_grad(id, &g).unwrap();
-            cpu.write_grad(id, &g).unwrap();
-        }
-        gpu.step().unwrap();
-        cpu.step().unwrap();
+        // The first 7-vector's gradient is zero: it only decays, and its live stack-mate must not
+        // read its zero norms.
+        let grads: Vec<Vec<f32>> = (shapes.iter().enumerate())
+            .map(|(i, s)| if i == 2 { vec![0.0; 7] } else { rng.uniforms(s.iter().product(), 1.0) })
+            .collect();
+        common::step_both(&mut gpu, &mut cpu, &ids, &grads);
         for (&id, s) in ids.iter().zip(&shapes) {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
             let n: usize = s.iter().product();

@@ -43,59 +43,40 @@ fn stacks_split_where_one_storage_binding_is_full() {
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });
     let shapes: Vec<Vec<usize>> =
         vec![vec![8, 24], vec![8, 24], vec![5, 7], vec![8, 2, 12], vec![8, 24], vec![8, 24], vec![8, 24], vec![8, 24]];
-    let mut rng = TestRng::new(23);
-    let config = MuonConfig::default();
-    let mut b = MuonBuilder::new(config.clone());
-    let ids: Vec<_> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap())
-        .collect();
-    let mut gpu = b.clone().build(&ctx).unwrap();
-    let mut cpu = b.build_cpu().unwrap();
-    assert_eq!(gpu.shape_groups(), 3);
-    for t in 1..=4 {
-        for (&id, s) in ids.iter().zip(&shapes) {
-            let g = rng.uniforms(s.iter().product(), 1.0);
-            gpu.write_grad(id, &g).unwrap();
-            cpu.write_grad(id, &g).unwrap();
-        }
-        gpu.step().unwrap();
-        cpu.step().unwrap();
-        for (&id, s) in ids.iter().zip(&shapes) {
-            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
-            let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
-            // The parity test's bound (below) for an 8×24 matrix, the largest here.
-            let e = 3.0 * config.ns_steps as f64 * 3.4445 * (24f64.sqrt() + 2.0) * f32::EPSILON as f64;
-            let tol = t as f64 * (config.lr * e * 1.2 * 8f64.sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y));
-            assert!(norm(&diff) <= tol, "{s:?} step {t}: |gpu - cpu| = {:e} > {tol:e}", norm(&diff));
-        }
-    }
+    parity_on(&ctx, MuonConfig::default(), &shapes, (23, 4), Some(3));
 }
 
 fn parity(config: MuonConfig) {
-    let ctx = common::ctx();
     let shapes: Vec<Vec<usize>> =
         vec![vec![64, 32], vec![64, 32], vec![17, 40], vec![40, 17], vec![3, 4, 5], vec![10], vec![1, 1]];
-    let mut rng = TestRng::new(17);
+    parity_on(&common::ctx(), config, &shapes, (17, 10), None);
+}
+
+/// GPU vs CPU twin over `steps` steps from `seed`'s parameters and gradients, each parameter held to
+/// its bound; `groups` is the number of batched NS5 chains expected, when given.
+fn parity_on(
+    ctx: &gpuopt::Context,
+    config: MuonConfig,
+    shapes: &[Vec<usize>],
+    (seed, steps): (u64, usize),
+    groups: Option<usize>,
+) {
+    let mut rng = TestRng::new(seed);
     let mut b = MuonBuilder::new(config.clone());
     let mut ids = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let n: usize = s.iter().product();
         ids.push(b.param(&format!("p{i}"), &rng.uniforms(n, 0.5), s).unwrap());
     }
-    let mut gpu = b.clone().build(&ctx).unwrap();
+    let mut gpu = b.clone().build(ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
-    let steps = 10;
+    if let Some(groups) = groups {
+        assert_eq!(gpu.shape_groups(), groups);
+    }
     for t in 1..=steps {
-        for (&id, s) in ids.iter().zip(&shapes) {
-            let g = rng.uniforms(s.iter().product(), 1.0);
-            gpu.write_grad(id, &g).unwrap();
-            cpu.write_grad(id, &g).unwrap();
-        }
-        gpu.step().unwrap();
-        cpu.step().unwrap();
-        for (&id, s) in ids.iter().zip(&shapes) {
+        let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
+        common::step_both(&mut gpu, &mut cpu, &ids, &grads);
+        for (&id, s) in ids.iter().zip(shapes) {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
             let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
             let err = norm(&diff);

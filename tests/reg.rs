@@ -93,19 +93,16 @@ fn parity_on(ctx: &gpuopt::Context, chains: usize) {
     for t in 1..=12 {
         // Growing gradient scales (the limiter itself is checked in the test below).
         let scale = 1.5f32.powi(t as i32);
-        for (i, (&id, s)) in ids.iter().zip(&shapes).enumerate() {
-            // In two stacks a member's limiter sees other data: a zero gradient beside a live one,
-            // and a steady gradient scale (η stays 1) beside growing ones (η < 1).
-            let g = match i {
+        // In two stacks a member's limiter sees other data: a zero gradient beside a live one, and a
+        // steady gradient scale (η stays 1) beside growing ones (η < 1).
+        let grads: Vec<Vec<f32>> = (shapes.iter().enumerate())
+            .map(|(i, s)| match i {
                 6 => vec![0.0; 7],
                 8 => rng.uniforms(s.iter().product(), 1.0),
                 _ => rng.uniforms(s.iter().product(), scale),
-            };
-            gpu.write_grad(id, &g).unwrap();
-            cpu.write_grad(id, &g).unwrap();
-        }
-        gpu.step().unwrap();
-        cpu.step().unwrap();
+            })
+            .collect();
+        common::step_both(&mut gpu, &mut cpu, &ids, &grads);
         for (k, &id) in ids.iter().enumerate() {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
             for (a, b) in y.iter().zip(&prev[k]) {

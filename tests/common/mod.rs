@@ -57,3 +57,19 @@ pub fn rel(x: &[f32], y: &[f64]) -> f64 {
 pub fn rel32(x: &[f32], y: &[f32]) -> f64 {
     rel(x, &y.iter().map(|&v| v as f64).collect::<Vec<_>>())
 }
+
+/// Writes `grads[i]` as parameter `ids[i]`'s gradient into both optimizers (a GPU one and its CPU
+/// twin, say) and steps each once.
+pub fn step_both(
+    a: &mut dyn gpuopt::optim::Stepper,
+    b: &mut dyn gpuopt::optim::Stepper,
+    ids: &[gpuopt::optim::ParamId],
+    grads: &[Vec<f32>],
+) {
+    for (&id, g) in ids.iter().zip(grads) {
+        a.write_grad(id, g).unwrap();
+        b.write_grad(id, g).unwrap();
+    }
+    a.step().unwrap();
+    b.step().unwrap();
+}
