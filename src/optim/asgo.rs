@@ -109,12 +109,11 @@ impl AsgoConfig {
 /// The state names of a parameter, in checkpoints and [`Stepper::read_state`].
 const STATES: [&str; 2] = ["momentum", "precond"];
 
-/// The parameters of one shape, stacked: each matrix below holds `len` of them; `members` counts
-/// those added since too (settled into the matrices before the next use).
+/// The parameters of one shape, stacked: the matrices below hold the settled ones (their batch);
+/// `members` counts those added since too (settled before the next step or read).
 struct Group {
     rows: usize,
     cols: usize,
-    len: usize,
     members: usize,
     p: Mat,
     grad: Mat,
@@ -185,10 +184,9 @@ impl<O: MatOps> Asgo<O> {
 
     /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name, stacked
     /// with the earlier ones of its shape while the stack fits one storage binding (and the
-    /// backend's [`MatOps::max_batch`]). It starts with zero momentum and statistics, also when added after steps. A
-    /// parameter joining a stack waits on the host until the optimizer is next used, so that adding
-    /// many grows each stack once, also between writes of gradients or values (reads and steps
-    /// settle them).
+    /// backend's [`MatOps::max_batch`]). It starts with zero momentum and statistics, also when
+    /// added after steps. A parameter joining a stack waits on the host, with any values or gradient
+    /// written to it, until the next step or read, so that adding many grows each stack once.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let (max, max_batch) = (self.ops.max_elements(), self.ops.max_batch());
@@ -206,7 +204,6 @@ impl<O: MatOps> Asgo<O> {
                 let group = Group {
                     rows,
                     cols,
-                    len: 1,
                     members: 1,
                     p: ops.upload(data, 1, rows, cols)?,
                     grad: ops.alloc(1, rows, cols)?,
@@ -237,10 +234,11 @@ impl<O: MatOps> Asgo<O> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for g in self.groups.iter_mut().filter(|g| g.members > g.len) {
-            self.ops.grow(&g.mats(), g.members)?;
-            self.ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
-            g.len = g.members;
+        for g in &self.groups {
+            if g.members > self.ops.shape(g.p).0 {
+                self.ops.grow(&g.mats(), g.members)?;
+                self.ops.affine(g.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
+            }
         }
         while let Some(w) = self.pending.last_mut() {
             let g = &self.groups[w.group];
@@ -271,10 +269,19 @@ impl<O: MatOps> Asgo<O> {
         Ok(&mut self.ops)
     }
 
-    /// The pending entry of a parameter still waiting for its stack.
-    fn pending_mut(&mut self, id: ParamId) -> Option<&mut Pending> {
-        let (group, z) = self.slots[id.0];
-        self.pending.iter_mut().find(|w| (w.group, w.z) == (group, z))
+    /// Writes a parameter's gradient (`grad`) or values (length checked by the caller): into its
+    /// stack, or, while it waits for the stack, into its pending entry (no growth now).
+    fn write(&mut self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
+        let (gi, z) = self.slots[id.0];
+        match self.pending.iter_mut().find(|w| (w.group, w.z) == (gi, z)) {
+            Some(w) if grad => w.grad = Some(data.to_vec()),
+            Some(w) => w.p = data.to_vec(),
+            None => {
+                let g = &self.groups[gi];
+                return self.ops.write_at(if grad { g.grad } else { g.p }, z, data);
+            }
+        }
+        Ok(())
     }
 
     /// The parameter's group and index in it.
@@ -287,7 +294,7 @@ impl<O: MatOps> Asgo<O> {
     /// (5.7.1)–(5.7.6) for one stack of parameters; its scratch matrices are the caller's to release.
     /// `(step, decay)` are lr·0.2·sqrt(mn) and 1 − lr·wd in f32.
     fn group_step(ops: &mut O, cfg: &AsgoConfig, p: &Group, (step, decay): (f32, f32)) -> Result<()> {
-        let (m, n, r, batch) = (p.rows, p.cols, p.side(), p.len);
+        let (m, n, r, batch) = (p.rows, p.cols, p.side(), ops.shape(p.p).0);
         let (mu, b2) = (cfg.momentum as f32, cfg.beta2 as f32);
         ops.affine(p.momentum, Some(p.grad), 1.0 - mu, Scale::One, mu, 0.0)?;
         // The Gram half-product on the short side, V its own addend.
@@ -343,32 +350,17 @@ impl<O: MatOps> Stepper for Asgo<O> {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        let (g, z) = self.slot(id, Some(grad.len()))?;
-        let dst = g.grad;
+        self.slot(id, Some(grad.len()))?;
         // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
         if !self.guard.admit(id.0, grad) {
             return Ok(());
         }
-        // A parameter still waiting for its stack keeps its gradient with it (no growth now).
-        match self.pending_mut(id) {
-            Some(w) => {
-                w.grad = Some(grad.to_vec());
-                Ok(())
-            }
-            None => self.ops.write_at(dst, z, grad),
-        }
+        self.write(id, grad, true)
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        let (g, z) = self.slot(id, Some(data.len()))?;
-        let dst = g.p;
-        match self.pending_mut(id) {
-            Some(w) => {
-                w.p = data.to_vec();
-                Ok(())
-            }
-            None => self.ops.write_at(dst, z, data),
-        }
+        self.slot(id, Some(data.len()))?;
+        self.write(id, data, false)
     }
 
     fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
