@@ -9,7 +9,7 @@
 //! (5.2.6) p ← (1 − lr·wd)·p − lr·ratio·O    (decay with the unadjusted lr)
 //! ```
 
-use super::{AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{read_at, write_at, AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
@@ -410,11 +410,12 @@ impl MuonOptimizer {
         self.params.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter {}", id.0)))
     }
 
-    fn muon_slot(&self, id: ParamId) -> Result<Option<(&ShapeGroup, u64)>> {
+    /// A Muon parameter's shape group and the element offset of its matrix there.
+    fn muon_slot(&self, id: ParamId) -> Result<Option<(&ShapeGroup, usize)>> {
         self.meta(id)?;
         Ok(self.loc[id.0].map(|(g, k)| {
             let grp = &self.groups[g];
-            (grp, 4 * (k * grp.rows * grp.cols) as u64)
+            (grp, k * grp.rows * grp.cols)
         }))
     }
 
@@ -433,9 +434,8 @@ impl MuonOptimizer {
             });
         }
         match self.muon_slot(id)? {
-            Some((grp, off)) => {
-                let buf = if grad { grp.g.buffer() } else { grp.p.buffer() };
-                self.ctx.queue().write_buffer(buf, off, bytemuck::cast_slice(data));
+            Some((grp, at)) => {
+                write_at(&self.ctx, if grad { &grp.g } else { &grp.p }, at, data);
                 Ok(())
             }
             None => {
@@ -452,13 +452,13 @@ impl MuonOptimizer {
     fn read(&mut self, id: ParamId, which: &str) -> Result<Vec<f32>> {
         let len = self.meta(id)?.len();
         match self.muon_slot(id)? {
-            Some((grp, off)) => {
-                let buf = match which {
-                    "param" => grp.p.buffer(),
-                    "momentum_buffer" => grp.m.buffer(),
+            Some((grp, at)) => {
+                let t = match which {
+                    "param" => &grp.p,
+                    "momentum_buffer" => &grp.m,
                     other => return Err(Error::Invalid(format!("muon has no state {other:?}"))),
                 };
-                self.ctx.read_f32(buf, off, len)
+                read_at(&self.ctx, t, at, len)
             }
             None => {
                 let (aux, aid) = self.aux_mut(id)?;
@@ -570,9 +570,9 @@ impl Stepper for MuonOptimizer {
             a.restore(snap)?;
         }
         for (i, m) in momentum.into_iter().enumerate() {
-            if let (Some(m), Some((grp, off))) = (m, self.muon_slot(ParamId(i))?) {
-                self.ctx.queue().write_buffer(grp.m.buffer(), off, bytemuck::cast_slice(&m));
-                self.ctx.queue().write_buffer(grp.p.buffer(), off, bytemuck::cast_slice(&s.values[i]));
+            if let (Some(m), Some((grp, at))) = (m, self.muon_slot(ParamId(i))?) {
+                write_at(&self.ctx, &grp.m, at, &m);
+                write_at(&self.ctx, &grp.p, at, &s.values[i]);
             }
         }
         self.config = config;
