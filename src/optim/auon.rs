@@ -225,15 +225,11 @@ impl AuonOptimizer {
             let view = if b.uses_ns(&meta.shape) { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
             (len > 0).then_some((view, len))
         });
+        let (stacks, slots) = super::stacks(ctx, items);
         let mut chains = Vec::new();
-        let mut slots = vec![None; b.params.len()];
-        for (view, members) in super::stacks(ctx, items) {
+        for (view, members) in stacks {
             let (count, len) = (members.len(), view.iter().product::<usize>());
-            let mut init = Vec::with_capacity(count * len);
-            for (k, &i) in members.iter().enumerate() {
-                slots[i] = Some((chains.len(), k));
-                init.extend_from_slice(&b.params[i].1);
-            }
+            let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
             let shape: Vec<usize> = std::iter::once(count).chain(view).collect();
             let p = Tensor::from_slice(ctx, &init, &shape)?;
             let g = Tensor::zeros(ctx, &shape)?;

@@ -353,31 +353,42 @@ pub(crate) fn update_config<C: Clone>(
     Ok(())
 }
 
+/// [`stacks`]' result: (key, member indices) per stack, and each item's (stack, index in it).
+pub(crate) type Stacks<K> = (Vec<(K, Vec<usize>)>, Vec<Option<(usize, usize)>>);
+
 /// Stacks of same-shape items for batched chains: item i with `Some((key, elements))` joins the
 /// last stack of its key while that stack stays within `ctx`'s largest binding and holds fewer
 /// members than a grid dimension's workgroups (passes put the stack's index there), else starts
-/// one; `None` items are left out. Returns (key, member indices) in first-seen order.
+/// one; `None` items are left out. Returns (key, member indices) in first-seen order, and each
+/// item's (stack, index in it).
 pub(crate) fn stacks<K: PartialEq>(
     ctx: &crate::Context,
     items: impl IntoIterator<Item = Option<(K, usize)>>,
-) -> Vec<(K, Vec<usize>)> {
+) -> Stacks<K> {
     let max_elements = (ctx.max_binding_bytes() / 4) as usize;
     let max_members = ctx.max_workgroups_per_dim() as usize;
     let mut out: Vec<(K, Vec<usize>, usize)> = Vec::new();
+    let mut slots = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
+        slots.push(None);
         let Some((key, len)) = item else { continue };
-        let fits = |s: &&mut (K, Vec<usize>, usize)| {
+        let fits = |s: &(K, Vec<usize>, usize)| {
             s.1.len() < max_members && s.2.checked_add(len).is_some_and(|e| e <= max_elements)
         };
-        match out.iter_mut().rev().find(|s| s.0 == key).filter(|s| fits(s)) {
+        let at = match out.iter().rposition(|s| s.0 == key).filter(|&s| fits(&out[s])) {
             Some(s) => {
-                s.1.push(i);
-                s.2 += len;
+                out[s].1.push(i);
+                out[s].2 += len;
+                s
             }
-            None => out.push((key, vec![i], len)),
-        }
+            None => {
+                out.push((key, vec![i], len));
+                out.len() - 1
+            }
+        };
+        slots[i] = Some((at, out[at].1.len() - 1));
     }
-    out.into_iter().map(|(k, m, _)| (k, m)).collect()
+    (out.into_iter().map(|(k, m, _)| (k, m)).collect(), slots)
 }
 
 /// The metadata of parameter `id`, checking `len` (the element count of a write) when given.

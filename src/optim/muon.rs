@@ -240,15 +240,15 @@ impl MuonBuilder {
         (shape[0], shape[1..].iter().product())
     }
 
-    /// Shape groups: (rows, cols, member parameter indices) of the Muon parameters, in first-seen
-    /// order; a shape whose matrices would not fit one of `ctx`'s bindings (or grid dimensions) is
-    /// split over several groups.
-    pub(crate) fn shape_groups(&self, ctx: &Context) -> Vec<(usize, usize, Vec<usize>)> {
+    /// Shape groups: ((rows, cols), member parameter indices) of the Muon parameters, in
+    /// first-seen order, and each parameter's (group, index in it); a shape whose matrices would not
+    /// fit one of `ctx`'s bindings (or grid dimensions) is split over several groups.
+    pub(crate) fn shape_groups(&self, ctx: &Context) -> super::Stacks<(usize, usize)> {
         let items = self
             .params
             .iter()
             .map(|(meta, _, route)| (*route == Route::Muon).then(|| (Self::matrix(&meta.shape), meta.len())));
-        super::stacks(ctx, items).into_iter().map(|((r, c), members)| (r, c, members)).collect()
+        super::stacks(ctx, items)
     }
 
     /// The auxiliary AdamW builder and the map from our parameter indices to its ids.
@@ -374,15 +374,11 @@ pub struct MuonOptimizer {
 
 impl MuonOptimizer {
     fn new(ctx: &Context, b: MuonBuilder) -> Result<Self> {
-        let mut loc = vec![None; b.params.len()];
+        let (stacks, loc) = b.shape_groups(ctx);
         let mut groups = Vec::new();
-        for (gi, (rows, cols, members)) in b.shape_groups(ctx).into_iter().enumerate() {
+        for ((rows, cols), members) in stacks {
             let n = members.len();
-            let mut init = Vec::with_capacity(n * rows * cols);
-            for (k, &i) in members.iter().enumerate() {
-                loc[i] = Some((gi, k));
-                init.extend_from_slice(&b.params[i].1);
-            }
+            let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
             let shape = [n, rows, cols];
             let p = Tensor::from_slice(ctx, &init, &shape)?;
             let g = Tensor::zeros(ctx, &shape)?;

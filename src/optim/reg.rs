@@ -244,15 +244,11 @@ impl RegOptimizer {
     fn new(ctx: &Context, b: RegBuilder) -> Result<Self> {
         let items =
             b.params.iter().map(|(meta, data)| (!data.is_empty()).then(|| (racs_view(&meta.shape), data.len())));
+        let (stacks, slots) = super::stacks(ctx, items);
         let mut chains = Vec::new();
-        let mut slots = vec![None; b.params.len()];
-        for ((rows, cols), members) in super::stacks(ctx, items) {
+        for ((rows, cols), members) in stacks {
             let count = members.len();
-            let mut init = Vec::with_capacity(count * rows * cols);
-            for (k, &i) in members.iter().enumerate() {
-                slots[i] = Some((chains.len(), k));
-                init.extend_from_slice(&b.params[i].1);
-            }
+            let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
             let p = Tensor::from_slice(ctx, &init, &[count * rows, cols])?;
             let g = Tensor::zeros(ctx, &[count * rows, cols])?;
             let s = Tensor::zeros(ctx, &[count * rows])?;
