@@ -4,18 +4,19 @@
 //   M   <- lerp(M, G, 1 - momentum)
 //   U_ij = M_ij * r_j,  r_j = 1 / sqrt(d_j + eps)   (the reference's M * (d + eps)^-0.5)
 //   p   <- (1 - lr*wd) * p - lr * 0.2*sqrt(rows*cols) * U / (||U||_F + 1e-16)      (update RMS 0.2)
-// Five passes: column sums over bands of rows (only when there is more than one band), column
-// statistics (and r), momentum with the partial sums of ||U||^2, the norm, the update. The bands make
-// bands * cols invocations share the column sums, so a matrix with few columns still fills a large
-// GPU (one invocation per column would give a 1024 x 1024 matrix 1,024 threads). The last two element passes walk 4096-element chunks, each invocation every 256th element,
-// so its column advances by 256 mod cols (`wrap`) with one compare instead of a division per element
-// (integer division is scalar on CPU drivers: it cost lavapipe more than the arithmetic).
+// A stack of `count` same-view parameters runs as one [count * rows, cols] array (tensor z's
+// statistics at z * cols, its norm at z). Five passes: column sums over bands of rows (only when
+// there is more than one band; shared/columns.wgsl), column statistics (and r), momentum with the
+// partial sums of ||U||^2, the norms, the update. The last two element passes walk 4096-element
+// chunks of one tensor, each invocation every 256th element, so its column advances by 256 mod cols
+// (`wrap`) with one compare instead of a division per element (integer division is scalar on CPU
+// drivers: it cost lavapipe more than the arithmetic).
 // CPU twin: src/reference/dasgo.rs.
 
 struct DasgoParams {
-    rows: u32,
+    rows: u32,    // of one tensor
     cols: u32,
-    chunks: u32,
+    chunks: u32,  // element-pass workgroups per tensor
     wrap: u32,    // 256 mod cols
     omb: f32,     // 1 - beta2
     omm: f32,     // 1 - momentum
@@ -24,7 +25,7 @@ struct DasgoParams {
     step: f32,    // lr * 0.2 * sqrt(rows * cols)
     bands: u32,   // bands of rows the column sums are split into
     band_rows: u32, // rows per band (the last may hold fewer)
-    _p0: u32,
+    count: u32,   // tensors in the stack
 }
 
 @group(0) @binding(0) var<uniform> dp: DasgoParams;
@@ -32,22 +33,22 @@ struct DasgoParams {
 @group(0) @binding(2) var<storage, read_write> d: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
-// [||U||_F, unused x 3]
+// [count]: each tensor's ||U||_F
 @group(0) @binding(5) var<storage, read_write> scal: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 @group(0) @binding(7) var<storage, read_write> r: array<f32>;
-// [bands, cols]: each band's column sums (with more than one band).
+// [bands, count * cols]: each band's column sums (with more than one band).
 @group(0) @binding(8) var<storage, read_write> colpart: array<f32>;
 
 #import shared/reduce
 #import shared/grid
+#import shared/columns
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 
-// The chunk of a workgroup on a 2-D grid (more than 65,535 chunks on large bindings).
-fn chunk_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
+fn columns() -> Columns {
+    return Columns(dp.rows, dp.cols, dp.count, dp.bands, dp.band_rows);
 }
 
 fn next_col(j: u32) -> u32 {
@@ -55,83 +56,86 @@ fn next_col(j: u32) -> u32 {
     return select(n, n - dp.cols, n >= dp.cols);
 }
 
-// The sum of squares of column j over rows [first, last), in row order.
-fn column_sum(j: u32, first: u32, last: u32) -> f32 {
-    var sum = 0.0;
-    for (var i = first; i < last; i = i + 1u) {
-        let v = g[i * dp.cols + j];
-        sum = sum + v * v;
-    }
-    return sum;
-}
-
-// One invocation per (band, column); neighbours read neighbouring columns of the same rows.
+// One invocation per (band, stacked column).
 @compute @workgroup_size(256)
 fn dasgo_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let t = index(wid, nwg, lid);
-    if (t >= dp.bands * dp.cols) { return; }
-    let band = t / dp.cols;
-    let first = band * dp.band_rows;
-    colpart[t] = column_sum(t - band * dp.cols, first, min(first + dp.band_rows, dp.rows));
+    if (t >= dp.bands * dp.count * dp.cols) { return; }
+    colpart[t] = band_column_sum(columns(), t);
 }
 
+// One invocation per stacked column t = z * cols + j.
 @compute @workgroup_size(256)
 fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let j = index(wid, nwg, lid);
-    if (j >= dp.cols) { return; }
-    var sum = 0.0;
-    if (dp.bands <= 1u) {
-        sum = column_sum(j, 0u, dp.rows);
-    } else {
-        for (var b = 0u; b < dp.bands; b = b + 1u) { sum = sum + colpart[b * dp.cols + j]; }
-    }
-    let dj = lerp_torch(d[j], sum, dp.omb);
-    d[j] = dj;
-    r[j] = 1.0 / sqrt(dj + dp.eps);
+    let t = index(wid, nwg, lid);
+    if (t >= dp.count * dp.cols) { return; }
+    let dj = lerp_torch(d[t], column_total(columns(), t), dp.omb);
+    d[t] = dj;
+    r[t] = 1.0 / sqrt(dj + dp.eps);
+}
+
+// Where workgroup (x, z, w)'s invocation lid starts: chunk x + w * (grid x) of tensor z (chunks fold
+// past a dimension's limit; src/kernels/newton_schulz.rs chunk_grid), its first element k of the
+// stack, the element after the chunk's last, and the first element's column.
+struct Walk {
+    chunk: u32,
+    z: u32,
+    k: u32,
+    end: u32,
+    j: u32,
+}
+
+fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Walk {
+    let chunk = wid.x + wid.z * nwg.x;
+    let size = dp.rows * dp.cols;
+    let local = chunk * CHUNK + lid;
+    let base = wid.y * size;
+    return Walk(chunk, wid.y, base + local, base + min((chunk + 1u) * CHUNK, size), local % dp.cols);
 }
 
 @compute @workgroup_size(256)
 fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let chunk = chunk_of(wid, nwg);
-    if (chunk >= dp.chunks) { return; }
-    let start = chunk * CHUNK;
-    let end = min(start + CHUNK, dp.rows * dp.cols);
+    let w = walk(wid, nwg, lid);
+    if (w.chunk >= dp.chunks) { return; }
+    let rz = w.z * dp.cols;
     var acc = vec2<f32>(0.0, 0.0);
-    var j = (start + lid) % dp.cols;
-    for (var k = start + lid; k < end; k = k + WG) {
+    var j = w.j;
+    for (var k = w.k; k < w.end; k = k + WG) {
         let mk = lerp_torch(m[k], g[k], dp.omm);
         m[k] = mk;
-        acc = acc + split_square(mk * r[j]);
+        acc = acc + split_square(mk * r[rz + j]);
         j = next_col(j);
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[chunk] = total; }
+    if (lid == 0u) { partials[w.z * dp.chunks + w.chunk] = total; }
 }
 
+// Workgroup z: tensor z's ||U||_F from its partial sums.
 @compute @workgroup_size(256)
-fn dasgo_norm(@builtin(local_invocation_index) lid: u32) {
+fn dasgo_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let z = wid.x;
     var acc = vec2<f32>(0.0, 0.0);
-    for (var j = lid; j < dp.chunks; j = j + WG) { acc = acc + partials[j]; }
+    for (var j = lid; j < dp.chunks; j = j + WG) { acc = acc + partials[z * dp.chunks + j]; }
     red[lid] = acc;
     let t = workgroup_sum(lid);
-    if (lid == 0u) { scal[0] = split_norm(t); }
+    if (lid == 0u) { scal[z] = split_norm(t); }
 }
 
+// The update, on the partial pass's grid and walk.
 @compute @workgroup_size(256)
 fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let chunk = chunk_of(wid, nwg);
-    if (chunk >= dp.chunks) { return; }
-    let start = chunk * CHUNK;
-    let end = min(start + CHUNK, dp.rows * dp.cols);
-    let scale = dp.step / (scal[0] + 1e-16);
-    var j = (start + lid) % dp.cols;
-    for (var k = start + lid; k < end; k = k + WG) {
-        p[k] = dp.decay * p[k] - scale * (m[k] * r[j]);
+    let w = walk(wid, nwg, lid);
+    if (w.chunk >= dp.chunks) { return; }
+    let rz = w.z * dp.cols;
+    let scale = dp.step / (scal[w.z] + 1e-16);
+    var j = w.j;
+    for (var k = w.k; k < w.end; k = k + WG) {
+        p[k] = dp.decay * p[k] - scale * (m[k] * r[rz + j]);
         j = next_col(j);
     }
 }

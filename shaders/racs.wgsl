@@ -7,7 +7,7 @@
 // A stack of `count` same-view tensors runs as one [count * rows, cols] array: its stacked rows are
 // the tensors' rows in order, so the row statistics need no tensor index; the column statistics,
 // the norm and eta are per tensor (z). Wide rows get a workgroup each and the column sums split into
-// bands of rows (src/optim/dasgo.rs column_bands), so that a stack of few rows or few columns still
+// bands of rows (shared/columns.wgsl), so that a stack of few rows or few columns still
 // fills a large GPU.
 // CPU twin: src/reference/racs.rs.
 
@@ -45,6 +45,7 @@ struct RacsParams {
 
 #import shared/reduce
 #import shared/grid
+#import shared/columns
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
@@ -80,30 +81,17 @@ fn racs_rows_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (lid == 0u) { s[i] = lerp_torch(s[i], total / f32(rp.cols), rp.omb); }
 }
 
-// The sum of squares of stacked column c = z * cols + j (column j of tensor z) over that tensor's
-// rows [first, last), in row order.
-fn column_sum(c: u32, first: u32, last: u32) -> f32 {
-    let z = c / rp.cols;
-    let base = z * rp.rows * rp.cols + (c - z * rp.cols);
-    var sum = 0.0;
-    for (var i = first; i < last; i = i + 1u) {
-        let v = g[base + i * rp.cols];
-        sum = sum + v * v;
-    }
-    return sum;
+fn columns() -> Columns {
+    return Columns(rp.rows, rp.cols, rp.count, rp.bands, rp.band_rows);
 }
 
-// Column sums over one band of rows, one invocation per (band, stacked column c = z * cols + j).
+// Column sums over one band of rows, one invocation per (band, stacked column).
 @compute @workgroup_size(256)
 fn racs_colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let t = index(wid, nwg, lid);
-    let width = rp.count * rp.cols;
-    if (t >= rp.bands * width) { return; }
-    let band = t / width;
-    let c = t - band * width;
-    let first = band * rp.band_rows;
-    colpart[t] = column_sum(c, first, min(first + rp.band_rows, rp.rows));
+    if (t >= rp.bands * rp.count * rp.cols) { return; }
+    colpart[t] = band_column_sum(columns(), t);
 }
 
 @compute @workgroup_size(256)
@@ -112,13 +100,7 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     // t = z * cols + j: column j of tensor z.
     let t = index(wid, nwg, lid);
     if (t >= rp.count * rp.cols) { return; }
-    var sum = 0.0;
-    if (rp.bands <= 1u) {
-        sum = column_sum(t, 0u, rp.rows);
-    } else {
-        for (var b = 0u; b < rp.bands; b = b + 1u) { sum = sum + colpart[b * rp.count * rp.cols + t]; }
-    }
-    q[t] = lerp_torch(q[t], sum / f32(rp.rows), rp.omb);
+    q[t] = lerp_torch(q[t], column_total(columns(), t) / f32(rp.rows), rp.omb);
 }
 
 // Where an invocation is in its chunk's walk: element k of the stack, its stacked row i, column j.

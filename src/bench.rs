@@ -320,7 +320,10 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         algorithms.push((name.into(), Algorithm::from_name("lion", &hyper)?));
     }
     let multi = ["adamw", "lion"];
-    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 6) as u64, show_progress);
+    // (matrices, rows, cols) of the stacked DASGO records: many small, and a transformer's dozen.
+    let dasgo_stacks: &[(usize, usize, usize)] =
+        if quick { &[(48, 128, 128)] } else { &[(48, 128, 128), (12, 768, 768)] };
+    let pb = progress((algorithms.len() * sizes.len() + multi.len() + 6 + dasgo_stacks.len()) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         for (name, alg) in &algorithms {
@@ -377,7 +380,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         let mut opt = crate::optim::Dasgo::gpu(ctx, Default::default())?;
         let id = opt.add_param("w", &rng.normals(n, 1.0), &[rows, cols])?;
         opt.write_grad(id, &rng.normals(n, 1.0))?;
-        opt.write_uniforms(&opt.uniforms()?);
+        opt.prepare()?;
         let bytes = 28 * n;
         let copy = CopyKernel::new(ctx, bytes / 8)?;
         let base = ctx.time(reps_for(n), batches, |enc| copy.record(ctx, enc))?;
@@ -386,6 +389,41 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
             Record::measured("elementwise", "dasgo", vec![rows, cols], t.median_s, "copy", base.median_s)
                 .gbps(bytes as f64)
                 .on(adapter.clone(), t.method),
+        );
+        pb.inc(1);
+    }
+    // DASGO over b same-shape matrices: one optimizer stacking them (five dispatches a step) beside
+    // b optimizers holding one each (five dispatches apiece), recorded into one submission alike.
+    for &(b, rows, cols) in dasgo_stacks {
+        pb.set_message(format!("dasgo stack {b}x{rows}x{cols}"));
+        let mut rng = TestRng::new(9);
+        let (p0, g) = (rng.normals(rows * cols, 1.0), rng.normals(rows * cols, 1.0));
+        let mut stack = crate::optim::Dasgo::gpu(ctx, Default::default())?;
+        let mut apart = Vec::new();
+        for i in 0..b {
+            let id = stack.add_param(&format!("w{i}"), &p0, &[rows, cols])?;
+            stack.write_grad(id, &g)?;
+            let mut one = crate::optim::Dasgo::gpu(ctx, Default::default())?;
+            let id = one.add_param("w", &p0, &[rows, cols])?;
+            one.write_grad(id, &g)?;
+            one.prepare()?;
+            apart.push(one);
+        }
+        stack.prepare()?;
+        let reps = reps_for(b * rows * cols);
+        let base = ctx.time(reps, batches, |enc| apart.iter().for_each(|one| one.record_step(enc)))?;
+        let t = ctx.time(reps, batches, |enc| stack.record_step(enc))?;
+        out.push(
+            Record::measured(
+                "elementwise",
+                "dasgo_stack",
+                vec![b, rows, cols],
+                t.median_s,
+                "dasgo_apart",
+                base.median_s,
+            )
+            .gbps((28 * b * rows * cols) as f64)
+            .on(adapter.clone(), t.method),
         );
         pb.inc(1);
     }

@@ -15,6 +15,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("shared/philox", include_str!("../shaders/shared/philox.wgsl")),
     ("shared/gemm_common", include_str!("../shaders/shared/gemm_common.wgsl")),
     ("shared/grid", include_str!("../shaders/shared/grid.wgsl")),
+    ("shared/columns", include_str!("../shaders/shared/columns.wgsl")),
     ("sign_momentum", include_str!("../shaders/sign_momentum.wgsl")),
     ("lion_k", include_str!("../shaders/lion_k.wgsl")),
     ("distributed_lion", include_str!("../shaders/distributed_lion.wgsl")),

@@ -2,7 +2,8 @@
 //! written here from the equations, over awkward sizes (1×1 … a 1×16,777,217 parameter whose column
 //! pass needs more than 65,535 workgroups; column counts below, at and above the 256-element stride
 //! of the element passes; their chunk grid folded into rows of 3 workgroups); a closed-form first
-//! step; zero and NaN gradients;
+//! step; zero and NaN gradients; stacks of same-shape parameters against each one alone (bit for
+//! bit), split at the binding and grid limits, grown by parameters added after steps;
 //! checkpoints; replay; bad input.
 //!
 //! Tolerances, relative to the movement ‖p_t − p_0‖ (each step moves lr·0.2 in RMS): the GPU and the
@@ -161,6 +162,145 @@ fn chunk_grid_folded_into_rows_matches_the_twin() {
     assert!(e < 1e-5 + 4.0 * EPS as f64 / (0.2 * cfg().lr), "folded grid vs model: {e:e}");
 }
 
+/// One GPU optimizer per parameter, each holding only it.
+fn alone(ctx: &gpuopt::Context, params: &[(Vec<f32>, [usize; 2])]) -> Vec<Dasgo> {
+    let one = |(p, shape): &(Vec<f32>, [usize; 2])| {
+        let mut o = Dasgo::gpu(ctx, cfg()).unwrap();
+        o.add_param("w", p, shape).unwrap();
+        o
+    };
+    params.iter().map(one).collect()
+}
+
+/// One GPU optimizer stacking all the parameters (named w0, w1, ...).
+fn stacked(ctx: &gpuopt::Context, params: &[(Vec<f32>, [usize; 2])]) -> Dasgo {
+    let mut stack = Dasgo::gpu(ctx, cfg()).unwrap();
+    for (i, (p, shape)) in params.iter().enumerate() {
+        stack.add_param(&format!("w{i}"), p, shape).unwrap();
+    }
+    stack
+}
+
+/// Gradient i written to parameter i of `stack` and to `alone[i]`'s, then a step of every optimizer.
+fn step_alike(stack: &mut Dasgo, alone: &mut [Dasgo], grads: &[Vec<f32>]) {
+    for (i, g) in grads.iter().enumerate() {
+        stack.write_grad(ParamId(i), g).unwrap();
+        alone[i].write_grad(ParamId(0), g).unwrap();
+    }
+    stack.step().unwrap();
+    alone.iter_mut().for_each(|o| o.step().unwrap());
+}
+
+/// Every parameter of `stack` (and each state) bit for bit equal to its lone optimizer's.
+fn assert_same(stack: &mut Dasgo, alone: &mut [Dasgo], what: &str) {
+    for (i, one) in alone.iter_mut().enumerate() {
+        let (s, o) = (ParamId(i), ParamId(0));
+        assert_eq!(stack.read_param(s).unwrap(), one.read_param(o).unwrap(), "{what}: parameter {i}");
+        for state in ["momentum", "precond"] {
+            assert_eq!(stack.read_state(s, state).unwrap(), one.read_state(o, state).unwrap(), "{what}: {i} {state}");
+        }
+    }
+}
+
+#[test]
+fn stacks_step_each_matrix_as_if_alone() {
+    // Same-shape parameters share a stack whatever the order they are added in; each keeps its own
+    // column statistics and norm, so the stacked step equals each lone one bit for bit (the same
+    // operations in the same order). Among them: 300×300 (9 bands of rows for the column sums), a
+    // member whose gradient is always zero (it only decays: a shared norm or statistic would move
+    // it) and one whose gradients are 1000× its neighbours'.
+    let ctx = common::ctx();
+    let shapes = [[37, 53], [300, 300], [37, 53], [70, 20], [37, 53], [1, 1], [300, 300], [37, 53], [70, 20]];
+    let mut rng = TestRng::new(41);
+    let params: Vec<(Vec<f32>, [usize; 2])> = shapes.iter().map(|&s| (rng.uniforms(s[0] * s[1], 1.0), s)).collect();
+    let mut stack = stacked(&ctx, &params);
+    let mut alone = alone(&ctx, &params);
+    assert_eq!(stack.chains(), 4, "one stack per shape");
+    for t in 0..4 {
+        let scale = |i: usize| match i {
+            2 => 0.0,
+            4 => 100.0,
+            _ => 0.1,
+        };
+        let gs: Vec<Vec<f32>> = params.iter().enumerate().map(|(i, (p, _))| rng.uniforms(p.len(), scale(i))).collect();
+        step_alike(&mut stack, &mut alone, &gs);
+        assert_same(&mut stack, &mut alone, &format!("step {}", t + 1));
+    }
+    // The zero-gradient member decayed and nothing else: (1 − lr·wd) applied in f32 each step.
+    let decay = (1.0 - cfg().lr * cfg().weight_decay) as f32;
+    let want: Vec<f32> = params[2].0.iter().map(|&x| (0..4).fold(x, |p, _| decay * p)).collect();
+    assert_eq!(stack.read_param(ParamId(2)).unwrap(), want);
+    // A NaN in one member's gradient skips the step for the whole stack.
+    let before: Vec<Vec<f32>> = (0..params.len()).map(|i| stack.read_param(ParamId(i)).unwrap()).collect();
+    let mut bad = rng.uniforms(37 * 53, 0.1);
+    bad[100] = f32::NAN;
+    stack.write_grad(ParamId(4), &bad).unwrap();
+    stack.step().unwrap();
+    assert!(stack.found_non_finite().unwrap());
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(&stack.read_param(ParamId(i)).unwrap(), b, "a skipped step moved parameter {i}");
+    }
+}
+
+#[test]
+fn stacks_split_at_the_binding_and_grid_limits() {
+    // Eight 10×20 parameters (800 bytes each): a 4 KiB storage binding holds five, so two stacks; at
+    // three workgroups per grid dimension (where the stack index sits) three stacks. Each still
+    // steps as alone (the lone optimizers run under the same limits).
+    for (opts, chains) in [
+        (ContextOptions { max_binding_bytes: Some(4096), ..Default::default() }, 2),
+        (ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() }, 3),
+    ] {
+        let ctx = common::ctx_with(opts);
+        let mut rng = TestRng::new(5);
+        let params: Vec<(Vec<f32>, [usize; 2])> = (0..8).map(|_| (rng.uniforms(200, 1.0), [10, 20])).collect();
+        let mut stack = stacked(&ctx, &params);
+        let mut alone = alone(&ctx, &params);
+        assert_eq!(stack.chains(), chains);
+        for _ in 0..3 {
+            let gs: Vec<Vec<f32>> = (0..8).map(|i| rng.uniforms(200, 0.1 * (i + 1) as f32)).collect();
+            step_alike(&mut stack, &mut alone, &gs);
+        }
+        assert_same(&mut stack, &mut alone, &format!("{chains} stacks"));
+    }
+}
+
+#[test]
+fn parameters_added_after_steps_wait_and_grow_their_stack_once() {
+    // Two 6×5 parameters take two steps; then four more of 6×5 and one 4×4 arrive, each added and
+    // given values or a gradient before the next is added. The 6×5 stack grows once (at the step),
+    // the 4×4 starts its own; the late parameters start from zero state, as fresh optimizers.
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(13);
+    let mut params: Vec<(Vec<f32>, [usize; 2])> = (0..2).map(|_| (rng.uniforms(30, 1.0), [6, 5])).collect();
+    let mut stack = stacked(&ctx, &params);
+    let mut alone = alone(&ctx, &params);
+    let grads = |rng: &mut TestRng, params: &[(Vec<f32>, [usize; 2])]| -> Vec<Vec<f32>> {
+        params.iter().map(|(p, _)| rng.uniforms(p.len(), 0.1)).collect()
+    };
+    for _ in 0..2 {
+        step_alike(&mut stack, &mut alone, &grads(&mut rng, &params));
+    }
+    let late: Vec<(Vec<f32>, [usize; 2])> =
+        [[6, 5], [6, 5], [4, 4], [6, 5], [6, 5]].iter().map(|&s| (rng.uniforms(s[0] * s[1], 1.0), s)).collect();
+    let first = params.len();
+    // The second parameter joined the first's stack at the first step.
+    assert_eq!(stack.stack_growths(), 1);
+    for (k, (p, shape)) in late.iter().enumerate() {
+        let id = stack.add_param(&format!("late{k}"), &vec![9.0; p.len()], shape).unwrap();
+        // Values written while waiting replace those it was added with.
+        stack.write_param(id, p).unwrap();
+        params.push((p.clone(), *shape));
+    }
+    alone.extend(self::alone(&ctx, &late));
+    assert_eq!(stack.stack_growths(), 1, "nothing grows before the next step or read");
+    assert_eq!(stack.chains(), 2);
+    step_alike(&mut stack, &mut alone, &grads(&mut rng, &params));
+    assert_eq!(stack.stack_growths(), 2, "the 6×5 stack grows once for its four late members");
+    assert_same(&mut stack, &mut alone, "after the late additions");
+    assert!(stack.read_state(ParamId(first), "precond").unwrap().iter().all(|&d| d > 0.0));
+}
+
 #[test]
 fn first_step_normalises_each_column_in_closed_form() {
     // momentum 0, beta2 0, eps ≈ 0: U_ij = G_ij/‖G_:j‖, every column of U a unit vector, so
@@ -253,6 +393,45 @@ fn checkpoints_resume_bit_identically_and_refuse_mismatches() {
     let idd = d.add_param("w", &p0, &[7, 5]).unwrap();
     assert!(matches!(d.load(&path), Err(Error::Checkpoint { .. })));
     assert_eq!(d.read_param(idd).unwrap(), p0);
+}
+
+#[test]
+fn checkpoints_restore_into_stacks_with_waiting_members() {
+    // Three 5×7 parameters stepped in one stack are saved; a new optimizer adds the same three (the
+    // last two waiting to join the first's stack) and loads the file: every member resumes bit for
+    // bit, at its place in the stack.
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dasgo.safetensors");
+    let mut rng = TestRng::new(21);
+    let p0: Vec<Vec<f32>> = (0..3).map(|_| rng.uniforms(35, 1.0)).collect();
+    let mut a = Dasgo::gpu(&ctx, cfg()).unwrap();
+    let mut c = Dasgo::gpu(&ctx, DasgoConfig::default()).unwrap();
+    for (i, p) in p0.iter().enumerate() {
+        a.add_param(&format!("w{i}"), p, &[5, 7]).unwrap();
+        c.add_param(&format!("w{i}"), &[0.0; 35], &[5, 7]).unwrap();
+    }
+    let step_all = |o: &mut Dasgo, gs: &[Vec<f32>]| {
+        for (i, g) in gs.iter().enumerate() {
+            o.write_grad(ParamId(i), g).unwrap();
+        }
+        o.step().unwrap();
+    };
+    for _ in 0..3 {
+        step_all(&mut a, &(0..3).map(|_| rng.uniforms(35, 0.1)).collect::<Vec<_>>());
+    }
+    a.save(&path).unwrap();
+    c.load(&path).unwrap();
+    assert_eq!(c.chains(), 1);
+    for _ in 0..3 {
+        let gs: Vec<Vec<f32>> = (0..3).map(|_| rng.uniforms(35, 0.1)).collect();
+        step_all(&mut a, &gs);
+        step_all(&mut c, &gs);
+    }
+    for i in 0..3 {
+        assert_eq!(a.read_param(ParamId(i)).unwrap(), c.read_param(ParamId(i)).unwrap(), "parameter {i}");
+        assert_eq!(a.read_state(ParamId(i), "precond").unwrap(), c.read_state(ParamId(i), "precond").unwrap());
+    }
 }
 
 #[test]

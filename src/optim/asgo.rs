@@ -44,7 +44,7 @@
 //! ```
 
 use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper, Waiting};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::kernels::roots::GpuMats;
@@ -138,14 +138,6 @@ impl Group {
     }
 }
 
-/// A parameter waiting on the host to join its stack: its place, values and gradient (if written).
-struct Pending {
-    group: usize,
-    z: usize,
-    p: Vec<f32>,
-    grad: Option<Vec<f32>>,
-}
-
 /// ASGO over a [`MatOps`] backend ([`Asgo::gpu`], [`Asgo::cpu`]); steps through [`Stepper`].
 pub struct Asgo<O: MatOps> {
     ops: O,
@@ -154,7 +146,7 @@ pub struct Asgo<O: MatOps> {
     /// Each parameter's (group, index in the group).
     slots: Vec<(usize, usize)>,
     /// Parameters added to existing stacks and not yet settled into them.
-    pending: Vec<Pending>,
+    pending: Vec<Waiting>,
     metas: Vec<ParamMeta>,
     t: u64,
     guard: HostGuard,
@@ -195,7 +187,7 @@ impl<O: MatOps> Asgo<O> {
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];
-                self.pending.push(Pending { group: gi, z: g.members, p: data.to_vec(), grad: None });
+                self.pending.push(Waiting { stack: gi, z: g.members, values: data.to_vec(), grad: None });
                 g.members += 1;
                 (gi, g.members - 1)
             }
@@ -241,8 +233,8 @@ impl<O: MatOps> Asgo<O> {
             }
         }
         while let Some(w) = self.pending.last_mut() {
-            let g = &self.groups[w.group];
-            self.ops.write_at(g.p, w.z, &w.p)?;
+            let g = &self.groups[w.stack];
+            self.ops.write_at(g.p, w.z, &w.values)?;
             if let Some(grad) = w.grad.take() {
                 // Put back if the write fails: the next settle tries again.
                 if let Err(e) = self.ops.write_at(g.grad, w.z, &grad) {
@@ -273,15 +265,11 @@ impl<O: MatOps> Asgo<O> {
     /// stack, or, while it waits for the stack, into its pending entry (no growth now).
     fn write(&mut self, id: ParamId, data: &[f32], grad: bool) -> Result<()> {
         let (gi, z) = self.slots[id.0];
-        match self.pending.iter_mut().find(|w| (w.group, w.z) == (gi, z)) {
-            Some(w) if grad => w.grad = Some(data.to_vec()),
-            Some(w) => w.p = data.to_vec(),
-            None => {
-                let g = &self.groups[gi];
-                return self.ops.write_at(if grad { g.grad } else { g.p }, z, data);
-            }
+        if super::write_waiting(&mut self.pending, (gi, z), data, grad) {
+            return Ok(());
         }
-        Ok(())
+        let g = &self.groups[gi];
+        self.ops.write_at(if grad { g.grad } else { g.p }, z, data)
     }
 
     /// The parameter's group and index in it.

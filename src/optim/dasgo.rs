@@ -8,10 +8,15 @@
 //! p   ← (1 − lr·wd)·p − lr·0.2·sqrt(rows·cols)·U/(‖U‖_F + 1e-16)
 //! ```
 //!
-//! Four or five passes per parameter on the GPU (`shaders/dasgo.wgsl`: column sums over bands of
-//! rows where a matrix has too few columns to fill a GPU (see [`column_bands`]), column statistics,
-//! momentum with the partial sums of ‖U‖², the norm, the update; nothing read back), or the CPU twin
-//! ([`crate::reference::dasgo`]) through the same [`Stepper`]. Defaults are the reference's
+//! On the GPU, parameters of the same matrix view are stacked (as many as one storage binding and
+//! one grid dimension hold) and step as one chain of four or five passes (`shaders/dasgo.wgsl`:
+//! column sums over bands of rows where a stack has too few columns to fill a GPU (see
+//! [`column_bands`]), column statistics, momentum with the partial sums of ‖U‖², the norms, the
+//! update; nothing read back), so a transformer's dozens of equal matrices cost five dispatches, not
+//! five each. Parameters may be added after steps: one joining a stack waits on the host, with any
+//! values or gradient written to it, until the next step or read, so that adding many grows each
+//! stack once. The CPU twin ([`crate::reference::dasgo`]) steps each parameter alone, through the
+//! same [`Stepper`]. Defaults are the reference's
 //! (`dasgo(learning_rate=1e-3, momentum=0.9, weight_decay=0.1, beta2=0.95, eps=1e-8)`); the
 //! differences from it are ASGO's ([`super::asgo`]): `+ 1e-16` in the scaling (a zero update takes
 //! no step), rank > 2 viewed as shape\[0\] × rest, vectors refused, NaN/Inf gradients skip the step.
@@ -29,10 +34,11 @@
 //! # }
 //! ```
 
-use super::{check_config_snapshot, config_snapshot, read_params_and_states, update_config};
-use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{check_config_snapshot, config_snapshot, read_at, read_params_and_states, update_config, write_at};
+use super::{f32_step, matrix_param, meta_at, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper, Waiting};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
+use crate::kernels::newton_schulz::chunk_grid;
 use crate::reference::dasgo::dasgo_step;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
@@ -41,13 +47,13 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> KernelSpec {
     KernelSpec { module: "dasgo", entry, bindings }
 }
-/// Each band's column sums of G².
+/// Each band's column sums of G² (more than one band).
 pub const DASGO_COLSUM: KernelSpec = spec("dasgo_colsum", &[(0, U), (1, R), (8, W)]);
 /// Column statistics d and their factors r = (d + eps)^(−1/2).
 pub const DASGO_COLS: KernelSpec = spec("dasgo_cols", &[(0, U), (1, R), (2, W), (7, W), (8, W)]);
 /// Momentum and the partial sums of ‖U‖².
 pub const DASGO_PARTIAL: KernelSpec = spec("dasgo_partial", &[(0, U), (1, R), (3, W), (4, W), (7, W)]);
-/// ‖U‖_F.
+/// Each tensor's ‖U‖_F.
 pub const DASGO_NORM: KernelSpec = spec("dasgo_norm", &[(0, U), (4, W), (5, W)]);
 /// The update.
 pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (3, W), (5, W), (6, W), (7, W)]);
@@ -112,7 +118,8 @@ impl DasgoConfig {
         Ok(())
     }
 
-    /// The uniform for a rows × cols parameter (an error when its f32 factors overflow).
+    /// The uniform for a rows × cols parameter, a stack of one (set `count` for more; an error when
+    /// its f32 factors overflow).
     pub fn params(&self, rows: usize, cols: usize) -> Result<DasgoParams> {
         let (step, decay) = f32_step(self.lr, self.weight_decay, 0.2 * ((rows * cols) as f64).sqrt())?;
         let (bands, band_rows) = column_bands(rows, cols);
@@ -128,7 +135,7 @@ impl DasgoConfig {
             step,
             bands: bands as u32,
             band_rows: band_rows as u32,
-            _p: 0,
+            count: 1,
         })
     }
 }
@@ -137,11 +144,11 @@ impl DasgoConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DasgoParams {
-    /// Rows of the matrix view.
+    /// Rows of one tensor's matrix view.
     pub rows: u32,
     /// Columns.
     pub cols: u32,
-    /// Partial-sum workgroups (4096 elements each; also the update's).
+    /// Partial-sum workgroups per tensor (4096 elements each; also the update's).
     pub chunks: u32,
     /// 256 mod cols: how far an invocation's column advances per element it walks.
     pub wrap: u32,
@@ -159,26 +166,81 @@ pub struct DasgoParams {
     pub bands: u32,
     /// Rows per band (the last may hold fewer).
     pub band_rows: u32,
-    /// Padding.
-    pub _p: u32,
+    /// Tensors in the stack.
+    pub count: u32,
 }
 const _: () = assert!(std::mem::size_of::<DasgoParams>() == 48);
 
 /// The state names of a parameter (checkpoints, [`Stepper::read_state`]).
 const STATES: [&str; 2] = ["momentum", "precond"];
 
-/// A parameter's tensors on the GPU and its four bound passes.
+/// A stack of same-view parameters on the GPU and its five bound passes: the tensors hold `count`
+/// settled parameters; `members` counts those added since too (settled before the next step or read).
 struct Chain {
-    p: Tensor,
-    g: Tensor,
-    d: Tensor,
-    m: Tensor,
+    rows: usize,
+    cols: usize,
+    count: usize,
+    members: usize,
+    /// Values, gradients, statistics d, momentum, in [`Part`] order: [count·rows, cols] each, d
+    /// [count·cols].
+    parts: [Tensor; 4],
     kernels: [BoundKernel; 5],
     uniform: wgpu::Buffer,
-    _partials: wgpu::Buffer,
-    _colpart: wgpu::Buffer,
-    _scal: Tensor,
-    _r: Tensor,
+    /// r \[count·cols\], the norms \[count\], the norms' partial sums, the bands' column sums.
+    _scratch: (Tensor, Tensor, wgpu::Buffer, wgpu::Buffer),
+}
+
+impl Chain {
+    /// A stack of `count` rows × cols parameters, all zero.
+    fn zeros(ctx: &Context, (rows, cols): (usize, usize), count: usize) -> Result<Chain> {
+        let n = count * rows * cols;
+        let parts = [
+            Tensor::zeros(ctx, &[count * rows, cols])?,
+            Tensor::zeros(ctx, &[count * rows, cols])?,
+            Tensor::zeros(ctx, &[count * cols])?,
+            Tensor::zeros(ctx, &[count * rows, cols])?,
+        ];
+        let (r, scal) = (Tensor::zeros(ctx, &[count * cols])?, Tensor::zeros(ctx, &[count])?);
+        let uniform = ctx.uniform_buffer("dasgo params", 48);
+        let partials = ctx.storage_buffer("dasgo partials", 8 * (count * (rows * cols).div_ceil(CHUNK)) as u64)?;
+        let bands = column_bands(rows, cols).0;
+        // Unused (a stub) with one band.
+        let colpart =
+            ctx.storage_buffer("dasgo column sums", 4 * if bands > 1 { bands * count * cols } else { 1 } as u64)?;
+        let [xb, gb, db, mb] = parts.each_ref().map(Tensor::buffer);
+        let (u, pb, sb, rb) = (&uniform, &partials, scal.buffer(), r.buffer());
+        let kernels = [
+            ctx.bind(&DASGO_COLSUM, &[u, gb, &colpart])?,
+            ctx.bind(&DASGO_COLS, &[u, gb, db, rb, &colpart])?,
+            ctx.bind(&DASGO_PARTIAL, &[u, gb, mb, pb, rb])?,
+            ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
+            ctx.bind(&DASGO_APPLY, &[u, mb, sb, xb, rb])?,
+        ];
+        debug_assert_eq!(parts[0].len(), n);
+        let _scratch = (r, scal, partials, colpart);
+        Ok(Chain { rows, cols, count, members: count, parts, kernels, uniform, _scratch })
+    }
+
+    /// This stack with room for all its members: a new one holding the settled parameters' tensors
+    /// (copied on the GPU) and zeros after them; `self` is left as it was, so an error loses nothing.
+    fn grown(&self, ctx: &Context) -> Result<Chain> {
+        let mut next = Chain::zeros(ctx, (self.rows, self.cols), self.members)?;
+        let mut enc = ctx.encoder("dasgo stack growth");
+        for (old, new) in self.parts.iter().zip(&next.parts) {
+            enc.copy_buffer_to_buffer(old.buffer(), 0, new.buffer(), 0, 4 * old.len() as u64);
+        }
+        ctx.submit(enc);
+        next.members = self.members;
+        Ok(next)
+    }
+
+    /// The elements one parameter holds of `part`.
+    fn len(&self, part: Part) -> usize {
+        match part {
+            Part::Stats => self.cols,
+            _ => self.rows * self.cols,
+        }
+    }
 }
 
 /// A parameter on the CPU twin.
@@ -198,17 +260,49 @@ enum Part {
     Momentum,
 }
 
-enum Slot {
-    Gpu(Box<Chain>),
-    Cpu(Host),
+/// The GPU side: the stacks, each parameter's (stack, index in it), and the parameters waiting to
+/// join their stacks.
+struct Stacks {
+    ctx: Context,
+    chains: Vec<Chain>,
+    slots: Vec<(usize, usize)>,
+    waiting: Vec<Waiting>,
+    /// Stacks grown so far (a test hook: adding many parameters grows each stack once).
+    growths: u64,
+}
+
+impl Stacks {
+    /// Grows every stack with members waiting (each once), then writes their values and gradients.
+    /// On an error nothing is lost: the stacks and the waiting entries stay as they were.
+    fn settle(&mut self) -> Result<()> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        for c in &mut self.chains {
+            if c.members > c.count {
+                *c = c.grown(&self.ctx)?;
+                self.growths += 1;
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let c = &self.chains[w.stack];
+            let n = c.rows * c.cols;
+            write_at(&self.ctx, &c.parts[Part::Values as usize], w.z * n, &w.values);
+            if let Some(grad) = &w.grad {
+                write_at(&self.ctx, &c.parts[Part::Grad as usize], w.z * n, grad);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// DASGO on the GPU ([`Dasgo::gpu`]) or its CPU twin ([`Dasgo::cpu`]); steps through [`Stepper`].
 pub struct Dasgo {
-    ctx: Option<Context>,
+    /// `None`: the CPU twin, stepping `hosts`.
+    gpu: Option<Stacks>,
+    hosts: Vec<Host>,
     cfg: DasgoConfig,
     metas: Vec<ParamMeta>,
-    slots: Vec<Slot>,
     t: u64,
     guard: HostGuard,
 }
@@ -216,7 +310,9 @@ pub struct Dasgo {
 impl Dasgo {
     /// DASGO on the GPU.
     pub fn gpu(ctx: &Context, cfg: DasgoConfig) -> Result<Self> {
-        Self::new(Some(ctx.clone()), cfg)
+        let stacks =
+            Stacks { ctx: ctx.clone(), chains: Vec::new(), slots: Vec::new(), waiting: Vec::new(), growths: 0 };
+        Self::new(Some(stacks), cfg)
     }
 
     /// DASGO's CPU twin.
@@ -224,10 +320,9 @@ impl Dasgo {
         Self::new(None, cfg)
     }
 
-    fn new(ctx: Option<Context>, cfg: DasgoConfig) -> Result<Self> {
+    fn new(gpu: Option<Stacks>, cfg: DasgoConfig) -> Result<Self> {
         cfg.validate()?;
-        let (metas, slots) = (Vec::new(), Vec::new());
-        Ok(Dasgo { ctx, cfg, metas, slots, t: 0, guard: HostGuard::default() })
+        Ok(Dasgo { gpu, hosts: Vec::new(), cfg, metas: Vec::new(), t: 0, guard: HostGuard::default() })
     }
 
     /// The configuration in force.
@@ -235,109 +330,139 @@ impl Dasgo {
         &self.cfg
     }
 
-    /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name.
+    /// Adds a matrix parameter (rank ≥ 2, viewed as shape\[0\] × rest) under a unique name, stacked
+    /// on the GPU with the earlier ones of its view while the stack fits one storage binding and one
+    /// grid dimension's workgroups. It starts with zero momentum and statistics, also when added
+    /// after steps.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("dasgo", &self.metas, name, data, shape)?;
-        let n = rows * cols;
-        let slot = match &self.ctx {
-            None => Slot::Cpu(Host { p: data.to_vec(), g: vec![0.0; n], d: vec![0.0; cols], m: vec![0.0; n] }),
-            Some(ctx) => {
-                let p = Tensor::from_slice(ctx, data, &[rows, cols])?;
-                let (g, m, d) = (
-                    Tensor::zeros(ctx, &[rows, cols])?,
-                    Tensor::zeros(ctx, &[rows, cols])?,
-                    Tensor::zeros(ctx, &[cols])?,
-                );
-                let (scal, r) = (Tensor::zeros(ctx, &[4])?, Tensor::zeros(ctx, &[cols])?);
-                let uniform = ctx.uniform_buffer("dasgo params", 48);
-                let partials = ctx.storage_buffer("dasgo partials", 8 * n.div_ceil(CHUNK) as u64)?;
-                let bands = column_bands(rows, cols).0;
-                // Unused (a stub) with one band.
-                let colpart =
-                    ctx.storage_buffer("dasgo column sums", 4 * if bands > 1 { bands * cols } else { 1 } as u64)?;
-                let (u, gb, db, mb, pb, sb, xb, rb) =
-                    (&uniform, g.buffer(), d.buffer(), m.buffer(), &partials, scal.buffer(), p.buffer(), r.buffer());
-                let kernels = [
-                    ctx.bind(&DASGO_COLSUM, &[u, gb, &colpart])?,
-                    ctx.bind(&DASGO_COLS, &[u, gb, db, rb, &colpart])?,
-                    ctx.bind(&DASGO_PARTIAL, &[u, gb, mb, pb, rb])?,
-                    ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
-                    ctx.bind(&DASGO_APPLY, &[u, mb, sb, xb, rb])?,
-                ];
-                let (_partials, _colpart, _scal, _r) = (partials, colpart, scal, r);
-                Slot::Gpu(Box::new(Chain { p, g, d, m, kernels, uniform, _partials, _colpart, _scal, _r }))
+        match &mut self.gpu {
+            None => {
+                let n = rows * cols;
+                self.hosts.push(Host { p: data.to_vec(), g: vec![0.0; n], d: vec![0.0; cols], m: vec![0.0; n] });
             }
-        };
-        self.slots.push(slot);
+            Some(s) => {
+                let max_elements = (s.ctx.max_binding_bytes() / 4) as usize;
+                let max_members = s.ctx.max_workgroups_per_dim() as usize;
+                let fits = |c: &Chain| {
+                    (c.rows, c.cols) == (rows, cols)
+                        && c.members < max_members
+                        && (c.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max_elements)
+                };
+                let slot = match s.chains.iter().rposition(fits) {
+                    Some(at) => {
+                        let c = &mut s.chains[at];
+                        s.waiting.push(Waiting { stack: at, z: c.members, values: data.to_vec(), grad: None });
+                        c.members += 1;
+                        (at, c.members - 1)
+                    }
+                    None => {
+                        let c = Chain::zeros(&s.ctx, (rows, cols), 1)?;
+                        write_at(&s.ctx, &c.parts[Part::Values as usize], 0, data);
+                        s.chains.push(c);
+                        (s.chains.len() - 1, 0)
+                    }
+                };
+                s.slots.push(slot);
+            }
+        }
         self.guard.add_param();
         self.metas.push(ParamMeta { name: name.into(), shape: shape.to_vec(), group: 0 });
-        Ok(ParamId(self.slots.len() - 1))
+        Ok(ParamId(self.metas.len() - 1))
     }
 
-    /// The uniforms of the config in force, one per parameter (an error when lr overflows f32).
-    pub fn uniforms(&self) -> Result<Vec<DasgoParams>> {
-        self.metas.iter().map(|m| self.cfg.params(m.shape[0], m.len() / m.shape[0])).collect()
+    /// The number of batched chains a GPU step runs (one per stack of same-view parameters; 0 on
+    /// the CPU twin).
+    pub fn chains(&self) -> usize {
+        self.gpu.as_ref().map_or(0, |s| s.chains.len())
     }
 
-    /// GPU: writes the parameters' uniforms (from [`Dasgo::uniforms`]) for the passes recorded next.
-    pub fn write_uniforms(&self, hs: &[DasgoParams]) {
-        if let Some(ctx) = &self.ctx {
-            for (slot, h) in self.slots.iter().zip(hs) {
-                if let Slot::Gpu(c) = slot {
-                    ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(h));
-                }
-            }
+    /// How many times a stack has grown to take parameters added after it was made (a test hook).
+    #[doc(hidden)]
+    pub fn stack_growths(&self) -> u64 {
+        self.gpu.as_ref().map_or(0, |s| s.growths)
+    }
+
+    /// The uniforms of the config in force, one per stack (an error when lr overflows f32).
+    fn uniforms(&self) -> Result<Vec<DasgoParams>> {
+        let Some(s) = &self.gpu else { return Ok(Vec::new()) };
+        let stack = |c: &Chain| Ok(DasgoParams { count: c.count as u32, ..self.cfg.params(c.rows, c.cols)? });
+        s.chains.iter().map(stack).collect()
+    }
+
+    /// GPU: settles the parameters waiting to join their stacks and writes the stacks' uniforms for
+    /// the passes recorded next (an error when lr overflows f32, changing nothing).
+    pub fn prepare(&mut self) -> Result<()> {
+        let Some(s) = &mut self.gpu else { return Ok(()) };
+        s.settle()?;
+        let hs = self.uniforms()?;
+        let s = self.gpu.as_ref().expect("a GPU optimizer");
+        for (c, h) in s.chains.iter().zip(&hs) {
+            s.ctx.queue().write_buffer(&c.uniform, 0, bytemuck::bytes_of(h));
         }
+        Ok(())
     }
 
-    /// GPU: records one step's four or five passes per parameter into `enc`, with the uniforms last written;
-    /// no guard, no count (what [`Stepper::step`] submits, and what the benchmark times).
+    /// GPU: records one step's four or five passes per stack into `enc`, with the uniforms last
+    /// written by [`Dasgo::prepare`]; no guard, no count (what [`Stepper::step`] submits, and what
+    /// the benchmark times).
     pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
-        let Some(ctx) = &self.ctx else { return };
-        for slot in &self.slots {
-            if let Slot::Gpu(c) = slot {
-                let (rows, cols) = (c.p.shape()[0], c.p.shape()[1]);
-                let [colsum, col, partial, norm, apply] = &c.kernels;
-                let chunks = (rows * cols).div_ceil(CHUNK).max(1) as u32;
-                let bands = column_bands(rows, cols).0;
-                if bands > 1 {
-                    colsum.record(ctx, enc, ((bands * cols) as u32).div_ceil(WORKGROUP_SIZE));
-                }
-                col.record(ctx, enc, (cols as u32).div_ceil(WORKGROUP_SIZE));
-                partial.record(ctx, enc, chunks);
-                norm.record_3d(enc, (1, 1, 1));
-                apply.record(ctx, enc, chunks);
+        let Some(s) = &self.gpu else { return };
+        for c in &s.chains {
+            let (cols, n) = (c.cols as u32, c.count as u32);
+            let [colsum, col, partial, norm, apply] = &c.kernels;
+            let chunks = (c.rows * c.cols).div_ceil(CHUNK).max(1);
+            let bands = column_bands(c.rows, c.cols).0 as u32;
+            if bands > 1 {
+                colsum.record(&s.ctx, enc, (bands * n * cols).div_ceil(WORKGROUP_SIZE));
             }
+            col.record(&s.ctx, enc, (n * cols).div_ceil(WORKGROUP_SIZE));
+            // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
+            partial.record_3d(enc, chunk_grid(&s.ctx, chunks, c.count));
+            norm.record_3d(enc, (n, 1, 1));
+            apply.record_3d(enc, chunk_grid(&s.ctx, chunks, c.count));
         }
     }
 
-    fn slot(&mut self, id: ParamId, len: Option<usize>) -> Result<&mut Slot> {
-        meta_at(&self.metas, id, len)?;
-        Ok(&mut self.slots[id.0])
+    /// Checks `id` (and `len`, the element count of a write, when given).
+    fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
+        meta_at(&self.metas, id, len).map(|_| ())
     }
 
-    /// Writes one of a parameter's tensors (lengths checked by the caller).
+    /// Writes one of a parameter's tensors (id and length checked by the caller): into its stack,
+    /// or, while it waits for the stack, into its waiting entry (no growth now).
     fn write(&mut self, id: ParamId, which: Part, data: &[f32]) -> Result<()> {
-        let which = which as usize;
-        let ctx = self.ctx.clone();
-        match self.slot(id, None)? {
-            Slot::Gpu(c) => {
-                let ctx = ctx.expect("a GPU slot has a context");
-                [&c.p, &c.g, &c.d, &c.m][which].write(&ctx, data)
+        match &mut self.gpu {
+            None => {
+                let h = &mut self.hosts[id.0];
+                [&mut h.p, &mut h.g, &mut h.d, &mut h.m][which as usize].copy_from_slice(data);
             }
-            Slot::Cpu(h) => {
-                [&mut h.p, &mut h.g, &mut h.d, &mut h.m][which].copy_from_slice(data);
-                Ok(())
+            Some(s) => {
+                let (at, z) = s.slots[id.0];
+                let grad = matches!(which, Part::Grad);
+                let waiting = matches!(which, Part::Values | Part::Grad);
+                if !(waiting && super::write_waiting(&mut s.waiting, (at, z), data, grad)) {
+                    let c = &s.chains[at];
+                    write_at(&s.ctx, &c.parts[which as usize], z * c.len(which), data);
+                }
             }
         }
+        Ok(())
     }
 
     fn read(&mut self, id: ParamId, which: Part) -> Result<Vec<f32>> {
-        let which = which as usize;
-        let ctx = self.ctx.clone();
-        match self.slot(id, None)? {
-            Slot::Gpu(c) => [&c.p, &c.g, &c.d, &c.m][which].to_vec(&ctx.expect("a GPU slot has a context")),
-            Slot::Cpu(h) => Ok([&h.p, &h.g, &h.d, &h.m][which].clone()),
+        self.check(id, None)?;
+        match &mut self.gpu {
+            None => {
+                let h = &self.hosts[id.0];
+                Ok([&h.p, &h.g, &h.d, &h.m][which as usize].clone())
+            }
+            Some(s) => {
+                s.settle()?;
+                let (at, z) = s.slots[id.0];
+                let c = &s.chains[at];
+                read_at(&s.ctx, &c.parts[which as usize], z * c.len(which), c.len(which))
+            }
         }
     }
 }
@@ -346,32 +471,29 @@ impl Stepper for Dasgo {
     /// One step with the gradients written since the last one; skipped, changing nothing, when one
     /// of them held NaN or Inf.
     fn step(&mut self) -> Result<()> {
-        // The uniforms first, so an lr that overflows f32 changes nothing.
-        let hs = self.uniforms()?;
+        // The f32 factors first, so an lr that overflows changes nothing.
+        let hs = self.metas.iter().map(|m| self.cfg.params(m.shape[0], m.len() / m.shape[0]));
+        let hs = hs.collect::<Result<Vec<_>>>()?;
         if self.guard.skip_step() {
             return Ok(());
         }
-        match &self.ctx {
-            None => {
-                for (slot, h) in self.slots.iter_mut().zip(&hs) {
-                    if let Slot::Cpu(x) = slot {
-                        dasgo_step(h, &mut x.p, &x.g, &mut x.d, &mut x.m);
-                    }
-                }
+        if self.gpu.is_none() {
+            for (x, h) in self.hosts.iter_mut().zip(&hs) {
+                dasgo_step(h, &mut x.p, &x.g, &mut x.d, &mut x.m);
             }
-            Some(ctx) => {
-                self.write_uniforms(&hs);
-                let mut enc = ctx.encoder("dasgo step");
-                ctx.scoped("dasgo step", || self.record_step(&mut enc))?;
-                ctx.submit(enc);
-            }
+        } else {
+            self.prepare()?;
+            let ctx = &self.gpu.as_ref().expect("a GPU optimizer").ctx;
+            let mut enc = ctx.encoder("dasgo step");
+            ctx.scoped("dasgo step", || self.record_step(&mut enc))?;
+            ctx.submit(enc);
         }
         self.t += 1;
         Ok(())
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        self.slot(id, Some(grad.len()))?;
+        self.check(id, Some(grad.len()))?;
         // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
         if !self.guard.admit(id.0, grad) {
             return Ok(());
@@ -380,7 +502,7 @@ impl Stepper for Dasgo {
     }
 
     fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
-        self.slot(id, Some(data.len()))?;
+        self.check(id, Some(data.len()))?;
         self.write(id, Part::Values, data)
     }
 
@@ -427,6 +549,9 @@ impl Stepper for Dasgo {
     fn restore(&mut self, s: Snapshot) -> Result<()> {
         let len = |m: &ParamMeta, state: &str| if state == "precond" { m.len() / m.shape[0] } else { m.len() };
         let (cfg, states) = check_config_snapshot(&s, "dasgo", &self.metas, &STATES, len, DasgoConfig::validate)?;
+        if let Some(s) = &mut self.gpu {
+            s.settle()?;
+        }
         // Everything is checked: now write.
         for (i, st) in states.iter().enumerate() {
             self.write(ParamId(i), Part::Values, &s.values[i])?;

@@ -437,6 +437,26 @@ pub(crate) fn stack_slot(
     Ok(slots[id.0])
 }
 
+/// A parameter waiting on the host to join its stack (ASGO, DASGO: adding many grows a stack once):
+/// its place, and its values and gradient (if written) until the stack has room.
+pub(crate) struct Waiting {
+    pub stack: usize,
+    pub z: usize,
+    pub values: Vec<f32>,
+    pub grad: Option<Vec<f32>>,
+}
+
+/// Keeps a write of values (or a gradient, `grad`) to the parameter at (stack, z) in its waiting
+/// entry; false when it is not waiting.
+pub(crate) fn write_waiting(waiting: &mut [Waiting], (stack, z): (usize, usize), data: &[f32], grad: bool) -> bool {
+    match waiting.iter_mut().find(|w| (w.stack, w.z) == (stack, z)) {
+        Some(w) if grad => w.grad = Some(data.to_vec()),
+        Some(w) => w.values = data.to_vec(),
+        None => return false,
+    }
+    true
+}
+
 /// Writes `data` at element `at` of `t` (staged: it lands before the work of the next submit).
 pub(crate) fn write_at(ctx: &crate::Context, t: &crate::Tensor, at: usize, data: &[f32]) {
     ctx.queue().write_buffer(t.buffer(), 4 * at as u64, bytemuck::cast_slice(data));
