@@ -7,17 +7,18 @@
 // A stack of `count` same-view parameters runs as one [count * rows, cols] array (tensor z's
 // statistics at z * cols, its norm at z). Five passes: column sums over bands of rows (only when
 // there is more than one band; shared/columns.wgsl), column statistics (and r), momentum with the
-// partial sums of ||U||^2, the norms, the update. The last two element passes walk 4096-element
-// chunks of one tensor, each invocation every 256th element, so its column advances by 256 mod cols
-// (`wrap`) with one compare instead of a division per element (integer division is scalar on CPU
-// drivers: it cost lavapipe more than the arithmetic).
+// partial sums of ||U||^2, the norms, the update. The two element passes walk 4096-element
+// chunks of one tensor, each invocation every 256th element (or vec4, where cols % 4 == 0 and so
+// every vec4 lies in one row), so its column advances by 256 mod cols (or mod cols / 4: `wrap`) with
+// one compare instead of a division per element (integer division is scalar on CPU drivers: it cost
+// lavapipe more than the arithmetic).
 // CPU twin: src/reference/dasgo.rs.
 
 struct DasgoParams {
     rows: u32,    // of one tensor
     cols: u32,
     chunks: u32,  // element-pass workgroups per tensor
-    wrap: u32,    // 256 mod cols
+    wrap: u32,    // 256 mod cols, or mod cols / 4 for the vec4 passes
     omb: f32,     // 1 - beta2
     omm: f32,     // 1 - momentum
     eps: f32,
@@ -40,6 +41,12 @@ struct DasgoParams {
 // [bands, count * cols]: each band's column sums (with more than one band).
 @group(0) @binding(8) var<storage, read_write> colpart: array<f32>;
 
+// The same tensors as vec4s, for the element passes where cols % 4 == 0.
+@group(0) @binding(9) var<storage, read> g4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> m4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> p4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> r4: array<vec4<f32>>;
+
 #import shared/reduce
 #import shared/grid
 #import shared/columns
@@ -51,9 +58,10 @@ fn columns() -> Columns {
     return Columns(dp.rows, dp.cols, dp.count, dp.bands, dp.band_rows);
 }
 
-fn next_col(j: u32) -> u32 {
+// A walk's next column: `wrap` on, in a row of `width` (cols, or cols / 4 vec4s).
+fn next_col(j: u32, width: u32) -> u32 {
     let n = j + dp.wrap;
-    return select(n, n - dp.cols, n >= dp.cols);
+    return select(n, n - width, n >= width);
 }
 
 // One invocation per (band, stacked column).
@@ -77,8 +85,9 @@ fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // Where workgroup (x, z, w)'s invocation lid starts: chunk x + w * (grid x) of tensor z (chunks fold
-// past a dimension's limit; src/kernels/newton_schulz.rs chunk_grid), its first element k of the
-// stack, the element after the chunk's last, and the first element's column.
+// past a dimension's limit; src/kernels/newton_schulz.rs chunk_grid), its first item k of the stack,
+// the item after the chunk's last, and the first item's column; items are elements (width = cols)
+// or vec4s (width = cols / 4).
 struct Walk {
     chunk: u32,
     z: u32,
@@ -87,18 +96,19 @@ struct Walk {
     j: u32,
 }
 
-fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Walk {
+fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, width: u32) -> Walk {
     let chunk = wid.x + wid.z * nwg.x;
-    let size = dp.rows * dp.cols;
-    let local = chunk * CHUNK + lid;
+    let per_chunk = select(CHUNK, CHUNK / 4u, width < dp.cols);
+    let size = dp.rows * width;
+    let local = chunk * per_chunk + lid;
     let base = wid.y * size;
-    return Walk(chunk, wid.y, base + local, base + min((chunk + 1u) * CHUNK, size), local % dp.cols);
+    return Walk(chunk, wid.y, base + local, base + min((chunk + 1u) * per_chunk, size), local % width);
 }
 
 @compute @workgroup_size(256)
 fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let w = walk(wid, nwg, lid);
+    let w = walk(wid, nwg, lid, dp.cols);
     if (w.chunk >= dp.chunks) { return; }
     let rz = w.z * dp.cols;
     var acc = vec2<f32>(0.0, 0.0);
@@ -107,7 +117,7 @@ fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         let mk = lerp_torch(m[k], g[k], dp.omm);
         m[k] = mk;
         acc = acc + split_square(mk * r[rz + j]);
-        j = next_col(j);
+        j = next_col(j, dp.cols);
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
@@ -129,13 +139,50 @@ fn dasgo_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(256)
 fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let w = walk(wid, nwg, lid);
+    let w = walk(wid, nwg, lid, dp.cols);
     if (w.chunk >= dp.chunks) { return; }
     let rz = w.z * dp.cols;
     let scale = dp.step / (scal[w.z] + 1e-16);
     var j = w.j;
     for (var k = w.k; k < w.end; k = k + WG) {
         p[k] = dp.decay * p[k] - scale * (m[k] * r[rz + j]);
-        j = next_col(j);
+        j = next_col(j, dp.cols);
+    }
+}
+
+// dasgo_partial over vec4s (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let width = dp.cols / 4u;
+    let w = walk(wid, nwg, lid, width);
+    if (w.chunk >= dp.chunks) { return; }
+    let rz = w.z * width;
+    var acc = vec2<f32>(0.0, 0.0);
+    var j = w.j;
+    for (var k = w.k; k < w.end; k = k + WG) {
+        let mk = lerp_torch4(m4[k], g4[k], dp.omm);
+        m4[k] = mk;
+        acc = acc + split_square4(mk * r4[rz + j]);
+        j = next_col(j, width);
+    }
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[w.z * dp.chunks + w.chunk] = total; }
+}
+
+// dasgo_apply over vec4s (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn dasgo_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let width = dp.cols / 4u;
+    let w = walk(wid, nwg, lid, width);
+    if (w.chunk >= dp.chunks) { return; }
+    let rz = w.z * width;
+    let scale = dp.step / (scal[w.z] + 1e-16);
+    var j = w.j;
+    for (var k = w.k; k < w.end; k = k + WG) {
+        p4[k] = dp.decay * p4[k] - scale * (m4[k] * r4[rz + j]);
+        j = next_col(j, width);
     }
 }

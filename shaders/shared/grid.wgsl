@@ -10,3 +10,9 @@ fn lerp_torch(a: f32, b: f32, w: f32) -> f32 {
     if (w < 0.5) { return a + w * (b - a); }
     return b - (b - a) * (1.0 - w);
 }
+
+// lerp_torch on four values with one weight.
+fn lerp_torch4(a: vec4<f32>, b: vec4<f32>, w: f32) -> vec4<f32> {
+    if (w < 0.5) { return a + w * (b - a); }
+    return b - (b - a) * (1.0 - w);
+}

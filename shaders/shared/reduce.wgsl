@@ -20,6 +20,11 @@ fn split_square(v: f32) -> vec2<f32> {
     return vec2<f32>(v * v, 0.0);
 }
 
+// The four squares of v into one (small, large) pair.
+fn split_square4(v: vec4<f32>) -> vec2<f32> {
+    return split_square(v.x) + split_square(v.y) + split_square(v.z) + split_square(v.w);
+}
+
 // sqrt of a (small, large) pair of sums of squares.
 fn split_norm(q: vec2<f32>) -> f32 {
     if (q.y > 0.0) {

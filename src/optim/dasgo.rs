@@ -57,8 +57,13 @@ pub const DASGO_PARTIAL: KernelSpec = spec("dasgo_partial", &[(0, U), (1, R), (3
 pub const DASGO_NORM: KernelSpec = spec("dasgo_norm", &[(0, U), (4, W), (5, W)]);
 /// The update.
 pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (3, W), (5, W), (6, W), (7, W)]);
+/// [`DASGO_PARTIAL`] over vec4s (columns a multiple of 4).
+pub const DASGO_PARTIAL4: KernelSpec = spec("dasgo_partial4", &[(0, U), (9, R), (10, W), (4, W), (12, W)]);
+/// [`DASGO_APPLY`] over vec4s (columns a multiple of 4).
+pub const DASGO_APPLY4: KernelSpec = spec("dasgo_apply4", &[(0, U), (10, W), (5, W), (11, W), (12, W)]);
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[DASGO_COLSUM, DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY];
+pub const SPECS: &[KernelSpec] =
+    &[DASGO_COLSUM, DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY, DASGO_PARTIAL4, DASGO_APPLY4];
 const CHUNK: usize = 4096;
 
 /// The invocations the column sums aim for: enough to fill a large GPU (an H200 holds about 270,000
@@ -75,6 +80,16 @@ pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
     let bands = COLUMN_INVOCATIONS.div_ceil(cols.max(1)).min(rows / MIN_BAND_ROWS).max(1);
     let band_rows = rows.div_ceil(bands).max(1);
     (rows.div_ceil(band_rows).max(1), band_rows)
+}
+
+/// The items of a row the element passes walk: vec4s where `cols` is a multiple of 4 (each vec4
+/// then lies in one row), else elements.
+pub fn vec_width(cols: usize) -> usize {
+    if cols.is_multiple_of(4) {
+        cols / 4
+    } else {
+        cols
+    }
 }
 
 /// DASGO's hyperparameters (ALGORITHMS.md §11.1 names; `learning_rate` → `lr`).
@@ -127,7 +142,7 @@ impl DasgoConfig {
             rows: rows as u32,
             cols: cols as u32,
             chunks: (rows * cols).div_ceil(CHUNK).max(1) as u32,
-            wrap: (256 % cols) as u32,
+            wrap: (256 % vec_width(cols)) as u32,
             omb: (1.0 - self.beta2) as f32,
             omm: (1.0 - self.momentum) as f32,
             eps: self.eps as f32,
@@ -150,7 +165,7 @@ pub struct DasgoParams {
     pub cols: u32,
     /// Partial-sum workgroups per tensor (4096 elements each; also the update's).
     pub chunks: u32,
-    /// 256 mod cols: how far an invocation's column advances per element it walks.
+    /// 256 mod [`vec_width`]: how far an invocation's column advances per element (or vec4) it walks.
     pub wrap: u32,
     /// 1 − β2.
     pub omb: f32,
@@ -209,12 +224,15 @@ impl Chain {
             ctx.storage_buffer("dasgo column sums", 4 * if bands > 1 { bands * count * cols } else { 1 } as u64)?;
         let [xb, gb, db, mb] = parts.each_ref().map(Tensor::buffer);
         let (u, pb, sb, rb) = (&uniform, &partials, scal.buffer(), r.buffer());
+        // The element passes over vec4s where each lies in one row.
+        let (partial, apply) =
+            if vec_width(cols) < cols { (&DASGO_PARTIAL4, &DASGO_APPLY4) } else { (&DASGO_PARTIAL, &DASGO_APPLY) };
         let kernels = [
             ctx.bind(&DASGO_COLSUM, &[u, gb, &colpart])?,
             ctx.bind(&DASGO_COLS, &[u, gb, db, rb, &colpart])?,
-            ctx.bind(&DASGO_PARTIAL, &[u, gb, mb, pb, rb])?,
+            ctx.bind(partial, &[u, gb, mb, pb, rb])?,
             ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
-            ctx.bind(&DASGO_APPLY, &[u, mb, sb, xb, rb])?,
+            ctx.bind(apply, &[u, mb, sb, xb, rb])?,
         ];
         debug_assert_eq!(parts[0].len(), n);
         let _scratch = (r, scal, partials, colpart);
