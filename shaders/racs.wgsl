@@ -24,8 +24,8 @@ struct RacsParams {
     count: u32,   // tensors in the stack
     bands: u32,   // bands of rows the column sums are split into (as DASGO's)
     band_rows: u32, // rows per band (the last may hold fewer)
-    wrap: u32,    // 256 mod cols: a walk's column advance
-    step_rows: u32, // 256 / cols: a walk's row advance
+    wrap: u32,    // 256 mod width: a walk's column advance (width = cols, or cols / 4 for vec4 walks)
+    step_rows: u32, // 256 / width: a walk's row advance
     _p0: u32, _p1: u32,
 }
 
@@ -42,6 +42,11 @@ struct RacsParams {
 // [bands, count * cols]: each band's column sums of G^2 (with more than one band).
 @group(0) @binding(7) var<storage, read_write> colpart: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
+
+// The same tensors as vec4s, for the norm and update passes where cols % 4 == 0.
+@group(0) @binding(8) var<storage, read> g4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> q4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> p4: array<vec4<f32>>;
 
 #import shared/reduce
 #import shared/grid
@@ -103,39 +108,50 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     q[t] = lerp_torch(q[t], column_total(columns(), t) / f32(rp.rows), rp.omb);
 }
 
-// Where an invocation is in its chunk's walk: element k of the stack, its stacked row i, column j.
+// Where an invocation is in its chunk's walk: item k of the stack, its stacked row i, column j.
+// Items are elements (width = cols) or, where cols % 4 == 0, vec4s (width = cols / 4: every vec4
+// then lies in one row); `wrap` and `step_rows` are set for the walk's width.
 struct Walk {
     k: u32,
     i: u32,
     j: u32,
 }
 
-// Invocation lid's first element of chunk `chunk` of tensor z (the walk's only division).
-fn walk_start(z: u32, chunk: u32, lid: u32) -> Walk {
-    let local = chunk * CHUNK + lid;
-    let r = local / rp.cols;
-    return Walk(z * rp.rows * rp.cols + local, z * rp.rows + r, local - r * rp.cols);
+// The items of a chunk (4096 elements).
+fn per_chunk(width: u32) -> u32 {
+    return select(CHUNK, CHUNK / 4u, width < rp.cols);
 }
 
-// 256 elements on: 256 / cols rows and 256 mod cols columns, carrying a wrapped column into a row.
-fn walk_next(w: Walk) -> Walk {
+// Invocation lid's first item of chunk `chunk` of tensor z (the walk's only division).
+fn walk_start(z: u32, chunk: u32, lid: u32, width: u32) -> Walk {
+    let local = chunk * per_chunk(width) + lid;
+    let r = local / width;
+    return Walk(z * rp.rows * width + local, z * rp.rows + r, local - r * width);
+}
+
+// 256 items on: 256 / width rows and 256 mod width columns, carrying a wrapped column into a row.
+fn walk_next(w: Walk, width: u32) -> Walk {
     var i = w.i + rp.step_rows;
     var j = w.j + rp.wrap;
-    if (j >= rp.cols) {
-        j = j - rp.cols;
+    if (j >= width) {
+        j = j - width;
         i = i + 1u;
     }
     return Walk(w.k + WG, i, j);
 }
 
 // The end of chunk `chunk` of tensor z in the stack.
-fn chunk_end(z: u32, chunk: u32) -> u32 {
-    let size = rp.rows * rp.cols;
-    return min(z * size + (chunk + 1u) * CHUNK, (z + 1u) * size);
+fn chunk_end(z: u32, chunk: u32, width: u32) -> u32 {
+    let size = rp.rows * width;
+    return min(z * size + (chunk + 1u) * per_chunk(width), (z + 1u) * size);
 }
 
 fn g_hat(w: Walk, z: u32) -> f32 {
     return g[w.k] / (sqrt(s[w.i] + rp.eps) * sqrt(q[z * rp.cols + w.j] + rp.eps));
+}
+
+fn g_hat4(w: Walk, z: u32, width: u32) -> vec4<f32> {
+    return g4[w.k] / (sqrt(s[w.i] + rp.eps) * sqrt(q4[z * width + w.j] + rp.eps));
 }
 
 // Workgroup (x, z, w): chunk x + w * (grid x) of tensor z (chunks fold past a dimension's limit;
@@ -146,10 +162,28 @@ fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let chunk = wid.x + wid.z * nwg.x;
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
-    let end = chunk_end(z, chunk);
+    let end = chunk_end(z, chunk, rp.cols);
     var acc = vec2<f32>(0.0, 0.0);
-    for (var w = walk_start(z, chunk, lid); w.k < end; w = walk_next(w)) {
+    for (var w = walk_start(z, chunk, lid, rp.cols); w.k < end; w = walk_next(w, rp.cols)) {
         acc = acc + split_square(g_hat(w, z));
+    }
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[z * rp.chunks + chunk] = total; }
+}
+
+// racs_partial over vec4s (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn racs_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= rp.chunks) { return; }
+    let z = wid.y;
+    let width = rp.cols / 4u;
+    let end = chunk_end(z, chunk, width);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var w = walk_start(z, chunk, lid, width); w.k < end; w = walk_next(w, width)) {
+        acc = acc + split_square4(g_hat4(w, z, width));
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
@@ -183,9 +217,24 @@ fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let chunk = wid.x + wid.z * nwg.x;
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
-    let end = chunk_end(z, chunk);
+    let end = chunk_end(z, chunk, rp.cols);
     let scale = rp.step * scal[4u * z + 2u];
-    for (var w = walk_start(z, chunk, lid); w.k < end; w = walk_next(w)) {
+    for (var w = walk_start(z, chunk, lid, rp.cols); w.k < end; w = walk_next(w, rp.cols)) {
         p[w.k] = rp.decay * p[w.k] - scale * g_hat(w, z);
+    }
+}
+
+// racs_apply over vec4s (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn racs_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let chunk = wid.x + wid.z * nwg.x;
+    if (chunk >= rp.chunks) { return; }
+    let z = wid.y;
+    let width = rp.cols / 4u;
+    let end = chunk_end(z, chunk, width);
+    let scale = rp.step * scal[4u * z + 2u];
+    for (var w = walk_start(z, chunk, lid, width); w.k < end; w = walk_next(w, width)) {
+        p4[w.k] = rp.decay * p4[w.k] - scale * g_hat4(w, z, width);
     }
 }

@@ -4,6 +4,7 @@
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
 //! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does.
 
+use super::dasgo::vec_width;
 use super::{
     check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
     GroupId, ParamId, ParamMeta, Snapshot, Stepper,
@@ -32,9 +33,22 @@ pub const RACS_PARTIAL: KernelSpec = spec("racs_partial", &[(0, U), (1, R), (2, 
 pub const RACS_ETA: KernelSpec = spec("racs_eta", &[(0, U), (4, W), (5, W)]);
 /// The update.
 pub const RACS_APPLY: KernelSpec = spec("racs_apply", &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)]);
+/// [`RACS_PARTIAL`] over vec4s (columns a multiple of 4).
+pub const RACS_PARTIAL4: KernelSpec = spec("racs_partial4", &[(0, U), (8, R), (2, W), (9, W), (4, W)]);
+/// [`RACS_APPLY`] over vec4s (columns a multiple of 4).
+pub const RACS_APPLY4: KernelSpec = spec("racs_apply4", &[(0, U), (8, R), (2, W), (9, W), (5, W), (10, W)]);
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] =
-    &[RACS_ROWS, RACS_ROWS_WIDE, RACS_COLSUM, RACS_COLS, RACS_PARTIAL, RACS_ETA, RACS_APPLY];
+pub const SPECS: &[KernelSpec] = &[
+    RACS_ROWS,
+    RACS_ROWS_WIDE,
+    RACS_COLSUM,
+    RACS_COLS,
+    RACS_PARTIAL,
+    RACS_ETA,
+    RACS_APPLY,
+    RACS_PARTIAL4,
+    RACS_APPLY4,
+];
 const CHUNK: usize = 4096;
 /// Rows of at least this many columns get a workgroup each for their statistics (lane l summing
 /// columns l, l + 256, …, then the workgroup's sum); narrower rows an invocation each.
@@ -102,8 +116,8 @@ impl RegConfig {
             count: 1,
             bands: bands as u32,
             band_rows: band_rows as u32,
-            wrap: (256 % cols) as u32,
-            step_rows: (256 / cols) as u32,
+            wrap: (256 % vec_width(cols)) as u32,
+            step_rows: (256 / vec_width(cols)) as u32,
             _p: [0; 2],
         }
     }
@@ -137,9 +151,10 @@ pub struct RacsParams {
     pub bands: u32,
     /// Rows per band (the last may hold fewer).
     pub band_rows: u32,
-    /// 256 mod cols: how far the norm and update passes' walk advances its column per element.
+    /// 256 mod [`vec_width`]: how far the norm and update passes' walk advances its column per
+    /// element (or vec4).
     pub wrap: u32,
-    /// 256 / cols: how far it advances its row.
+    /// 256 / [`vec_width`]: how far it advances its row.
     pub step_rows: u32,
     /// Padding.
     pub _p: [u32; 2],
@@ -264,13 +279,16 @@ impl RegOptimizer {
             let (u, gb, sb, qb, pb, cb, xb) =
                 (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
             let row_spec = if cols >= WIDE_ROWS { &RACS_ROWS_WIDE } else { &RACS_ROWS };
+            // The norm and update passes over vec4s where each lies in one row.
+            let (partial, apply) =
+                if vec_width(cols) < cols { (&RACS_PARTIAL4, &RACS_APPLY4) } else { (&RACS_PARTIAL, &RACS_APPLY) };
             let kernels = [
                 ctx.bind(row_spec, &[u, gb, sb])?,
                 ctx.bind(&RACS_COLSUM, &[u, gb, &colpart])?,
                 ctx.bind(&RACS_COLS, &[u, gb, qb, &colpart])?,
-                ctx.bind(&RACS_PARTIAL, &[u, gb, sb, qb, pb])?,
+                ctx.bind(partial, &[u, gb, sb, qb, pb])?,
                 ctx.bind(&RACS_ETA, &[u, pb, cb])?,
-                ctx.bind(&RACS_APPLY, &[u, gb, sb, qb, cb, xb])?,
+                ctx.bind(apply, &[u, gb, sb, qb, cb, xb])?,
             ];
             let state = [s, q, scal];
             let _buffers = [partials, colpart];
