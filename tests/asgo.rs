@@ -359,10 +359,10 @@ fn stacks_split_where_one_storage_binding_is_full_and_take_late_parameters() {
 fn parameters_added_in_a_row_grow_their_stack_once() {
     // Five 6×10 matrices, each added and given a gradient in turn: the first starts the stack, the
     // others wait on the host with their gradients, and the first read grows the stack once: its
-    // five matrices (p, grad, momentum, precond, ones) one copy each, then the newcomers' values
-    // and gradients one copy each (4 + 4), after the first's gradient (1): 14. Growing at each
-    // write, as before, made 1 + 4·(5 + 1 + 1) = 29. A parameter added after that read grows it
-    // again.
+    // six matrices (p, grad, momentum, precond, ones, fallback counts) one copy each, then the
+    // newcomers' values and gradients one copy each (4 + 4), after the first's gradient (1): 15.
+    // Growing at each write, as before, made 1 + 4·(6 + 1 + 1) = 33. A parameter added after that
+    // read grows it again.
     let ctx = common::ctx();
     let mut opt = Asgo::gpu(&ctx, cfg()).unwrap();
     let p0 = TestRng::new(3).normals(60, 1.0);
@@ -371,10 +371,10 @@ fn parameters_added_in_a_row_grow_their_stack_once() {
         let id = opt.add_param(&format!("w{i}"), &p0, &[6, 10]).unwrap();
         opt.write_grad(id, g).unwrap();
     }
-    assert_eq!(opt.backend().unwrap().copies(), 1 + 5 + 4 + 4);
+    assert_eq!(opt.backend().unwrap().copies(), 1 + 6 + 4 + 4);
     opt.add_param("late", &p0, &[6, 10]).unwrap();
     assert_eq!(opt.read_param(ParamId(5)).unwrap(), p0);
-    assert_eq!(opt.backend().unwrap().copies(), 14 + 5 + 1 + 1, "one more growth, one write, one read");
+    assert_eq!(opt.backend().unwrap().copies(), 15 + 6 + 1 + 1, "one more growth, one write, one read");
     assert_eq!(opt.chains(), 1);
     // The waiting gradients landed: one step equals five lone optimizers' (the CPU twin, exactly).
     let mut stacked = Asgo::cpu(cfg()).unwrap();
@@ -484,9 +484,55 @@ fn a_broken_root_falls_back_to_the_identity() {
     let mut gpu = Asgo::gpu(&ctx, c.clone()).unwrap();
     let id = gpu.add_param("w", &zero, &[rows, cols]).unwrap();
     run(&mut gpu, id);
+    assert_eq!(gpu.root_fallbacks(id).unwrap(), 1, "step 2's root broke, step 1's did not");
     let mut cpu = Asgo::cpu(c).unwrap();
     let id = cpu.add_param("w", &zero, &[rows, cols]).unwrap();
     run(&mut cpu, id);
+    assert_eq!(cpu.root_fallbacks(id).unwrap(), 1);
+}
+
+#[test]
+fn fallbacks_are_counted_per_matrix_and_kept_in_checkpoints() {
+    // Two 4×6 parameters in one stack, β2 = 0 and eps = 0: a zero gradient breaks the root of the
+    // matrix that gets it (V = 0) and only that one. Three steps: w0 breaks at steps 2 and 3, w1
+    // never. The counts survive a checkpoint; a file without them (written before they were
+    // counted) loads with zeros; a malformed list is refused and changes nothing.
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("asgo.safetensors");
+    let c = AsgoConfig { lr: 0.1, momentum: 0.5, beta2: 0.0, eps: 0.0, weight_decay: 0.0, root_iters: 10 };
+    let g = TestRng::new(4).normals(24, 1.0);
+    let zero = vec![0.0f32; 24];
+    let mut a = Asgo::gpu(&ctx, c.clone()).unwrap();
+    let (w0, w1) = (a.add_param("w0", &g, &[4, 6]).unwrap(), a.add_param("w1", &g, &[4, 6]).unwrap());
+    assert_eq!(a.chains(), 1);
+    for t in 0..3 {
+        a.write_grad(w0, if t == 0 { &g } else { &zero }).unwrap();
+        a.write_grad(w1, &g).unwrap();
+        a.step().unwrap();
+    }
+    assert_eq!((a.root_fallbacks(w0).unwrap(), a.root_fallbacks(w1).unwrap()), (2, 0));
+    a.save(&path).unwrap();
+    let fresh = || {
+        let mut b = Asgo::gpu(&ctx, c.clone()).unwrap();
+        b.add_param("w0", &zero, &[4, 6]).unwrap();
+        b.add_param("w1", &zero, &[4, 6]).unwrap();
+        b
+    };
+    let mut b = fresh();
+    b.load(&path).unwrap();
+    assert_eq!((b.root_fallbacks(w0).unwrap(), b.root_fallbacks(w1).unwrap()), (2, 0));
+    let mut old = a.snapshot().unwrap();
+    old.hyper.as_object_mut().unwrap().remove("root_fallbacks");
+    let mut b = fresh();
+    b.restore(old).unwrap();
+    assert_eq!(b.root_fallbacks(w0).unwrap(), 0);
+    assert_eq!(b.read_param(w0).unwrap(), a.read_param(w0).unwrap());
+    let mut bad = a.snapshot().unwrap();
+    bad.hyper["root_fallbacks"] = serde_json::json!([1]);
+    let mut b = fresh();
+    assert!(matches!(b.restore(bad), Err(Error::Checkpoint { .. })));
+    assert_eq!(b.read_param(w0).unwrap(), zero, "a refused snapshot changes nothing");
 }
 
 #[test]

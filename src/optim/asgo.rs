@@ -122,6 +122,8 @@ struct Group {
     precond: Mat,
     /// Ones, 1×1 each: the numerators of the RMS scaling's ratios.
     ones: Mat,
+    /// 1×1 each: the steps whose root fell back to P = I (exact f32 integers up to 2^24).
+    fallbacks: Mat,
 }
 
 impl Group {
@@ -133,8 +135,8 @@ impl Group {
         self.rows.min(self.cols)
     }
 
-    fn mats(&self) -> [Mat; 5] {
-        [self.p, self.grad, self.momentum, self.precond, self.ones]
+    fn mats(&self) -> [Mat; 6] {
+        [self.p, self.grad, self.momentum, self.precond, self.ones, self.fallbacks]
     }
 }
 
@@ -202,6 +204,7 @@ impl<O: MatOps> Asgo<O> {
                     momentum: ops.alloc(1, rows, cols)?,
                     precond: ops.alloc(1, r, r)?,
                     ones: ops.alloc(1, 1, 1)?,
+                    fallbacks: ops.alloc(1, 1, 1)?,
                 };
                 ops.affine(group.ones, None, 0.0, Scale::One, 0.0, 1.0)?;
                 self.groups.push(group);
@@ -247,6 +250,16 @@ impl<O: MatOps> Asgo<O> {
         // Frees the stacks' old storage.
         self.ops.submit();
         Ok(())
+    }
+
+    /// The steps whose root fell back to P = I for this parameter (its Polar Express iteration
+    /// produced NaN or Inf: V singular to f32 rounding), counted on the device; reading it waits
+    /// for the GPU. Kept in checkpoints (`root_fallbacks` in the file's hyperparameters).
+    pub fn root_fallbacks(&mut self, id: ParamId) -> Result<u64> {
+        self.settle()?;
+        let (g, z) = self.slot(id, None)?;
+        let m = g.fallbacks;
+        Ok(self.ops.read_at(m, z)?[0] as u64)
     }
 
     /// The configuration in force.
@@ -297,6 +310,9 @@ impl<O: MatOps> Asgo<O> {
         // P = I, overwritten by the root where max_dev finds neither NaN nor Inf in it.
         let (dev, pm) = (ops.alloc(batch, 1, 1)?, ops.alloc(batch, r, r)?);
         ops.max_dev(root, dev)?;
+        // Counted on the device (nothing read back): +1, then −1 where the root is finite.
+        ops.affine(p.fallbacks, None, 0.0, Scale::One, 1.0, 1.0)?;
+        ops.affine(p.fallbacks, None, 0.0, Scale::Finite(dev), 1.0, -1.0)?;
         ops.affine(pm, None, 0.0, Scale::One, 0.0, 1.0)?;
         ops.affine(pm, Some(root), 1.0, Scale::Finite(dev), 0.0, 0.0)?;
         let u = ops.alloc(batch, m, n)?;
@@ -309,6 +325,18 @@ impl<O: MatOps> Asgo<O> {
         ops.frobenius(u, norm)?;
         ops.affine(p.p, Some(u), -step, Scale::Ratio(p.ones, norm), decay, 0.0)
     }
+}
+
+/// The per-parameter fallback counts of a snapshot (`root_fallbacks`; zeros in files written before
+/// they were counted).
+fn fallbacks_of(s: &Snapshot, params: usize) -> Result<Vec<u64>> {
+    let bad = |r: String| Error::Checkpoint { path: "<snapshot>".into(), reason: r };
+    let Some(v) = s.hyper.get("root_fallbacks") else { return Ok(vec![0; params]) };
+    let counts: Vec<u64> = serde_json::from_value(v.clone()).map_err(|e| bad(format!("root_fallbacks: {e}")))?;
+    if counts.len() != params || counts.iter().any(|&c| c > 1 << 24) {
+        return Err(bad(format!("root_fallbacks must hold {params} counts of at most 2^24, got {v}")));
+    }
+    Ok(counts)
 }
 
 impl<O: MatOps> Stepper for Asgo<O> {
@@ -392,8 +420,10 @@ impl<O: MatOps> Stepper for Asgo<O> {
     fn snapshot(&mut self) -> Result<Snapshot> {
         let (values, states) = read_params_and_states(self, &STATES)?;
         let lr_wd = (self.cfg.lr, self.cfg.weight_decay);
+        let fallbacks = (0..self.metas.len()).map(|i| self.root_fallbacks(ParamId(i))).collect::<Result<Vec<_>>>()?;
         let mut s = config_snapshot("asgo", &self.cfg, lr_wd, self.t, &self.metas, values, states);
         s.skipped = self.guard.skipped();
+        s.hyper["root_fallbacks"] = serde_json::json!(fallbacks);
         Ok(s)
     }
 
@@ -401,12 +431,15 @@ impl<O: MatOps> Stepper for Asgo<O> {
         let side = |m: &ParamMeta| m.shape[0].min(m.len() / m.shape[0]);
         let len = |m: &ParamMeta, state: &str| if state == "precond" { side(m) * side(m) } else { m.len() };
         let (cfg, states) = check_config_snapshot(&s, "asgo", &self.metas, &STATES, len, AsgoConfig::validate)?;
+        let fallbacks = fallbacks_of(&s, self.metas.len())?;
         self.settle()?;
         // Everything is checked: now write.
         for (i, st) in states.iter().enumerate() {
             let (g, z) = self.slots[i];
             let g = &self.groups[g];
-            for (m, data) in [(g.p, &s.values[i]), (g.momentum, &st[0]), (g.precond, &st[1])] {
+            let count = [fallbacks[i] as f32];
+            for (m, data) in [(g.p, &s.values[i][..]), (g.momentum, &st[0]), (g.precond, &st[1]), (g.fallbacks, &count)]
+            {
                 self.ops.write_at(m, z, data)?;
             }
         }
