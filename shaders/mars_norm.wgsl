@@ -27,7 +27,7 @@ fn mars_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var i = b.start + lid; i < b.start + b.len; i = i + WG_SIZE) {
         let gi = g[i];
         let c = (gi - gprev[i]) * k + gi;
-        acc = acc + split_square4(c);
+        acc = acc + split_square(c.x) + split_square(c.y) + split_square(c.z) + split_square(c.w);
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);

@@ -76,7 +76,8 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
     // chunks of 4,096 in the element passes; 3 × 256 has 256 mod cols = 0; 300 × 300 has cols > 256
     // (each invocation's column advances by 256, wrapping past the row's end). Columns a multiple of
     // 4 walk vec4s: 3 × 256 (256 mod 64 = 0), 300 × 300 (75 vec4s a row, 256 mod 75 = 31), 3 × 1028
-    // (257 a row: a walk wraps on every step but the first), 70 × 20 (5). The column sums split
+    // (257 a row, 256 mod 257 = 256: every invocation but the first wraps at its first step),
+    // 70 × 20 (5). The column sums split
     // into bands of rows: 300 × 300 into 9 (34 rows, the last 28), 1000 × 7 into 31 (33 rows, the
     // last 10), 2000 × 1 into 61 (33, the last 20); the others keep one.
     for &(rows, cols, steps) in &[

@@ -11,7 +11,8 @@ use gpuopt::ContextOptions;
 fn reg_matches_reference_over_twelve_steps() {
     // Stacks: [40, 24] ×3 (one a [40, 4, 6] view), [7, 1] ×2, [3, 20], [1, 1], [300, 2] (9 bands
     // of column sums), [5, 100] (a workgroup per row, 156 of its lanes idle), [3, 516] (129 vec4s a
-    // row: the norm and update walks carry a wrapped column into the next row every step).
+    // row: the walk's first step carries a wrapped column into the next row for most lanes; the
+    // folded 70×600 test below walks four steps of 150-vec4 rows).
     parity_on(&common::ctx(), 7);
 }
 

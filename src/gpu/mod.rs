@@ -249,7 +249,10 @@ impl Context {
         let max_dim = opts.max_workgroups_per_dim.map_or(limits.max_compute_workgroups_per_dimension, |m| {
             m.clamp(1, limits.max_compute_workgroups_per_dimension)
         });
-        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        // At most 4 GiB − 4: the shaders index elements in u32 and walk past a binding's end by up
+        // to a workgroup's stride, which stays far from 2^32 only while a binding holds < 2^30.
+        let device_binding =
+            limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(u32::MAX as u64 & !3);
         let max_binding = opts.max_binding_bytes.map_or(device_binding, |m| m.clamp(256, device_binding));
         let summary = AdapterSummary {
             name: info.name.clone(),

@@ -253,8 +253,9 @@ impl<O: MatOps> Asgo<O> {
     }
 
     /// The steps whose root fell back to P = I for this parameter (its Polar Express iteration
-    /// produced NaN or Inf: V singular to f32 rounding), counted on the device; reading it waits
-    /// for the GPU. Kept in checkpoints (`root_fallbacks` in the file's hyperparameters).
+    /// produced NaN or Inf: V singular to f32 rounding), counted on the device in f32 (exact, and
+    /// held at 2^24 = 16,777,216 once there); reading it waits for the GPU. Kept in checkpoints
+    /// (`root_fallbacks` in the file's hyperparameters).
     pub fn root_fallbacks(&mut self, id: ParamId) -> Result<u64> {
         self.settle()?;
         let (g, z) = self.slot(id, None)?;
@@ -310,9 +311,10 @@ impl<O: MatOps> Asgo<O> {
         // P = I, overwritten by the root where max_dev finds neither NaN nor Inf in it.
         let (dev, pm) = (ops.alloc(batch, 1, 1)?, ops.alloc(batch, r, r)?);
         ops.max_dev(root, dev)?;
-        // Counted on the device (nothing read back): +1, then −1 where the root is finite.
-        ops.affine(p.fallbacks, None, 0.0, Scale::One, 1.0, 1.0)?;
+        // Counted on the device (nothing read back): −1 where the root is finite, then +1 (in this
+        // order a count that reached 2^24 stays there).
         ops.affine(p.fallbacks, None, 0.0, Scale::Finite(dev), 1.0, -1.0)?;
+        ops.affine(p.fallbacks, None, 0.0, Scale::One, 1.0, 1.0)?;
         ops.affine(pm, None, 0.0, Scale::One, 0.0, 1.0)?;
         ops.affine(pm, Some(root), 1.0, Scale::Finite(dev), 0.0, 0.0)?;
         let u = ops.alloc(batch, m, n)?;
@@ -420,7 +422,10 @@ impl<O: MatOps> Stepper for Asgo<O> {
     fn snapshot(&mut self) -> Result<Snapshot> {
         let (values, states) = read_params_and_states(self, &STATES)?;
         let lr_wd = (self.cfg.lr, self.cfg.weight_decay);
-        let fallbacks = (0..self.metas.len()).map(|i| self.root_fallbacks(ParamId(i))).collect::<Result<Vec<_>>>()?;
+        // One read per stack.
+        self.settle()?;
+        let counts = self.groups.iter().map(|g| self.ops.read(g.fallbacks)).collect::<Result<Vec<_>>>()?;
+        let fallbacks: Vec<u64> = self.slots.iter().map(|&(g, z)| counts[g][z] as u64).collect();
         let mut s = config_snapshot("asgo", &self.cfg, lr_wd, self.t, &self.metas, values, states);
         s.skipped = self.guard.skipped();
         s.hyper["root_fallbacks"] = serde_json::json!(fallbacks);

@@ -291,7 +291,8 @@ struct Stacks {
 
 impl Stacks {
     /// Grows every stack with members waiting (each once), then writes their values and gradients.
-    /// On an error nothing is lost: the stacks and the waiting entries stay as they were.
+    /// On an error nothing is lost: a stack that could not grow keeps its old tensors (those grown
+    /// before it keep their new ones) and every waiting entry stays for the next try.
     fn settle(&mut self) -> Result<()> {
         if self.waiting.is_empty() {
             return Ok(());
@@ -409,7 +410,7 @@ impl Dasgo {
     }
 
     /// GPU: settles the parameters waiting to join their stacks and writes the stacks' uniforms for
-    /// the passes recorded next (an error when lr overflows f32, changing nothing).
+    /// the passes recorded next (an error, writing no uniform, when lr overflows f32).
     pub fn prepare(&mut self) -> Result<()> {
         let Some(s) = &mut self.gpu else { return Ok(()) };
         s.settle()?;
