@@ -23,6 +23,9 @@ struct AuonParams {
 @group(0) @binding(2) var<storage, read> norms: array<f32>;
 @group(0) @binding(3) var<storage, read> cosh_norm: array<f32>;
 @group(0) @binding(4) var<storage, read_write> p: array<f32>;
+// v and p as vec4s, for tensors of a multiple of 4 elements.
+@group(0) @binding(5) var<storage, read> v4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> p4: array<vec4<f32>>;
 
 // Workgroup (x, z, w): elements 256 * (x + w * (grid x)) + lid of tensor z (the grid carries the
 // tensor, so no element divides to find it).
@@ -43,4 +46,26 @@ fn auon_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (ap.paper != 0u) { x = x / (n + 1e-7); }
     let rms = cosh_norm[z] * ap.inv_sqrt_n;
     p[i] = p0 - ap.lr * (x / (rms + 1e-8));
+}
+
+// auon_apply over vec4s (per % 4 == 0): workgroup (x, z, w) takes vec4s 256 * (x + w * (grid x)) + lid
+// of tensor z.
+@compute @workgroup_size(256)
+fn auon_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let z = wid.y;
+    let per4 = ap.per / 4u;
+    let local = (wid.x + wid.z * nwg.x) * 256u + lid;
+    if (local >= per4) { return; }
+    let i = z * per4 + local;
+    let p0 = ap.decay * p4[i];
+    let n = norms[z];
+    if (n == 0.0) {
+        p4[i] = p0;
+        return;
+    }
+    var x = v4[i];
+    if (ap.paper != 0u) { x = x / (n + 1e-7); }
+    let rms = cosh_norm[z] * ap.inv_sqrt_n;
+    p4[i] = p0 - ap.lr * (x / (rms + 1e-8));
 }

@@ -26,6 +26,9 @@ struct NsParams {
 @group(0) @binding(4) var<storage, read_write> norms_out: array<f32>;
 @group(0) @binding(5) var<storage, read> norms: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// x and y as vec4s, for the partial passes where len % 4 == 0.
+@group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> y4: array<vec4<f32>>;
 
 #import shared/reduce
 
@@ -33,24 +36,42 @@ const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;                 // elements per frob_partial workgroup (16 per invocation)
 
 
-// Workgroup (x, z, w): chunk x + w * (grid x) of matrix z (chunks fold past a dimension's limit).
+// Workgroup (x, z, w)'s share of matrix z = wid.y: chunk x + w * (grid x) (chunks fold past a
+// dimension's limit), in items of `width` elements (1, or 4 for vec4s): the matrix's first item and
+// the chunk's [start, end) within it. `ok` is false past the last chunk.
+struct Span {
+    ok: bool,
+    base: u32,
+    start: u32,
+    end: u32,
+}
+
+fn span(wid: vec3<u32>, nwg: vec3<u32>, width: u32) -> Span {
+    let chunk = wid.x + wid.z * nwg.x;
+    let items = np.len / width;
+    let start = chunk * (CHUNK / width);
+    return Span(chunk < np.chunks, wid.y * items, start, min(start + CHUNK / width, items));
+}
+
+// The workgroup's sum of `acc` into its chunk's partial.
+fn store_partial(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, acc: vec2<f32>) {
+    red[lid] = acc;
+    let total = workgroup_sum(lid);
+    if (lid == 0u) { partials[wid.y * np.chunks + wid.x + wid.z * nwg.x] = total; }
+}
+
 @compute @workgroup_size(256)
 fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
-    if (chunk >= np.chunks) { return; }
-    let z = wid.y;
-    let start = chunk * CHUNK;
-    let end = min(start + CHUNK, np.len);
+    let sp = span(wid, nwg, 1u);
+    if (!sp.ok) { return; }
     var acc = vec2<f32>(0.0, 0.0);
-    for (var i = start + lid; i < end; i = i + WG) {
-        var v = x[z * np.len + i];
-        if (np.use_y != 0u) { v = v - y[z * np.len + i]; }
+    for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
+        var v = x[i];
+        if (np.use_y != 0u) { v = v - y[i]; }
         acc = acc + split_square(v);
     }
-    red[lid] = acc;
-    let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[z * np.chunks + chunk] = total; }
+    store_partial(wid, nwg, lid, acc);
 }
 
 // AuON's (5.5.8): partial sums of cosh(gamma * v / (norm + eps))^2, with norm = norms[z] = ||v||_F.
@@ -59,20 +80,15 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
-    if (chunk >= np.chunks) { return; }
-    let z = wid.y;
-    let start = chunk * CHUNK;
-    let end = min(start + CHUNK, np.len);
-    let s = np.gamma / (norms[z] + np.eps);
+    let sp = span(wid, nwg, 1u);
+    if (!sp.ok) { return; }
+    let s = np.gamma / (norms[wid.y] + np.eps);
     var acc = vec2<f32>(0.0, 0.0);
-    for (var i = start + lid; i < end; i = i + WG) {
-        let ch = cosh(s * x[z * np.len + i]);
+    for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
+        let ch = cosh(s * x[i]);
         acc.x = acc.x + ch * ch;
     }
-    red[lid] = acc;
-    let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[z * np.chunks + chunk] = total; }
+    store_partial(wid, nwg, lid, acc);
 }
 
 @compute @workgroup_size(256)
@@ -100,4 +116,34 @@ fn scale_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         o = c * np.rows + r;
     }
     out[z * np.len + o] = v;
+}
+
+// frob_partial over vec4s (len % 4 == 0): chunks of 1024 vec4s, the same 4096 elements.
+@compute @workgroup_size(256)
+fn frob_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let sp = span(wid, nwg, 4u);
+    if (!sp.ok) { return; }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
+        var v = x4[i];
+        if (np.use_y != 0u) { v = v - y4[i]; }
+        acc = acc + split_square4(v);
+    }
+    store_partial(wid, nwg, lid, acc);
+}
+
+// cosh_partial over vec4s (len % 4 == 0).
+@compute @workgroup_size(256)
+fn cosh_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let sp = span(wid, nwg, 4u);
+    if (!sp.ok) { return; }
+    let s = np.gamma / (norms[wid.y] + np.eps);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
+        let ch = cosh(s * x4[i]);
+        acc.x = acc.x + ch.x * ch.x + ch.y * ch.y + ch.z * ch.z + ch.w * ch.w;
+    }
+    store_partial(wid, nwg, lid, acc);
 }

@@ -26,8 +26,14 @@ pub const SCALE_COPY: KernelSpec =
 /// AuON's Σ cosh(γ·v/(‖v‖ + eps))² partial sums (finished by [`FROB_FINAL`]).
 pub const COSH_PARTIAL: KernelSpec =
     KernelSpec { module: "newton_schulz", entry: "cosh_partial", bindings: &[(0, U), (1, R), (3, W), (5, R)] };
+/// [`FROB_PARTIAL`] over vec4s (matrices of a multiple of 4 elements).
+pub const FROB_PARTIAL4: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "frob_partial4", bindings: &[(0, U), (7, R), (8, R), (3, W)] };
+/// [`COSH_PARTIAL`] over vec4s (matrices of a multiple of 4 elements).
+pub const COSH_PARTIAL4: KernelSpec =
+    KernelSpec { module: "newton_schulz", entry: "cosh_partial4", bindings: &[(0, U), (7, R), (3, W), (5, R)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY, COSH_PARTIAL];
+pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY, COSH_PARTIAL, FROB_PARTIAL4, COSH_PARTIAL4];
 
 /// Muon's quintic coefficients (a, b, c) (KellerJordan/Muon, ALGORITHMS.md §5.1).
 pub const NS5_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
@@ -70,11 +76,13 @@ pub struct FrobeniusPlan {
 }
 
 impl FrobeniusPlan {
-    /// Binds the two passes.
+    /// Binds the two passes (the partial sums over vec4s where a matrix has a multiple of 4
+    /// elements).
     pub fn new(ctx: &Context, x: &Tensor, y: Option<&Tensor>, batch: usize, norms: &Tensor) -> Result<Self> {
         let extra = NsParams { use_y: y.is_some() as u32, ..Default::default() };
+        let spec = if by_vec4(x, batch) { &FROB_PARTIAL4 } else { &FROB_PARTIAL };
         Self::build(ctx, x, batch, extra, norms, |u, partials| {
-            ctx.bind(&FROB_PARTIAL, &[u, x.buffer(), y.unwrap_or(x).buffer(), partials])
+            ctx.bind(spec, &[u, x.buffer(), y.unwrap_or(x).buffer(), partials])
         })
     }
 
@@ -82,9 +90,8 @@ impl FrobeniusPlan {
     /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
     pub fn cosh(ctx: &Context, x: &Tensor, norms: &Tensor, gamma: f32, batch: usize, out: &Tensor) -> Result<Self> {
         let extra = NsParams { eps: NS_EPS, gamma, ..Default::default() };
-        Self::build(ctx, x, batch, extra, out, |u, partials| {
-            ctx.bind(&COSH_PARTIAL, &[u, x.buffer(), partials, norms.buffer()])
-        })
+        let spec = if by_vec4(x, batch) { &COSH_PARTIAL4 } else { &COSH_PARTIAL };
+        Self::build(ctx, x, batch, extra, out, |u, partials| ctx.bind(spec, &[u, x.buffer(), partials, norms.buffer()]))
     }
 
     /// The shared part: the uniform (len, batch, chunks over `extra`), the partials buffer, the
@@ -111,6 +118,12 @@ impl FrobeniusPlan {
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
         self.partial.record_3d(encoder, self.grid) + self.finish.record_3d(encoder, (self.batch, 1, 1))
     }
+}
+
+/// Whether the partial passes over `batch` matrices held in `x` walk vec4s: each matrix a
+/// multiple of 4 elements, so no vec4 straddles two.
+fn by_vec4(x: &Tensor, batch: usize) -> bool {
+    (x.len() / batch.max(1)).is_multiple_of(4)
 }
 
 /// The grid of a per-matrix partial-sum pass over `chunks` chunks of each of `batch` matrices:

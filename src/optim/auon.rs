@@ -4,7 +4,7 @@
 //! the current `auon/optimizer.py` (the step uses the un-normalised update, decay applied even when
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
 
-use super::muon::{MuonConfig, MuonParams, MUON_MOMENTUM};
+use super::muon::{elementwise_passes, MuonConfig, MuonParams};
 use super::{
     check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
     GroupId, ParamId, ParamMeta, Snapshot, Stepper,
@@ -19,8 +19,11 @@ use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
 /// AuON's update pass.
 pub const AUON_APPLY: KernelSpec =
     KernelSpec { module: "auon", entry: "auon_apply", bindings: &[(0, U), (1, R), (2, R), (3, R), (4, W)] };
+/// [`AUON_APPLY`] over vec4s (tensors of a multiple of 4 elements).
+pub const AUON_APPLY4: KernelSpec =
+    KernelSpec { module: "auon", entry: "auon_apply4", bindings: &[(0, U), (5, R), (2, R), (3, R), (6, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[AUON_APPLY];
+pub const SPECS: &[KernelSpec] = &[AUON_APPLY, AUON_APPLY4];
 
 /// Which AuON.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,12 +243,13 @@ impl AuonOptimizer {
             let v = ns.as_ref().map_or(&u, |n| n.output());
             let mu = ctx.uniform_buffer("auon momentum", 32);
             let au = ctx.uniform_buffer("auon apply", 32);
-            let momentum = ctx.bind(&MUON_MOMENTUM, &[&mu, g.buffer(), m.buffer(), u.buffer()])?;
+            let momentum = ctx.bind(elementwise_passes(count * len).0, &[&mu, g.buffer(), m.buffer(), u.buffer()])?;
             let norm_t = Tensor::zeros(ctx, &[count])?;
             let cosh_t = Tensor::zeros(ctx, &[count])?;
             let frob = FrobeniusPlan::new(ctx, v, None, count, &norm_t)?;
             let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, count, &cosh_t)?;
-            let apply = ctx.bind(&AUON_APPLY, &[&au, v.buffer(), norm_t.buffer(), cosh_t.buffer(), p.buffer()])?;
+            let apply_spec = if len.is_multiple_of(4) { &AUON_APPLY4 } else { &AUON_APPLY };
+            let apply = ctx.bind(apply_spec, &[&au, v.buffer(), norm_t.buffer(), cosh_t.buffer(), p.buffer()])?;
             chains.push(Chain {
                 len,
                 count,
@@ -300,15 +304,15 @@ impl AuonOptimizer {
     /// [`Stepper::step`] submits, and what the benchmark times.
     pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
         for c in &self.chains {
-            let wg = ((c.len * c.count) as u32).div_ceil(WORKGROUP_SIZE);
-            c.momentum.record(&self.ctx, enc, wg);
+            c.momentum.record(&self.ctx, enc, elementwise_passes(c.len * c.count).2);
             if let Some(ns) = &c.ns {
                 ns.record(enc);
             }
             c.frob.record(enc);
             c.cosh.record(enc);
-            // One workgroup per 256 elements of each tensor: (x, tensor, w).
-            c.apply.record_3d(enc, chunk_grid(&self.ctx, c.len.div_ceil(WORKGROUP_SIZE as usize), c.count));
+            // One workgroup per 256 elements (or vec4s) of each tensor: (x, tensor, w).
+            let items = if c.len.is_multiple_of(4) { c.len / 4 } else { c.len };
+            c.apply.record_3d(enc, chunk_grid(&self.ctx, items.div_ceil(WORKGROUP_SIZE as usize), c.count));
         }
     }
 

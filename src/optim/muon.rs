@@ -23,8 +23,24 @@ pub const MUON_MOMENTUM: KernelSpec =
 /// Muon's update pass.
 pub const MUON_APPLY: KernelSpec =
     KernelSpec { module: "muon", entry: "muon_apply", bindings: &[(0, U), (4, R), (5, W)] };
+/// [`MUON_MOMENTUM`] over vec4s (a multiple of 4 elements).
+pub const MUON_MOMENTUM4: KernelSpec =
+    KernelSpec { module: "muon", entry: "muon_momentum4", bindings: &[(0, U), (6, R), (7, W), (8, W)] };
+/// [`MUON_APPLY`] over vec4s (a multiple of 4 elements).
+pub const MUON_APPLY4: KernelSpec =
+    KernelSpec { module: "muon", entry: "muon_apply4", bindings: &[(0, U), (9, R), (10, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] = &[MUON_MOMENTUM, MUON_APPLY];
+pub const SPECS: &[KernelSpec] = &[MUON_MOMENTUM, MUON_APPLY, MUON_MOMENTUM4, MUON_APPLY4];
+
+/// The momentum and update passes for `len` elements and the workgroups each dispatches: over
+/// vec4s where `len` is a multiple of 4.
+pub(crate) fn elementwise_passes(len: usize) -> (&'static KernelSpec, &'static KernelSpec, u32) {
+    if len.is_multiple_of(4) {
+        (&MUON_MOMENTUM4, &MUON_APPLY4, ((len / 4) as u32).div_ceil(WORKGROUP_SIZE))
+    } else {
+        (&MUON_MOMENTUM, &MUON_APPLY, (len as u32).div_ceil(WORKGROUP_SIZE))
+    }
+}
 
 /// How the learning rate is scaled per matrix (ALGORITHMS.md §11.1 `adjust_lr`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,8 +402,9 @@ impl MuonOptimizer {
             let u = Tensor::zeros(ctx, &shape)?;
             let ns = Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?;
             let uniform = ctx.uniform_buffer("muon params", 32);
-            let momentum = ctx.bind(&MUON_MOMENTUM, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
-            let apply = ctx.bind(&MUON_APPLY, &[&uniform, ns.output().buffer(), p.buffer()])?;
+            let (momentum, apply, _) = elementwise_passes(n * rows * cols);
+            let momentum = ctx.bind(momentum, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
+            let apply = ctx.bind(apply, &[&uniform, ns.output().buffer(), p.buffer()])?;
             groups.push(ShapeGroup { rows, cols, members, p, g, m, _u: u, ns, momentum, apply, uniform });
         }
         let (ab, aux_ids) = b.aux_builder()?;
@@ -475,7 +492,7 @@ impl MuonOptimizer {
             let len = grp.members.len() * grp.rows * grp.cols;
             let p = self.config.params(len, grp.rows, grp.cols);
             self.ctx.queue().write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
-            let wg = (len as u32).div_ceil(WORKGROUP_SIZE);
+            let wg = elementwise_passes(len).2;
             n += grp.momentum.record(&self.ctx, encoder, wg);
             n += grp.ns.record(encoder);
             n += grp.apply.record(&self.ctx, encoder, wg);
