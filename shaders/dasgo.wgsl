@@ -46,6 +46,8 @@ struct DasgoParams {
 @group(0) @binding(10) var<storage, read_write> m4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> p4: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> r4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> colpart4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read_write> d4: array<vec4<f32>>;
 
 #import shared/reduce
 #import shared/grid
@@ -185,4 +187,24 @@ fn dasgo_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         p4[k] = dp.decay * p4[k] - scale * (m4[k] * r4[rz + j]);
         j = next_col(j, width);
     }
+}
+
+// dasgo_colsum over vec4 columns (cols % 4 == 0): one invocation per (band, four stacked columns).
+@compute @workgroup_size(256)
+fn dasgo_colsum4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    if (t >= dp.bands * dp.count * dp.cols / 4u) { return; }
+    colpart4[t] = band_column_sum4(columns(), t);
+}
+
+// dasgo_cols over vec4 columns (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn dasgo_cols4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    if (t >= dp.count * dp.cols / 4u) { return; }
+    let dj = lerp_torch4(d4[t], column_total4(columns(), t), dp.omb);
+    d4[t] = dj;
+    r4[t] = 1.0 / sqrt(dj + dp.eps);
 }

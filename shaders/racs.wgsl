@@ -47,6 +47,7 @@ struct RacsParams {
 @group(0) @binding(8) var<storage, read> g4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> q4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> p4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> colpart4: array<vec4<f32>>;
 
 #import shared/reduce
 #import shared/grid
@@ -106,6 +107,24 @@ fn racs_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let t = index(wid, nwg, lid);
     if (t >= rp.count * rp.cols) { return; }
     q[t] = lerp_torch(q[t], column_total(columns(), t) / f32(rp.rows), rp.omb);
+}
+
+// racs_colsum over vec4 columns (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn racs_colsum4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    if (t >= rp.bands * rp.count * rp.cols / 4u) { return; }
+    colpart4[t] = band_column_sum4(columns(), t);
+}
+
+// racs_cols over vec4 columns (cols % 4 == 0).
+@compute @workgroup_size(256)
+fn racs_cols4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let t = index(wid, nwg, lid);
+    if (t >= rp.count * rp.cols / 4u) { return; }
+    q4[t] = lerp_torch4(q4[t], column_total4(columns(), t) / f32(rp.rows), rp.omb);
 }
 
 // Where an invocation is in its chunk's walk: item k of the stack, its stacked row i, column j.

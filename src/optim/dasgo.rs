@@ -61,9 +61,22 @@ pub const DASGO_APPLY: KernelSpec = spec("dasgo_apply", &[(0, U), (3, W), (5, W)
 pub const DASGO_PARTIAL4: KernelSpec = spec("dasgo_partial4", &[(0, U), (9, R), (10, W), (4, W), (12, W)]);
 /// [`DASGO_APPLY`] over vec4s (columns a multiple of 4).
 pub const DASGO_APPLY4: KernelSpec = spec("dasgo_apply4", &[(0, U), (10, W), (5, W), (11, W), (12, W)]);
+/// [`DASGO_COLSUM`] over vec4 columns (columns a multiple of 4).
+pub const DASGO_COLSUM4: KernelSpec = spec("dasgo_colsum4", &[(0, U), (9, R), (13, W)]);
+/// [`DASGO_COLS`] over vec4 columns (columns a multiple of 4).
+pub const DASGO_COLS4: KernelSpec = spec("dasgo_cols4", &[(0, U), (9, R), (14, W), (12, W), (13, W)]);
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] =
-    &[DASGO_COLSUM, DASGO_COLS, DASGO_PARTIAL, DASGO_NORM, DASGO_APPLY, DASGO_PARTIAL4, DASGO_APPLY4];
+pub const SPECS: &[KernelSpec] = &[
+    DASGO_COLSUM,
+    DASGO_COLS,
+    DASGO_PARTIAL,
+    DASGO_NORM,
+    DASGO_APPLY,
+    DASGO_PARTIAL4,
+    DASGO_APPLY4,
+    DASGO_COLSUM4,
+    DASGO_COLS4,
+];
 const CHUNK: usize = 4096;
 
 /// The invocations the column sums aim for: enough to fill a large GPU (an H200 holds about 270,000
@@ -73,11 +86,12 @@ const COLUMN_INVOCATIONS: usize = 1 << 16;
 /// The fewest rows a band sums (below, the partial sums would cost more traffic than they save).
 const MIN_BAND_ROWS: usize = 32;
 
-/// (bands, rows per band) of a rows × cols parameter's column sums: one band where the columns alone
-/// reach 65,536 invocations (or there are fewer than 2·32 rows), else enough bands of at least 32
-/// rows to reach that. No band is empty; the last may be short.
+/// (bands, rows per band) of a rows × cols parameter's column sums: one band where a row's
+/// invocations alone (one per column, or per four where cols % 4 == 0: [`vec_width`]) reach 65,536
+/// (or there are fewer than 2·32 rows), else enough bands of at least 32 rows to reach that. No
+/// band is empty; the last may be short.
 pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
-    let bands = COLUMN_INVOCATIONS.div_ceil(cols.max(1)).min(rows / MIN_BAND_ROWS).max(1);
+    let bands = COLUMN_INVOCATIONS.div_ceil(vec_width(cols.max(1))).min(rows / MIN_BAND_ROWS).max(1);
     let band_rows = rows.div_ceil(bands).max(1);
     (rows.div_ceil(band_rows).max(1), band_rows)
 }
@@ -224,12 +238,15 @@ impl Chain {
             ctx.storage_buffer("dasgo column sums", 4 * if bands > 1 { bands * count * cols } else { 1 } as u64)?;
         let [xb, gb, db, mb] = parts.each_ref().map(Tensor::buffer);
         let (u, pb, sb, rb) = (&uniform, &partials, scal.buffer(), r.buffer());
-        // The element passes over vec4s where each lies in one row.
-        let (partial, apply) =
-            if vec_width(cols) < cols { (&DASGO_PARTIAL4, &DASGO_APPLY4) } else { (&DASGO_PARTIAL, &DASGO_APPLY) };
+        // Every pass but the norms over vec4s where each lies in one row.
+        let [colsum, col, partial, apply] = if vec_width(cols) < cols {
+            [&DASGO_COLSUM4, &DASGO_COLS4, &DASGO_PARTIAL4, &DASGO_APPLY4]
+        } else {
+            [&DASGO_COLSUM, &DASGO_COLS, &DASGO_PARTIAL, &DASGO_APPLY]
+        };
         let kernels = [
-            ctx.bind(&DASGO_COLSUM, &[u, gb, &colpart])?,
-            ctx.bind(&DASGO_COLS, &[u, gb, db, rb, &colpart])?,
+            ctx.bind(colsum, &[u, gb, &colpart])?,
+            ctx.bind(col, &[u, gb, db, rb, &colpart])?,
             ctx.bind(partial, &[u, gb, mb, pb, rb])?,
             ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
             ctx.bind(apply, &[u, mb, sb, xb, rb])?,
@@ -428,14 +445,16 @@ impl Dasgo {
     pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
         let Some(s) = &self.gpu else { return };
         for c in &s.chains {
-            let (cols, n) = (c.cols as u32, c.count as u32);
+            let n = c.count as u32;
             let [colsum, col, partial, norm, apply] = &c.kernels;
             let chunks = (c.rows * c.cols).div_ceil(CHUNK).max(1);
             let bands = column_bands(c.rows, c.cols).0 as u32;
+            // Invocations per row of columns: one per column, or per four (vec4s).
+            let width = vec_width(c.cols) as u32;
             if bands > 1 {
-                colsum.record(&s.ctx, enc, (bands * n * cols).div_ceil(WORKGROUP_SIZE));
+                colsum.record(&s.ctx, enc, (bands * n * width).div_ceil(WORKGROUP_SIZE));
             }
-            col.record(&s.ctx, enc, (n * cols).div_ceil(WORKGROUP_SIZE));
+            col.record(&s.ctx, enc, (n * width).div_ceil(WORKGROUP_SIZE));
             // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
             partial.record_3d(enc, chunk_grid(&s.ctx, chunks, c.count));
             norm.record_3d(enc, (n, 1, 1));

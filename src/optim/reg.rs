@@ -33,6 +33,10 @@ pub const RACS_PARTIAL: KernelSpec = spec("racs_partial", &[(0, U), (1, R), (2, 
 pub const RACS_ETA: KernelSpec = spec("racs_eta", &[(0, U), (4, W), (5, W)]);
 /// The update.
 pub const RACS_APPLY: KernelSpec = spec("racs_apply", &[(0, U), (1, R), (2, W), (3, W), (5, W), (6, W)]);
+/// [`RACS_COLSUM`] over vec4 columns (columns a multiple of 4).
+pub const RACS_COLSUM4: KernelSpec = spec("racs_colsum4", &[(0, U), (8, R), (11, W)]);
+/// [`RACS_COLS`] over vec4 columns (columns a multiple of 4).
+pub const RACS_COLS4: KernelSpec = spec("racs_cols4", &[(0, U), (8, R), (9, W), (11, W)]);
 /// [`RACS_PARTIAL`] over vec4s (columns a multiple of 4).
 pub const RACS_PARTIAL4: KernelSpec = spec("racs_partial4", &[(0, U), (8, R), (2, W), (9, W), (4, W)]);
 /// [`RACS_APPLY`] over vec4s (columns a multiple of 4).
@@ -48,6 +52,8 @@ pub const SPECS: &[KernelSpec] = &[
     RACS_APPLY,
     RACS_PARTIAL4,
     RACS_APPLY4,
+    RACS_COLSUM4,
+    RACS_COLS4,
 ];
 const CHUNK: usize = 4096;
 /// Rows of at least this many columns get a workgroup each for their statistics (lane l summing
@@ -279,13 +285,16 @@ impl RegOptimizer {
             let (u, gb, sb, qb, pb, cb, xb) =
                 (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
             let row_spec = if cols >= WIDE_ROWS { &RACS_ROWS_WIDE } else { &RACS_ROWS };
-            // The norm and update passes over vec4s where each lies in one row.
-            let (partial, apply) =
-                if vec_width(cols) < cols { (&RACS_PARTIAL4, &RACS_APPLY4) } else { (&RACS_PARTIAL, &RACS_APPLY) };
+            // The column, norm and update passes over vec4s where each lies in one row.
+            let [colsum, col, partial, apply] = if vec_width(cols) < cols {
+                [&RACS_COLSUM4, &RACS_COLS4, &RACS_PARTIAL4, &RACS_APPLY4]
+            } else {
+                [&RACS_COLSUM, &RACS_COLS, &RACS_PARTIAL, &RACS_APPLY]
+            };
             let kernels = [
                 ctx.bind(row_spec, &[u, gb, sb])?,
-                ctx.bind(&RACS_COLSUM, &[u, gb, &colpart])?,
-                ctx.bind(&RACS_COLS, &[u, gb, qb, &colpart])?,
+                ctx.bind(colsum, &[u, gb, &colpart])?,
+                ctx.bind(col, &[u, gb, qb, &colpart])?,
                 ctx.bind(partial, &[u, gb, sb, qb, pb])?,
                 ctx.bind(&RACS_ETA, &[u, pb, cb])?,
                 ctx.bind(apply, &[u, gb, sb, qb, cb, xb])?,
@@ -327,10 +336,12 @@ impl RegOptimizer {
             let stacked_rows = n * c.rows as u32;
             let wide = c.cols >= WIDE_ROWS;
             rows.record(&self.ctx, enc, if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) });
+            // Column invocations: one per column, or per four (vec4s).
+            let width = vec_width(c.cols) as u32;
             if params.bands > 1 {
-                colsum.record(&self.ctx, enc, (params.bands * n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+                colsum.record(&self.ctx, enc, (params.bands * n * width).div_ceil(WORKGROUP_SIZE));
             }
-            cols.record(&self.ctx, enc, (n * c.cols as u32).div_ceil(WORKGROUP_SIZE));
+            cols.record(&self.ctx, enc, (n * width).div_ceil(WORKGROUP_SIZE));
             // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
             partial.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
             eta.record_3d(enc, (n, 1, 1));
