@@ -41,7 +41,7 @@ struct DasgoParams {
 // [bands, count * cols]: each band's column sums (with more than one band).
 @group(0) @binding(8) var<storage, read_write> colpart: array<f32>;
 
-// The same tensors as vec4s, for the element passes where cols % 4 == 0.
+// The same tensors as vec4s, for the passes where cols % 4 == 0 (all but the norms).
 @group(0) @binding(9) var<storage, read> g4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> m4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> p4: array<vec4<f32>>;
@@ -86,33 +86,37 @@ fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     r[t] = 1.0 / sqrt(dj + dp.eps);
 }
 
-// Where workgroup (x, z, w)'s invocation lid starts: chunk x + w * (grid x) of tensor z (chunks fold
-// past a dimension's limit; src/kernels/newton_schulz.rs chunk_grid), its first item k of the stack,
-// the item after the chunk's last, and the first item's column; items are elements (width = cols)
-// or vec4s (width = cols / 4).
+// Workgroup (x, z, w)'s chunk of tensor z: x + w * (grid x) (chunks fold past a dimension's limit;
+// src/kernels/newton_schulz.rs chunk_grid). From workgroup values only, so that the early return on
+// it keeps the workgroup sum's barriers in uniform control flow.
+fn chunk_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.z * nwg.x;
+}
+
+// Where invocation lid of workgroup (x, z, w) starts: its first item k of the stack, the item after
+// the chunk's last, and the first item's column; items are elements (width = cols) or vec4s
+// (width = cols / 4).
 struct Walk {
-    chunk: u32,
-    z: u32,
     k: u32,
     end: u32,
     j: u32,
 }
 
 fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, width: u32) -> Walk {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = chunk_of(wid, nwg);
     let per_chunk = select(CHUNK, CHUNK / 4u, width < dp.cols);
     let size = dp.rows * width;
     let local = chunk * per_chunk + lid;
     let base = wid.y * size;
-    return Walk(chunk, wid.y, base + local, base + min((chunk + 1u) * per_chunk, size), local % width);
+    return Walk(base + local, base + min((chunk + 1u) * per_chunk, size), local % width);
 }
 
 @compute @workgroup_size(256)
 fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
+    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, dp.cols);
-    if (w.chunk >= dp.chunks) { return; }
-    let rz = w.z * dp.cols;
+    let rz = wid.y * dp.cols;
     var acc = vec2<f32>(0.0, 0.0);
     var j = w.j;
     for (var k = w.k; k < w.end; k = k + WG) {
@@ -123,7 +127,7 @@ fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[w.z * dp.chunks + w.chunk] = total; }
+    if (lid == 0u) { partials[wid.y * dp.chunks + chunk_of(wid, nwg)] = total; }
 }
 
 // Workgroup z: tensor z's ||U||_F from its partial sums.
@@ -141,10 +145,10 @@ fn dasgo_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(256)
 fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
+    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, dp.cols);
-    if (w.chunk >= dp.chunks) { return; }
-    let rz = w.z * dp.cols;
-    let scale = dp.step / (scal[w.z] + 1e-16);
+    let rz = wid.y * dp.cols;
+    let scale = dp.step / (scal[wid.y] + 1e-16);
     var j = w.j;
     for (var k = w.k; k < w.end; k = k + WG) {
         p[k] = dp.decay * p[k] - scale * (m[k] * r[rz + j]);
@@ -157,9 +161,9 @@ fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let width = dp.cols / 4u;
+    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, width);
-    if (w.chunk >= dp.chunks) { return; }
-    let rz = w.z * width;
+    let rz = wid.y * width;
     var acc = vec2<f32>(0.0, 0.0);
     var j = w.j;
     for (var k = w.k; k < w.end; k = k + WG) {
@@ -170,7 +174,7 @@ fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[w.z * dp.chunks + w.chunk] = total; }
+    if (lid == 0u) { partials[wid.y * dp.chunks + chunk_of(wid, nwg)] = total; }
 }
 
 // dasgo_apply over vec4s (cols % 4 == 0).
@@ -178,10 +182,10 @@ fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 fn dasgo_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let width = dp.cols / 4u;
+    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, width);
-    if (w.chunk >= dp.chunks) { return; }
-    let rz = w.z * width;
-    let scale = dp.step / (scal[w.z] + 1e-16);
+    let rz = wid.y * width;
+    let scale = dp.step / (scal[wid.y] + 1e-16);
     var j = w.j;
     for (var k = w.k; k < w.end; k = k + WG) {
         p4[k] = dp.decay * p4[k] - scale * (m4[k] * r4[rz + j]);

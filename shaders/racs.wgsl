@@ -43,7 +43,7 @@ struct RacsParams {
 @group(0) @binding(7) var<storage, read_write> colpart: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p: array<f32>;
 
-// The same tensors as vec4s, for the norm and update passes where cols % 4 == 0.
+// The same tensors as vec4s, for the column, norm and update passes where cols % 4 == 0.
 @group(0) @binding(8) var<storage, read> g4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> q4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> p4: array<vec4<f32>>;

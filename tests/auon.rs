@@ -20,8 +20,9 @@ fn parity(config: AuonConfig, hybrid: bool) {
 }
 
 /// GPU vs CPU twin over 10 steps on stacks: three 40×24 matrices (one of them a [40, 4, 6] view),
-/// two 7-vectors (one with zero gradients), single and empty tensors; `chains` is the number of
-/// stacks expected, when given.
+/// two 7-vectors and two 8-vectors (one of each with zero gradients: the scalar and the vec4
+/// update's zero-norm branch), single and empty tensors; `chains` is the number of stacks
+/// expected, when given.
 fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Option<usize>) {
     let shapes: Vec<Vec<usize>> = vec![
         vec![40, 24],
@@ -33,6 +34,8 @@ fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Op
         vec![7],
         vec![0],
         vec![40, 24],
+        vec![8],
+        vec![8],
     ];
     let mut rng = TestRng::new(23);
     let mut b = AuonBuilder::new(config.clone(), hybrid);
@@ -43,31 +46,33 @@ fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Op
         .collect();
     let mut gpu = b.clone().build(ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
-    // Hybrid: [40, 24] ×3, [24, 40], [7] ×2, [3, 20], [1] (the empty one has none); plain AuON
-    // stacks by length: 960 ×4, 7 ×2, 60, 1.
-    let want = if hybrid { 5 } else { 4 };
+    // Hybrid: [40, 24] ×3, [24, 40], [7] ×2, [3, 20], [1], [8] ×2 (the empty one has none); plain
+    // AuON stacks by length: 960 ×4, 7 ×2, 60, 1, 8 ×2.
+    let want = if hybrid { 6 } else { 5 };
     assert_eq!(gpu.chains(), chains.unwrap_or(want), "hybrid={hybrid}");
     for t in 1..=10 {
-        // The first 7-vector's gradient is zero: it only decays, and its live stack-mate must not
-        // read its zero norms. The last 40×24's gradients are 50× its stack-mates': reading their
-        // norm inside its cosh would put cosh(50·γ·v/‖v‖) in its RMS.
-        let grads: Vec<Vec<f32>> = (shapes.iter().enumerate())
-            .map(|(i, s)| match i {
-                2 => vec![0.0; 7],
-                8 => rng.uniforms(s.iter().product(), 50.0),
-                _ => rng.uniforms(s.iter().product(), 1.0),
-            })
-            .collect();
+        // The first 7- and 8-vectors' gradients are zero: they only decay, and their live
+        // stack-mates must not read their zero norms. The last 40×24's gradients are 50× its
+        // stack-mates': for plain AuON, reading their norm inside its cosh would put
+        // cosh(50·γ·v/‖v‖) in its RMS (Hybrid-AuON's NS5 normalises the scale away).
+        let scale = |i: usize| match i {
+            2 | 9 => 0.0,
+            8 => 50.0,
+            _ => 1.0,
+        };
+        let grads: Vec<Vec<f32>> =
+            (shapes.iter().enumerate()).map(|(i, s)| rng.uniforms(s.iter().product(), scale(i))).collect();
         common::step_both(&mut gpu, &mut cpu, &ids, &grads);
-        for (&id, s) in ids.iter().zip(&shapes) {
+        for (i, (&id, s)) in ids.iter().zip(&shapes).enumerate() {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
             let n: usize = s.iter().product();
             let c = if s.len() >= 2 { s[0].max(n / s[0]) } else { n } as f64;
             let ns =
                 if hybrid && s.len() >= 2 { 3.0 * config.ns_steps as f64 * 3.4445 * (c.sqrt() + 2.0) } else { 0.0 };
             let eps = f32::EPSILON as f64;
-            // |x|/rms per element is at most ~1.2·sqrt(n) in norm (rms ≥ 1); the step is lr times that.
-            let step = config.lr * 1.2 * (n as f64).sqrt().max(1.0);
+            // |x|/rms per element is at most ~1.2·sqrt(n) in norm (rms ≥ 1) for gradients of scale 1
+            // (the package variant's v grows with the gradient's scale); the step is lr times that.
+            let step = config.lr * 1.2 * (n as f64).sqrt().max(1.0) * scale(i).max(1.0) as f64;
             let tol = t as f64 * (step * (ns + 32.0) * eps + 4.0 * eps * norm(&y));
             let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
             assert!(norm(&diff) <= tol, "{config:?} hybrid={hybrid} {s:?} step {t}: {:e} > {tol:e}", norm(&diff));
@@ -96,32 +101,35 @@ fn stacks_split_where_one_storage_binding_is_full() {
     // An 8 KiB binding holds two 960-element tensors: the three 40×24 (and, for plain AuON, the
     // four tensors of 960) need two stacks.
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(8192), ..Default::default() });
-    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, true, Some(6));
-    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, false, Some(5));
+    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, true, Some(7));
+    parity_on(&ctx, AuonConfig { lr: 0.02, ..AuonConfig::default() }, false, Some(6));
 }
 
 #[test]
 fn norm_passes_fold_their_chunks_past_the_workgroup_limit() {
     // At most 3 workgroups per grid dimension: a 42,000-element tensor's 11 chunks of norm and cosh
-    // partial sums fold into a 3×4 grid. Same bound as the parity test.
+    // partial sums fold into a 3×4 grid, over vec4s; 42,001 elements take the scalar passes. Same
+    // bound as the parity test.
     let ctx = common::ctx_with(ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
     let config = AuonConfig { lr: 0.02, ..AuonConfig::default() };
     let mut rng = TestRng::new(29);
-    let mut b = AuonBuilder::new(config.clone(), false);
-    let id = b.param("w", &rng.uniforms(42_000, 0.5), &[42_000]).unwrap();
-    let mut gpu = b.clone().build(&ctx).unwrap();
-    let mut cpu = b.build_cpu().unwrap();
-    for t in 1..=3 {
-        let g = rng.uniforms(42_000, 1.0);
-        gpu.write_grad(id, &g).unwrap();
-        cpu.write_grad(id, &g).unwrap();
-        gpu.step().unwrap();
-        cpu.step().unwrap();
-        let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
-        let eps = f32::EPSILON as f64;
-        let tol = t as f64 * (config.lr * 1.2 * 42_000f64.sqrt() * 32.0 * eps + 4.0 * eps * norm(&y));
-        let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
-        assert!(norm(&diff) <= tol, "step {t}: {:e} > {tol:e}", norm(&diff));
+    for n in [42_000, 42_001] {
+        let mut b = AuonBuilder::new(config.clone(), false);
+        let id = b.param("w", &rng.uniforms(n, 0.5), &[n]).unwrap();
+        let mut gpu = b.clone().build(&ctx).unwrap();
+        let mut cpu = b.build_cpu().unwrap();
+        for t in 1..=3 {
+            let g = rng.uniforms(n, 1.0);
+            gpu.write_grad(id, &g).unwrap();
+            cpu.write_grad(id, &g).unwrap();
+            gpu.step().unwrap();
+            cpu.step().unwrap();
+            let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
+            let eps = f32::EPSILON as f64;
+            let tol = t as f64 * (config.lr * 1.2 * (n as f64).sqrt() * 32.0 * eps + 4.0 * eps * norm(&y));
+            let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+            assert!(norm(&diff) <= tol, "{n} elements, step {t}: {:e} > {tol:e}", norm(&diff));
+        }
     }
 }
 

@@ -79,7 +79,7 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
     // (257 a row, 256 mod 257 = 256: every invocation but the first wraps at its first step),
     // 70 × 20 (5). The column sums split
     // into bands of rows: 300 × 300 into 9 (34 rows, the last 28), 1000 × 7 into 31 (33 rows, the
-    // last 10), 2000 × 1 into 61 (33, the last 20); the others keep one.
+    // last 10), 2000 × 1 into 61 (33, the last 20), 70 × 20 into 2 (35); the others keep one.
     for &(rows, cols, steps) in &[
         (1, 1, 12),
         (1, 5, 12),
@@ -121,7 +121,7 @@ fn gpu_matches_cpu_twin_and_f64_model_over_awkward_sizes() {
 }
 
 #[test]
-fn column_sums_split_into_bands_only_where_columns_are_few() {
+fn column_sums_split_into_bands_only_where_a_row_has_few_invocations() {
     // (rows, cols) → (bands, rows per band): enough bands of ≥ 32 rows for 65,536 invocations, a
     // row's being one per column, or per four columns where cols % 4 == 0.
     for &((rows, cols), want) in &[

@@ -1,8 +1,8 @@
 // Column sums of squares over a stack of `count` tensors viewed as rows x cols and stored as one
 // [count * rows, cols] array (DASGO's column statistics, REG's q). Stacked column c = z * cols + j
 // is column j of tensor z. Where a stack has few columns, the sums split into `bands` of
-// `band_rows` rows (src/optim/dasgo.rs column_bands) so that bands * count * cols invocations share
-// them; a second pass adds the bands in order. The importer declares `g: array<f32>` (the stacked
+// `band_rows` rows (src/optim/dasgo.rs column_bands) so that bands * count * cols invocations (a
+// quarter of that for vec4 columns) share them; a second pass adds the bands in order. The importer declares `g: array<f32>` (the stacked
 // gradient) and `colpart: array<f32>` ([bands, count * cols], each band's sums; a stub with one band),
 // and the same two as `g4`, `colpart4`: array<vec4<f32>> for the vec4 versions (cols % 4 == 0: an
 // invocation sums four neighbouring columns, each in the same order as the scalar version).
