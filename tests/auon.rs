@@ -167,3 +167,20 @@ fn auon_paper_first_step_known_answer() {
         assert!((p[i] as f64 - want).abs() <= 1e-5 * want.abs(), "{i}: {} vs {want}", p[i]);
     }
 }
+
+#[test]
+fn non_finite_gradients_skip_the_whole_step_and_keep_every_state() {
+    // A stack of two 6×8 matrices and a vector, plain and hybrid, on the GPU and the twin.
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(62);
+    let shapes: [&[usize]; 3] = [&[6, 8], &[6, 8], &[7]];
+    for hybrid in [false, true] {
+        let mut b = AuonBuilder::new(AuonConfig::default(), hybrid);
+        for (i, s) in shapes.iter().enumerate() {
+            b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
+        }
+        let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
+        common::assert_non_finite_skips(&mut b.clone().build(&ctx).unwrap(), &grads, &["momentum_buffer"]);
+        common::assert_non_finite_skips(&mut b.build_cpu().unwrap(), &grads, &["momentum_buffer"]);
+    }
+}

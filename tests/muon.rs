@@ -217,3 +217,20 @@ fn muon_checkpoint_resume_is_bit_identical_and_portable() {
     assert!(resumed.load(&dir.path().join("other.safetensors")).is_err());
     assert_eq!(resumed.snapshot().unwrap(), before);
 }
+
+#[test]
+fn non_finite_gradients_skip_the_whole_step_and_keep_every_state() {
+    // Two stacked matrices, a conv kernel and an AdamW bias: a NaN or Inf in any of them (the bias
+    // included: its AdamW must not step either) skips the step for all, on the GPU and the twin.
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(61);
+    let shapes: [&[usize]; 4] = [&[6, 8], &[6, 8], &[4, 2, 3], &[5]];
+    let mut b = MuonBuilder::new(MuonConfig::default());
+    for (i, s) in shapes.iter().enumerate() {
+        b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
+    }
+    let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
+    let states = ["momentum_buffer", "m", "v"];
+    common::assert_non_finite_skips(&mut b.clone().build(&ctx).unwrap(), &grads, &states);
+    common::assert_non_finite_skips(&mut b.build_cpu().unwrap(), &grads, &states);
+}

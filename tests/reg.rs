@@ -186,3 +186,18 @@ fn reg_limiter_bounds_norm_growth_by_gamma() {
         assert!((a - b).abs() <= tolerance(2, *b, 0.01), "{a} vs {b}");
     }
 }
+
+#[test]
+fn non_finite_gradients_skip_the_whole_step_and_keep_every_state() {
+    // A stack of two 6×8 matrices and a vector, on the GPU and the twin (s, q and θ kept).
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(63);
+    let shapes: [&[usize]; 3] = [&[6, 8], &[6, 8], &[7]];
+    let mut b = RegBuilder::new(RegConfig::default());
+    for (i, s) in shapes.iter().enumerate() {
+        b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
+    }
+    let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
+    common::assert_non_finite_skips(&mut b.clone().build(&ctx).unwrap(), &grads, &["s", "q", "theta"]);
+    common::assert_non_finite_skips(&mut b.build_cpu().unwrap(), &grads, &["s", "q", "theta"]);
+}

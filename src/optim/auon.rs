@@ -5,6 +5,7 @@
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
 
 use super::muon::{elementwise_passes, MuonConfig, MuonParams};
+use super::HostGuard;
 use super::{
     check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
     GroupId, ParamId, ParamMeta, Snapshot, Stepper,
@@ -217,6 +218,7 @@ pub struct AuonOptimizer {
     /// Each parameter's (chain, index in the stack); `None` for an empty one.
     slots: Vec<Option<(usize, usize)>>,
     t: u64,
+    guard: HostGuard,
 }
 
 impl AuonOptimizer {
@@ -272,6 +274,7 @@ impl AuonOptimizer {
             config: b.config,
             params: b.params.into_iter().map(|p| p.0).collect(),
             chains,
+            guard: HostGuard::new(slots.len()),
             slots,
             t: 0,
         })
@@ -340,6 +343,10 @@ impl AuonOptimizer {
 
 impl Stepper for AuonOptimizer {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         self.write_uniforms();
         let mut enc = self.ctx.encoder("auon step");
         self.ctx.scoped("auon step", || self.record_step(&mut enc))?;
@@ -349,6 +356,11 @@ impl Stepper for AuonOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        self.slot(id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         self.write(id, grad, true)
     }
 
@@ -371,6 +383,14 @@ impl Stepper for AuonOptimizer {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         update_config(&mut self.config, group, |c| c.lr = lr, AuonConfig::validate)
     }
@@ -382,7 +402,9 @@ impl Stepper for AuonOptimizer {
     fn snapshot(&mut self) -> Result<Snapshot> {
         let (values, states) = read_params_and_states(self, &["momentum_buffer"])?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot(self.name(), &self.config, lr_wd, self.t, &self.params, values, states))
+        let mut s = config_snapshot(self.name(), &self.config, lr_wd, self.t, &self.params, values, states);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -402,6 +424,7 @@ impl Stepper for AuonOptimizer {
         }
         self.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

@@ -272,7 +272,7 @@ impl Core {
     }
 }
 
-/// The NaN/Inf guard of the optimizers that take host gradients (ASGO, DASGO): which gradients
+/// The NaN/Inf guard of the optimizers that take host gradients (Muon, AuON, REG, ASGO, DASGO): which gradients
 /// written since the last step held NaN or Inf (a finite rewrite of the same parameter clears its
 /// mark; a non-finite one is never written), and the steps skipped for them.
 #[derive(Clone, Debug, Default)]
@@ -283,6 +283,11 @@ pub(crate) struct HostGuard {
 }
 
 impl HostGuard {
+    /// A guard over `params` parameters, none marked.
+    pub(crate) fn new(params: usize) -> Self {
+        HostGuard { bad: vec![false; params], ..Default::default() }
+    }
+
     /// A new parameter, unmarked.
     pub(crate) fn add_param(&mut self) {
         self.bad.push(false);

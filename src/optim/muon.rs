@@ -9,7 +9,9 @@
 //! (5.2.6) p ← (1 − lr·wd)·p − lr·ratio·O    (decay with the unadjusted lr)
 //! ```
 
-use super::{read_at, write_at, AdamW, GroupId, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{
+    meta_at, read_at, write_at, AdamW, GroupId, HostGuard, OptimizerBuilder, ParamId, ParamMeta, Snapshot, Stepper,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
@@ -386,6 +388,8 @@ pub struct MuonOptimizer {
     aux: Option<super::Optimizer>,
     aux_ids: Vec<Option<ParamId>>,
     t: u64,
+    /// NaN/Inf in a written gradient (Muon or AdamW parameter) skips the whole step.
+    guard: HostGuard,
 }
 
 impl MuonOptimizer {
@@ -409,8 +413,9 @@ impl MuonOptimizer {
         }
         let (ab, aux_ids) = b.aux_builder()?;
         let aux = if aux_ids.iter().any(Option::is_some) { Some(ab.build(ctx)?) } else { None };
-        let params = b.params.into_iter().map(|p| p.0).collect();
-        Ok(MuonOptimizer { ctx: ctx.clone(), config: b.config, params, loc, groups, aux, aux_ids, t: 0 })
+        let params: Vec<ParamMeta> = b.params.into_iter().map(|p| p.0).collect();
+        let guard = HostGuard::new(params.len());
+        Ok(MuonOptimizer { ctx: ctx.clone(), config: b.config, params, loc, groups, aux, aux_ids, t: 0, guard })
     }
 
     /// Number of batched NS5 chains (one per distinct matrix shape, more where the matrices of a
@@ -503,6 +508,10 @@ impl MuonOptimizer {
 
 impl Stepper for MuonOptimizer {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         let mut enc = self.ctx.encoder("muon step");
         self.ctx.scoped("muon step", || self.record_muon(&mut enc))?;
         self.ctx.submit(enc);
@@ -514,6 +523,11 @@ impl Stepper for MuonOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        meta_at(&self.params, id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         self.write(id, grad, true)
     }
 
@@ -531,6 +545,14 @@ impl Stepper for MuonOptimizer {
 
     fn step_count(&mut self) -> Result<u64> {
         Ok(self.t)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
     }
 
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
@@ -573,7 +595,9 @@ impl Stepper for MuonOptimizer {
             Some(a) => Some(a.snapshot()?),
             None => None,
         };
-        Ok(muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux))
+        let mut s = muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -590,6 +614,7 @@ impl Stepper for MuonOptimizer {
         }
         self.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does.
 
 use super::dasgo::vec_width;
+use super::HostGuard;
 use super::{
     check_config_snapshot, config_snapshot, read_at, read_params_and_states, stack_slot, update_config, write_at,
     GroupId, ParamId, ParamMeta, Snapshot, Stepper,
@@ -259,6 +260,7 @@ pub struct RegOptimizer {
     /// Each parameter's (chain, index in the stack); `None` for an empty one.
     slots: Vec<Option<(usize, usize)>>,
     t: u64,
+    guard: HostGuard,
 }
 
 impl RegOptimizer {
@@ -308,6 +310,7 @@ impl RegOptimizer {
             config: b.config,
             params: b.params.into_iter().map(|p| p.0).collect(),
             chains,
+            guard: HostGuard::new(slots.len()),
             slots,
             t: 0,
         })
@@ -365,6 +368,10 @@ impl RegOptimizer {
 
 impl Stepper for RegOptimizer {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         let t = self.t + 1;
         self.write_uniforms(t);
         let mut enc = self.ctx.encoder("reg step");
@@ -375,6 +382,11 @@ impl Stepper for RegOptimizer {
     }
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        self.slot(id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         self.write(id, grad, true)
     }
 
@@ -410,6 +422,14 @@ impl Stepper for RegOptimizer {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         update_config(&mut self.config, group, |c| c.lr = lr, RegConfig::validate)
     }
@@ -421,7 +441,9 @@ impl Stepper for RegOptimizer {
     fn snapshot(&mut self) -> Result<Snapshot> {
         let (values, states) = read_params_and_states(self, &["s", "q", "theta"])?;
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot("reg", &self.config, lr_wd, self.t, &self.params, values, states))
+        let mut s = config_snapshot("reg", &self.config, lr_wd, self.t, &self.params, values, states);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -438,6 +460,7 @@ impl Stepper for RegOptimizer {
         }
         self.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

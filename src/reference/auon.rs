@@ -4,6 +4,7 @@ use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
 use crate::optim::auon::{AuonBuilder, AuonConfig};
+use crate::optim::HostGuard;
 use crate::optim::{
     check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
@@ -45,6 +46,7 @@ pub struct CpuAuon {
     m: Vec<Vec<f32>>,
     metas: Vec<ParamMeta>,
     t: u64,
+    guard: HostGuard,
 }
 
 impl CpuAuon {
@@ -52,7 +54,8 @@ impl CpuAuon {
         let p: Vec<Vec<f32>> = b.params.iter().map(|x| x.1.clone()).collect();
         let zeros = p.iter().map(|v| vec![0.0; v.len()]).collect::<Vec<_>>();
         let metas = b.params.iter().map(|x| x.0.clone()).collect();
-        CpuAuon { g: zeros.clone(), m: zeros, p, metas, b, t: 0 }
+        let guard = HostGuard::new(p.len());
+        CpuAuon { g: zeros.clone(), m: zeros, p, metas, b, t: 0, guard }
     }
 
     fn check(&self, id: ParamId, len: Option<usize>) -> Result<()> {
@@ -68,6 +71,10 @@ impl CpuAuon {
 
 impl Stepper for CpuAuon {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         for i in 0..self.metas.len() {
             let shape = &self.metas[i].shape;
             if self.p[i].is_empty() {
@@ -82,6 +89,10 @@ impl Stepper for CpuAuon {
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         self.check(id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         self.g[id.0].copy_from_slice(grad);
         Ok(())
     }
@@ -109,6 +120,14 @@ impl Stepper for CpuAuon {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         update_config(&mut self.b.config, group, |c| c.lr = lr, AuonConfig::validate)
     }
@@ -121,7 +140,9 @@ impl Stepper for CpuAuon {
         let states = self.m.iter().map(|m| vec![("momentum_buffer".to_string(), m.clone())]).collect();
         let name = if self.b.hybrid { "hybrid_auon" } else { "auon" };
         let lr_wd = (self.b.config.lr, self.b.config.weight_decay);
-        Ok(config_snapshot(name, &self.b.config, lr_wd, self.t, &self.metas, self.p.clone(), states))
+        let mut s = config_snapshot(name, &self.b.config, lr_wd, self.t, &self.metas, self.p.clone(), states);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -132,6 +153,7 @@ impl Stepper for CpuAuon {
         self.m = states.into_iter().map(|mut st| st.remove(0)).collect();
         self.b.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use super::CpuOptimizer;
 use crate::error::{Error, Result};
 use crate::kernels::newton_schulz::NS5_COEFFICIENTS;
 use crate::optim::muon::{muon_snapshot, split_muon_snapshot, MuonBuilder, MuonConfig, Route};
+use crate::optim::HostGuard;
 use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
 
 /// torch's lerp (ALGORITHMS.md §2.7), as `lerp_torch` in the shader.
@@ -42,6 +43,7 @@ pub struct CpuMuon {
     aux: Option<CpuOptimizer>,
     aux_ids: Vec<Option<ParamId>>,
     t: u64,
+    guard: HostGuard,
 }
 
 impl CpuMuon {
@@ -58,6 +60,7 @@ impl CpuMuon {
             aux,
             aux_ids,
             t: 0,
+            guard: HostGuard::new(b.params.len()),
         })
     }
 
@@ -79,6 +82,10 @@ impl CpuMuon {
 
 impl Stepper for CpuMuon {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         for i in 0..self.params.len() {
             if self.routes[i] == Route::Muon {
                 let (rows, cols) = MuonBuilder::matrix(&self.params[i].shape);
@@ -94,6 +101,10 @@ impl Stepper for CpuMuon {
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         self.check(id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         match self.routes[id.0] {
             Route::Muon => {
                 self.g[id.0].copy_from_slice(grad);
@@ -147,6 +158,14 @@ impl Stepper for CpuMuon {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         match group.0 {
             0 => {
@@ -185,7 +204,9 @@ impl Stepper for CpuMuon {
             Some(a) => Some(a.snapshot()?),
             None => None,
         };
-        Ok(muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux))
+        let mut s = muon_snapshot(&self.config, self.t, &self.params, &self.aux_ids, values, momentum, aux);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -202,6 +223,7 @@ impl Stepper for CpuMuon {
         }
         self.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

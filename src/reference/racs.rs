@@ -4,6 +4,7 @@ use super::dasgo::column_sums;
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
 use crate::optim::reg::{racs_view, reg_state_len, RegBuilder, RegConfig, WIDE_ROWS};
+use crate::optim::HostGuard;
 use crate::optim::{
     check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
@@ -60,6 +61,7 @@ pub struct CpuReg {
     q: Vec<Vec<f32>>,
     theta: Vec<f32>,
     t: u64,
+    guard: HostGuard,
 }
 
 impl CpuReg {
@@ -73,6 +75,7 @@ impl CpuReg {
             s: views.iter().map(|v| vec![0.0; v.0]).collect(),
             q: views.iter().map(|v| vec![1.0; v.1]).collect(),
             theta: vec![0.0; metas.len()],
+            guard: HostGuard::new(metas.len()),
             metas,
             t: 0,
         }
@@ -91,6 +94,10 @@ impl CpuReg {
 
 impl Stepper for CpuReg {
     fn step(&mut self) -> Result<()> {
+        // A gradient with NaN or Inf (not rewritten since) skips the step; nothing changes.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         self.t += 1;
         for i in 0..self.metas.len() {
             if self.p[i].is_empty() {
@@ -114,6 +121,10 @@ impl Stepper for CpuReg {
 
     fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
         self.check(id, Some(grad.len()))?;
+        // A non-finite gradient is not written; the next step is skipped unless it is rewritten.
+        if !self.guard.admit(id.0, grad) {
+            return Ok(());
+        }
         self.g[id.0].copy_from_slice(grad);
         Ok(())
     }
@@ -143,6 +154,14 @@ impl Stepper for CpuReg {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         update_config(&mut self.config, group, |c| c.lr = lr, RegConfig::validate)
     }
@@ -165,7 +184,9 @@ impl Stepper for CpuReg {
             })
             .collect();
         let lr_wd = (self.config.lr, self.config.weight_decay);
-        Ok(config_snapshot("reg", &self.config, lr_wd, self.t, &self.metas, self.p.clone(), states))
+        let mut s = config_snapshot("reg", &self.config, lr_wd, self.t, &self.metas, self.p.clone(), states);
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -182,6 +203,7 @@ impl Stepper for CpuReg {
         self.p = s.values.clone();
         self.config = config;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 

@@ -73,3 +73,48 @@ pub fn step_both(
     a.step().unwrap();
     b.step().unwrap();
 }
+
+/// The NaN/Inf guard of an optimizer over parameters 0..grads.len() (`grads` finite, one per
+/// parameter): after a finite step, a gradient holding NaN (in the last parameter) and then one
+/// holding Inf (in the first) each skip the whole step: every parameter and every state named in
+/// `states` that a parameter has stays bit for bit, the step count stays, the skip is reported and
+/// counted (also in a snapshot); a finite rewrite then steps again.
+pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Vec<f32>], states: &[&str]) {
+    use gpuopt::optim::ParamId;
+    let ids: Vec<ParamId> = (0..grads.len()).map(ParamId).collect();
+    let write_all = |opt: &mut dyn gpuopt::optim::Stepper| {
+        for (&id, g) in ids.iter().zip(grads) {
+            opt.write_grad(id, g).unwrap();
+        }
+    };
+    write_all(opt);
+    opt.step().unwrap();
+    let everything = |opt: &mut dyn gpuopt::optim::Stepper| -> Vec<Vec<f32>> {
+        let mut all = Vec::new();
+        for &id in &ids {
+            all.push(opt.read_param(id).unwrap());
+            all.extend(states.iter().filter_map(|s| opt.read_state(id, s).ok()));
+        }
+        all
+    };
+    let before = everything(opt);
+    let t = opt.step_count().unwrap();
+    for (k, (which, bad)) in [(grads.len() - 1, f32::NAN), (0, f32::INFINITY)].into_iter().enumerate() {
+        write_all(opt);
+        let mut g = grads[which].clone();
+        let mid = g.len() / 2;
+        g[mid] = bad;
+        opt.write_grad(ids[which], &g).unwrap();
+        opt.step().unwrap();
+        assert!(opt.found_non_finite().unwrap(), "{bad} in parameter {which}: not reported");
+        assert_eq!(opt.skipped_steps().unwrap(), k as u64 + 1);
+        assert_eq!(opt.step_count().unwrap(), t, "a skipped step is not counted");
+        assert!(everything(opt) == before, "{bad} in parameter {which}: a skipped step changed something");
+    }
+    assert_eq!(opt.snapshot().unwrap().skipped, 2, "the skip count is kept in checkpoints");
+    write_all(opt);
+    opt.step().unwrap();
+    assert!(!opt.found_non_finite().unwrap());
+    assert_eq!(opt.step_count().unwrap(), t + 1);
+    assert!(everything(opt) != before, "a finite step moves the parameters");
+}
