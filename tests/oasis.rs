@@ -246,15 +246,31 @@ fn bad_configurations_are_errors() {
 }
 
 #[test]
-fn a_nan_hessian_sample_is_not_floored_away_on_either_backend() {
+fn non_finite_gradients_or_hessian_samples_skip_the_step() {
+    // OASIS over the awkward sizes: the shared guard check (a NaN, then an Inf gradient) on both
+    // backends; then a NaN Hessian sample, which would otherwise enter D's EMA for good (the
+    // shader's truncation keeps NaN rather than flooring it), skips the step too.
     let ctx = common::ctx();
     let alg = FlatAlgorithm::Oasis(OasisConfig::new(0.1, 0.9, 0.5));
-    let p = [("w".to_string(), vec![1.0, 2.0], vec![2])];
-    for mut opt in [FlatOptimizer::new(&ctx, alg.clone(), &p).unwrap(), FlatOptimizer::cpu(alg.clone(), &p).unwrap()] {
-        opt.write_grad(ParamId(0), &[1.0, 1.0]).unwrap();
-        opt.write_hess_diag(ParamId(0), &[f32::NAN, 1.0]).unwrap();
+    let grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| TestRng::new(n as u64 + 3).normals(n, 1.0)).collect();
+    for mut opt in
+        [FlatOptimizer::new(&ctx, alg.clone(), &params()).unwrap(), FlatOptimizer::cpu(alg.clone(), &params()).unwrap()]
+    {
+        for (i, &n) in SIZES.iter().enumerate() {
+            opt.write_hess_diag(ParamId(i), &TestRng::new(n as u64 + 5).normals(n, 2.0)).unwrap();
+        }
+        common::assert_non_finite_skips(&mut opt, &grads, &["d", "w_prev", "g_prev", "scalars"]);
+        let before = (opt.read_param(ParamId(1)).unwrap(), opt.read_state(ParamId(1), "d").unwrap());
+        let t = opt.step_count().unwrap();
+        let mut h = vec![1.0; 7];
+        h[3] = f32::NAN;
+        opt.write_hess_diag(ParamId(1), &h).unwrap();
         opt.step().unwrap();
-        let w = opt.read_param(ParamId(0)).unwrap();
-        assert!(w[0].is_nan() && w[1] == 2.0 - 0.1, "{w:?}");
+        assert!(opt.found_non_finite().unwrap());
+        assert_eq!(opt.step_count().unwrap(), t);
+        assert_eq!((opt.read_param(ParamId(1)).unwrap(), opt.read_state(ParamId(1), "d").unwrap()), before);
+        opt.write_hess_diag(ParamId(1), &[1.0; 7]).unwrap();
+        opt.step().unwrap();
+        assert_eq!(opt.step_count().unwrap(), t + 1);
     }
 }

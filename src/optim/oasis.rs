@@ -29,7 +29,7 @@
 //! least-squares problem diverged; the authors' PyTorch `SANIA_AdamSQR` uses eps = 0.1 (as a floor),
 //! which converges, as do `sqrt_precond` and every PSPS form.
 
-use super::{config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper};
+use super::{config_snapshot, update_config, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -344,6 +344,8 @@ pub struct FlatOptimizer {
     t: u64,
     loss: Option<f32>,
     store: Store,
+    /// NaN/Inf in a gradient (slot i) or a Hessian diagonal (slot n + i) skips the step.
+    guard: HostGuard,
 }
 
 /// The shader's `truncate`: max(|d|, floor), NaN staying NaN.
@@ -413,7 +415,8 @@ impl FlatOptimizer {
             ],
         };
         let store = Store::Gpu(GpuFlat { ctx: ctx.clone(), uniform, bufs, passes });
-        Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store })
+        let guard = HostGuard::new(2 * metas.len());
+        Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store, guard })
     }
 
     /// The CPU twin over the same parameters.
@@ -431,7 +434,8 @@ impl FlatOptimizer {
             hd: z,
             scal: [0.0; 4],
         });
-        Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store })
+        let guard = HostGuard::new(2 * metas.len());
+        Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store, guard })
     }
 
     /// The algorithm and its hyperparameters.
@@ -450,8 +454,18 @@ impl FlatOptimizer {
     }
 
     /// Index into the store's vectors: 0 p, 1 g, 2 w_prev, 3 g_prev, 4 d, 5 hess, 7 scalars.
+    /// Writes tensor `which` of parameter `id`; a gradient (1) or Hessian diagonal (5) holding NaN
+    /// or Inf is not written, and the next step is skipped unless it is rewritten.
     fn write(&mut self, which: usize, id: ParamId, data: &[f32]) -> Result<()> {
         let r = self.range(id, Some(data.len()))?;
+        let slot = match which {
+            1 => Some(id.0),
+            5 => Some(self.params.len() + id.0),
+            _ => None,
+        };
+        if slot.is_some_and(|i| !self.guard.admit(i, data)) {
+            return Ok(());
+        }
         match &mut self.store {
             Store::Gpu(s) => {
                 if !data.is_empty() {
@@ -573,6 +587,10 @@ impl Stepper for FlatOptimizer {
             }
             (_, l) => l.unwrap_or(0.0),
         };
+        // A gradient or diagonal with NaN or Inf (not rewritten since) skips the step.
+        if self.guard.skip_step() {
+            return Ok(());
+        }
         let t = self.t + 1;
         let fp = self.algorithm.params(self.len, t, loss);
         match &mut self.store {
@@ -643,6 +661,14 @@ impl Stepper for FlatOptimizer {
         Ok(self.t)
     }
 
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
     fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
         update_config(
             &mut self.algorithm,
@@ -674,7 +700,17 @@ impl Stepper for FlatOptimizer {
             FlatAlgorithm::Sania(c) => serde_json::to_value(c),
         }
         .expect("configs serialise");
-        Ok(config_snapshot(self.algorithm.name(), &hyper, self.algorithm.lr_wd(), self.t, &self.params, values, states))
+        let mut s = config_snapshot(
+            self.algorithm.name(),
+            &hyper,
+            self.algorithm.lr_wd(),
+            self.t,
+            &self.params,
+            values,
+            states,
+        );
+        s.skipped = self.guard.skipped();
+        Ok(s)
     }
 
     fn restore(&mut self, s: Snapshot) -> Result<()> {
@@ -709,6 +745,7 @@ impl Stepper for FlatOptimizer {
         }
         self.algorithm = algorithm;
         self.t = s.step;
+        self.guard.reset(s.skipped);
         Ok(())
     }
 
