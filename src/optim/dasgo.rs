@@ -222,7 +222,6 @@ struct Chain {
 impl Chain {
     /// A stack of `count` rows × cols parameters, all zero.
     fn zeros(ctx: &Context, (rows, cols): (usize, usize), count: usize) -> Result<Chain> {
-        let n = count * rows * cols;
         let parts = [
             Tensor::zeros(ctx, &[count * rows, cols])?,
             Tensor::zeros(ctx, &[count * rows, cols])?,
@@ -251,7 +250,6 @@ impl Chain {
             ctx.bind(&DASGO_NORM, &[u, pb, sb])?,
             ctx.bind(apply, &[u, mb, sb, xb, rb])?,
         ];
-        debug_assert_eq!(parts[0].len(), n);
         let _scratch = (r, scal, partials, colpart);
         Ok(Chain { rows, cols, count, members: count, parts, kernels, uniform, _scratch })
     }
