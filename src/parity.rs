@@ -377,3 +377,253 @@ pub fn run(
     }
     Ok(trackers.into_iter().map(|t| t.report).collect())
 }
+
+/// One GPU-vs-CPU comparison of a matrix kernel or a matrix optimizer (`gpuopt parity`'s second
+/// table): the worst error over the case's outputs as a fraction of its tolerance.
+#[derive(Clone, Debug)]
+pub struct MatrixReport {
+    /// Kernel or optimizer.
+    pub name: String,
+    /// What ran, e.g. `37x53x29 NT` or `3x 40x24, 10 steps`.
+    pub case: String,
+    /// The measure compared (`elementwise`: |gpu − cpu| against a bound per element; `rel. movement`:
+    /// ‖gpu − cpu‖_F / ‖cpu − start‖_F; `rel. Frobenius`: ‖gpu − cpu‖_F / ‖cpu‖_F).
+    pub measure: &'static str,
+    /// The largest value of the measure.
+    pub err: f64,
+    /// Its tolerance (for `elementwise`, 1: err is already a fraction of each element's bound).
+    pub tol: f64,
+    /// err ≤ tol.
+    pub pass: bool,
+}
+
+fn report(name: &str, case: String, measure: &'static str, err: f64, tol: f64) -> MatrixReport {
+    MatrixReport { name: name.into(), case, measure, err, tol, pass: err <= tol }
+}
+
+/// ‖x − y‖_F / ‖y − base‖_F (base = 0: relative to y).
+fn rel_to(x: &[f32], y: &[f32], base: Option<&[f32]>) -> f64 {
+    let num: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    let den: f64 = match base {
+        Some(z) => y.iter().zip(z).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum(),
+        None => y.iter().map(|a| (*a as f64).powi(2)).sum(),
+    };
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The matrix family on the GPU against its CPU twins, at the tolerances the test suite uses:
+/// GEMM (every op combination, an addend, batches, the Gram half-product) elementwise within
+/// (√k + 2)·ε·(|A|·|B|) + 2ε·|C|; NS5 within 3·s·3.4445·(√c + 2)·ε of each matrix (relative
+/// Frobenius); the matrix roots within 1e-4 (relative Frobenius); Muon, AuON, Hybrid-AuON, REG,
+/// ASGO and DASGO over `steps` steps on stacks of same-shape parameters within 1e-4 of the
+/// movement (the loosest of their tests' bounds; they measure below 1e-5 on lavapipe). Names
+/// containing `only` (if given) run.
+pub fn matrix_run(ctx: &Context, steps: usize, only: Option<&str>) -> Result<Vec<MatrixReport>> {
+    use crate::kernels::gemm::{gemm, GemmDesc};
+    use crate::reference::gemm::{abs_product, gemm_addend};
+    let wants = |name: &str| only.is_none_or(|o| name.contains(o));
+    let mut rng = TestRng::new(7);
+    let mut out = Vec::new();
+    let eps = f32::EPSILON as f64;
+    if wants("gemm") {
+        let cases = [
+            ((37, 53, 29), false, false, 1, 0.0),
+            ((37, 53, 29), true, false, 1, 0.0),
+            ((37, 53, 29), false, true, 1, 0.0),
+            ((37, 53, 29), true, true, 1, 0.5),
+            ((1000, 256, 300), false, false, 1, 0.0),
+            ((64, 48, 40), false, true, 3, -1.0),
+        ];
+        for ((m, n, k), trans_a, trans_b, batch, beta) in cases {
+            let desc = GemmDesc { trans_a, trans_b, batch, alpha: 1.5, beta, ..GemmDesc::new(m, n, k) };
+            let (a, b, c) =
+                (rng.uniforms(batch * m * k, 1.0), rng.uniforms(batch * k * n, 1.0), rng.uniforms(batch * m * n, 1.0));
+            let at = |d: &[f32], r: usize, s: usize| crate::Tensor::from_slice(ctx, d, &[batch, r, s]);
+            let (ga, gb, gc) = (at(&a, m, k)?, at(&b, k, n)?, at(&c, m, n)?);
+            gemm(ctx, desc, &ga, &gb, &gc)?;
+            let got = gc.to_vec(ctx)?;
+            let (mut want, mut scale) = (Vec::new(), Vec::new());
+            for z in 0..batch {
+                let single = GemmDesc { batch: 1, ..desc };
+                let (az, bz, cz) = (&a[z * m * k..][..m * k], &b[z * k * n..][..k * n], &c[z * m * n..][..m * n]);
+                let mut w = vec![0.0; m * n];
+                gemm_addend(&single, az, bz, &mut w, cz);
+                want.extend(w);
+                scale.extend(abs_product(&single, az, bz));
+            }
+            let worst = (0..got.len())
+                .map(|i| {
+                    let tol = ((k as f64).sqrt() + 2.0) * eps * 1.5 * scale[i] as f64
+                        + 2.0 * eps * (want[i].abs() as f64 + (beta * c[i]).abs() as f64);
+                    (got[i] as f64 - want[i] as f64).abs() / tol
+                })
+                .fold(0.0, f64::max);
+            let ops = format!("{}{}", if trans_a { "T" } else { "N" }, if trans_b { "T" } else { "N" });
+            let case = format!("{batch}x {m}x{n}x{k} {ops}, beta {beta}");
+            out.push(report("gemm", case, "elementwise", worst, 1.0));
+        }
+    }
+    if wants("newton_schulz5") {
+        for (b, m, n) in [(1, 64, 96), (1, 96, 64), (3, 32, 48)] {
+            let g = rng.uniforms(b * m * n, 1.0);
+            let got = crate::kernels::newton_schulz::newton_schulz5(
+                ctx,
+                &crate::Tensor::from_slice(ctx, &g, &[b, m, n])?,
+                5,
+            )?;
+            let want = crate::reference::newton_schulz::newton_schulz5(
+                &g,
+                b,
+                m,
+                n,
+                5,
+                crate::kernels::newton_schulz::NS5_COEFFICIENTS,
+            );
+            let worst = (0..b)
+                .map(|z| rel_to(&got[z * m * n..][..m * n], &want[z * m * n..][..m * n], None))
+                .fold(0.0, f64::max);
+            let c = m.max(n) as f64;
+            let tol = 3.0 * 5.0 * 3.4445 * (c.sqrt() + 2.0) * eps;
+            out.push(report("newton_schulz5", format!("{b}x {m}x{n}, 5 steps"), "rel. Frobenius", worst, tol));
+        }
+    }
+    out.extend(matrix_roots(ctx, &wants, &mut rng)?);
+    out.extend(matrix_optimizers(ctx, steps, &wants, &mut rng)?);
+    Ok(out)
+}
+
+/// The roots of a batch of two SPD matrices (κ ≈ 100) by every method, GPU against CPU.
+fn matrix_roots(ctx: &Context, wants: &dyn Fn(&str) -> bool, rng: &mut TestRng) -> Result<Vec<MatrixReport>> {
+    use crate::kernels::roots::GpuMats;
+    use crate::reference::roots::CpuMats;
+    use crate::roots::{inv_root, inv_sqrt, inv_sqrt_polar_express, sqrt, InvRootOptions, MatOps, SqrtMethod};
+    let (b, n) = (2, 24);
+    // A·Aᵀ/n + 0.01·I from a random A: SPD, eigenvalues in about [0.01, 4].
+    let mut data = Vec::new();
+    for _ in 0..b {
+        let a = rng.uniforms(n * n, 1.0);
+        for i in 0..n {
+            for j in 0..n {
+                let dot: f32 = (0..n).map(|k| a[i * n + k] * a[j * n + k]).sum();
+                data.push(dot / n as f32 + if i == j { 0.01 } else { 0.0 });
+            }
+        }
+    }
+    let methods: [(&str, &str); 6] = [
+        ("sqrt", "newton_schulz"),
+        ("sqrt", "mtp"),
+        ("sqrt", "mpa"),
+        ("inv_sqrt", "newton_schulz"),
+        ("inv_sqrt", "polar_express"),
+        ("inv_root", "p = 4"),
+    ];
+    fn on(ops: &mut impl MatOps, data: &[f32], b: usize, n: usize, which: (&str, &str)) -> Result<Vec<f32>> {
+        let a = ops.upload(data, b, n, n)?;
+        let ns = SqrtMethod::NewtonSchulz { iters: 5, tol: None };
+        let y = match which {
+            ("sqrt", "newton_schulz") => sqrt(ops, a, ns)?,
+            ("sqrt", "mtp") => sqrt(ops, a, SqrtMethod::Mtp { degree: 10 })?,
+            ("sqrt", "mpa") => sqrt(ops, a, SqrtMethod::Mpa { degree: 5 })?,
+            ("inv_sqrt", "newton_schulz") => inv_sqrt(ops, a, ns)?,
+            ("inv_sqrt", _) => inv_sqrt_polar_express(ops, a, 0.0, 10)?,
+            _ => inv_root(ops, a, 4, InvRootOptions::default())?.x,
+        };
+        ops.read(y)
+    }
+    let mut out = Vec::new();
+    for which in methods {
+        let name = format!("{} {}", which.0, which.1);
+        if !wants(&name) && !wants("roots") {
+            continue;
+        }
+        let got = on(&mut GpuMats::new(ctx)?, &data, b, n, which)?;
+        let want = on(&mut CpuMats::default(), &data, b, n, which)?;
+        let worst =
+            (0..b).map(|z| rel_to(&got[z * n * n..][..n * n], &want[z * n * n..][..n * n], None)).fold(0.0, f64::max);
+        out.push(report(&name, format!("{b}x {n}x{n} SPD"), "rel. Frobenius", worst, 1e-4));
+    }
+    Ok(out)
+}
+
+/// Each matrix optimizer at its defaults (lr raised where the default barely moves the
+/// parameters), on the GPU and its CPU twin with the same gradients: stacks of same-shape
+/// parameters beside odd ones, compared after `steps` steps relative to the movement.
+fn matrix_optimizers(
+    ctx: &Context,
+    steps: usize,
+    wants: &dyn Fn(&str) -> bool,
+    rng: &mut TestRng,
+) -> Result<Vec<MatrixReport>> {
+    use crate::optim::{
+        Asgo, AsgoConfig, AuonBuilder, AuonConfig, Dasgo, DasgoConfig, MuonBuilder, MuonConfig, ParamId, RegBuilder,
+        RegConfig,
+    };
+    let shapes: [&[usize]; 5] = [&[40, 24], &[40, 24], &[40, 24], &[24, 40], &[16, 3, 3]];
+    let inits: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 0.5)).collect();
+    let mut out = Vec::new();
+    type Pair = (Box<dyn Stepper>, Box<dyn Stepper>);
+    type AddParam<'a> = dyn FnMut(&str, &[f32], &[usize]) -> Result<ParamId> + 'a;
+    let build = |name: &str| -> Result<Pair> {
+        let add = |f: &mut AddParam| -> Result<()> {
+            for (i, (s, p)) in shapes.iter().zip(&inits).enumerate() {
+                f(&format!("p{i}"), p, s)?;
+            }
+            Ok(())
+        };
+        Ok(match name {
+            "muon" => {
+                let mut b = MuonBuilder::new(MuonConfig::default());
+                add(&mut |n, p, s| b.param(n, p, s))?;
+                b.param("bias", &inits[0][..24], &[24])?;
+                (Box::new(b.clone().build(ctx)?), Box::new(b.build_cpu()?))
+            }
+            "auon" | "hybrid_auon" => {
+                let mut b = AuonBuilder::new(AuonConfig { lr: 0.05, ..Default::default() }, name == "hybrid_auon");
+                add(&mut |n, p, s| b.param(n, p, s))?;
+                (Box::new(b.clone().build(ctx)?), Box::new(b.build_cpu()?))
+            }
+            "reg" => {
+                let mut b = RegBuilder::new(RegConfig { lr: 0.01, ..Default::default() });
+                add(&mut |n, p, s| b.param(n, p, s))?;
+                (Box::new(b.clone().build(ctx)?), Box::new(b.build_cpu()?))
+            }
+            "asgo" => {
+                let (mut g, mut c) = (Asgo::gpu(ctx, AsgoConfig::default())?, Asgo::cpu(AsgoConfig::default())?);
+                add(&mut |n, p, s| g.add_param(n, p, s))?;
+                add(&mut |n, p, s| c.add_param(n, p, s))?;
+                (Box::new(g), Box::new(c))
+            }
+            _ => {
+                let cfg = DasgoConfig { lr: 0.01, ..Default::default() };
+                let (mut g, mut c) = (Dasgo::gpu(ctx, cfg.clone())?, Dasgo::cpu(cfg)?);
+                add(&mut |n, p, s| g.add_param(n, p, s))?;
+                add(&mut |n, p, s| c.add_param(n, p, s))?;
+                (Box::new(g), Box::new(c))
+            }
+        })
+    };
+    for name in ["muon", "auon", "hybrid_auon", "reg", "asgo", "dasgo"] {
+        if !wants(name) {
+            continue;
+        }
+        let (mut gpu, mut cpu) = build(name)?;
+        let ids: Vec<ParamId> = (0..gpu.params().len()).map(ParamId).collect();
+        let start: Vec<Vec<f32>> = ids.iter().map(|&id| cpu.read_param(id)).collect::<Result<_>>()?;
+        for t in 0..steps {
+            for &id in &ids {
+                let g = grad(rng, start[id.0].len(), t, false);
+                gpu.write_grad(id, &g)?;
+                cpu.write_grad(id, &g)?;
+            }
+            gpu.step()?;
+            cpu.step()?;
+        }
+        let mut worst = 0.0f64;
+        for &id in &ids {
+            worst = worst.max(rel_to(&gpu.read_param(id)?, &cpu.read_param(id)?, Some(&start[id.0])));
+        }
+        let case = format!("3x 40x24, 24x40, 16x3x3, {steps} steps");
+        out.push(report(name, case, "rel. movement", worst, 1e-4));
+    }
+    Ok(out)
+}

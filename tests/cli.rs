@@ -145,6 +145,25 @@ fn parity_command_passes_and_prints_a_table() {
 }
 
 #[test]
+fn parity_command_covers_the_matrix_family() {
+    // The whole matrix table (the elementwise table's names match none of these filters): every
+    // kernel and optimizer of the family listed, each PASS.
+    let out = gpuopt(&["parity", "--steps", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(!s.contains("FAIL"), "{s}");
+    let passing = |name: &str| s.lines().filter(|l| l.starts_with(name) && l.ends_with("PASS")).count();
+    assert_eq!(passing("gemm "), 6, "{s}");
+    assert_eq!(passing("newton_schulz5 "), 3, "{s}");
+    for name in ["sqrt ", "inv_sqrt ", "inv_root ", "muon ", "auon ", "hybrid_auon ", "reg ", "asgo ", "dasgo "] {
+        assert!(passing(name) >= 1, "{name}: {s}");
+    }
+    let only = gpuopt(&["parity", "--steps", "2", "--only", "dasgo"]);
+    let s = String::from_utf8_lossy(&only.stdout);
+    assert!(only.status.success() && s.lines().filter(|l| l.ends_with("PASS")).count() == 1, "{s}");
+}
+
+#[test]
 fn bench_json_records_have_the_documented_fields() {
     let out = gpuopt(&["bench", "--suite", "elementwise", "--json", "--quick"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

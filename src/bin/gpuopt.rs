@@ -26,12 +26,13 @@ enum Backend {
 enum Command {
     /// The adapter, backend and limits gpuopt would use.
     Info,
-    /// Every kernel at a few sizes, GPU vs CPU reference: a table of errors and PASS/FAIL.
+    /// Every kernel, GPU vs CPU reference: the elementwise optimizers at a few sizes, then the
+    /// matrix family (GEMM, NS5, roots, Muon, AuON, REG, ASGO, DASGO); errors and PASS/FAIL.
     Parity {
         /// Steps per optimizer.
         #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// Only optimizers whose test name contains this.
+        /// Only kernels whose name contains this.
         #[arg(long)]
         only: Option<String>,
     },
@@ -104,6 +105,26 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
                         r.max_rel,
                         r.worst,
                         format!("{}/{}", r.mismatches, r.budget),
+                        if r.pass { "PASS" } else { "FAIL" }
+                    );
+                }
+            }
+            let matrix = gpuopt::parity::matrix_run(&ctx, steps, only.as_deref())?;
+            if !matrix.is_empty() {
+                println!();
+                println!(
+                    "{:<24} {:<36} {:<15} {:>10} {:>10}  verdict",
+                    "kernel", "case", "measure", "error", "tolerance"
+                );
+                for r in matrix {
+                    all &= r.pass;
+                    println!(
+                        "{:<24} {:<36} {:<15} {:>10.3e} {:>10.3e}  {}",
+                        r.name,
+                        r.case,
+                        r.measure,
+                        r.err,
+                        r.tol,
                         if r.pass { "PASS" } else { "FAIL" }
                     );
                 }
