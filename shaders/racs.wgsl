@@ -87,6 +87,24 @@ fn racs_rows_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (lid == 0u) { s[i] = lerp_torch(s[i], total / f32(rp.cols), rp.omb); }
 }
 
+// racs_rows_wide over vec4s (cols % 4 == 0): lane l sums vec4 columns l, l + 256, ... component by
+// component, then adds its four components in order.
+@compute @workgroup_size(256)
+fn racs_rows_wide4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = wid.x + wid.y * nwg.x;
+    if (i >= rp.count * rp.rows) { return; }
+    let width = rp.cols / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var j = lid; j < width; j = j + WG) {
+        let v = g4[i * width + j];
+        acc = acc + v * v;
+    }
+    red[lid] = vec2<f32>(acc.x + acc.y + acc.z + acc.w, 0.0);
+    let total = workgroup_sum(lid).x;
+    if (lid == 0u) { s[i] = lerp_torch(s[i], total / f32(rp.cols), rp.omb); }
+}
+
 fn columns() -> Columns {
     return Columns(rp.rows, rp.cols, rp.count, rp.bands, rp.band_rows);
 }

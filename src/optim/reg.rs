@@ -24,6 +24,8 @@ const fn spec(entry: &'static str, bindings: &'static [(u32, Binding)]) -> Kerne
 pub const RACS_ROWS: KernelSpec = spec("racs_rows", &[(0, U), (1, R), (2, W)]);
 /// Row statistics s, a workgroup per row (wide rows).
 pub const RACS_ROWS_WIDE: KernelSpec = spec("racs_rows_wide", &[(0, U), (1, R), (2, W)]);
+/// [`RACS_ROWS_WIDE`] over vec4s (columns a multiple of 4).
+pub const RACS_ROWS_WIDE4: KernelSpec = spec("racs_rows_wide4", &[(0, U), (8, R), (2, W)]);
 /// Each band's column sums of G² (more than one band).
 pub const RACS_COLSUM: KernelSpec = spec("racs_colsum", &[(0, U), (1, R), (7, W)]);
 /// Column statistics q.
@@ -55,6 +57,7 @@ pub const SPECS: &[KernelSpec] = &[
     RACS_APPLY4,
     RACS_COLSUM4,
     RACS_COLS4,
+    RACS_ROWS_WIDE4,
 ];
 const CHUNK: usize = 4096;
 /// Rows of at least this many columns get a workgroup each for their statistics (lane l summing
@@ -286,7 +289,11 @@ impl RegOptimizer {
             let colpart = ctx.storage_buffer("racs column sums", 4 * colpart_len as u64)?;
             let (u, gb, sb, qb, pb, cb, xb) =
                 (&uniform, g.buffer(), s.buffer(), q.buffer(), &partials, scal.buffer(), p.buffer());
-            let row_spec = if cols >= WIDE_ROWS { &RACS_ROWS_WIDE } else { &RACS_ROWS };
+            let row_spec = match (cols >= WIDE_ROWS, vec_width(cols) < cols) {
+                (true, true) => &RACS_ROWS_WIDE4,
+                (true, false) => &RACS_ROWS_WIDE,
+                _ => &RACS_ROWS,
+            };
             // The column, norm and update passes over vec4s where each lies in one row.
             let [colsum, col, partial, apply] = if vec_width(cols) < cols {
                 [&RACS_COLSUM4, &RACS_COLS4, &RACS_PARTIAL4, &RACS_APPLY4]

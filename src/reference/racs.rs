@@ -26,9 +26,23 @@ pub fn racs_step(
     let sq = |i: usize, j: usize| g[i * cols + j] * g[i * cols + j];
     for (i, si) in s.iter_mut().enumerate().take(rows) {
         let sum = if cols >= WIDE_ROWS {
-            // The shader's workgroup: lane l sums columns l, l + 256, …; then 16 groups of 16 lanes,
-            // then the 16 group sums (shaders/shared/reduce.wgsl `workgroup_sum`).
-            let lane = |l: usize| (l..cols).step_by(256).fold(0.0f32, |a, j| a + sq(i, j));
+            // The shader's workgroup: lane l sums columns l, l + 256, … (or, where cols % 4 == 0,
+            // vec4 columns l, l + 256, … component by component, then the four components in
+            // order); then 16 groups of 16 lanes, then the 16 group sums (shaders/shared/reduce.wgsl
+            // `workgroup_sum`).
+            let lane = |l: usize| {
+                if cols.is_multiple_of(4) {
+                    let mut a = [0.0f32; 4];
+                    for j in (l..cols / 4).step_by(256) {
+                        for (c, ac) in a.iter_mut().enumerate() {
+                            *ac += sq(i, 4 * j + c);
+                        }
+                    }
+                    a[0] + a[1] + a[2] + a[3]
+                } else {
+                    (l..cols).step_by(256).fold(0.0f32, |a, j| a + sq(i, j))
+                }
+            };
             let lanes: Vec<f32> = (0..256).map(lane).collect();
             lanes.chunks(16).map(|c| c.iter().fold(0.0f32, |a, &x| a + x)).fold(0.0f32, |a, x| a + x)
         } else {
