@@ -98,8 +98,9 @@ mod uniformity {
     /// barriers into `out`.
     fn analyze(module: &Module, f: &Function, name: &str, args: &[bool], out: &mut Vec<String>) -> bool {
         let mut locals: HashMap<Handle<naga::LocalVariable>, bool> = HashMap::new();
-        // Variables only become non-uniform: iterate until none changes, then report.
-        for _ in 0..16 {
+        // Variables only become non-uniform, one or more per pass: iterate until none changes
+        // (at most one pass per variable, plus one), then report.
+        for _ in 0..f.local_variables.len() + 2 {
             let mut st = State { module, f, args, locals: locals.clone(), memo: HashMap::new(), calls: HashMap::new() };
             let mut found = Vec::new();
             let mut result = false;
@@ -124,11 +125,18 @@ mod uniformity {
     }
 
     /// How a block ends for some invocations only: a return (the rest of the function is then
-    /// non-uniform) or a break / continue (the rest of the loop).
+    /// non-uniform), a break (the rest of the loop or switch) or a continue (the rest of the loop).
     #[derive(Default, Clone, Copy)]
     struct Exits {
         ret: bool,
         brk: bool,
+        cont: bool,
+    }
+
+    impl Exits {
+        fn or(self, o: Exits) -> Exits {
+            Exits { ret: self.ret | o.ret, brk: self.brk | o.brk, cont: self.cont | o.cont }
+        }
     }
 
     impl State<'_> {
@@ -194,6 +202,19 @@ mod uniformity {
             }
         }
 
+        /// Whether `h` is a pointer: a variable, an access into one, or a pointer argument.
+        fn is_pointer(&self, h: Handle<naga::Expression>) -> bool {
+            match &self.f.expressions[h] {
+                E::LocalVariable(_) | E::GlobalVariable(_) => true,
+                E::Access { base, .. } | E::AccessIndex { base, .. } => self.is_pointer(*base),
+                E::FunctionArgument(i) => matches!(
+                    self.module.types[self.f.arguments[*i as usize].ty].inner,
+                    naga::TypeInner::Pointer { .. } | naga::TypeInner::ValuePointer { .. }
+                ),
+                _ => false,
+            }
+        }
+
         /// The local variable a store writes, if any (through field and index accesses).
         fn local_of(&mut self, pointer: Handle<naga::Expression>) -> Option<(Handle<naga::LocalVariable>, bool)> {
             match &self.f.expressions[pointer] {
@@ -231,7 +252,21 @@ mod uniformity {
                         }
                     }
                     S::Call { function, arguments, result: res } => {
-                        let args: Vec<bool> = arguments.iter().map(|&a| self.expr(a)).collect();
+                        // A pointer argument: the callee may read anything through it or store a
+                        // non-uniform value in it, so it counts as non-uniform, and so does the
+                        // local it points to from here on.
+                        let args: Vec<bool> = arguments
+                            .iter()
+                            .map(|&a| {
+                                if !self.is_pointer(a) {
+                                    return self.expr(a);
+                                }
+                                if let Some((l, _)) = self.local_of(a) {
+                                    self.locals.insert(l, true);
+                                }
+                                true
+                            })
+                            .collect();
                         let callee = &self.module.functions[*function];
                         let callee_name = callee.name.clone().unwrap_or_default();
                         if flow && has_barrier(self.module, &callee.body) {
@@ -250,41 +285,41 @@ mod uniformity {
                         }
                         exits.ret |= flow;
                     }
-                    S::Break | S::Continue => exits.brk |= flow,
+                    S::Break => exits.brk |= flow,
+                    S::Continue => exits.cont |= flow,
                     S::Block(b) => {
                         let e = self.block(b, flow, name, found, result);
-                        exits.ret |= e.ret;
-                        exits.brk |= e.brk;
+                        exits = exits.or(e);
                     }
                     S::If { condition, accept, reject } => {
                         let inner = flow | self.expr(*condition);
-                        let (a, r) = (
-                            self.block(accept, inner, name, found, result),
-                            self.block(reject, inner, name, found, result),
-                        );
-                        exits.ret |= a.ret | r.ret;
-                        exits.brk |= a.brk | r.brk;
+                        let a = self.block(accept, inner, name, found, result);
+                        let r = self.block(reject, inner, name, found, result);
+                        exits = exits.or(a).or(r);
                     }
                     S::Switch { selector, cases } => {
+                        // A break leaves the switch only; a continue or return goes on out.
                         let inner = flow | self.expr(*selector);
                         for c in cases {
                             let e = self.block(&c.body, inner, name, found, result);
-                            exits.ret |= e.ret;
+                            exits = exits.or(Exits { brk: false, ..e });
                         }
                     }
                     S::Loop { body, continuing, break_if } => {
-                        // A loop some invocations leave early runs its later iterations for the
-                        // others only: walk it again with that flow.
+                        // A loop some invocations leave early (or skip to the next iteration of)
+                        // runs the rest of its body and its later iterations for the others
+                        // only: walk it again with that flow.
                         let mut e = self.block(body, flow, name, found, result);
-                        let c = self.block(continuing, flow | e.brk, name, found, result);
+                        let left = e.brk | e.cont | e.ret;
+                        let c = self.block(continuing, flow | left, name, found, result);
                         let cond = break_if.is_some_and(|b| self.expr(b));
-                        if (e.brk | c.brk | cond) && !flow {
+                        if (left | c.brk | c.ret | cond) && !flow {
                             let mut again = Vec::new();
                             e = self.block(body, true, name, &mut again, result);
                             self.block(continuing, true, name, &mut again, result);
                             found.extend(again);
                         }
-                        exits.ret |= e.ret;
+                        exits.ret |= e.ret | c.ret;
                     }
                     S::Atomic { result: Some(r), .. } => {
                         self.memo.insert(*r, true);
@@ -292,7 +327,7 @@ mod uniformity {
                     _ => {}
                 }
                 // After an exit taken by some invocations, the rest of this block runs for the others.
-                flow |= exits.ret | exits.brk;
+                flow |= exits.ret | exits.brk | exits.cont;
             }
             exits
         }
@@ -306,18 +341,22 @@ fn shaders_barriers_sit_in_uniform_control_flow() {
         let (module, _) = common::naga_module(name);
         all.extend(uniformity::violations(&module).into_iter().map(|v| format!("{name}::{v}")));
     }
+    all.sort();
     all.dedup();
     assert!(all.is_empty(), "barriers after non-uniform exits or in non-uniform branches:\n{}", all.join("\n"));
 }
 
 #[test]
 fn the_uniformity_check_sees_what_naga_lets_through() {
-    // Each snippet validates with naga; the check must reject the first four and accept the rest.
+    // Each snippet validates with naga; the check must reject those marked false and accept the rest.
     let head = "var<workgroup> w: array<u32, 64>;\n@group(0) @binding(0) var<uniform> n: u32;\n\
-                @group(0) @binding(1) var<storage, read_write> rw: array<u32>;\n";
+                @group(0) @binding(1) var<storage, read_write> rw: array<u32>;\n\
+                var<workgroup> at: atomic<u32>;\n";
     let entry = |body: &str| {
         format!(
             "{head}fn helper(a: u32, b: u32) -> vec2<u32> {{ return vec2<u32>(a, b); }}\n\
+             fn setp(p: ptr<function, u32>, v: u32) {{ *p = v; }}\n\
+             fn getp(p: ptr<function, u32>) -> u32 {{ return *p; }}\n\
              fn sync(x: u32) {{ workgroupBarrier(); w[0] = x; }}\n\
              @compute @workgroup_size(64) fn main(@builtin(workgroup_id) wid: vec3<u32>, \
              @builtin(local_invocation_index) lid: u32) {{\n{body}\n}}"
@@ -329,9 +368,22 @@ fn the_uniformity_check_sees_what_naga_lets_through() {
         ("for (var i = lid; i < n; i = i + 64u) { workgroupBarrier(); }", false),
         ("if (rw[0] > 0u) { return; } sync(1u);", false),
         ("var k = 0u; if (lid > 3u) { k = 1u; } if (k == 1u) { return; } workgroupBarrier();", false),
+        // A continue out of a switch, a return inside a loop (before and in its continuing block).
+        ("for (var i = 0u; i < n; i = i + 1u) { switch lid { case 0u: { continue; } default: {} } workgroupBarrier(); }", false),
+        ("for (var i = 0u; i < n; i = i + 1u) { workgroupBarrier(); if (lid == 0u) { return; } }", false),
+        ("var i = 0u; loop { if (lid == 0u) { return; } continuing { workgroupBarrier(); i = i + 1u; break if i >= n; } }", false),
+        // A value through a pointer argument, either way; a later iteration's store feeding an
+        // earlier load (the fixpoint); an atomic; a non-uniform switch selector; break_if.
+        ("var k = 0u; setp(&k, lid); if (k == 1u) { return; } workgroupBarrier();", false),
+        ("var k = 0u; if (lid > 3u) { k = 1u; } if (getp(&k) == 1u) { return; } workgroupBarrier();", false),
+        ("var k = 0u; var j = 0u; for (var i = 0u; i < 2u; i = i + 1u) { if (k == 1u) { return; } k = j; j = lid; } workgroupBarrier();", false),
+        ("if (atomicLoad(&at) == 1u) { return; } workgroupBarrier();", false),
+        ("switch lid { case 0u: { workgroupBarrier(); } default: {} }", false),
+        ("var i = 0u; loop { workgroupBarrier(); continuing { i = i + 1u; break if i >= lid; } }", false),
         ("if (wid.x >= n) { return; } workgroupBarrier();", true),
         ("let h = helper(wid.x, n); if (h.x > 2u) { return; } sync(lid);", true),
         ("for (var s = 32u; s > 0u; s = s >> 1u) { if (lid < s) { w[lid] = s; } workgroupBarrier(); }", true),
+        ("switch n { case 0u: { workgroupBarrier(); } default: {} } var k = n; setp(&k, 2u);", true),
     ];
     for (body, ok) in cases {
         let src = entry(body);
