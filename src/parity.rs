@@ -397,6 +397,15 @@ pub struct MatrixReport {
     pub pass: bool,
 }
 
+/// The larger error, NaN if either is (f64::max would drop it, and an all-NaN result would pass).
+fn worse(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 fn report(name: &str, case: String, measure: &'static str, err: f64, tol: f64) -> MatrixReport {
     MatrixReport { name: name.into(), case, measure, err, tol, pass: err <= tol }
 }
@@ -457,11 +466,32 @@ pub fn matrix_run(ctx: &Context, steps: usize, only: Option<&str>) -> Result<Vec
                         + 2.0 * eps * (want[i].abs() as f64 + (beta * c[i]).abs() as f64);
                     (got[i] as f64 - want[i] as f64).abs() / tol
                 })
-                .fold(0.0, f64::max);
+                .fold(0.0, worse);
             let ops = format!("{}{}", if trans_a { "T" } else { "N" }, if trans_b { "T" } else { "N" });
             let case = format!("{batch}x {m}x{n}x{k} {ops}, beta {beta}");
             out.push(report("gemm", case, "elementwise", worst, 1.0));
         }
+    }
+    if wants("gemm gram") {
+        // The Gram half-product X·Xᵀ (upper tiles computed, mirrored) against the full product.
+        let (m, k) = (96, 70);
+        let x = rng.uniforms(m * k, 1.0);
+        let desc = GemmDesc { alpha: 1.5, ..GemmDesc::gram(m, k) };
+        let gx = crate::Tensor::from_slice(ctx, &x, &[m, k])?;
+        let gc = crate::Tensor::zeros(ctx, &[m, m])?;
+        gemm(ctx, desc, &gx, &gx, &gc)?;
+        let got = gc.to_vec(ctx)?;
+        let full = GemmDesc { symmetric: false, ..desc };
+        let mut want = vec![0.0; m * m];
+        gemm_addend(&full, &x, &x, &mut want, &vec![0.0; m * m]);
+        let scale = abs_product(&full, &x, &x);
+        let worst = (0..m * m)
+            .map(|i| {
+                let tol = ((k as f64).sqrt() + 2.0) * eps * 1.5 * scale[i] as f64 + 2.0 * eps * want[i].abs() as f64;
+                (got[i] as f64 - want[i] as f64).abs() / tol
+            })
+            .fold(0.0, worse);
+        out.push(report("gemm gram", format!("1x {m}x{m}x{k} X·Xᵀ half"), "elementwise", worst, 1.0));
     }
     if wants("newton_schulz5") {
         for (b, m, n) in [(1, 64, 96), (1, 96, 64), (3, 32, 48)] {
@@ -479,15 +509,16 @@ pub fn matrix_run(ctx: &Context, steps: usize, only: Option<&str>) -> Result<Vec
                 5,
                 crate::kernels::newton_schulz::NS5_COEFFICIENTS,
             );
-            let worst = (0..b)
-                .map(|z| rel_to(&got[z * m * n..][..m * n], &want[z * m * n..][..m * n], None))
-                .fold(0.0, f64::max);
+            let worst =
+                (0..b).map(|z| rel_to(&got[z * m * n..][..m * n], &want[z * m * n..][..m * n], None)).fold(0.0, worse);
             let c = m.max(n) as f64;
             let tol = 3.0 * 5.0 * 3.4445 * (c.sqrt() + 2.0) * eps;
             out.push(report("newton_schulz5", format!("{b}x {m}x{n}, 5 steps"), "rel. Frobenius", worst, tol));
         }
     }
-    out.extend(matrix_roots(ctx, &wants, &mut rng)?);
+    // `--only roots` keeps every root method.
+    let root = |name: &str| wants(name) || only == Some("roots");
+    out.extend(matrix_roots(ctx, &root, &mut rng)?);
     out.extend(matrix_optimizers(ctx, steps, &wants, &mut rng)?);
     Ok(out)
 }
@@ -533,13 +564,13 @@ fn matrix_roots(ctx: &Context, wants: &dyn Fn(&str) -> bool, rng: &mut TestRng) 
     let mut out = Vec::new();
     for which in methods {
         let name = format!("{} {}", which.0, which.1);
-        if !wants(&name) && !wants("roots") {
+        if !wants(&name) {
             continue;
         }
         let got = on(&mut GpuMats::new(ctx)?, &data, b, n, which)?;
         let want = on(&mut CpuMats::default(), &data, b, n, which)?;
         let worst =
-            (0..b).map(|z| rel_to(&got[z * n * n..][..n * n], &want[z * n * n..][..n * n], None)).fold(0.0, f64::max);
+            (0..b).map(|z| rel_to(&got[z * n * n..][..n * n], &want[z * n * n..][..n * n], None)).fold(0.0, worse);
         out.push(report(&name, format!("{b}x {n}x{n} SPD"), "rel. Frobenius", worst, 1e-4));
     }
     Ok(out)
@@ -620,7 +651,7 @@ fn matrix_optimizers(
         }
         let mut worst = 0.0f64;
         for &id in &ids {
-            worst = worst.max(rel_to(&gpu.read_param(id)?, &cpu.read_param(id)?, Some(&start[id.0])));
+            worst = worse(worst, rel_to(&gpu.read_param(id)?, &cpu.read_param(id)?, Some(&start[id.0])));
         }
         let case = format!("3x 40x24, 24x40, 16x3x3, {steps} steps");
         out.push(report(name, case, "rel. movement", worst, 1e-4));

@@ -153,7 +153,8 @@ fn parity_command_covers_the_matrix_family() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(!s.contains("FAIL"), "{s}");
     let passing = |name: &str| s.lines().filter(|l| l.starts_with(name) && l.ends_with("PASS")).count();
-    assert_eq!(passing("gemm "), 6, "{s}");
+    assert_eq!(passing("gemm "), 7, "{s}");
+    assert_eq!(passing("gemm gram "), 1, "{s}");
     assert_eq!(passing("newton_schulz5 "), 3, "{s}");
     for name in ["sqrt ", "inv_sqrt ", "inv_root ", "muon ", "auon ", "hybrid_auon ", "reg ", "asgo ", "dasgo "] {
         assert!(passing(name) >= 1, "{name}: {s}");
@@ -161,6 +162,8 @@ fn parity_command_covers_the_matrix_family() {
     let only = gpuopt(&["parity", "--steps", "2", "--only", "dasgo"]);
     let s = String::from_utf8_lossy(&only.stdout);
     assert!(only.status.success() && s.lines().filter(|l| l.ends_with("PASS")).count() == 1, "{s}");
+    let none = gpuopt(&["parity", "--only", "no-such-kernel"]);
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("no-such-kernel"));
 }
 
 #[test]

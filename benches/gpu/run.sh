@@ -45,7 +45,7 @@ for t in $BIN/tests/${TESTS:-*}; do
 done
 dmesg 2>/dev/null | grep -iE "xid|nvrm" | tail -5
 stamp "gpuopt parity (the binary's own check, both tables)"
-timeout 60 $BIN/gpuopt parity 2>&1 | tee "$LOG/parity.txt" | grep -E "FAIL|^kernel" ; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+timeout 60 $BIN/gpuopt parity 2>&1 | tee "$LOG/parity.txt" | grep -E "FAIL|^kernel|^gpuopt" ; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 stamp "torch baseline"
 timeout 60 python3 benches/gpu/torch_matmul.py 2>&1 | tee "$LOG/torch.txt"
 stamp "gpuopt bench"

@@ -89,6 +89,7 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
                 "kernel", "size", "steps", "max abs", "max rel", "err/tol", "flips"
             );
             let mut all = true;
+            let mut rows = 0;
             for (name, alg) in gpuopt::parity::test_algorithms() {
                 if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
                     continue;
@@ -96,6 +97,7 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
                 let reports = gpuopt::parity::run(&ctx, &name, &alg, &[1, 7, 257, 4099, 65537], steps, 42, true)?;
                 for r in reports {
                     all &= r.pass;
+                    rows += 1;
                     println!(
                         "{:<16} {:>9} {:>6} {:>11.3e} {:>11.3e} {:>9.3} {:>10}  {}",
                         r.name,
@@ -110,6 +112,11 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
                 }
             }
             let matrix = gpuopt::parity::matrix_run(&ctx, steps, only.as_deref())?;
+            rows += matrix.len();
+            if rows == 0 {
+                let o = only.unwrap_or_default();
+                return Err(gpuopt::Error::Invalid(format!("no kernel's name contains {o:?} (see `gpuopt parity`)")));
+            }
             if !matrix.is_empty() {
                 println!();
                 println!(
