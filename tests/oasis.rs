@@ -192,13 +192,12 @@ fn sania_step_is_the_roots_of_the_quadratic_model() {
         let want = 1.0 - lambda * (*gi as f64) / ((*gi as f64).powi(2) + 1e-8);
         assert!((*wi as f64 - want).abs() <= 1e-6, "{wi} vs {want}");
     }
-    // A zero gradient takes no step; a negative loss is refused.
+    // A zero gradient takes no step; a negative loss is refused (a NaN one skips the step: below).
     opt.write_grad(ParamId(0), &[0.0; 3]).unwrap();
     opt.write_loss(1.0).unwrap();
     opt.step().unwrap();
     assert_eq!(opt.read_param(ParamId(0)).unwrap(), got);
     assert!(opt.write_loss(-1.0).is_err());
-    assert!(opt.write_loss(f32::NAN).is_err());
     opt.write_grad(ParamId(0), &g).unwrap();
     assert!(opt.step().is_err(), "a step without its loss is an error");
 }
@@ -243,6 +242,43 @@ fn bad_configurations_are_errors() {
     assert!(o.write_grad(ParamId(0), &[1.0, 2.0]).is_err());
     assert!(o.write_loss(1.0).is_err());
     assert!(o.set_lr(gpuopt::optim::GroupId(0), -1.0).is_err());
+}
+
+#[test]
+fn a_non_finite_sania_loss_skips_the_step() {
+    // A diverged forward pass gives a NaN (or infinite) loss with its gradients: the step is
+    // skipped and nothing changes; the next finite loss steps. A negative loss stays an error.
+    let ctx = common::ctx();
+    let alg = FlatAlgorithm::Sania(SaniaConfig::default());
+    for mut opt in
+        [FlatOptimizer::new(&ctx, alg.clone(), &params()).unwrap(), FlatOptimizer::cpu(alg.clone(), &params()).unwrap()]
+    {
+        let write_grads = |opt: &mut FlatOptimizer, t: u64| {
+            for (i, &n) in SIZES.iter().enumerate() {
+                opt.write_grad(ParamId(i), &TestRng::new(t * 10 + i as u64).normals(n, 1.0)).unwrap();
+            }
+        };
+        write_grads(&mut opt, 1);
+        opt.write_loss(0.7).unwrap();
+        opt.step().unwrap();
+        let before: Vec<Vec<f32>> = (0..SIZES.len()).map(|i| opt.read_param(ParamId(i)).unwrap()).collect();
+        let b_before = opt.read_state(ParamId(3), "b").unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            write_grads(&mut opt, 2);
+            opt.write_loss(bad).unwrap();
+            opt.step().unwrap();
+            assert!(opt.found_non_finite().unwrap(), "loss {bad}");
+            let after: Vec<Vec<f32>> = (0..SIZES.len()).map(|i| opt.read_param(ParamId(i)).unwrap()).collect();
+            assert_eq!(after, before, "loss {bad}: a skipped step moved a parameter");
+            assert_eq!(opt.read_state(ParamId(3), "b").unwrap(), b_before);
+        }
+        assert_eq!((opt.step_count().unwrap(), opt.skipped_steps().unwrap()), (1, 2));
+        assert!(opt.write_loss(-1.0).is_err());
+        write_grads(&mut opt, 3);
+        opt.write_loss(0.5).unwrap();
+        opt.step().unwrap();
+        assert_eq!(opt.step_count().unwrap(), 2);
+    }
 }
 
 #[test]

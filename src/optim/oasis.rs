@@ -344,7 +344,8 @@ pub struct FlatOptimizer {
     t: u64,
     loss: Option<f32>,
     store: Store,
-    /// NaN/Inf in a gradient (slot i) or a Hessian diagonal (slot n + i) skips the step.
+    /// NaN/Inf in a gradient (slot i), a Hessian diagonal (slot n + i) or SANIA's loss (slot 2n)
+    /// skips the step.
     guard: HostGuard,
 }
 
@@ -415,7 +416,7 @@ impl FlatOptimizer {
             ],
         };
         let store = Store::Gpu(GpuFlat { ctx: ctx.clone(), uniform, bufs, passes });
-        let guard = HostGuard::new(2 * metas.len());
+        let guard = HostGuard::new(2 * metas.len() + 1);
         Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store, guard })
     }
 
@@ -434,7 +435,7 @@ impl FlatOptimizer {
             hd: z,
             scal: [0.0; 4],
         });
-        let guard = HostGuard::new(2 * metas.len());
+        let guard = HostGuard::new(2 * metas.len() + 1);
         Ok(FlatOptimizer { algorithm, params: metas, offsets, len: n, t: 0, loss: None, store, guard })
     }
 
@@ -627,13 +628,15 @@ impl Stepper for FlatOptimizer {
 
     fn write_loss(&mut self, loss: f32) -> Result<()> {
         match self.algorithm {
-            FlatAlgorithm::Sania(_) if loss.is_finite() && loss >= 0.0 => {
+            // A NaN or infinite loss (a diverged forward pass) skips the step, as a NaN gradient does.
+            FlatAlgorithm::Sania(_) if !loss.is_finite() || loss >= 0.0 => {
+                self.guard.admit(2 * self.params.len(), &[loss]);
                 self.loss = Some(loss);
                 Ok(())
             }
-            FlatAlgorithm::Sania(_) => {
-                Err(Error::Invalid(format!("sania needs a finite loss >= 0 (the interpolation setting), got {loss}")))
-            }
+            FlatAlgorithm::Sania(_) => Err(Error::Invalid(format!(
+                "sania needs a loss >= 0 (the interpolation setting; NaN or Inf skips the step), got {loss}"
+            ))),
             FlatAlgorithm::Oasis(_) => Err(Error::Invalid("oasis takes no loss value".into())),
         }
     }
