@@ -10,17 +10,18 @@ use gpuopt::ContextOptions;
 #[test]
 fn reg_matches_reference_over_twelve_steps() {
     // Stacks: [40, 24] ×3 (one a [40, 4, 6] view), [7, 1] ×2, [3, 20], [1, 1], [300, 2] (9 bands
-    // of column sums), [5, 100] (a workgroup per row, 156 of its lanes idle), [3, 516] (129 vec4s a
-    // row: the walk's first step carries a wrapped column into the next row for most lanes; the
-    // folded 70×600 test below walks four steps of 150-vec4 rows).
-    parity_on(&common::ctx(), 7);
+    // of column sums), [5, 100] (a workgroup per row: 25 vec4s, 231 lanes idle), [3, 516] (129
+    // vec4s a row: the walk's first step carries a wrapped column into the next row for most
+    // lanes; the folded 70×600 test below walks four steps of 150-vec4 rows), [3, 101] (a wide row
+    // of scalars), [1, 1100] (275 vec4s: lanes 0-18 sum two each).
+    parity_on(&common::ctx(), 9);
 }
 
 #[test]
 fn stacks_split_where_one_storage_binding_is_full() {
     // An 8 KiB binding holds two 40×24 tensors: their stack of three splits.
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(8192), ..Default::default() });
-    parity_on(&ctx, 8);
+    parity_on(&ctx, 10);
 }
 
 #[test]
@@ -80,6 +81,8 @@ fn parity_on(ctx: &gpuopt::Context, chains: usize) {
         vec![40, 24],
         vec![5, 100],
         vec![3, 516],
+        vec![3, 101],
+        vec![1, 1100],
     ];
     let mut rng = TestRng::new(31);
     let mut b = RegBuilder::new(cfg);

@@ -77,8 +77,9 @@ pub fn step_both(
 /// The NaN/Inf guard of an optimizer over parameters 0..grads.len() (`grads` finite, one per
 /// parameter): after a finite step, a gradient holding NaN (in the last parameter) and then one
 /// holding Inf (in the first) each skip the whole step: every parameter and every state named in
-/// `states` that a parameter has stays bit for bit, the step count stays, the skip is reported and
-/// counted (also in a snapshot); a finite rewrite then steps again.
+/// `states` (each must exist for some parameter) stays bit for bit, the step count stays, the skip
+/// is reported and counted (also through a snapshot and a restore). A NaN gradient rewritten with
+/// a finite one before the step does not skip it; a finite step then moves the parameters.
 pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Vec<f32>], states: &[&str]) {
     use gpuopt::optim::ParamId;
     let ids: Vec<ParamId> = (0..grads.len()).map(ParamId).collect();
@@ -87,32 +88,45 @@ pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Ve
             opt.write_grad(id, g).unwrap();
         }
     };
+    let with = |which: usize, bad: f32| {
+        let mut g = grads[which].clone();
+        let mid = g.len() / 2;
+        g[mid] = bad;
+        g
+    };
     write_all(opt);
     opt.step().unwrap();
-    let everything = |opt: &mut dyn gpuopt::optim::Stepper| -> Vec<Vec<f32>> {
+    for s in states {
+        assert!(ids.iter().any(|&id| opt.read_state(id, s).is_ok()), "no parameter has a state {s:?}");
+    }
+    // Every value as bits (NaN == NaN, -0 != 0).
+    let everything = |opt: &mut dyn gpuopt::optim::Stepper| -> Vec<Vec<u32>> {
         let mut all = Vec::new();
         for &id in &ids {
             all.push(opt.read_param(id).unwrap());
             all.extend(states.iter().filter_map(|s| opt.read_state(id, s).ok()));
         }
-        all
+        all.into_iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
     };
     let before = everything(opt);
     let t = opt.step_count().unwrap();
     for (k, (which, bad)) in [(grads.len() - 1, f32::NAN), (0, f32::INFINITY)].into_iter().enumerate() {
         write_all(opt);
-        let mut g = grads[which].clone();
-        let mid = g.len() / 2;
-        g[mid] = bad;
-        opt.write_grad(ids[which], &g).unwrap();
+        opt.write_grad(ids[which], &with(which, bad)).unwrap();
         opt.step().unwrap();
         assert!(opt.found_non_finite().unwrap(), "{bad} in parameter {which}: not reported");
         assert_eq!(opt.skipped_steps().unwrap(), k as u64 + 1);
         assert_eq!(opt.step_count().unwrap(), t, "a skipped step is not counted");
         assert!(everything(opt) == before, "{bad} in parameter {which}: a skipped step changed something");
     }
-    assert_eq!(opt.snapshot().unwrap().skipped, 2, "the skip count is kept in checkpoints");
+    let snap = opt.snapshot().unwrap();
+    assert_eq!(snap.skipped, 2, "the skip count is kept in checkpoints");
+    opt.restore(snap).unwrap();
+    assert_eq!(opt.skipped_steps().unwrap(), 2, "and restored from them");
+    // A NaN overwritten by a finite gradient before the step: the step is taken.
     write_all(opt);
+    opt.write_grad(ids[0], &with(0, f32::NAN)).unwrap();
+    opt.write_grad(ids[0], &grads[0]).unwrap();
     opt.step().unwrap();
     assert!(!opt.found_non_finite().unwrap());
     assert_eq!(opt.step_count().unwrap(), t + 1);
