@@ -55,7 +55,9 @@ fn shaders_kernel_bindings_match_reflection() {
 /// undefined behaviour. An expression is non-uniform if it depends on a per-invocation builtin, a
 /// read-write storage or workgroup load, an atomic or subgroup result, or a variable assigned such
 /// a value or assigned under such a condition; function results are tracked per call (a result is
-/// non-uniform only if it depends on a non-uniform argument).
+/// non-uniform only if it depends on a non-uniform argument), and anything passed by pointer counts
+/// as non-uniform (the callee may store such a value through it). Stricter than WGSL in one way:
+/// a variable is non-uniform everywhere once any assignment makes it so.
 mod uniformity {
     use naga::{AddressSpace, Block, Expression as E, Function, Handle, Module, Statement as S, StorageAccess};
     use std::collections::HashMap;
