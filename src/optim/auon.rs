@@ -3,6 +3,7 @@
 //! the update of each matrix with NS5 first (1-D parameters skip NS5). `variant` "package" follows
 //! the current `auon/optimizer.py` (the step uses the un-normalised update, decay applied even when
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
+//! A gradient holding NaN or Inf is not written and skips the next step for every parameter.
 
 use super::muon::{elementwise_passes, MuonConfig, MuonParams};
 use super::HostGuard;

@@ -1,7 +1,8 @@
 //! Muon (ALGORITHMS.md §5.2, KellerJordan/Muon) with parameter routing: matrices (2-D, and conv
 //! kernels flattened to rows × rest) get momentum → NS5 → scaled update; everything else (biases,
 //! gains, and whatever the user marks, e.g. embeddings and heads) goes to the fused AdamW. Same-shape
-//! matrices are stacked and orthogonalised in one batched NS5 chain.
+//! matrices are stacked and orthogonalised in one batched NS5 chain. A gradient holding NaN or Inf
+//! (any parameter's, the AdamW ones included) is not written and skips the next step for all.
 //!
 //! ```text
 //! (5.2.1) m ← lerp(m, g, 1−β)              (5.2.2) u ← lerp(g, m, β) if nesterov else m

@@ -3,7 +3,8 @@
 //! kept in one flat vector and each step runs three dispatches from `shaders/oasis.wgsl` (stats with
 //! partial sums, the scalar on one workgroup, the update), with nothing read back. [`FlatOptimizer`]
 //! runs either on the GPU or as the CPU twin ([`FlatOptimizer::cpu`]), which mirrors the shader
-//! line by line (sums in f64).
+//! line by line (sums in f64). A gradient or Hessian sample holding NaN or Inf is not written, and
+//! it (or a NaN / infinite SANIA loss) skips the next step.
 //!
 //! OASIS (adaptive version, the paper's (6.5.0)–(6.5.6)); at step 1 the diagonal is the given
 //! estimate itself (the warm start D_0) and η = lr (η_0); afterwards

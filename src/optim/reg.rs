@@ -2,7 +2,9 @@
 //! exactly as pytorch-optimizer's `RACS` defines it (row and column second-moment scaling of the
 //! gradient, a norm-growth limiter, decoupled decay) under the replay name `reg`, and says so here
 //! and in the README. Canonical names (§11.3): lr, beta2 (RACS's `beta`), alpha, gamma, eps,
-//! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does.
+//! weight_decay. Tensors are viewed as shape\[0\] × rest (1-D: n × 1), as RACS does. A gradient
+//! holding NaN or Inf is not written and skips the next step for every parameter (RACS has no such
+//! guard: there the NaN would enter s, q and θ for good).
 
 use super::dasgo::vec_width;
 use super::HostGuard;
