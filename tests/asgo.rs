@@ -713,3 +713,22 @@ fn replay_runs_asgo_on_both_backends() {
     let e = gpuopt::replay::load_case(dir.path()).unwrap_err();
     assert!(e.to_string().contains("asgo takes a 2-D param"), "{e}");
 }
+
+#[test]
+fn the_shared_guard_check_holds_on_stacks() {
+    // Two stacked 6×8 matrices and an 8×6 one, on the GPU and the twin: NaN / Inf skips, bits kept,
+    // the count through a checkpoint, a refused gradient still refused after a restore.
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(64);
+    let shapes: [[usize; 2]; 3] = [[6, 8], [6, 8], [8, 6]];
+    let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s[0] * s[1], 1.0)).collect();
+    let inits: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s[0] * s[1], 0.5)).collect();
+    let mut gpu = Asgo::gpu(&ctx, cfg()).unwrap();
+    let mut cpu = Asgo::cpu(cfg()).unwrap();
+    for (i, (s, p)) in shapes.iter().zip(&inits).enumerate() {
+        gpu.add_param(&format!("w{i}"), p, s).unwrap();
+        cpu.add_param(&format!("w{i}"), p, s).unwrap();
+    }
+    common::assert_non_finite_skips(&mut gpu, &grads, &["momentum", "precond"]);
+    common::assert_non_finite_skips(&mut cpu, &grads, &["momentum", "precond"]);
+}

@@ -493,3 +493,21 @@ fn replay_runs_dasgo_with_the_cases_hyperparameters() {
     assert!(dist(last, &model.p) / dist(&p0, &model.p) < bound, "replay vs model");
     assert!(g.iter().zip(&c).all(|(x, y)| (x - y).abs() <= 2.0 * EPS * 4.0 * x.abs().max(1.0)), "GPU vs CPU replay");
 }
+
+#[test]
+fn the_shared_guard_check_holds_on_stacks() {
+    // As ASGO's: two stacked 6×8 matrices and an 8×6 one, GPU and twin.
+    let ctx = common::ctx();
+    let mut rng = TestRng::new(65);
+    let shapes: [[usize; 2]; 3] = [[6, 8], [6, 8], [8, 6]];
+    let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s[0] * s[1], 1.0)).collect();
+    let inits: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s[0] * s[1], 0.5)).collect();
+    let mut gpu = Dasgo::gpu(&ctx, cfg()).unwrap();
+    let mut cpu = Dasgo::cpu(cfg()).unwrap();
+    for (i, (s, p)) in shapes.iter().zip(&inits).enumerate() {
+        gpu.add_param(&format!("w{i}"), p, s).unwrap();
+        cpu.add_param(&format!("w{i}"), p, s).unwrap();
+    }
+    common::assert_non_finite_skips(&mut gpu, &grads, &["momentum", "precond"]);
+    common::assert_non_finite_skips(&mut cpu, &grads, &["momentum", "precond"]);
+}

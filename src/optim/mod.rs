@@ -317,9 +317,10 @@ impl HostGuard {
         self.skipped
     }
 
-    /// After a restore: the file's skip count, no marks.
+    /// After a restore: the file's skip count. The marks stay: a restore does not touch the
+    /// gradients, so one refused since the last step still stands in the way of the next step
+    /// (which would otherwise run on the gradient written before it) until it is rewritten.
     pub(crate) fn reset(&mut self, skipped: u64) {
-        self.bad.fill(false);
         self.skipped = skipped;
         self.last_skipped = false;
     }

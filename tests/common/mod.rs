@@ -78,8 +78,9 @@ pub fn step_both(
 /// parameter): after a finite step, a gradient holding NaN (in the last parameter) and then one
 /// holding Inf (in the first) each skip the whole step: every parameter and every state named in
 /// `states` (each must exist for some parameter) stays bit for bit, the step count stays, the skip
-/// is reported and counted (also through a snapshot and a restore). A NaN gradient rewritten with
-/// a finite one before the step does not skip it; a finite step then moves the parameters.
+/// is reported and counted (also through a snapshot and a restore, which keeps a refused gradient
+/// refused). A NaN gradient rewritten with a finite one before the step does not skip it; a finite
+/// step then moves the parameters.
 pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Vec<f32>], states: &[&str]) {
     use gpuopt::optim::ParamId;
     let ids: Vec<ParamId> = (0..grads.len()).map(ParamId).collect();
@@ -123,6 +124,14 @@ pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Ve
     assert_eq!(snap.skipped, 2, "the skip count is kept in checkpoints");
     opt.restore(snap).unwrap();
     assert_eq!(opt.skipped_steps().unwrap(), 2, "and restored from them");
+    // A gradient refused before a restore still stands after it (gradients are not checkpointed):
+    // the next step is skipped rather than run on the gradient written before it.
+    opt.write_grad(ids[0], &with(0, f32::NAN)).unwrap();
+    let snap = opt.snapshot().unwrap();
+    opt.restore(snap).unwrap();
+    opt.step().unwrap();
+    assert!(opt.found_non_finite().unwrap(), "a NaN written before a restore must still skip the step");
+    assert!(everything(opt) == before);
     // A NaN overwritten by a finite gradient before the step: the step is taken.
     write_all(opt);
     opt.write_grad(ids[0], &with(0, f32::NAN)).unwrap();
