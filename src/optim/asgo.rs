@@ -183,9 +183,8 @@ impl<O: MatOps> Asgo<O> {
     /// written to it, until the next step or read, so that adding many grows each stack once.
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
-        let (max, max_batch) = (self.ops.max_elements(), self.ops.max_batch());
-        let fits =
-            |g: &Group| g.members < max_batch && (g.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max);
+        let limits = (self.ops.max_elements(), self.ops.max_batch());
+        let fits = |g: &Group| super::stack_has_room(g.members, rows * cols, limits);
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];

@@ -376,12 +376,9 @@ impl Dasgo {
                 self.hosts.push(Host { p: data.to_vec(), g: vec![0.0; n], d: vec![0.0; cols], m: vec![0.0; n] });
             }
             Some(s) => {
-                let max_elements = (s.ctx.max_binding_bytes() / 4) as usize;
-                let max_members = s.ctx.max_workgroups_per_dim() as usize;
+                let limits = super::stack_limits(&s.ctx);
                 let fits = |c: &Chain| {
-                    (c.rows, c.cols) == (rows, cols)
-                        && c.members < max_members
-                        && (c.members + 1).checked_mul(rows * cols).is_some_and(|e| e <= max_elements)
+                    (c.rows, c.cols) == (rows, cols) && super::stack_has_room(c.members, rows * cols, limits)
                 };
                 let slot = match s.chains.iter().rposition(fits) {
                     Some(at) => {

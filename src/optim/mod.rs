@@ -371,30 +371,38 @@ pub(crate) fn stacks<K: PartialEq>(
     ctx: &crate::Context,
     items: impl IntoIterator<Item = Option<(K, usize)>>,
 ) -> Stacks<K> {
-    let max_elements = (ctx.max_binding_bytes() / 4) as usize;
-    let max_members = ctx.max_workgroups_per_dim() as usize;
-    let mut out: Vec<(K, Vec<usize>, usize)> = Vec::new();
+    let limits = stack_limits(ctx);
+    let mut out: Vec<(K, Vec<usize>)> = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         slots.push(None);
         let Some((key, len)) = item else { continue };
-        let fits = |s: &(K, Vec<usize>, usize)| {
-            s.1.len() < max_members && s.2.checked_add(len).is_some_and(|e| e <= max_elements)
-        };
-        let at = match out.iter().rposition(|s| s.0 == key).filter(|&s| fits(&out[s])) {
+        let at = match out.iter().rposition(|s| s.0 == key).filter(|&s| stack_has_room(out[s].1.len(), len, limits)) {
             Some(s) => {
                 out[s].1.push(i);
-                out[s].2 += len;
                 s
             }
             None => {
-                out.push((key, vec![i], len));
+                out.push((key, vec![i]));
                 out.len() - 1
             }
         };
         slots[i] = Some((at, out[at].1.len() - 1));
     }
-    (out.into_iter().map(|(k, m, _)| (k, m)).collect(), slots)
+    (out, slots)
+}
+
+/// The bounds of a stack on `ctx`: (elements in one storage binding, workgroups in one grid
+/// dimension, where the stack index sits).
+pub(crate) fn stack_limits(ctx: &crate::Context) -> (usize, usize) {
+    ((ctx.max_binding_bytes() / 4) as usize, ctx.max_workgroups_per_dim() as usize)
+}
+
+/// Whether a stack of `members` parameters of `len` elements each takes one more within
+/// `(max_elements, max_members)`: the rule every stacked optimizer follows, at build time
+/// ([`stacks`]) and when parameters are added later (ASGO, DASGO).
+pub(crate) fn stack_has_room(members: usize, len: usize, (max_elements, max_members): (usize, usize)) -> bool {
+    members < max_members && (members + 1).checked_mul(len).is_some_and(|e| e <= max_elements)
 }
 
 /// The metadata of parameter `id`, checking `len` (the element count of a write) when given.
