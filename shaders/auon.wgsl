@@ -27,13 +27,15 @@ struct AuonParams {
 @group(0) @binding(5) var<storage, read> v4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> p4: array<vec4<f32>>;
 
+#import shared/grid
+
 // Workgroup (x, z, w): elements 256 * (x + w * (grid x)) + lid of tensor z (the grid carries the
 // tensor, so no element divides to find it).
 @compute @workgroup_size(256)
 fn auon_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let z = wid.y;
-    let local = (wid.x + wid.z * nwg.x) * 256u + lid;
+    let local = grid_chunk(wid, nwg) * 256u + lid;
     if (local >= ap.per) { return; }
     let i = z * ap.per + local;
     let p0 = ap.decay * p[i];
@@ -55,7 +57,7 @@ fn auon_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(local_invocation_index) lid: u32) {
     let z = wid.y;
     let per4 = ap.per / 4u;
-    let local = (wid.x + wid.z * nwg.x) * 256u + lid;
+    let local = grid_chunk(wid, nwg) * 256u + lid;
     if (local >= per4) { return; }
     let i = z * per4 + local;
     let p0 = ap.decay * p4[i];

@@ -86,13 +86,6 @@ fn dasgo_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     r[t] = 1.0 / sqrt(dj + dp.eps);
 }
 
-// Workgroup (x, z, w)'s chunk of tensor z: x + w * (grid x) (chunks fold past a dimension's limit;
-// src/kernels/newton_schulz.rs chunk_grid). From workgroup values only, so that the early return on
-// it keeps the workgroup sum's barriers in uniform control flow.
-fn chunk_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.z * nwg.x;
-}
-
 // Where invocation lid of workgroup (x, z, w) starts: its first item k of the stack, the item after
 // the chunk's last, and the first item's column; items are elements (width = cols) or vec4s
 // (width = cols / 4).
@@ -103,7 +96,7 @@ struct Walk {
 }
 
 fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, width: u32) -> Walk {
-    let chunk = chunk_of(wid, nwg);
+    let chunk = grid_chunk(wid, nwg);
     let per_chunk = select(CHUNK, CHUNK / 4u, width < dp.cols);
     let size = dp.rows * width;
     let local = chunk * per_chunk + lid;
@@ -114,7 +107,7 @@ fn walk(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, width: u32) -> Walk {
 @compute @workgroup_size(256)
 fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
+    if (grid_chunk(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, dp.cols);
     let rz = wid.y * dp.cols;
     var acc = vec2<f32>(0.0, 0.0);
@@ -127,7 +120,7 @@ fn dasgo_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[wid.y * dp.chunks + chunk_of(wid, nwg)] = total; }
+    if (lid == 0u) { partials[wid.y * dp.chunks + grid_chunk(wid, nwg)] = total; }
 }
 
 // Workgroup z: tensor z's ||U||_F from its partial sums.
@@ -145,7 +138,7 @@ fn dasgo_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(256)
 fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
+    if (grid_chunk(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, dp.cols);
     let rz = wid.y * dp.cols;
     let scale = dp.step / (scal[wid.y] + 1e-16);
@@ -161,7 +154,7 @@ fn dasgo_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let width = dp.cols / 4u;
-    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
+    if (grid_chunk(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, width);
     let rz = wid.y * width;
     var acc = vec2<f32>(0.0, 0.0);
@@ -174,7 +167,7 @@ fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[wid.y * dp.chunks + chunk_of(wid, nwg)] = total; }
+    if (lid == 0u) { partials[wid.y * dp.chunks + grid_chunk(wid, nwg)] = total; }
 }
 
 // dasgo_apply over vec4s (cols % 4 == 0).
@@ -182,7 +175,7 @@ fn dasgo_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 fn dasgo_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let width = dp.cols / 4u;
-    if (chunk_of(wid, nwg) >= dp.chunks) { return; }
+    if (grid_chunk(wid, nwg) >= dp.chunks) { return; }
     let w = walk(wid, nwg, lid, width);
     let rz = wid.y * width;
     let scale = dp.step / (scal[wid.y] + 1e-16);

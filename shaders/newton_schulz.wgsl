@@ -31,6 +31,7 @@ struct NsParams {
 @group(0) @binding(8) var<storage, read> y4: array<vec4<f32>>;
 
 #import shared/reduce
+#import shared/grid
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;                 // elements per frob_partial workgroup (16 per invocation)
@@ -47,7 +48,7 @@ struct Span {
 }
 
 fn span(wid: vec3<u32>, nwg: vec3<u32>, width: u32) -> Span {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     let items = np.len / width;
     let start = chunk * (CHUNK / width);
     return Span(chunk < np.chunks, wid.y * items, start, min(start + CHUNK / width, items));
@@ -57,7 +58,7 @@ fn span(wid: vec3<u32>, nwg: vec3<u32>, width: u32) -> Span {
 fn store_partial(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, acc: vec2<f32>) {
     red[lid] = acc;
     let total = workgroup_sum(lid);
-    if (lid == 0u) { partials[wid.y * np.chunks + wid.x + wid.z * nwg.x] = total; }
+    if (lid == 0u) { partials[wid.y * np.chunks + grid_chunk(wid, nwg)] = total; }
 }
 
 @compute @workgroup_size(256)

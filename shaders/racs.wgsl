@@ -196,7 +196,7 @@ fn g_hat4(w: Walk, z: u32, width: u32) -> vec4<f32> {
 @compute @workgroup_size(256)
 fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let end = chunk_end(z, chunk, rp.cols);
@@ -213,7 +213,7 @@ fn racs_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn racs_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let width = rp.cols / 4u;
@@ -251,7 +251,7 @@ fn racs_eta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 @compute @workgroup_size(256)
 fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let end = chunk_end(z, chunk, rp.cols);
@@ -265,7 +265,7 @@ fn racs_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn racs_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let width = rp.cols / 4u;

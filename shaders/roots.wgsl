@@ -42,6 +42,8 @@ struct RootParams {
 @group(0) @binding(8) var<storage, read> den: array<f32>;
 @group(0) @binding(9) var<storage, read_write> acc: array<f32>;
 
+#import shared/grid
+
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 const INF: f32 = 3.4028234663852886e38;  // f32::MAX stands in for +Inf (WGSL has no Inf literal)
@@ -121,7 +123,7 @@ fn dev(v: f32, r: u32, c: u32) -> f32 {
 fn maxdev_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let len = rp.rows * rp.cols;
-    let chunk = wid.x + wid.z * nwg.x;
+    let chunk = grid_chunk(wid, nwg);
     if (chunk >= rp.chunks) { return; }
     let z = wid.y;
     let start = chunk * CHUNK;
