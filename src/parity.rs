@@ -529,17 +529,9 @@ fn matrix_roots(ctx: &Context, wants: &dyn Fn(&str) -> bool, rng: &mut TestRng) 
     use crate::reference::roots::CpuMats;
     use crate::roots::{inv_root, inv_sqrt, inv_sqrt_polar_express, sqrt, InvRootOptions, MatOps, SqrtMethod};
     let (b, n) = (2, 24);
-    // A·Aᵀ/n + 0.01·I from a random A: SPD, eigenvalues in about [0.01, 4].
-    let mut data = Vec::new();
-    for _ in 0..b {
-        let a = rng.uniforms(n * n, 1.0);
-        for i in 0..n {
-            for j in 0..n {
-                let dot: f32 = (0..n).map(|k| a[i * n + k] * a[j * n + k]).sum();
-                data.push(dot / n as f32 + if i == j { 0.01 } else { 0.0 });
-            }
-        }
-    }
+    // Eigenvalues log-spaced over [0.01, 1] in a random basis (the tests' SPD generator).
+    let data: Vec<f32> =
+        (0..b).flat_map(|_| crate::reference::roots::spd_matrix(n, 100.0, 1.0, rng.next_u64())).collect();
     let methods: [(&str, &str); 6] = [
         ("sqrt", "newton_schulz"),
         ("sqrt", "mtp"),
