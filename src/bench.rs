@@ -160,9 +160,9 @@ impl CopyKernel {
     }
 
     /// Records one copy.
-    pub fn record(&self, ctx: &Context, enc: &mut wgpu::CommandEncoder) {
+    pub fn record(&self, ctx: &Context, pass: &mut wgpu::ComputePass<'_>) {
         for (bound, workgroups, _) in &self.chunks {
-            bound.record(ctx, enc, *workgroups);
+            bound.record(ctx, pass, *workgroups);
         }
     }
 }
@@ -210,12 +210,15 @@ pub fn optimizer_with_grads(ctx: &Context, algorithm: &Algorithm, shapes: &[Vec<
     Ok(opt)
 }
 
-/// Records `iters` repetitions into one command buffer, submits it and waits: the wall time of the
+/// Records `iters` repetitions into one compute pass, submits it and waits: the wall time of the
 /// lot (criterion's `iter_custom`).
-pub fn gpu_time(ctx: &Context, iters: u64, mut record: impl FnMut(&mut wgpu::CommandEncoder)) -> std::time::Duration {
+pub fn gpu_time(ctx: &Context, iters: u64, mut record: impl FnMut(&mut wgpu::ComputePass<'_>)) -> std::time::Duration {
     let mut enc = ctx.encoder("criterion");
-    for _ in 0..iters {
-        record(&mut enc);
+    {
+        let mut pass = crate::gpu::compute_pass(&mut enc, "criterion");
+        for _ in 0..iters {
+            record(&mut pass);
+        }
     }
     let start = std::time::Instant::now();
     let index = ctx.submit(enc);
@@ -438,7 +441,7 @@ pub fn elementwise(ctx: &Context, quick: bool, show_progress: bool) -> Result<Ve
         pb.set_message(format!("{name} {rows}x{cols}"));
         let mut rng = TestRng::new(9);
         let (p0, g) = (rng.normals(n, 1.0), rng.normals(n, 1.0));
-        let record: Box<dyn Fn(&mut wgpu::CommandEncoder)> = if name == "reg" {
+        let record: Box<dyn Fn(&mut wgpu::ComputePass<'_>)> = if name == "reg" {
             let mut b = crate::optim::RegBuilder::new(Default::default());
             let id = b.param("w", &p0, &[rows, cols])?;
             let mut opt = b.build(ctx)?;
@@ -590,10 +593,10 @@ pub fn gemm(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Recor
                 }
             };
             let t = ctx.time_paired(
-                (reps, |enc: &mut wgpu::CommandEncoder| {
+                (reps, |enc: &mut wgpu::ComputePass<'_>| {
                     plan.record(enc);
                 }),
-                (1, |enc: &mut wgpu::CommandEncoder| fma.record(ctx, enc)),
+                (1, |enc: &mut wgpu::ComputePass<'_>| fma.record(ctx, enc)),
                 if quick { 3 } else { 5 },
             )?;
             best = best.min(t.a.median_s);
@@ -672,10 +675,10 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
         // ratio of medians by 1.5x from run to run). The baseline's 15 products are recorded into one
         // submission, as NS5's are: both sides pay the same per-submission cost.
         let t = ctx.time_paired(
-            (1, |enc: &mut wgpu::CommandEncoder| {
+            (1, |enc: &mut wgpu::ComputePass<'_>| {
                 plan.record(enc);
             }),
-            (15, |enc: &mut wgpu::CommandEncoder| {
+            (15, |enc: &mut wgpu::ComputePass<'_>| {
                 gp.record(enc);
             }),
             batches,
@@ -700,10 +703,10 @@ pub fn ns(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Record>
     let half = GemmPlan::new(ctx, GemmDesc::gram(n, n), &x, &x, &cbuf)?;
     let full = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, n, n) }, &x, &x, &cbuf)?;
     let t = ctx.time_paired(
-        (1, |enc: &mut wgpu::CommandEncoder| {
+        (1, |enc: &mut wgpu::ComputePass<'_>| {
             half.record(enc);
         }),
-        (1, |enc: &mut wgpu::CommandEncoder| {
+        (1, |enc: &mut wgpu::ComputePass<'_>| {
             full.record(enc);
         }),
         batches,

@@ -164,18 +164,20 @@ impl Mlp {
 
     fn run(&self, steps: &[Step], label: &str) -> Result<()> {
         let mut enc = self.ctx.encoder(label);
+        let mut pass = crate::gpu::compute_pass(&mut enc, label);
         self.ctx.scoped(label, || {
             for s in steps {
                 match s {
                     Step::Gemm(g) => {
-                        g.record(&mut enc);
+                        g.record(&mut pass);
                     }
                     Step::Rows(b, wg) => {
-                        b.record(&self.ctx, &mut enc, *wg);
+                        b.record(&self.ctx, &mut pass, *wg);
                     }
                 }
             }
         })?;
+        drop(pass);
         self.ctx.submit(enc);
         Ok(())
     }

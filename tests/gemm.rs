@@ -77,7 +77,7 @@ fn check_one(desc: GemmDesc, broadcast_a: bool, broadcast_b: bool) {
 /// Records `plan` once, runs it and reads C back.
 fn run(ctx: &gpuopt::Context, plan: &gpuopt::kernels::gemm::GemmPlan, c: &Tensor) -> Vec<f32> {
     let mut enc = ctx.encoder("t");
-    plan.record(&mut enc);
+    plan.record(&mut gpuopt::gpu::compute_pass(&mut enc, "t"));
     ctx.submit(enc);
     c.to_vec(ctx).unwrap()
 }
@@ -403,7 +403,7 @@ fn split_k_matches_reference_for_all_op_combinations() {
     let plan = gpuopt::kernels::gemm::GemmPlan::new(&ctx, desc, &a, &b, &c).unwrap();
     assert_eq!(plan.slices(), 3, "70 = 32 + 32 + 6");
     let mut enc = ctx.encoder("t");
-    assert_eq!(plan.record(&mut enc), 2, "the partial products and the reduction");
+    assert_eq!(plan.record(&mut gpuopt::gpu::compute_pass(&mut enc, "t")), 2, "the partial products and the reduction");
     ctx.submit(enc);
     assert_eq!(c.to_vec(&ctx).unwrap(), vec![35.0; 6]);
 }

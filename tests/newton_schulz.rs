@@ -134,7 +134,7 @@ fn ns5_normalisation_is_fused_into_the_first_products() {
         let g = Tensor::from_slice(&ctx, &TestRng::new(4).uniforms(n, 1.0), &shape).unwrap();
         let plan = Ns5Plan::new(&ctx, &g, steps, NS5_COEFFICIENTS).unwrap();
         let mut enc = ctx.encoder("t");
-        assert_eq!(plan.record(&mut enc), 2 + 3 * steps + extra, "{shape:?}");
+        assert_eq!(plan.record(&mut gpuopt::gpu::compute_pass(&mut enc, "t")), 2 + 3 * steps + extra, "{shape:?}");
     }
     // Zero steps return X₀ = G / (‖G‖_F + 1e-7) itself, through the one remaining copy pass.
     for shape in [vec![2, 3], vec![3, 2]] {

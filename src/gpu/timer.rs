@@ -55,27 +55,24 @@ impl<'a> Sampler<'a> {
         Sampler { ctx, queries, period_ns: ctx.queue().get_timestamp_period() as f64 }
     }
 
-    /// One command buffer of `reps` repetitions: (wall seconds, GPU seconds where timestamps work).
-    fn run(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder)) -> Result<(f64, Option<f64>)> {
+    /// One command buffer of `reps` repetitions in one compute pass, timestamped at its beginning
+    /// and end where the adapter can: (wall seconds, GPU seconds where timestamps work).
+    fn run(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::ComputePass<'_>)) -> Result<(f64, Option<f64>)> {
         let ctx = self.ctx;
         let mut enc = ctx.encoder("bench");
-        let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
-            if let Some((set, _)) = &self.queries {
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("timestamp"),
-                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: begin,
-                        end_of_pass_write_index: end,
-                    }),
-                });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench"),
+                timestamp_writes: self.queries.as_ref().map(|(set, _)| wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            for _ in 0..reps {
+                record(&mut pass);
             }
-        };
-        mark(&mut enc, Some(0), None);
-        for _ in 0..reps {
-            record(&mut enc);
         }
-        mark(&mut enc, None, Some(1));
         let staging = self.queries.as_ref().map(|(set, resolve)| {
             enc.resolve_query_set(set, 0..2, resolve, 0);
             let s = ctx.staging(16);
@@ -100,7 +97,7 @@ impl<'a> Sampler<'a> {
 
     /// Warm-up: pipeline compilation and first touch, and on GPUs that clock down when idle (an
     /// H200 idles at 345 MHz) long enough for the clocks to ramp up: batches until 25 ms have passed.
-    fn warm_up(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder)) -> Result<()> {
+    fn warm_up(&self, reps: usize, record: &mut dyn FnMut(&mut wgpu::ComputePass<'_>)) -> Result<()> {
         let warm = Instant::now();
         self.run(1, record)?;
         for _ in 0..64 {
@@ -157,13 +154,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Context {
-    /// Times `record` (which records one repetition into the encoder): `batches` command buffers of
+    /// Times `record` (which records one repetition into the pass): `batches` command buffers of
     /// `reps` repetitions each.
     pub fn time(
         &self,
         reps: usize,
         batches: usize,
-        mut record: impl FnMut(&mut wgpu::CommandEncoder),
+        mut record: impl FnMut(&mut wgpu::ComputePass<'_>),
     ) -> Result<Timing> {
         let reps = reps.max(1);
         let sampler = Sampler::new(self);
@@ -181,8 +178,8 @@ impl Context {
     /// (timestamps only where every batch of both had them).
     pub fn time_paired(
         &self,
-        (reps_a, mut record_a): (usize, impl FnMut(&mut wgpu::CommandEncoder)),
-        (reps_b, mut record_b): (usize, impl FnMut(&mut wgpu::CommandEncoder)),
+        (reps_a, mut record_a): (usize, impl FnMut(&mut wgpu::ComputePass<'_>)),
+        (reps_b, mut record_b): (usize, impl FnMut(&mut wgpu::ComputePass<'_>)),
         batches: usize,
     ) -> Result<PairedTiming> {
         let (reps_a, reps_b) = (reps_a.max(1), reps_b.max(1));

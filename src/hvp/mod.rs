@@ -168,11 +168,15 @@ pub fn hutchinson_estimate_averaged(
         fill(ctx, &z, Draw::Rademacher, seed, k as u32, tensor_id, 0)?;
         h.hvp(ctx, &z, &hz)?;
         let mut enc = ctx.encoder("hutchinson accumulate");
-        accumulate.record(ctx, &mut enc, wg);
+        let mut pass = crate::gpu::compute_pass(&mut enc, "hutchinson accumulate");
+        accumulate.record(ctx, &mut pass, wg);
+        drop(pass);
         ctx.submit(enc);
     }
     let mut enc = ctx.encoder("hutchinson finish");
-    finish.record(ctx, &mut enc, wg);
+    let mut pass = crate::gpu::compute_pass(&mut enc, "hutchinson finish");
+    finish.record(ctx, &mut pass, wg);
+    drop(pass);
     ctx.submit(enc);
     match block {
         None => acc.to_vec(ctx),

@@ -92,8 +92,10 @@ impl SoftmaxRegression {
     pub fn set_weights(&mut self, w: &[f32]) -> Result<()> {
         self.w.write(&self.ctx, w)?;
         let mut enc = self.ctx.encoder("softmax forward");
-        self.logits.record(&mut enc);
-        self.rows.record(&self.ctx, &mut enc, (self.n as u32).div_ceil(WORKGROUP_SIZE));
+        let mut pass = crate::gpu::compute_pass(&mut enc, "softmax forward");
+        self.logits.record(&mut pass);
+        self.rows.record(&self.ctx, &mut pass, (self.n as u32).div_ceil(WORKGROUP_SIZE));
+        drop(pass);
         self.ctx.submit(enc);
         Ok(())
     }
@@ -105,7 +107,9 @@ impl SoftmaxRegression {
         let desc = GemmDesc { trans_a: true, alpha: 1.0 / n as f32, beta: self.lambda, ..GemmDesc::new(self.d, k, n) };
         let plan = GemmPlan::with_addend(&self.ctx, desc, &self.x, &self.pmy, &grad, &self.w)?;
         let mut enc = self.ctx.encoder("softmax gradient");
-        plan.record(&mut enc);
+        let mut pass = crate::gpu::compute_pass(&mut enc, "softmax gradient");
+        plan.record(&mut pass);
+        drop(pass);
         self.ctx.submit(enc);
         let p = self.p.to_vec(&self.ctx)?;
         let w = self.w.to_vec(&self.ctx)?;
@@ -131,11 +135,13 @@ impl HessianVectorProduct for SoftmaxRegression {
         let desc = GemmDesc { trans_a: true, alpha: 1.0 / n as f32, beta: self.lambda, ..GemmDesc::new(d, k, n) };
         let back = GemmPlan::with_addend(ctx, desc, &self.x, &self.r, out, v)?;
         let mut enc = ctx.encoder("softmax hvp");
+        let mut pass = crate::gpu::compute_pass(&mut enc, "softmax hvp");
         ctx.scoped("softmax hvp", || {
-            xv.record(&mut enc);
-            rows.record(ctx, &mut enc, (n as u32).div_ceil(WORKGROUP_SIZE));
-            back.record(&mut enc);
+            xv.record(&mut pass);
+            rows.record(ctx, &mut pass, (n as u32).div_ceil(WORKGROUP_SIZE));
+            back.record(&mut pass);
         })?;
+        drop(pass);
         ctx.submit(enc);
         Ok(())
     }

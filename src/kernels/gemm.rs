@@ -679,19 +679,19 @@ impl GemmPlan {
     }
 
     /// Records the dispatch; returns the number of dispatches (0 for an empty C).
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let mut n = 0;
         for (kernel, grid) in &self.steps {
-            n += kernel.record_3d(encoder, *grid);
+            n += kernel.record_3d(pass, *grid);
         }
         let Some(bound) = &self.bound else { return n };
         if self.grid.0 > 65_535 || self.grid.1 > 65_535 {
             // Checked in `new` through the tensor-size limits long before this could happen.
             log::error!("gemm grid {:?} exceeds 65,535", self.grid);
         }
-        n += bound.record_3d(encoder, self.grid);
+        n += bound.record_3d(pass, self.grid);
         if let Some(r) = &self.reduce {
-            n += r.bound.record_3d(encoder, r.grid);
+            n += r.bound.record_3d(pass, r.grid);
         }
         n
     }
@@ -720,7 +720,9 @@ impl GemmPlan {
 pub fn gemm(ctx: &Context, desc: GemmDesc, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     let plan = GemmPlan::new(ctx, desc, a, b, c)?;
     let mut enc = ctx.encoder("gemm");
-    ctx.scoped("gemm", || plan.record(&mut enc))?;
+    let mut pass = crate::gpu::compute_pass(&mut enc, "gemm");
+    ctx.scoped("gemm", || plan.record(&mut pass))?;
+    drop(pass);
     ctx.submit(enc);
     Ok(())
 }
@@ -748,7 +750,7 @@ impl FmaPeak {
     }
 
     /// Records one dispatch.
-    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder) {
-        self.bound.record(ctx, encoder, self.workgroups);
+    pub fn record(&self, ctx: &Context, pass: &mut wgpu::ComputePass<'_>) {
+        self.bound.record(ctx, pass, self.workgroups);
     }
 }

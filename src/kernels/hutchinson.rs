@@ -75,7 +75,9 @@ pub fn block_average(ctx: &Context, d: &Tensor, block: usize, out: &Tensor) -> R
     ctx.queue().write_buffer(&u, 0, bytemuck::cast_slice(&[n as u32, block.min(n) as u32, 0, 0]));
     let bound = ctx.bind(&BLOCK_AVERAGE, &[&u, out.buffer(), d.buffer()])?;
     let mut enc = ctx.encoder("block average");
-    bound.record(ctx, &mut enc, (n as u32).div_ceil(WORKGROUP_SIZE));
+    let mut pass = crate::gpu::compute_pass(&mut enc, "block average");
+    bound.record(ctx, &mut pass, (n as u32).div_ceil(WORKGROUP_SIZE));
+    drop(pass);
     ctx.submit(enc);
     Ok(())
 }
@@ -148,11 +150,13 @@ pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> 
     ctx.queue().write_buffer(&hu, 0, bytemuck::cast_slice(&[n as u32, samples as u32, 0, 0]));
     let average = ctx.bind(&HUTCHINSON_DIAG, &[&hu, z.buffer(), hz.buffer(), diag.buffer()])?;
     let mut enc = ctx.encoder("hutchinson");
+    let mut pass = crate::gpu::compute_pass(&mut enc, "hutchinson");
     ctx.scoped("hutchinson", || {
-        draws.record(ctx, &mut enc, ((n * samples) as u32).div_ceil(WORKGROUP_SIZE));
-        product.record(&mut enc);
-        average.record(ctx, &mut enc, (n as u32).div_ceil(WORKGROUP_SIZE));
+        draws.record(ctx, &mut pass, ((n * samples) as u32).div_ceil(WORKGROUP_SIZE));
+        product.record(&mut pass);
+        average.record(ctx, &mut pass, (n as u32).div_ceil(WORKGROUP_SIZE));
     })?;
+    drop(pass);
     ctx.submit(enc);
     diag.to_vec(ctx)
 }

@@ -115,8 +115,8 @@ impl FrobeniusPlan {
     }
 
     /// Records both passes; returns 2.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        self.partial.record_3d(encoder, self.grid) + self.finish.record_3d(encoder, (self.batch, 1, 1))
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        self.partial.record_3d(pass, self.grid) + self.finish.record_3d(pass, (self.batch, 1, 1))
     }
 }
 
@@ -182,8 +182,8 @@ impl ScaleCopyPlan {
     }
 
     /// Records the copy; returns 1.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        self.bound.record_3d(encoder, self.grid)
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        self.bound.record_3d(pass, self.grid)
     }
 }
 
@@ -293,22 +293,20 @@ impl Ns5Plan {
     }
 
     /// Records the whole chain; returns the number of dispatches.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        let mut n = self.norm.record(encoder);
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        let mut n = self.norm.record(pass);
         if let Some(p) = &self.normalize {
-            n += p.record(encoder);
+            n += p.record(pass);
         }
         for s in 0..self.steps {
             let i = s % 2;
             n += match (&self.first, s) {
-                (Some([gram0, update0]), 0) => {
-                    gram0.record(encoder) + self.poly.record(encoder) + update0.record(encoder)
-                }
-                _ => self.gram[i].record(encoder) + self.poly.record(encoder) + self.update[i].record(encoder),
+                (Some([gram0, update0]), 0) => gram0.record(pass) + self.poly.record(pass) + update0.record(pass),
+                _ => self.gram[i].record(pass) + self.poly.record(pass) + self.update[i].record(pass),
             };
         }
         if let Some(f) = &self.finish {
-            n += f.record(encoder);
+            n += f.record(pass);
         }
         n
     }
@@ -335,7 +333,9 @@ pub fn newton_schulz5(ctx: &Context, g: &Tensor, steps: usize) -> Result<Vec<f32
     }
     let plan = Ns5Plan::new(ctx, g, steps, NS5_COEFFICIENTS)?;
     let mut enc = ctx.encoder("newton_schulz5");
-    ctx.scoped("newton_schulz5", || plan.record(&mut enc))?;
+    let mut pass = crate::gpu::compute_pass(&mut enc, "newton_schulz5");
+    ctx.scoped("newton_schulz5", || plan.record(&mut pass))?;
+    drop(pass);
     ctx.submit(enc);
     plan.output().to_vec(ctx)
 }
@@ -381,7 +381,9 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     let (r, c) = if transpose { (n, m) } else { (m, n) };
     let norms = Tensor::zeros(ctx, &[1])?;
     let mut enc = ctx.encoder("polar norm");
-    FrobeniusPlan::new(ctx, a, None, 1, &norms)?.record(&mut enc);
+    let mut pass = crate::gpu::compute_pass(&mut enc, "polar norm");
+    FrobeniusPlan::new(ctx, a, None, 1, &norms)?.record(&mut pass);
+    drop(pass);
     ctx.submit(enc);
     if norms.to_vec(ctx)?[0] == 0.0 {
         return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
@@ -405,15 +407,19 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
         ),
     ];
     let mut enc = ctx.encoder("polar normalise");
-    normalize.record(&mut enc);
+    let mut pass = crate::gpu::compute_pass(&mut enc, "polar normalise");
+    normalize.record(&mut pass);
+    drop(pass);
     ctx.submit(enc);
     let mut previous = f32::INFINITY;
     for k in 0..max_iters {
         let (gram, step, diff) = &plans[k % 2];
         let mut enc = ctx.encoder("polar step");
-        gram.record(&mut enc);
-        step.record(&mut enc);
-        diff.record(&mut enc);
+        let mut pass = crate::gpu::compute_pass(&mut enc, "polar step");
+        gram.record(&mut pass);
+        step.record(&mut pass);
+        diff.record(&mut pass);
+        drop(pass);
         ctx.submit(enc);
         let d = delta.to_vec(ctx)?[0];
         if !d.is_finite() {
@@ -424,7 +430,9 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
             let q = if transpose {
                 let y = Tensor::zeros(ctx, &[m, n])?;
                 let mut enc = ctx.encoder("polar transpose");
-                ScaleCopyPlan::new(ctx, x, None, &y, 1, r, c, true)?.record(&mut enc);
+                let mut pass = crate::gpu::compute_pass(&mut enc, "polar transpose");
+                ScaleCopyPlan::new(ctx, x, None, &y, 1, r, c, true)?.record(&mut pass);
+                drop(pass);
                 ctx.submit(enc);
                 y.to_vec(ctx)?
             } else {

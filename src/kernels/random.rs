@@ -89,7 +89,9 @@ pub fn fill(ctx: &Context, out: &Tensor, draw: Draw, seed: u64, k: u32, tensor_i
     };
     let bound = ctx.bind(spec, &[&u, out.buffer()])?;
     let mut enc = ctx.encoder("random fill");
-    bound.record(ctx, &mut enc, (len as u32).div_ceil(WORKGROUP_SIZE));
+    let mut pass = crate::gpu::compute_pass(&mut enc, "random fill");
+    bound.record(ctx, &mut pass, (len as u32).div_ceil(WORKGROUP_SIZE));
+    drop(pass);
     ctx.submit(enc);
     Ok(())
 }
@@ -109,7 +111,9 @@ pub fn philox_raw(ctx: &Context, pairs: &[([u32; 4], [u32; 2])]) -> Result<Vec<[
     let output = ctx.storage_buffer("philox out", 16 * pairs.len() as u64)?;
     let bound = ctx.bind(&PHILOX_RAW, &[&input, &output])?;
     let mut enc = ctx.encoder("philox raw");
-    bound.record_3d(&mut enc, ((pairs.len() as u32).div_ceil(64), 1, 1));
+    let mut pass = crate::gpu::compute_pass(&mut enc, "philox raw");
+    bound.record_3d(&mut pass, ((pairs.len() as u32).div_ceil(64), 1, 1));
+    drop(pass);
     ctx.submit(enc);
     let bytes = ctx.read_bytes(&output, 0, 16 * pairs.len() as u64)?;
     let w: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);

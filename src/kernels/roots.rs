@@ -1,6 +1,6 @@
 //! `shaders/roots.wgsl` and [`GpuMats`], the GPU backend of [`crate::roots::MatOps`]: every operation
-//! records its dispatches into one pending encoder, which is submitted only when a value is read back
-//! (or data must be written in order). CPU twin: `reference::roots::CpuMats`.
+//! records its dispatches into one pending compute pass (ended only for a buffer copy), whose encoder
+//! is submitted only when a value is read back (or data must be written in order). CPU twin: `reference::roots::CpuMats`.
 
 use super::gemm::{GemmDesc, GemmPlan};
 use super::newton_schulz::{chunk_grid, FrobeniusPlan};
@@ -85,6 +85,8 @@ pub struct GpuMats {
     ctx: Context,
     mats: Vec<(Tensor, (usize, usize, usize))>,
     enc: Option<wgpu::CommandEncoder>,
+    /// The compute pass open on `enc`: consecutive operations share it (ended before a copy).
+    pass: Option<wgpu::ComputePass<'static>>,
     keep: Vec<Box<dyn Any>>,
     dummy: wgpu::Buffer,
     dispatches: usize,
@@ -95,7 +97,16 @@ impl GpuMats {
     /// A backend on `ctx`.
     pub fn new(ctx: &Context) -> Result<Self> {
         let dummy = ctx.storage_buffer("roots unused binding", 16)?;
-        Ok(GpuMats { ctx: ctx.clone(), mats: Vec::new(), enc: None, keep: Vec::new(), dummy, dispatches: 0, copies: 0 })
+        Ok(GpuMats {
+            ctx: ctx.clone(),
+            mats: Vec::new(),
+            enc: None,
+            pass: None,
+            keep: Vec::new(),
+            dummy,
+            dispatches: 0,
+            copies: 0,
+        })
     }
 
     /// Takes ownership of a [b, rows, cols] (or [rows, cols]) tensor.
@@ -122,6 +133,7 @@ impl GpuMats {
 
     /// Submits the recorded work.
     pub fn flush(&mut self) {
+        self.pass = None;
         if let Some(enc) = self.enc.take() {
             self.ctx.submit(enc);
         }
@@ -148,9 +160,12 @@ impl GpuMats {
         u
     }
 
-    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        let ctx = &self.ctx;
-        self.enc.get_or_insert_with(|| ctx.encoder("roots"))
+    /// The pending compute pass (opened on the pending encoder when there is none).
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        let (ctx, enc) = (&self.ctx, &mut self.enc);
+        self.pass.get_or_insert_with(|| {
+            crate::gpu::compute_pass(enc.get_or_insert_with(|| ctx.encoder("roots")), "roots").forget_lifetime()
+        })
     }
 }
 
@@ -180,7 +195,7 @@ impl MatOps for GpuMats {
                 None => GemmPlan::new(&self.ctx, desc, t(a), t(b), t(c))?,
             }
         };
-        self.dispatches += plan.record(self.encoder());
+        self.dispatches += plan.record(self.pass());
         self.keep.push(Box::new(plan));
         Ok(())
     }
@@ -223,7 +238,7 @@ impl MatOps for GpuMats {
             self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out), db])?
         };
         let (gx, gy) = self.ctx.grid(((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.encoder(), (gx, gy, batch as u32));
+        self.dispatches += bound.record_3d(self.pass(), (gx, gy, batch as u32));
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }
@@ -231,7 +246,7 @@ impl MatOps for GpuMats {
     fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()> {
         let batch = self.shape(x).0;
         let plan = FrobeniusPlan::new(&self.ctx, self.tensor(x), None, batch, self.tensor(out))?;
-        self.dispatches += plan.record(self.encoder());
+        self.dispatches += plan.record(self.pass());
         self.keep.push(Box::new(plan));
         Ok(())
     }
@@ -249,9 +264,9 @@ impl MatOps for GpuMats {
         let partials = self.ctx.storage_buffer("maxdev partials", 4 * (chunks * batch) as u64)?;
         let first = self.ctx.bind(&MAXDEV_PARTIAL, &[&u, self.buf(x), &partials])?;
         let second = self.ctx.bind(&MAXDEV_FINAL, &[&u, self.buf(out), &partials])?;
-        let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
-        self.dispatches +=
-            first.record_3d(enc, chunk_grid(&self.ctx, chunks, batch)) + second.record_3d(enc, (batch as u32, 1, 1));
+        let grid = chunk_grid(&self.ctx, chunks, batch);
+        let pass = self.pass();
+        self.dispatches += first.record_3d(pass, grid) + second.record_3d(pass, (batch as u32, 1, 1));
         self.keep.push(Box::new((u, partials, first, second)));
         Ok(())
     }
@@ -283,11 +298,12 @@ impl MatOps for GpuMats {
             let eliminate = self.ctx.bind(&GJ_ELIMINATE, &buffers)?;
             // Columns before j are finished: the elimination grid starts at column j.
             let cols_left = (n - j + k).div_ceil(16) as u32;
-            let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
-            self.dispatches += pivot.record_3d(enc, (batch as u32, 1, 1))
-                + eliminate.record_3d(enc, (cols_left.min(grid.0), grid.1, grid.2));
+            let pass = self.pass();
+            self.dispatches += pivot.record_3d(pass, (batch as u32, 1, 1))
+                + eliminate.record_3d(pass, (cols_left.min(grid.0), grid.1, grid.2));
             self.keep.push(Box::new((u, pivot, eliminate)));
         }
+        self.pass = None;
         let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
         enc.copy_buffer_to_buffer(
             &factors,
@@ -313,7 +329,7 @@ impl MatOps for GpuMats {
         });
         let bound = self.ctx.bind(&GRAFT, &[&u, self.buf(g), self.buf(out), self.buf(acc)])?;
         let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.encoder(), (gx, gy, 1));
+        self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }
@@ -342,7 +358,7 @@ impl MatOps for GpuMats {
         });
         let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
         let grid = (w.div_ceil(16) as u32, h.div_ceil(16) as u32, db as u32);
-        self.dispatches += bound.record_3d(self.encoder(), grid);
+        self.dispatches += bound.record_3d(self.pass(), grid);
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }
@@ -354,7 +370,7 @@ impl MatOps for GpuMats {
         }
         let u = self.uniform(RootParams { rows: h as u32, cols: h as u32, batch: b as u32, ..Default::default() });
         let bound = self.ctx.bind(&SPD_BLOCK_INVERSE, &[&u, self.buf(d), self.buf(out), self.buf(status)])?;
-        self.dispatches += bound.record_3d(self.encoder(), (b as u32, 1, 1));
+        self.dispatches += bound.record_3d(self.pass(), (b as u32, 1, 1));
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }
@@ -373,6 +389,7 @@ impl MatOps for GpuMats {
         let bytes = 4 * check_copy_batch(self, (dst, dst_z), (src, src_z), count)? as u64;
         if bytes * count as u64 > 0 {
             let ctx = &self.ctx;
+            self.pass = None;
             let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
             let (s, d) = (self.mats[src.0].0.buffer(), self.mats[dst.0].0.buffer());
             enc.copy_buffer_to_buffer(s, src_z as u64 * bytes, d, dst_z as u64 * bytes, Some(count as u64 * bytes));
@@ -397,6 +414,7 @@ impl MatOps for GpuMats {
             let bytes = 4 * (b * r * c) as u64;
             if bytes > 0 {
                 let ctx = &self.ctx;
+                self.pass = None;
                 let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
                 enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
                 self.copies += 1;
@@ -427,6 +445,7 @@ impl MatOps for GpuMats {
     }
 
     fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
+        self.pass = None;
         let enc = self.enc.take();
         let keep = std::mem::take(&mut self.keep);
         self.ctx.scoped("matrix roots", || {

@@ -304,19 +304,19 @@ impl AuonOptimizer {
         }
     }
 
-    /// Records one step's passes for every stack into `enc`, with the uniforms last written: what
+    /// Records one step's dispatches for every stack into `pass`, with the uniforms last written: what
     /// [`Stepper::step`] submits, and what the benchmark times.
-    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+    pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
         for c in &self.chains {
-            c.momentum.record(&self.ctx, enc, elementwise_passes(c.len * c.count).2);
+            c.momentum.record(&self.ctx, pass, elementwise_passes(c.len * c.count).2);
             if let Some(ns) = &c.ns {
-                ns.record(enc);
+                ns.record(pass);
             }
-            c.frob.record(enc);
-            c.cosh.record(enc);
+            c.frob.record(pass);
+            c.cosh.record(pass);
             // One workgroup per 256 elements (or vec4s) of each tensor: (x, tensor, w).
             let items = if c.len.is_multiple_of(4) { c.len / 4 } else { c.len };
-            c.apply.record_3d(enc, chunk_grid(&self.ctx, items.div_ceil(WORKGROUP_SIZE as usize), c.count));
+            c.apply.record_3d(pass, chunk_grid(&self.ctx, items.div_ceil(WORKGROUP_SIZE as usize), c.count));
         }
     }
 
@@ -350,7 +350,9 @@ impl Stepper for AuonOptimizer {
         }
         self.write_uniforms();
         let mut enc = self.ctx.encoder("auon step");
-        self.ctx.scoped("auon step", || self.record_step(&mut enc))?;
+        let mut pass = crate::gpu::compute_pass(&mut enc, "auon step");
+        self.ctx.scoped("auon step", || self.record_step(&mut pass))?;
+        drop(pass);
         self.ctx.submit(enc);
         self.t += 1;
         Ok(())

@@ -434,10 +434,10 @@ impl Dasgo {
         Ok(())
     }
 
-    /// GPU: records one step's four or five passes per stack into `enc`, with the uniforms last
+    /// GPU: records one step's four or five dispatches per stack into `pass`, with the uniforms last
     /// written by [`Dasgo::prepare`]; no guard, no count (what [`Stepper::step`] submits, and what
     /// the benchmark times).
-    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+    pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
         let Some(s) = &self.gpu else { return };
         for c in &s.chains {
             let n = c.count as u32;
@@ -447,13 +447,13 @@ impl Dasgo {
             // Invocations per row of columns: one per column, or per four (vec4s).
             let width = vec_width(c.cols) as u32;
             if bands > 1 {
-                colsum.record(&s.ctx, enc, (bands * n * width).div_ceil(WORKGROUP_SIZE));
+                colsum.record(&s.ctx, pass, (bands * n * width).div_ceil(WORKGROUP_SIZE));
             }
-            col.record(&s.ctx, enc, (n * width).div_ceil(WORKGROUP_SIZE));
+            col.record(&s.ctx, pass, (n * width).div_ceil(WORKGROUP_SIZE));
             // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
-            partial.record_3d(enc, chunk_grid(&s.ctx, chunks, c.count));
-            norm.record_3d(enc, (n, 1, 1));
-            apply.record_3d(enc, chunk_grid(&s.ctx, chunks, c.count));
+            partial.record_3d(pass, chunk_grid(&s.ctx, chunks, c.count));
+            norm.record_3d(pass, (n, 1, 1));
+            apply.record_3d(pass, chunk_grid(&s.ctx, chunks, c.count));
         }
     }
 
@@ -518,7 +518,9 @@ impl Stepper for Dasgo {
             self.prepare()?;
             let ctx = &self.gpu.as_ref().expect("a GPU optimizer").ctx;
             let mut enc = ctx.encoder("dasgo step");
-            ctx.scoped("dasgo step", || self.record_step(&mut enc))?;
+            let mut pass = crate::gpu::compute_pass(&mut enc, "dasgo step");
+            ctx.scoped("dasgo step", || self.record_step(&mut pass))?;
+            drop(pass);
             ctx.submit(enc);
         }
         self.t += 1;

@@ -270,7 +270,9 @@ impl DistributedLion {
     pub fn step(&mut self) -> Result<()> {
         self.write_uniform();
         let mut enc = self.ctx.encoder("distributed lion step");
-        self.ctx.scoped("distributed lion step", || self.record_step(&mut enc))?;
+        let mut pass = crate::gpu::compute_pass(&mut enc, "distributed lion step");
+        self.ctx.scoped("distributed lion step", || self.record_step(&mut pass))?;
+        drop(pass);
         self.ctx.submit(enc);
         self.t += 1;
         Ok(())
@@ -287,10 +289,10 @@ impl DistributedLion {
     /// Records one step's two dispatches (an invocation per 32 parameters of each worker, then one
     /// per 32 parameters); returns the dispatch count.
     #[doc(hidden)]
-    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) -> usize {
+    pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let wg = |threads: usize| threads.div_ceil(WORKGROUP_SIZE as usize) as u32;
-        self.compress_k.record(&self.ctx, enc, wg(self.words * self.workers))
-            + self.aggregate_k.record(&self.ctx, enc, wg(self.words))
+        self.compress_k.record(&self.ctx, pass, wg(self.words * self.workers))
+            + self.aggregate_k.record(&self.ctx, pass, wg(self.words))
     }
 
     /// Bytes a step moves per parameter (ALGORITHMS.md §4.6(f)): each worker reads g and m and

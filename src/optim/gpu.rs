@@ -206,27 +206,25 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Records the dispatches of one step into `encoder`, using the hyperparameters already in the
-    /// uniform; returns the number of dispatches. (Benchmarks call it in a loop.)
+    /// Records the dispatches of one step into `pass`, using the hyperparameters already in the
+    /// uniform and the skip flag as [`Stepper::step`] clears it; returns the number of dispatches.
+    /// (Benchmarks call it in a loop.)
     #[doc(hidden)]
-    pub fn record_update(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+    pub fn record_update(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let mut n = 0;
-        if self.core.guard {
-            encoder.clear_buffer(&self.skip, 0, None);
-        }
         for seg in &self.segments {
             for check in seg.check.iter().chain(&seg.check_hess) {
-                n += check.record(&self.ctx, encoder, (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE));
+                n += check.record(&self.ctx, pass, (seg.layout.total as u32 / 4).div_ceil(WORKGROUP_SIZE));
             }
         }
         for seg in &self.segments {
             let blocks = seg.layout.blocks.len() as u32;
             if let Some(norms) = &seg.norms {
-                n += norms.partial.record(&self.ctx, encoder, blocks);
-                n += norms.norm.record(&self.ctx, encoder, norms.tensors);
+                n += norms.partial.record(&self.ctx, pass, blocks);
+                n += norms.norm.record(&self.ctx, pass, norms.tensors);
             }
             if let Some(update) = &seg.update {
-                n += update.record(&self.ctx, encoder, blocks);
+                n += update.record(&self.ctx, pass, blocks);
             }
         }
         n
@@ -265,9 +263,13 @@ impl Stepper for Optimizer {
         self.resolve_pending()?;
         let t = self.core.t + 1;
         self.write_hyper(t);
+        if self.core.guard {
+            // Staged: lands before this step's dispatches, after the last step's read of the flag.
+            self.ctx.queue().write_buffer(&self.skip, 0, &[0; 16]);
+        }
         let mut encoder = self.ctx.encoder("gpuopt step");
         let (dispatches, staging) = self.ctx.scoped("optimizer step", || {
-            let n = self.record_update(&mut encoder);
+            let n = self.record_update(&mut crate::gpu::compute_pass(&mut encoder, "gpuopt step"));
             let staging = self.core.guard.then(|| {
                 let s = self.ctx.staging(4);
                 encoder.copy_buffer_to_buffer(&self.skip, 0, &s, 0, 4);

@@ -492,16 +492,16 @@ impl MuonOptimizer {
 
     /// Records Muon's part of a step (all shape groups); returns the dispatch count.
     #[doc(hidden)]
-    pub fn record_muon(&self, encoder: &mut wgpu::CommandEncoder) -> usize {
+    pub fn record_muon(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let mut n = 0;
         for grp in &self.groups {
             let len = grp.members.len() * grp.rows * grp.cols;
             let p = self.config.params(len, grp.rows, grp.cols);
             self.ctx.queue().write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
             let wg = elementwise_passes(len).2;
-            n += grp.momentum.record(&self.ctx, encoder, wg);
-            n += grp.ns.record(encoder);
-            n += grp.apply.record(&self.ctx, encoder, wg);
+            n += grp.momentum.record(&self.ctx, pass, wg);
+            n += grp.ns.record(pass);
+            n += grp.apply.record(&self.ctx, pass, wg);
         }
         n
     }
@@ -514,7 +514,9 @@ impl Stepper for MuonOptimizer {
             return Ok(());
         }
         let mut enc = self.ctx.encoder("muon step");
-        self.ctx.scoped("muon step", || self.record_muon(&mut enc))?;
+        let mut pass = crate::gpu::compute_pass(&mut enc, "muon step");
+        self.ctx.scoped("muon step", || self.record_muon(&mut pass))?;
+        drop(pass);
         self.ctx.submit(enc);
         if let Some(aux) = &mut self.aux {
             aux.step()?;

@@ -599,11 +599,13 @@ impl Stepper for FlatOptimizer {
             Store::Gpu(s) => {
                 s.ctx.queue().write_buffer(&s.uniform, 0, bytemuck::bytes_of(&fp));
                 let mut enc = s.ctx.encoder("oasis/sania step");
+                let mut pass = crate::gpu::compute_pass(&mut enc, "oasis/sania step");
                 s.ctx.scoped("oasis/sania step", || {
-                    s.passes[0].record_3d(&mut enc, (fp.chunks, 1, 1));
-                    s.passes[1].record_3d(&mut enc, (1, 1, 1));
-                    s.passes[2].record(&s.ctx, &mut enc, (self.len as u32).div_ceil(WORKGROUP_SIZE));
+                    s.passes[0].record_3d(&mut pass, (fp.chunks, 1, 1));
+                    s.passes[1].record_3d(&mut pass, (1, 1, 1));
+                    s.passes[2].record(&s.ctx, &mut pass, (self.len as u32).div_ceil(WORKGROUP_SIZE));
                 })?;
+                drop(pass);
                 s.ctx.submit(enc);
             }
             Store::Cpu(c) => Self::cpu_step(&self.algorithm, &fp, c),

@@ -338,26 +338,26 @@ impl RegOptimizer {
         }
     }
 
-    /// Records one step's passes for every stack into `enc`, with the uniforms last written: what
+    /// Records one step's dispatches for every stack into `pass`, with the uniforms last written: what
     /// [`Stepper::step`] submits, and what the benchmark times.
-    pub fn record_step(&self, enc: &mut wgpu::CommandEncoder) {
+    pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
         for c in &self.chains {
             let params = self.config.params(c.rows, c.cols, 1);
             let [rows, colsum, cols, partial, eta, apply] = &c.kernels;
             let n = c.count as u32;
             let stacked_rows = n * c.rows as u32;
             let wide = c.cols >= WIDE_ROWS;
-            rows.record(&self.ctx, enc, if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) });
+            rows.record(&self.ctx, pass, if wide { stacked_rows } else { stacked_rows.div_ceil(WORKGROUP_SIZE) });
             // Column invocations: one per column, or per four (vec4s).
             let width = vec_width(c.cols) as u32;
             if params.bands > 1 {
-                colsum.record(&self.ctx, enc, (params.bands * n * width).div_ceil(WORKGROUP_SIZE));
+                colsum.record(&self.ctx, pass, (params.bands * n * width).div_ceil(WORKGROUP_SIZE));
             }
-            cols.record(&self.ctx, enc, (n * width).div_ceil(WORKGROUP_SIZE));
+            cols.record(&self.ctx, pass, (n * width).div_ceil(WORKGROUP_SIZE));
             // Chunks fold into (x, w): a tensor can have more than a dimension's workgroups.
-            partial.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
-            eta.record_3d(enc, (n, 1, 1));
-            apply.record_3d(enc, chunk_grid(&self.ctx, params.chunks as usize, c.count));
+            partial.record_3d(pass, chunk_grid(&self.ctx, params.chunks as usize, c.count));
+            eta.record_3d(pass, (n, 1, 1));
+            apply.record_3d(pass, chunk_grid(&self.ctx, params.chunks as usize, c.count));
         }
     }
 
@@ -384,7 +384,9 @@ impl Stepper for RegOptimizer {
         let t = self.t + 1;
         self.write_uniforms(t);
         let mut enc = self.ctx.encoder("reg step");
-        self.ctx.scoped("reg step", || self.record_step(&mut enc))?;
+        let mut pass = crate::gpu::compute_pass(&mut enc, "reg step");
+        self.ctx.scoped("reg step", || self.record_step(&mut pass))?;
+        drop(pass);
         self.ctx.submit(enc);
         self.t = t;
         Ok(())
