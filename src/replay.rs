@@ -39,6 +39,23 @@ pub enum CaseOptimizer {
     Flat(FlatAlgorithm),
 }
 
+impl CaseOptimizer {
+    /// The hyperparameters in force, as a JSON object under their canonical names.
+    pub fn hyper_json(&self) -> serde_json::Value {
+        let v = match self {
+            CaseOptimizer::Elementwise(a) => return a.hyper_json(),
+            CaseOptimizer::Muon(c) => serde_json::to_value(c),
+            CaseOptimizer::Auon(c, _) => serde_json::to_value(c),
+            CaseOptimizer::Reg(c) => serde_json::to_value(c),
+            CaseOptimizer::Asgo(c) => serde_json::to_value(c),
+            CaseOptimizer::Dasgo(c) => serde_json::to_value(c),
+            CaseOptimizer::Flat(FlatAlgorithm::Oasis(c)) => serde_json::to_value(c),
+            CaseOptimizer::Flat(FlatAlgorithm::Sania(c)) => serde_json::to_value(c),
+        };
+        v.expect("configs serialise")
+    }
+}
+
 /// Replay names of the matrix optimizers (beside the elementwise ones).
 pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo", "dasgo"];
 
@@ -85,35 +102,35 @@ pub fn load_case(dir: &Path) -> Result<Case> {
             ),
         ));
     }
-    fn parse<T: serde::de::DeserializeOwned>(hyper: serde_json::Value, path: &Path) -> Result<T> {
-        serde_json::from_value(hyper).map_err(|e| invalid(path, format!("hyperparameters: {e}")))
+    fn parse<T: serde::de::DeserializeOwned>(hyper: &serde_json::Value, path: &Path) -> Result<T> {
+        serde_json::from_value(hyper.clone()).map_err(|e| invalid(path, format!("hyperparameters: {e}")))
     }
     let algorithm = if name == "muon" {
-        let c: MuonConfig = parse(hyper, &case_path)?;
+        let c: MuonConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Muon(c)
     } else if name == "reg" {
-        let c: RegConfig = parse(hyper, &case_path)?;
+        let c: RegConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Reg(c)
     } else if name == "asgo" {
-        let c: AsgoConfig = parse(hyper, &case_path)?;
+        let c: AsgoConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Asgo(c)
     } else if name == "dasgo" {
-        let c: DasgoConfig = parse(hyper, &case_path)?;
+        let c: DasgoConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Dasgo(c)
     } else if name == "oasis" {
-        let c: OasisConfig = parse(hyper, &case_path)?;
+        let c: OasisConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Flat(FlatAlgorithm::Oasis(c))
     } else if name == "sania" {
-        let c: SaniaConfig = parse(hyper, &case_path)?;
+        let c: SaniaConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Flat(FlatAlgorithm::Sania(c))
     } else if name == "auon" || name == "hybrid_auon" {
-        let c: AuonConfig = parse(hyper, &case_path)?;
+        let c: AuonConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Auon(c, name == "hybrid_auon")
     } else {
@@ -123,6 +140,7 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         })?)
     };
 
+    warn_unknown_keys(&hyper, &algorithm.hyper_json(), name, &case_path);
     let (npz_path, mut npz) = open_inputs(dir)?;
     let param: ArrayD<f32> =
         npz.by_name("param").map_err(|e| invalid(&npz_path, format!("array \"param\" (float32): {e}")))?;
@@ -180,8 +198,9 @@ pub fn load_case(dir: &Path) -> Result<Case> {
                 format!("\"losses\" must be 1-D with at least {steps} values, got shape {:?}", l.shape()),
             ));
         }
-        if let Some(t) = l.iter().take(steps).position(|v| !(v.is_finite() && *v >= 0.0)) {
-            return Err(invalid(&npz_path, format!("\"losses\"[{t}] must be finite and >= 0")));
+        // A NaN/Inf loss skips its step (as SANIA's write_loss does); a finite one must be >= 0.
+        if let Some(t) = l.iter().take(steps).position(|v| *v < 0.0) {
+            return Err(invalid(&npz_path, format!("\"losses\"[{t}] = {} must be >= 0 (or NaN/Inf to skip)", l[t])));
         }
         Some(l.iter().copied().collect())
     } else {
@@ -190,12 +209,24 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     Ok(Case { algorithm, steps, param, grads, hess, losses })
 }
 
+/// Unknown hyperparameters are ignored (the case format's rule), but each is named in a warning: a
+/// misspelt or foreign key (`betas` for `beta1`/`beta2`) would otherwise pass for a default silently.
+fn warn_unknown_keys(hyper: &serde_json::Value, known: &serde_json::Value, name: &str, path: &Path) {
+    let (Some(given), Some(known)) = (hyper.as_object(), known.as_object()) else { return };
+    for key in given.keys().filter(|k| !known.contains_key(*k)) {
+        let names: Vec<&str> = known.keys().map(|k| k.as_str()).collect();
+        log::warn!("{}: hyperparameter {key:?} is not one of {name}'s ({}); ignored", path.display(), names.join(", "));
+    }
+}
+
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
 pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
     let data: Vec<f32> = case.param.iter().copied().collect();
     let (id, mut opt): (_, Box<dyn Stepper>) = match &case.algorithm {
         CaseOptimizer::Elementwise(a) => {
             let mut b = OptimizerBuilder::new(a.clone());
+            // As every other replay optimizer: a NaN/Inf gradient (or Hessian sample) skips its step.
+            b.guard_non_finite(true);
             let id = b.param("param", &data, case.param.shape(), b.default_group())?;
             (
                 id,
