@@ -61,6 +61,18 @@ fn parity_on(
     (seed, steps): (u64, usize),
     groups: Option<usize>,
 ) {
+    parity_scaled(ctx, config, shapes, (seed, steps), groups, 1.0);
+}
+
+/// [`parity_on`] with gradients drawn from ±`grad_scale`.
+fn parity_scaled(
+    ctx: &gpuopt::Context,
+    config: MuonConfig,
+    shapes: &[Vec<usize>],
+    (seed, steps): (u64, usize),
+    groups: Option<usize>,
+    grad_scale: f32,
+) {
     let mut rng = TestRng::new(seed);
     let mut b = MuonBuilder::new(config.clone());
     let mut ids = Vec::new();
@@ -74,7 +86,7 @@ fn parity_on(
         assert_eq!(gpu.shape_groups(), groups);
     }
     for t in 1..=steps {
-        let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
+        let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), grad_scale)).collect();
         common::step_both(&mut gpu, &mut cpu, &ids, &grads);
         for (&id, s) in ids.iter().zip(shapes) {
             let (x, y) = (gpu.read_param(id).unwrap(), cpu.read_param(id).unwrap());
@@ -92,6 +104,17 @@ fn parity_on(
             };
             assert!(err <= tol, "{config:?} {s:?} step {t}: |gpu - cpu| = {err:e} > {tol:e}");
         }
+    }
+}
+
+/// Finite gradients whose squares overflow f32 (a loss spike) or underflow: Muon's update is
+/// scale-free, and the GPU follows the twin (it once went NaN: NS5's normalisation rode on the
+/// first product's epilogue, after G·Gᵀ had overflowed).
+#[test]
+fn muon_matches_reference_on_huge_and_tiny_gradients() {
+    let shapes = vec![vec![24, 16], vec![16, 24], vec![12, 12]];
+    for scale in [1e25f32, 1e-25] {
+        parity_scaled(&common::ctx(), MuonConfig::default(), &shapes, (21, 4), None, scale);
     }
 }
 

@@ -120,16 +120,16 @@ fn polar_reports_non_convergence() {
 }
 
 #[test]
-fn ns5_normalisation_is_fused_into_the_first_products() {
+fn ns5_dispatches_and_its_normalised_copy() {
     use gpuopt::kernels::newton_schulz::Ns5Plan;
     let ctx = common::ctx();
-    // Wide or square: two norm passes, then three products per step and nothing else; no pass
-    // writes a normalised copy of G. Tall: the transposing (and scaling) pass in, and the one back.
+    // Two norm passes, the pass writing X₀ = G/(‖G‖ + ε) (transposed when G is tall), three products
+    // per step, and for a tall G the transpose back.
     // Products this small run on a one-dispatch kernel everywhere (a CPU adapter's panel kernel, with
     // its packing and epilogue passes, starts at PANEL_MIN_WORK), so a dispatch is a product.
     use gpuopt::kernels::gemm::{GemmDesc, GemmKernel};
     assert_ne!(GemmKernel::Auto.resolve(&ctx, &GemmDesc::new(20, 20, 20)), GemmKernel::Panel);
-    for (shape, steps, extra) in [(vec![3, 8, 20], 5, 0), (vec![20, 8], 5, 2), (vec![16, 16], 1, 0)] {
+    for (shape, steps, extra) in [(vec![3, 8, 20], 5, 1), (vec![20, 8], 5, 2), (vec![16, 16], 1, 1)] {
         let n: usize = shape.iter().product();
         let g = Tensor::from_slice(&ctx, &TestRng::new(4).uniforms(n, 1.0), &shape).unwrap();
         let plan = Ns5Plan::new(&ctx, &g, steps, NS5_COEFFICIENTS).unwrap();
@@ -145,6 +145,27 @@ fn ns5_normalisation_is_fused_into_the_first_products() {
         for (x, v) in got.iter().zip(&g) {
             let want = *v as f64 / (norm + 1e-7);
             assert!((*x as f64 - want).abs() <= 4.0 * f32::EPSILON as f64 * want.abs().max(1e-3), "{x} vs {want}");
+        }
+    }
+}
+
+/// Finite inputs far from 1 in scale: NS5 normalises before any product, so entries of 1e30 (whose
+/// squares overflow f32) and of 1e-30 (whose squares underflow) give the CPU twin's result, on every
+/// orientation. (The normalisation once rode on the first product's epilogue, after G·Gᵀ had
+/// overflowed: NaN.)
+#[test]
+fn ns5_of_huge_and_tiny_matrices_matches_reference() {
+    let ctx = common::ctx();
+    for (m, n) in [(8, 8), (6, 10), (10, 6)] {
+        let g0 = TestRng::new(11).uniforms(m * n, 1.0);
+        for scale in [1e30f32, 1e20, 1e-20, 1e-30] {
+            let g: Vec<f32> = g0.iter().map(|v| v * scale).collect();
+            let t = Tensor::from_slice(&ctx, &g, &[m, n]).unwrap();
+            let got = newton_schulz5(&ctx, &t, 5).unwrap();
+            let want = reference::newton_schulz::newton_schulz5(&g, 1, m, n, 5, NS5_COEFFICIENTS);
+            assert!(got.iter().all(|x| x.is_finite()), "{m}x{n} at {scale:e}: non-finite output");
+            let r = rel_frobenius(&got, &want);
+            assert!(r <= 1e-5, "{m}x{n} at {scale:e}: relative error {r:e}");
         }
     }
 }

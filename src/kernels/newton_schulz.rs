@@ -8,7 +8,7 @@
 //! 2. B ← c·A·A + b·A                one GEMM, addend A
 //! 3. X ← B·X + a·X                  one GEMM, addend X (ping-pong buffers)
 
-use super::gemm::{GemmDesc, GemmPlan, NormScale};
+use super::gemm::{GemmDesc, GemmPlan};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
 use bytemuck::{Pod, Zeroable};
@@ -202,16 +202,17 @@ pub fn batch_shape(shape: &[usize]) -> Result<(usize, usize, usize)> {
 
 /// NS5 over a batch, planned once (buffers, bind groups), recordable many times.
 ///
-/// For a wide or square G the normalisation X₀ = G/(‖G‖_F + ε) is fused into the first step's two
-/// products (issue 3): they read G itself and scale by s = 1/(‖G‖ + ε) per matrix in their
-/// epilogues — A₀ = s²·G·Gᵀ and X₁ = s·(a·G + B₀·G) — so no pass writes a normalised copy. A tall G
-/// must be transposed into the wide orientation anyway; that pass also scales it. (Reading the
-/// transposed G as the second product's addend instead made lavapipe's GEMM kernel 5× slower as a
-/// whole, for a pass that costs ~0.1% of NS5 on a GPU.) `steps` = 0 also copies: its output is X₀.
+/// One pass writes X₀ = G/(‖G‖_F + ε) per matrix (transposed into the wide orientation when G is
+/// tall) before the first product. The normalisation used to be fused into the first step's two
+/// products (A₀ = s²·G·Gᵀ with s = 1/(‖G‖ + ε) applied in the epilogue), but the epilogue scales
+/// the accumulated product: G·Gᵀ overflowed f32 for entries past ~1.8e19 (a finite exploding
+/// gradient made Muon's parameters NaN on the GPU while the CPU twin was fine), and underflowed
+/// for tiny ones. Scaling inside every kernel's operand loads (tiles, split-K slices, packed
+/// panels) would keep the fusion; the pass costs ~0.1% of NS5 on a GPU (one read and one write of
+/// G against 15 products).
 pub struct Ns5Plan {
     norm: FrobeniusPlan,
-    normalize: Option<ScaleCopyPlan>,
-    first: Option<[GemmPlan; 2]>,
+    normalize: ScaleCopyPlan,
     steps: usize,
     gram: [GemmPlan; 2],
     poly: GemmPlan,
@@ -240,16 +241,7 @@ impl Ns5Plan {
         // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
         let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
         let up = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
-        let (normalize, first) = if steps == 0 || transpose {
-            (Some(ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?), None)
-        } else {
-            // Step 0 on G itself (wide: X₀ = G up to s).
-            let scale = |product_pow, addend_pow| NormScale { norms: &norms, eps: NS_EPS, product_pow, addend_pow };
-            // A₀ = s²·G·Gᵀ and X₁ = s·B₀·G + a·s·G.
-            let gram0 = GemmPlan::scaled(ctx, gram_desc, (g, g, &a_mat), None, scale(2, 0))?;
-            let update0 = GemmPlan::scaled(ctx, up, (&b_mat, g, &xs[1]), Some(g), scale(1, 1))?;
-            (None, Some([gram0, update0]))
-        };
+        let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
         let gram = [
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
@@ -279,7 +271,6 @@ impl Ns5Plan {
         Ok(Ns5Plan {
             norm,
             normalize,
-            first,
             steps,
             gram,
             poly,
@@ -294,16 +285,10 @@ impl Ns5Plan {
 
     /// Records the whole chain; returns the number of dispatches.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
-        let mut n = self.norm.record(pass);
-        if let Some(p) = &self.normalize {
-            n += p.record(pass);
-        }
+        let mut n = self.norm.record(pass) + self.normalize.record(pass);
         for s in 0..self.steps {
             let i = s % 2;
-            n += match (&self.first, s) {
-                (Some([gram0, update0]), 0) => gram0.record(pass) + self.poly.record(pass) + update0.record(pass),
-                _ => self.gram[i].record(pass) + self.poly.record(pass) + self.update[i].record(pass),
-            };
+            n += self.gram[i].record(pass) + self.poly.record(pass) + self.update[i].record(pass);
         }
         if let Some(f) = &self.finish {
             n += f.record(pass);
