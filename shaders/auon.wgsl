@@ -1,8 +1,11 @@
 // AuON's update (ALGORITHMS.md §5.5); the momentum pass is Muon's (shaders/muon.wgsl), the norms are
-// shaders/newton_schulz.wgsl's. With v the Nesterov momentum (or NS5 of it, for Hybrid-AuON),
-// n = ||v||_F and rms = sqrt(mean(cosh(gamma * v / (n + 1e-7))^2)):
-//   package (ryyzn9/AuON auon/optimizer.py):  p <- (1 - lr*wd)*p;  if n > 0: p <- p - lr * v / (rms + 1e-8)
-//   paper (5.5.1-5.5.4):                      the same with v replaced by X = v / (n + 1e-7)
+// shaders/newton_schulz.wgsl's. With v the Nesterov momentum u (or NS5 of it, for Hybrid-AuON),
+// n = ||v||_F and rms = sqrt(mean(cosh(s * v)^2)) (cosh_partial):
+//   package (ryyzn9/AuON auon/optimizer.py), s = gamma / (n + 1e-7):
+//       p <- (1 - lr*wd)*p;  if n > 0: p <- p - lr * v / (rms + 1e-8)
+//   paper AuON (5.5.1-5.5.4), s = 1 / (n + 1e-7) (no gamma): the same with v replaced by
+//       X = v / (n + 1e-7) (ap.paper = 1)
+//   paper Hybrid-AuON: v = NS5(X) with X = u / (||u|| + 1e-7), s = 1: the package's step on that v
 // A stack of same-shape tensors runs as one; the update's grid carries each element's tensor z, whose
 // norms it reads.
 // CPU twin: src/reference/auon.rs.

@@ -13,7 +13,7 @@ struct NsParams {
     rows: u32,       // scale_copy: input rows, cols
     cols: u32,
     transpose: u32,
-    use_norm: u32,   // scale_copy: multiply by 1 / (norms[z] + eps), else copy
+    use_norm: u32,   // scale_copy: multiply by 1 / (norms[z] + eps), else copy; cosh_partial: see cosh_scale
     eps: f32,
     gamma: f32,      // cosh_partial: the scale inside cosh
     _p1: u32, _p2: u32,
@@ -75,15 +75,22 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     store_partial(wid, nwg, lid, acc);
 }
 
-// AuON's (5.5.8): partial sums of cosh(gamma * v / (norm + eps))^2, with norm = norms[z] = ||v||_F.
-// |gamma * v / norm| <= gamma, so cosh^2 stays small and the plain sum (first component) suffices;
-// frob_final then gives sqrt(sum).
+// AuON's scale inside cosh for matrix z: gamma / (norms[z] + eps) with norms[z] = ||v||_F, or gamma
+// itself where v is normalised already (np.use_norm = 0: the paper's Hybrid-AuON).
+fn cosh_scale(z: u32) -> f32 {
+    if (np.use_norm != 0u) { return np.gamma / (norms[z] + np.eps); }
+    return np.gamma;
+}
+
+// AuON's (5.5.2) / (5.5.8): partial sums of cosh(s * v)^2 with s = cosh_scale(z). |s * v| <= gamma
+// (|v| <= ||v||_F), so cosh^2 stays small and the plain sum (first component) suffices; frob_final
+// then gives sqrt(sum).
 @compute @workgroup_size(256)
 fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let sp = span(wid, nwg, 1u);
     if (!sp.ok) { return; }
-    let s = np.gamma / (norms[wid.y] + np.eps);
+    let s = cosh_scale(wid.y);
     var acc = vec2<f32>(0.0, 0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         let ch = cosh(s * x[i]);
@@ -140,7 +147,7 @@ fn cosh_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let sp = span(wid, nwg, 4u);
     if (!sp.ok) { return; }
-    let s = np.gamma / (norms[wid.y] + np.eps);
+    let s = cosh_scale(wid.y);
     var acc = vec2<f32>(0.0, 0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         let ch = cosh(s * x4[i]);

@@ -149,7 +149,8 @@ fn auon_zero_gradient_skips_the_step_but_not_the_decay() {
 #[test]
 fn auon_paper_first_step_known_answer() {
     // Step 1 from m = 0: m = 0.05 g, u = lerp(g, m, 0.95) ∝ g, so X = g/‖g‖ (up to 1e-7),
-    // r = sqrt(mean(cosh(X)²)) with the package's γ (1.5 here) inside cosh, p = −lr·X/(r + 1e-8).
+    // r = sqrt(mean(cosh(X)²)) ((5.5.2): no γ, though the config holds the package's 1.5),
+    // p = −lr·X/(r + 1e-8).
     let ctx = common::ctx();
     let g = [0.5f32, -1.0, 2.0, 0.25];
     let cfg = AuonConfig { lr: 0.1, variant: AuonVariant::Paper, ..AuonConfig::default() };
@@ -161,10 +162,70 @@ fn auon_paper_first_step_known_answer() {
     let p = opt.read_param(id).unwrap();
     let ng = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let x: Vec<f64> = g.iter().map(|&v| v as f64 / ng).collect();
-    let r = (x.iter().map(|v| (cfg.gamma * v).cosh().powi(2)).sum::<f64>() / 4.0).sqrt();
+    let r = (x.iter().map(|v| v.cosh().powi(2)).sum::<f64>() / 4.0).sqrt();
     for i in 0..4 {
         let want = -cfg.lr * x[i] / r;
         assert!((p[i] as f64 - want).abs() <= 1e-5 * want.abs(), "{i}: {} vs {want}", p[i]);
+    }
+}
+
+/// Row-major r×k times k×c, in f64.
+fn matmul(a: &[f64], b: &[f64], r: usize, k: usize, c: usize) -> Vec<f64> {
+    let mut out = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[i * c + j] = (0..k).map(|l| a[i * k + l] * b[l * c + j]).sum();
+        }
+    }
+    out
+}
+
+/// NS5 (ALGORITHMS.md §5.1) of a wide r×c matrix in f64: X/(‖X‖_F + 1e-7), then X ← aX + (bA + cA²)X.
+fn ns5_f64(x: &[f64], r: usize, c: usize) -> Vec<f64> {
+    let (a, b, cc) = (3.4445, -4.7750, 2.0315);
+    let n = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut x: Vec<f64> = x.iter().map(|v| v / (n + 1e-7)).collect();
+    let mut xt = vec![0.0; r * c];
+    for _ in 0..5 {
+        for i in 0..r {
+            for j in 0..c {
+                xt[j * r + i] = x[i * c + j];
+            }
+        }
+        let g = matmul(&x, &xt, r, c, r);
+        let g2 = matmul(&g, &g, r, r, r);
+        let bm: Vec<f64> = g.iter().zip(&g2).map(|(p, q)| b * p + cc * q).collect();
+        let bx = matmul(&bm, &x, r, r, c);
+        x = x.iter().zip(&bx).map(|(p, q)| a * p + q).collect();
+    }
+    x
+}
+
+#[test]
+fn hybrid_auon_paper_first_step_known_answer() {
+    // The paper's Hybrid-AuON (§5.5): X = u/(‖u‖ + 1e-7) with u ∝ g at step 1, O = NS5(X), then
+    // (5.5.2)–(5.5.3) on O as it is: r = sqrt(mean(cosh(O)²)), p = −lr·O/(r + 1e-8) (O is not
+    // normalised again, and no γ).
+    let (rows, cols) = (4, 6);
+    let g = TestRng::new(31).uniforms(rows * cols, 1.0);
+    let cfg = AuonConfig { lr: 0.1, variant: AuonVariant::Paper, ..AuonConfig::default() };
+    let u: Vec<f64> = g.iter().map(|&v| v as f64 * (1.0 - 0.95 * 0.95)).collect();
+    let nu = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let x: Vec<f64> = u.iter().map(|v| v / (nu + 1e-7)).collect();
+    let o = ns5_f64(&x, rows, cols);
+    let r = (o.iter().map(|v| v.cosh().powi(2)).sum::<f64>() / o.len() as f64).sqrt();
+    let want: Vec<f64> = o.iter().map(|v| -cfg.lr * v / (r + 1e-8)).collect();
+    let wn = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for gpu in [true, false] {
+        let mut b = AuonBuilder::new(cfg.clone(), true);
+        let id = b.param("w", &vec![0.0; rows * cols], &[rows, cols]).unwrap();
+        let mut opt: Box<dyn Stepper> =
+            if gpu { Box::new(b.build(&common::ctx()).unwrap()) } else { Box::new(b.build_cpu().unwrap()) };
+        opt.write_grad(id, &g).unwrap();
+        opt.step().unwrap();
+        let p = opt.read_param(id).unwrap();
+        let err = p.iter().zip(&want).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
+        assert!(err <= 1e-5 * wn, "gpu {gpu}: |p - want| = {err:e} of {wn:e}");
     }
 }
 
@@ -182,5 +243,54 @@ fn non_finite_gradients_skip_the_whole_step_and_keep_every_state() {
         let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.uniforms(s.iter().product(), 1.0)).collect();
         common::assert_non_finite_skips(&mut b.clone().build(&ctx).unwrap(), &grads, &["momentum_buffer"]);
         common::assert_non_finite_skips(&mut b.build_cpu().unwrap(), &grads, &["momentum_buffer"]);
+    }
+}
+
+/// A checkpoint taken under another γ, variant or NS5 setting restores it: the GPU's passes, into
+/// which those are planned, are planned again (they kept the builder's while the config said
+/// otherwise), so the resumed run equals the straight one bit for bit.
+#[test]
+fn restore_replans_gamma_variant_and_ns5() {
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auon.safetensors");
+    let shapes: Vec<Vec<usize>> = vec![vec![12, 8], vec![12, 8], vec![9]];
+    let builder = |config: AuonConfig| {
+        let mut b = AuonBuilder::new(config, true);
+        let mut rng = TestRng::new(4);
+        let ids: Vec<_> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| b.param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap())
+            .collect();
+        (b, ids)
+    };
+    let feed = |opt: &mut dyn Stepper, ids: &[gpuopt::optim::ParamId], rng: &mut TestRng, steps: usize| {
+        for _ in 0..steps {
+            for (&id, s) in ids.iter().zip(&shapes) {
+                opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0)).unwrap();
+            }
+            opt.step().unwrap();
+        }
+    };
+    let saved_configs = [
+        AuonConfig { gamma: 3.0, lr: 0.05, ..AuonConfig::default() },
+        AuonConfig { variant: AuonVariant::Paper, lr: 0.05, ..AuonConfig::default() },
+        AuonConfig { ns_steps: 2, ns_coefficients: [2.0, -1.5, 0.5], lr: 0.05, ..AuonConfig::default() },
+    ];
+    for saved in saved_configs {
+        let (b, ids) = builder(saved.clone());
+        let mut straight = b.clone().build(&ctx).unwrap();
+        feed(&mut straight, &ids, &mut TestRng::new(9), 4);
+        let mut first = b.build(&ctx).unwrap();
+        let mut rng = TestRng::new(9);
+        feed(&mut first, &ids, &mut rng, 2);
+        first.save(&path).unwrap();
+        let mut resumed = builder(AuonConfig::default()).0.build(&ctx).unwrap();
+        resumed.load(&path).unwrap();
+        feed(&mut resumed, &ids, &mut rng, 2);
+        for &id in &ids {
+            assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap(), "{saved:?}");
+        }
     }
 }

@@ -182,9 +182,13 @@ fn muon_bad_input_is_an_error() {
 }
 
 fn muon_builder(seed: u64) -> (MuonBuilder, Vec<gpuopt::optim::ParamId>, Vec<Vec<usize>>) {
+    muon_builder_with(seed, MuonConfig { lr: 0.01, weight_decay: 0.05, ..MuonConfig::default() })
+}
+
+fn muon_builder_with(seed: u64, config: MuonConfig) -> (MuonBuilder, Vec<gpuopt::optim::ParamId>, Vec<Vec<usize>>) {
     let shapes: Vec<Vec<usize>> = vec![vec![12, 8], vec![12, 8], vec![5, 9], vec![9], vec![4, 3]];
     let mut rng = TestRng::new(seed);
-    let mut b = MuonBuilder::new(MuonConfig { lr: 0.01, weight_decay: 0.05, ..MuonConfig::default() });
+    let mut b = MuonBuilder::new(config);
     let mut ids = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let data = rng.uniforms(s.iter().product(), 0.5);
@@ -203,6 +207,51 @@ fn feed(opt: &mut dyn Stepper, ids: &[gpuopt::optim::ParamId], shapes: &[Vec<usi
             opt.write_grad(id, &rng.uniforms(s.iter().product(), 1.0)).unwrap();
         }
         opt.step().unwrap();
+    }
+}
+
+/// torch.optim.Muon's `ns_coefficients` (ALGORITHMS.md §11.1): the classical cubic (1.5, −0.5, 0)
+/// instead of Keller's quintic changes the step, GPU and twin alike.
+#[test]
+fn ns_coefficients_are_used() {
+    let cubic = MuonConfig { ns_coefficients: [1.5, -0.5, 0.0], ns_steps: 8, ..MuonConfig::default() };
+    parity(cubic.clone());
+    let run = |config: MuonConfig| {
+        let (b, ids, shapes) = muon_builder_with(3, config);
+        let mut opt = b.build(&common::ctx()).unwrap();
+        feed(&mut opt, &ids, &shapes, &mut TestRng::new(5), 1);
+        opt.read_param(ids[0]).unwrap()
+    };
+    let (a, b) = (run(cubic), run(MuonConfig { ns_steps: 8, ..MuonConfig::default() }));
+    let moved: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).abs()).sum();
+    assert!(moved > 1e-4, "ns_coefficients changed nothing ({moved:e})");
+    for bad in [[f64::NAN, 0.0, 0.0], [1e39, 0.0, 0.0]] {
+        let config = MuonConfig { ns_coefficients: bad, ..MuonConfig::default() };
+        assert!(MuonBuilder::new(config).build(&common::ctx()).is_err(), "{bad:?}");
+    }
+}
+
+/// A checkpoint taken under other NS5 settings (steps, coefficients) restores them: the GPU's NS5
+/// chains are planned again (they held the builder's settings while the config said otherwise).
+#[test]
+fn restore_replans_ns5_settings() {
+    let ctx = common::ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("muon.safetensors");
+    let saved = MuonConfig { ns_steps: 3, ns_coefficients: [2.0, -1.5, 0.5], lr: 0.01, ..MuonConfig::default() };
+    let (b, ids, shapes) = muon_builder_with(1, saved);
+    let mut straight = b.clone().build(&ctx).unwrap();
+    feed(&mut straight, &ids, &shapes, &mut TestRng::new(9), 6);
+    let mut first = b.build(&ctx).unwrap();
+    let mut rng = TestRng::new(9);
+    feed(&mut first, &ids, &shapes, &mut rng, 3);
+    first.save(&path).unwrap();
+    let (other, _, _) = muon_builder_with(1, MuonConfig::default());
+    let mut resumed = other.build(&ctx).unwrap();
+    resumed.load(&path).unwrap();
+    feed(&mut resumed, &ids, &shapes, &mut rng, 3);
+    for &id in &ids {
+        assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap());
     }
 }
 

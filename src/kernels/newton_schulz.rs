@@ -37,6 +37,21 @@ pub const SPECS: &[KernelSpec] = &[FROB_PARTIAL, FROB_FINAL, SCALE_COPY, COSH_PA
 
 /// Muon's quintic coefficients (a, b, c) (KellerJordan/Muon, ALGORITHMS.md §5.1).
 pub const NS5_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+/// [`NS5_COEFFICIENTS`] as configurations hold them (`ns_coefficients`, ALGORITHMS.md §11.1).
+pub const NS5_COEFFICIENTS_F64: [f64; 3] = [3.4445, -4.7750, 2.0315];
+
+/// Checks an `ns_coefficients` setting (finite in f32) and returns it as the kernels take it.
+pub fn ns_coefficients(c: [f64; 3]) -> Result<(f32, f32, f32)> {
+    let f = c.map(|v| v as f32);
+    match c.iter().zip(&f).position(|(v, x)| !v.is_finite() || !x.is_finite()) {
+        Some(i) => Err(Error::Hyperparameter {
+            name: "ns_coefficients".into(),
+            value: c[i],
+            reason: "must be three numbers finite in f32".into(),
+        }),
+        None => Ok((f[0], f[1], f[2])),
+    }
+}
 /// The epsilon added to the Frobenius norm before dividing.
 pub const NS_EPS: f32 = 1e-7;
 const CHUNK: usize = 4096;
@@ -86,11 +101,20 @@ impl FrobeniusPlan {
         })
     }
 
-    /// sqrt(Σ cosh(γ·x/(norms\[z\] + 1e-7))²) of each matrix into `out` (AuON's (5.5.8) before the
-    /// division by sqrt(N)); `norms` holds ‖x‖_F per matrix.
-    pub fn cosh(ctx: &Context, x: &Tensor, norms: &Tensor, gamma: f32, batch: usize, out: &Tensor) -> Result<Self> {
-        let extra = NsParams { eps: NS_EPS, gamma, ..Default::default() };
+    /// sqrt(Σ cosh(s·x)²) of each matrix into `out` (AuON's (5.5.8) before the division by sqrt(N)),
+    /// with s = γ/(norms\[z\] + 1e-7) where `norms` (‖x‖_F per matrix) is given, else s = γ.
+    pub fn cosh(
+        ctx: &Context,
+        x: &Tensor,
+        norms: Option<&Tensor>,
+        gamma: f32,
+        batch: usize,
+        out: &Tensor,
+    ) -> Result<Self> {
+        let extra = NsParams { eps: NS_EPS, gamma, use_norm: norms.is_some() as u32, ..Default::default() };
         let spec = if by_vec4(x, batch) { &COSH_PARTIAL4 } else { &COSH_PARTIAL };
+        // Without norms the binding is never read; x (read-only too) fills it.
+        let norms = norms.unwrap_or(x);
         Self::build(ctx, x, batch, extra, out, |u, partials| ctx.bind(spec, &[u, x.buffer(), partials, norms.buffer()]))
     }
 
@@ -313,10 +337,15 @@ impl Ns5Plan {
 /// # Ok::<(), gpuopt::Error>(())
 /// ```
 pub fn newton_schulz5(ctx: &Context, g: &Tensor, steps: usize) -> Result<Vec<f32>> {
+    newton_schulz5_with(ctx, g, steps, NS5_COEFFICIENTS)
+}
+
+/// [`newton_schulz5`] with the quintic's (a, b, c) given (`ns_coefficients`).
+pub fn newton_schulz5_with(ctx: &Context, g: &Tensor, steps: usize, coefficients: (f32, f32, f32)) -> Result<Vec<f32>> {
     if steps >= 100 {
         return Err(Error::Invalid(format!("newton_schulz5 steps = {steps}: at most 99 (torch.optim.Muon's bound)")));
     }
-    let plan = Ns5Plan::new(ctx, g, steps, NS5_COEFFICIENTS)?;
+    let plan = Ns5Plan::new(ctx, g, steps, coefficients)?;
     let mut enc = ctx.encoder("newton_schulz5");
     let mut pass = crate::gpu::compute_pass(&mut enc, "newton_schulz5");
     ctx.scoped("newton_schulz5", || plan.record(&mut pass))?;

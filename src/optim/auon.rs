@@ -2,7 +2,9 @@
 //! normalisation by the RMS of cosh of the Frobenius-normalised update; Hybrid-AuON orthogonalises
 //! the update of each matrix with NS5 first (1-D parameters skip NS5). `variant` "package" follows
 //! the current `auon/optimizer.py` (the step uses the un-normalised update, decay applied even when
-//! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4) (the normalised update).
+//! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4): the normalised
+//! update X = u/(‖u‖ + 1e-7) and cosh(X) without γ, and for Hybrid-AuON NS5 run on X and (5.5.2)–(5.5.3)
+//! on its output as it is.
 //! A gradient holding NaN or Inf is not written and skips the next step for every parameter.
 
 use super::muon::{elementwise_passes, MuonConfig, MuonParams};
@@ -13,7 +15,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::kernels::newton_schulz::{chunk_grid, FrobeniusPlan, Ns5Plan, NS5_COEFFICIENTS};
+use crate::kernels::newton_schulz::{chunk_grid, FrobeniusPlan, Ns5Plan, ScaleCopyPlan, NS5_COEFFICIENTS_F64};
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -52,6 +54,8 @@ pub struct AuonConfig {
     pub gamma: f64,
     /// NS5 steps (Hybrid-AuON only).
     pub ns_steps: usize,
+    /// NS5's (a, b, c) (Hybrid-AuON only; Muon's by default).
+    pub ns_coefficients: [f64; 3],
     /// "package" or "paper".
     pub variant: AuonVariant,
 }
@@ -64,6 +68,7 @@ impl Default for AuonConfig {
             weight_decay: 0.0,
             gamma: 1.5,
             ns_steps: 5,
+            ns_coefficients: NS5_COEFFICIENTS_F64,
             variant: AuonVariant::Package,
         }
     }
@@ -77,6 +82,7 @@ impl AuonConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             ns_steps: self.ns_steps,
+            ns_coefficients: self.ns_coefficients,
             ..MuonConfig::default()
         }
         .validate()?;
@@ -103,11 +109,28 @@ impl AuonConfig {
         }
     }
 
-    /// The update pass's uniform for `count` stacked tensors of `len` elements each.
-    pub fn apply_params(&self, len: usize, count: usize) -> AuonParams {
+    /// `ns_coefficients` as the kernels take them (validated configs only).
+    pub fn coefficients(&self) -> (f32, f32, f32) {
+        crate::kernels::newton_schulz::ns_coefficients(self.ns_coefficients).expect("validated")
+    }
+
+    /// The scale inside cosh: (γ, whether it is divided by ‖v‖_F + 1e-7). "package": (5.5.8),
+    /// (γ, true); "paper": (5.5.2) has no γ, (1, true) on X = u/(‖u‖ + 1e-7), and for Hybrid-AuON
+    /// (`ns`) cosh reads NS5's output of X as it is, (1, false).
+    pub fn cosh_scale(&self, ns: bool) -> (f32, bool) {
+        match self.variant {
+            AuonVariant::Package => (self.gamma as f32, true),
+            AuonVariant::Paper => (1.0, !ns),
+        }
+    }
+
+    /// The update pass's uniform for `count` stacked tensors of `len` elements each (`ns`: NS5 ran
+    /// first, Hybrid-AuON).
+    pub fn apply_params(&self, len: usize, count: usize, ns: bool) -> AuonParams {
         AuonParams {
             len: (len * count) as u32,
-            paper: (self.variant == AuonVariant::Paper) as u32,
+            // The paper's AuON steps along X = u/(‖u‖ + 1e-7); its hybrid along NS5(X) itself.
+            paper: (self.variant == AuonVariant::Paper && !ns) as u32,
             per: len as u32,
             _p: 0,
             decay: (1.0 - self.lr * self.weight_decay) as f32,
@@ -124,7 +147,7 @@ impl AuonConfig {
 pub struct AuonParams {
     /// Elements of the whole stack.
     pub len: u32,
-    /// 1 for the paper variant.
+    /// 1: divide the update by its norm + 1e-7 (the paper's AuON).
     pub paper: u32,
     /// Elements of one tensor of the stack (N).
     pub per: u32,
@@ -192,20 +215,65 @@ impl AuonBuilder {
 
 /// A stack of `count` same-shape parameters of `len` elements each, stepped as one chain.
 struct Chain {
+    s: Stack,
+    passes: Passes,
+}
+
+/// A chain's tensors and its momentum pass.
+struct Stack {
     len: usize,
     count: usize,
+    /// (rows, cols) where NS5 runs (Hybrid-AuON on matrices).
+    matrix: Option<(usize, usize)>,
     p: Tensor,
     g: Tensor,
     m: Tensor,
-    _u: Tensor,
-    /// ‖v‖_F and sqrt(Σ cosh²) of each tensor, read by the update pass.
-    _norms: [Tensor; 2],
-    ns: Option<Ns5Plan>,
+    /// The Nesterov update.
+    u: Tensor,
+    /// ‖v‖_F and sqrt(Σ cosh²) of each tensor, read by the update pass; ‖u‖_F and X = u/(‖u‖ + 1e-7)
+    /// for the paper's Hybrid-AuON.
+    norms: [Tensor; 3],
+    x: Option<Tensor>,
     momentum: BoundKernel,
+    uniforms: [wgpu::Buffer; 2],
+}
+
+/// The passes after the momentum's, planned from the configuration (NS5's steps and coefficients,
+/// γ and the variant are baked into them; a restore that changes them plans them again).
+struct Passes {
+    /// The paper's Hybrid-AuON: ‖u‖_F, then X = u/(‖u‖ + 1e-7), NS5's input.
+    pre: Option<(FrobeniusPlan, ScaleCopyPlan)>,
+    ns: Option<Ns5Plan>,
     frob: FrobeniusPlan,
     cosh: FrobeniusPlan,
     apply: BoundKernel,
-    uniforms: [wgpu::Buffer; 2],
+}
+
+impl Stack {
+    fn plan(&self, ctx: &Context, config: &AuonConfig) -> Result<Passes> {
+        let [norm_v, cosh_t, norm_u] = &self.norms;
+        let paper = config.variant == AuonVariant::Paper;
+        let pre = match (self.matrix, &self.x) {
+            (Some((rows, cols)), Some(x)) if paper => Some((
+                FrobeniusPlan::new(ctx, &self.u, None, self.count, norm_u)?,
+                ScaleCopyPlan::new(ctx, &self.u, Some(norm_u), x, self.count, rows, cols, false)?,
+            )),
+            _ => None,
+        };
+        let ns_in = if pre.is_some() { self.x.as_ref().expect("with pre") } else { &self.u };
+        let ns = match self.matrix {
+            Some(_) => Some(Ns5Plan::new(ctx, ns_in, config.ns_steps, config.coefficients())?),
+            None => None,
+        };
+        let v = ns.as_ref().map_or(&self.u, |n| n.output());
+        let frob = FrobeniusPlan::new(ctx, v, None, self.count, norm_v)?;
+        let (gamma, normalise) = config.cosh_scale(ns.is_some());
+        let cosh = FrobeniusPlan::cosh(ctx, v, normalise.then_some(norm_v), gamma, self.count, cosh_t)?;
+        let spec = if self.len.is_multiple_of(4) { &AUON_APPLY4 } else { &AUON_APPLY };
+        let apply =
+            ctx.bind(spec, &[&self.uniforms[1], v.buffer(), norm_v.buffer(), cosh_t.buffer(), self.p.buffer()])?;
+        Ok(Passes { pre, ns, frob, cosh, apply })
+    }
 }
 
 /// The GPU AuON / Hybrid-AuON optimizer: parameters of the same shape are stacked into one chain of
@@ -236,38 +304,17 @@ impl AuonOptimizer {
         for (view, members) in stacks {
             let (count, len) = (members.len(), view.iter().product::<usize>());
             let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
+            let matrix = (view.len() == 2).then(|| (view[0], view[1]));
             let shape: Vec<usize> = std::iter::once(count).chain(view).collect();
             let p = Tensor::from_slice(ctx, &init, &shape)?;
-            let g = Tensor::zeros(ctx, &shape)?;
-            let m = Tensor::zeros(ctx, &shape)?;
-            let u = Tensor::zeros(ctx, &shape)?;
-            let ns =
-                if shape.len() == 3 { Some(Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?) } else { None };
-            let v = ns.as_ref().map_or(&u, |n| n.output());
-            let mu = ctx.uniform_buffer("auon momentum", 32);
-            let au = ctx.uniform_buffer("auon apply", 32);
-            let momentum = ctx.bind(elementwise_passes(count * len).0, &[&mu, g.buffer(), m.buffer(), u.buffer()])?;
-            let norm_t = Tensor::zeros(ctx, &[count])?;
-            let cosh_t = Tensor::zeros(ctx, &[count])?;
-            let frob = FrobeniusPlan::new(ctx, v, None, count, &norm_t)?;
-            let cosh = FrobeniusPlan::cosh(ctx, v, &norm_t, b.config.gamma as f32, count, &cosh_t)?;
-            let apply_spec = if len.is_multiple_of(4) { &AUON_APPLY4 } else { &AUON_APPLY };
-            let apply = ctx.bind(apply_spec, &[&au, v.buffer(), norm_t.buffer(), cosh_t.buffer(), p.buffer()])?;
-            chains.push(Chain {
-                len,
-                count,
-                p,
-                g,
-                m,
-                _u: u,
-                _norms: [norm_t, cosh_t],
-                ns,
-                momentum,
-                frob,
-                cosh,
-                apply,
-                uniforms: [mu, au],
-            });
+            let (g, m, u) = (Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?);
+            let x = matrix.map(|_| Tensor::zeros(ctx, &shape)).transpose()?;
+            let norms = [Tensor::zeros(ctx, &[count])?, Tensor::zeros(ctx, &[count])?, Tensor::zeros(ctx, &[count])?];
+            let uniforms = [ctx.uniform_buffer("auon momentum", 32), ctx.uniform_buffer("auon apply", 32)];
+            let momentum =
+                ctx.bind(elementwise_passes(count * len).0, &[&uniforms[0], g.buffer(), m.buffer(), u.buffer()])?;
+            let s = Stack { len, count, matrix, p, g, m, u, norms, x, momentum, uniforms };
+            chains.push(Chain { passes: s.plan(ctx, &b.config)?, s });
         }
         Ok(AuonOptimizer {
             ctx: ctx.clone(),
@@ -297,32 +344,40 @@ impl AuonOptimizer {
 
     /// Writes the uniforms of the config in force for the passes recorded next.
     pub fn write_uniforms(&self) {
-        for c in &self.chains {
+        for Chain { s: c, .. } in &self.chains {
             let q = self.ctx.queue();
-            q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&self.config.momentum_params(c.len * c.count)));
-            q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&self.config.apply_params(c.len, c.count)));
+            let (momentum, apply) = (
+                self.config.momentum_params(c.len * c.count),
+                self.config.apply_params(c.len, c.count, c.matrix.is_some()),
+            );
+            q.write_buffer(&c.uniforms[0], 0, bytemuck::bytes_of(&momentum));
+            q.write_buffer(&c.uniforms[1], 0, bytemuck::bytes_of(&apply));
         }
     }
 
     /// Records one step's dispatches for every stack into `pass`, with the uniforms last written: what
     /// [`Stepper::step`] submits, and what the benchmark times.
     pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for c in &self.chains {
+        for Chain { s: c, passes: ps } in &self.chains {
             c.momentum.record(&self.ctx, pass, elementwise_passes(c.len * c.count).2);
-            if let Some(ns) = &c.ns {
+            if let Some((norm, scale)) = &ps.pre {
+                norm.record(pass);
+                scale.record(pass);
+            }
+            if let Some(ns) = &ps.ns {
                 ns.record(pass);
             }
-            c.frob.record(pass);
-            c.cosh.record(pass);
+            ps.frob.record(pass);
+            ps.cosh.record(pass);
             // One workgroup per 256 elements (or vec4s) of each tensor: (x, tensor, w).
             let items = if c.len.is_multiple_of(4) { c.len / 4 } else { c.len };
-            c.apply.record_3d(pass, chunk_grid(&self.ctx, items.div_ceil(WORKGROUP_SIZE as usize), c.count));
+            ps.apply.record_3d(pass, chunk_grid(&self.ctx, items.div_ceil(WORKGROUP_SIZE as usize), c.count));
         }
     }
 
     /// The parameter's stack and the element offset of its first element there (`None`: empty).
-    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Chain, usize)>> {
-        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c], k * self.chains[c].len)))
+    fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Stack, usize)>> {
+        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c].s, k * self.chains[c].s.len)))
     }
 
     /// Writes the parameter's values (or gradient) into its stack.
@@ -419,6 +474,15 @@ impl Stepper for AuonOptimizer {
             |p, _| p.len(),
             AuonConfig::validate,
         )?;
+        // γ, the variant and NS5's steps and coefficients are planned into the passes: plan again
+        // first (nothing is changed if that fails), then write.
+        let planned = |c: &AuonConfig| (c.gamma, c.variant, c.ns_steps, c.ns_coefficients);
+        if planned(&config) != planned(&self.config) {
+            let passes = self.chains.iter().map(|c| c.s.plan(&self.ctx, &config)).collect::<Result<Vec<_>>>()?;
+            for (c, p) in self.chains.iter_mut().zip(passes) {
+                c.passes = p;
+            }
+        }
         for (i, st) in states.iter().enumerate() {
             if let Some((c, at)) = self.slot(ParamId(i), None)? {
                 write_at(&self.ctx, &c.p, at, &s.values[i]);

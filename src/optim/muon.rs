@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::kernels::newton_schulz::{Ns5Plan, NS5_COEFFICIENTS};
+use crate::kernels::newton_schulz::{ns_coefficients, Ns5Plan, NS5_COEFFICIENTS_F64};
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -81,6 +81,8 @@ pub struct MuonConfig {
     pub nesterov: bool,
     /// NS5 steps.
     pub ns_steps: usize,
+    /// The quintic's (a, b, c) (torch.optim.Muon's `ns_coefficients`; Keller's by default).
+    pub ns_coefficients: [f64; 3],
     /// Decoupled decay (with the unadjusted lr).
     pub weight_decay: f64,
     /// Per-matrix lr scaling.
@@ -94,6 +96,7 @@ impl Default for MuonConfig {
             momentum: 0.95,
             nesterov: true,
             ns_steps: 5,
+            ns_coefficients: NS5_COEFFICIENTS_F64,
             weight_decay: 0.0,
             adjust_lr: AdjustLr::Original,
         }
@@ -118,7 +121,13 @@ impl MuonConfig {
                 reason: "must be below 100".into(),
             });
         }
+        ns_coefficients(self.ns_coefficients)?;
         Ok(())
+    }
+
+    /// `ns_coefficients` as the kernels take them (validated configs only).
+    pub fn coefficients(&self) -> (f32, f32, f32) {
+        ns_coefficients(self.ns_coefficients).expect("validated")
     }
 }
 
@@ -362,6 +371,19 @@ pub(crate) fn split_muon_snapshot(
     Ok((config, momentum, aux))
 }
 
+/// A stack's NS5 chain on `u` and the update pass reading its output into `p`.
+fn ns_and_apply(
+    ctx: &Context,
+    config: &MuonConfig,
+    u: &Tensor,
+    p: &Tensor,
+    uniform: &wgpu::Buffer,
+) -> Result<(Ns5Plan, BoundKernel)> {
+    let ns = Ns5Plan::new(ctx, u, config.ns_steps, config.coefficients())?;
+    let apply = ctx.bind(elementwise_passes(p.len()).1, &[uniform, ns.output().buffer(), p.buffer()])?;
+    Ok((ns, apply))
+}
+
 struct ShapeGroup {
     rows: usize,
     cols: usize,
@@ -370,7 +392,7 @@ struct ShapeGroup {
     g: Tensor,
     m: Tensor,
     /// NS5's input (the Nesterov update); read by `ns`'s bind groups.
-    _u: Tensor,
+    u: Tensor,
     ns: Ns5Plan,
     momentum: BoundKernel,
     apply: BoundKernel,
@@ -405,12 +427,11 @@ impl MuonOptimizer {
             let g = Tensor::zeros(ctx, &shape)?;
             let m = Tensor::zeros(ctx, &shape)?;
             let u = Tensor::zeros(ctx, &shape)?;
-            let ns = Ns5Plan::new(ctx, &u, b.config.ns_steps, NS5_COEFFICIENTS)?;
             let uniform = ctx.uniform_buffer("muon params", 32);
-            let (momentum, apply, _) = elementwise_passes(n * rows * cols);
-            let momentum = ctx.bind(momentum, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
-            let apply = ctx.bind(apply, &[&uniform, ns.output().buffer(), p.buffer()])?;
-            groups.push(ShapeGroup { rows, cols, members, p, g, m, _u: u, ns, momentum, apply, uniform });
+            let momentum =
+                ctx.bind(elementwise_passes(n * rows * cols).0, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
+            let (ns, apply) = ns_and_apply(ctx, &b.config, &u, &p, &uniform)?;
+            groups.push(ShapeGroup { rows, cols, members, p, g, m, u, ns, momentum, apply, uniform });
         }
         let (ab, aux_ids) = b.aux_builder()?;
         let aux = if aux_ids.iter().any(Option::is_some) { Some(ab.build(ctx)?) } else { None };
@@ -608,6 +629,18 @@ impl Stepper for MuonOptimizer {
         let (config, momentum, aux) = split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
         if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
             a.restore(snap)?;
+        }
+        // NS5's steps and coefficients are planned into each stack's chain: replan first (nothing
+        // is changed if that fails), then write.
+        if (config.ns_steps, config.ns_coefficients) != (self.config.ns_steps, self.config.ns_coefficients) {
+            let plans = self
+                .groups
+                .iter()
+                .map(|g| ns_and_apply(&self.ctx, &config, &g.u, &g.p, &g.uniform))
+                .collect::<Result<Vec<_>>>()?;
+            for (g, (ns, apply)) in self.groups.iter_mut().zip(plans) {
+                (g.ns, g.apply) = (ns, apply);
+            }
         }
         for (i, m) in momentum.into_iter().enumerate() {
             if let (Some(m), Some((grp, at))) = (m, self.muon_slot(ParamId(i))?) {

@@ -2,14 +2,15 @@
 
 use super::muon::lerp_torch;
 use crate::error::{Error, Result};
-use crate::kernels::newton_schulz::{NS5_COEFFICIENTS, NS_EPS};
-use crate::optim::auon::{AuonBuilder, AuonConfig};
+use crate::kernels::newton_schulz::NS_EPS;
+use crate::optim::auon::{AuonBuilder, AuonConfig, AuonVariant};
 use crate::optim::HostGuard;
 use crate::optim::{
     check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 
-/// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid).
+/// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid). The
+/// paper's Hybrid-AuON runs NS5 on X = u/(‖u‖ + 1e-7) (its (5.5.1)), the package's on u.
 pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Option<(usize, usize)>) {
     let mp = c.momentum_params(p.len());
     let mut u = vec![0.0; p.len()];
@@ -18,12 +19,19 @@ pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Op
         u[i] = lerp_torch(g[i], m[i], mp.beta);
     }
     let v = match ns {
-        Some((r, cl)) => super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, NS5_COEFFICIENTS),
+        Some((r, cl)) => {
+            if c.variant == AuonVariant::Paper {
+                let nu = super::newton_schulz::frobenius(&u);
+                u.iter_mut().for_each(|x| *x /= nu + NS_EPS);
+            }
+            super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, c.coefficients())
+        }
         None => u,
     };
-    let ap = c.apply_params(p.len(), 1);
+    let ap = c.apply_params(p.len(), 1, ns.is_some());
     let n = super::newton_schulz::frobenius(&v);
-    let s = c.gamma as f32 / (n + NS_EPS);
+    let (gamma, normalise) = c.cosh_scale(ns.is_some());
+    let s = if normalise { gamma / (n + NS_EPS) } else { gamma };
     let cosh_sum: f64 = v.iter().map(|&x| ((s * x).cosh() as f64).powi(2)).sum();
     let rms = (cosh_sum.sqrt() as f32) * ap.inv_sqrt_n;
     for i in 0..p.len() {

@@ -3,7 +3,6 @@
 
 use super::CpuOptimizer;
 use crate::error::{Error, Result};
-use crate::kernels::newton_schulz::NS5_COEFFICIENTS;
 use crate::optim::muon::{muon_snapshot, split_muon_snapshot, MuonBuilder, MuonConfig, Route};
 use crate::optim::HostGuard;
 use crate::optim::{GroupId, ParamId, ParamMeta, Snapshot, Stepper};
@@ -25,7 +24,7 @@ pub fn muon_step(c: &MuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], rows: 
         m[i] = lerp_torch(m[i], g[i], h.omb);
         u[i] = if h.nesterov != 0 { lerp_torch(g[i], m[i], h.beta) } else { m[i] };
     }
-    let o = super::newton_schulz::newton_schulz5(&u, 1, rows, cols, c.ns_steps, NS5_COEFFICIENTS);
+    let o = super::newton_schulz::newton_schulz5(&u, 1, rows, cols, c.ns_steps, c.coefficients());
     for i in 0..p.len() {
         p[i] = h.decay * p[i] - h.step * o[i];
     }
