@@ -1,18 +1,24 @@
 //! `gpuopt matfn CASE_DIR`: matrix functions on the GPU or the CPU reference, so they can be held
 //! against scipy or the papers' code. `case.json` is `{"function": NAME, ...}`, `inputs.npz` holds `a`
 //! (float32); the result goes to `outputs.npz` as `y`. Functions (ALGORITHMS.md §11.4):
-//! - `newton_schulz5` (key `steps`, default 5): `a` is [m, n] or [b, m, n];
-//! - `polar` (key `max_iters`, default 100): `a` is [m, n]; non-convergence is an error;
-//! - `sqrt`, `inv_sqrt` (key `method`: "newton_schulz" with `iters` (default 5) and optional `tol`,
-//!   "mtp" or "mpa" with `degree` (defaults 10 and 5); for `inv_sqrt` also "polar_express", ASGO's
-//!   root, with `iters` (default 10) and `eps` (default 0, inside its normalising norm)): `a` is
-//!   [n, n] or [b, n, n], symmetric positive definite (checked on the host: symmetry and an f64
-//!   Cholesky factorisation); a result holding NaN or Inf is an error;
-//! - `inv_root` (keys `p` (required: 1, 2, 4, …, 32), `eps` (default 1e-6, an absolute ridge),
-//!   `eps_relative` (default false: ridge = eps·λ_max), `max_iters` (100), `tol` (1e-6)): `a` is
-//!   [n, n] or [b, n, n] symmetric positive semi-definite; a final max|M − I| above 0.1 is an error.
+//! - `newton_schulz5` (keys `steps`, default 5, below 100, and `ns_coefficients`, default Muon's
+//!   (3.4445, −4.7750, 2.0315)): `a` is [m, n] or [b, m, n];
+//! - `polar` (key `max_iters`, default 100, from 1 to [`MAX_ITERS`]): `a` is [m, n]; non-convergence is
+//!   an error, and so is a result that is not orthonormal (‖YᵀY − I‖_F > 1e-3·√r on the r = min(m, n)
+//!   side): `a` is then rank-deficient (or numerically so) and its polar factor is not unique;
+//! - `sqrt`, `inv_sqrt` (key `method`: "newton_schulz" with `iters` (default 5, from 1 to
+//!   [`MAX_ITERS`]) and optional `tol` (finite, > 0), "mtp" with `degree` (default 10, from 1 to
+//!   [`MAX_MTP_DEGREE`]), "mpa" with `degree` (default 5, from 1 to [`MAX_MPA_DEGREE`]); for `inv_sqrt`
+//!   also "polar_express", ASGO's root, with `iters` (default 10, from 1 to 100) and `eps` (default 0,
+//!   inside its normalising norm)): `a` is [n, n] or [b, n, n], symmetric positive definite (checked
+//!   on the host: symmetry and an f64 Cholesky factorisation); a result holding NaN or Inf is an error;
+//! - `inv_root` (keys `p` (required: 1, 2, 4, …, 32), `eps` (default 1e-6, an absolute ridge, >= 0),
+//!   `eps_relative` (default false: ridge = eps·λ_max), `max_iters` (100, from 1 to [`MAX_ITERS`]),
+//!   `tol` (1e-6, finite, > 0)): `a` is [n, n] or [b, n, n] symmetric positive semi-definite; a final
+//!   max|M − I| above 0.1 is an error.
 //!
-//! A bad case is an error and writes no `outputs.npz` (a stale one is removed first).
+//! A bad case is an error of one line and writes no `outputs.npz` (a stale one is removed first); a
+//! key outside its range is named with the value given and the range allowed.
 
 use crate::case::{clear_output, invalid, open_inputs, read_array, read_json, write_outputs};
 use crate::error::{Error, Result};
@@ -27,13 +33,61 @@ use std::path::Path;
 /// The matrix functions `matfn` knows.
 pub const FUNCTIONS: &[&str] = &["newton_schulz5", "polar", "sqrt", "inv_sqrt", "inv_root"];
 
-fn key_usize(json: &serde_json::Value, key: &str, default: usize, path: &Path) -> Result<usize> {
-    match json.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .map(|v| v as usize)
-            .ok_or_else(|| invalid(path, format!("\"{key}\" must be a non-negative integer"))),
+/// The most iterations `matfn` runs: `max_iters` of `polar` and `inv_root`, `iters` of the coupled
+/// Newton–Schulz root. Each converges within about 50 in f32 (the slowest phase grows a singular value
+/// or eigenvalue by ~1.5× per iteration from the f32 floor); more only costs time.
+pub const MAX_ITERS: usize = 1000;
+
+/// The highest `degree` of method "mtp": the Taylor series converges like (1 − λ_min/‖A‖_F)^K, so a
+/// condition number κ needs K of about 17·κ; past this, "newton_schulz" is the method to use.
+pub const MAX_MTP_DEGREE: usize = 10_000;
+
+/// The highest `degree` N of method "mpa" (the [N/N] Padé approximant). P and Q are evaluated in f32 in
+/// the monomial basis, where their terms cancel: Q(1)/Σ|q_j| is 1.5e-5 at N = 8 and 5e-7 at N = 10, so
+/// past 8 rounding outweighs what the higher degree gains (measured at κ = 2 … 1e6: the error is
+/// smallest at N = 6–9 and grows from 10, where Q or P stops being positive definite in f32).
+pub const MAX_MPA_DEGREE: usize = 8;
+
+/// The most Hutchinson `samples`: the estimate's f32 running sum loses about √N·ε (N·ε at worst) to
+/// rounding, which past ~2^20 is no longer small against the sampling error 1/√N.
+pub const MAX_SAMPLES: usize = 1 << 20;
+
+/// The most probe elements (samples·n) a Hutchinson case may hold at once (2^28: 1 GiB of f32 on the
+/// CPU; the GPU holds them twice, Z and A·Zᵀ, and also refuses what its bindings cannot hold).
+pub const MAX_PROBE_ELEMENTS: usize = 1 << 28;
+
+/// The text of an error for wrapping into another message: without the "invalid argument: " that
+/// [`Error::Invalid`] prints, so a wrapped message says it once.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Invalid(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON value as given, for a message (cut at 40 characters).
+fn shown(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s,
+    }
+}
+
+/// An integer key from `min` to `max` (`default` when absent); `what` ends the message (e.g. the
+/// method it belongs to and why the range).
+fn key_int(
+    json: &serde_json::Value,
+    key: &str,
+    default: usize,
+    (min, max): (usize, usize),
+    what: &str,
+    path: &Path,
+) -> Result<usize> {
+    let Some(v) = json.get(key) else { return Ok(default) };
+    match v.as_u64() {
+        Some(x) if (min as u64..=max as u64).contains(&x) => Ok(x as usize),
+        _ => Err(invalid(path, format!("\"{key}\" = {}: must be an integer from {min} to {max}{what}", shown(v)))),
     }
 }
 
@@ -42,30 +96,61 @@ fn key_f32(json: &serde_json::Value, key: &str, default: f32, path: &Path) -> Re
         None => Ok(default),
         Some(v) => v
             .as_f64()
-            .filter(|v| v.is_finite())
-            .map(|v| v as f32)
-            .ok_or_else(|| invalid(path, format!("\"{key}\" must be a finite number"))),
+            .map(|x| x as f32)
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| invalid(path, format!("\"{key}\" = {}: must be a finite number (in f32)", shown(v)))),
     }
+}
+
+/// A tolerance: finite and > 0.
+fn key_tol(json: &serde_json::Value, default: f32, path: &Path) -> Result<f32> {
+    let tol = key_f32(json, "tol", default, path)?;
+    if tol <= 0.0 {
+        return Err(invalid(path, format!("\"tol\" = {}: must be finite and > 0", shown(&json["tol"]))));
+    }
+    Ok(tol)
+}
+
+/// A ridge or regulariser: finite and >= 0.
+fn key_eps(json: &serde_json::Value, default: f32, what: &str, path: &Path) -> Result<f32> {
+    let eps = key_f32(json, "eps", default, path)?;
+    if eps < 0.0 {
+        return Err(invalid(path, format!("\"eps\" = {}: must be finite and >= 0{what}", shown(&json["eps"]))));
+    }
+    Ok(eps)
 }
 
 fn sqrt_method(json: &serde_json::Value, path: &Path) -> Result<SqrtMethod> {
     let method = match json.get("method") {
         None => "newton_schulz",
-        Some(v) => v.as_str().ok_or_else(|| invalid(path, "\"method\" must be a string"))?,
+        Some(v) => v.as_str().ok_or_else(|| invalid(path, format!("\"method\" = {}: must be a string", shown(v))))?,
     };
     Ok(match method {
         "newton_schulz" => SqrtMethod::NewtonSchulz {
-            iters: key_usize(json, "iters", 5, path)?,
-            tol: json.get("tol").map(|_| key_f32(json, "tol", 0.0, path)).transpose()?,
+            iters: key_int(json, "iters", 5, (1, MAX_ITERS), " for method \"newton_schulz\"", path)?,
+            tol: json.get("tol").map(|_| key_tol(json, 0.0, path)).transpose()?,
         },
-        "mtp" => SqrtMethod::Mtp { degree: key_usize(json, "degree", 10, path)? },
-        "mpa" => {
-            let degree = key_usize(json, "degree", 5, path)?;
-            if degree == 0 {
-                return Err(invalid(path, "\"degree\" of mpa must be at least 1"));
-            }
-            SqrtMethod::Mpa { degree }
-        }
+        "mtp" => SqrtMethod::Mtp {
+            degree: key_int(
+                json,
+                "degree",
+                10,
+                (1, MAX_MTP_DEGREE),
+                " for method \"mtp\" (past that, use \"newton_schulz\")",
+                path,
+            )?,
+        },
+        "mpa" => SqrtMethod::Mpa {
+            degree: key_int(
+                json,
+                "degree",
+                5,
+                (1, MAX_MPA_DEGREE),
+                " for method \"mpa\" (in f32 the Padé terms cancel: higher degrees lose more to rounding \
+                 than they gain)",
+                path,
+            )?,
+        },
         other => {
             return Err(invalid(
                 path,
@@ -83,7 +168,8 @@ fn check_spd(data: &[f32], b: usize, m: usize, n: usize, definite: bool) -> Resu
     }
     for z in 0..b {
         let a = &data[z * n * n..(z + 1) * n * n];
-        crate::kernels::hutchinson::check_symmetric(a, n).map_err(|e| Error::Invalid(format!("matrix {z}: {e}")))?;
+        crate::kernels::hutchinson::check_symmetric(a, n)
+            .map_err(|e| Error::Invalid(format!("matrix {z}: {}", message(&e))))?;
         if definite {
             let mat = nalgebra::DMatrix::from_fn(n, n, |i, j| a[i * n + j] as f64);
             if nalgebra::Cholesky::new(mat).is_none() {
@@ -93,6 +179,19 @@ fn check_spd(data: &[f32], b: usize, m: usize, n: usize, definite: bool) -> Resu
     }
     Ok(())
 }
+
+/// ‖YᵀY − I‖_F (m ≥ n) or ‖YYᵀ − I‖_F (m < n) of the m×n row-major `y`, in f64: how far `y` is from
+/// orthonormal columns (rows).
+fn orthonormality_error(y: &[f32], m: usize, n: usize) -> f64 {
+    let y = nalgebra::DMatrix::from_fn(m, n, |i, j| y[i * n + j] as f64);
+    let g = if m >= n { y.tr_mul(&y) } else { &y * y.transpose() };
+    let r = g.nrows();
+    (g - nalgebra::DMatrix::<f64>::identity(r, r)).norm()
+}
+
+/// The polar factor's orthonormality bound, relative to √r: ten times the tests' 1e-4 (long f32 inner
+/// products), far below the √(r − rank) of a partial isometry.
+const POLAR_ORTHONORMALITY: f64 = 1e-3;
 
 /// One of the SPD matrix functions, run by [`root_fn`].
 enum RootFn {
@@ -122,6 +221,24 @@ fn root_fn(ctx: Option<Context>, data: &[f32], b: usize, n: usize, f: RootFn) ->
     }
 }
 
+/// The error of an MPA solve that refused its system, told as what it is: `a` passed the host's SPD
+/// check, so in exact arithmetic the Padé denominator (numerator for inv_sqrt) is positive definite;
+/// in f32 its cancelling terms made it not so. Other errors pass through.
+fn mpa_error(e: Error, function: &str, degree: usize) -> Error {
+    match &e {
+        Error::Invalid(s) if s.contains("solve_spd") && s.contains("not positive definite") => {
+            let z = s.split("matrix ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("?");
+            let (which, poly) = if function == "inv_sqrt" { ("numerator", "P") } else { ("denominator", "Q") };
+            Error::Invalid(format!(
+                "{function} by mpa, degree {degree}: for matrix {z} the f32 Padé {which} {poly}(I - A/|A|_F) is not \
+                 numerically positive definite, although a passed the host's SPD check (f32 rounding at this \
+                 degree and condition number); try a lower degree or method \"newton_schulz\""
+            ))
+        }
+        _ => e,
+    }
+}
+
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,
 /// or `None` for the CPU reference).
 pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
@@ -138,30 +255,59 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
     }
     let data: Vec<f32> = a.iter().copied().collect();
     let shape = a.shape().to_vec();
-    let (b, m, n) = batch_shape(&shape).map_err(|e| invalid(&npz_path, e))?;
+    let (b, m, n) = batch_shape(&shape).map_err(|e| invalid(&npz_path, message(&e)))?;
     if b * m * n == 0 {
         return Err(invalid(&npz_path, format!("\"a\" is empty: shape {shape:?}")));
     }
     let y = match function {
         "newton_schulz5" => {
-            let steps = key_usize(&json, "steps", 5, &case_path)?;
-            if steps >= 100 {
-                return Err(invalid(&case_path, "\"steps\" must be below 100"));
-            }
+            let steps = key_int(&json, "steps", 5, (0, 99), " for newton_schulz5", &case_path)?;
+            let coefficients = match json.get("ns_coefficients") {
+                None => NS5_COEFFICIENTS,
+                Some(v) => {
+                    let bad = || {
+                        invalid(
+                            &case_path,
+                            format!("\"ns_coefficients\" = {}: must be [a, b, c], finite in f32", shown(v)),
+                        )
+                    };
+                    let c: [f64; 3] = serde_json::from_value(v.clone()).map_err(|_| bad())?;
+                    ns::ns_coefficients(c).map_err(|_| bad())?
+                }
+            };
             match backend()? {
-                Some(ctx) => ns::newton_schulz5(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, steps)?,
-                None => reference::newton_schulz::newton_schulz5(&data, b, m, n, steps, NS5_COEFFICIENTS),
+                Some(ctx) => {
+                    ns::newton_schulz5_with(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, steps, coefficients)?
+                }
+                None => reference::newton_schulz::newton_schulz5(&data, b, m, n, steps, coefficients),
             }
         }
         "polar" => {
-            let max_iters = key_usize(&json, "max_iters", 100, &case_path)?;
+            let max_iters = key_int(&json, "max_iters", 100, (1, MAX_ITERS), " for polar", &case_path)?;
             if shape.len() != 2 {
                 return Err(invalid(&npz_path, format!("polar takes a = [m, n], got {shape:?}")));
             }
-            match backend()? {
-                Some(ctx) => ns::polar(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, max_iters)?.q,
-                None => reference::newton_schulz::polar(&data, m, n, max_iters)?.0,
+            let (y, iters) = match backend()? {
+                Some(ctx) => {
+                    let p = ns::polar(&ctx, &Tensor::from_slice(&ctx, &data, &shape)?, max_iters)?;
+                    (p.q, p.iters)
+                }
+                None => reference::newton_schulz::polar(&data, m, n, max_iters)?,
+            };
+            let r = m.min(n) as f64;
+            let dev = orthonormality_error(&y, m, n) / r.sqrt();
+            if dev.is_nan() || dev > POLAR_ORTHONORMALITY {
+                let side = if m >= n { "Y^T Y" } else { "Y Y^T" };
+                return Err(invalid(
+                    &npz_path,
+                    format!(
+                        "a is rank-deficient (or too close to it for f32): its polar factor is not unique \
+                         (|{side} - I|_F/sqrt({r}) = {dev:.3e} after {iters} iteration(s), \
+                         above {POLAR_ORTHONORMALITY:e})"
+                    ),
+                ));
             }
+            y
         }
         "sqrt" | "inv_sqrt" if json.get("method").and_then(|v| v.as_str()) == Some("polar_express") => {
             if function == "sqrt" {
@@ -171,15 +317,9 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
                 ));
             }
             let max = crate::optim::asgo::MAX_ROOT_ITERS;
-            let iters = key_usize(&json, "iters", 10, &case_path)?;
-            if !(1..=max).contains(&iters) {
-                return Err(invalid(&case_path, format!("\"iters\" of polar_express must be from 1 to {max}")));
-            }
-            let eps = key_f32(&json, "eps", 0.0, &case_path)?;
-            if !eps.is_finite() || eps < 0.0 {
-                return Err(invalid(&case_path, "\"eps\" of polar_express must be >= 0 and finite in f32"));
-            }
-            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
+            let iters = key_int(&json, "iters", 10, (1, max), " for method \"polar_express\"", &case_path)?;
+            let eps = key_eps(&json, 0.0, " for method \"polar_express\"", &case_path)?;
+            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, message(&e)))?;
             let y = root_fn(backend()?, &data, b, n, RootFn::PolarExpress(eps, iters))?;
             if reference::has_non_finite(&y) {
                 return Err(Error::Invalid(format!(
@@ -190,27 +330,38 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
         }
         "sqrt" | "inv_sqrt" => {
             let method = sqrt_method(&json, &case_path)?;
-            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, e))?;
+            check_spd(&data, b, m, n, true).map_err(|e| invalid(&npz_path, message(&e)))?;
             let inverse = function == "inv_sqrt";
-            root_fn(backend()?, &data, b, n, RootFn::Root(method, inverse))?
+            root_fn(backend()?, &data, b, n, RootFn::Root(method, inverse)).map_err(|e| match method {
+                SqrtMethod::Mpa { degree } => mpa_error(e, function, degree),
+                _ => e,
+            })?
         }
         "inv_root" => {
-            let p = match json.get("p").and_then(|v| v.as_u64()) {
-                Some(p) if p <= 32 && p.is_power_of_two() => p as u32,
-                _ => return Err(invalid(&case_path, "\"p\" (a power of two from 1 to 32) is required")),
-            };
-            let opts = InvRootOptions {
-                eps: key_f32(&json, "eps", 1e-6, &case_path)?,
-                eps_relative: match json.get("eps_relative") {
-                    None => false,
-                    Some(v) => {
-                        v.as_bool().ok_or_else(|| invalid(&case_path, "\"eps_relative\" must be true or false"))?
+            let p = match json.get("p") {
+                None => return Err(invalid(&case_path, "\"p\" is required (a power of two from 1 to 32)")),
+                Some(v) => match v.as_u64() {
+                    Some(p) if (1..=32).contains(&p) && p.is_power_of_two() => p as u32,
+                    _ => {
+                        return Err(invalid(
+                            &case_path,
+                            format!("\"p\" = {}: must be a power of two from 1 to 32 (1, 2, 4, 8, 16 or 32)", shown(v)),
+                        ))
                     }
                 },
-                max_iters: key_usize(&json, "max_iters", 100, &case_path)?,
-                tol: key_f32(&json, "tol", 1e-6, &case_path)?,
             };
-            check_spd(&data, b, m, n, false).map_err(|e| invalid(&npz_path, e))?;
+            let opts = InvRootOptions {
+                eps: key_eps(&json, 1e-6, " for inv_root", &case_path)?,
+                eps_relative: match json.get("eps_relative") {
+                    None => false,
+                    Some(v) => v.as_bool().ok_or_else(|| {
+                        invalid(&case_path, format!("\"eps_relative\" = {}: must be true or false", shown(v)))
+                    })?,
+                },
+                max_iters: key_int(&json, "max_iters", 100, (1, MAX_ITERS), " for inv_root", &case_path)?,
+                tol: key_tol(&json, 1e-6, &case_path)?,
+            };
+            check_spd(&data, b, m, n, false).map_err(|e| invalid(&npz_path, message(&e)))?;
             root_fn(backend()?, &data, b, n, RootFn::InvRoot(p, opts))?
         }
         other => {
@@ -224,18 +375,16 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
 /// `gpuopt hutchinson CASE_DIR`: `case.json` `{"samples": N, "seed": S}`, `inputs.npz` `a`
 /// (symmetric [n, n], the Hessian of ½xᵀAx) → `outputs.npz` `diag` \[n\] = (1/N)·Σ_k z_k ⊙ (A·z_k)
 /// with the library's Rademacher probes (ALGORITHMS.md §11.5). GPU and CPU draw identical probes.
+/// `samples` is from 1 to [`MAX_SAMPLES`] (default 1), and samples·n at most [`MAX_PROBE_ELEMENTS`].
 pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
     let out = clear_output(dir)?;
     let (case_path, json) = read_json(dir)?;
-    let samples = key_usize(&json, "samples", 1, &case_path)?;
-    if samples == 0 {
-        return Err(invalid(&case_path, "\"samples\" must be at least 1"));
-    }
+    let samples = key_int(&json, "samples", 1, (1, MAX_SAMPLES), " (2^20)", &case_path)?;
     let seed = match json.get("seed") {
         None => 0,
-        Some(v) => {
-            v.as_u64().ok_or_else(|| invalid(&case_path, "\"seed\" must be a non-negative integer below 2^64"))?
-        }
+        Some(v) => v.as_u64().ok_or_else(|| {
+            invalid(&case_path, format!("\"seed\" = {}: must be an integer from 0 to 2^64 - 1", shown(v)))
+        })?,
     };
     let (npz_path, mut npz) = open_inputs(dir)?;
     let a = read_array(&npz_path, &mut npz, "a", "float32")?;
@@ -243,8 +392,19 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
         [r, c] if r == c => *r,
         other => return Err(invalid(&npz_path, format!("\"a\" must be square [n, n], got {other:?}"))),
     };
+    if samples.saturating_mul(n) > MAX_PROBE_ELEMENTS {
+        return Err(invalid(
+            &case_path,
+            format!(
+                "\"samples\" = {samples} with n = {n}: the probes would hold samples*n = {} elements, over 2^28; \
+                 use at most {} samples",
+                samples.saturating_mul(n),
+                MAX_PROBE_ELEMENTS / n
+            ),
+        ));
+    }
     let data: Vec<f32> = a.iter().copied().collect();
-    crate::kernels::hutchinson::check_symmetric(&data, n).map_err(|e| invalid(&npz_path, e))?;
+    crate::kernels::hutchinson::check_symmetric(&data, n).map_err(|e| invalid(&npz_path, message(&e)))?;
     let diag = match backend()? {
         Some(ctx) => crate::kernels::hutchinson::hutchinson_diag(
             &ctx,

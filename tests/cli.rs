@@ -434,3 +434,261 @@ fn replay_oasis_and_sania_on_both_backends_and_need_their_inputs() {
         assert!(!dir.path().join("outputs.npz").exists());
     }
 }
+
+/// Runs `gpuopt COMMAND DIR [--backend B]` on a case folder holding a stale outputs.npz and checks the
+/// failure: a non-zero exit (not an abort), one "gpuopt: " line on stderr that says "invalid argument"
+/// at most once and contains every one of `needles`, and no outputs.npz.
+fn fails_in_one_line(what: &str, dir: &Path, command: &str, backend: Option<&str>, needles: &[&str]) -> String {
+    std::fs::write(dir.join("outputs.npz"), b"stale").unwrap();
+    let mut args = vec![command, dir.to_str().unwrap()];
+    if let Some(b) = backend {
+        args.extend(["--backend", b]);
+    }
+    let out = gpuopt(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{what}: exit status {:?}, stderr {stderr:?}", out.status);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: one line, got {stderr:?}");
+    assert!(stderr.starts_with("gpuopt: "), "{what}: {stderr:?}");
+    assert!(stderr.matches("invalid argument").count() <= 1, "{what}: a repeated prefix in {stderr:?}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{what}: {needle:?} not in {stderr:?}");
+    }
+    assert!(!dir.join("outputs.npz").exists(), "{what}: no outputs.npz");
+    stderr.into_owned()
+}
+
+#[test]
+fn matfn_and_hutchinson_refuse_resource_blowups_naming_key_and_range() {
+    // Each of these used to abort (an 8 TB Padé system, 1e9 Taylor terms, 1e12 probes) or run for
+    // minutes; now it is one line naming the key, the value and the range, before any work.
+    let a = spd(&[9, 9], 3);
+    for (json, needles) in [
+        (r#"{"function": "sqrt", "method": "mpa", "degree": 1000000}"#, [r#""degree" = 1000000"#, "from 1 to 8"]),
+        (r#"{"function": "inv_sqrt", "method": "mpa", "degree": 1000000}"#, [r#""degree" = 1000000"#, "from 1 to 8"]),
+        (r#"{"function": "sqrt", "method": "mtp", "degree": 1000000000}"#, [r#""degree" = 1000000000"#, "1 to 10000"]),
+        (
+            r#"{"function": "sqrt", "method": "newton_schulz", "iters": 1000000000}"#,
+            [r#""iters" = 1000000000"#, "1 to 1000"],
+        ),
+        (
+            r#"{"function": "inv_root", "p": 2, "max_iters": 1000000000000}"#,
+            [r#""max_iters" = 1000000000000"#, "1 to 1000"],
+        ),
+        (
+            r#"{"function": "polar", "max_iters": 18446744073709551615}"#,
+            [r#""max_iters" = 18446744073709551615"#, "1 to 1000"],
+        ),
+        (r#"{"function": "sqrt", "method": "mtp", "degree": 1e9}"#, [r#""degree" = 1000000000.0"#, "1 to 10000"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &a);
+        fails_in_one_line(json, dir.path(), "matfn", Some("cpu"), &needles);
+    }
+    // The ends of the ranges run (cheaply at n = 9 on the CPU).
+    for json in [
+        r#"{"function": "sqrt", "method": "mpa", "degree": 8}"#,
+        r#"{"function": "inv_sqrt", "method": "mtp", "degree": 10000}"#,
+        r#"{"function": "sqrt", "method": "newton_schulz", "iters": 1000}"#,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &a);
+        let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", "cpu"]);
+        assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Hutchinson: 1e12 samples (an abort on the CPU, "at least 1" on the GPU), 2^32 on the GPU, and a
+    // count inside the range whose probes would not fit in memory.
+    let sym = Array::from_shape_vec(IxDyn(&[2, 2]), vec![2.0f32, 1.0, 1.0, 3.0]).unwrap();
+    for (json, backend, needles) in [
+        (r#"{"samples": 1000000000000}"#, "cpu", [r#""samples" = 1000000000000"#, "from 1 to 1048576"]),
+        (r#"{"samples": 1000000000000}"#, "gpu", [r#""samples" = 1000000000000"#, "from 1 to 1048576"]),
+        (r#"{"samples": 4294967296}"#, "gpu", [r#""samples" = 4294967296"#, "from 1 to 1048576"]),
+        (r#"{"samples": 0}"#, "cpu", [r#""samples" = 0"#, "from 1 to 1048576"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &sym);
+        fails_in_one_line(json, dir.path(), "hutchinson", Some(backend), &needles);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_matfn(dir.path(), r#"{"samples": 1048576}"#, &Array::zeros(IxDyn(&[300, 300])));
+    fails_in_one_line(
+        "probes over 2^28",
+        dir.path(),
+        "hutchinson",
+        Some("cpu"),
+        &[r#""samples" = 1048576"#, "n = 300"],
+    );
+}
+
+#[test]
+fn matfn_mpa_degrees_past_the_f32_range_are_refused_not_reported_as_a_non_spd_input() {
+    // Degrees 50 and 100 used to fail in the solve with "not positive definite ... (input not SPD?)"
+    // on an input the host had checked SPD (and 12–45 returned garbage with exit 0).
+    for degree in [9, 12, 50, 100] {
+        for function in ["sqrt", "inv_sqrt"] {
+            let dir = tempfile::tempdir().unwrap();
+            let json = format!(r#"{{"function": "{function}", "method": "mpa", "degree": {degree}}}"#);
+            write_matfn(dir.path(), &json, &spd(&[9, 9], 9));
+            let needle = format!(r#""degree" = {degree}: must be an integer from 1 to 8 for method "mpa""#);
+            let stderr = fails_in_one_line(&json, dir.path(), "matfn", Some("cpu"), &[&needle]);
+            assert!(!stderr.contains("SPD") && !stderr.contains("positive definite"), "{json}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn matfn_polar_of_a_rank_deficient_matrix_is_an_error_on_both_backends() {
+    // Rank 1: Newton–Schulz converges to a partial isometry (|YᵀY − I|_F/√3 = 0.82), not a polar factor.
+    let square = Array::from_shape_vec(IxDyn(&[3, 3]), vec![1.0f32, 2.0, 3.0, 2.0, 4.0, 6.0, 1.0, 2.0, 3.0]).unwrap();
+    // Tall and wide, rank 2 of 3: the third column is the sum of the first two.
+    let tall = Array::from_shape_fn(IxDyn(&[5, 3]), |i| {
+        let (x, y) = (i[0] as f32 + 1.0, (i[0] as f32 - 2.0) * (i[0] as f32 - 2.0) - 1.0);
+        [x, y, x + y][i[1]]
+    });
+    let wide = tall.t().to_owned();
+    for (what, a) in [("3x3 rank 1", &square), ("5x3 rank 2", &tall), ("3x5 rank 2", &wide)] {
+        for backend in ["cpu", "gpu"] {
+            let dir = tempfile::tempdir().unwrap();
+            write_matfn(dir.path(), r#"{"function": "polar"}"#, a);
+            fails_in_one_line(
+                what,
+                dir.path(),
+                "matfn",
+                Some(backend),
+                &["rank-deficient", "polar factor is not unique"],
+            );
+        }
+    }
+    // A full-rank matrix of the same size still passes, its factor orthonormal.
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = square.clone();
+    full[[1, 1]] = 5.0;
+    full[[2, 0]] = -1.0;
+    write_matfn(dir.path(), r#"{"function": "polar"}"#, &full);
+    let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn matfn_inv_root_says_what_is_wrong_with_the_p_given() {
+    let a = spd(&[4, 4], 1);
+    for p in ["3", "0", "-2", "64", r#""4""#, "4.0", "null"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), &format!(r#"{{"function": "inv_root", "p": {p}}}"#), &a);
+        let needle = format!(r#""p" = {p}: must be a power of two from 1 to 32"#);
+        fails_in_one_line(p, dir.path(), "matfn", Some("cpu"), &[&needle]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_matfn(dir.path(), r#"{"function": "inv_root"}"#, &a);
+    fails_in_one_line("no p", dir.path(), "matfn", Some("cpu"), &[r#""p" is required"#]);
+    for p in [1, 2, 4, 8, 16, 32] {
+        write_matfn(dir.path(), &format!(r#"{{"function": "inv_root", "p": {p}, "eps": 1e-4}}"#), &a);
+        let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", "cpu"]);
+        assert!(out.status.success(), "p = {p}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn matfn_degenerate_settings_are_refused_consistently() {
+    let a = spd(&[5, 5], 4);
+    for (json, needles) in [
+        (r#"{"function": "sqrt", "method": "newton_schulz", "iters": 0}"#, vec![r#""iters" = 0"#, "from 1 to 1000"]),
+        (r#"{"function": "inv_sqrt", "method": "newton_schulz", "iters": 0}"#, vec![r#""iters" = 0"#]),
+        (r#"{"function": "sqrt", "method": "mtp", "degree": 0}"#, vec![r#""degree" = 0"#, "from 1 to 10000"]),
+        (r#"{"function": "sqrt", "method": "mpa", "degree": 0}"#, vec![r#""degree" = 0"#, "from 1 to 8"]),
+        (r#"{"function": "polar", "max_iters": 0}"#, vec![r#""max_iters" = 0"#, "from 1 to 1000"]),
+        (r#"{"function": "inv_root", "p": 2, "max_iters": 0}"#, vec![r#""max_iters" = 0"#]),
+        (r#"{"function": "sqrt", "method": "mtp", "degree": -3}"#, vec![r#""degree" = -3"#]),
+        (r#"{"function": "sqrt", "method": "newton_schulz", "iters": 7.5}"#, vec![r#""iters" = 7.5"#]),
+        // tol: finite and > 0 for the Newton–Schulz roots and inv_root alike.
+        (
+            r#"{"function": "sqrt", "method": "newton_schulz", "tol": -1}"#,
+            vec![r#""tol" = -1: must be finite and > 0"#],
+        ),
+        (
+            r#"{"function": "inv_sqrt", "method": "newton_schulz", "tol": 0}"#,
+            vec![r#""tol" = 0: must be finite and > 0"#],
+        ),
+        (r#"{"function": "inv_root", "p": 2, "tol": -1}"#, vec![r#""tol" = -1: must be finite and > 0"#]),
+        (r#"{"function": "inv_root", "p": 2, "tol": 0.0}"#, vec![r#""tol" = 0.0: must be finite and > 0"#]),
+        (r#"{"function": "inv_root", "p": 2, "tol": 1e-60}"#, vec![r#""tol" = 1"#, "e-60: must be finite and > 0"]),
+        (r#"{"function": "inv_root", "p": 2, "eps": -1}"#, vec![r#""eps" = -1: must be finite and >= 0"#]),
+        (r#"{"function": "sqrt", "method": "newton_schulz", "tol": "small"}"#, vec![r#""tol" = "small""#]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, &a);
+        fails_in_one_line(json, dir.path(), "matfn", Some("cpu"), &needles);
+    }
+}
+
+#[test]
+fn matfn_and_hutchinson_errors_say_invalid_argument_once() {
+    // "invalid argument: …: invalid argument: matrix 0: invalid argument: …" before.
+    let asym = Array::from_shape_vec(IxDyn(&[2, 2]), vec![2.0f32, 1.0, 0.0, 3.0]).unwrap();
+    let batch = Array::from_shape_vec(IxDyn(&[2, 2, 2]), vec![2.0f32, 1.0, 1.0, 3.0, 2.0, 1.0, 0.0, 3.0]).unwrap();
+    for (json, a, needle) in [
+        (r#"{"function": "sqrt"}"#, &asym, "inputs.npz: matrix 0: the matrix is not symmetric at (0, 1)"),
+        (r#"{"function": "inv_root", "p": 2}"#, &batch, "inputs.npz: matrix 1: the matrix is not symmetric at (0, 1)"),
+        (r#"{"function": "inv_sqrt", "method": "polar_express"}"#, &asym, "matrix 0: the matrix is not symmetric"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_matfn(dir.path(), json, a);
+        fails_in_one_line(json, dir.path(), "matfn", Some("cpu"), &["gpuopt: invalid argument: ", needle]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_matfn(dir.path(), r#"{"samples": 2}"#, &asym);
+    fails_in_one_line(
+        "hutchinson",
+        dir.path(),
+        "hutchinson",
+        Some("cpu"),
+        &["inputs.npz: the matrix is not symmetric"],
+    );
+    write_matfn(dir.path(), r#"{"function": "newton_schulz5"}"#, &Array::zeros(IxDyn(&[2, 2, 2, 2])));
+    fails_in_one_line("4-D", dir.path(), "matfn", Some("cpu"), &["inputs.npz: shape mismatch"]);
+}
+
+#[test]
+fn help_lists_every_matrix_function() {
+    let out = gpuopt(&["--help"]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().find(|l| l.trim_start().starts_with("matfn")).unwrap_or_else(|| panic!("{s}"));
+    for name in ["newton_schulz5", "polar", "sqrt", "inv_sqrt", "polar_express", "inv_root"] {
+        assert!(line.contains(name), "{name} not in {line:?}");
+    }
+}
+
+/// `ns_coefficients` (ALGORITHMS.md §11.1) reach `matfn newton_schulz5`: the classical cubic
+/// (1.5, −0.5, 0) run long enough converges to the orthonormal polar factor, which Muon's quintic
+/// (whose band is 0.7–1.2 by design) does not; both backends agree; a bad triple is one line.
+#[test]
+fn matfn_newton_schulz5_takes_ns_coefficients() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows of a 6×10 with singular values well inside (0, √3): I-ish plus a small perturbation.
+    let mut a = data(&[6, 10], 12).mapv(|v| 0.1 * v);
+    for i in 0..6 {
+        a[[i, i]] += 1.0;
+    }
+    let gram_dev = |y: &ArrayD<f32>| {
+        let y = y.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+        let g = y.dot(&y.t());
+        (&g - &ndarray::Array2::<f32>::eye(6)).mapv(|v| v * v).sum().sqrt()
+    };
+    let run = |json: &str, backend: &str| {
+        write_matfn(dir.path(), json, &a);
+        let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
+        assert!(out.status.success(), "{json} {backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut r = NpzReader::new(std::fs::File::open(dir.path().join("outputs.npz")).unwrap()).unwrap();
+        let y: ArrayD<f32> = r.by_name("y").unwrap();
+        y
+    };
+    let cubic = r#"{"function": "newton_schulz5", "steps": 40, "ns_coefficients": [1.5, -0.5, 0.0]}"#;
+    let (gpu, cpu) = (run(cubic, "gpu"), run(cubic, "cpu"));
+    assert!(gram_dev(&gpu) < 1e-5 && gram_dev(&cpu) < 1e-5, "{} {}", gram_dev(&gpu), gram_dev(&cpu));
+    let quintic = run(r#"{"function": "newton_schulz5", "steps": 40}"#, "cpu");
+    assert!(gram_dev(&quintic) > 1e-2, "the default quintic is not orthonormal: {}", gram_dev(&quintic));
+    for bad in [r#"[1.5, -0.5]"#, r#"[1.5, -0.5, 1e39]"#, r#""cubic""#] {
+        write_matfn(dir.path(), &format!(r#"{{"function": "newton_schulz5", "ns_coefficients": {bad}}}"#), &a);
+        fails_in_one_line(bad, dir.path(), "matfn", Some("cpu"), &["ns_coefficients"]);
+    }
+}

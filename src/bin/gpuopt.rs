@@ -1,4 +1,4 @@
-//! The `gpuopt` command line: info, parity, replay, bench.
+//! The `gpuopt` command line: info, parity, replay, matfn, hutchinson, bench.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gpuopt::Context;
@@ -44,7 +44,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Gpu)]
         backend: Backend,
     },
-    /// A matrix function (newton_schulz5, polar) of CASE_DIR/inputs.npz `a`; writes CASE_DIR/outputs.npz `y`.
+    /// A matrix function (newton_schulz5, polar, sqrt, inv_sqrt incl. polar_express, inv_root) of
+    /// CASE_DIR/inputs.npz `a`; writes CASE_DIR/outputs.npz `y`.
+    ///
+    /// case.json names the "function": newton_schulz5 ("steps"), polar ("max_iters"), sqrt and inv_sqrt
+    /// ("method": newton_schulz with "iters" and "tol", mtp or mpa with "degree"; for inv_sqrt also
+    /// polar_express with "iters" and "eps"), inv_root ("p" = 1, 2, 4, ..., 32, "eps", "eps_relative",
+    /// "max_iters", "tol"). Keys, defaults and ranges: README.md "Command line", ALGORITHMS.md §11.4.
     Matfn {
         /// Folder with case.json and inputs.npz.
         case_dir: PathBuf,
@@ -54,7 +60,7 @@ enum Command {
     },
     /// Hutchinson's diagonal estimate of CASE_DIR/inputs.npz `a`; writes CASE_DIR/outputs.npz `diag`.
     Hutchinson {
-        /// Folder with case.json ({"samples": N, "seed": S}) and inputs.npz.
+        /// Folder with case.json ({"samples": N (1 to 2^20), "seed": S}) and inputs.npz.
         case_dir: PathBuf,
         /// Where to run.
         #[arg(long, value_enum, default_value_t = Backend::Gpu)]
@@ -62,7 +68,7 @@ enum Command {
     },
     /// Benchmark suites, each against the limit measured in the same run.
     Bench {
-        /// Suite (elementwise); all when omitted.
+        /// Suite (elementwise, gemm, ns, hutchinson, roots); all when omitted.
         #[arg(long)]
         suite: Option<String>,
         /// Print a JSON array of records instead of a table.
