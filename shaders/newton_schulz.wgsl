@@ -2,7 +2,8 @@
 // GEMM dispatches (shaders/gemm.wgsl). CPU twin: src/reference/newton_schulz.rs.
 //
 // frob_partial + frob_final: the Frobenius norm of each matrix of a batch (or of X - Y), in two
-// passes with no float atomics, overflow-safe (shaders/shared/reduce.wgsl).
+// passes with no float atomics, safe from overflow and underflow: squares are summed in three
+// ranges (below), so a matrix of 1e-30s has its norm as one of 1e30s does.
 // scale_copy: out[z] = x[z] * s[z], transposed or not, where s is 1 / (norm + eps) or 1.
 
 struct NsParams {
@@ -22,7 +23,8 @@ struct NsParams {
 @group(0) @binding(0) var<uniform> np: NsParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> partials: array<vec2<f32>>;
+// Per chunk: the sums of squares (normal, large, small, unused) of `sq3`.
+@group(0) @binding(3) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> norms_out: array<f32>;
 @group(0) @binding(5) var<storage, read> norms: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
@@ -54,10 +56,60 @@ fn span(wid: vec3<u32>, nwg: vec3<u32>, width: u32) -> Span {
     return Span(chunk < np.chunks, wid.y * items, start, min(start + CHUNK / width, items));
 }
 
+// Sums of squares in three ranges (shared/reduce.wgsl's pair, with small entries added): |v| > 2^40
+// adds (v * 2^-64)^2 to y, |v| < 2^-40 adds (v * 2^64)^2 to z, the rest v^2 to x. Each stays within
+// f32 for 2^32 elements, and only denormal inputs lose bits. `norm3` recombines them.
+const SMALL: f32 = 9.094947017729282e-13;  // 2^-40
+
+fn sq3(v: f32) -> vec4<f32> {
+    let a = abs(v);
+    if (a > BIG) {
+        let w = v * DOWN;
+        return vec4<f32>(0.0, w * w, 0.0, 0.0);
+    }
+    if (a < SMALL) {
+        let w = v * UP;
+        return vec4<f32>(0.0, 0.0, w * w, 0.0);
+    }
+    return vec4<f32>(v * v, 0.0, 0.0, 0.0);
+}
+
+fn sq3_4(v: vec4<f32>) -> vec4<f32> {
+    return sq3(v.x) + sq3(v.y) + sq3(v.z) + sq3(v.w);
+}
+
+// sqrt of the three sums: the largest range present decides the scale, the range below it is added
+// where it can matter (small entries beside large ones cannot). A NaN entry lands in x (its
+// comparisons are false), which every branch adds: in the last one x is 0 unless NaN. (Chains of
+// scale factors are kept short: a compiler may fold UP * UP * UP * UP into +inf, and 0 * inf = NaN.)
+fn norm3(q: vec4<f32>) -> f32 {
+    if (q.y > 0.0) { return UP * sqrt(q.y + (q.x * DOWN) * DOWN); }
+    if (q.x > 0.0) { return sqrt(q.x + (q.z * DOWN) * DOWN); }
+    return DOWN * sqrt(q.z) + q.x;
+}
+
+var<workgroup> red3: array<vec4<f32>, WG>;
+
+// The sum of red3[0..256] to invocation 0 (as shared/reduce.wgsl's workgroup_sum: two barriers).
+fn workgroup_sum3(lid: u32) -> vec4<f32> {
+    workgroupBarrier();
+    if (lid < 16u) {
+        var s = vec4<f32>(0.0);
+        for (var j = 0u; j < 16u; j = j + 1u) { s = s + red3[lid * 16u + j]; }
+        red3[lid * 16u] = s;
+    }
+    workgroupBarrier();
+    var total = vec4<f32>(0.0);
+    if (lid == 0u) {
+        for (var j = 0u; j < 16u; j = j + 1u) { total = total + red3[j * 16u]; }
+    }
+    return total;
+}
+
 // The workgroup's sum of `acc` into its chunk's partial.
-fn store_partial(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, acc: vec2<f32>) {
-    red[lid] = acc;
-    let total = workgroup_sum(lid);
+fn store_partial(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, acc: vec4<f32>) {
+    red3[lid] = acc;
+    let total = workgroup_sum3(lid);
     if (lid == 0u) { partials[wid.y * np.chunks + grid_chunk(wid, nwg)] = total; }
 }
 
@@ -66,11 +118,11 @@ fn frob_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let sp = span(wid, nwg, 1u);
     if (!sp.ok) { return; }
-    var acc = vec2<f32>(0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         var v = x[i];
         if (np.use_y != 0u) { v = v - y[i]; }
-        acc = acc + split_square(v);
+        acc = acc + sq3(v);
     }
     store_partial(wid, nwg, lid, acc);
 }
@@ -91,7 +143,7 @@ fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let sp = span(wid, nwg, 1u);
     if (!sp.ok) { return; }
     let s = cosh_scale(wid.y);
-    var acc = vec2<f32>(0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         let ch = cosh(s * x[i]);
         acc.x = acc.x + ch * ch;
@@ -102,11 +154,11 @@ fn cosh_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn frob_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let z = wid.x;
-    var acc = vec2<f32>(0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     for (var j = lid; j < np.chunks; j = j + WG) { acc = acc + partials[z * np.chunks + j]; }
-    red[lid] = acc;
-    let q = workgroup_sum(lid);
-    if (lid == 0u) { norms_out[z] = split_norm(q); }
+    red3[lid] = acc;
+    let q = workgroup_sum3(lid);
+    if (lid == 0u) { norms_out[z] = norm3(q); }
 }
 
 @compute @workgroup_size(256)
@@ -132,11 +184,11 @@ fn frob_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let sp = span(wid, nwg, 4u);
     if (!sp.ok) { return; }
-    var acc = vec2<f32>(0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         var v = x4[i];
         if (np.use_y != 0u) { v = v - y4[i]; }
-        acc = acc + split_square4(v);
+        acc = acc + sq3_4(v);
     }
     store_partial(wid, nwg, lid, acc);
 }
@@ -148,7 +200,7 @@ fn cosh_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let sp = span(wid, nwg, 4u);
     if (!sp.ok) { return; }
     let s = cosh_scale(wid.y);
-    var acc = vec2<f32>(0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     for (var i = sp.base + sp.start + lid; i < sp.base + sp.end; i = i + WG) {
         let ch = cosh(s * x4[i]);
         acc.x = acc.x + ch.x * ch.x + ch.y * ch.y + ch.z * ch.z + ch.w * ch.w;

@@ -169,3 +169,31 @@ fn ns5_of_huge_and_tiny_matrices_matches_reference() {
         }
     }
 }
+
+/// The Frobenius norm passes sum squares in three ranges: matrices of 1e±30s (whose squares overflow or
+/// underflow f32) get the f64 norm, and polar (whose (5.4.1) divides by ‖A‖_F alone, no ε) returns
+/// the same factor at every scale, on the GPU and the twin. (The GPU norm of 1e-25s was 0: "polar of
+/// a zero matrix"; both backends' + 1e-7 then swamped the norm, leaving ~3e-18·A as "converged".)
+#[test]
+fn norms_and_polar_at_extreme_scales() {
+    use gpuopt::kernels::newton_schulz::FrobeniusPlan;
+    let ctx = common::ctx();
+    let (m, n) = (9, 6);
+    let a0 = TestRng::new(41).uniforms(m * n, 1.0);
+    let base = polar(&ctx, &Tensor::from_slice(&ctx, &a0, &[m, n]).unwrap(), 100).unwrap().q;
+    for scale in [1e-30f32, 1e-25, 1e-12, 1e20, 1e30] {
+        let a: Vec<f32> = a0.iter().map(|v| v * scale).collect();
+        let t = Tensor::from_slice(&ctx, &a, &[m, n]).unwrap();
+        let norms = Tensor::zeros(&ctx, &[1]).unwrap();
+        let mut enc = ctx.encoder("t");
+        FrobeniusPlan::new(&ctx, &t, None, 1, &norms).unwrap().record(&mut gpuopt::gpu::compute_pass(&mut enc, "t"));
+        ctx.submit(enc);
+        let want = a.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let got = norms.to_vec(&ctx).unwrap()[0] as f64;
+        assert!((got - want).abs() <= 1e-6 * want, "{scale:e}: norm {got:e} vs {want:e}");
+        let q = polar(&ctx, &t, 100).unwrap().q;
+        let (cpu, _) = reference::newton_schulz::polar(&a, m, n, 100).unwrap();
+        assert!(rel_frobenius(&q, &base) <= 1e-5, "{scale:e}: gpu polar moved {:e}", rel_frobenius(&q, &base));
+        assert!(rel_frobenius(&cpu, &base) <= 1e-5, "{scale:e}: cpu polar moved {:e}", rel_frobenius(&cpu, &base));
+    }
+}

@@ -625,3 +625,22 @@ impl<T: MatOps> SpdDyn for T {
         self.read(rm).unwrap()
     }
 }
+
+/// Every method pre-normalises by the Frobenius norm, which the GPU now sums in three ranges: an SPD
+/// matrix of 1e-30s or 1e30s has the root of the unscaled one, scaled (the GPU norm of 1e-25s was 0,
+/// reported as a zero matrix, while the twin was right).
+#[test]
+fn roots_at_extreme_scales_follow_the_unscaled_root() {
+    let n = 6;
+    let a0 = spd(n, 10.0, 1.0, 7);
+    let method = SqrtMethod::NewtonSchulz { iters: 30, tol: None };
+    let base = run_root(&mut CpuMats::default(), &a0, 1, n, method, false);
+    for scale in [1e-30f32, 1e-25, 1e30] {
+        let a: Vec<f32> = a0.iter().map(|v| v * scale).collect();
+        let want: Vec<f32> = base.iter().map(|v| v * scale.sqrt()).collect();
+        let gpu = run_root(&mut GpuMats::new(&common::ctx()).unwrap(), &a, 1, n, method, false);
+        let cpu = run_root(&mut CpuMats::default(), &a, 1, n, method, false);
+        assert!(rel32(&gpu, &want) <= 1e-5, "{scale:e}: gpu {:e}", rel32(&gpu, &want));
+        assert!(rel32(&cpu, &want) <= 1e-5, "{scale:e}: cpu {:e}", rel32(&cpu, &want));
+    }
+}

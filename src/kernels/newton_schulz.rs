@@ -131,7 +131,7 @@ impl FrobeniusPlan {
         let len = x.len() / batch.max(1);
         let chunks = len.div_ceil(CHUNK).max(1);
         let u = uniform(ctx, NsParams { len: len as u32, batch: batch as u32, chunks: chunks as u32, ..extra });
-        let partials = ctx.storage_buffer("norm partials", 8 * (chunks * batch) as u64)?;
+        let partials = ctx.storage_buffer("norm partials", 16 * (chunks * batch) as u64)?;
         let partial = partial(&u, &partials)?;
         let finish = ctx.bind(&FROB_FINAL, &[&u, &partials, out.buffer()])?;
         let grid = chunk_grid(ctx, chunks, batch);
@@ -158,7 +158,8 @@ pub(crate) fn chunk_grid(ctx: &Context, chunks: usize, batch: usize) -> (u32, u3
     (x, batch as u32, (chunks as u32).div_ceil(x))
 }
 
-/// `out[z] = x[z]·s` with s = 1/(norm\[z\] + eps) or 1, transposing rows×cols matrices if asked.
+/// `out[z] = x[z]·s` with s = 1/(norms\[z\] + eps) (`norms` given with its eps) or 1, transposing
+/// rows×cols matrices if asked.
 pub struct ScaleCopyPlan {
     bound: BoundKernel,
     grid: (u32, u32, u32),
@@ -171,7 +172,7 @@ impl ScaleCopyPlan {
     pub fn new(
         ctx: &Context,
         x: &Tensor,
-        norms: Option<&Tensor>,
+        norms: Option<(&Tensor, f32)>,
         out: &Tensor,
         batch: usize,
         rows: usize,
@@ -188,13 +189,13 @@ impl ScaleCopyPlan {
                 cols: cols as u32,
                 transpose: transpose as u32,
                 use_norm: norms.is_some() as u32,
-                eps: NS_EPS,
+                eps: norms.map_or(0.0, |n| n.1),
                 ..Default::default()
             },
         );
         let dummy;
         let n = match norms {
-            Some(n) => n.buffer(),
+            Some((n, _)) => n.buffer(),
             None => {
                 dummy = ctx.storage_buffer("unused norms", 16)?;
                 &dummy
@@ -265,7 +266,7 @@ impl Ns5Plan {
         // X·Xᵀ and c·A·A + b·A are symmetric: half-products (upper tiles, mirrored).
         let gram_desc = GemmDesc { batch: b, ..GemmDesc::gram(r, c) };
         let up = GemmDesc { batch: b, alpha: 1.0, beta: ca, ..GemmDesc::new(r, c, r) };
-        let normalize = ScaleCopyPlan::new(ctx, g, Some(&norms), &xs[0], b, m, n, transpose)?;
+        let normalize = ScaleCopyPlan::new(ctx, g, Some((&norms, NS_EPS)), &xs[0], b, m, n, transpose)?;
         let gram = [
             GemmPlan::new(ctx, gram_desc, &xs[0], &xs[0], &a_mat)?,
             GemmPlan::new(ctx, gram_desc, &xs[1], &xs[1], &a_mat)?,
@@ -405,7 +406,8 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     let xs = [Tensor::zeros(ctx, &[r, c])?, Tensor::zeros(ctx, &[r, c])?];
     let gram_out = Tensor::zeros(ctx, &[r, r])?;
     let delta = Tensor::zeros(ctx, &[1])?;
-    let normalize = ScaleCopyPlan::new(ctx, a, Some(&norms), &xs[0], 1, m, n, transpose)?;
+    // (5.4.1): X/‖X‖_F, no ε (which would swamp the norm of a matrix of tiny entries).
+    let normalize = ScaleCopyPlan::new(ctx, a, Some((&norms, 0.0)), &xs[0], 1, m, n, transpose)?;
     let gram_desc = GemmDesc::gram(r, c);
     let step_desc = GemmDesc { alpha: -0.5, beta: 1.5, ..GemmDesc::new(r, c, r) };
     let plans = [

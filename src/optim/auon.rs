@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, BoundKernel, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::kernels::newton_schulz::{chunk_grid, FrobeniusPlan, Ns5Plan, ScaleCopyPlan, NS5_COEFFICIENTS_F64};
+use crate::kernels::newton_schulz::{chunk_grid, FrobeniusPlan, Ns5Plan, ScaleCopyPlan, NS5_COEFFICIENTS_F64, NS_EPS};
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -256,7 +256,7 @@ impl Stack {
         let pre = match (self.matrix, &self.x) {
             (Some((rows, cols)), Some(x)) if paper => Some((
                 FrobeniusPlan::new(ctx, &self.u, None, self.count, norm_u)?,
-                ScaleCopyPlan::new(ctx, &self.u, Some(norm_u), x, self.count, rows, cols, false)?,
+                ScaleCopyPlan::new(ctx, &self.u, Some((norm_u, NS_EPS)), x, self.count, rows, cols, false)?,
             )),
             _ => None,
         };

@@ -61,7 +61,8 @@ pub fn polar(a: &[f32], m: usize, n: usize, max_iters: usize) -> Result<(Vec<f32
     if norm == 0.0 {
         return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
     }
-    let scaled: Vec<f32> = a.iter().map(|&v| v / (norm + NS_EPS)).collect();
+    // (5.4.1): X/‖X‖_F, no ε (which would swamp the norm of a matrix of tiny entries).
+    let scaled: Vec<f32> = a.iter().map(|&v| v / norm).collect();
     let mut x = if transpose_in { transpose(&scaled, m, n) } else { scaled };
     let mut previous = f32::INFINITY;
     for k in 0..max_iters {
