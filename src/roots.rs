@@ -609,9 +609,19 @@ fn pade(ops: &mut impl MatOps, ahat: Mat, degree: usize, inverse: bool) -> Resul
     let p = combine(ops, &pc)?;
     let q = combine(ops, &qc)?;
     // sqrt: Q·Y = P; inverse: P·Y = Q. Both P(x), Q(x) > 0 on [0, 1], so neither is singular in exact
-    // arithmetic; a flagged pivot means the input was not SPD.
+    // arithmetic; a flagged pivot means the f32 polynomial lost that to rounding (high degrees, where
+    // the monomial terms cancel) or the input was not SPD (callers that checked it know which).
     let (m, rhs) = if inverse { (p, q) } else { (q, p) };
-    solve_spd(ops, m, rhs).map_err(|e| Error::Invalid(format!("mpa: {e} (input not SPD?)")))?;
+    solve_spd(ops, m, rhs).map_err(|e| {
+        let what = if inverse { "numerator P" } else { "denominator Q" };
+        let e = match e {
+            Error::Invalid(s) => s,
+            other => other.to_string(),
+        };
+        Error::Invalid(format!(
+            "mpa [{degree}/{degree}]: the Padé {what} is not positive definite in f32 ({e}); a lower degree, or a non-SPD input"
+        ))
+    })?;
     Ok(rhs)
 }
 

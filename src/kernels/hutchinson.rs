@@ -123,7 +123,7 @@ pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> 
         }
     };
     if samples == 0 || samples > u32::MAX as usize {
-        return Err(Error::Invalid(format!("samples = {samples}: at least 1")));
+        return Err(Error::Invalid(format!("samples = {samples}: must be from 1 to 2^32 - 1")));
     }
     if n == 0 {
         return Ok(Vec::new());
