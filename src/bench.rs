@@ -1035,11 +1035,11 @@ pub fn print_table(ctx: &Context, records: &[Record]) {
     println!("adapter: {} ({:?}, {:?})", ctx.info().name, ctx.info().backend, ctx.info().device_type);
     println!(
         "{:<12} {:<27} {:>12} {:>11} {:>12} {:<16} {:>11} {:>7}  timing",
-        "suite", "kernel", "elements", "median", "GB/s", "baseline", "base median", "ratio"
+        "suite", "kernel", "elements", "median", "rate", "baseline", "base median", "ratio"
     );
     for r in records {
         let thr = match (r.gbps, r.gflops, r.rel_error, r.per_second) {
-            (Some(g), ..) => format!("{g:.2}"),
+            (Some(g), ..) => format!("{g:.2} GB/s"),
             (_, Some(f), ..) => format!("{f:.1} GF"),
             (_, _, Some(e), _) => format!("err {e:.1e}"),
             (.., Some(s)) => format!("{s:.1}/s"),

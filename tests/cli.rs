@@ -692,3 +692,27 @@ fn matfn_newton_schulz5_takes_ns_coefficients() {
         fails_in_one_line(bad, dir.path(), "matfn", Some("cpu"), &["ns_coefficients"]);
     }
 }
+
+/// `parity --steps 0` compared nothing and said PASS; a filter that matches nothing printed the
+/// table's header before its error; WGPU_BACKEND naming no backend only logged a warning and then
+/// failed for want of an adapter. Each is now one line on stderr and nothing on stdout.
+#[test]
+fn parity_and_backend_misuse_fail_before_printing() {
+    for (args, env, needle) in [
+        (vec!["parity", "--steps", "0"], None, "--steps must be at least 1"),
+        (vec!["parity", "--only", "zzz"], None, "no kernel's name contains \"zzz\""),
+        (vec!["info"], Some("bogus"), "WGPU_BACKEND=\"bogus\""),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuopt"));
+        cmd.args(&args).env("NODEVICE_SELECT", "1").env("RUST_LOG", "off");
+        if let Some(v) = env {
+            cmd.env("WGPU_BACKEND", v);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: printed {stdout:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr:?}");
+    }
+}

@@ -88,40 +88,45 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
             Ok(true)
         }
         Command::Parity { steps, only } => {
+            if steps == 0 {
+                return Err(gpuopt::Error::Invalid("--steps must be at least 1 (0 would compare nothing)".into()));
+            }
             let ctx = Context::new()?;
-            println!("adapter: {}", ctx.info().name);
-            println!(
-                "{:<16} {:>9} {:>6} {:>11} {:>11} {:>9} {:>10}  verdict",
-                "kernel", "size", "steps", "max abs", "max rel", "err/tol", "flips"
-            );
-            let mut all = true;
-            let mut rows = 0;
+            // Everything runs before anything prints, so a filter that matches nothing is an error
+            // with no table above it.
+            let mut elementwise = Vec::new();
             for (name, alg) in gpuopt::parity::test_algorithms() {
                 if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
                     continue;
                 }
-                let reports = gpuopt::parity::run(&ctx, &name, &alg, &[1, 7, 257, 4099, 65537], steps, 42, true)?;
-                for r in reports {
-                    all &= r.pass;
-                    rows += 1;
-                    println!(
-                        "{:<16} {:>9} {:>6} {:>11.3e} {:>11.3e} {:>9.3} {:>10}  {}",
-                        r.name,
-                        r.size,
-                        r.steps,
-                        r.max_abs,
-                        r.max_rel,
-                        r.worst,
-                        format!("{}/{}", r.mismatches, r.budget),
-                        if r.pass { "PASS" } else { "FAIL" }
-                    );
-                }
+                elementwise.extend(gpuopt::parity::run(&ctx, &name, &alg, &[1, 7, 257, 4099, 65537], steps, 42, true)?);
             }
             let matrix = gpuopt::parity::matrix_run(&ctx, steps, only.as_deref())?;
-            rows += matrix.len();
-            if rows == 0 {
+            if elementwise.is_empty() && matrix.is_empty() {
                 let o = only.unwrap_or_default();
                 return Err(gpuopt::Error::Invalid(format!("no kernel's name contains {o:?} (see `gpuopt parity`)")));
+            }
+            println!("adapter: {}", ctx.info().name);
+            let mut all = true;
+            if !elementwise.is_empty() {
+                println!(
+                    "{:<16} {:>9} {:>6} {:>11} {:>11} {:>9} {:>10}  verdict",
+                    "kernel", "size", "steps", "max abs", "max rel", "err/tol", "flips"
+                );
+            }
+            for r in elementwise {
+                all &= r.pass;
+                println!(
+                    "{:<16} {:>9} {:>6} {:>11.3e} {:>11.3e} {:>9.3} {:>10}  {}",
+                    r.name,
+                    r.size,
+                    r.steps,
+                    r.max_abs,
+                    r.max_rel,
+                    r.worst,
+                    format!("{}/{}", r.mismatches, r.budget),
+                    if r.pass { "PASS" } else { "FAIL" }
+                );
             }
             if !matrix.is_empty() {
                 println!();

@@ -202,6 +202,12 @@ impl Context {
     /// As [`Context::new`] with explicit options.
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
         let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
+        if backends.is_empty() {
+            let env = std::env::var("WGPU_BACKEND").unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "no backend to search (WGPU_BACKEND={env:?}): name one or more of vulkan, metal, dx12, gl, webgpu"
+            )));
+        }
         let name_filter =
             opts.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).map(|s| s.to_lowercase());
         // Native backends first; GL (which also prints EGL noise where there is no display) only
