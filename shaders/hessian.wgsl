@@ -13,9 +13,11 @@
 @group(0) @binding(6) var<storage, read_write> s1: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> hd: array<vec4<f32>>;
 
-// x^k for x >= 0 with 0^k = 0 and x^1 = x exactly (WGSL's pow goes through exp2(log2)).
+// x^k for x >= 0 as torch's `**`: x^1 = x exactly (WGSL's pow goes through exp2(log2)), x^0 = 1 (also
+// 0^0: amirgholami/adahessian's denominator is then 1 + eps), and 0^k = 0 for k > 0.
 fn pow_nonneg(x: vec4<f32>, k: f32) -> vec4<f32> {
     if (k == 1.0) { return x; }
+    if (k == 0.0) { return vec4<f32>(1.0); }
     let safe = max(x, vec4<f32>(1e-30));
     return select(pow(safe, vec4<f32>(k)), vec4<f32>(0.0), x == vec4<f32>(0.0));
 }

@@ -158,6 +158,21 @@ fn adahessian_first_step_divides_by_the_hessian_magnitude() {
 }
 
 #[test]
+fn adahessian_power_zero_divides_by_one_plus_eps_even_where_the_hessian_is_zero() {
+    // k = 0: the reference's denominator (sqrt(v)^k)/sqrt(bc2)^k + eps is 1 + eps, also where v = 0
+    // (torch's 0 ** 0 = 1): an SGD-with-momentum step. (0^0 was taken as 0 here: eps alone, 1e4× too far.)
+    use gpuopt::optim::algorithm::AdaHessian;
+    let (lr, eps, wd) = (0.05, 1e-4, 0.01);
+    let p0 = [1.0f32, -1.0, 0.5];
+    let (g, d) = (vec![0.5f32, -2.0, 1.0], vec![2.0f32, 0.0, 0.0]);
+    let cfg = AdaHessian { lr, eps, weight_decay: wd, hessian_power: 0.0, ..AdaHessian::default() };
+    let traj = run_hess(cfg, &p0, &[(g.clone(), d)]);
+    let want: Vec<f64> = (0..3).map(|i| p0[i] as f64 * (1.0 - lr * wd) - lr * g[i] as f64 / (1.0 + eps)).collect();
+    close(&traj[0].0, &want, 1e-5, "adahessian k = 0 gpu");
+    close(&traj[0].1, &want, 1e-5, "adahessian k = 0 cpu");
+}
+
+#[test]
 fn sophia_starts_with_sign_steps_then_clips_by_the_hessian() {
     // hess_interval 1: step 1 has h = 0, so ratio = 1 (a sign step); then h = (1 − β2)·D.
     // Step 2: m₂ = β1·m₁ + (1 − β1)·g₂, ratio = min(|m₂| / max(rho·h, eps), 1).

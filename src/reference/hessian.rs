@@ -3,9 +3,12 @@
 use super::sgn;
 use crate::kernels::arena::Hyper;
 
+/// x^k for x >= 0 as torch's `**`: x^1 = x, x^0 = 1 (also 0^0), 0^k = 0 for k > 0.
 fn pow_nonneg(x: f32, k: f32) -> f32 {
     if k == 1.0 {
         x
+    } else if k == 0.0 {
+        1.0
     } else if x == 0.0 {
         0.0
     } else {
