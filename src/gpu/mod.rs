@@ -162,6 +162,8 @@ struct Inner {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<KernelSpec, Arc<Cached>>>,
     compiled: std::sync::atomic::AtomicUsize,
+    /// 16 bytes bound where a kernel's read-only binding is never read (see [`Context::unused_binding`]).
+    unused: wgpu::Buffer,
 }
 
 /// The device, its queue, the adapter's limits and the pipeline cache. Cheap to clone (shared).
@@ -271,8 +273,15 @@ impl Context {
                 .then_some(info.subgroup_min_size),
         };
         log::info!("gpuopt: using {} ({:?}, {:?})", summary.name, summary.backend, summary.device_type);
+        let unused = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Context {
             inner: Arc::new(Inner {
+                unused,
                 device,
                 queue,
                 summary,
@@ -495,6 +504,13 @@ impl Context {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
+    }
+
+    /// A 16-byte storage buffer for read-only bindings a kernel never reads (an absent addend, no
+    /// norms): one per context instead of one per plan (creating a buffer costs a few µs of host
+    /// time). Never bind it for writing.
+    pub fn unused_binding(&self) -> &wgpu::Buffer {
+        &self.inner.unused
     }
 
     /// A new command encoder.

@@ -502,10 +502,8 @@ impl GemmPlan {
         }
         // Without an addend or a scale the `d` and `norms` bindings still need a buffer; it is never
         // read (d_mode = 0, scale_pows = 0).
-        let dummy =
-            if d.is_none() || scale.is_none() { Some(ctx.storage_buffer("gemm unused binding", 16)?) } else { None };
-        let d_buf = d.map(Tensor::buffer).or(dummy.as_ref()).expect("a buffer");
-        let n_buf = scale.map(|sc| sc.norms.buffer()).or(dummy.as_ref()).expect("a buffer");
+        let d_buf = d.map_or(ctx.unused_binding(), Tensor::buffer);
+        let n_buf = scale.map_or(ctx.unused_binding(), |sc| sc.norms.buffer());
         let kernel = desc.kernel.resolve(ctx, &desc);
         if kernel == GemmKernel::Panel {
             return Self::build_panel(ctx, desc, params, (a, b, c), d_buf, n_buf);

@@ -193,14 +193,7 @@ impl ScaleCopyPlan {
                 ..Default::default()
             },
         );
-        let dummy;
-        let n = match norms {
-            Some((n, _)) => n.buffer(),
-            None => {
-                dummy = ctx.storage_buffer("unused norms", 16)?;
-                &dummy
-            }
-        };
+        let n = norms.map_or(ctx.unused_binding(), |(n, _)| n.buffer());
         let bound = ctx.bind(&SCALE_COPY, &[&u, x.buffer(), n, out.buffer()])?;
         let (gx, gy) = ctx.grid((len as u32).div_ceil(WORKGROUP_SIZE));
         Ok(ScaleCopyPlan { bound, grid: (gx, gy, batch as u32), _uniform: u })

@@ -88,7 +88,6 @@ pub struct GpuMats {
     /// The compute pass open on `enc`: consecutive operations share it (ended before a copy).
     pass: Option<wgpu::ComputePass<'static>>,
     keep: Vec<Box<dyn Any>>,
-    dummy: wgpu::Buffer,
     dispatches: usize,
     copies: usize,
 }
@@ -96,14 +95,12 @@ pub struct GpuMats {
 impl GpuMats {
     /// A backend on `ctx`.
     pub fn new(ctx: &Context) -> Result<Self> {
-        let dummy = ctx.storage_buffer("roots unused binding", 16)?;
         Ok(GpuMats {
             ctx: ctx.clone(),
             mats: Vec::new(),
             enc: None,
             pass: None,
             keep: Vec::new(),
-            dummy,
             dispatches: 0,
             copies: 0,
         })
@@ -232,9 +229,9 @@ impl MatOps for GpuMats {
         };
         let u = self.uniform(p);
         let bound = {
-            let xb = x.map_or(&self.dummy, |m| self.buf(m));
-            let sb = scales.map_or(&self.dummy, |m| self.buf(m));
-            let db = den.map_or(&self.dummy, |m| self.buf(m));
+            let xb = x.map_or(self.ctx.unused_binding(), |m| self.buf(m));
+            let sb = scales.map_or(self.ctx.unused_binding(), |m| self.buf(m));
+            let db = den.map_or(self.ctx.unused_binding(), |m| self.buf(m));
             self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out), db])?
         };
         let (gx, gy) = self.ctx.grid(((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
