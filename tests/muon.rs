@@ -37,13 +37,25 @@ fn muon_routes_matrices_and_batches_same_shapes() {
 
 #[test]
 fn stacks_split_where_one_storage_binding_is_full() {
-    // Bindings of 4 KiB hold five 8×24 matrices: seven of them (one in an [8, 2, 12] conv view, and
+    // Bindings of 4 KiB hold five 8×24 matrices: seven of them (one in an [8, 2, 3, 4] conv view, and
     // an odd shape between) make two stacks of their shape, and the other shape its own. Before the
     // split, such a build failed: 32 layers of 4096×11008 (5.8 GB) exceed any GPU's binding.
     let ctx = common::ctx_with(ContextOptions { max_binding_bytes: Some(4096), ..Default::default() });
-    let shapes: Vec<Vec<usize>> =
-        vec![vec![8, 24], vec![8, 24], vec![5, 7], vec![8, 2, 12], vec![8, 24], vec![8, 24], vec![8, 24], vec![8, 24]];
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![8, 24],
+        vec![8, 24],
+        vec![5, 7],
+        vec![8, 2, 3, 4],
+        vec![8, 24],
+        vec![8, 24],
+        vec![8, 24],
+        vec![8, 24],
+    ];
     parity_on(&ctx, MuonConfig::default(), &shapes, (23, 4), Some(3));
+    // A 3-D parameter's matrices stay in one stack: four 8×24s fill one, [3, 8, 24] cannot join them
+    // (4 + 3 members > 5) and opens the next, where one more 8×24 still fits.
+    let shapes: Vec<Vec<usize>> = vec![vec![8, 24], vec![8, 24], vec![8, 24], vec![8, 24], vec![3, 8, 24], vec![8, 24]];
+    parity_on(&ctx, MuonConfig::default(), &shapes, (29, 3), Some(2));
 }
 
 fn parity(config: MuonConfig) {
@@ -93,11 +105,12 @@ fn parity_scaled(
             let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
             let err = norm(&diff);
             let tol = if s.len() >= 2 {
-                let (r, c) = MuonBuilder::matrix(s);
-                let (r, c) = (r.min(c), r.max(c));
+                // b matrices (a 3-D parameter is a batch), each of Frobenius norm at most 1.2·sqrt(r).
+                let (b, rows, cols) = MuonBuilder::matrices(s);
+                let (r, c) = (rows.min(cols), rows.max(cols));
                 let e = 3.0 * config.ns_steps as f64 * 3.4445 * ((c as f64).sqrt() + 2.0) * f32::EPSILON as f64;
-                let step = config.lr * config.adjust_lr.ratio(s[0], s[1..].iter().product());
-                t as f64 * (step * e * 1.2 * (r as f64).sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y))
+                let step = config.lr * config.adjust_lr.ratio(rows, cols);
+                t as f64 * (step * e * 1.2 * ((b * r) as f64).sqrt() + 4.0 * f32::EPSILON as f64 * norm(&y))
             } else {
                 // AdamW-routed: the elementwise parity bound (gpuopt::parity::tolerance), in norm.
                 gpuopt::parity::tolerance(t, 1.0, 1e-3) as f64 * (y.len() as f64).sqrt()
@@ -305,4 +318,51 @@ fn non_finite_gradients_skip_the_whole_step_and_keep_every_state() {
     let states = ["momentum_buffer", "m", "v"];
     common::assert_non_finite_skips(&mut b.clone().build(&ctx).unwrap(), &grads, &states);
     common::assert_non_finite_skips(&mut b.build_cpu().unwrap(), &grads, &states);
+}
+
+/// KellerJordan/Muon's `muon_update` (ALGORITHMS.md §5.2): a 3-D parameter is a batch of matrices,
+/// each orthogonalised and lr-scaled on its own (so it steps exactly as its slices would as 2-D
+/// parameters, which stack into the same chain); a 4-D conv kernel is one out × (in·kh·kw) matrix
+/// (so it steps as that 2-D matrix). Bit for bit, GPU and twin.
+#[test]
+fn three_d_parameters_are_batches_and_conv_kernels_are_flattened() {
+    let ctx = common::ctx();
+    let config = MuonConfig {
+        lr: 0.05,
+        weight_decay: 0.1,
+        adjust_lr: gpuopt::optim::muon::AdjustLr::MatchRmsAdamw,
+        ..MuonConfig::default()
+    };
+    let mut rng = TestRng::new(17);
+    let (batch, conv) = (rng.uniforms(3 * 6 * 4, 0.5), rng.uniforms(4 * 2 * 3 * 3, 0.5));
+    let grads: Vec<(Vec<f32>, Vec<f32>)> = (0..4).map(|_| (rng.uniforms(72, 1.0), rng.uniforms(72, 1.0))).collect();
+    let mut joint = MuonBuilder::new(config.clone());
+    let b3 = joint.param("experts", &batch, &[3, 6, 4]).unwrap();
+    let c4 = joint.param("conv", &conv, &[4, 2, 3, 3]).unwrap();
+    let mut apart = MuonBuilder::new(config.clone());
+    let slices: Vec<_> =
+        (0..3).map(|z| apart.param(&format!("e{z}"), &batch[z * 24..(z + 1) * 24], &[6, 4]).unwrap()).collect();
+    let flat = apart.param("conv", &conv, &[4, 18]).unwrap();
+    let run = |joint: &mut dyn Stepper, apart: &mut dyn Stepper| {
+        for (gb, gc) in &grads {
+            joint.write_grad(b3, gb).unwrap();
+            joint.write_grad(c4, gc).unwrap();
+            for (z, &id) in slices.iter().enumerate() {
+                apart.write_grad(id, &gb[z * 24..(z + 1) * 24]).unwrap();
+            }
+            apart.write_grad(flat, gc).unwrap();
+            joint.step().unwrap();
+            apart.step().unwrap();
+        }
+        let pieces: Vec<f32> = slices.iter().flat_map(|&id| apart.read_param(id).unwrap()).collect();
+        assert_eq!(joint.read_param(b3).unwrap(), pieces);
+        assert_eq!(joint.read_param(c4).unwrap(), apart.read_param(flat).unwrap());
+        let momenta: Vec<f32> =
+            slices.iter().flat_map(|&id| apart.read_state(id, "momentum_buffer").unwrap()).collect();
+        assert_eq!(joint.read_state(b3, "momentum_buffer").unwrap(), momenta);
+    };
+    let (mut jg, mut ag) = (joint.clone().build(&ctx).unwrap(), apart.clone().build(&ctx).unwrap());
+    assert_eq!(jg.shape_groups(), 2, "the three 6x4 matrices in one chain, the conv kernel in another");
+    run(&mut jg, &mut ag);
+    run(&mut joint.build_cpu().unwrap(), &mut apart.build_cpu().unwrap());
 }

@@ -184,7 +184,7 @@ impl<O: MatOps> Asgo<O> {
     pub fn add_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let (rows, cols) = matrix_param("asgo", &self.metas, name, data, shape)?;
         let limits = (self.ops.max_elements(), self.ops.max_batch());
-        let fits = |g: &Group| super::stack_has_room(g.members, rows * cols, limits);
+        let fits = |g: &Group| super::stack_has_room(g.members, rows * cols, 1, limits);
         let slot = match self.groups.iter().position(|g| (g.rows, g.cols) == (rows, cols) && fits(g)) {
             Some(gi) => {
                 let g = &mut self.groups[gi];

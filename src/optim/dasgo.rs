@@ -378,7 +378,7 @@ impl Dasgo {
             Some(s) => {
                 let limits = super::stack_limits(&s.ctx);
                 let fits = |c: &Chain| {
-                    (c.rows, c.cols) == (rows, cols) && super::stack_has_room(c.members, rows * cols, limits)
+                    (c.rows, c.cols) == (rows, cols) && super::stack_has_room(c.members, rows * cols, 1, limits)
                 };
                 let slot = match s.chains.iter().rposition(fits) {
                     Some(at) => {

@@ -371,25 +371,36 @@ pub(crate) fn stacks<K: PartialEq>(
     ctx: &crate::Context,
     items: impl IntoIterator<Item = Option<(K, usize)>>,
 ) -> Stacks<K> {
+    batched_stacks(ctx, items.into_iter().map(|item| item.map(|(key, len)| (key, len, 1))))
+}
+
+/// [`stacks`] of items that each fill `count` consecutive members of `len` elements (a batch of
+/// matrices, as Muon takes a 3-D tensor): `Some((key, len, count))`. Returns (key, item indices) per
+/// stack and each item's (stack, first member).
+pub(crate) fn batched_stacks<K: PartialEq>(
+    ctx: &crate::Context,
+    items: impl IntoIterator<Item = Option<(K, usize, usize)>>,
+) -> Stacks<K> {
     let limits = stack_limits(ctx);
-    let mut out: Vec<(K, Vec<usize>)> = Vec::new();
+    // (key, item indices, members so far)
+    let mut out: Vec<(K, Vec<usize>, usize)> = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         slots.push(None);
-        let Some((key, len)) = item else { continue };
-        let at = match out.iter().rposition(|s| s.0 == key).filter(|&s| stack_has_room(out[s].1.len(), len, limits)) {
-            Some(s) => {
-                out[s].1.push(i);
-                s
-            }
+        let Some((key, len, count)) = item else { continue };
+        let room = |s: &(K, Vec<usize>, usize)| stack_has_room(s.2, len, count, limits);
+        let at = match out.iter().rposition(|s| s.0 == key).filter(|&s| room(&out[s])) {
+            Some(s) => s,
             None => {
-                out.push((key, vec![i]));
+                out.push((key, Vec::new(), 0));
                 out.len() - 1
             }
         };
-        slots[i] = Some((at, out[at].1.len() - 1));
+        out[at].1.push(i);
+        slots[i] = Some((at, out[at].2));
+        out[at].2 += count;
     }
-    (out, slots)
+    (out.into_iter().map(|(key, items, _)| (key, items)).collect(), slots)
 }
 
 /// The bounds of a stack on `ctx`: (elements in one storage binding, workgroups in one grid
@@ -398,11 +409,16 @@ pub(crate) fn stack_limits(ctx: &crate::Context) -> (usize, usize) {
     ((ctx.max_binding_bytes() / 4) as usize, ctx.max_workgroups_per_dim() as usize)
 }
 
-/// Whether a stack of `members` parameters of `len` elements each takes one more within
+/// Whether a stack of `members` members of `len` elements each takes `count` more within
 /// `(max_elements, max_members)`: the rule every stacked optimizer follows, at build time
 /// ([`stacks`]) and when parameters are added later (ASGO, DASGO).
-pub(crate) fn stack_has_room(members: usize, len: usize, (max_elements, max_members): (usize, usize)) -> bool {
-    members < max_members && (members + 1).checked_mul(len).is_some_and(|e| e <= max_elements)
+pub(crate) fn stack_has_room(
+    members: usize,
+    len: usize,
+    count: usize,
+    (max_elements, max_members): (usize, usize),
+) -> bool {
+    members + count <= max_members && (members + count).checked_mul(len).is_some_and(|e| e <= max_elements)
 }
 
 /// The metadata of parameter `id`, checking `len` (the element count of a write) when given.

@@ -1,5 +1,6 @@
-//! Muon (ALGORITHMS.md §5.2, KellerJordan/Muon) with parameter routing: matrices (2-D, and conv
-//! kernels flattened to rows × rest) get momentum → NS5 → scaled update; everything else (biases,
+//! Muon (ALGORITHMS.md §5.2, KellerJordan/Muon) with parameter routing: matrices (2-D; 3-D tensors
+//! as batches of matrices, 4-D conv kernels flattened to rows × rest, as `muon_update` takes them)
+//! get momentum → NS5 → scaled update; everything else (biases,
 //! gains, and whatever the user marks, e.g. embeddings and heads) goes to the fused AdamW. Same-shape
 //! matrices are stacked and orthogonalised in one batched NS5 chain. A gradient holding NaN or Inf
 //! (any parameter's, the AdamW ones included) is not written and skips the next step for all.
@@ -235,7 +236,8 @@ impl MuonBuilder {
         Ok(ParamId(self.params.len() - 1))
     }
 
-    /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (flattened to shape\[0\] × rest), else AdamW.
+    /// Adds a parameter: ≥ 2-D and non-empty goes to Muon (3-D: a batch of matrices; 4-D and up
+    /// flattened to shape\[0\] × rest; see [`MuonBuilder::matrices`]), else AdamW.
     pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let matrix = shape.len() >= 2 && !data.is_empty();
         self.push(name, data, shape, if matrix { Route::Muon } else { Route::AdamW })
@@ -263,20 +265,33 @@ impl MuonBuilder {
         crate::reference::muon::CpuMuon::new(self)
     }
 
-    /// The matrix view (rows, cols) of a Muon parameter's shape.
+    /// The matrix view (rows, cols) of one matrix of a Muon parameter (see [`MuonBuilder::matrices`]).
     pub fn matrix(shape: &[usize]) -> (usize, usize) {
-        (shape[0], shape[1..].iter().product())
+        let (_, rows, cols) = Self::matrices(shape);
+        (rows, cols)
+    }
+
+    /// A Muon parameter as (count, rows, cols) matrices, as KellerJordan/Muon's `muon_update` takes
+    /// them: a 3-D tensor is a batch of shape\[1\] × shape\[2\] matrices, each orthogonalised (and
+    /// its lr scaled by `adjust_lr`) on its own; a 4-D one (a conv kernel) and higher is one
+    /// shape\[0\] × rest matrix; a 2-D one itself.
+    pub fn matrices(shape: &[usize]) -> (usize, usize, usize) {
+        match *shape {
+            [b, r, c] => (b, r, c),
+            _ => (1, shape[0], shape[1..].iter().product()),
+        }
     }
 
     /// Shape groups: ((rows, cols), member parameter indices) of the Muon parameters, in
-    /// first-seen order, and each parameter's (group, index in it); a shape whose matrices would not
-    /// fit one of `ctx`'s bindings (or grid dimensions) is split over several groups.
+    /// first-seen order, and each parameter's (group, index of its first matrix in it); a shape
+    /// whose matrices would not fit one of `ctx`'s bindings (or grid dimensions) is split over
+    /// several groups (a 3-D parameter's matrices stay together).
     pub(crate) fn shape_groups(&self, ctx: &Context) -> super::Stacks<(usize, usize)> {
-        let items = self
-            .params
-            .iter()
-            .map(|(meta, _, route)| (*route == Route::Muon).then(|| (Self::matrix(&meta.shape), meta.len())));
-        super::stacks(ctx, items)
+        let items = self.params.iter().map(|(meta, _, route)| {
+            let (count, rows, cols) = Self::matrices(&meta.shape);
+            (*route == Route::Muon).then_some(((rows, cols), rows * cols, count))
+        });
+        super::batched_stacks(ctx, items)
     }
 
     /// The auxiliary AdamW builder and the map from our parameter indices to its ids.
@@ -387,7 +402,6 @@ fn ns_and_apply(
 struct ShapeGroup {
     rows: usize,
     cols: usize,
-    members: Vec<usize>,
     p: Tensor,
     g: Tensor,
     m: Tensor,
@@ -420,8 +434,16 @@ impl MuonOptimizer {
         let (stacks, loc) = b.shape_groups(ctx);
         let mut groups = Vec::new();
         for ((rows, cols), members) in stacks {
-            let n = members.len();
             let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
+            // Matrices in the stack (a 3-D parameter brings several): the passes' grid holds them.
+            let n = init.len() / (rows * cols);
+            if n > ctx.max_workgroups_per_dim() as usize {
+                return Err(Error::Invalid(format!(
+                    "muon: parameter {:?} holds {n} matrices of {rows}x{cols}; at most {} (one grid dimension) per stack",
+                    b.params[members[0]].0.name,
+                    ctx.max_workgroups_per_dim()
+                )));
+            }
             let shape = [n, rows, cols];
             let p = Tensor::from_slice(ctx, &init, &shape)?;
             let g = Tensor::zeros(ctx, &shape)?;
@@ -431,7 +453,7 @@ impl MuonOptimizer {
             let momentum =
                 ctx.bind(elementwise_passes(n * rows * cols).0, &[&uniform, g.buffer(), m.buffer(), u.buffer()])?;
             let (ns, apply) = ns_and_apply(ctx, &b.config, &u, &p, &uniform)?;
-            groups.push(ShapeGroup { rows, cols, members, p, g, m, u, ns, momentum, apply, uniform });
+            groups.push(ShapeGroup { rows, cols, p, g, m, u, ns, momentum, apply, uniform });
         }
         let (ab, aux_ids) = b.aux_builder()?;
         let aux = if aux_ids.iter().any(Option::is_some) { Some(ab.build(ctx)?) } else { None };
@@ -516,7 +538,7 @@ impl MuonOptimizer {
     pub fn record_muon(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let mut n = 0;
         for grp in &self.groups {
-            let len = grp.members.len() * grp.rows * grp.cols;
+            let len = grp.p.len();
             let p = self.config.params(len, grp.rows, grp.cols);
             self.ctx.queue().write_buffer(&grp.uniform, 0, bytemuck::bytes_of(&p));
             let wg = elementwise_passes(len).2;

@@ -87,8 +87,13 @@ impl Stepper for CpuMuon {
         }
         for i in 0..self.params.len() {
             if self.routes[i] == Route::Muon {
-                let (rows, cols) = MuonBuilder::matrix(&self.params[i].shape);
-                muon_step(&self.config, &mut self.p[i], &self.g[i], &mut self.m[i], rows, cols);
+                // A 3-D parameter: each of its matrices on its own (their slices are contiguous).
+                let (_, rows, cols) = MuonBuilder::matrices(&self.params[i].shape);
+                let len = rows * cols;
+                let (p, m) = (self.p[i].chunks_mut(len), self.m[i].chunks_mut(len));
+                for ((p, m), g) in p.zip(m).zip(self.g[i].chunks(len)) {
+                    muon_step(&self.config, p, g, m, rows, cols);
+                }
             }
         }
         if let Some(aux) = &mut self.aux {
