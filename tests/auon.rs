@@ -46,9 +46,10 @@ fn parity_on(ctx: &gpuopt::Context, config: AuonConfig, hybrid: bool, chains: Op
         .collect();
     let mut gpu = b.clone().build(ctx).unwrap();
     let mut cpu = b.build_cpu().unwrap();
-    // Hybrid: [40, 24] ×3, [24, 40], [7] ×2, [3, 20], [1], [8] ×2 (the empty one has none); plain
+    // Hybrid (NS5 over the last two dimensions, the brake over the tensor): [40, 24] ×2, [40, 4, 6]
+    // (40 slices of 4×6), [24, 40], [7] ×2, [3, 4, 5], [1], [8] ×2 (the empty one has none); plain
     // AuON stacks by length: 960 ×4, 7 ×2, 60, 1, 8 ×2.
-    let want = if hybrid { 6 } else { 5 };
+    let want = if hybrid { 7 } else { 5 };
     assert_eq!(gpu.chains(), chains.unwrap_or(want), "hybrid={hybrid}");
     for t in 1..=10 {
         // The first 7- and 8-vectors' gradients are zero: they only decay, and their live
@@ -292,5 +293,32 @@ fn restore_replans_gamma_variant_and_ns5() {
         for &id in &ids {
             assert_eq!(straight.read_param(id).unwrap(), resumed.read_param(id).unwrap(), "{saved:?}");
         }
+    }
+}
+
+/// pytorch-optimizer's HybridAuON on a tensor of rank > 2: NS5 over its last two dimensions, slice by
+/// slice (each normalised on its own), then the cosh brake over the whole tensor. Step 1 of a
+/// [2, 3, 5] tensor against that in f64, both backends.
+#[test]
+fn hybrid_auon_3d_is_ns_per_slice_then_one_brake() {
+    let shape = [2, 3, 5];
+    let g = TestRng::new(37).uniforms(30, 1.0);
+    let cfg = AuonConfig { lr: 0.1, ..AuonConfig::default() };
+    let u: Vec<f64> = g.iter().map(|&v| v as f64 * (1.0 - 0.95 * 0.95)).collect();
+    let o: Vec<f64> = u.chunks(15).flat_map(|s| ns5_f64(s, 3, 5)).collect();
+    let n = o.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let r = (o.iter().map(|v| (cfg.gamma * v / (n + 1e-7)).cosh().powi(2)).sum::<f64>() / 30.0).sqrt();
+    let want: Vec<f64> = o.iter().map(|v| -cfg.lr * v / (r + 1e-8)).collect();
+    let wn = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for gpu in [true, false] {
+        let mut b = AuonBuilder::new(cfg.clone(), true);
+        let id = b.param("experts", &[0.0; 30], &shape).unwrap();
+        let mut opt: Box<dyn Stepper> =
+            if gpu { Box::new(b.build(&common::ctx()).unwrap()) } else { Box::new(b.build_cpu().unwrap()) };
+        opt.write_grad(id, &g).unwrap();
+        opt.step().unwrap();
+        let p = opt.read_param(id).unwrap();
+        let err = p.iter().zip(&want).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
+        assert!(err <= 1e-5 * wn, "gpu {gpu}: |p - want| = {err:e} of {wn:e}");
     }
 }

@@ -1,6 +1,7 @@
 //! AuON and Hybrid-AuON (ALGORITHMS.md §5.5, ryyzn9/AuON): Nesterov momentum, then a linear-time
 //! normalisation by the RMS of cosh of the Frobenius-normalised update; Hybrid-AuON orthogonalises
-//! the update of each matrix with NS5 first (1-D parameters skip NS5). `variant` "package" follows
+//! the update with NS5 first, over the last two dimensions of a tensor of rank ≥ 2 (1-D parameters
+//! skip NS5). `variant` "package" follows
 //! the current `auon/optimizer.py` (the step uses the un-normalised update, decay applied even when
 //! the step is skipped at ‖u‖ = 0); "paper" follows the paper's (5.5.1)–(5.5.4): the normalised
 //! update X = u/(‖u‖ + 1e-7) and cosh(X) without γ, and for Hybrid-AuON NS5 run on X and (5.5.2)–(5.5.3)
@@ -178,7 +179,7 @@ impl AuonBuilder {
         AuonBuilder { config, hybrid, params: Vec::new() }
     }
 
-    /// Adds a parameter (matrices: shape\[0\] × rest for NS5).
+    /// Adds a parameter (Hybrid-AuON runs NS5 on rank ≥ 2 by [`AuonBuilder::ns_view`]).
     pub fn param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
         let len: usize = shape.iter().product();
         if len != data.len() {
@@ -198,6 +199,14 @@ impl AuonBuilder {
     /// Whether NS5 runs on this parameter's update.
     pub fn uses_ns(&self, shape: &[usize]) -> bool {
         self.hybrid && shape.len() >= 2 && shape.iter().product::<usize>() > 0
+    }
+
+    /// Hybrid-AuON's NS5 view of a tensor of rank ≥ 2: (slices, rows, cols), its last two dimensions
+    /// orthogonalised as a batch over the others, as pytorch-optimizer's HybridAuON runs NS over
+    /// dims (−2, −1) (the brake that follows still takes the whole tensor).
+    pub fn ns_view(shape: &[usize]) -> (usize, usize, usize) {
+        let n = shape.len();
+        (shape[..n - 2].iter().product(), shape[n - 2], shape[n - 1])
     }
 
     /// Builds the GPU optimizer.
@@ -223,8 +232,8 @@ struct Chain {
 struct Stack {
     len: usize,
     count: usize,
-    /// (rows, cols) where NS5 runs (Hybrid-AuON on matrices).
-    matrix: Option<(usize, usize)>,
+    /// (slices, rows, cols) where NS5 runs (Hybrid-AuON: [`AuonBuilder::ns_view`]).
+    matrix: Option<(usize, usize, usize)>,
     p: Tensor,
     g: Tensor,
     m: Tensor,
@@ -254,9 +263,10 @@ impl Stack {
         let [norm_v, cosh_t, norm_u] = &self.norms;
         let paper = config.variant == AuonVariant::Paper;
         let pre = match (self.matrix, &self.x) {
-            (Some((rows, cols)), Some(x)) if paper => Some((
+            // One norm per tensor (all its slices), as (5.5.1) normalises u.
+            (Some((slices, rows, cols)), Some(x)) if paper => Some((
                 FrobeniusPlan::new(ctx, &self.u, None, self.count, norm_u)?,
-                ScaleCopyPlan::new(ctx, &self.u, Some((norm_u, NS_EPS)), x, self.count, rows, cols, false)?,
+                ScaleCopyPlan::new(ctx, &self.u, Some((norm_u, NS_EPS)), x, self.count, slices * rows, cols, false)?,
             )),
             _ => None,
         };
@@ -292,11 +302,18 @@ pub struct AuonOptimizer {
 
 impl AuonOptimizer {
     fn new(ctx: &Context, b: AuonBuilder) -> Result<Self> {
-        // Stack keys: [rows, cols] where NS5 runs (its matrices must match), [len] elsewhere (the
-        // passes are elementwise with one norm per tensor).
+        // Stack keys: [slices, rows, cols] where NS5 runs (its matrices must match, and the brake
+        // takes a tensor's slices together), [len] elsewhere (the passes are elementwise with one
+        // norm per tensor).
         let items = b.params.iter().map(|(meta, _)| {
             let len = meta.len();
-            let view = if b.uses_ns(&meta.shape) { vec![meta.shape[0], len / meta.shape[0]] } else { vec![len] };
+            let view = match b.uses_ns(&meta.shape) {
+                true => {
+                    let (slices, rows, cols) = AuonBuilder::ns_view(&meta.shape);
+                    vec![slices, rows, cols]
+                }
+                false => vec![len],
+            };
             (len > 0).then_some((view, len))
         });
         let (stacks, slots) = super::stacks(ctx, items);
@@ -304,11 +321,14 @@ impl AuonOptimizer {
         for (view, members) in stacks {
             let (count, len) = (members.len(), view.iter().product::<usize>());
             let init: Vec<f32> = members.iter().flat_map(|&i| b.params[i].1.iter().copied()).collect();
-            let matrix = (view.len() == 2).then(|| (view[0], view[1]));
-            let shape: Vec<usize> = std::iter::once(count).chain(view).collect();
+            let matrix = (view.len() == 3).then(|| (view[0], view[1], view[2]));
+            let shape = [count, len];
             let p = Tensor::from_slice(ctx, &init, &shape)?;
-            let (g, m, u) = (Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?);
-            let x = matrix.map(|_| Tensor::zeros(ctx, &shape)).transpose()?;
+            let (g, m) = (Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?);
+            // NS5's input (u, or X for the paper's hybrid) as the batch of every tensor's slices.
+            let ns_shape = matrix.map(|(slices, rows, cols)| vec![count * slices, rows, cols]);
+            let u = Tensor::zeros(ctx, ns_shape.as_deref().unwrap_or(&shape))?;
+            let x = ns_shape.map(|s| Tensor::zeros(ctx, &s)).transpose()?;
             let norms = [Tensor::zeros(ctx, &[count])?, Tensor::zeros(ctx, &[count])?, Tensor::zeros(ctx, &[count])?];
             let uniforms = [ctx.uniform_buffer("auon momentum", 32), ctx.uniform_buffer("auon apply", 32)];
             let momentum =

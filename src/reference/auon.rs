@@ -9,9 +9,10 @@ use crate::optim::{
     check_config_snapshot, config_snapshot, update_config, GroupId, ParamId, ParamMeta, Snapshot, Stepper,
 };
 
-/// One AuON step of one tensor; `ns` = Some((rows, cols)) runs NS5 on the update first (Hybrid). The
-/// paper's Hybrid-AuON runs NS5 on X = u/(‖u‖ + 1e-7) (its (5.5.1)), the package's on u.
-pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Option<(usize, usize)>) {
+/// One AuON step of one tensor; `ns` = Some((slices, rows, cols)) runs NS5 on the update's slices
+/// first (Hybrid, [`AuonBuilder::ns_view`]). The paper's Hybrid-AuON runs NS5 on X = u/(‖u‖ + 1e-7)
+/// (its (5.5.1)), the package's on u.
+pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Option<(usize, usize, usize)>) {
     let mp = c.momentum_params(p.len());
     let mut u = vec![0.0; p.len()];
     for i in 0..p.len() {
@@ -19,12 +20,12 @@ pub fn auon_step(c: &AuonConfig, p: &mut [f32], g: &[f32], m: &mut [f32], ns: Op
         u[i] = lerp_torch(g[i], m[i], mp.beta);
     }
     let v = match ns {
-        Some((r, cl)) => {
+        Some((slices, r, cl)) => {
             if c.variant == AuonVariant::Paper {
                 let nu = super::newton_schulz::frobenius(&u);
                 u.iter_mut().for_each(|x| *x /= nu + NS_EPS);
             }
-            super::newton_schulz::newton_schulz5(&u, 1, r, cl, c.ns_steps, c.coefficients())
+            super::newton_schulz::newton_schulz5(&u, slices, r, cl, c.ns_steps, c.coefficients())
         }
         None => u,
     };
@@ -88,7 +89,7 @@ impl Stepper for CpuAuon {
             if self.p[i].is_empty() {
                 continue;
             }
-            let ns = self.b.uses_ns(shape).then(|| (shape[0], self.p[i].len() / shape[0]));
+            let ns = self.b.uses_ns(shape).then(|| AuonBuilder::ns_view(shape));
             auon_step(&self.b.config, &mut self.p[i], &self.g[i], &mut self.m[i], ns);
         }
         self.t += 1;
