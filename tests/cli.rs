@@ -1,18 +1,12 @@
 //! The `gpuopt` command line: replay (good and bad cases), info, parity, bench.
 
+mod common;
+
+use common::gpuopt;
 use ndarray::{Array, ArrayD, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
 use std::path::Path;
 use std::process::Command;
-
-fn gpuopt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gpuopt"))
-        .args(args)
-        // lavapipe's Mesa device-select layer prints a harmless XDG_RUNTIME_DIR line on headless machines.
-        .env("NODEVICE_SELECT", "1")
-        .output()
-        .expect("run gpuopt")
-}
 
 fn write_case(dir: &Path, json: &str, param: &ArrayD<f32>, grads: &ArrayD<f32>) {
     std::fs::write(dir.join("case.json"), json).unwrap();

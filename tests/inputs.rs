@@ -1,22 +1,15 @@
 //! Reading a case folder's inputs: hostile or unusual inputs.npz / case.json files fail with one line
 //! on stderr, exit status 1 and no outputs.npz; compressed inputs and a byte-order mark are accepted.
 
+mod common;
+
+use common::gpuopt;
 use ndarray::{Array, ArrayD, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
-
-fn gpuopt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gpuopt"))
-        .args(args)
-        // lavapipe's Mesa device-select layer prints a harmless XDG_RUNTIME_DIR line on headless machines.
-        .env("NODEVICE_SELECT", "1")
-        .output()
-        .expect("run gpuopt")
-}
 
 fn data(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = gpuopt::parity::TestRng::new(seed);

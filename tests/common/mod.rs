@@ -141,3 +141,14 @@ pub fn assert_non_finite_skips(opt: &mut dyn gpuopt::optim::Stepper, grads: &[Ve
     assert_eq!(opt.step_count().unwrap(), t + 1);
     assert!(everything(opt) != before, "a finite step moves the parameters");
 }
+
+/// Runs the `gpuopt` binary built with the tests (`env!("CARGO_BIN_EXE_gpuopt")` is set for
+/// integration tests) with `args`.
+pub fn gpuopt(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gpuopt"))
+        .args(args)
+        // lavapipe's Mesa device-select layer prints a harmless XDG_RUNTIME_DIR line on headless machines.
+        .env("NODEVICE_SELECT", "1")
+        .output()
+        .expect("run gpuopt")
+}
