@@ -242,6 +242,19 @@ pub(crate) fn check_lr_wd(lr: f64, wd: f64) -> Result<()> {
     check_nonneg("weight_decay", wd)
 }
 
+impl Algorithm {
+    /// Checks a parameter group's values as the builder and `set_lr` would (a checkpoint's groups
+    /// come from a file): lr and weight decay finite and >= 0, and base_lr too (> 0 for AdaBound,
+    /// whose bounds divide by it).
+    pub(crate) fn check_group(&self, g: &super::GroupState) -> Result<()> {
+        check_lr_wd(g.lr, g.weight_decay)?;
+        match self {
+            Algorithm::AdaBound(_) => check_positive("base_lr", g.base_lr),
+            _ => check_nonneg("base_lr", g.base_lr),
+        }
+    }
+}
+
 fn f(x: f64) -> f32 {
     x as f32
 }

@@ -2,8 +2,9 @@
 //!
 //! Layout: tensor `param/{i}` holds parameter i's values and `state/{i}/{name}` each state tensor
 //! (f32, the parameter's shape); `__metadata__` holds `format`, `optimizer`, `hyper` (JSON),
-//! `step`, `skipped`, `groups` (JSON), `params` (JSON: name, shape, group) and `crc32` of all tensor
-//! bytes in order, so a flipped byte anywhere is caught. Files are written to a temporary file in the
+//! `step`, `skipped`, `groups` (JSON), `params` (JSON: name, shape, group), `crc32` of all tensor
+//! bytes in order and `meta_crc32` of the other metadata entries, so a flipped byte anywhere is
+//! caught (files written before `meta_crc32` existed load without that check). Files are written to a temporary file in the
 //! same directory, synced and renamed, so a crash never leaves a half-written checkpoint.
 
 use super::{Algorithm, Core, GroupState, ParamMeta};
@@ -115,6 +116,9 @@ impl Snapshot {
         if self.groups.len() != core.groups.len() {
             return Err(mismatch(format!("{} groups, this optimizer has {}", self.groups.len(), core.groups.len())));
         }
+        for (i, g) in self.groups.iter().enumerate() {
+            algorithm.check_group(g).map_err(|e| mismatch(format!("group {i}: {e}")))?;
+        }
         let names: Vec<&str> = algorithm.states().iter().map(|(n, _)| *n).collect();
         for (i, p) in self.params.iter().enumerate() {
             if self.states_of(i, &names)?.iter().any(|t| t.len() != p.len()) {
@@ -162,7 +166,7 @@ impl Snapshot {
             .collect();
         let state_names: Vec<Vec<&str>> =
             self.states.iter().map(|s| s.iter().map(|(n, _)| n.as_str()).collect()).collect();
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("optimizer".to_string(), self.algorithm.clone()),
             ("hyper".to_string(), self.hyper.to_string()),
@@ -173,6 +177,7 @@ impl Snapshot {
             ("state_names".to_string(), serde_json::to_string(&state_names).expect("json")),
             ("crc32".to_string(), crc.finalize().to_string()),
         ]);
+        meta.insert("meta_crc32".to_string(), meta_crc(&meta).to_string());
         let views = tensors
             .iter()
             .map(|(name, data, shape)| {
@@ -257,8 +262,25 @@ impl Snapshot {
         if get("crc32")? != &crc.finalize().to_string() {
             return Err(bad(path, "checksum mismatch: the file is corrupt"));
         }
+        if meta.get("meta_crc32").is_some_and(|c| c != &meta_crc(&meta).to_string()) {
+            return Err(bad(path, "metadata checksum mismatch: the file is corrupt"));
+        }
         Ok(Snapshot { algorithm, hyper, step, skipped, groups, params, values, states })
     }
+}
+
+/// CRC-32 of the metadata entries other than the checksums, in key order (key, 0x1f, value, 0x1e).
+fn meta_crc(meta: &HashMap<String, String>) -> u32 {
+    let mut keys: Vec<&String> = meta.keys().filter(|k| !matches!(k.as_str(), "crc32" | "meta_crc32")).collect();
+    keys.sort();
+    let mut crc = crc32fast::Hasher::new();
+    for k in keys {
+        crc.update(k.as_bytes());
+        crc.update(&[0x1f]);
+        crc.update(meta[k].as_bytes());
+        crc.update(&[0x1e]);
+    }
+    crc.finalize()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
