@@ -110,6 +110,10 @@ fn bad_input_is_an_error_and_loses_nothing() {
     let mut b = OptimizerBuilder::new(AdamW { beta2: f64::NAN, ..AdamW::default() });
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();
     assert!(matches!(b.build(&ctx), Err(Error::Hyperparameter { .. })));
+    // AdEMAMix's alpha weighs the slow EMA: apple/ml-ademamix refuses a negative one.
+    let mut b = OptimizerBuilder::new(gpuopt::optim::AdEMAMix { alpha: -1.0, ..Default::default() });
+    b.param("x", &[1.0], &[1], b.default_group()).unwrap();
+    assert!(matches!(b.build(&ctx), Err(Error::Hyperparameter { ref name, .. }) if name == "alpha"));
     let mut b = OptimizerBuilder::new(AdamW::default());
     assert!(matches!(b.param("x", &[1.0; 3], &[2, 2], b.default_group()), Err(Error::Shape { .. })));
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();

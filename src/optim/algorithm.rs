@@ -436,7 +436,8 @@ impl Algorithm {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
                 check_beta("beta3", c.beta3, 0.0)?;
-                check_finite("alpha", c.alpha)?;
+                // apple/ml-ademamix refuses alpha < 0 (the slow EMA's weight).
+                check_nonneg("alpha", c.alpha)?;
                 check_positive("eps", c.eps)?;
                 check_nonneg("t_alpha_beta3", c.t_alpha_beta3)?;
                 if let Some(t) = c.t_alpha {
