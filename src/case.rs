@@ -72,7 +72,7 @@ pub(crate) fn read_json(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let json = serde_json::from_str(body).map_err(|e| {
         if body.contains("NaN") || body.contains("Infinity") {
-            invalid(&path, "hyperparameters must be finite numbers (found NaN or Infinity)")
+            invalid(&path, format!("not valid JSON: it holds NaN or Infinity, which JSON has no numbers for (values must be finite; {e})"))
         } else {
             invalid(&path, format!("not valid JSON: {e}"))
         }
