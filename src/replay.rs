@@ -199,7 +199,7 @@ pub fn load_case(dir: &Path) -> Result<Case> {
             ));
         }
         // A NaN/Inf loss skips its step (as SANIA's write_loss does); a finite one must be >= 0.
-        if let Some(t) = l.iter().take(steps).position(|v| *v < 0.0) {
+        if let Some(t) = l.iter().take(steps).position(|v| v.is_finite() && *v < 0.0) {
             return Err(invalid(&npz_path, format!("\"losses\"[{t}] = {} must be >= 0 (or NaN/Inf to skip)", l[t])));
         }
         Some(l.iter().copied().collect())

@@ -114,6 +114,11 @@ fn bad_input_is_an_error_and_loses_nothing() {
     let mut b = OptimizerBuilder::new(gpuopt::optim::AdEMAMix { alpha: -1.0, ..Default::default() });
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();
     assert!(matches!(b.build(&ctx), Err(Error::Hyperparameter { ref name, .. }) if name == "alpha"));
+    // AdaBound divides by each group's initial lr: a group starting at lr 0 is refused when it is
+    // made (its checkpoint would be refused on load), as a later set_lr(0) is not.
+    let mut b = OptimizerBuilder::new(gpuopt::optim::AdaBound::default());
+    assert!(matches!(b.group(GroupOptions { lr: Some(0.0), weight_decay: None }), Err(Error::Hyperparameter { .. })));
+    assert!(b.group(GroupOptions { lr: Some(1e-4), weight_decay: None }).is_ok());
     let mut b = OptimizerBuilder::new(AdamW::default());
     assert!(matches!(b.param("x", &[1.0; 3], &[2, 2], b.default_group()), Err(Error::Shape { .. })));
     b.param("x", &[1.0], &[1], b.default_group()).unwrap();

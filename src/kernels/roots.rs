@@ -84,9 +84,10 @@ const _: () = assert!(std::mem::size_of::<RootParams>() == 64);
 pub struct GpuMats {
     ctx: Context,
     mats: Vec<(Tensor, (usize, usize, usize))>,
-    enc: Option<wgpu::CommandEncoder>,
     /// The compute pass open on `enc`: consecutive operations share it (ended before a copy).
+    /// Declared before `enc`, so that it is dropped (ended) first.
     pass: Option<wgpu::ComputePass<'static>>,
+    enc: Option<wgpu::CommandEncoder>,
     keep: Vec<Box<dyn Any>>,
     dispatches: usize,
     copies: usize,

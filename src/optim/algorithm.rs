@@ -249,7 +249,7 @@ impl Algorithm {
     pub(crate) fn check_group(&self, g: &super::GroupState) -> Result<()> {
         check_lr_wd(g.lr, g.weight_decay)?;
         match self {
-            Algorithm::AdaBound(_) => check_positive("base_lr", g.base_lr),
+            Algorithm::AdaBound(_) => check_positive("base_lr (a group's initial lr)", g.base_lr),
             _ => check_nonneg("base_lr", g.base_lr),
         }
     }

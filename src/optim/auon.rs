@@ -304,19 +304,19 @@ impl AuonOptimizer {
     fn new(ctx: &Context, b: AuonBuilder) -> Result<Self> {
         // Stack keys: [slices, rows, cols] where NS5 runs (its matrices must match, and the brake
         // takes a tensor's slices together), [len] elsewhere (the passes are elementwise with one
-        // norm per tensor).
+        // norm per tensor). A tensor counts its slices as members: NS5 batches them all.
         let items = b.params.iter().map(|(meta, _)| {
             let len = meta.len();
-            let view = match b.uses_ns(&meta.shape) {
+            let item = match b.uses_ns(&meta.shape) {
                 true => {
                     let (slices, rows, cols) = AuonBuilder::ns_view(&meta.shape);
-                    vec![slices, rows, cols]
+                    (vec![slices, rows, cols], rows * cols, slices)
                 }
-                false => vec![len],
+                false => (vec![len], len, 1),
             };
-            (len > 0).then_some((view, len))
+            (len > 0).then_some(item)
         });
-        let (stacks, slots) = super::stacks(ctx, items);
+        let (stacks, slots) = super::batched_stacks(ctx, items);
         let mut chains = Vec::new();
         for (view, members) in stacks {
             let (count, len) = (members.len(), view.iter().product::<usize>());
@@ -325,7 +325,16 @@ impl AuonOptimizer {
             let shape = [count, len];
             let p = Tensor::from_slice(ctx, &init, &shape)?;
             let (g, m) = (Tensor::zeros(ctx, &shape)?, Tensor::zeros(ctx, &shape)?);
-            // NS5's input (u, or X for the paper's hybrid) as the batch of every tensor's slices.
+            // NS5's input (u, or X for the paper's hybrid) as the batch of every tensor's slices,
+            // whose products put the batch on one grid dimension.
+            // (Stacks stay within it; a tensor with more slices than it holds is alone and refused.)
+            if let Some((slices, rows, cols)) = matrix.filter(|m| count * m.0 > ctx.max_workgroups_per_dim() as usize) {
+                return Err(Error::Invalid(format!(
+                    "hybrid_auon: {count} parameter(s) of {slices} slices of {rows}x{cols} (from {:?}): at most {} matrices per stack (one grid dimension)",
+                    b.params[members[0]].0.name,
+                    ctx.max_workgroups_per_dim()
+                )));
+            }
             let ns_shape = matrix.map(|(slices, rows, cols)| vec![count * slices, rows, cols]);
             let u = Tensor::zeros(ctx, ns_shape.as_deref().unwrap_or(&shape))?;
             let x = ns_shape.map(|s| Tensor::zeros(ctx, &s)).transpose()?;
@@ -397,7 +406,11 @@ impl AuonOptimizer {
 
     /// The parameter's stack and the element offset of its first element there (`None`: empty).
     fn slot(&self, id: ParamId, len: Option<usize>) -> Result<Option<(&Stack, usize)>> {
-        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| (&self.chains[c].s, k * self.chains[c].s.len)))
+        // The slot counts members: a tensor's slices where NS5 runs, else tensors.
+        Ok(stack_slot(&self.params, &self.slots, id, len)?.map(|(c, k)| {
+            let s = &self.chains[c].s;
+            (s, k * s.len / s.matrix.map_or(1, |m| m.0))
+        }))
     }
 
     /// Writes the parameter's values (or gradient) into its stack.

@@ -136,8 +136,10 @@ impl OptimizerBuilder {
         let (lr0, wd0) = self.algorithm.lr_wd();
         let lr = opts.lr.unwrap_or(lr0);
         let wd = opts.weight_decay.unwrap_or(wd0);
-        algorithm::check_lr_wd(lr, wd)?;
-        self.groups.push(GroupState { lr, weight_decay: wd, base_lr: lr });
+        let group = GroupState { lr, weight_decay: wd, base_lr: lr };
+        // The checks a checkpoint's groups get (AdaBound divides by each group's initial lr).
+        self.algorithm.check_group(&group)?;
+        self.groups.push(group);
         Ok(GroupId(self.groups.len() - 1))
     }
 

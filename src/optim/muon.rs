@@ -649,20 +649,21 @@ impl Stepper for MuonOptimizer {
     fn restore(&mut self, s: Snapshot) -> Result<()> {
         let aux_params = self.aux.as_ref().map(|a| a.params().to_vec()).unwrap_or_default();
         let (config, momentum, aux) = split_muon_snapshot(&s, &self.params, &self.aux_ids, &aux_params)?;
+        // NS5's steps and coefficients are planned into each stack's chain: plan first, then the
+        // aux AdamW (which checks before it writes), then change anything, so a failure changes
+        // nothing.
+        let plans = if (config.ns_steps, config.ns_coefficients) != (self.config.ns_steps, self.config.ns_coefficients)
+        {
+            let plans = self.groups.iter().map(|g| ns_and_apply(&self.ctx, &config, &g.u, &g.p, &g.uniform));
+            Some(plans.collect::<Result<Vec<_>>>()?)
+        } else {
+            None
+        };
         if let (Some(a), Some(snap)) = (&mut self.aux, aux) {
             a.restore(snap)?;
         }
-        // NS5's steps and coefficients are planned into each stack's chain: replan first (nothing
-        // is changed if that fails), then write.
-        if (config.ns_steps, config.ns_coefficients) != (self.config.ns_steps, self.config.ns_coefficients) {
-            let plans = self
-                .groups
-                .iter()
-                .map(|g| ns_and_apply(&self.ctx, &config, &g.u, &g.p, &g.uniform))
-                .collect::<Result<Vec<_>>>()?;
-            for (g, (ns, apply)) in self.groups.iter_mut().zip(plans) {
-                (g.ns, g.apply) = (ns, apply);
-            }
+        for (g, (ns, apply)) in self.groups.iter_mut().zip(plans.into_iter().flatten()) {
+            (g.ns, g.apply) = (ns, apply);
         }
         for (i, m) in momentum.into_iter().enumerate() {
             if let (Some(m), Some((grp, at))) = (m, self.muon_slot(ParamId(i))?) {
