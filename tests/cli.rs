@@ -530,8 +530,9 @@ fn matfn_mpa_degrees_past_the_f32_range_are_refused_not_reported_as_a_non_spd_in
 }
 
 #[test]
-fn matfn_polar_of_a_rank_deficient_matrix_is_an_error_on_both_backends() {
-    // Rank 1: Newton–Schulz converges to a partial isometry (|YᵀY − I|_F/√3 = 0.82), not a polar factor.
+fn matfn_polar_of_a_rank_deficient_matrix_warns_on_both_backends() {
+    // Rank 1: Newton–Schulz converges to a partial isometry (|YᵀY − I|_F/√3 = 0.82), which ALGORITHMS.md
+    // §5.4 defines as the result; the polar factor is not unique, so the result comes with a warning.
     let square = Array::from_shape_vec(IxDyn(&[3, 3]), vec![1.0f32, 2.0, 3.0, 2.0, 4.0, 6.0, 1.0, 2.0, 3.0]).unwrap();
     // Tall and wide, rank 2 of 3: the third column is the sum of the first two.
     let tall = Array::from_shape_fn(IxDyn(&[5, 3]), |i| {
@@ -543,13 +544,11 @@ fn matfn_polar_of_a_rank_deficient_matrix_is_an_error_on_both_backends() {
         for backend in ["cpu", "gpu"] {
             let dir = tempfile::tempdir().unwrap();
             write_matfn(dir.path(), r#"{"function": "polar"}"#, a);
-            fails_in_one_line(
-                what,
-                dir.path(),
-                "matfn",
-                Some(backend),
-                &["rank-deficient", "polar factor is not unique"],
-            );
+            let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{what} {backend}: {stderr}");
+            assert!(stderr.contains("not orthonormal") && stderr.contains("partial isometry"), "{what}: {stderr}");
+            assert!(dir.path().join("outputs.npz").exists(), "{what} {backend}");
         }
     }
     // A full-rank matrix of the same size still passes, its factor orthonormal.
@@ -559,7 +558,8 @@ fn matfn_polar_of_a_rank_deficient_matrix_is_an_error_on_both_backends() {
     full[[2, 0]] = -1.0;
     write_matfn(dir.path(), r#"{"function": "polar"}"#, &full);
     let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", "cpu"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("not orthonormal"), "{stderr}");
 }
 
 #[test]
