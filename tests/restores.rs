@@ -1227,23 +1227,17 @@ fn qa_reg_config_change_schedule_skips_refusals() {
 const MAT_SHAPES: [&[usize]; 4] = [&[5, 7], &[5, 7], &[7, 5], &[3, 2, 2]];
 
 fn asgo_make(c: &AsgoConfig, be: Be) -> Opt {
-    // add_param is not on Stepper: one branch per concrete backend.
-    let mut rng = TestRng::new(24);
+    // Asgo<O> is generic over its backend: one filling function for both.
+    fn filled<O: MatOps + 'static>(mut o: Asgo<O>) -> Opt {
+        let mut rng = TestRng::new(24);
+        for (i, s) in MAT_SHAPES.iter().enumerate() {
+            o.add_param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
+        }
+        Box::new(o)
+    }
     match be {
-        Be::Gpu => {
-            let mut o = Asgo::gpu(&gctx(), c.clone()).unwrap();
-            for (i, s) in MAT_SHAPES.iter().enumerate() {
-                o.add_param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
-            }
-            Box::new(o)
-        }
-        Be::Cpu => {
-            let mut o = Asgo::cpu(c.clone()).unwrap();
-            for (i, s) in MAT_SHAPES.iter().enumerate() {
-                o.add_param(&format!("p{i}"), &rng.uniforms(s.iter().product(), 0.5), s).unwrap();
-            }
-            Box::new(o)
-        }
+        Be::Gpu => filled(Asgo::gpu(&gctx(), c.clone()).unwrap()),
+        Be::Cpu => filled(Asgo::cpu(c.clone()).unwrap()),
     }
 }
 

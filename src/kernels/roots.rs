@@ -131,11 +131,16 @@ impl GpuMats {
 
     /// Submits the recorded work.
     pub fn flush(&mut self) {
-        self.pass = None;
-        if let Some(enc) = self.enc.take() {
+        if let Some(enc) = self.take_encoder() {
             self.ctx.submit(enc);
         }
         self.keep.clear();
+    }
+
+    /// The pending encoder, its pass ended, ready to submit.
+    fn take_encoder(&mut self) -> Option<wgpu::CommandEncoder> {
+        self.pass = None;
+        self.enc.take()
     }
 
     /// Dispatches recorded so far (a test and benchmark hook).
@@ -165,6 +170,20 @@ impl GpuMats {
             crate::gpu::compute_pass(enc.get_or_insert_with(|| ctx.encoder("roots")), "roots").forget_lifetime()
         })
     }
+}
+
+/// Records a copy of `bytes` bytes from (buffer, offset) `src` to `dst` into the pending encoder
+/// `enc`, ending the open `pass` first (a copy cannot be recorded inside one). A free function over
+/// GpuMats' fields, so that `src` and `dst` may be borrowed from its matrices.
+fn record_copy(
+    ctx: &Context,
+    (enc, pass): (&mut Option<wgpu::CommandEncoder>, &mut Option<wgpu::ComputePass<'static>>),
+    (src, src_at): (&wgpu::Buffer, u64),
+    (dst, dst_at): (&wgpu::Buffer, u64),
+    bytes: u64,
+) {
+    *pass = None;
+    enc.get_or_insert_with(|| ctx.encoder("roots")).copy_buffer_to_buffer(src, src_at, dst, dst_at, Some(bytes));
 }
 
 impl MatOps for GpuMats {
@@ -301,15 +320,9 @@ impl MatOps for GpuMats {
                 + eliminate.record_3d(pass, (cols_left.min(grid.0), grid.1, grid.2));
             self.keep.push(Box::new((u, pivot, eliminate)));
         }
-        self.pass = None;
-        let enc = self.enc.get_or_insert_with(|| self.ctx.encoder("roots"));
-        enc.copy_buffer_to_buffer(
-            &factors,
-            4 * (batch * n) as u64,
-            self.mats[status.0].0.buffer(),
-            0,
-            4 * batch as u64,
-        );
+        let status = self.mats[status.0].0.buffer();
+        let pending = (&mut self.enc, &mut self.pass);
+        record_copy(&self.ctx, pending, (&factors, 4 * (batch * n) as u64), (status, 0), 4 * batch as u64);
         self.keep.push(Box::new(factors));
         Ok(())
     }
@@ -386,11 +399,9 @@ impl MatOps for GpuMats {
     fn copy_batch(&mut self, dst: Mat, dst_z: usize, src: Mat, src_z: usize, count: usize) -> Result<()> {
         let bytes = 4 * check_copy_batch(self, (dst, dst_z), (src, src_z), count)? as u64;
         if bytes * count as u64 > 0 {
-            let ctx = &self.ctx;
-            self.pass = None;
-            let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
             let (s, d) = (self.mats[src.0].0.buffer(), self.mats[dst.0].0.buffer());
-            enc.copy_buffer_to_buffer(s, src_z as u64 * bytes, d, dst_z as u64 * bytes, Some(count as u64 * bytes));
+            let pending = (&mut self.enc, &mut self.pass);
+            record_copy(&self.ctx, pending, (s, src_z as u64 * bytes), (d, dst_z as u64 * bytes), count as u64 * bytes);
             self.copies += 1;
         }
         Ok(())
@@ -411,10 +422,8 @@ impl MatOps for GpuMats {
             let (b, r, c) = self.shape(m);
             let bytes = 4 * (b * r * c) as u64;
             if bytes > 0 {
-                let ctx = &self.ctx;
-                self.pass = None;
-                let enc = self.enc.get_or_insert_with(|| ctx.encoder("roots"));
-                enc.copy_buffer_to_buffer(self.mats[m.0].0.buffer(), 0, t.buffer(), 0, Some(bytes));
+                let pending = (&mut self.enc, &mut self.pass);
+                record_copy(&self.ctx, pending, (self.mats[m.0].0.buffer(), 0), (t.buffer(), 0), bytes);
                 self.copies += 1;
             }
             // Recorded work may still use the old buffer: keep it alive until the next submit.
@@ -443,8 +452,7 @@ impl MatOps for GpuMats {
     }
 
     fn read(&mut self, m: Mat) -> Result<Vec<f32>> {
-        self.pass = None;
-        let enc = self.enc.take();
+        let enc = self.take_encoder();
         let keep = std::mem::take(&mut self.keep);
         self.ctx.scoped("matrix roots", || {
             if let Some(enc) = enc {
