@@ -660,6 +660,8 @@ fn bad_input_is_refused_with_a_clear_error() {
     let e = opt.add_param("bias", &[1.0; 4], &[4]).unwrap_err();
     assert!(e.to_string().contains("AdamW"), "{e}");
     assert!(opt.add_param("w", &[1.0; 5], &[2, 3]).is_err());
+    let e = opt.add_param("empty", &[], &[3, 0]).unwrap_err();
+    assert!(e.to_string().contains("[3, 0]") && e.to_string().contains("empty tensors to AdamW"), "{e}");
     let id = opt.add_param("w", &[1.0; 6], &[2, 3]).unwrap();
     assert!(opt.add_param("w", &[1.0; 6], &[2, 3]).is_err(), "duplicate name");
     assert!(matches!(opt.write_grad(id, &[1.0; 5]), Err(Error::Shape { .. })));

@@ -444,9 +444,15 @@ pub(crate) fn matrix_param(
     shape: &[usize],
 ) -> Result<(usize, usize)> {
     let n: usize = shape.iter().product();
-    if shape.len() < 2 || n == 0 || n != data.len() {
+    if shape.len() < 2 || n == 0 {
+        return Err(Error::Invalid(format!(
+            "{who} parameter {name:?} has shape {shape:?}: {who} takes non-empty matrices (rank 2, or higher \
+             viewed as rows x rest); give vectors and empty tensors to AdamW"
+        )));
+    }
+    if n != data.len() {
         return Err(Error::Shape {
-            what: format!("{who} parameter {name:?} (a non-empty matrix: rank 2, or higher viewed as rows x rest; give vectors to AdamW)"),
+            what: format!("{who} parameter {name:?} (data for its shape)"),
             expected: shape.to_vec(),
             got: vec![data.len()],
         });
