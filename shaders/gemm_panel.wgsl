@@ -11,7 +11,8 @@
 //   1. pack_a / pack_b copy op(A) and op(B) into zero-padded panels (as BLAS libraries pack), so the
 //      multiply has no bounds checks, transposes or alignment cases and reads memory in order; A
 //      stored m x k, B stored k x n with whole vec4 rows, and B stored n x k (gemm_panel_bt, which
-//      transposes 4 x 4 blocks in registers) are read in place instead when k % 4 == 0, k <= 4096;
+//      transposes 4 x 4 blocks in registers) are read in place instead when k % 4 == 0, k <= 4096
+//      (a B stored k x n only while it is small: pack_b_kn in src/kernels/gemm.rs);
 //   2. gemm_panel: one workgroup is one subgroup and computes a 64 x 32 tile (a symmetric product
 //      only the tiles on or above the diagonal, on a grid balanced for CPU threads); invocation `lane` owns
 //      rows lane, lane + 8, ..., lane + 56 and all 32 columns (256 accumulators: the driver keeps

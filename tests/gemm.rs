@@ -94,6 +94,45 @@ fn gemm_matches_reference_for_all_op_combinations() {
     }
 }
 
+/// Products large enough that the panel kernel packs a B stored k×n instead of reading it in place
+/// (`pack_b_kn`; on its own and shared by a batch) give the same bits as the same product with B
+/// stored transposed, which every kernel reads in place: the summation order does not depend on
+/// where the operands come from. Each product is also checked against the f64 oracle at a sample.
+#[test]
+fn a_large_b_gives_the_same_bits_stored_either_way() {
+    use gpuopt::kernels::gemm::{pack_b_kn, GemmPlan};
+    let ctx = common::ctx();
+    // (m, n, k, batch): one 1024^3 product; four 256-row products sharing one 1024 x 1024 B.
+    for (m, n, k, batch) in [(1024, 1024, 1024, 1), (256, 1024, 1024, 4)] {
+        assert!(pack_b_kn(m * batch, k, n), "the case must take the packed path");
+        let mut rng = TestRng::new(m as u64 + batch as u64);
+        let a = rng.uniforms(batch * m * k, 1.0);
+        let b = rng.uniforms(k * n, 1.0);
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let ta = Tensor::from_slice(&ctx, &a, &[a.len()]).unwrap();
+        let c = Tensor::zeros(&ctx, &[batch * m * n]).unwrap();
+        for kernel in kernels() {
+            let mut got = Vec::new();
+            for (stored, trans_b) in [(&b, false), (&bt, true)] {
+                let tb = Tensor::from_slice(&ctx, stored, &[stored.len()]).unwrap();
+                let desc = GemmDesc { kernel, trans_b, batch, split_k: 1, ..GemmDesc::new(m, n, k) };
+                let plan = GemmPlan::new(&ctx, desc, &ta, &tb, &c).unwrap();
+                got.push(run(&ctx, &plan, &c));
+            }
+            let what = format!("{kernel:?} {batch} x {m}x{n}x{k}");
+            let differ = got[0].iter().zip(&got[1]).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differ, 0, "{what}: B stored k x n and n x k give different bits");
+            for (z, i, j) in [(0, 0, 0), (batch - 1, m - 1, n - 1), (batch / 2, m / 3, n / 2)] {
+                let exact: f64 = (0..k).map(|l| a[z * m * k + i * k + l] as f64 * b[l * n + j] as f64).sum();
+                let scale: f64 = (0..k).map(|l| (a[z * m * k + i * k + l] * b[l * n + j]).abs() as f64).sum();
+                let tol = ((k as f64).sqrt() + 2.0) * f32::EPSILON as f64 * scale;
+                let v = got[0][z * m * n + i * n + j] as f64;
+                assert!((v - exact).abs() <= tol, "{what} [{z}] ({i}, {j}): {v} vs {exact}");
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_alpha_beta_epilogue() {
     check(GemmDesc { alpha: -0.5, beta: 2.0, ..GemmDesc::new(65, 33, 17) }, false, false);

@@ -92,6 +92,23 @@ pub const PANEL_MIN_WORK: usize = 1 << 23;
 /// packed and 49–56 ms read in place (two runs each); a square n = 2,048 product was within this
 /// machine's noise either way. (It was 1,024 while the transposed operand could not be read in place.)
 pub const PANEL_IN_PLACE_K: usize = 4096;
+/// Whether the panel kernel packs a B stored k×n (not transposed) that `rows` rows of op(A) multiply
+/// (m, or m·batch when the batch shares B) instead of reading it in place. In place, each 32-column
+/// panel takes 128 bytes from each of k rows n·4 bytes apart; once B outgrows the caches those
+/// scattered lines cost 15–25% of the product, more than a packing pass (~2.7 ms per 2^20 floats)
+/// wherever the product is long enough. So: B of at least 2^20 floats (4 MB) and at least 2^30
+/// multiply-adds. Measured on lavapipe (2-core EPYC, 32 MB L3), in place → packed, pack included:
+/// 2,048³ 475 → 360 ms, 1,536³ 195 → 145, NS5's B·X products 768×768 · 768×3,072 92 → 80 and
+/// 1,024×1,024 · 1,024×4,096 240 → 185, 256×256 · 256×16,384 65 → 60; 1,024³ 43 or 54 (one or the
+/// other per process: the rows' physical pages decide) → 45–47; below the bounds in place won or
+/// tied (512³ 5.2 against 6.0 ms, 640³ 9.9 against 11.5, 768³ even, 256×256 · 256×4,096 10.8 against
+/// 13–16, 384×1,024 · 1,024×2,048 even). A B stored n×k, read in place by `gemm_panel_bt` along its
+/// rows, keeps its lead at every size (2,048³ 320 against 360 ms packed; NS5's Gram 1,024×4,096 76
+/// against 108) and is never packed for size.
+pub fn pack_b_kn(rows: usize, k: usize, n: usize) -> bool {
+    let (rows, k, n) = (rows as u64, k as u64, n as u64);
+    k * n >= 1 << 20 && rows * k * n >= 1 << 30
+}
 
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -580,8 +597,11 @@ impl GemmPlan {
         let per_b = n_pad * k4;
         let in_place = desc.k.is_multiple_of(4) && desc.k <= PANEL_IN_PLACE_K;
         let direct_a = in_place && !desc.trans_a;
-        // A transposed B (n×k) is read in place by gemm_panel_bt, 4 stored rows per lane.
-        let direct_b = in_place && (desc.trans_b || desc.n.is_multiple_of(4));
+        // A transposed B (n×k) is read in place by gemm_panel_bt, 4 stored rows per lane; a B stored
+        // k×n unless it is large ([`pack_b_kn`]).
+        let direct_b = in_place
+            && (desc.trans_b
+                || (desc.n.is_multiple_of(4) && !pack_b_kn(desc.m * desc.batch / count_b.max(1), desc.k, desc.n)));
         let mut params = params;
         params.a_addr = if direct_a {
             let lda4 = params.lda / 4;
