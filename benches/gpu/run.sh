@@ -4,7 +4,7 @@
 #
 # Prepare (development machine, repo root):
 #   benches/gpu/pack.sh             # release binaries, stripped, into .dev/bin.tar.xz
-#   Vulkan loader .debs in .gl/     # see the device tool's README
+#                                 # (and the Vulkan loader .debs into .gl/ when missing)
 # Run (device): carry .gl, .dev/bin.tar.xz and .dev/manifest_dir; command
 #   `bash benches/gpu/run.sh 2>&1 | tee $OUT/all.log`. Per-test logs come back as $OUT/logs.tgz.
 set -uo pipefail
