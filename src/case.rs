@@ -111,7 +111,8 @@ const MAX_NPY_HEADER: usize = 1 << 20;
 const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// `inputs.npz`, opened, after every entry's `.npy` header has been checked against the data the
-/// entry actually holds (decompressing at most the declared length plus one byte).
+/// entry actually holds (a stored entry's length from the archive, checked against the file's; a
+/// compressed one decompressed, at most the declared length plus one byte).
 pub(crate) fn open_inputs(dir: &Path) -> Result<(PathBuf, NpzReader<std::fs::File>)> {
     let path = dir.join("inputs.npz");
     let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -124,6 +125,7 @@ pub(crate) fn open_inputs(dir: &Path) -> Result<(PathBuf, NpzReader<std::fs::Fil
 /// Walks the archive's entries: each must be a `.npy` whose header parses and whose data is as long
 /// as the header's shape and dtype say (entries of a dtype gpuopt never reads are only parsed).
 fn check_entries(path: &Path, file: &std::fs::File) -> Result<()> {
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| invalid(path, format!("not a valid .npz (zip) file: {e}")))?;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| invalid(path, format!("entry {i}: {e}")))?;
@@ -131,7 +133,12 @@ fn check_entries(path: &Path, file: &std::fs::File) -> Result<()> {
         let bad = |msg: String| invalid(path, format!("array \"{name}\": {msg}"));
         let compressed = entry.compression() != zip::CompressionMethod::Stored;
         let packed = entry.compressed_size();
-        let header = read_header(&mut entry).map_err(bad)?;
+        // Where a stored entry's data would end in the file: past the file's end, the archive lies.
+        let stored_end = entry.data_start().checked_add(packed).filter(|&end| end <= file_len);
+        if !compressed && stored_end.is_none() {
+            return Err(bad(format!("the archive says the entry holds {packed} bytes, past the end of the file")));
+        }
+        let (header, header_bytes) = read_header(&mut entry).map_err(bad)?;
         let Some(item) = item_size(&header) else { continue };
         let count = header.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
         let Some(bytes) = count.and_then(|n| n.checked_mul(item)) else {
@@ -146,8 +153,14 @@ fn check_entries(path: &Path, file: &std::fs::File) -> Result<()> {
         if compressed && bytes > packed.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1 << 16) {
             return Err(too_large(format!("only {packed} compressed bytes")));
         }
-        let held = std::io::copy(&mut (&mut entry).take(bytes.saturating_add(1)), &mut std::io::sink())
-            .map_err(|e| bad(format!("reading the data: {e}")))?;
+        // A stored entry holds what the archive says (checked against the file's length above), so
+        // only a compressed one is read here, as far as its declared length allows.
+        let held = if compressed {
+            std::io::copy(&mut (&mut entry).take(bytes.saturating_add(1)), &mut std::io::sink())
+                .map_err(|e| bad(format!("reading the data: {e}")))?
+        } else {
+            entry.size().saturating_sub(header_bytes)
+        };
         if held < bytes {
             return Err(too_large(format!("only {held} bytes")));
         }
@@ -163,8 +176,8 @@ fn check_entries(path: &Path, file: &std::fs::File) -> Result<()> {
 }
 
 /// Reads and parses an entry's `.npy` header, refusing a declared header length over
-/// [`MAX_NPY_HEADER`] before allocating it.
-fn read_header(entry: &mut impl Read) -> std::result::Result<Header, String> {
+/// [`MAX_NPY_HEADER`] before allocating it; returns it with the number of bytes it took.
+fn read_header(entry: &mut impl Read) -> std::result::Result<(Header, u64), String> {
     let short = |e: std::io::Error| format!("not a .npy file (header: {e})");
     let mut prefix = [0u8; 8];
     entry.read_exact(&mut prefix).map_err(short)?;
@@ -183,7 +196,9 @@ fn read_header(entry: &mut impl Read) -> std::result::Result<Header, String> {
     bytes.extend_from_slice(&len[..len_bytes]);
     bytes.resize(8 + len_bytes + header_len, 0);
     entry.read_exact(&mut bytes[8 + len_bytes..]).map_err(short)?;
-    Header::from_reader(&mut bytes.as_slice()).map_err(|e| format!("bad .npy header: {}", one_line(&e.to_string())))
+    let header = Header::from_reader(&mut bytes.as_slice())
+        .map_err(|e| format!("bad .npy header: {}", one_line(&e.to_string())))?;
+    Ok((header, bytes.len() as u64))
 }
 
 /// Bytes per element for plain dtype strings like `<f4`, `|u1`, `<c16`, `<U5`; `None` for object,

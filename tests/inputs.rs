@@ -92,6 +92,24 @@ fn a_header_declaring_more_data_than_the_entry_holds_is_one_line_not_an_abort() 
         write_npz(dir.path(), &[("a", param.clone())], method);
         fails_cleanly(what, dir.path(), "matfn", &["\"a\"", shown]);
     }
+    // A stored entry whose archive sizes (local and central headers) claim 2 GB in a file of a few
+    // hundred bytes: refused from the file's length, before anything reads or allocates that much.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("case.json"), SGD).unwrap();
+    let param = f32_npy("(100000, 5000)", &f32_bytes(&data(&[3, 4], 1)));
+    write_npz(dir.path(), &[("param", param), ("grads", grads.clone())], CompressionMethod::Stored);
+    let npz = dir.path().join("inputs.npz");
+    let mut bytes = std::fs::read(&npz).unwrap();
+    let claim = 2_000_000_128u32.to_le_bytes();
+    let (local, central) = (
+        bytes.windows(4).position(|w| w == b"PK\x03\x04").unwrap(),
+        bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap(),
+    );
+    for at in [local + 18, local + 22, central + 20, central + 24] {
+        bytes[at..at + 4].copy_from_slice(&claim);
+    }
+    std::fs::write(&npz, bytes).unwrap();
+    fails_cleanly("stored sizes past the file's end", dir.path(), "replay", &["\"param\"", "past the end of the file"]);
     // A header length (u32, version 2.0) of 4 GB is refused before it is allocated.
     let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
     v2.extend_from_slice(&u32::MAX.to_le_bytes());
