@@ -126,7 +126,7 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
             let d: Vec<f64> = match cfg.graft {
                 Graft::Sgd => g.clone(),
                 Graft::Adagrad | Graft::Rmsprop => {
-                    let (decay, weight) = if cfg.graft == Graft::Adagrad { (1.0, 1.0) } else { (b2, 1.0 - b2) };
+                    let (decay, weight) = if cfg.graft == Graft::Adagrad { (1.0, 1.0) } else { (b2, w2) };
                     p.a.iter_mut()
                         .zip(&g)
                         .map(|(a, g)| {
@@ -162,7 +162,9 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                         }
                     }
                 }
-                if t >= cfg.start_preconditioning_step {
+                // optax: `count >= start_preconditioning_step`, its count (t − 1) 0-based.
+                let count = t - 1;
+                if count >= cfg.start_preconditioning_step {
                     let nd = d.iter().map(|v| v * v).sum::<f64>().sqrt();
                     let ns = s.iter().map(|v| v * v).sum::<f64>().sqrt();
                     dir = s.iter().map(|v| v * nd / (ns + 1e-16)).collect();
@@ -182,8 +184,9 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
 #[test]
 fn matches_an_independent_f64_implementation_with_exact_roots() {
     let ctx = common::ctx();
-    for (graft, nesterov) in [(Graft::Adagrad, true), (Graft::Sgd, false)] {
-        let cfg = config(graft, nesterov);
+    let summed = |graft| ShampooConfig { beta2: 1.0, ..config(graft, true) };
+    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop)] {
+        let graft = cfg.graft;
         let gpu = run(GpuMats::new(&ctx).unwrap(), &cfg, 10);
         let want = f64_reference(&cfg, 10);
         for (t, (g, w)) in gpu.iter().zip(&want).enumerate() {
@@ -195,6 +198,30 @@ fn matches_an_independent_f64_implementation_with_exact_roots() {
             }
         }
     }
+}
+
+/// optax's step rules: the graft alone for the first `start_preconditioning_step` steps (its count is
+/// 0-based); the RMSProp graft's accumulator weighted like the statistics, so at beta2 = 1 it is a
+/// sum and the graft is AdaGrad's (a weight of 1 - beta2 = 0 left it at zero, and the update at
+/// g / diag_eps).
+#[test]
+fn preconditioning_starts_after_the_graft_steps_and_rmsprop_at_beta2_one_is_adagrad() {
+    let base = ShampooConfig { precondition_frequency: 1, ..config(Graft::Adagrad, true) };
+    let never = run(CpuMats::default(), &ShampooConfig { start_preconditioning_step: 100, ..base.clone() }, 4);
+    for start in [0, 1, 3] {
+        let got = run(CpuMats::default(), &ShampooConfig { start_preconditioning_step: start, ..base.clone() }, 4);
+        for t in 0..4 {
+            // Parameter 0 (20 x 12) is preconditioned; parameter 2, a vector, never is.
+            let same = got[t][0] == never[t][0];
+            assert_eq!(same, t < start, "start {start}: step {} graft-only {same}", t + 1);
+            assert_eq!(got[t][2], never[t][2]);
+        }
+    }
+    let summed = |graft| ShampooConfig { beta2: 1.0, ..config(graft, true) };
+    let (rms, ada) =
+        (run(CpuMats::default(), &summed(Graft::Rmsprop), 4), run(CpuMats::default(), &summed(Graft::Adagrad), 4));
+    assert_eq!(rms, ada);
+    assert!(rms[3][0].iter().all(|v| v.abs() < 10.0), "bounded: {:?}", &rms[3][0][..4]);
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! (7.7.2) every precondition_frequency steps: P_L ← (L + matrix_eps·I)^{−1/4}, P_R likewise (coupled
 //!         Newton, §7.6); when it fails (max|M − I| ≥ 0.1 or NaN) the old root is kept
 //! (7.7.3) S ← P_L·G·P_R
-//! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + (1−β2)·g²
+//! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
+//!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
-//! (7.7.7) M ← β1·M + S   (before start_preconditioning_step: S = D)
+//! (7.7.7) M ← β1·M + S   (S = D for the first start_preconditioning_step steps, optax's 0-based count)
 //! (7.7.8) U ← S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay)
 //! ```
 //!
@@ -77,7 +78,9 @@ pub struct ShampooConfig {
     pub block_size: usize,
     /// Steps between root refreshes.
     pub precondition_frequency: usize,
-    /// First step that uses the preconditioned direction (the graft before).
+    /// Steps that use the graft direction before the first preconditioned one: optax's
+    /// `count >= start_preconditioning_step` on its 0-based step count, so with 5 steps 1–5 use the
+    /// graft and step 6 is the first preconditioned (0: every step is).
     pub start_preconditioning_step: usize,
     /// Grafting type.
     pub graft: Graft,
@@ -472,14 +475,15 @@ impl<O: MatOps> Shampoo<O> {
         let cfg = self.cfg.clone();
         let (b2, w2) = (cfg.beta2 as f32, if cfg.beta2 == 1.0 { 1.0 } else { (1.0 - cfg.beta2) as f32 });
         let refresh = (t - 1).is_multiple_of(cfg.precondition_frequency);
-        let precondition = t >= cfg.start_preconditioning_step;
+        // optax's `count >= start_preconditioning_step` with its count 0-based (t − 1), as the refresh.
+        let precondition = t > cfg.start_preconditioning_step;
         let ops = &mut self.ops;
         for p in &self.params {
             // Graft direction D.
             match cfg.graft {
                 Graft::Sgd => ops.affine(p.d, Some(p.grad), 1.0, Scale::One, 0.0, 0.0)?,
                 Graft::Adagrad => ops.graft(p.acc, p.grad, p.d, 1.0, 1.0, cfg.diag_eps as f32)?,
-                Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, 1.0 - b2, cfg.diag_eps as f32)?,
+                Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, w2, cfg.diag_eps as f32)?,
             }
             let mut dir = p.d;
             if !p.blocks.is_empty() {
