@@ -19,7 +19,8 @@
 //!   max|M − I| above 0.1 is an error.
 //!
 //! A bad case is an error of one line and writes no `outputs.npz` (a stale one is removed first); a
-//! key outside its range is named with the value given and the range allowed.
+//! key outside its range is named with the value given and the range allowed; a key the function
+//! does not read is ignored with a warning. No `y` holding NaN or Inf is written: it is an error.
 
 use crate::case::{clear_output, invalid, open_inputs, read_array, read_json, write_outputs};
 use crate::error::{Error, Result};
@@ -240,6 +241,32 @@ fn mpa_error(e: Error, function: &str, degree: usize) -> Error {
     }
 }
 
+/// The keys each function reads (besides "function"), and `gpuopt hutchinson`'s; `None` for an unknown
+/// function.
+fn known_keys(function: &str, method: Option<&str>) -> Option<&'static [&'static str]> {
+    Some(match (function, method) {
+        ("newton_schulz5", _) => &["steps", "ns_coefficients"],
+        ("polar", _) => &["max_iters"],
+        ("inv_sqrt", Some("polar_express")) => &["method", "iters", "eps"],
+        ("sqrt" | "inv_sqrt", Some("mtp" | "mpa")) => &["method", "degree"],
+        ("sqrt" | "inv_sqrt", _) => &["method", "iters", "tol"],
+        ("inv_root", _) => &["p", "eps", "eps_relative", "max_iters", "tol"],
+        ("hutchinson", _) => &["samples", "seed"],
+        _ => return None,
+    })
+}
+
+/// Keys the function does not read are ignored, as in replay cases, but each is named in a warning:
+/// a misspelt key (`iter` for `iters`) would otherwise pass for the default silently.
+fn warn_unknown_keys(json: &serde_json::Value, function: &str, path: &Path) {
+    let method = json.get("method").and_then(|v| v.as_str());
+    let (Some(known), Some(given)) = (known_keys(function, method), json.as_object()) else { return };
+    for key in given.keys().filter(|k| *k != "function" && !known.contains(&k.as_str())) {
+        let what = method.map_or(function.to_string(), |m| format!("{function} with method {m:?}"));
+        log::warn!("{}: key {key:?} is not one of {what}'s ({}); ignored", path.display(), known.join(", "));
+    }
+}
+
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,
 /// or `None` for the CPU reference).
 pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -> Result<()> {
@@ -249,6 +276,7 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
         .get("function")
         .and_then(|v| v.as_str())
         .ok_or_else(|| invalid(&case_path, "missing string field \"function\""))?;
+    warn_unknown_keys(&json, function, &case_path);
     let (npz_path, mut npz) = open_inputs(dir)?;
     let a = read_array(&npz_path, &mut npz, "a", "float32")?;
     if a.iter().any(|v| !v.is_finite()) {
@@ -374,6 +402,11 @@ pub fn run_case(dir: &Path, backend: impl FnOnce() -> Result<Option<Context>>) -
             return Err(invalid(&case_path, format!("unknown function {other:?} (known: {})", FUNCTIONS.join(", "))))
         }
     };
+    // Every function's own checks should have caught a breakdown; this one keeps the promise that no
+    // outputs.npz holds NaN or Inf whatever slipped past them.
+    if reference::has_non_finite(&y) {
+        return Err(invalid(&npz_path, format!("{function}: the result holds NaN or Inf (f32 broke down)")));
+    }
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| Error::Invalid(e.to_string()))?;
     write_outputs(&out, &[("y", &y)])
 }
@@ -392,6 +425,7 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
             invalid(&case_path, format!("\"seed\" = {}: must be an integer from 0 to 2^64 - 1", shown(v)))
         })?,
     };
+    warn_unknown_keys(&json, "hutchinson", &case_path);
     let (npz_path, mut npz) = open_inputs(dir)?;
     let a = read_array(&npz_path, &mut npz, "a", "float32")?;
     let n = match a.shape() {

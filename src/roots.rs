@@ -331,16 +331,26 @@ fn identity(ops: &mut impl MatOps, batch: usize, n: usize) -> Result<Mat> {
 }
 
 /// ‖x[z]‖_F per matrix, read back and checked: an error naming `what` and the matrix when one is not
-/// finite (NaN or Inf in the input) or is zero (`zero` says what that means for the caller).
+/// finite (NaN or Inf in the input, or a norm past f32's range), is zero (`zero` says what that means
+/// for the caller), or is so small that dividing by it overflows (a subnormal norm: Â = A/s would
+/// hold Inf, and the result NaN).
 fn checked_norms(ops: &mut impl MatOps, x: Mat, what: &str, zero: &str) -> Result<Mat> {
     let norms = ops.alloc(ops.shape(x).0, 1, 1)?;
     ops.frobenius(x, norms)?;
     for (z, v) in ops.read(norms)?.into_iter().enumerate() {
         if !v.is_finite() {
-            return Err(Error::Invalid(format!("{what}: matrix {z} holds NaN or Inf")));
+            return Err(Error::Invalid(format!(
+                "{what}: matrix {z} holds NaN or Inf, or its Frobenius norm overflows f32 (> 3.4e38)"
+            )));
         }
         if v <= 0.0 {
             return Err(Error::Invalid(format!("{what}: matrix {z} {zero}")));
+        }
+        if !(1.0 / v).is_finite() {
+            return Err(Error::Invalid(format!(
+                "{what}: matrix {z} has Frobenius norm {v:e}, below what f32 can divide by (its reciprocal \
+                 overflows); scale the input up"
+            )));
         }
     }
     Ok(norms)
@@ -805,6 +815,10 @@ fn inv_root_into(
     let g = ops.alloc(b, n, n)?;
     ops.affine(g, Some(a), 1.0, Scale::One, 0.0, 0.0)?;
     if opts.eps_relative {
+        // A zero matrix has λ_max = 0 and so a zero relative ridge (and the power iteration would
+        // divide 0 by 0): said here, in those terms.
+        let zero = "is zero, and so is its relative ridge eps·λ_max (give an absolute eps)";
+        checked_norms(ops, a, "inv_root", zero)?;
         let lmax = power_iteration(ops, a)?;
         let ridges: Vec<f32> = lmax.iter().map(|l| opts.eps * l.max(0.0)).collect();
         let ridge = ops.upload(&ridges, b, 1, 1)?;

@@ -210,11 +210,7 @@ pub fn batch_shape(shape: &[usize]) -> Result<(usize, usize, usize)> {
     match *shape {
         [m, n] => Ok((1, m, n)),
         [b, m, n] => Ok((b, m, n)),
-        _ => Err(Error::Shape {
-            what: "matrix input (expected [m, n] or [b, m, n])".into(),
-            expected: vec![0, 0],
-            got: shape.to_vec(),
-        }),
+        _ => Err(Error::Invalid(format!("a matrix input is [m, n] or [b, m, n], got shape {shape:?}"))),
     }
 }
 
