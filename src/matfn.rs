@@ -213,7 +213,20 @@ fn root_fn(ctx: Option<Context>, data: &[f32], b: usize, n: usize, f: RootFn) ->
             RootFn::Root(method, true) => roots::inv_sqrt(ops, a, method)?,
             RootFn::Root(method, false) => roots::sqrt(ops, a, method)?,
             RootFn::PolarExpress(eps, iters) => roots::inv_sqrt_polar_express(ops, a, eps, iters)?,
-            RootFn::InvRoot(p, opts) => roots::inv_root(ops, a, p, opts)?.x,
+            RootFn::InvRoot(p, opts) => {
+                let r = roots::inv_root(ops, a, p, opts)?;
+                // Past tol but within the failure threshold (the growth guard or the iteration cap
+                // stopped it): a result, less accurate than asked, which the caller should hear.
+                for (z, (e, iters)) in r.err.iter().zip(&r.iters).enumerate().filter(|(_, (e, _))| **e > opts.tol) {
+                    log::warn!(
+                        "inv_root: matrix {z} stopped at max|M - I| = {e:e} after {iters} iteration(s), above tol = \
+                         {:e} (under the {} failure threshold): a larger eps or max_iters may help",
+                        opts.tol,
+                        roots::INV_ROOT_FAILURE
+                    );
+                }
+                r.x
+            }
         };
         ops.read(y)
     }

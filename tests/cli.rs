@@ -588,6 +588,26 @@ fn matfn_inputs_at_the_edges_of_f32_are_refused_saying_why() {
     }
 }
 
+/// inv_root's result is written when its final max|M - I| is within the 0.1 failure threshold; past
+/// the tol asked for (here one f32 cannot reach), with a warning saying so.
+#[test]
+fn matfn_inv_root_warns_when_it_stops_short_of_tol() {
+    let a = Array::from_shape_fn(IxDyn(&[3, 3]), |i| if i[0] == i[1] { [4.0, 9.0, 2.0][i[0]] } else { 0.0 });
+    for (json, warned) in
+        [(r#"{"function": "inv_root", "p": 2, "tol": 1e-12}"#, true), (r#"{"function": "inv_root", "p": 2}"#, false)]
+    {
+        for backend in ["cpu", "gpu"] {
+            let dir = tempfile::tempdir().unwrap();
+            write_matfn(dir.path(), json, &a);
+            let out = gpuopt(&["matfn", dir.path().to_str().unwrap(), "--backend", backend]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{json} {backend}: {stderr}");
+            assert_eq!(stderr.contains("above tol"), warned, "{json} {backend}: {stderr}");
+            assert!(dir.path().join("outputs.npz").exists());
+        }
+    }
+}
+
 /// A key the function does not read is ignored, as in replay cases, but named in a warning.
 #[test]
 fn matfn_and_hutchinson_warn_about_keys_they_do_not_read() {
