@@ -1502,6 +1502,7 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         beta1: 0.8,
         beta2: 0.99,
         weight_decay: 0.01,
+        decoupled_weight_decay: false,
         block_size,
         precondition_frequency: 2,
         start_preconditioning_step: 2,

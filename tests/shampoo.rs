@@ -171,9 +171,15 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                 }
             }
             for i in 0..g.len() {
-                p.m[i] = cfg.beta1 * p.m[i] + dir[i];
-                let u = if cfg.nesterov { dir[i] + cfg.beta1 * p.m[i] } else { p.m[i] };
-                p.p[i] = (1.0 - cfg.lr * cfg.weight_decay) * p.p[i] - cfg.lr * u;
+                // (7.7.6) coupled: wd·p joins the direction before momentum; else decoupled.
+                let (d, keep) = if cfg.decoupled_weight_decay {
+                    (dir[i], 1.0 - cfg.lr * cfg.weight_decay)
+                } else {
+                    (dir[i] + cfg.weight_decay * p.p[i], 1.0)
+                };
+                p.m[i] = cfg.beta1 * p.m[i] + d;
+                let u = if cfg.nesterov { d + cfg.beta1 * p.m[i] } else { p.m[i] };
+                p.p[i] = keep * p.p[i] - cfg.lr * u;
             }
         }
         traj.push(ps.iter().map(|p| p.p.clone()).collect());
@@ -185,7 +191,9 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
 fn matches_an_independent_f64_implementation_with_exact_roots() {
     let ctx = common::ctx();
     let summed = |graft| ShampooConfig { beta2: 1.0, ..config(graft, true) };
-    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop)] {
+    // optax's default decay: coupled, and large enough to matter.
+    let coupled = ShampooConfig { decoupled_weight_decay: false, weight_decay: 0.5, ..config(Graft::Sgd, true) };
+    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop), coupled] {
         let graft = cfg.graft;
         let gpu = run(GpuMats::new(&ctx).unwrap(), &cfg, 10);
         let want = f64_reference(&cfg, 10);

@@ -13,7 +13,8 @@
 //!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
 //! (7.7.7) M ← β1·M + S   (S = D for the first start_preconditioning_step steps, optax's 0-based count)
-//! (7.7.8) U ← S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay)
+//! (7.7.8) U ← S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay; with
+//!         decoupled_weight_decay false, optax's coupled (7.7.6) S ← S + wd·p before 7.7.7 instead)
 //! ```
 //!
 //! Conventions (gpuopt's, written down because the references differ): the ridge of the roots is
@@ -72,8 +73,13 @@ pub struct ShampooConfig {
     pub beta1: f64,
     /// Statistics decay β2 (1 = running sum).
     pub beta2: f64,
-    /// Decoupled weight decay.
+    /// Weight decay: decoupled (`p ← (1 − lr·wd)·p` after the step) unless `decoupled_weight_decay`
+    /// is false.
     pub weight_decay: f64,
+    /// true (default, issue 5's contract): decoupled decay. false: optax's default, coupled (7.7.6):
+    /// wd·p added to the direction (grafted Shampoo, or the graft before preconditioning) before
+    /// momentum.
+    pub decoupled_weight_decay: bool,
     /// Largest block side (max_preconditioner_dim).
     pub block_size: usize,
     /// Steps between root refreshes.
@@ -101,6 +107,7 @@ impl Default for ShampooConfig {
             beta1: 0.9,
             beta2: 0.999,
             weight_decay: 0.0,
+            decoupled_weight_decay: true,
             block_size: 1024,
             precondition_frequency: 1,
             start_preconditioning_step: 5,
@@ -554,7 +561,12 @@ impl<O: MatOps> Shampoo<O> {
                     dir = p.u;
                 }
             }
-            // (7.7.7)–(7.7.8): M ← β1·M + S;  U ← S + β1·M or M;  p ← (1 − lr·wd)·p − lr·U.
+            // (7.7.6) coupled decay: S ← S + wd·p (dir is this step's own buffer: D or the grafted S).
+            let wd = cfg.weight_decay as f32;
+            if !cfg.decoupled_weight_decay && wd != 0.0 {
+                ops.affine(dir, Some(p.p), wd, Scale::One, 1.0, 0.0)?;
+            }
+            // (7.7.7)–(7.7.8): M ← β1·M + S;  U ← S + β1·M or M;  p ← (1 − lr·wd)·p − lr·U (decoupled).
             let b1 = cfg.beta1 as f32;
             ops.affine(p.momentum, Some(dir), 1.0, Scale::One, b1, 0.0)?;
             let step_dir = if cfg.nesterov {
@@ -567,7 +579,8 @@ impl<O: MatOps> Shampoo<O> {
                 p.momentum
             };
             let lr = cfg.lr as f32;
-            ops.affine(p.p, Some(step_dir), -lr, Scale::One, (1.0 - cfg.lr * cfg.weight_decay) as f32, 0.0)?;
+            let keep = if cfg.decoupled_weight_decay { (1.0 - cfg.lr * cfg.weight_decay) as f32 } else { 1.0 };
+            ops.affine(p.p, Some(step_dir), -lr, Scale::One, keep, 0.0)?;
         }
         // One submit per step; nothing is read back.
         self.ops.submit();
