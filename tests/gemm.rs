@@ -133,6 +133,69 @@ fn a_large_b_gives_the_same_bits_stored_either_way() {
     }
 }
 
+/// Under an adapter's loop budget (llvmpipe stops a shader's loops after 65,535 iterations, silently;
+/// here a budget of 2,000 set through ContextOptions, so that it binds on any adapter at small k):
+/// long k runs split into slices within the budget and matches the oracle, on every kernel asked
+/// for; a product that cannot split (batched) is refused, not summed short.
+#[test]
+fn long_k_stays_within_the_adapters_loop_budget() {
+    use gpuopt::kernels::gemm::GemmPlan;
+    let ctx = common::ctx_with(gpuopt::ContextOptions { loop_limit: Some(2000), ..Default::default() });
+    assert_eq!(ctx.info().loop_limit, Some(2000));
+    let k = 5000;
+    let mut kernels = vec![GemmKernel::Auto, GemmKernel::Tile64, GemmKernel::Tile128];
+    if ctx.info().subgroup_size == Some(gpuopt::kernels::gemm::PANEL_LANES) {
+        kernels.push(GemmKernel::Panel);
+    }
+    for kernel in kernels {
+        for (m, n, trans_a, trans_b, gram) in
+            [(40, 24, false, false, false), (40, 24, true, false, false), (33, 33, false, true, true)]
+        {
+            let mut rng = TestRng::new(k as u64 + m as u64);
+            let a = rng.uniforms(m * k, 1.0);
+            let b = if gram { a.clone() } else { rng.uniforms(k * n, 1.0) };
+            let ta = Tensor::from_slice(&ctx, &a, &[a.len()]).unwrap();
+            let tb_own = Tensor::from_slice(&ctx, &b, &[b.len()]).unwrap();
+            let tb = if gram { &ta } else { &tb_own };
+            let c = Tensor::zeros(&ctx, &[m * n]).unwrap();
+            let desc = GemmDesc { kernel, trans_a, trans_b, symmetric: gram, ..GemmDesc::new(m, n, k) };
+            let plan = GemmPlan::new(&ctx, desc, &ta, tb, &c).unwrap();
+            assert!(plan.slices() >= 3, "{kernel:?}: k = {k} must be split under the budget, got {}", plan.slices());
+            let got = run(&ctx, &plan, &c);
+            let mut want = vec![0.0; m * n];
+            reference::gemm::gemm(&desc, &a, &b, &mut want);
+            let scale = reference::gemm::abs_product(&desc, &a, &b);
+            let tol = |i: usize| ((k as f32).sqrt() + 2.0) * f32::EPSILON * scale[i];
+            for i in 0..m * n {
+                assert!((got[i] - want[i]).abs() <= tol(i), "{desc:?} [{i}]: {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+    let batched = GemmDesc { batch: 2, ..GemmDesc::new(8, 8, k) };
+    let (a, b, c) = (
+        Tensor::zeros(&ctx, &[2 * 8 * k]).unwrap(),
+        Tensor::zeros(&ctx, &[k * 8]).unwrap(),
+        Tensor::zeros(&ctx, &[2 * 64]).unwrap(),
+    );
+    let e = GemmPlan::new(&ctx, batched, &a, &b, &c).err().expect("a batched long k is refused");
+    assert!(e.to_string().contains("loop iterations") && e.to_string().contains("batched"), "{e}");
+}
+
+/// The driver's own budget (llvmpipe's 65,535, none on GPUs): k = 70,000, which the tiled kernel
+/// summed to 58,255 on llvmpipe before, is exact on every adapter.
+#[test]
+fn a_product_longer_than_llvmpipes_loop_budget_is_whole() {
+    let ctx = common::ctx();
+    let (m, n, k) = (8, 8, 70_000);
+    let ones = Tensor::from_slice(&ctx, &vec![1.0f32; m * k], &[m * k]).unwrap();
+    let c = Tensor::zeros(&ctx, &[m * n]).unwrap();
+    for kernel in kernels().into_iter().chain([GemmKernel::Auto]) {
+        gemm(&ctx, GemmDesc { kernel, ..GemmDesc::new(m, n, k) }, &ones, &ones, &c).unwrap();
+        let got = c.to_vec(&ctx).unwrap();
+        assert!(got.iter().all(|&v| v == k as f32), "{kernel:?}: {:?}", &got[..4]);
+    }
+}
+
 #[test]
 fn gemm_alpha_beta_epilogue() {
     check(GemmDesc { alpha: -0.5, beta: 2.0, ..GemmDesc::new(65, 33, 17) }, false, false);

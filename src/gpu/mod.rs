@@ -96,7 +96,17 @@ pub struct ContextOptions {
     /// Cap on the bytes of one storage binding below the device's own; lets tests exercise arena
     /// segmentation on small tensors. `None` uses the device limit.
     pub max_binding_bytes: Option<u64>,
+    /// Cap on the loop iterations one shader invocation may run, below the driver's own
+    /// ([`AdapterSummary::loop_limit`]); lets tests exercise the paths that keep loops short on any
+    /// adapter. `None` uses the driver's.
+    pub loop_limit: Option<u64>,
 }
+
+/// The loop iterations llvmpipe (lavapipe) lets one shader invocation run: Mesa's gallivm counts
+/// every loop's iterations against one budget of `LP_MAX_TGSI_LOOP_ITERATIONS` (65,535) and, when it
+/// runs out, silently leaves the loops, so a longer sum just stops short. Found by an audit: a GEMM
+/// with k = 70,000 on the tiled kernel summed 58,255 of its terms.
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
 
 /// What [`Context::info`] reports about the adapter and the limits the device was opened with.
 #[derive(Clone, Debug)]
@@ -117,9 +127,27 @@ pub struct AdapterSummary {
     /// its SIMD lanes); `None` otherwise. The CPU-adapter GEMM ([`crate::kernels::gemm::GemmKernel::Panel`])
     /// needs exactly 8.
     pub subgroup_size: Option<u32>,
+    /// The most loop iterations one shader invocation may run before the driver stops it: llvmpipe's
+    /// [`LLVMPIPE_LOOP_LIMIT`], or a test's [`ContextOptions::loop_limit`]; `None`: no such limit
+    /// (GPUs). Kernels whose loops grow with a problem's size either split the work to stay under it
+    /// (GEMM's k, Hutchinson's samples) or refuse the problem with an error saying so.
+    pub loop_limit: Option<u64>,
 }
 
 impl AdapterSummary {
+    /// An error unless `iterations` loop iterations per invocation fit this adapter's
+    /// [`AdapterSummary::loop_limit`]; `what` names the work and the size that sets the count.
+    pub fn check_loop(&self, iterations: u64, what: &str) -> Result<()> {
+        match self.loop_limit {
+            Some(limit) if iterations > limit => Err(Error::Invalid(format!(
+                "{what} needs {iterations} loop iterations in one shader invocation, and {} stops a shader's \
+                 loops silently after {limit}: refused rather than cut short (a GPU has no such limit)",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// A CPU driver (lavapipe, WARP, SwiftShader): kernels that pick their shape per adapter class
     /// (the GEMM's tile, split-K, the bench sizes) take their CPU-driver branch.
     pub fn is_cpu(&self) -> bool {
@@ -138,6 +166,9 @@ impl std::fmt::Display for AdapterSummary {
         match self.subgroup_size {
             Some(w) => writeln!(f, "subgroups:      {w} lanes")?,
             None => writeln!(f, "subgroups:      no")?,
+        }
+        if let Some(l) = self.loop_limit {
+            writeln!(f, "loop limit:     {l} iterations per shader invocation (kernels split or refuse longer loops)")?;
         }
         writeln!(f, "max_buffer_size:                     {}", l.max_buffer_size)?;
         writeln!(f, "max_storage_buffer_binding_size:     {}", l.max_storage_buffer_binding_size)?;
@@ -271,6 +302,13 @@ impl Context {
             timestamps,
             subgroup_size: (subgroups && info.subgroup_min_size == info.subgroup_max_size)
                 .then_some(info.subgroup_min_size),
+            loop_limit: {
+                let driver = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
+                match (driver, opts.loop_limit) {
+                    (Some(d), Some(o)) => Some(d.min(o)),
+                    (d, o) => d.or(o),
+                }
+            },
         };
         log::info!("gpuopt: using {} ({:?}, {:?})", summary.name, summary.backend, summary.device_type);
         let unused = device.create_buffer(&wgpu::BufferDescriptor {

@@ -110,6 +110,21 @@ pub fn pack_b_kn(rows: usize, k: usize, n: usize) -> bool {
     k * n >= 1 << 20 && rows * k * n >= 1 << 30
 }
 
+/// Loop iterations per invocation of the tiled kernels for a given k: 18 per 16-deep k tile (the
+/// tile loop and its 16 steps; the loads' fixed loops are unrolled), measured on llvmpipe, whose
+/// loop budget ran out at k = 58,255 (65,535 · 16/18).
+fn tile_loop_iterations(k: usize) -> u64 {
+    k.div_ceil(16) as u64 * 18
+}
+
+/// The longest k that the panel kernel (k/4 iterations of its k loop) and the tiled kernels
+/// ([`tile_loop_iterations`]) run in one dispatch under a loop budget of `limit` iterations per
+/// invocation, each with half the budget to spare.
+fn loop_k_bounds(limit: u64) -> (usize, usize) {
+    let half = (limit / 2) as usize;
+    (4 * half, half / 18 * 16)
+}
+
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
@@ -521,7 +536,30 @@ impl GemmPlan {
         // read (d_mode = 0, scale_pows = 0).
         let d_buf = d.map_or(ctx.unused_binding(), Tensor::buffer);
         let n_buf = scale.map_or(ctx.unused_binding(), |sc| sc.norms.buffer());
-        let kernel = desc.kernel.resolve(ctx, &desc);
+        let mut kernel = desc.kernel.resolve(ctx, &desc);
+        let gram = a.buffer() == b.buffer() && desc.trans_a != desc.trans_b;
+        // An adapter that stops long shader loops (llvmpipe, AdapterSummary::loop_limit): a k past
+        // the panel kernel's bound goes to the tiled kernel, which splits k into slices within its
+        // own (split-K: single matrices, symmetric ones only as Gram products); what cannot split
+        // is refused rather than summed short.
+        let mut min_slices = 1;
+        if let Some(limit) = ctx.info().loop_limit {
+            let (panel_k, tile_k) = loop_k_bounds(limit);
+            if kernel == GemmKernel::Panel && desc.k > panel_k {
+                kernel = GemmKernel::Tile64;
+            }
+            if kernel != GemmKernel::Panel && desc.k > tile_k {
+                min_slices = desc.k.div_ceil(tile_k);
+                if desc.batch != 1 || (desc.symmetric && !gram) || min_slices > MAX_SPLIT_K {
+                    let what = format!(
+                        "a GEMM with k = {} ({}; k up to {panel_k} fits)",
+                        desc.k,
+                        if desc.batch != 1 { "batched, so k cannot be split" } else { "too long to split" }
+                    );
+                    ctx.info().check_loop(tile_loop_iterations(desc.k), &what)?;
+                }
+            }
+        }
         if kernel == GemmKernel::Panel {
             return Self::build_panel(ctx, desc, params, (a, b, c), d_buf, n_buf);
         }
@@ -530,9 +568,9 @@ impl GemmPlan {
             GemmKernel::Tile128Prefetch => (&GEMM_F32_128_PREFETCH, TILE_LARGE),
             _ => (&GEMM_F32, TILE),
         };
-        let gram = a.buffer() == b.buffer() && desc.trans_a != desc.trans_b;
         // Slices of a multiple of 16 (the kernels' k step), so only the last one is ragged.
-        let kc = desc.k.div_ceil(desc.split_k_for(ctx, gram)).next_multiple_of(16).min(desc.k).max(1);
+        let split = desc.split_k_for(ctx, gram).max(min_slices);
+        let kc = desc.k.div_ceil(split).next_multiple_of(16).min(desc.k).max(1);
         let slices = desc.k.div_ceil(kc);
         let mut reduce = None;
         // Split-K: slice z of k is batch matrix z of a GEMM into scratch; the reduction applies α, β.
