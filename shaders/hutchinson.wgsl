@@ -6,8 +6,11 @@
 struct HutchParams {
     n: u32,
     samples: u32,
-    _p0: u32,
-    _p1: u32,
+    // hutchinson_diag: the samples [k0, k1) of this dispatch. An adapter that stops long loops
+    // (llvmpipe: 65,535 iterations per invocation) gets the samples in several dispatches, each
+    // carrying the running sum on in diag, so the order of the additions is the same.
+    k0: u32,
+    k1: u32,
 }
 
 @group(0) @binding(0) var<uniform> hp: HutchParams;
@@ -20,11 +23,11 @@ fn hutchinson_diag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                    @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;
     if (i >= hp.n) { return; }
-    var acc = 0.0;
-    for (var k = 0u; k < hp.samples; k = k + 1u) {
+    var acc = select(diag[i], 0.0, hp.k0 == 0u);
+    for (var k = hp.k0; k < hp.k1; k = k + 1u) {
         acc = acc + z[k * hp.n + i] * hz[i * hp.samples + k];
     }
-    diag[i] = acc / f32(hp.samples);
+    diag[i] = select(acc, acc / f32(hp.samples), hp.k1 == hp.samples);
 }
 
 // The sample-at-a-time form for any Hessian-vector product: acc += z * hz for one sample (k order is

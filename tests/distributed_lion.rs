@@ -106,6 +106,17 @@ fn workers_server_and_update_match_the_cpu_twin() {
     run_against_twin(&ctx, Aggregation::Mavo, 300, 200, 2);
 }
 
+/// The vote loops over every worker for 8 elements per invocation: on an adapter that stops long
+/// loops (llvmpipe from 8,191 workers: elements came out wrong, silently) the constructor refuses
+/// what would not fit. Here a budget of 100 iterations (ContextOptions): 11 workers fit, 12 do not.
+#[test]
+fn more_workers_than_the_adapters_loop_budget_are_refused() {
+    let ctx = common::ctx_with(ContextOptions { loop_limit: Some(100), ..Default::default() });
+    run_against_twin(&ctx, Aggregation::Mavo, 40, 11, 2);
+    let e = DistributedLion::new(&ctx, config(Aggregation::Mavo), &[0.5; 40], 12).unwrap_err();
+    assert!(e.to_string().contains("12 workers") && e.to_string().contains("loop iterations"), "{e}");
+}
+
 /// Grids folded onto two dimensions (at most 3 workgroups per dimension) still cover every word.
 #[test]
 fn a_two_dimensional_grid_covers_every_element() {

@@ -29,6 +29,33 @@ fn hutchinson_matches_the_worked_examples() {
     assert_eq!(c, vec![3.0, 2.0, 5.0]);
 }
 
+/// Under an adapter's loop budget (llvmpipe stops a shader's loops after 65,535 iterations in all,
+/// silently: 70,000 samples of diag(2, 3) came out as 65,535/70,000 of the answer), the samples are
+/// summed in several dispatches carrying the sum on: the same bits as one dispatch. Here a budget of
+/// 100 (ContextOptions) splits 350 samples into 7; then the real budget with 70,000 samples, exact
+/// for a diagonal matrix. Block averaging, one loop over the block per element, is refused past it.
+#[test]
+fn samples_past_the_adapters_loop_budget_all_count() {
+    let small = common::ctx_with(gpuopt::ContextOptions { loop_limit: Some(100), ..Default::default() });
+    let ctx = common::ctx();
+    let n = 23;
+    let mut rng = TestRng::new(5);
+    let m = rng.uniforms(n * n, 1.0);
+    let a: Vec<f32> = (0..n * n).map(|i| m[i] + m[(i % n) * n + i / n]).collect();
+    let run = |c: &gpuopt::Context, samples| {
+        hutchinson_diag(c, &Tensor::from_slice(c, &a, &[n, n]).unwrap(), samples, 11).unwrap()
+    };
+    assert_eq!(run(&small, 350), run(&ctx, 350));
+    let d = [2.0f32, 0.0, 0.0, 3.0];
+    let got = hutchinson_diag(&ctx, &Tensor::from_slice(&ctx, &d, &[2, 2]).unwrap(), 70_000, 0).unwrap();
+    assert_eq!(got, vec![2.0, 3.0]);
+    let x = Tensor::from_slice(&small, &[1.0; 300], &[300]).unwrap();
+    let out = Tensor::zeros(&small, &[300]).unwrap();
+    let e = gpuopt::kernels::hutchinson::block_average(&small, &x, 150, &out).unwrap_err();
+    assert!(e.to_string().contains("loop iterations"), "{e}");
+    gpuopt::kernels::hutchinson::block_average(&small, &x, 50, &out).unwrap();
+}
+
 #[test]
 fn hutchinson_is_exact_for_a_diagonal_matrix() {
     let n = 37;

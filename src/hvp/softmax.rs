@@ -55,6 +55,8 @@ impl SoftmaxRegression {
                 "softmax regression needs k >= 2, labels < k and a finite lambda >= 0 (k = {k})"
             )));
         }
+        // One invocation per row walks the k classes three times (softmax_rows).
+        ctx.info().check_loop(3 * k as u64, &format!("softmax regression rows over {k} classes"))?;
         let x_t = Tensor::from_slice(ctx, x, &[n, d])?;
         let w = Tensor::zeros(ctx, &[d, k])?;
         let z = Tensor::zeros(ctx, &[n, k])?;

@@ -122,7 +122,7 @@ fn tile_loop_iterations(k: usize) -> u64 {
 /// invocation, each with half the budget to spare.
 fn loop_k_bounds(limit: u64) -> (usize, usize) {
     let half = (limit / 2) as usize;
-    (4 * half, half / 18 * 16)
+    ((4 * half).max(4), (half / 18 * 16).max(16))
 }
 
 /// Which GEMM kernel runs a problem.

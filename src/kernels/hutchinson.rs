@@ -71,6 +71,8 @@ pub fn block_average(ctx: &Context, d: &Tensor, block: usize, out: &Tensor) -> R
     if n == 0 {
         return Ok(());
     }
+    // Each element sums its whole block (block_average in shaders/hutchinson.wgsl).
+    ctx.info().check_loop(block.min(n) as u64, &format!("block_average over blocks of {block}"))?;
     let u = ctx.uniform_buffer("block average params", 16);
     ctx.queue().write_buffer(&u, 0, bytemuck::cast_slice(&[n as u32, block.min(n) as u32, 0, 0]));
     let bound = ctx.bind(&BLOCK_AVERAGE, &[&u, out.buffer(), d.buffer()])?;
@@ -146,15 +148,24 @@ pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> 
     let draws = ctx.bind(&RADEMACHER_SAMPLES, &[&ru, z.buffer()])?;
     // HZ (n × N) = A (n × n) · Zᵀ, Z stored N × n.
     let product = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, samples, n) }, a, &z, &hz)?;
-    let hu = ctx.uniform_buffer("hutchinson params", 16);
-    ctx.queue().write_buffer(&hu, 0, bytemuck::cast_slice(&[n as u32, samples as u32, 0, 0]));
-    let average = ctx.bind(&HUTCHINSON_DIAG, &[&hu, z.buffer(), hz.buffer(), diag.buffer()])?;
+    // The per-element sum over samples, in as many dispatches as the adapter's loop budget needs
+    // (AdapterSummary::loop_limit: llvmpipe stops longer loops short), each carrying the sum on.
+    let chunk = ctx.info().loop_limit.map_or(samples, |l| (l / 2) as usize).max(1);
+    let mut averages = Vec::new();
+    for k0 in (0..samples).step_by(chunk) {
+        let hu = ctx.uniform_buffer("hutchinson params", 16);
+        let k1 = (k0 + chunk).min(samples);
+        ctx.queue().write_buffer(&hu, 0, bytemuck::cast_slice(&[n as u32, samples as u32, k0 as u32, k1 as u32]));
+        averages.push((ctx.bind(&HUTCHINSON_DIAG, &[&hu, z.buffer(), hz.buffer(), diag.buffer()])?, hu));
+    }
     let mut enc = ctx.encoder("hutchinson");
     let mut pass = crate::gpu::compute_pass(&mut enc, "hutchinson");
     ctx.scoped("hutchinson", || {
         draws.record(ctx, &mut pass, ((n * samples) as u32).div_ceil(WORKGROUP_SIZE));
         product.record(&mut pass);
-        average.record(ctx, &mut pass, (n as u32).div_ceil(WORKGROUP_SIZE));
+        for (average, _) in &averages {
+            average.record(ctx, &mut pass, (n as u32).div_ceil(WORKGROUP_SIZE));
+        }
     })?;
     drop(pass);
     ctx.submit(enc);

@@ -51,7 +51,8 @@ fn check_finite(data: &[f32], what: &str) -> Result<()> {
 
 /// Workers the averaging variant takes (its counts are signed bytes).
 pub const MAX_AVG_WORKERS: usize = 127;
-/// Workers the majority vote takes.
+/// Workers the majority vote takes (8,190 on llvmpipe, whose loop budget the vote's loop over
+/// workers must fit: [`crate::gpu::AdapterSummary::loop_limit`]).
 pub const MAX_VOTE_WORKERS: usize = 65_535;
 
 /// Distributed Lion's hyperparameters; defaults as Lion (§4.6(b)), decay DW-B as in Lion (the
@@ -153,6 +154,9 @@ impl DistributedLion {
         if workers == 0 || workers > max {
             return Err(Error::Invalid(format!("{workers} workers: {:?} takes 1 to {max}", config.variant)));
         }
+        // The aggregation sums every worker's sign in one loop, for 8 elements per invocation: an
+        // adapter that stops long loops (llvmpipe: 8,190 workers) would cut the vote short.
+        ctx.info().check_loop(8 * (workers as u64 + 1), &format!("aggregating {workers} workers' signs"))?;
         if init.is_empty() {
             return Err(Error::Invalid("Distributed Lion needs at least one parameter".into()));
         }
