@@ -70,13 +70,23 @@ pub(crate) fn read_json(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let path = dir.join("case.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let json = serde_json::from_str(body).map_err(|e| {
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| {
         if body.contains("NaN") || body.contains("Infinity") {
             invalid(&path, format!("not valid JSON: it holds NaN or Infinity, which JSON has no numbers for (values must be finite; {e})"))
         } else {
             invalid(&path, format!("not valid JSON: {e}"))
         }
     })?;
+    if !json.is_object() {
+        let kind = match json {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Number(_) => "a number",
+            _ => "a string",
+        };
+        return Err(invalid(&path, format!("must be a JSON object ({{\"key\": value, ...}}), not {kind}")));
+    }
     if let Some((key, n)) = beyond_f32(&json, None) {
         return Err(invalid(&path, format!("{key} = {n:e} does not fit in f32 (max 3.4e38)")));
     }

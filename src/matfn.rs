@@ -274,7 +274,9 @@ fn known_keys(function: &str, method: Option<&str>) -> Option<&'static [&'static
 fn warn_unknown_keys(json: &serde_json::Value, function: &str, path: &Path) {
     let method = json.get("method").and_then(|v| v.as_str());
     let (Some(known), Some(given)) = (known_keys(function, method), json.as_object()) else { return };
-    for key in given.keys().filter(|k| *k != "function" && !known.contains(&k.as_str())) {
+    // "function" is matfn's own key (hutchinson has none).
+    let own = |k: &str| k == "function" && function != "hutchinson";
+    for key in given.keys().filter(|k| !own(k) && !known.contains(&k.as_str())) {
         let what = method.map_or(function.to_string(), |m| format!("{function} with method {m:?}"));
         log::warn!("{}: key {key:?} is not one of {what}'s ({}); ignored", path.display(), known.join(", "));
     }
@@ -442,8 +444,8 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
     let (npz_path, mut npz) = open_inputs(dir)?;
     let a = read_array(&npz_path, &mut npz, "a", "float32")?;
     let n = match a.shape() {
-        [r, c] if r == c => *r,
-        other => return Err(invalid(&npz_path, format!("\"a\" must be square [n, n], got {other:?}"))),
+        [r, c] if r == c && *r > 0 => *r,
+        other => return Err(invalid(&npz_path, format!("\"a\" must be square [n, n] with n >= 1, got {other:?}"))),
     };
     if samples.saturating_mul(n) > MAX_PROBE_ELEMENTS {
         return Err(invalid(
@@ -467,6 +469,10 @@ pub fn run_hutchinson_case(dir: &Path, backend: impl FnOnce() -> Result<Option<C
         )?,
         None => reference::hutchinson::hutchinson_diag(&data, n, samples, seed),
     };
+    // A finite matrix can still overflow f32 in A·z (entries near 3.4e38): no Inf is written.
+    if reference::has_non_finite(&diag) {
+        return Err(invalid(&npz_path, "the estimate overflows f32 (A·z holds Inf): scale the matrix down"));
+    }
     let y = ArrayD::from_shape_vec(IxDyn(&[n]), diag).map_err(|e| Error::Invalid(e.to_string()))?;
     write_outputs(&out, &[("diag", &y)])
 }

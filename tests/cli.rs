@@ -608,6 +608,31 @@ fn matfn_inv_root_warns_when_it_stops_short_of_tol() {
     }
 }
 
+/// Found by an audit of `hutchinson`: a finite matrix whose products overflow wrote Inf with exit 0; a
+/// case.json that is not an object ran with the defaults; an empty matrix wrote an empty estimate.
+#[test]
+fn hutchinson_refuses_overflow_non_object_cases_and_empty_matrices() {
+    let big = Array::from_elem(IxDyn(&[2, 2]), 3e38f32);
+    let ok = Array::from_shape_fn(IxDyn(&[2, 2]), |i| if i[0] == i[1] { 2.0 } else { 0.0 });
+    let cases: Vec<(&str, ArrayD<f32>, Vec<&str>)> = vec![
+        (r#"{"samples": 2}"#, big, vec!["overflows f32"]),
+        ("[3, 7]", ok.clone(), vec!["case.json", "JSON object", "an array"]),
+        ("5", ok, vec!["JSON object", "a number"]),
+        (r#"{"samples": 2}"#, Array::zeros(IxDyn(&[0, 0])), vec!["n >= 1", "[0, 0]"]),
+    ];
+    for (json, a, needles) in &cases {
+        for backend in ["cpu", "gpu"] {
+            let dir = tempfile::tempdir().unwrap();
+            write_matfn(dir.path(), json, a);
+            fails_in_one_line(&format!("{json} {backend}"), dir.path(), "hutchinson", Some(backend), needles);
+        }
+    }
+    // matfn and replay read case.json the same way.
+    let dir = tempfile::tempdir().unwrap();
+    write_matfn(dir.path(), "[1]", &Array::zeros(IxDyn(&[2, 2])));
+    fails_in_one_line("matfn [1]", dir.path(), "matfn", Some("cpu"), &["JSON object"]);
+}
+
 /// A key the function does not read is ignored, as in replay cases, but named in a warning.
 #[test]
 fn matfn_and_hutchinson_warn_about_keys_they_do_not_read() {
@@ -617,10 +642,11 @@ fn matfn_and_hutchinson_warn_about_keys_they_do_not_read() {
         (r#"{"function": "sqrt", "method": "mtp", "iters": 50}"#, "\"iters\""),
         (r#"{"function": "newton_schulz5", "max_iters": 3}"#, "\"max_iters\""),
         (r#"{"samples": 2, "sample": 5}"#, "\"sample\""),
+        (r#"{"samples": 2, "function": "sqrt"}"#, "\"function\""),
     ] {
         let dir = tempfile::tempdir().unwrap();
         write_matfn(dir.path(), json, &spd_diag);
-        let command = if json.contains("function") { "matfn" } else { "hutchinson" };
+        let command = if json.contains("samples") { "hutchinson" } else { "matfn" };
         let out = gpuopt(&[command, dir.path().to_str().unwrap(), "--backend", "cpu"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{json}: {stderr}");

@@ -67,6 +67,31 @@ fn finite_differences_are_exact_on_a_quadratic() {
     }
 }
 
+/// Edge directions and steps (found by an audit): v = 0 gives H·0 = 0 (it divided 0 by 0), a tiny v
+/// no longer overflows ε to Inf (ε·v stays finite), and an ε override of 0 or NaN is an error.
+#[test]
+fn finite_differences_at_the_edges_are_finite_or_refused() {
+    let n = 3;
+    let a = symmetric(n, 7);
+    let grad = |w: &[f32], out: &mut [f32]| {
+        for i in 0..n {
+            out[i] = (0..n).map(|j| a[i * n + j] * w[j]).sum();
+        }
+        Ok(())
+    };
+    let w = vec![5000.0, -3.0, 1.0];
+    let mut fd = FiniteDifference::new(w.clone(), grad, None);
+    assert_eq!(fd.hvp_host(&[0.0; 3]).unwrap(), vec![0.0; 3]);
+    let eps = gpuopt::hvp::central_difference_eps(&w, &[1e-38, 0.0, 0.0]);
+    assert!(eps.is_finite() && eps > 0.0, "{eps}");
+    assert!(fd.hvp_host(&[1e-38, 0.0, 0.0]).unwrap().iter().all(|x| x.is_finite()));
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let mut fd = FiniteDifference::new(w.clone(), grad, Some(bad));
+        let e = fd.hvp_host(&[1.0, 0.0, 0.0]).unwrap_err();
+        assert!(e.to_string().contains("eps"), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn finite_differences_match_the_exact_logistic_hessian() {
     // Binary logistic regression (§6.2 (b)): H·v = (1/n)·Xᵀ(s ⊙ (X·v)) + λ·v, s = σ(z)·σ(−z).
@@ -172,4 +197,7 @@ fn softmax_regression_gradient_matches_finite_differences_of_the_loss() {
         assert!((fd - g[j]).abs() <= 2e-3, "{j}: fd {fd} vs grad {}", g[j]);
     }
     assert!(SoftmaxRegression::new(&ctx, &x, &vec![9; n], n, d, k, 0.0).is_err(), "labels out of range");
+    // No examples: said so (it failed later, on an infinite 1/n in a GEMM's alpha).
+    let e = SoftmaxRegression::new(&ctx, &[], &[], 0, d, k, 0.0).err().expect("n = 0 is refused");
+    assert!(e.to_string().contains("n >= 1"), "{e}");
 }

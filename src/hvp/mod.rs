@@ -87,7 +87,8 @@ pub fn central_difference_eps(w: &[f32], v: &[f32]) -> f32 {
     let u_cbrt = (2.0f64.powi(-24)).cbrt();
     let w_inf = w.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
     let v_inf = v.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE) as f64;
-    (u_cbrt * (1.0 + w_inf) / v_inf) as f32
+    // A tiny v makes the quotient pass f32's range; ε·v then still fits.
+    ((u_cbrt * (1.0 + w_inf) / v_inf) as f32).min(f32::MAX)
 }
 
 impl<F: FnMut(&[f32], &mut [f32]) -> Result<()>> FiniteDifference<F> {
@@ -104,6 +105,17 @@ impl<F: FnMut(&[f32], &mut [f32]) -> Result<()>> FiniteDifference<F> {
                 expected: vec![self.w.len()],
                 got: vec![v.len()],
             });
+        }
+        if let Some(e) = self.eps.filter(|e| !(e.is_finite() && *e > 0.0)) {
+            return Err(Error::Hyperparameter {
+                name: "eps".into(),
+                value: e as f64,
+                reason: "the finite-difference step must be finite and > 0".into(),
+            });
+        }
+        // H·0 = 0, without dividing 0 by 0 (and without two gradient evaluations).
+        if v.iter().all(|&x| x == 0.0) {
+            return Ok(vec![0.0; v.len()]);
         }
         let eps = self.eps.unwrap_or_else(|| central_difference_eps(&self.w, v));
         let plus: Vec<f32> = self.w.iter().zip(v).map(|(w, v)| w + eps * v).collect();

@@ -50,9 +50,10 @@ impl SoftmaxRegression {
                 got: vec![x.len(), labels.len()],
             });
         }
-        if k < 2 || labels.iter().any(|&l| l as usize >= k) || !lambda.is_finite() || lambda < 0.0 {
+        if n == 0 || d == 0 || k < 2 || labels.iter().any(|&l| l as usize >= k) || !lambda.is_finite() || lambda < 0.0 {
             return Err(Error::Invalid(format!(
-                "softmax regression needs k >= 2, labels < k and a finite lambda >= 0 (k = {k})"
+                "softmax regression needs n >= 1 examples, d >= 1 features, k >= 2 classes, labels < k and a \
+                 finite lambda >= 0 (n = {n}, d = {d}, k = {k}, lambda = {lambda})"
             )));
         }
         // One invocation per row walks the k classes three times (softmax_rows).
