@@ -179,6 +179,28 @@ fn long_k_stays_within_the_adapters_loop_budget() {
     );
     let e = GemmPlan::new(&ctx, batched, &a, &b, &c).err().expect("a batched long k is refused");
     assert!(e.to_string().contains("loop iterations") && e.to_string().contains("batched"), "{e}");
+    // A batch whose k the panel kernel's loop holds (k = 3,000 <= 4,000 here) runs there, where the
+    // adapter has it (8-lane subgroups), even when the tiled kernel was asked for; elsewhere refused.
+    let k = 3000;
+    let mut rng = TestRng::new(9);
+    let (av, bv) = (rng.uniforms(2 * 8 * k, 1.0), rng.uniforms(k * 8, 1.0));
+    let (a, b) =
+        (Tensor::from_slice(&ctx, &av, &[av.len()]).unwrap(), Tensor::from_slice(&ctx, &bv, &[bv.len()]).unwrap());
+    let desc = GemmDesc { batch: 2, kernel: GemmKernel::Tile64, ..GemmDesc::new(8, 8, k) };
+    match GemmPlan::new(&ctx, desc, &a, &b, &c) {
+        Ok(plan) => {
+            assert_eq!(ctx.info().subgroup_size, Some(gpuopt::kernels::gemm::PANEL_LANES));
+            let got = run(&ctx, &plan, &c);
+            let mut want = vec![0.0; 2 * 64];
+            reference::gemm::gemm(&desc, &av, &bv, &mut want);
+            let scale = reference::gemm::abs_product(&desc, &av, &bv);
+            for i in 0..2 * 64 {
+                let tol = ((k as f32).sqrt() + 2.0) * f32::EPSILON * scale[i];
+                assert!((got[i] - want[i]).abs() <= tol, "batched [{i}]: {} vs {}", got[i], want[i]);
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("batched") && ctx.info().subgroup_size.is_none_or(|w| w != 8), "{e}"),
+    }
 }
 
 /// The driver's own budget (llvmpipe's 65,535, none on GPUs): k = 70,000, which the tiled kernel

@@ -549,8 +549,15 @@ impl GemmPlan {
                 kernel = GemmKernel::Tile64;
             }
             if kernel != GemmKernel::Panel && desc.k > tile_k {
-                min_slices = desc.k.div_ceil(tile_k);
-                if desc.batch != 1 || (desc.symmetric && !gram) || min_slices > MAX_SPLIT_K {
+                let slices = desc.k.div_ceil(tile_k);
+                let splits = desc.batch == 1 && (gram || !desc.symmetric) && slices <= MAX_SPLIT_K;
+                let panel = ctx.info().subgroup_size == Some(PANEL_LANES) && desc.k <= panel_k;
+                if splits {
+                    min_slices = slices;
+                } else if panel {
+                    // A batch (or a product that cannot split) within the panel kernel's bound.
+                    kernel = GemmKernel::Panel;
+                } else {
                     let what = format!(
                         "a GEMM with k = {} ({}; k up to {panel_k} fits)",
                         desc.k,
