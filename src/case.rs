@@ -169,7 +169,7 @@ fn check_entries(path: &Path, file: &std::fs::File) -> Result<()> {
             std::io::copy(&mut (&mut entry).take(bytes.saturating_add(1)), &mut std::io::sink())
                 .map_err(|e| bad(format!("reading the data: {e}")))?
         } else {
-            entry.size().saturating_sub(header_bytes)
+            packed.saturating_sub(header_bytes)
         };
         if held < bytes {
             return Err(too_large(format!("only {held} bytes")));

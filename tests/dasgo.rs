@@ -138,12 +138,42 @@ fn column_sums_split_into_bands_only_where_a_row_has_few_invocations() {
     ] {
         assert_eq!(column_bands(rows, cols), want, "{rows}x{cols}");
     }
+    // Tall and narrow: bands and rows per band both stay under 2^15 (loops on llvmpipe stop after
+    // 65,535 iterations), where up to 65,536 bands were allowed.
+    for &(rows, cols) in &[(1 << 21, 1), (1 << 21, 4), (1 << 30, 1), (1 << 26, 16)] {
+        let (bands, band_rows) = column_bands(rows, cols);
+        assert!(bands <= 1 << 15 && band_rows <= 1 << 15, "{rows}x{cols}: {bands} x {band_rows}");
+        assert!(bands * band_rows >= rows && (bands - 1) * band_rows < rows, "{rows}x{cols}");
+    }
     for rows in [1, 31, 32, 64, 65, 100, 999, 1024, 5000] {
         for cols in [1, 3, 255, 256, 1000, 70000] {
             let (bands, band_rows) = column_bands(rows, cols);
             // Every row in exactly one band, none empty, bands of ≥ 32 rows when split.
             assert!(bands * band_rows >= rows && (bands - 1) * band_rows < rows, "{rows}x{cols}");
             assert!(bands == 1 || band_rows >= 32, "{rows}x{cols}");
+        }
+    }
+}
+
+/// A [2^21, 1] and a [2^21, 4] parameter: the column statistic on the GPU equals the CPU twin's (on
+/// lavapipe, 65,536 bands lost two of them to llvmpipe's loop limit, silently).
+#[test]
+fn tall_narrow_column_statistics_are_whole() {
+    let ctx = common::ctx();
+    for cols in [1, 4] {
+        let rows = 1 << 21;
+        let (p0, gs) = data(rows, cols, 1, 3);
+        let mut gpu = Dasgo::gpu(&ctx, cfg()).unwrap();
+        let mut cpu = Dasgo::cpu(cfg()).unwrap();
+        let ig = gpu.add_param("w", &p0, &[rows, cols]).unwrap();
+        let ic = cpu.add_param("w", &p0, &[rows, cols]).unwrap();
+        for (o, id) in [(&mut gpu, ig), (&mut cpu, ic)] {
+            o.write_grad(id, &gs[0]).unwrap();
+            o.step().unwrap();
+        }
+        let (dg, dc) = (gpu.read_state(ig, "precond").unwrap(), cpu.read_state(ic, "precond").unwrap());
+        for (g, c) in dg.iter().zip(&dc) {
+            assert!((g - c).abs() <= 1e-6 * c.abs(), "{rows}x{cols}: GPU {g} vs CPU twin {c}");
         }
     }
 }

@@ -112,12 +112,18 @@ fn a_large_b_gives_the_same_bits_stored_either_way() {
         let ta = Tensor::from_slice(&ctx, &a, &[a.len()]).unwrap();
         let c = Tensor::zeros(&ctx, &[batch * m * n]).unwrap();
         for kernel in kernels() {
-            let mut got = Vec::new();
+            let (mut got, mut dispatches) = (Vec::new(), Vec::new());
             for (stored, trans_b) in [(&b, false), (&bt, true)] {
                 let tb = Tensor::from_slice(&ctx, stored, &[stored.len()]).unwrap();
                 let desc = GemmDesc { kernel, trans_b, batch, split_k: 1, ..GemmDesc::new(m, n, k) };
                 let plan = GemmPlan::new(&ctx, desc, &ta, &tb, &c).unwrap();
+                let mut enc = ctx.encoder("count");
+                dispatches.push(plan.record(&mut gpuopt::gpu::compute_pass(&mut enc, "count")));
                 got.push(run(&ctx, &plan, &c));
+            }
+            if kernel == GemmKernel::Panel {
+                // The packed path is the one taken: a packing dispatch more than B read in place.
+                assert_eq!(dispatches[0], dispatches[1] + 1, "{kernel:?} {batch} x {m}x{n}x{k}: {dispatches:?}");
             }
             let what = format!("{kernel:?} {batch} x {m}x{n}x{k}");
             let differ = got[0].iter().zip(&got[1]).filter(|(x, y)| x.to_bits() != y.to_bits()).count();

@@ -84,7 +84,14 @@ fn finite_differences_at_the_edges_are_finite_or_refused() {
     assert_eq!(fd.hvp_host(&[0.0; 3]).unwrap(), vec![0.0; 3]);
     let eps = gpuopt::hvp::central_difference_eps(&w, &[1e-38, 0.0, 0.0]);
     assert!(eps.is_finite() && eps > 0.0, "{eps}");
-    assert!(fd.hvp_host(&[1e-38, 0.0, 0.0]).unwrap().iter().all(|x| x.is_finite()));
+    // H·v for a tiny v is H's first column times 1e-38 (it came out as 0 when ε overflowed).
+    for tiny in [1e-38f32, 1e-37] {
+        let hv = fd.hvp_host(&[tiny, 0.0, 0.0]).unwrap();
+        for i in 0..n {
+            let want = a[i * n] as f64 * tiny as f64;
+            assert!((hv[i] as f64 - want).abs() <= 1e-3 * want.abs() + 1e-45, "{tiny}: {i}: {} vs {want}", hv[i]);
+        }
+    }
     for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
         let mut fd = FiniteDifference::new(w.clone(), grad, Some(bad));
         let e = fd.hvp_host(&[1.0, 0.0, 0.0]).unwrap_err();

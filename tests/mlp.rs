@@ -71,8 +71,8 @@ fn evaluation_and_bad_input() {
     assert!(mlp.set_params(&[&[0.0; 12]]).is_err());
     assert!(mlp.set_params(&[&[0.0; 11], &[0.0; 3], &[0.0; 6], &[0.0; 2]]).is_err());
     // A batch or a class count whose per-invocation loops would pass the adapter's loop budget
-    // (llvmpipe stops them at 65,535, silently) is refused: here a budget of 15 (ContextOptions).
-    let small = common::ctx_with(gpuopt::ContextOptions { loop_limit: Some(15), ..Default::default() });
+    // (llvmpipe stops them at 65,535, silently) is refused: here a budget of 23 (ContextOptions; each check adds 8 for loop bookkeeping).
+    let small = common::ctx_with(gpuopt::ContextOptions { loop_limit: Some(23), ..Default::default() });
     let e = Mlp::new(&small, &x, &labels, 4, 3, 2).err().expect("refused");
     assert!(e.to_string().contains("batch of 20 rows") && e.to_string().contains("loop iterations"), "{e}");
     let (x15, labels15, _) = setup(15, 4, 3, 6);

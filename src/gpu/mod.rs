@@ -130,7 +130,8 @@ pub struct AdapterSummary {
     /// The most loop iterations one shader invocation may run before the driver stops it: llvmpipe's
     /// [`LLVMPIPE_LOOP_LIMIT`], or a test's [`ContextOptions::loop_limit`]; `None`: no such limit
     /// (GPUs). Kernels whose loops grow with a problem's size either split the work to stay under it
-    /// (GEMM's k, Hutchinson's samples) or refuse the problem with an error saying so.
+    /// (GEMM's k, Hutchinson's samples, DASGO's and REG's column bands) or refuse the problem with an
+    /// error saying so.
     pub loop_limit: Option<u64>,
 }
 

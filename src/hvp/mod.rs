@@ -117,13 +117,23 @@ impl<F: FnMut(&[f32], &mut [f32]) -> Result<()>> FiniteDifference<F> {
         if v.iter().all(|&x| x == 0.0) {
             return Ok(vec![0.0; v.len()]);
         }
-        let eps = self.eps.unwrap_or_else(|| central_difference_eps(&self.w, v));
-        let plus: Vec<f32> = self.w.iter().zip(v).map(|(w, v)| w + eps * v).collect();
-        let minus: Vec<f32> = self.w.iter().zip(v).map(|(w, v)| w - eps * v).collect();
+        // With the recommended ε, the difference is taken along v/‖v‖_∞ and scaled back (H is
+        // linear): the same step w ± ε·v in exact arithmetic, and ε stays finite for a tiny v (for
+        // v = 1e-38·e₁ it overflowed, and 2ε with it, giving 0 for H·v).
+        let (scale, unit): (f32, Vec<f32>) = match self.eps {
+            Some(_) => (1.0, v.to_vec()),
+            None => {
+                let s = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                (s, v.iter().map(|x| x / s).collect())
+            }
+        };
+        let eps = self.eps.unwrap_or_else(|| central_difference_eps(&self.w, &unit));
+        let plus: Vec<f32> = self.w.iter().zip(&unit).map(|(w, v)| w + eps * v).collect();
+        let minus: Vec<f32> = self.w.iter().zip(&unit).map(|(w, v)| w - eps * v).collect();
         let (mut gp, mut gm) = (vec![0.0; v.len()], vec![0.0; v.len()]);
         (self.grad)(&plus, &mut gp)?;
         (self.grad)(&minus, &mut gm)?;
-        Ok(gp.iter().zip(&gm).map(|(a, b)| (a - b) / (2.0 * eps)).collect())
+        Ok(gp.iter().zip(&gm).map(|(a, b)| (a - b) / (2.0 * eps) * scale).collect())
     }
 }
 

@@ -98,7 +98,7 @@ pub const PANEL_IN_PLACE_K: usize = 4096;
 /// scattered lines cost 15–25% of the product, more than a packing pass (~2.7 ms per 2^20 floats)
 /// wherever the product is long enough. So: B of at least 2^20 floats (4 MB) and at least 2^30
 /// multiply-adds. Measured on lavapipe (2-core EPYC, 32 MB L3), in place → packed, pack included:
-/// 2,048³ 475 → 360 ms, 1,536³ 195 → 145, NS5's B·X products 768×768 · 768×3,072 92 → 80 and
+/// 2,048³ 475 → 360 ms (the gemm bench, products back to back: 463 → 329–345), 1,536³ 195 → 145, NS5's B·X products 768×768 · 768×3,072 92 → 80 and
 /// 1,024×1,024 · 1,024×4,096 240 → 185, 256×256 · 256×16,384 65 → 60; 1,024³ 43 or 54 (one or the
 /// other per process: the rows' physical pages decide) → 45–47; below the bounds in place won or
 /// tied (512³ 5.2 against 6.0 ms, 640³ 9.9 against 11.5, 768³ even, 256×256 · 256×4,096 10.8 against
@@ -121,8 +121,13 @@ fn tile_loop_iterations(k: usize) -> u64 {
 /// ([`tile_loop_iterations`]) run in one dispatch under a loop budget of `limit` iterations per
 /// invocation, each with half the budget to spare.
 fn loop_k_bounds(limit: u64) -> (usize, usize) {
-    let half = (limit / 2) as usize;
-    ((4 * half).max(4), (half / 18 * 16).max(16))
+    let half = usize::try_from(limit / 2).unwrap_or(usize::MAX);
+    (half.saturating_mul(4).max(4), (half / 18).saturating_mul(16).max(16))
+}
+
+/// Whether the adapter runs the panel kernel (8-lane subgroups).
+fn panel_possible(ctx: &Context) -> bool {
+    ctx.info().subgroup_size == Some(PANEL_LANES)
 }
 
 /// Which GEMM kernel runs a problem.
@@ -276,11 +281,13 @@ pub struct GemmDesc {
     /// matrices, each with a symmetric addend): compute half, mirror it (bitwise symmetric result).
     /// The caller vouches for the symmetry; m must equal n.
     pub symmetric: bool,
-    /// The kernel (default: chosen per adapter and size).
+    /// The kernel (default: chosen per adapter and size). On an adapter with a loop budget
+    /// ([`crate::gpu::AdapterSummary::loop_limit`]) a k too long for the kernel asked for may run on
+    /// another one (see `GemmPlan::new`).
     pub kernel: GemmKernel,
-    /// Split-K: 0 is automatic (see [`GemmDesc::split_k_for`]), 1 never splits, s > 1 splits the
-    /// inner dimension into s slices (at most [`MAX_SPLIT_K`]) whose partial products a second
-    /// dispatch sums (single matrices).
+    /// Split-K: 0 is automatic (see [`GemmDesc::split_k_for`]), 1 never splits (except where an
+    /// adapter's loop budget needs it), s > 1 splits the inner dimension into s slices (at most
+    /// [`MAX_SPLIT_K`]) whose partial products a second dispatch sums (single matrices).
     pub split_k: usize,
 }
 
@@ -551,17 +558,27 @@ impl GemmPlan {
             if kernel != GemmKernel::Panel && desc.k > tile_k {
                 let slices = desc.k.div_ceil(tile_k);
                 let splits = desc.batch == 1 && (gram || !desc.symmetric) && slices <= MAX_SPLIT_K;
-                let panel = ctx.info().subgroup_size == Some(PANEL_LANES) && desc.k <= panel_k;
+                // The tiled kernel's count is exact (tile_loop_iterations): within the whole budget
+                // it may run unsplit.
+                let tile_fits = tile_loop_iterations(desc.k) <= limit;
+                let panel = panel_possible(ctx)
+                    && desc.k <= panel_k
+                    && desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes());
                 if splits {
                     min_slices = slices;
-                } else if panel {
+                } else if !tile_fits && panel {
                     // A batch (or a product that cannot split) within the panel kernel's bound.
                     kernel = GemmKernel::Panel;
-                } else {
+                } else if !tile_fits {
+                    let bound = if panel_possible(ctx) { panel_k } else { tile_k };
                     let what = format!(
-                        "a GEMM with k = {} ({}; k up to {panel_k} fits)",
+                        "a GEMM with k = {} ({}; on this adapter k up to {bound} runs in one piece)",
                         desc.k,
-                        if desc.batch != 1 { "batched, so k cannot be split" } else { "too long to split" }
+                        if desc.batch != 1 {
+                            "batched, so k cannot be split"
+                        } else {
+                            "a product k cannot be split in"
+                        }
                     );
                     ctx.info().check_loop(tile_loop_iterations(desc.k), &what)?;
                 }

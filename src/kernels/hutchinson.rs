@@ -72,7 +72,7 @@ pub fn block_average(ctx: &Context, d: &Tensor, block: usize, out: &Tensor) -> R
         return Ok(());
     }
     // Each element sums its whole block (block_average in shaders/hutchinson.wgsl).
-    ctx.info().check_loop(block.min(n) as u64, &format!("block_average over blocks of {block}"))?;
+    ctx.info().check_loop(block.min(n) as u64 + 8, &format!("block_average over blocks of {block}"))?;
     let u = ctx.uniform_buffer("block average params", 16);
     ctx.queue().write_buffer(&u, 0, bytemuck::cast_slice(&[n as u32, block.min(n) as u32, 0, 0]));
     let bound = ctx.bind(&BLOCK_AVERAGE, &[&u, out.buffer(), d.buffer()])?;
@@ -150,7 +150,7 @@ pub fn hutchinson_diag(ctx: &Context, a: &Tensor, samples: usize, seed: u64) -> 
     let product = GemmPlan::new(ctx, GemmDesc { trans_b: true, ..GemmDesc::new(n, samples, n) }, a, &z, &hz)?;
     // The per-element sum over samples, in as many dispatches as the adapter's loop budget needs
     // (AdapterSummary::loop_limit: llvmpipe stops longer loops short), each carrying the sum on.
-    let chunk = ctx.info().loop_limit.map_or(samples, |l| (l / 2) as usize).max(1);
+    let chunk = ctx.info().loop_limit.map_or(samples, |l| usize::try_from(l / 2).unwrap_or(usize::MAX)).max(1);
     let mut averages = Vec::new();
     for k0 in (0..samples).step_by(chunk) {
         let hu = ctx.uniform_buffer("hutchinson params", 16);

@@ -85,13 +85,24 @@ const CHUNK: usize = 4096;
 const COLUMN_INVOCATIONS: usize = 1 << 16;
 /// The fewest rows a band sums (below, the partial sums would cost more traffic than they save).
 const MIN_BAND_ROWS: usize = 32;
+/// The most bands, and (through it) the most rows per band: one invocation loops over a column's
+/// bands (`column_total`), another over a band's rows (`column_sum`), and llvmpipe stops a shader's
+/// loops after 65,535 iterations (`AdapterSummary::loop_limit`): with both under 2^15, any matrix a
+/// binding holds (2^30 floats) fits. (Up to 65,536 bands, a [2^21, 1] parameter's column sum lost
+/// two bands on lavapipe, silently.)
+const MAX_BANDS: usize = 1 << 15;
 
 /// (bands, rows per band) of a rows × cols parameter's column sums: one band where a row's
 /// invocations alone (one per column, or per four where cols % 4 == 0: [`vec_width`]) reach 65,536
-/// (or there are fewer than 2·32 rows), else enough bands of at least 32 rows to reach that. No
-/// band is empty; the last may be short.
+/// (or there are fewer than 2·32 rows), else enough bands of at least 32 rows to reach that, and
+/// never more than [`MAX_BANDS`] bands nor rows per band. No band is empty; the last may be short.
 pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
-    let bands = COLUMN_INVOCATIONS.div_ceil(vec_width(cols.max(1))).min(rows / MIN_BAND_ROWS).max(1);
+    let bands = COLUMN_INVOCATIONS
+        .div_ceil(vec_width(cols.max(1)))
+        .min(rows / MIN_BAND_ROWS)
+        .min(MAX_BANDS)
+        .max(rows.div_ceil(MAX_BANDS))
+        .max(1);
     let band_rows = rows.div_ceil(bands).max(1);
     (rows.div_ceil(band_rows).max(1), band_rows)
 }

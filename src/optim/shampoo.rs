@@ -56,7 +56,8 @@ pub enum Graft {
     /// a ← a + g², D = g/(sqrt(a) + diag_eps).
     #[default]
     Adagrad,
-    /// a ← β2·a + (1 − β2)·g², D = g/(sqrt(a) + diag_eps).
+    /// a ← β2·a + w2·g², D = g/(sqrt(a) + diag_eps), w2 = 1 − β2 (1 at β2 = 1, as the statistics and
+    /// optax's code; §7.7.4 writes 1 − β2).
     Rmsprop,
 }
 
