@@ -95,7 +95,7 @@ const MAX_BANDS: usize = 1 << 15;
 /// (bands, rows per band) of a rows × cols parameter's column sums: one band where a row's
 /// invocations alone (one per column, or per four where cols % 4 == 0: [`vec_width`]) reach 65,536
 /// (or there are fewer than 2·32 rows), else enough bands of at least 32 rows to reach that, and
-/// never more than [`MAX_BANDS`] bands nor rows per band. No band is empty; the last may be short.
+/// never more than 2^15 bands nor rows per band (`MAX_BANDS`). No band is empty; the last may be short.
 pub fn column_bands(rows: usize, cols: usize) -> (usize, usize) {
     let bands = COLUMN_INVOCATIONS
         .div_ceil(vec_width(cols.max(1)))
