@@ -130,6 +130,12 @@ fn panel_possible(ctx: &Context) -> bool {
     ctx.info().subgroup_size == Some(PANEL_LANES)
 }
 
+/// Whether the panel kernel can run `desc` on `ctx`: the adapter runs it and its packed operands
+/// fit one binding each.
+fn panel_fits(ctx: &Context, desc: &GemmDesc) -> bool {
+    panel_possible(ctx) && desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes())
+}
+
 /// Which GEMM kernel runs a problem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
@@ -172,10 +178,8 @@ impl GemmKernel {
     pub fn resolve(self, ctx: &Context, desc: &GemmDesc) -> GemmKernel {
         match self {
             GemmKernel::Auto if ctx.info().is_cpu() => {
-                let fits = desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes());
                 let work = desc.m * desc.n * desc.k * desc.batch;
-                if ctx.info().subgroup_size == Some(PANEL_LANES) && desc.split_k <= 1 && fits && work >= PANEL_MIN_WORK
-                {
+                if panel_fits(ctx, desc) && desc.split_k <= 1 && work >= PANEL_MIN_WORK {
                     GemmKernel::Panel
                 } else {
                     GemmKernel::Tile64
@@ -561,9 +565,7 @@ impl GemmPlan {
                 // The tiled kernel's count is exact (tile_loop_iterations): within the whole budget
                 // it may run unsplit.
                 let tile_fits = tile_loop_iterations(desc.k) <= limit;
-                let panel = panel_possible(ctx)
-                    && desc.k <= panel_k
-                    && desc.packed_bytes().iter().all(|&b| b <= ctx.max_binding_bytes());
+                let panel = desc.k <= panel_k && panel_fits(ctx, &desc);
                 if splits {
                     min_slices = slices;
                 } else if !tile_fits && panel {
