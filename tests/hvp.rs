@@ -46,19 +46,23 @@ fn generic_estimate_with_the_dense_quadratic_matches_the_batched_one() {
     assert!(DenseQuadratic::new(&ctx, &[1.0, 2.0, 0.0, 1.0], 2).is_err(), "non-symmetric refused");
 }
 
+/// ∇f(w) = A·w of the quadratic f(w) = ½wᵀAw (n × n row-major `a`), summed in f64.
+fn quadratic_grad(a: &[f32], n: usize) -> impl Fn(&[f32], &mut [f32]) -> gpuopt::Result<()> + Copy + '_ {
+    move |w, out| {
+        for i in 0..n {
+            out[i] = (0..n).map(|j| a[i * n + j] as f64 * w[j] as f64).sum::<f64>() as f32;
+        }
+        Ok(())
+    }
+}
+
 #[test]
 fn finite_differences_are_exact_on_a_quadratic() {
     // ∇f(w) = A·w; the central difference of a quadratic has no truncation error, so with ε = 1
     // only rounding remains.
     let n = 9;
     let a = symmetric(n, 5);
-    let grad = |w: &[f32], out: &mut [f32]| {
-        for i in 0..n {
-            out[i] = (0..n).map(|j| a[i * n + j] as f64 * w[j] as f64).sum::<f64>() as f32;
-        }
-        Ok(())
-    };
-    let mut fd = FiniteDifference::new(TestRng::new(1).uniforms(n, 1.0), grad, Some(1.0));
+    let mut fd = FiniteDifference::new(TestRng::new(1).uniforms(n, 1.0), quadratic_grad(&a, n), Some(1.0));
     let v = TestRng::new(2).uniforms(n, 1.0);
     let hv = fd.hvp_host(&v).unwrap();
     for i in 0..n {
@@ -73,12 +77,7 @@ fn finite_differences_are_exact_on_a_quadratic() {
 fn finite_differences_at_the_edges_are_finite_or_refused() {
     let n = 3;
     let a = symmetric(n, 7);
-    let grad = |w: &[f32], out: &mut [f32]| {
-        for i in 0..n {
-            out[i] = (0..n).map(|j| a[i * n + j] * w[j]).sum();
-        }
-        Ok(())
-    };
+    let grad = quadratic_grad(&a, n);
     let w = vec![5000.0, -3.0, 1.0];
     let mut fd = FiniteDifference::new(w.clone(), grad, None);
     assert_eq!(fd.hvp_host(&[0.0; 3]).unwrap(), vec![0.0; 3]);

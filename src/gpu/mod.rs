@@ -303,13 +303,11 @@ impl Context {
             timestamps,
             subgroup_size: (subgroups && info.subgroup_min_size == info.subgroup_max_size)
                 .then_some(info.subgroup_min_size),
-            loop_limit: {
-                let driver = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
-                match (driver, opts.loop_limit) {
-                    (Some(d), Some(o)) => Some(d.min(o)),
-                    (d, o) => d.or(o),
-                }
-            },
+            // The driver's budget and the caller's cap, whichever is lower (or the one there is).
+            loop_limit: [info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT), opts.loop_limit]
+                .into_iter()
+                .flatten()
+                .min(),
         };
         log::info!("gpuopt: using {} ({:?}, {:?})", summary.name, summary.backend, summary.device_type);
         let unused = device.create_buffer(&wgpu::BufferDescriptor {
