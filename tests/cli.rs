@@ -807,3 +807,36 @@ fn parity_and_backend_misuse_fail_before_printing() {
         assert!(stderr.contains(needle), "{args:?}: {stderr:?}");
     }
 }
+
+/// A command line clap refuses (`--backend tpu`, a misspelt flag, a missing folder) printed clap's
+/// multi-line message and left a stale outputs.npz in the case folder it named. It is now one line
+/// on stderr, clap's usage status 2, and no outputs.npz; `--help` still succeeds.
+#[test]
+fn usage_errors_fail_in_one_line_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("case.json"), r#"{"function": "polar"}"#).unwrap();
+    let case = dir.path().to_str().unwrap();
+    for (args, needles) in [
+        (vec!["matfn", case, "--backend", "tpu"], vec!["invalid value 'tpu'", "possible values: gpu, cpu"]),
+        (vec!["hutchinson", case, "--bakend", "cpu"], vec!["unexpected argument '--bakend'", "--backend"]),
+        (vec!["replay", case, "extra"], vec!["unexpected argument 'extra'"]),
+        (vec!["matfn"], vec!["<CASE_DIR>"]),
+    ] {
+        std::fs::write(dir.path().join("outputs.npz"), b"stale").unwrap();
+        let out = gpuopt(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr.starts_with("gpuopt: "), "{args:?}: {stderr:?}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{args:?}: {needle:?} not in {stderr:?}");
+        }
+        // The folder-less line has no case folder to clean; the others must not leave the stale file.
+        if args.len() > 1 {
+            assert!(!dir.path().join("outputs.npz").exists(), "{args:?}: stale outputs.npz left");
+        }
+    }
+    let help = gpuopt(&["matfn", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("case.json"));
+}

@@ -183,9 +183,52 @@ fn run(cli: Cli) -> gpuopt::Result<bool> {
     }
 }
 
+/// Clap's usage error as one line (its message, possible values and tip, without the blank lines and
+/// the "--help" footer), so a misused command fails like a bad case: one line on stderr.
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for part in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")) {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if part.starts_with("tip:") || part.starts_with("Usage:") { "; " } else { " " });
+        }
+        line.push_str(part);
+    }
+    line + " (see --help)"
+}
+
+/// The case commands promise that a failed run leaves no `outputs.npz`; a command line clap refuses
+/// (`--backend tpu`) is a failed run too, so a stale output in any case folder it names goes.
+fn remove_stale_outputs(args: &[std::ffi::OsString]) {
+    let case_command = |a: &std::ffi::OsString| ["replay", "matfn", "hutchinson"].iter().any(|c| a == c);
+    let Some(at) = args.iter().position(case_command) else {
+        return;
+    };
+    for arg in &args[at + 1..] {
+        let dir = std::path::Path::new(arg);
+        if dir.join("case.json").is_file() {
+            let _ = std::fs::remove_file(dir.join("outputs.npz"));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // --help and --version (stdout, success) and a bare `gpuopt` (the help, on stderr) stay clap's.
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            remove_stale_outputs(&args);
+            eprintln!("gpuopt: {}", usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
