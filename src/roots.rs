@@ -752,7 +752,8 @@ pub fn power_iteration(ops: &mut impl MatOps, g: Mat) -> Result<Vec<f32>> {
 }
 
 /// (A + ridge·I)^{−1/p} of each matrix of the batch by the coupled Newton iteration (§7.6) with the
-/// 1.2 error-growth guard; p must be a power of two from 1 to 32 (T^p by repeated squaring). Returns
+/// 1.2 error-growth guard; p is an integer from 1 to 32 (T^p by repeated squaring, multiplying the
+/// squares of p's set bits: a power of two is squarings alone, as ComputePower). Returns
 /// the accepted iterates and their errors; an error when any matrix ends with max|M − I| above
 /// [`INV_ROOT_FAILURE`] or not finite (never a silent NaN).
 ///
@@ -783,12 +784,8 @@ pub fn inv_root(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOptions) -> 
 /// [`inv_root`] without the final failure check (Shampoo keeps its old root on failure instead).
 pub fn inv_root_unchecked(ops: &mut impl MatOps, a: Mat, p: u32, opts: InvRootOptions) -> Result<InvRoot> {
     let (b, n) = square(ops, a, "inv_root")?;
-    if !(1..=32).contains(&p) || !p.is_power_of_two() {
-        return Err(Error::Hyperparameter {
-            name: "p".into(),
-            value: p as f64,
-            reason: "must be a power of two from 1 to 32 (T^p by repeated squaring, as ComputePower)".into(),
-        });
+    if !(1..=32).contains(&p) {
+        return Err(Error::Hyperparameter { name: "p".into(), value: p as f64, reason: "must be from 1 to 32".into() });
     }
     finite_nonneg("eps", opts.eps)?;
     finite_nonneg("tol", opts.tol)?;
@@ -851,7 +848,11 @@ fn inv_root_into(
     let mut iters = vec![0usize; b];
     let mut active: Vec<bool> = err.iter().map(|&e| e > opts.tol).collect();
     let t = ops.alloc(b, n, n)?;
-    let squares: Vec<Mat> = (0..p.trailing_zeros()).map(|_| ops.alloc(b, n, n)).collect::<Result<_>>()?;
+    // T^(2^i) for i = 1 ..= log2(p), and two buffers for the products of the set bits' squares.
+    let top = 31 - p.leading_zeros();
+    let squares: Vec<Mat> = (0..top).map(|_| ops.alloc(b, n, n)).collect::<Result<_>>()?;
+    let products: Vec<Mat> =
+        (0..(p.count_ones() > 1) as usize * 2).map(|_| ops.alloc(b, n, n)).collect::<Result<_>>()?;
     let mask = ops.alloc(b, 1, 1)?;
     for _ in 0..opts.max_iters {
         if !active.iter().any(|&a| a) {
@@ -860,12 +861,28 @@ fn inv_root_into(
         // T = (1 + 1/p)·I − M/p;  X' = X·T;  M' = T^p·M.
         ops.affine(t, Some(m[0]), -1.0 / pf, Scale::One, 0.0, 1.0 + 1.0 / pf)?;
         mm_sym(ops, x[1], x[0], t, 1.0, None)?;
-        let mut tp = t;
-        for &sq in &squares {
-            mm_sym(ops, sq, tp, tp, 1.0, None)?;
-            tp = sq;
+        // T^p: the powers of T commute, so every product is a symmetric half-product.
+        let (mut tp, mut tpow, mut next) = (t, None, 0);
+        for bit in 0..=top {
+            if bit > 0 {
+                let sq = squares[bit as usize - 1];
+                mm_sym(ops, sq, tp, tp, 1.0, None)?;
+                tp = sq;
+            }
+            if p >> bit & 1 == 1 {
+                tpow = Some(match tpow {
+                    None => tp,
+                    Some(so_far) => {
+                        let out = products[next];
+                        next ^= 1;
+                        mm_sym(ops, out, so_far, tp, 1.0, None)?;
+                        out
+                    }
+                });
+            }
         }
-        mm_sym(ops, m[1], tp, m[0], 1.0, None)?;
+        let tpow = tpow.expect("p >= 1 has a set bit");
+        mm_sym(ops, m[1], tpow, m[0], 1.0, None)?;
         ops.max_dev(m[1], errs)?;
         let now = ops.read(errs)?;
         let mut accept = vec![0.0f32; b];

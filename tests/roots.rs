@@ -313,8 +313,9 @@ fn newton_schulz_stays_converged_on_clustered_ill_conditioned_spectra() {
         }
         // The inverse root keeps its mirrored coupled updates: it stops at its tolerance or its growth
         // guard. Held to its own bound (1e-5·sqrt(κ) + 1e-5, as below) on the same spectra, also with
-        // tol = 0, which runs it to the guard or max_iters.
-        for p in [2u32, 4] {
+        // tol = 0, which runs it to the guard or max_iters. p = 3 and 6 multiply T's squares (T^3 =
+        // T·T², T^6 = T²·T⁴), as Shampoo's roots of rank-3 blocks do.
+        for p in [2u32, 3, 4, 6] {
             let want = oracle_power(&a, n, -1.0 / p as f64, 0.0);
             for tol in [1e-6, 0.0] {
                 let opts = InvRootOptions { eps: 0.0, tol, ..Default::default() };
@@ -408,7 +409,10 @@ fn inverse_root_reports_failure_and_takes_relative_ridges() {
     let am = ops.upload(&a, 1, n, n).unwrap();
     let e = inv_root(&mut ops, am, 4, InvRootOptions { max_iters: 2, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("did not converge"), "{e}");
-    assert!(inv_root(&mut ops, am, 3, InvRootOptions::default()).unwrap_err().to_string().contains("power of two"));
+    for p in [0, 33] {
+        let e = inv_root(&mut ops, am, p, InvRootOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("from 1 to 32"), "p = {p}: {e}");
+    }
     // Relative ridge: eps·λ_max with λ_max from the power iteration.
     let r = inv_root(&mut ops, am, 2, InvRootOptions { eps: 1e-2, eps_relative: true, ..Default::default() }).unwrap();
     let got = ops.read(r.x).unwrap();

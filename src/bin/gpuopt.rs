@@ -49,7 +49,7 @@ enum Command {
     ///
     /// case.json names the "function": newton_schulz5 ("steps"), polar ("max_iters"), sqrt and inv_sqrt
     /// ("method": newton_schulz with "iters" and "tol", mtp or mpa with "degree"; for inv_sqrt also
-    /// polar_express with "iters" and "eps"), inv_root ("p" = 1, 2, 4, ..., 32, "eps", "eps_relative",
+    /// polar_express with "iters" and "eps"), inv_root ("p" = 1 to 32, "eps", "eps_relative",
     /// "max_iters", "tol"). Keys, defaults and ranges: README.md "Command line", ALGORITHMS.md §11.4.
     Matfn {
         /// Folder with case.json and inputs.npz.
