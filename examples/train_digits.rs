@@ -107,7 +107,7 @@ fn build(ctx: &Context, name: &str, params: &[Vec<f32>]) -> Result<Opt> {
             Ok(Opt::Stepper(Box::new(b.build(ctx)?), ids, None))
         }
         "Shampoo" => {
-            let cfg = ShampooConfig { lr: 3e-3, ..ShampooConfig::default() };
+            let cfg = ShampooConfig { lr: 3e-3, block_size: 128, ..ShampooConfig::default() };
             let mut s = Shampoo::new(GpuMats::new(ctx)?, cfg)?;
             let ids = (0..4).map(|i| s.add_param(&params[i], &shapes[i])).collect::<Result<Vec<_>>>()?;
             Ok(Opt::Shampoo(Box::new(s), ids))

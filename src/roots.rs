@@ -85,6 +85,21 @@ pub trait MatOps {
         h: usize,
         w: usize,
     ) -> Result<()>;
+    /// Copies the box of `size` = [matrices, rows, cols] at `src_at` = [matrix, row, col] of `src` to
+    /// `dst_at` of `dst` (a block of a k-D tensor: tensor and block reshaped so that the batch, rows
+    /// and cols are their last three dimensions). Both boxes must lie inside their batches, and
+    /// `size[0]` within [`MatOps::max_batch`].
+    fn copy_window(
+        &mut self,
+        dst: Mat,
+        dst_at: [usize; 3],
+        src: Mat,
+        src_at: [usize; 3],
+        size: [usize; 3],
+    ) -> Result<()>;
+    /// Gives `m` the shape [batch, rows, cols] of the same element count (its row-major values are
+    /// unchanged; work recorded before keeps the old shape).
+    fn reshape(&mut self, m: Mat, batch: usize, rows: usize, cols: usize) -> Result<()>;
     /// out\[z\] ← d\[z\]⁻¹ for a batch of h×h blocks (h ≤ 32) of symmetric positive definite matrices, by
     /// Gauss–Jordan without pivoting; status\[z\] ← 1 where a pivot was not positive and finite.
     fn invert_spd_blocks(&mut self, d: Mat, out: Mat, status: Mat) -> Result<()>;
@@ -254,6 +269,41 @@ pub(crate) fn check_grow(ops: &impl MatOps, mats: &[Mat], batch: usize) -> Resul
 }
 
 /// Checks [`MatOps::copy_batch`]'s arguments; returns the elements of one matrix.
+/// The checks of [`MatOps::copy_window`] (boxes inside their batches, distinct matrices, a batch
+/// the grid holds); true when the box is empty (nothing to copy).
+pub(crate) fn check_copy_window(
+    ops: &impl MatOps,
+    (dst, dst_at): (Mat, [usize; 3]),
+    (src, src_at): (Mat, [usize; 3]),
+    size: [usize; 3],
+) -> Result<bool> {
+    let (d, s) = (ops.shape(dst), ops.shape(src));
+    let inside = |at: [usize; 3], (b, r, c): (usize, usize, usize)| {
+        at[0] + size[0] <= b && at[1] + size[1] <= r && at[2] + size[2] <= c
+    };
+    if dst == src || !inside(dst_at, d) || !inside(src_at, s) || size[0] > ops.max_batch() {
+        return Err(Error::Invalid(format!(
+            "copy_window of {size:?} from {src_at:?} of {s:?} to {dst_at:?} of {d:?} (distinct matrices, boxes \
+             inside them, at most {} matrices)",
+            ops.max_batch()
+        )));
+    }
+    Ok(size.contains(&0))
+}
+
+/// The check of [`MatOps::reshape`]: the same element count.
+pub(crate) fn check_reshape(ops: &impl MatOps, m: Mat, shape: (usize, usize, usize)) -> Result<()> {
+    let (b, r, c) = ops.shape(m);
+    if b * r * c != shape.0 * shape.1 * shape.2 {
+        return Err(Error::Shape {
+            what: "reshape (same element count)".into(),
+            expected: vec![b, r, c],
+            got: vec![shape.0, shape.1, shape.2],
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn check_copy_batch(
     ops: &impl MatOps,
     (dst, dst_z): (Mat, usize),

@@ -1511,6 +1511,23 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         diag_eps: 1e-8,
         root_iters: 50,
         nesterov: false,
+        best_effort_shape_interpretation: true,
+        merge_small_dims_block_size: 16,
+        skip_preconditioning_dim_size_gt: 64,
+        skip_preconditioning_rank_lt: 1,
+    }
+}
+
+/// The defaults but for X's layout (which a checkpoint must match).
+fn shampoo_y(block_size: usize) -> ShampooConfig {
+    let x = shampoo_x(block_size);
+    ShampooConfig {
+        block_size,
+        best_effort_shape_interpretation: x.best_effort_shape_interpretation,
+        merge_small_dims_block_size: x.merge_small_dims_block_size,
+        skip_preconditioning_dim_size_gt: x.skip_preconditioning_dim_size_gt,
+        skip_preconditioning_rank_lt: x.skip_preconditioning_rank_lt,
+        ..ShampooConfig::default()
     }
 }
 
@@ -1520,8 +1537,9 @@ fn qa_shampoo_config_change_skips_refusals() {
     let f = Fam { name: "shampoo", make: &shampoo_make, feed: &feed, tol: 1e-4, backends: BOTH, skips: true };
     for bs in [4, 1024] {
         let x = shampoo_x(bs);
-        // Everything but the block size (refused) differs, matrix_eps (the initial statistics) included.
-        let y = ShampooConfig { block_size: bs, ..ShampooConfig::default() };
+        // Everything but the layout (block size, merging, skipping: refused) differs, matrix_eps (the
+        // initial statistics) included.
+        let y = shampoo_y(bs);
         config_change(&f, &x, &y, (3, 3));
         let x2 =
             ShampooConfig { graft: Graft::Sgd, nesterov: true, lr: 0.01, start_preconditioning_step: 4, ..y.clone() };
@@ -1529,10 +1547,12 @@ fn qa_shampoo_config_change_skips_refusals() {
         skips(&f, &x, &y, (3, 3));
     }
     let x = shampoo_x(4);
-    let y = ShampooConfig { block_size: 4, ..ShampooConfig::default() };
+    let y = shampoo_y(4);
     let extra = |be: Be| {
         let good = snap_of(&f, &x, be, 2);
         let mut v = vec![("another block size".to_string(), snap_of(&f, &shampoo_x(8), be, 2))];
+        let merged = ShampooConfig { merge_small_dims_block_size: 64, ..shampoo_x(4) };
+        v.push(("another merge size".to_string(), snap_of(&f, &merged, be, 2)));
         let mut t = good.clone();
         t.hyper["root_failures"] = serde_json::json!("many");
         v.push(("root_failures not a count".to_string(), t));

@@ -648,3 +648,36 @@ fn roots_at_extreme_scales_follow_the_unscaled_root() {
         assert!(rel32(&cpu, &want) <= 1e-5, "{scale:e}: cpu {:e}", rel32(&cpu, &want));
     }
 }
+
+/// `copy_window` moves a 3-D box between batches at any offsets (Shampoo's block gather/scatter),
+/// the same on both backends and as index arithmetic says; `reshape` keeps the values and refuses
+/// another element count; boxes outside their batches are refused.
+#[test]
+fn copy_window_and_reshape_move_boxes_as_indexed() {
+    let ctx = common::ctx();
+    let src: Vec<f32> = (0..4 * 5 * 6).map(|v| v as f32).collect();
+    let (at, size, dst_at) = ([1, 2, 1], [3, 2, 4], [0, 1, 2]);
+    let mut want = vec![0.0f32; 3 * 4 * 7];
+    for z in 0..size[0] {
+        for i in 0..size[1] {
+            for j in 0..size[2] {
+                want[(dst_at[0] + z) * 28 + (dst_at[1] + i) * 7 + dst_at[2] + j] =
+                    src[(at[0] + z) * 30 + (at[1] + i) * 6 + at[2] + j];
+            }
+        }
+    }
+    fn run(ops: &mut impl MatOps, src: &[f32], at: [usize; 3], size: [usize; 3], dst_at: [usize; 3]) -> Vec<f32> {
+        // Uploaded flat and reshaped: the values stay in place.
+        let s = ops.upload(src, 1, 1, src.len()).unwrap();
+        ops.reshape(s, 4, 5, 6).unwrap();
+        let d = ops.alloc(3, 4, 7).unwrap();
+        ops.copy_window(d, dst_at, s, at, size).unwrap();
+        assert!(ops.reshape(d, 3, 4, 6).is_err(), "another element count");
+        assert!(ops.copy_window(d, [1, 0, 0], s, at, size).is_err(), "a box past the destination's batch");
+        assert!(ops.copy_window(d, dst_at, s, [0, 4, 0], size).is_err(), "a box past the source's rows");
+        assert!(ops.copy_window(s, [0, 0, 0], s, at, size).is_err(), "one matrix as both");
+        ops.read(d).unwrap()
+    }
+    assert_eq!(run(&mut CpuMats::default(), &src, at, size, dst_at), want);
+    assert_eq!(run(&mut GpuMats::new(&ctx).unwrap(), &src, at, size, dst_at), want);
+}

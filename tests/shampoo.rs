@@ -1,6 +1,7 @@
-//! Shampoo: GPU vs the CPU twin over several root refreshes (blocked and whole matrices, a vector,
-//! every graft), against an independent f64 implementation whose roots come from an
-//! eigendecomposition, the NaN-gradient skip, and bad configurations.
+//! Shampoo: GPU vs the CPU twin over several root refreshes (blocked and whole matrices, vectors,
+//! merged dimensions, rank-3 and rank-4 blocks, skipped parameters, every graft), against an
+//! independent f64 implementation whose roots come from an eigendecomposition, the NaN-gradient
+//! skip, and bad configurations.
 // The f64 reference is written index by index, like the equations.
 #![allow(clippy::type_complexity, clippy::needless_range_loop)]
 
@@ -14,7 +15,13 @@ use gpuopt::parity::TestRng;
 use gpuopt::reference::roots::{eigen, spectral, CpuMats};
 use gpuopt::roots::MatOps;
 
-const SHAPES: &[&[usize]] = &[&[20, 12], &[6, 5], &[7]];
+/// With `merge_small_dims_block_size` 8, `block_size` 8 and `skip_preconditioning_dim_size_gt` 32:
+/// a blocked matrix, a one-block matrix, a skipped vector (40 > 32), a vector, a matrix merged into
+/// a vector ([6]), rank 3 blocked along its first dimension ([10, 3, 9]) and along its last two
+/// ([3, 10, 12]), rank 4 blocked along its first and third ([9, 3, 9, 3]: the block copies loop over
+/// the first), and a scalar (rank 0: the graft alone).
+const SHAPES: &[&[usize]] = &[&[20, 12], &[6, 5], &[40], &[7], &[2, 3], &[10, 3, 9], &[3, 10, 12], &[9, 3, 9, 3], &[]];
+const SKIPPED: usize = 2;
 
 fn config(graft: Graft, nesterov: bool) -> ShampooConfig {
     ShampooConfig {
@@ -27,6 +34,8 @@ fn config(graft: Graft, nesterov: bool) -> ShampooConfig {
         graft,
         matrix_eps: 1e-3,
         nesterov,
+        merge_small_dims_block_size: 8,
+        skip_preconditioning_dim_size_gt: 32,
         ..Default::default()
     }
 }
@@ -73,49 +82,111 @@ fn gpu_matches_cpu_twin_over_refreshes_for_every_graft() {
     }
 }
 
-/// Shampoo in f64 with exact (eigendecomposition) roots, written from §7.7 independently of the
-/// library's driver.
+/// Row-major strides of a shape.
+fn strides(d: &[usize]) -> Vec<usize> {
+    (0..d.len()).map(|i| d[i + 1..].iter().product()).collect()
+}
+
+/// X ×_i M for a tensor x of shape d: y[.., a, ..] = Σ_b M[b, a]·x[.., b, ..] (optax's
+/// `tensordot(x, M, axes=[[0], [0]])` on mode i).
+fn mode_product(x: &[f64], d: &[usize], i: usize, m: &[f64]) -> Vec<f64> {
+    let st = strides(d)[i];
+    (0..x.len())
+        .map(|idx| {
+            let a = idx / st % d[i];
+            let base = idx - a * st;
+            (0..d[i]).map(|b| m[b * d[i] + a] * x[base + b * st]).sum()
+        })
+        .collect()
+}
+
+/// G_(i)·G_(i)ᵀ: Σ over all other indices of x[.., a, ..]·x[.., b, ..].
+fn mode_gram(x: &[f64], d: &[usize], i: usize) -> Vec<f64> {
+    let st = strides(d)[i];
+    let mut g = vec![0.0; d[i] * d[i]];
+    for base in (0..x.len()).filter(|idx| (idx / st).is_multiple_of(d[i])) {
+        for a in 0..d[i] {
+            for b in 0..d[i] {
+                g[a * d[i] + b] += x[base + a * st] * x[base + b * st];
+            }
+        }
+    }
+    g
+}
+
+/// Shampoo in f64 with exact (eigendecomposition) roots, written from §7.7 and optax's
+/// `merge_small_dims` / `BlockPartitioner` / `Preconditioner` independently of the library's driver.
 fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
+    struct Blk {
+        at: Vec<usize>,
+        size: Vec<usize>,
+        stats: Vec<Vec<f64>>,
+        roots: Vec<Vec<f64>>,
+    }
     struct P {
-        cols: usize,
+        dims: Vec<usize>,
         p: Vec<f64>,
         m: Vec<f64>,
         a: Vec<f64>,
-        blocks: Vec<(usize, usize, usize, usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)>,
+        blocks: Vec<Blk>,
     }
+    let merge = |shape: &[usize]| -> Vec<usize> {
+        if !shape.is_empty() && shape.iter().all(|&d| d == 1) {
+            return vec![1];
+        }
+        let (mut out, mut prod) = (Vec::new(), 1);
+        for &d in shape {
+            if prod * d <= cfg.merge_small_dims_block_size {
+                prod *= d;
+            } else {
+                if prod > 1 {
+                    out.push(prod);
+                }
+                prod = d;
+            }
+        }
+        if prod > 1 {
+            out.push(prod);
+        }
+        out
+    };
+    let eye = |k: usize, v: f64| -> Vec<f64> { (0..k * k).map(|j| if j / k == j % k { v } else { 0.0 }).collect() };
     let mut ps: Vec<P> = SHAPES
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let n: usize = s.iter().product();
-            let (rows, cols) = if s.len() >= 2 { (s[0], n / s[0]) } else { (1, n) };
-            let mut blocks = Vec::new();
-            if s.len() >= 2 {
-                for r0 in (0..rows).step_by(cfg.block_size) {
-                    for c0 in (0..cols).step_by(cfg.block_size) {
-                        let (h, w) = (cfg.block_size.min(rows - r0), cfg.block_size.min(cols - c0));
-                        let eye = |k: usize, v: f64| (0..k * k).map(|j| if j / k == j % k { v } else { 0.0 }).collect();
-                        blocks.push((
-                            r0,
-                            c0,
-                            h,
-                            w,
-                            eye(h, cfg.matrix_eps),
-                            eye(w, cfg.matrix_eps),
-                            eye(h, 1.0),
-                            eye(w, 1.0),
-                        ));
-                    }
-                }
+            let skip = s.len() < cfg.skip_preconditioning_rank_lt
+                || s.iter().any(|&d| d > cfg.skip_preconditioning_dim_size_gt);
+            let dims = if skip { vec![] } else { merge(s) };
+            // Offsets: every dimension cut into pieces of block_size, row-major.
+            let mut ats: Vec<Vec<usize>> = if dims.is_empty() { vec![] } else { vec![vec![]] };
+            for &d in &dims {
+                ats = ats
+                    .into_iter()
+                    .flat_map(|at| (0..d).step_by(cfg.block_size).map(move |o| [at.clone(), vec![o]].concat()))
+                    .collect();
             }
+            let blocks = ats
+                .into_iter()
+                .map(|at| {
+                    let size: Vec<usize> = at.iter().zip(&dims).map(|(&o, &d)| cfg.block_size.min(d - o)).collect();
+                    Blk {
+                        stats: size.iter().map(|&k| eye(k, cfg.matrix_eps)).collect(),
+                        roots: size.iter().map(|&k| eye(k, 1.0)).collect(),
+                        at,
+                        size,
+                    }
+                })
+                .collect();
             let p = TestRng::new(100 + i as u64).normals(n, 1.0).iter().map(|&v| v as f64).collect();
-            P { cols, p, m: vec![0.0; n], a: vec![0.0; n], blocks }
+            P { dims, p, m: vec![0.0; n], a: vec![0.0; n], blocks }
         })
         .collect();
-    let root = |m: &[f64], k: usize| -> Vec<f64> {
+    let root = |m: &[f64], k: usize, order: usize| -> Vec<f64> {
         let m32: Vec<f32> = m.iter().map(|&v| v as f32).collect();
         let (values, vectors) = eigen(&m32, k, cfg.matrix_eps);
-        spectral(&values, &vectors, |l| l.powf(-0.25))
+        spectral(&values, &vectors, |l| l.powf(-1.0 / order as f64))
     };
     let (b2, w2) = (cfg.beta2, if cfg.beta2 == 1.0 { 1.0 } else { 1.0 - cfg.beta2 });
     let mut traj = Vec::new();
@@ -139,27 +210,31 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
             let mut dir = d.clone();
             if !p.blocks.is_empty() {
                 let mut s = vec![0.0; g.len()];
-                for (r0, c0, h, w, l, r, pl, pr) in p.blocks.iter_mut() {
-                    let gb = nalgebra::DMatrix::from_fn(*h, *w, |i, j| g[(*r0 + i) * p.cols + *c0 + j]);
-                    let ggt = &gb * gb.transpose();
-                    let gtg = gb.transpose() * &gb;
-                    for i in 0..*h * *h {
-                        l[i] = b2 * l[i] + w2 * ggt[(i / *h, i % *h)];
-                    }
-                    for i in 0..*w * *w {
-                        r[i] = b2 * r[i] + w2 * gtg[(i / *w, i % *w)];
-                    }
-                    if (t - 1) % cfg.precondition_frequency == 0 {
-                        *pl = root(l, *h);
-                        *pr = root(r, *w);
-                    }
-                    let plm = nalgebra::DMatrix::from_row_slice(*h, *h, pl);
-                    let prm = nalgebra::DMatrix::from_row_slice(*w, *w, pr);
-                    let sb = plm * gb * prm;
-                    for i in 0..*h {
-                        for j in 0..*w {
-                            s[(*r0 + i) * p.cols + *c0 + j] = sb[(i, j)];
+                let full_st = strides(&p.dims);
+                let order = 2 * p.dims.len();
+                for blk in p.blocks.iter_mut() {
+                    // The block's flat indices in the parameter.
+                    let bst = strides(&blk.size);
+                    let count: usize = blk.size.iter().product();
+                    let index: Vec<usize> = (0..count)
+                        .map(|j| (0..blk.size.len()).map(|m| (blk.at[m] + j / bst[m] % blk.size[m]) * full_st[m]).sum())
+                        .collect();
+                    let gb: Vec<f64> = index.iter().map(|&f| g[f]).collect();
+                    for (m, (stat, root_m)) in blk.stats.iter_mut().zip(blk.roots.iter_mut()).enumerate() {
+                        let gram = mode_gram(&gb, &blk.size, m);
+                        for (s, v) in stat.iter_mut().zip(gram) {
+                            *s = b2 * *s + w2 * v;
                         }
+                        if (t - 1) % cfg.precondition_frequency == 0 {
+                            *root_m = root(stat, blk.size[m], order);
+                        }
+                    }
+                    let mut sb = gb;
+                    for m in 0..blk.size.len() {
+                        sb = mode_product(&sb, &blk.size, m, &blk.roots[m]);
+                    }
+                    for (&f, v) in index.iter().zip(sb) {
+                        s[f] = v;
                     }
                 }
                 // optax: `count >= start_preconditioning_step`, its count (t − 1) 0-based.
@@ -219,10 +294,10 @@ fn preconditioning_starts_after_the_graft_steps_and_rmsprop_at_beta2_one_is_adag
     for start in [0, 1, 3] {
         let got = run(CpuMats::default(), &ShampooConfig { start_preconditioning_step: start, ..base.clone() }, 4);
         for t in 0..4 {
-            // Parameter 0 (20 x 12) is preconditioned; parameter 2, a vector, never is.
+            // Parameter 0 (20 x 12) is preconditioned; the skipped one never is.
             let same = got[t][0] == never[t][0];
             assert_eq!(same, t < start, "start {start}: step {} graft-only {same}", t + 1);
-            assert_eq!(got[t][2], never[t][2]);
+            assert_eq!(got[t][SKIPPED], never[t][SKIPPED]);
         }
     }
     let summed = |graft| ShampooConfig { beta2: 1.0, ..config(graft, true) };
@@ -368,4 +443,75 @@ fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
     assert_eq!(other.root_failures(), 0);
     snap.hyper["root_failures"] = serde_json::json!("many");
     assert!(other.restore(snap).is_err());
+}
+
+/// Checkpoints from before dimension merging carry no layout keys: they load into a Shampoo set up
+/// with the layout they had (no merging, vectors and scalars graft-only, no size skip), and any other
+/// layout setting is refused, naming it. A rank above 16 after merging (a root order above 32) is
+/// refused when the parameter is added.
+#[test]
+fn checkpoints_check_the_layout_settings_and_old_ones_still_load() {
+    let legacy = ShampooConfig {
+        best_effort_shape_interpretation: false,
+        skip_preconditioning_dim_size_gt: usize::MAX,
+        skip_preconditioning_rank_lt: 2,
+        block_size: 4,
+        start_preconditioning_step: 1,
+        ..Default::default()
+    };
+    let make = |cfg: &ShampooConfig| {
+        let mut s = Shampoo::new(CpuMats::default(), cfg.clone()).unwrap();
+        let w = s.add_param(&TestRng::new(1).normals(30, 1.0), &[6, 5]).unwrap();
+        s.add_param(&TestRng::new(2).normals(7, 1.0), &[7]).unwrap();
+        (s, w)
+    };
+    let (mut a, w) = make(&legacy);
+    for t in 0..3 {
+        a.step(&[&TestRng::new(10 + t).normals(30, 1.0), &TestRng::new(20 + t).normals(7, 1.0)]).unwrap();
+    }
+    let mut snap = a.snapshot().unwrap();
+    for key in [
+        "best_effort_shape_interpretation",
+        "merge_small_dims_block_size",
+        "skip_preconditioning_dim_size_gt",
+        "skip_preconditioning_rank_lt",
+    ] {
+        assert!(snap.hyper.as_object_mut().unwrap().remove(key).is_some(), "{key} is saved");
+    }
+    let (mut b, _) = make(&legacy);
+    b.restore(snap.clone()).unwrap();
+    let g = [TestRng::new(30).normals(30, 1.0), TestRng::new(31).normals(7, 1.0)];
+    a.step(&[&g[0], &g[1]]).unwrap();
+    b.step(&[&g[0], &g[1]]).unwrap();
+    assert_eq!(b.read(w).unwrap(), a.read(w).unwrap());
+    let (mut c, _) = make(&ShampooConfig { block_size: 4, ..Default::default() });
+    let e = c.restore(snap).unwrap_err().to_string();
+    assert!(e.contains("best_effort_shape_interpretation false in the file, true here"), "{e}");
+    // A saved layout that differs is refused the same way.
+    let snap = a.snapshot().unwrap();
+    let (mut d, _) = make(&ShampooConfig { merge_small_dims_block_size: 16, ..legacy.clone() });
+    let e = d.restore(snap).unwrap_err().to_string();
+    assert!(e.contains("merge_small_dims_block_size 4096 in the file, 16 here"), "{e}");
+    let mut opt = Shampoo::new(CpuMats::default(), legacy).unwrap();
+    let e = opt.add_param(&[1.0; 1 << 17], &[2; 17]).unwrap_err().to_string();
+    assert!(e.contains("rank 17") && e.contains("at most 32"), "{e}");
+}
+
+/// A block whose middle-mode products would put more matrices in one grid dimension than the GPU
+/// allows is refused when the parameter is added, saying what to change.
+#[test]
+fn blocks_too_deep_for_the_grid_are_refused() {
+    let ctx = common::ctx();
+    let cfg = ShampooConfig {
+        best_effort_shape_interpretation: false,
+        skip_preconditioning_dim_size_gt: usize::MAX,
+        block_size: 100_000,
+        ..Default::default()
+    };
+    let mut opt = Shampoo::new(GpuMats::new(&ctx).unwrap(), cfg).unwrap();
+    let e = opt.add_param(&vec![0.0; 280_000], &[70_000, 2, 2]).unwrap_err().to_string();
+    assert!(e.contains("batches of 70000") && e.contains("smaller block_size"), "{e}");
+    // Refused before anything was allocated for it: the optimizer takes other parameters.
+    opt.add_param(&[0.0; 12], &[3, 2, 2]).unwrap();
+    opt.step(&[&[1.0; 12]]).unwrap();
 }

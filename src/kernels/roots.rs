@@ -6,7 +6,7 @@ use super::gemm::{GemmDesc, GemmPlan};
 use super::newton_schulz::{chunk_grid, FrobeniusPlan};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::roots::{check_copy_batch, check_grow, Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, check_copy_window, check_grow, check_reshape, Mat, MatOps, Scale};
 use bytemuck::{Pod, Zeroable};
 use std::any::Any;
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -371,6 +371,44 @@ impl MatOps for GpuMats {
         let grid = (w.div_ceil(16) as u32, h.div_ceil(16) as u32, db as u32);
         self.dispatches += bound.record_3d(self.pass(), grid);
         self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn copy_window(
+        &mut self,
+        dst: Mat,
+        dst_at: [usize; 3],
+        src: Mat,
+        src_at: [usize; 3],
+        size: [usize; 3],
+    ) -> Result<()> {
+        if check_copy_window(self, (dst, dst_at), (src, src_at), size)? {
+            return Ok(());
+        }
+        let ((_, dr, dl), (_, sr, sl)) = (self.shape(dst), self.shape(src));
+        let offset = |at: [usize; 3], r: usize, l: usize| (at[0] * r * l + at[1] * l + at[2]) as u32;
+        let u = self.uniform(RootParams {
+            rows: size[1] as u32,
+            cols: size[2] as u32,
+            batch: size[0] as u32,
+            col: (sr * sl) as u32,
+            rhs: (dr * dl) as u32,
+            src_ld: sl as u32,
+            src_off: offset(src_at, sr, sl),
+            dst_ld: dl as u32,
+            dst_off: offset(dst_at, dr, dl),
+            ..Default::default()
+        });
+        let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
+        let grid = (size[2].div_ceil(16) as u32, size[1].div_ceil(16) as u32, size[0] as u32);
+        self.dispatches += bound.record_3d(self.pass(), grid);
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn reshape(&mut self, m: Mat, batch: usize, rows: usize, cols: usize) -> Result<()> {
+        check_reshape(self, m, (batch, rows, cols))?;
+        self.mats[m.0].1 = (batch, rows, cols);
         Ok(())
     }
 

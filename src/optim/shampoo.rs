@@ -1,14 +1,16 @@
 //! Shampoo (ALGORITHMS.md §7.7; Anil et al., "Scalable Second Order Optimization for Deep Learning"),
 //! written once over [`MatOps`], so the same driver runs on the GPU ([`GpuMats`]) and on the CPU twin
-//! ([`CpuMats`]). For a matrix parameter split into blocks of at most `block_size` per side, each block
-//! G (h×w):
+//! ([`CpuMats`]). Each parameter is reshaped as optax's `Preconditioner` does: adjacent dimensions
+//! merged while their product stays within `merge_small_dims_block_size` ([`merge_small_dims`]), then
+//! split into blocks of at most `block_size` per dimension. For a block G of rank k (after merging),
+//! with G_(i) its mode-i unfolding (dimension i against all the others):
 //!
 //! ```text
-//! (7.7.1) L ← β2·L + w2·G·Gᵀ,  R ← β2·R + w2·Gᵀ·G        (Gram half-products; w2 = 1 if β2 = 1 else 1 − β2;
-//!                                                         L, R start at matrix_eps·I)
-//! (7.7.2) every precondition_frequency steps: P_L ← (L + matrix_eps·I)^{−1/4}, P_R likewise (coupled
-//!         Newton, §7.6); when it fails (max|M − I| ≥ 0.1 or NaN) the old root is kept
-//! (7.7.3) S ← P_L·G·P_R
+//! (7.7.1) L_i ← β2·L_i + w2·G_(i)·G_(i)ᵀ  for each mode i   (Gram half-products; w2 = 1 if β2 = 1 else
+//!                                                          1 − β2; L_i start at matrix_eps·I)
+//! (7.7.2) every precondition_frequency steps: P_i ← (L_i + matrix_eps·I)^{−1/(2k)} (coupled Newton,
+//!         §7.6); when it fails (max|M − I| ≥ 0.1 or NaN) the old root is kept
+//! (7.7.3) S ← G ×_1 P_1 ×_2 P_2 … ×_k P_k                 (for a matrix: P_1·G·P_2)
 //! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
 //!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
@@ -21,7 +23,11 @@
 //! absolute (`A + matrix_eps·I`, as facebookresearch/optimizers) rather than optax's relative one;
 //! weight decay is decoupled (the issue's contract; optax's default is coupled); one momentum buffer
 //! is fed by the graft before `start_preconditioning_step` and by the grafted Shampoo direction after
-//! (optax keeps a second, graft-only momentum). Vectors (rank 1) use the graft direction alone.
+//! (optax keeps a second, graft-only momentum). As optax, a parameter of rank below
+//! `skip_preconditioning_rank_lt` (as given, default 1: only scalars) or with a dimension above
+//! `skip_preconditioning_dim_size_gt` (default 4096) uses the graft direction alone, and vectors are
+//! preconditioned like any rank-1 block (L^{−1/2}); small matrices merge into vectors (a 64×64 matrix
+//! is one 4096-vector, split into `block_size` pieces).
 //!
 //! ```
 //! use gpuopt::optim::shampoo::{Shampoo, ShampooConfig};
@@ -63,7 +69,8 @@ pub enum Graft {
 
 /// Shampoo's hyperparameters (ALGORITHMS.md §11.1 names). Defaults follow optax's
 /// `distributed_shampoo` where it has one (beta1 0.9, beta2 0.999, diag_eps 1e-10, matrix_eps 1e-6,
-/// start_preconditioning_step 5, precondition_frequency 1, nesterov); `lr` 1e-3, `block_size` 1024
+/// start_preconditioning_step 5, precondition_frequency 1, nesterov, dimension merging up to 4096,
+/// skipping dimensions above 4096 and only rank-0 parameters); `lr` 1e-3, `block_size` 1024
 /// (facebookresearch's `max_preconditioner_dim`), AdaGrad grafting and 100 root iterations are gpuopt's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -99,6 +106,17 @@ pub struct ShampooConfig {
     pub root_iters: usize,
     /// Nesterov momentum.
     pub nesterov: bool,
+    /// optax's `best_effort_shape_interpretation`: merge adjacent dimensions before blocking.
+    pub best_effort_shape_interpretation: bool,
+    /// optax's `merge_small_dims_block_size`: adjacent dimensions merge while their product stays
+    /// within this ([`merge_small_dims`]).
+    pub merge_small_dims_block_size: usize,
+    /// optax's `skip_preconditioning_dim_size_gt`: a parameter with a dimension (as given) above this
+    /// uses the graft direction alone.
+    pub skip_preconditioning_dim_size_gt: usize,
+    /// optax's `skip_preconditioning_rank_lt`: a parameter whose rank (as given) is below this uses
+    /// the graft direction alone (1: scalars only; 2: vectors too).
+    pub skip_preconditioning_rank_lt: usize,
 }
 
 impl Default for ShampooConfig {
@@ -117,6 +135,10 @@ impl Default for ShampooConfig {
             diag_eps: 1e-10,
             root_iters: 100,
             nesterov: true,
+            best_effort_shape_interpretation: true,
+            merge_small_dims_block_size: 4096,
+            skip_preconditioning_dim_size_gt: 4096,
+            skip_preconditioning_rank_lt: 1,
         }
     }
 }
@@ -155,23 +177,67 @@ impl ShampooConfig {
     }
 }
 
-/// One block of a matrix parameter and its preconditioner state.
+/// optax's `merge_small_dims`: adjacent dimensions merge while their product stays within `max_dim`
+/// (a dimension of 1 merges into its neighbour; an all-ones shape is \[1\]).
+///
+/// ```
+/// use gpuopt::optim::shampoo::merge_small_dims;
+/// // optax's own examples.
+/// assert_eq!(merge_small_dims(&[1, 2, 512, 1, 2048, 1, 3, 4], 1024), [1024, 2048, 12]);
+/// assert_eq!(merge_small_dims(&[1, 2, 768, 1, 2048], 1024), [2, 768, 2048]);
+/// assert_eq!(merge_small_dims(&[3, 3, 512, 512], 4096), [9, 512, 512]);
+/// assert_eq!(merge_small_dims(&[64, 64], 4096), [4096]);
+/// ```
+pub fn merge_small_dims(shape: &[usize], max_dim: usize) -> Vec<usize> {
+    if !shape.is_empty() && shape.iter().all(|&d| d == 1) {
+        return vec![1];
+    }
+    let mut merged = Vec::new();
+    let mut product = 1;
+    for &d in shape {
+        if product * d <= max_dim {
+            product *= d;
+        } else {
+            if product > 1 {
+                merged.push(product);
+            }
+            product = d;
+        }
+    }
+    if product > 1 {
+        merged.push(product);
+    }
+    merged
+}
+
+/// One block of a parameter (reshaped as in the module's text) and its preconditioner state.
 struct Block {
-    at: (usize, usize),
-    h: usize,
-    w: usize,
+    /// Offset and extent per dimension of the merged shape.
+    at: Vec<usize>,
+    size: Vec<usize>,
+    /// The block's gradient and direction (the parameter's own when it is one block).
     g: Mat,
-    l: Mat,
-    r: Mat,
-    pl: Mat,
-    pr: Mat,
-    t: Mat,
     s: Mat,
+    /// Scratch of the block's size.
+    t: Mat,
+    /// Per mode: statistic, root, and for a middle mode an identity (its unfolding is a product).
+    stats: Vec<Mat>,
+    roots: Vec<Mat>,
+    eyes: Vec<Option<Mat>>,
+}
+
+impl Block {
+    /// (P, d, Q): the dimensions before mode i multiplied, mode i's, the ones after multiplied.
+    fn split(&self, i: usize) -> (usize, usize, usize) {
+        (self.size[..i].iter().product(), self.size[i], self.size[i + 1..].iter().product())
+    }
 }
 
 struct Param {
     meta: ParamMeta,
     shape: Vec<usize>,
+    /// The shape after merging (empty when the parameter uses the graft alone).
+    merged: Vec<usize>,
     rows: usize,
     cols: usize,
     p: Mat,
@@ -206,8 +272,9 @@ impl<O: MatOps> Shampoo<O> {
         Ok(Shampoo { ops, cfg, params: Vec::new(), step: 0, skipped: 0, root_failures: 0 })
     }
 
-    /// Adds a parameter: rank 2 (or higher, flattened to rows × rest) gets preconditioned blocks; rank
-    /// 0 or 1 uses the graft alone.
+    /// Adds a parameter of any rank: merged, blocked and preconditioned as the module's text says, or
+    /// driven by the graft alone (rank below `skip_preconditioning_rank_lt`, a dimension above
+    /// `skip_preconditioning_dim_size_gt`).
     pub fn add_param(&mut self, data: &[f32], shape: &[usize]) -> Result<ShampooParam> {
         let n: usize = shape.iter().product();
         if n != data.len() || n == 0 {
@@ -217,50 +284,93 @@ impl<O: MatOps> Shampoo<O> {
                 got: vec![data.len()],
             });
         }
+        let cfg = &self.cfg;
+        let skip = shape.len() < cfg.skip_preconditioning_rank_lt
+            || shape.iter().any(|&d| d > cfg.skip_preconditioning_dim_size_gt);
+        let merged = match (skip, cfg.best_effort_shape_interpretation) {
+            (true, _) => Vec::new(),
+            (false, true) => merge_small_dims(shape, cfg.merge_small_dims_block_size),
+            (false, false) => shape.to_vec(),
+        };
+        if 2 * merged.len() > 32 {
+            return Err(Error::Invalid(format!(
+                "shampoo parameter of shape {shape:?}: rank {} after merging needs a root of order {} (at most 32)",
+                merged.len(),
+                2 * merged.len()
+            )));
+        }
+        // Blocks: every dimension split into pieces of at most block_size, row-major order.
+        let bs = cfg.block_size;
+        let mut blocks_at: Vec<Vec<usize>> = if merged.is_empty() { Vec::new() } else { vec![Vec::new()] };
+        for &d in &merged {
+            blocks_at = blocks_at
+                .into_iter()
+                .flat_map(|at| (0..d).step_by(bs).map(move |o| [&at[..], &[o]].concat()))
+                .collect();
+        }
+        let whole = blocks_at.len() == 1;
+        for at in &blocks_at {
+            let size: Vec<usize> = at.iter().zip(&merged).map(|(&o, &d)| bs.min(d - o)).collect();
+            // A middle mode's batched products (P matrices) and the block copies (the third
+            // dimension from the end) put their matrices in one grid dimension.
+            let k = size.len();
+            let middle = (1..k.saturating_sub(1)).map(|i| size[..i].iter().product::<usize>());
+            let batch = middle.chain((k >= 3).then(|| size[k - 3])).max().unwrap_or(1);
+            if batch > self.ops.max_batch() {
+                return Err(Error::Invalid(format!(
+                    "shampoo parameter of shape {shape:?}: a block of {size:?} needs batches of {batch} matrices, \
+                     more than this backend's {} (use a smaller block_size or merge_small_dims_block_size)",
+                    self.ops.max_batch()
+                )));
+            }
+        }
         let (rows, cols) = if shape.len() >= 2 { (shape[0], n / shape[0]) } else { (1, n) };
         let ops = &mut self.ops;
         let p = ops.upload(data, 1, rows, cols)?;
         let [grad, momentum, acc, d, s, u] = [(); 6].map(|_| ops.alloc(1, rows, cols));
+        let (grad, s) = (grad?, s?);
+        let eps = self.cfg.matrix_eps as f32;
+        let eye = |ops: &mut O, k: usize, v: f32| -> Result<Mat> {
+            let m = ops.alloc(1, k, k)?;
+            ops.affine(m, None, 0.0, Scale::One, 0.0, v)?;
+            Ok(m)
+        };
         let mut blocks = Vec::new();
-        if shape.len() >= 2 {
-            let bs = self.cfg.block_size;
-            for r0 in (0..rows).step_by(bs) {
-                for c0 in (0..cols).step_by(bs) {
-                    let (h, w) = (bs.min(rows - r0), bs.min(cols - c0));
-                    let eye = |ops: &mut O, k: usize, v: f32| -> Result<Mat> {
-                        let m = ops.alloc(1, k, k)?;
-                        ops.affine(m, None, 0.0, Scale::One, 0.0, v)?;
-                        Ok(m)
-                    };
-                    let eps = self.cfg.matrix_eps as f32;
-                    blocks.push(Block {
-                        at: (r0, c0),
-                        h,
-                        w,
-                        g: ops.alloc(1, h, w)?,
-                        l: eye(ops, h, eps)?,
-                        r: eye(ops, w, eps)?,
-                        pl: eye(ops, h, 1.0)?,
-                        pr: eye(ops, w, 1.0)?,
-                        t: ops.alloc(1, h, w)?,
-                        s: ops.alloc(1, h, w)?,
-                    });
-                }
+        for at in blocks_at {
+            let size: Vec<usize> = at.iter().zip(&merged).map(|(&o, &d)| bs.min(d - o)).collect();
+            let count: usize = size.iter().product();
+            let mut block = Block {
+                at,
+                size: size.clone(),
+                g: if whole { grad } else { ops.alloc(1, 1, count)? },
+                s: if whole { s } else { ops.alloc(1, 1, count)? },
+                t: ops.alloc(1, 1, count)?,
+                stats: Vec::new(),
+                roots: Vec::new(),
+                eyes: Vec::new(),
+            };
+            for (i, &dim) in size.iter().enumerate() {
+                block.stats.push(eye(ops, dim, eps)?);
+                block.roots.push(eye(ops, dim, 1.0)?);
+                let (before, _, after) = block.split(i);
+                block.eyes.push(if before > 1 && after > 1 { Some(eye(ops, dim, 1.0)?) } else { None });
             }
+            blocks.push(block);
         }
         let norms = [ops.alloc(1, 1, 1)?, ops.alloc(1, 1, 1)?];
         let name = format!("param{}", self.params.len());
         self.params.push(Param {
             meta: ParamMeta { name, shape: shape.to_vec(), group: 0 },
             shape: shape.to_vec(),
+            merged,
             rows,
             cols,
             p,
-            grad: grad?,
+            grad,
             momentum: momentum?,
             acc: acc?,
             d: d?,
-            s: s?,
+            s,
             u: u?,
             norms,
             blocks,
@@ -309,11 +419,17 @@ impl<O: MatOps> Shampoo<O> {
     }
 
     /// The names of a parameter's state tensors in a checkpoint: the momentum, the graft statistic,
-    /// and per block its statistics and roots.
+    /// and per block its statistics and roots: `l/i`, `r/i`, `pl/i`, `pr/i` for a matrix block (the
+    /// names of checkpoints from before rank-k blocks), `l{mode}/i` and `pl{mode}/i` for other ranks.
     fn state_names(p: &Param) -> Vec<String> {
         let mut v = vec!["momentum".to_string(), "graft".to_string()];
-        for i in 0..p.blocks.len() {
-            v.extend(["l", "r", "pl", "pr"].iter().map(|k| format!("{k}/{i}")));
+        for (i, b) in p.blocks.iter().enumerate() {
+            let stats: Vec<String> = match b.size.len() {
+                2 => vec!["l".into(), "r".into()],
+                k => (0..k).map(|m| format!("l{m}")).collect(),
+            };
+            v.extend(stats.iter().map(|n| format!("{n}/{i}")));
+            v.extend(stats.iter().map(|n| format!("p{n}/{i}")));
         }
         v
     }
@@ -321,7 +437,8 @@ impl<O: MatOps> Shampoo<O> {
     fn state_mats(p: &Param) -> Vec<Mat> {
         let mut v = vec![p.momentum, p.acc];
         for b in &p.blocks {
-            v.extend([b.l, b.r, b.pl, b.pr]);
+            v.extend(&b.stats);
+            v.extend(&b.roots);
         }
         v
     }
@@ -361,16 +478,35 @@ impl<O: MatOps> Shampoo<O> {
         let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
         let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
         s.check_common("shampoo", &metas)?;
-        let cfg: ShampooConfig =
-            serde_json::from_value(s.hyper.clone()).map_err(|e| bad(format!("shampoo config: {e}")))?;
+        // Checkpoints from before dimension merging had no such keys; their layout is what these
+        // values give for matrices and vectors (rank >= 3 was flattened then: those do not load).
+        let mut hyper = s.hyper.clone();
+        if let Some(h) = hyper.as_object_mut().filter(|h| !h.contains_key("best_effort_shape_interpretation")) {
+            h.insert("best_effort_shape_interpretation".into(), false.into());
+            h.insert("skip_preconditioning_dim_size_gt".into(), usize::MAX.into());
+            h.insert("skip_preconditioning_rank_lt".into(), 2.into());
+        }
+        let cfg: ShampooConfig = serde_json::from_value(hyper).map_err(|e| bad(format!("shampoo config: {e}")))?;
         cfg.validate()?;
         // Checkpoints written before the counter was saved have none: 0.
         let root_failures = match s.hyper.get("root_failures") {
             None => 0,
             Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
         };
-        if cfg.block_size != self.cfg.block_size {
-            return Err(bad(format!("block_size {} in the file, {} here", cfg.block_size, self.cfg.block_size)));
+        // The settings that shape the statistics must match the ones the parameters were added with.
+        let layout = |c: &ShampooConfig| {
+            [
+                ("block_size", c.block_size.to_string()),
+                ("best_effort_shape_interpretation", c.best_effort_shape_interpretation.to_string()),
+                ("merge_small_dims_block_size", c.merge_small_dims_block_size.to_string()),
+                ("skip_preconditioning_dim_size_gt", c.skip_preconditioning_dim_size_gt.to_string()),
+                ("skip_preconditioning_rank_lt", c.skip_preconditioning_rank_lt.to_string()),
+            ]
+        };
+        for ((name, file), (_, here)) in layout(&cfg).into_iter().zip(layout(&self.cfg)) {
+            if file != here {
+                return Err(bad(format!("{name} {file} in the file, {here} here")));
+            }
         }
         // Per parameter, the state tensors of this layout (their names carry the block count), each of
         // its matrix's size.
@@ -486,6 +622,20 @@ impl<O: MatOps> Shampoo<O> {
         // optax's `count >= start_preconditioning_step` with its count 0-based (t − 1), as the refresh.
         let precondition = t > cfg.start_preconditioning_step;
         let ops = &mut self.ops;
+        // Each phase views a parameter's gradient and direction in its blocks' shapes and gives them
+        // back their own shape afterwards (on an error too, so that the parameter stays usable).
+        let restore = |ops: &mut O, p: &Param, r: Result<()>| {
+            ops.reshape(p.grad, 1, p.rows, p.cols)?;
+            ops.reshape(p.s, 1, p.rows, p.cols)?;
+            r
+        };
+        for p in &self.params {
+            let r = statistics(ops, p, b2, w2);
+            restore(ops, p, r)?;
+        }
+        if refresh {
+            refresh_roots(ops, &self.params, &cfg, &mut self.root_failures)?;
+        }
         for p in &self.params {
             // Graft direction D.
             match cfg.graft {
@@ -494,73 +644,14 @@ impl<O: MatOps> Shampoo<O> {
                 Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, w2, cfg.diag_eps as f32)?,
             }
             let mut dir = p.d;
-            if !p.blocks.is_empty() {
-                for b in &p.blocks {
-                    let whole = p.blocks.len() == 1;
-                    let g = if whole { p.grad } else { b.g };
-                    if !whole {
-                        ops.copy_region(b.g, (0, 0), p.grad, b.at, b.h, b.w)?;
-                    }
-                    // (7.7.1) with the Gram half-products and the statistics as their own addend.
-                    ops.gemm(GemmDesc { alpha: w2, beta: b2, ..GemmDesc::gram(b.h, b.w) }, g, g, b.l, Some(b.l))?;
-                    ops.gemm(
-                        GemmDesc {
-                            alpha: w2,
-                            beta: b2,
-                            trans_a: true,
-                            symmetric: true,
-                            ..GemmDesc::new(b.w, b.w, b.h)
-                        },
-                        g,
-                        g,
-                        b.r,
-                        Some(b.r),
-                    )?;
-                }
-                if refresh {
-                    for b in &p.blocks {
-                        for (stat, root) in [(b.l, b.pl), (b.r, b.pr)] {
-                            let opts = InvRootOptions {
-                                eps: cfg.matrix_eps as f32,
-                                eps_relative: false,
-                                max_iters: cfg.root_iters,
-                                tol: 1e-6,
-                            };
-                            // (7.7.2): a failed root (error NaN or ≥ 0.1, or statistics that are not
-                            // finite) keeps the old one; the root's scratch is released either way.
-                            let mark = ops.mark();
-                            let outcome = match inv_root_unchecked(ops, stat, 4, opts) {
-                                Ok(r) if r.err[0].is_finite() && r.err[0] < INV_ROOT_FAILURE => {
-                                    ops.affine(root, Some(r.x), 1.0, Scale::One, 0.0, 0.0).map(|_| None)
-                                }
-                                Ok(r) => Ok(Some(format!("max|M - I| = {}", r.err[0]))),
-                                Err(e) => Ok(Some(e.to_string())),
-                            };
-                            ops.release(mark);
-                            if let Some(why) = outcome? {
-                                self.root_failures += 1;
-                                log::warn!("shampoo: inverse root failed ({why}); keeping the old one");
-                            }
-                        }
-                    }
-                }
-                if precondition {
-                    for b in &p.blocks {
-                        let whole = p.blocks.len() == 1;
-                        let g = if whole { p.grad } else { b.g };
-                        let out = if whole { p.s } else { b.s };
-                        ops.gemm(GemmDesc::new(b.h, b.w, b.h), b.pl, g, b.t, None)?;
-                        ops.gemm(GemmDesc::new(b.h, b.w, b.w), b.t, b.pr, out, None)?;
-                        if !whole {
-                            ops.copy_region(p.s, b.at, b.s, (0, 0), b.h, b.w)?;
-                        }
-                    }
-                    // (7.7.5) graft: S·‖D‖/(‖S‖ + 1e-16).
-                    ops.frobenius(p.d, p.norms[0])?;
-                    ops.frobenius(p.s, p.norms[1])?;
-                    ops.affine(p.u, Some(p.s), 1.0, Scale::Ratio(p.norms[0], p.norms[1]), 0.0, 0.0)?;
-                    dir = p.u;
-                }
+            if precondition && !p.blocks.is_empty() {
+                let r = direction(ops, p);
+                restore(ops, p, r)?;
+                // (7.7.5) graft: S·‖D‖/(‖S‖ + 1e-16).
+                ops.frobenius(p.d, p.norms[0])?;
+                ops.frobenius(p.s, p.norms[1])?;
+                ops.affine(p.u, Some(p.s), 1.0, Scale::Ratio(p.norms[0], p.norms[1]), 0.0, 0.0)?;
+                dir = p.u;
             }
             // (7.7.6) coupled decay: S ← S + wd·p (dir is this step's own buffer: D or the grafted S).
             let wd = cfg.weight_decay as f32;
@@ -587,4 +678,195 @@ impl<O: MatOps> Shampoo<O> {
         self.ops.submit();
         Ok(())
     }
+}
+
+/// (7.7.1) for every block of p (gathered from p.grad first when p has several). Leaves p.grad
+/// viewed in a block's shape: the caller restores it.
+fn statistics(ops: &mut impl MatOps, p: &Param, b2: f32, w2: f32) -> Result<()> {
+    for b in &p.blocks {
+        if p.blocks.len() > 1 {
+            copy_block(ops, (p.grad, &p.merged), (b.g, &b.size), &b.at, true)?;
+        }
+        for (i, &stat) in b.stats.iter().enumerate() {
+            statistic(ops, b, i, stat, b2, w2)?;
+        }
+    }
+    Ok(())
+}
+
+/// (7.7.3) for every block of p, scattered into p.s when p has several. Leaves p.grad and p.s
+/// viewed in a block's shape: the caller restores them.
+fn direction(ops: &mut impl MatOps, p: &Param) -> Result<()> {
+    for b in &p.blocks {
+        precondition_block(ops, b)?;
+        if p.blocks.len() > 1 {
+            copy_block(ops, (p.s, &p.merged), (b.s, &b.size), &b.at, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// (7.7.2) every statistic's root, (L + matrix_eps·I)^{−1/(2k)} by the coupled Newton iteration,
+/// statistics of the same size and order (k) across all parameters and blocks batched into one
+/// iteration (each matrix converges and is checked on its own). A root that fails (max|M − I| NaN
+/// or ≥ 0.1, or statistics that are not finite) keeps the old one and is counted in
+/// `root_failures`; the scratch is released either way.
+fn refresh_roots(
+    ops: &mut impl MatOps,
+    params: &[Param],
+    cfg: &ShampooConfig,
+    root_failures: &mut usize,
+) -> Result<()> {
+    let mut groups: std::collections::BTreeMap<(usize, u32), Vec<(Mat, Mat)>> = Default::default();
+    for p in params {
+        let order = 2 * p.merged.len() as u32;
+        for b in &p.blocks {
+            for ((&stat, &root), &n) in b.stats.iter().zip(&b.roots).zip(&b.size) {
+                groups.entry((n, order)).or_default().push((stat, root));
+            }
+        }
+    }
+    let opts = InvRootOptions { eps: cfg.matrix_eps as f32, eps_relative: false, max_iters: cfg.root_iters, tol: 1e-6 };
+    for ((n, order), pairs) in groups {
+        let per_batch = ops.max_batch().min(ops.max_elements() / (n * n)).max(1);
+        for chunk in pairs.chunks(per_batch) {
+            let mark = ops.mark();
+            let r = roots_of(ops, chunk, n, order, opts, root_failures);
+            ops.release(mark);
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// The roots of one batch of n×n statistics (see [`refresh_roots`]).
+fn roots_of(
+    ops: &mut impl MatOps,
+    pairs: &[(Mat, Mat)],
+    n: usize,
+    order: u32,
+    opts: InvRootOptions,
+    root_failures: &mut usize,
+) -> Result<()> {
+    let stats = match pairs {
+        [(stat, _)] => *stat,
+        _ => {
+            let batch = ops.alloc(pairs.len(), n, n)?;
+            for (z, &(stat, _)) in pairs.iter().enumerate() {
+                ops.copy_batch(batch, z, stat, 0, 1)?;
+            }
+            batch
+        }
+    };
+    match inv_root_unchecked(ops, stats, order, opts) {
+        Ok(r) => {
+            for (z, &(_, root)) in pairs.iter().enumerate() {
+                if r.err[z].is_finite() && r.err[z] < INV_ROOT_FAILURE {
+                    ops.copy_batch(root, 0, r.x, z, 1)?;
+                } else {
+                    *root_failures += 1;
+                    log::warn!("shampoo: inverse root failed (max|M - I| = {}); keeping the old one", r.err[z]);
+                }
+            }
+        }
+        Err(e) => {
+            *root_failures += pairs.len();
+            log::warn!("shampoo: {} inverse roots failed ({e}); keeping the old ones", pairs.len());
+        }
+    }
+    Ok(())
+}
+
+/// Copies a block between the parameter's tensor (`full`, of the merged shape) and the block's
+/// own (`block`, of the block's extents) at offset `at`: gathers into the block when `gather`,
+/// else scatters it back. Both are viewed with their last three dimensions (padded with leading
+/// ones) as batch × rows × cols: one copy for rank <= 3, one per index of the leading dimensions
+/// above.
+fn copy_block(
+    ops: &mut impl MatOps,
+    full: (Mat, &[usize]),
+    block: (Mat, &[usize]),
+    at: &[usize],
+    gather: bool,
+) -> Result<()> {
+    let pad = |v: &[usize], fill: usize| [vec![fill; 3usize.saturating_sub(v.len())], v.to_vec()].concat();
+    let (fd, bd, o) = (pad(full.1, 1), pad(block.1, 1), pad(at, 0));
+    let m = fd.len();
+    for (mat, d) in [(full.0, &fd), (block.0, &bd)] {
+        ops.reshape(mat, d[..m - 2].iter().product(), d[m - 2], d[m - 1])?;
+    }
+    let outer = &bd[..m - 3];
+    for lin in 0..outer.iter().product::<usize>() {
+        // The block's leading index u (row-major in `outer`) and the full tensor's batch it starts.
+        let mut u = vec![0; m - 3];
+        let mut rest = lin;
+        for j in (0..m - 3).rev() {
+            u[j] = rest % outer[j];
+            rest /= outer[j];
+        }
+        let full_z = (0..m - 3).fold(0, |acc, j| acc * fd[j] + o[j] + u[j]) * fd[m - 3] + o[m - 3];
+        let (f_at, b_at) = ([full_z, o[m - 2], o[m - 1]], [lin * bd[m - 3], 0, 0]);
+        let size = [bd[m - 3], bd[m - 2], bd[m - 1]];
+        if gather {
+            ops.copy_window(block.0, b_at, full.0, f_at, size)?;
+        } else {
+            ops.copy_window(full.0, f_at, block.0, b_at, size)?;
+        }
+    }
+    Ok(())
+}
+
+/// (7.7.1) for mode i of block b: stat ← β2·stat + w2·G_(i)·G_(i)ᵀ, a Gram half-product with the
+/// statistic as its own addend. With G viewed as P × d × Q: the first mode (P = 1) is the Gram of a
+/// d × Q matrix, the last (Q = 1) the Gᵀ·G of a P × d one; a middle mode first transposes each of the
+/// P slices (a batched product with the identity, exact) so that the slices stack into a (P·Q) × d
+/// matrix whose Gᵀ·G is the sum over the slices.
+fn statistic(ops: &mut impl MatOps, b: &Block, i: usize, stat: Mat, beta2: f32, w2: f32) -> Result<()> {
+    let (p, d, q) = b.split(i);
+    if p == 1 {
+        ops.reshape(b.g, 1, d, q)?;
+        return ops.gemm(GemmDesc { alpha: w2, beta: beta2, ..GemmDesc::gram(d, q) }, b.g, b.g, stat, Some(stat));
+    }
+    let x = match b.eyes[i] {
+        None => {
+            ops.reshape(b.g, 1, p * q, d)?;
+            b.g
+        }
+        Some(eye) => {
+            ops.reshape(b.g, p, d, q)?;
+            ops.reshape(b.t, p, q, d)?;
+            ops.gemm(GemmDesc { trans_a: true, batch: p, ..GemmDesc::new(q, d, d) }, b.g, eye, b.t, None)?;
+            ops.reshape(b.t, 1, p * q, d)?;
+            b.t
+        }
+    };
+    let desc = GemmDesc { alpha: w2, beta: beta2, trans_a: true, symmetric: true, ..GemmDesc::new(d, d, p * q) };
+    ops.gemm(desc, x, x, stat, Some(stat))
+}
+
+/// (7.7.3) b.s ← G ×_1 P_1 … ×_k P_k, each mode product one GEMM (the first mode P·G, the last
+/// G·P, a middle one P times each slice, batched), alternating between b.t and b.s so that the last
+/// lands in b.s.
+fn precondition_block(ops: &mut impl MatOps, b: &Block) -> Result<()> {
+    let k = b.size.len();
+    let mut x = b.g;
+    for (i, &root) in b.roots.iter().enumerate() {
+        let y = if (k - 1 - i).is_multiple_of(2) { b.s } else { b.t };
+        let (p, d, q) = b.split(i);
+        if p == 1 {
+            ops.reshape(x, 1, d, q)?;
+            ops.reshape(y, 1, d, q)?;
+            ops.gemm(GemmDesc::new(d, q, d), root, x, y, None)?;
+        } else if q == 1 {
+            ops.reshape(x, 1, p, d)?;
+            ops.reshape(y, 1, p, d)?;
+            ops.gemm(GemmDesc::new(p, d, d), x, root, y, None)?;
+        } else {
+            ops.reshape(x, p, d, q)?;
+            ops.reshape(y, p, d, q)?;
+            ops.gemm(GemmDesc { batch: p, ..GemmDesc::new(d, q, d) }, root, x, y, None)?;
+        }
+        x = y;
+    }
+    Ok(())
 }

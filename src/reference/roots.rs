@@ -6,7 +6,7 @@
 use super::gemm::{gemm, gemm_addend};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
-use crate::roots::{check_copy_batch, check_grow, Mat, MatOps, Scale};
+use crate::roots::{check_copy_batch, check_copy_window, check_grow, check_reshape, Mat, MatOps, Scale};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The CPU backend: every batch a `Vec<f32>`.
@@ -207,6 +207,33 @@ impl MatOps for CpuMats {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn copy_window(
+        &mut self,
+        dst: Mat,
+        dst_at: [usize; 3],
+        src: Mat,
+        src_at: [usize; 3],
+        size: [usize; 3],
+    ) -> Result<()> {
+        check_copy_window(self, (dst, dst_at), (src, src_at), size)?;
+        let ((_, dr, dl), (_, sr, sl)) = (self.shape(dst), self.shape(src));
+        for z in 0..size[0] {
+            for i in 0..size[1] {
+                let so = (src_at[0] + z) * sr * sl + (src_at[1] + i) * sl + src_at[2];
+                let d0 = (dst_at[0] + z) * dr * dl + (dst_at[1] + i) * dl + dst_at[2];
+                let row = self.data(src)[so..so + size[2]].to_vec();
+                self.mats[dst.0].1[d0..d0 + size[2]].copy_from_slice(&row);
+            }
+        }
+        Ok(())
+    }
+
+    fn reshape(&mut self, m: Mat, batch: usize, rows: usize, cols: usize) -> Result<()> {
+        check_reshape(self, m, (batch, rows, cols))?;
+        self.mats[m.0].0 = (batch, rows, cols);
         Ok(())
     }
 
