@@ -130,9 +130,10 @@ pub trait MatOps {
         usize::MAX
     }
     /// The most matrices one batch may hold (the GPU's workgroups per grid dimension: the
-    /// operations put the batch index there).
+    /// operations put the batch index there; by default 65,535, the GEMM's batch limit, which the
+    /// CPU twin shares).
     fn max_batch(&self) -> usize {
-        usize::MAX
+        65_535
     }
     /// Overwrites matrix `z` of `dst` with row-major `data` (one matrix's elements), as
     /// [`MatOps::write`] does for a whole batch.
@@ -268,7 +269,6 @@ pub(crate) fn check_grow(ops: &impl MatOps, mats: &[Mat], batch: usize) -> Resul
     }
 }
 
-/// Checks [`MatOps::copy_batch`]'s arguments; returns the elements of one matrix.
 /// The checks of [`MatOps::copy_window`] (boxes inside their batches, distinct matrices, a batch
 /// the grid holds); true when the box is empty (nothing to copy).
 pub(crate) fn check_copy_window(
@@ -304,6 +304,7 @@ pub(crate) fn check_reshape(ops: &impl MatOps, m: Mat, shape: (usize, usize, usi
     Ok(())
 }
 
+/// Checks [`MatOps::copy_batch`]'s arguments; returns the elements of one matrix.
 pub(crate) fn check_copy_batch(
     ops: &impl MatOps,
     (dst, dst_z): (Mat, usize),

@@ -1515,6 +1515,9 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         merge_small_dims_block_size: 16,
         skip_preconditioning_dim_size_gt: 64,
         skip_preconditioning_rank_lt: 1,
+        statistics_compute_steps: 2,
+        exponent_override: 4,
+        moving_average_for_momentum: true,
     }
 }
 

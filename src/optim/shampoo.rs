@@ -8,14 +8,17 @@
 //! ```text
 //! (7.7.1) L_i ← β2·L_i + w2·G_(i)·G_(i)ᵀ  for each mode i   (Gram half-products; w2 = 1 if β2 = 1 else
 //!                                                          1 − β2; L_i start at matrix_eps·I)
+//!         (every statistics_compute_steps steps, optax's 0-based count, as the roots below)
 //! (7.7.2) every precondition_frequency steps: P_i ← (L_i + matrix_eps·I)^{−1/(2k)} (coupled Newton,
-//!         §7.6); when it fails (max|M − I| ≥ 0.1 or NaN) the old root is kept
+//!         §7.6; 2k replaced by exponent_override when > 0); when it fails (max|M − I| ≥ 0.1 or NaN)
+//!         the old root is kept
 //! (7.7.3) S ← G ×_1 P_1 ×_2 P_2 … ×_k P_k                 (for a matrix: P_1·G·P_2)
 //! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
 //!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
-//! (7.7.7) M ← β1·M + S   (S = D for the first start_preconditioning_step steps, optax's 0-based count)
-//! (7.7.8) U ← S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay; with
+//! (7.7.7) M ← β1·M + w·S   (S = D for the first start_preconditioning_step steps, optax's 0-based
+//!         count; w = 1, or 1 − β1 with moving_average_for_momentum)
+//! (7.7.8) U ← w·S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay; with
 //!         decoupled_weight_decay false, optax's coupled (7.7.6) S ← S + wd·p before 7.7.7 instead)
 //! ```
 //!
@@ -117,6 +120,14 @@ pub struct ShampooConfig {
     /// optax's `skip_preconditioning_rank_lt`: a parameter whose rank (as given) is below this uses
     /// the graft direction alone (1: scalars only; 2: vectors too).
     pub skip_preconditioning_rank_lt: usize,
+    /// optax's `statistics_compute_steps`: steps between statistics updates (1: every step).
+    pub statistics_compute_steps: usize,
+    /// optax's `exponent_override`: when > 0 (at most 32), the roots are L^{−1/exponent_override}
+    /// instead of L^{−1/(2k)}.
+    pub exponent_override: usize,
+    /// optax's `moving_average_for_momentum`: the momentum averages (M ← β1·M + (1 − β1)·S) instead
+    /// of summing.
+    pub moving_average_for_momentum: bool,
 }
 
 impl Default for ShampooConfig {
@@ -139,6 +150,9 @@ impl Default for ShampooConfig {
             merge_small_dims_block_size: 4096,
             skip_preconditioning_dim_size_gt: 4096,
             skip_preconditioning_rank_lt: 1,
+            statistics_compute_steps: 1,
+            exponent_override: 0,
+            moving_average_for_momentum: false,
         }
     }
 }
@@ -169,6 +183,12 @@ impl ShampooConfig {
         }
         if self.precondition_frequency == 0 {
             return bad("precondition_frequency", 0.0, "must be at least 1");
+        }
+        if self.statistics_compute_steps == 0 {
+            return bad("statistics_compute_steps", 0.0, "must be at least 1");
+        }
+        if self.exponent_override > 32 {
+            return bad("exponent_override", self.exponent_override as f64, "must be 0 (2·rank) or from 1 to 32");
         }
         if self.matrix_eps == 0.0 {
             return bad("matrix_eps", 0.0, "must be > 0 (the roots need a ridge)");
@@ -208,6 +228,33 @@ pub fn merge_small_dims(shape: &[usize], max_dim: usize) -> Vec<usize> {
         merged.push(product);
     }
     merged
+}
+
+/// A parameter's layout under `cfg`: its merged shape (empty when it uses the graft alone) and its
+/// blocks' offsets and extents in that shape (every dimension cut into pieces of at most
+/// block_size, row-major order).
+#[allow(clippy::type_complexity)]
+fn layout(cfg: &ShampooConfig, shape: &[usize]) -> (Vec<usize>, Vec<(Vec<usize>, Vec<usize>)>) {
+    let skip = shape.len() < cfg.skip_preconditioning_rank_lt
+        || shape.iter().any(|&d| d > cfg.skip_preconditioning_dim_size_gt);
+    let merged = match (skip, cfg.best_effort_shape_interpretation) {
+        (true, _) => Vec::new(),
+        (false, true) => merge_small_dims(shape, cfg.merge_small_dims_block_size),
+        (false, false) => shape.to_vec(),
+    };
+    let bs = cfg.block_size;
+    let mut ats: Vec<Vec<usize>> = if merged.is_empty() { Vec::new() } else { vec![Vec::new()] };
+    for &d in &merged {
+        ats = ats.into_iter().flat_map(|at| (0..d).step_by(bs).map(move |o| [&at[..], &[o]].concat())).collect();
+    }
+    let blocks = ats
+        .into_iter()
+        .map(|at| {
+            let size = at.iter().zip(&merged).map(|(&o, &d)| bs.min(d - o)).collect();
+            (at, size)
+        })
+        .collect();
+    (merged, blocks)
 }
 
 /// One block of a parameter (reshaped as in the module's text) and its preconditioner state.
@@ -263,13 +310,15 @@ pub struct Shampoo<O: MatOps> {
     step: usize,
     skipped: usize,
     root_failures: usize,
+    /// Identities for the middle modes' transpositions, one per size.
+    eyes: std::collections::BTreeMap<usize, Mat>,
 }
 
 impl<O: MatOps> Shampoo<O> {
     /// An empty optimizer on `ops` (validates the configuration).
     pub fn new(ops: O, cfg: ShampooConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Shampoo { ops, cfg, params: Vec::new(), step: 0, skipped: 0, root_failures: 0 })
+        Ok(Shampoo { ops, cfg, params: Vec::new(), step: 0, skipped: 0, root_failures: 0, eyes: Default::default() })
     }
 
     /// Adds a parameter of any rank: merged, blocked and preconditioned as the module's text says, or
@@ -285,32 +334,16 @@ impl<O: MatOps> Shampoo<O> {
             });
         }
         let cfg = &self.cfg;
-        let skip = shape.len() < cfg.skip_preconditioning_rank_lt
-            || shape.iter().any(|&d| d > cfg.skip_preconditioning_dim_size_gt);
-        let merged = match (skip, cfg.best_effort_shape_interpretation) {
-            (true, _) => Vec::new(),
-            (false, true) => merge_small_dims(shape, cfg.merge_small_dims_block_size),
-            (false, false) => shape.to_vec(),
-        };
-        if 2 * merged.len() > 32 {
+        let (merged, blocks_at) = layout(cfg, shape);
+        if cfg.exponent_override == 0 && 2 * merged.len() > 32 {
             return Err(Error::Invalid(format!(
                 "shampoo parameter of shape {shape:?}: rank {} after merging needs a root of order {} (at most 32)",
                 merged.len(),
                 2 * merged.len()
             )));
         }
-        // Blocks: every dimension split into pieces of at most block_size, row-major order.
-        let bs = cfg.block_size;
-        let mut blocks_at: Vec<Vec<usize>> = if merged.is_empty() { Vec::new() } else { vec![Vec::new()] };
-        for &d in &merged {
-            blocks_at = blocks_at
-                .into_iter()
-                .flat_map(|at| (0..d).step_by(bs).map(move |o| [&at[..], &[o]].concat()))
-                .collect();
-        }
         let whole = blocks_at.len() == 1;
-        for at in &blocks_at {
-            let size: Vec<usize> = at.iter().zip(&merged).map(|(&o, &d)| bs.min(d - o)).collect();
+        for (_, size) in &blocks_at {
             // A middle mode's batched products (P matrices) and the block copies (the third
             // dimension from the end) put their matrices in one grid dimension.
             let k = size.len();
@@ -336,8 +369,7 @@ impl<O: MatOps> Shampoo<O> {
             Ok(m)
         };
         let mut blocks = Vec::new();
-        for at in blocks_at {
-            let size: Vec<usize> = at.iter().zip(&merged).map(|(&o, &d)| bs.min(d - o)).collect();
+        for (at, size) in blocks_at {
             let count: usize = size.iter().product();
             let mut block = Block {
                 at,
@@ -352,8 +384,17 @@ impl<O: MatOps> Shampoo<O> {
             for (i, &dim) in size.iter().enumerate() {
                 block.stats.push(eye(ops, dim, eps)?);
                 block.roots.push(eye(ops, dim, 1.0)?);
+                // A middle mode's identity, one per size for the whole optimizer.
                 let (before, _, after) = block.split(i);
-                block.eyes.push(if before > 1 && after > 1 { Some(eye(ops, dim, 1.0)?) } else { None });
+                block.eyes.push(match (before > 1 && after > 1, self.eyes.get(&dim)) {
+                    (false, _) => None,
+                    (true, Some(&e)) => Some(e),
+                    (true, None) => {
+                        let e = eye(ops, dim, 1.0)?;
+                        self.eyes.insert(dim, e);
+                        Some(e)
+                    }
+                });
             }
             blocks.push(block);
         }
@@ -472,8 +513,9 @@ impl<O: MatOps> Shampoo<O> {
         Ok(s)
     }
 
-    /// Restores a snapshot of a Shampoo with the same parameters (shapes, block size); a mismatch is
-    /// an error and changes nothing.
+    /// Restores a snapshot of a Shampoo with the same parameters and the same layout (the blocks that
+    /// its block size, merging and skipping settings give each parameter); a mismatch is an error and
+    /// changes nothing.
     pub fn restore(&mut self, s: Snapshot) -> Result<()> {
         let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
         let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
@@ -493,19 +535,31 @@ impl<O: MatOps> Shampoo<O> {
             None => 0,
             Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
         };
-        // The settings that shape the statistics must match the ones the parameters were added with.
-        let layout = |c: &ShampooConfig| {
-            [
-                ("block_size", c.block_size.to_string()),
-                ("best_effort_shape_interpretation", c.best_effort_shape_interpretation.to_string()),
-                ("merge_small_dims_block_size", c.merge_small_dims_block_size.to_string()),
-                ("skip_preconditioning_dim_size_gt", c.skip_preconditioning_dim_size_gt.to_string()),
-                ("skip_preconditioning_rank_lt", c.skip_preconditioning_rank_lt.to_string()),
-            ]
-        };
-        for ((name, file), (_, here)) in layout(&cfg).into_iter().zip(layout(&self.cfg)) {
-            if file != here {
-                return Err(bad(format!("{name} {file} in the file, {here} here")));
+        // The file's settings must give every parameter the blocks it was added with.
+        for p in &self.params {
+            let here: Vec<(&[usize], &[usize])> = p.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect();
+            let (merged, blocks) = layout(&cfg, &p.shape);
+            let file: Vec<(&[usize], &[usize])> = blocks.iter().map(|(a, s)| (&a[..], &s[..])).collect();
+            if merged != p.merged || file != here {
+                let settings = |c: &ShampooConfig| {
+                    format!(
+                        "block_size {}, best_effort_shape_interpretation {}, merge_small_dims_block_size {}, \
+                         skip_preconditioning_dim_size_gt {}, skip_preconditioning_rank_lt {}",
+                        c.block_size,
+                        c.best_effort_shape_interpretation,
+                        c.merge_small_dims_block_size,
+                        c.skip_preconditioning_dim_size_gt,
+                        c.skip_preconditioning_rank_lt
+                    )
+                };
+                return Err(bad(format!(
+                    "{} of shape {:?}: the file's layout settings ({}) give it other blocks than this \
+                     Shampoo's ({})",
+                    p.meta.name,
+                    p.shape,
+                    settings(&cfg),
+                    settings(&self.cfg)
+                )));
             }
         }
         // Per parameter, the state tensors of this layout (their names carry the block count), each of
@@ -629,8 +683,9 @@ impl<O: MatOps> Shampoo<O> {
             ops.reshape(p.s, 1, p.rows, p.cols)?;
             r
         };
+        let update = (t - 1).is_multiple_of(cfg.statistics_compute_steps);
         for p in &self.params {
-            let r = statistics(ops, p, b2, w2);
+            let r = statistics(ops, p, update, b2, w2);
             restore(ops, p, r)?;
         }
         if refresh {
@@ -658,14 +713,15 @@ impl<O: MatOps> Shampoo<O> {
             if !cfg.decoupled_weight_decay && wd != 0.0 {
                 ops.affine(dir, Some(p.p), wd, Scale::One, 1.0, 0.0)?;
             }
-            // (7.7.7)–(7.7.8): M ← β1·M + S;  U ← S + β1·M or M;  p ← (1 − lr·wd)·p − lr·U (decoupled).
+            // (7.7.7)–(7.7.8): M ← β1·M + w·S;  U ← w·S + β1·M or M;  p ← (1 − lr·wd)·p − lr·U (decoupled).
             let b1 = cfg.beta1 as f32;
-            ops.affine(p.momentum, Some(dir), 1.0, Scale::One, b1, 0.0)?;
+            let w = if cfg.moving_average_for_momentum { (1.0 - cfg.beta1) as f32 } else { 1.0 };
+            ops.affine(p.momentum, Some(dir), w, Scale::One, b1, 0.0)?;
             let step_dir = if cfg.nesterov {
                 // dir may alias p.u: accumulate into p.s's spare when needed.
                 let tmp = if dir == p.u { p.s } else { p.u };
                 ops.affine(tmp, Some(p.momentum), b1, Scale::One, 0.0, 0.0)?;
-                ops.affine(tmp, Some(dir), 1.0, Scale::One, 1.0, 0.0)?;
+                ops.affine(tmp, Some(dir), w, Scale::One, 1.0, 0.0)?;
                 tmp
             } else {
                 p.momentum
@@ -680,14 +736,14 @@ impl<O: MatOps> Shampoo<O> {
     }
 }
 
-/// (7.7.1) for every block of p (gathered from p.grad first when p has several). Leaves p.grad
-/// viewed in a block's shape: the caller restores it.
-fn statistics(ops: &mut impl MatOps, p: &Param, b2: f32, w2: f32) -> Result<()> {
+/// Gathers every block of p from p.grad (when p has several; the direction reads them too) and,
+/// when `update`, (7.7.1) for each. Leaves p.grad viewed in a block's shape: the caller restores it.
+fn statistics(ops: &mut impl MatOps, p: &Param, update: bool, b2: f32, w2: f32) -> Result<()> {
     for b in &p.blocks {
         if p.blocks.len() > 1 {
             copy_block(ops, (p.grad, &p.merged), (b.g, &b.size), &b.at, true)?;
         }
-        for (i, &stat) in b.stats.iter().enumerate() {
+        for (i, &stat) in b.stats.iter().enumerate().filter(|_| update) {
             statistic(ops, b, i, stat, b2, w2)?;
         }
     }
@@ -708,7 +764,7 @@ fn direction(ops: &mut impl MatOps, p: &Param) -> Result<()> {
 
 /// (7.7.2) every statistic's root, (L + matrix_eps·I)^{−1/(2k)} by the coupled Newton iteration,
 /// statistics of the same size and order (k) across all parameters and blocks batched into one
-/// iteration (each matrix converges and is checked on its own). A root that fails (max|M − I| NaN
+/// iteration (each matrix converges, is checked and fails on its own). A root that fails (max|M − I| NaN
 /// or ≥ 0.1, or statistics that are not finite) keeps the old one and is counted in
 /// `root_failures`; the scratch is released either way.
 fn refresh_roots(
@@ -719,7 +775,10 @@ fn refresh_roots(
 ) -> Result<()> {
     let mut groups: std::collections::BTreeMap<(usize, u32), Vec<(Mat, Mat)>> = Default::default();
     for p in params {
-        let order = 2 * p.merged.len() as u32;
+        let order = match cfg.exponent_override {
+            0 => 2 * p.merged.len() as u32,
+            e => e as u32,
+        };
         for b in &p.blocks {
             for ((&stat, &root), &n) in b.stats.iter().zip(&b.roots).zip(&b.size) {
                 groups.entry((n, order)).or_default().push((stat, root));
@@ -759,6 +818,16 @@ fn roots_of(
         }
     };
     match inv_root_unchecked(ops, stats, order, opts) {
+        // A batch is refused whole when one matrix is (statistics that are not finite, a norm that
+        // overflows): each then runs on its own, so that one bad statistic stops only its own refresh.
+        Err(_) if pairs.len() > 1 => {
+            for pair in pairs {
+                let mark = ops.mark();
+                let r = roots_of(ops, std::slice::from_ref(pair), n, order, opts, root_failures);
+                ops.release(mark);
+                r?;
+            }
+        }
         Ok(r) => {
             for (z, &(_, root)) in pairs.iter().enumerate() {
                 if r.err[z].is_finite() && r.err[z] < INV_ROOT_FAILURE {
