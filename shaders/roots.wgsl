@@ -7,6 +7,7 @@
 //                  leaves the other matrices untouched; mode 4 likewise where scales[z] < f32::MAX
 //                  (max_dev's flag of a matrix without NaN or Inf).
 // graft:           acc = decay * acc + weight * g^2;  out = g / (sqrt(acc) + eps)   (AdaGrad / RMSProp)
+// sign_of:         out = sign(x)
 // copy_region:     out[dst_off + i * dst_ld + j] = x[src_off + i * src_ld + j] for an h x w window
 // maxdev_partial + maxdev_final: max_ij |x_ij - I_ij| per matrix (NaN counts as +Inf), two passes.
 // gj_pivot + gj_eliminate: one column of a batched Gauss-Jordan elimination with partial pivoting
@@ -224,6 +225,15 @@ fn graft(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let a = rp.beta * acc[i] + rp.alpha * g * g;
     acc[i] = a;
     out[i] = g / (sqrt(a) + rp.eps);
+}
+
+// out = sign(x) elementwise (0 for +-0), Shampoo's SQRT_N graft.
+@compute @workgroup_size(256)
+fn sign_of(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= rp.rows * rp.cols * rp.batch) { return; }
+    out[i] = sign(x[i]);
 }
 
 // For every matrix z of the batch; `col` and `rhs` carry the source's and the destination's matrix

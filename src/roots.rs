@@ -74,6 +74,8 @@ pub trait MatOps {
     fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()>;
     /// acc ← decay·acc + weight·g², out ← g/(sqrt(acc) + eps), elementwise (AdaGrad / RMSProp grafting).
     fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()>;
+    /// out ← sign(x) elementwise (+1, −1, or 0 for ±0; Shampoo's SQRT_N graft); x and out of one size.
+    fn sign(&mut self, x: Mat, out: Mat) -> Result<()>;
     /// Copies the h×w window at (row, col) `src_at` of every matrix of `src` (or of its one matrix,
     /// broadcast) to `dst_at` of the matching matrix of `dst`.
     fn copy_region(
@@ -289,6 +291,15 @@ pub(crate) fn check_copy_window(
         )));
     }
     Ok(size.contains(&0))
+}
+
+/// Checks that `x` and `out` hold the same number of elements (an elementwise operation's operands).
+pub(crate) fn check_same_size(ops: &impl MatOps, x: Mat, out: Mat, what: &str) -> Result<()> {
+    let ((b, r, c), (ob, or, oc)) = (ops.shape(x), ops.shape(out));
+    if b * r * c != ob * or * oc {
+        return Err(Error::Shape { what: format!("{what} output"), expected: vec![b, r, c], got: vec![ob, or, oc] });
+    }
+    Ok(())
 }
 
 /// The check of [`MatOps::reshape`]: the same element count.

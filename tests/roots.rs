@@ -681,3 +681,21 @@ fn copy_window_and_reshape_move_boxes_as_indexed() {
     assert_eq!(run(&mut CpuMats::default(), &src, at, size, dst_at), want);
     assert_eq!(run(&mut GpuMats::new(&ctx).unwrap(), &src, at, size, dst_at), want);
 }
+
+/// `sign` (Shampoo's SQRT_N graft): ±1, and 0 for ±0, on both backends; a size mismatch is refused.
+#[test]
+fn sign_is_zero_at_zero_on_both_backends() {
+    let ctx = common::ctx();
+    let x = [-2.0f32, -0.0, 0.0, 3.0, -1e-30, 1e30, f32::MIN_POSITIVE];
+    let want = [-1.0f32, 0.0, 0.0, 1.0, -1.0, 1.0, 1.0];
+    fn run(ops: &mut impl MatOps, x: &[f32]) -> Vec<f32> {
+        let xm = ops.upload(x, 1, 1, x.len()).unwrap();
+        let out = ops.alloc(1, 1, x.len()).unwrap();
+        ops.sign(xm, out).unwrap();
+        let short = ops.alloc(1, 1, x.len() - 1).unwrap();
+        assert!(ops.sign(xm, short).is_err());
+        ops.read(out).unwrap()
+    }
+    assert_eq!(run(&mut CpuMats::default(), &x), want);
+    assert_eq!(run(&mut GpuMats::new(&ctx).unwrap(), &x), want);
+}

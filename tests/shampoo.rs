@@ -70,7 +70,14 @@ fn run<O: MatOps>(ops: O, cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f32>
 #[test]
 fn gpu_matches_cpu_twin_over_refreshes_for_every_graft() {
     let ctx = common::ctx();
-    for (graft, nesterov) in [(Graft::Adagrad, true), (Graft::Sgd, false), (Graft::Rmsprop, true)] {
+    for (graft, nesterov) in [
+        (Graft::Adagrad, true),
+        (Graft::Sgd, false),
+        (Graft::Rmsprop, true),
+        (Graft::SqrtN, true),
+        (Graft::AdagradNormalized, false),
+        (Graft::RmspropNormalized, true),
+    ] {
         let cfg = config(graft, nesterov);
         let gpu = run(GpuMats::new(&ctx).unwrap(), &cfg, 10);
         let cpu = run(CpuMats::default(), &cfg, 10);
@@ -198,10 +205,27 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
             let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
             let d: Vec<f64> = match cfg.graft {
                 Graft::Sgd => g.clone(),
-                Graft::Adagrad | Graft::Rmsprop => {
-                    let (decay, weight) = if cfg.graft == Graft::Adagrad { (1.0, 1.0) } else { (b2, w2) };
+                Graft::SqrtN => g
+                    .iter()
+                    .map(|&v| {
+                        if v > 0.0 {
+                            1.0
+                        } else if v < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+                Graft::Adagrad | Graft::Rmsprop | Graft::AdagradNormalized | Graft::RmspropNormalized => {
+                    let adagrad = matches!(cfg.graft, Graft::Adagrad | Graft::AdagradNormalized);
+                    let (decay, weight) = if adagrad { (1.0, 1.0) } else { (b2, w2) };
+                    // optax's *_NORMALIZED: the graft runs on g/‖g‖.
+                    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    let normalised = matches!(cfg.graft, Graft::AdagradNormalized | Graft::RmspropNormalized);
+                    let x: Vec<f64> = g.iter().map(|v| if normalised { v / norm } else { *v }).collect();
                     p.a.iter_mut()
-                        .zip(&g)
+                        .zip(&x)
                         .map(|(a, g)| {
                             *a = decay * *a + weight * g * g;
                             g / (a.sqrt() + cfg.diag_eps)
@@ -280,7 +304,12 @@ fn matches_an_independent_f64_implementation_with_exact_roots() {
         moving_average_for_momentum: true,
         ..config(Graft::Adagrad, true)
     };
-    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop), coupled, knobs] {
+    // optax's other grafts.
+    let others = [Graft::SqrtN, Graft::AdagradNormalized, Graft::RmspropNormalized].map(|g| config(g, true));
+    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop), coupled, knobs]
+        .into_iter()
+        .chain(others)
+    {
         let graft = cfg.graft;
         let gpu = run(GpuMats::new(&ctx).unwrap(), &cfg, 10);
         let want = f64_reference(&cfg, 10);

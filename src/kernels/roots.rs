@@ -6,7 +6,9 @@ use super::gemm::{GemmDesc, GemmPlan};
 use super::newton_schulz::{chunk_grid, FrobeniusPlan};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, WORKGROUP_SIZE};
-use crate::roots::{check_copy_batch, check_copy_window, check_grow, check_reshape, Mat, MatOps, Scale};
+use crate::roots::{
+    check_copy_batch, check_copy_window, check_grow, check_reshape, check_same_size, Mat, MatOps, Scale,
+};
 use bytemuck::{Pod, Zeroable};
 use std::any::Any;
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -17,6 +19,8 @@ pub const AFFINE: KernelSpec =
 /// acc ← decay·acc + weight·g²;  out ← g/(sqrt(acc) + eps).
 pub const GRAFT: KernelSpec =
     KernelSpec { module: "roots", entry: "graft", bindings: &[(0, U), (1, R), (3, W), (9, W)] };
+/// out ← sign(x).
+pub const SIGN: KernelSpec = KernelSpec { module: "roots", entry: "sign_of", bindings: &[(0, U), (1, R), (3, W)] };
 /// Copies an h×w window between row-major matrices with their own leading dimensions and offsets.
 pub const COPY_REGION: KernelSpec =
     KernelSpec { module: "roots", entry: "copy_region", bindings: &[(0, U), (1, R), (3, W)] };
@@ -37,7 +41,7 @@ pub const SPD_BLOCK_INVERSE: KernelSpec =
     KernelSpec { module: "roots", entry: "spd_block_inverse", bindings: &[(0, U), (1, R), (3, W), (7, W)] };
 /// All specs of this module.
 pub const SPECS: &[KernelSpec] =
-    &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, COPY_REGION, SPD_BLOCK_INVERSE];
+    &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, SIGN, COPY_REGION, SPD_BLOCK_INVERSE];
 
 /// The largest block `spd_block_inverse` inverts (its workgroup array is 32 × 64).
 pub const SPD_BLOCK: usize = 32;
@@ -339,6 +343,17 @@ impl MatOps for GpuMats {
             ..Default::default()
         });
         let bound = self.ctx.bind(&GRAFT, &[&u, self.buf(g), self.buf(out), self.buf(acc)])?;
+        let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
+        self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn sign(&mut self, x: Mat, out: Mat) -> Result<()> {
+        check_same_size(self, x, out, "sign")?;
+        let (b, r, c) = self.shape(x);
+        let u = self.uniform(RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() });
+        let bound = self.ctx.bind(&SIGN, &[&u, self.buf(x), self.buf(out)])?;
         let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
         self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
         self.keep.push(Box::new((u, bound)));

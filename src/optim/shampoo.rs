@@ -14,7 +14,8 @@
 //!         the old root is kept
 //! (7.7.3) S ← G ×_1 P_1 ×_2 P_2 … ×_k P_k                 (for a matrix: P_1·G·P_2)
 //! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
-//!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's)
+//!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's);
+//!         "sqrt_n" sign(g); "adagrad_normalized", "rmsprop_normalized" on g/(‖g‖ + 1e-16)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
 //! (7.7.7) M ← β1·M + w·S   (S = D for the first start_preconditioning_step steps, optax's 0-based
 //!         count; w = 1, or 1 − β1 with moving_average_for_momentum)
@@ -68,6 +69,13 @@ pub enum Graft {
     /// a ← β2·a + w2·g², D = g/(sqrt(a) + diag_eps), w2 = 1 − β2 (1 at β2 = 1, as the statistics and
     /// optax's code; §7.7.4 writes 1 − β2).
     Rmsprop,
+    /// optax's SQRT_N: D = sign(g) (so ‖D‖ = sqrt(n) for a gradient without zeros).
+    SqrtN,
+    /// optax's ADAGRAD_NORMALIZED: AdaGrad on ĝ = g/(‖g‖ + 1e-16) (optax divides by ‖g‖ alone, NaN
+    /// for a zero gradient; the 1e-16 changes nothing f32 can hold for ‖g‖ above ~1e-9).
+    AdagradNormalized,
+    /// optax's RMSPROP_NORMALIZED: RMSProp on ĝ = g/(‖g‖ + 1e-16).
+    RmspropNormalized,
 }
 
 /// Shampoo's hyperparameters (ALGORITHMS.md §11.1 names). Defaults follow optax's
@@ -312,13 +320,26 @@ pub struct Shampoo<O: MatOps> {
     root_failures: usize,
     /// Identities for the middle modes' transpositions, one per size.
     eyes: std::collections::BTreeMap<usize, Mat>,
+    /// The scalar 1 (the numerator of the normalised grafts' 1/(‖g‖ + 1e-16)).
+    one: Mat,
 }
 
 impl<O: MatOps> Shampoo<O> {
     /// An empty optimizer on `ops` (validates the configuration).
     pub fn new(ops: O, cfg: ShampooConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Shampoo { ops, cfg, params: Vec::new(), step: 0, skipped: 0, root_failures: 0, eyes: Default::default() })
+        let mut ops = ops;
+        let one = ops.upload(&[1.0], 1, 1, 1)?;
+        Ok(Shampoo {
+            ops,
+            cfg,
+            params: Vec::new(),
+            step: 0,
+            skipped: 0,
+            root_failures: 0,
+            eyes: Default::default(),
+            one,
+        })
     }
 
     /// Adds a parameter of any rank: merged, blocked and preconditioned as the module's text says, or
@@ -692,11 +713,27 @@ impl<O: MatOps> Shampoo<O> {
             refresh_roots(ops, &self.params, &cfg, &mut self.root_failures)?;
         }
         for p in &self.params {
-            // Graft direction D.
+            // Graft direction D; the normalised grafts scale g into p.u first (p.u is written again
+            // below, after D has been computed from it).
+            let eps = cfg.diag_eps as f32;
+            let normalised = |ops: &mut O| -> Result<Mat> {
+                ops.frobenius(p.grad, p.norms[0])?;
+                ops.affine(p.u, Some(p.grad), 1.0, Scale::Ratio(self.one, p.norms[0]), 0.0, 0.0)?;
+                Ok(p.u)
+            };
             match cfg.graft {
                 Graft::Sgd => ops.affine(p.d, Some(p.grad), 1.0, Scale::One, 0.0, 0.0)?,
-                Graft::Adagrad => ops.graft(p.acc, p.grad, p.d, 1.0, 1.0, cfg.diag_eps as f32)?,
-                Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, w2, cfg.diag_eps as f32)?,
+                Graft::Adagrad => ops.graft(p.acc, p.grad, p.d, 1.0, 1.0, eps)?,
+                Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, w2, eps)?,
+                Graft::SqrtN => ops.sign(p.grad, p.d)?,
+                Graft::AdagradNormalized => {
+                    let g = normalised(ops)?;
+                    ops.graft(p.acc, g, p.d, 1.0, 1.0, eps)?
+                }
+                Graft::RmspropNormalized => {
+                    let g = normalised(ops)?;
+                    ops.graft(p.acc, g, p.d, b2, w2, eps)?
+                }
             }
             let mut dir = p.d;
             if precondition && !p.blocks.is_empty() {

@@ -6,7 +6,9 @@
 use super::gemm::{gemm, gemm_addend};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
-use crate::roots::{check_copy_batch, check_copy_window, check_grow, check_reshape, Mat, MatOps, Scale};
+use crate::roots::{
+    check_copy_batch, check_copy_window, check_grow, check_reshape, check_same_size, Mat, MatOps, Scale,
+};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// The CPU backend: every batch a `Vec<f32>`.
@@ -184,6 +186,22 @@ impl MatOps for CpuMats {
             let a = decay * self.data(acc)[i] + weight * gi * gi;
             self.mats[acc.0].1[i] = a;
             self.mats[out.0].1[i] = gi / (a.sqrt() + eps);
+        }
+        Ok(())
+    }
+
+    fn sign(&mut self, x: Mat, out: Mat) -> Result<()> {
+        check_same_size(self, x, out, "sign")?;
+        for i in 0..self.data(x).len() {
+            let v = self.data(x)[i];
+            // f32::signum gives 1 for +0: the shader's sign() gives 0.
+            self.mats[out.0].1[i] = if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
         }
         Ok(())
     }
