@@ -1518,6 +1518,7 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         statistics_compute_steps: 2,
         exponent_override: 4,
         moving_average_for_momentum: true,
+        relative_matrix_epsilon: true,
     }
 }
 

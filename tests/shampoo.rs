@@ -194,7 +194,13 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
         .collect();
     let root = |m: &[f64], k: usize, order: usize| -> Vec<f64> {
         let m32: Vec<f32> = m.iter().map(|&v| v as f32).collect();
-        let (values, vectors) = eigen(&m32, k, cfg.matrix_eps);
+        // optax's relative ridge: matrix_eps·λ_max.
+        let ridge = if cfg.relative_matrix_epsilon {
+            cfg.matrix_eps * eigen(&m32, k, 0.0).0.iter().cloned().fold(0.0, f64::max)
+        } else {
+            cfg.matrix_eps
+        };
+        let (values, vectors) = eigen(&m32, k, ridge);
         spectral(&values, &vectors, |l| l.powf(-1.0 / order as f64))
     };
     let (b2, w2) = (cfg.beta2, if cfg.beta2 == 1.0 { 1.0 } else { 1.0 - cfg.beta2 });
@@ -302,6 +308,7 @@ fn matches_an_independent_f64_implementation_with_exact_roots() {
         statistics_compute_steps: 2,
         exponent_override: 3,
         moving_average_for_momentum: true,
+        relative_matrix_epsilon: true,
         ..config(Graft::Adagrad, true)
     };
     // optax's other grafts.

@@ -24,7 +24,8 @@
 //! ```
 //!
 //! Conventions (gpuopt's, written down because the references differ): the ridge of the roots is
-//! absolute (`A + matrix_eps·I`, as facebookresearch/optimizers) rather than optax's relative one;
+//! absolute (`A + matrix_eps·I`, as facebookresearch/optimizers) rather than optax's relative one
+//! (`relative_matrix_epsilon: true` gives optax's: matrix_eps·λ_max, λ_max by power iteration);
 //! weight decay is decoupled (the issue's contract; optax's default is coupled); one momentum buffer
 //! is fed by the graft before `start_preconditioning_step` and by the grafted Shampoo direction after
 //! (optax keeps a second, graft-only momentum). As optax, a parameter of rank below
@@ -136,6 +137,9 @@ pub struct ShampooConfig {
     /// optax's `moving_average_for_momentum`: the momentum averages (M ← β1·M + (1 − β1)·S) instead
     /// of summing.
     pub moving_average_for_momentum: bool,
+    /// optax's `relative_matrix_epsilon` (its default is true): the roots' ridge is
+    /// matrix_eps·λ_max(L) instead of matrix_eps.
+    pub relative_matrix_epsilon: bool,
 }
 
 impl Default for ShampooConfig {
@@ -161,6 +165,7 @@ impl Default for ShampooConfig {
             statistics_compute_steps: 1,
             exponent_override: 0,
             moving_average_for_momentum: false,
+            relative_matrix_epsilon: false,
         }
     }
 }
@@ -822,7 +827,12 @@ fn refresh_roots(
             }
         }
     }
-    let opts = InvRootOptions { eps: cfg.matrix_eps as f32, eps_relative: false, max_iters: cfg.root_iters, tol: 1e-6 };
+    let opts = InvRootOptions {
+        eps: cfg.matrix_eps as f32,
+        eps_relative: cfg.relative_matrix_epsilon,
+        max_iters: cfg.root_iters,
+        tol: 1e-6,
+    };
     for ((n, order), pairs) in groups {
         let per_batch = ops.max_batch().min(ops.max_elements() / (n * n)).max(1);
         for chunk in pairs.chunks(per_batch) {
