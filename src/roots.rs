@@ -75,6 +75,7 @@ pub trait MatOps {
     /// acc ← decay·acc + weight·g², out ← g/(sqrt(acc) + eps), elementwise (AdaGrad / RMSProp grafting).
     fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()>;
     /// out ← sign(x) elementwise (+1, −1, or 0 for ±0; Shampoo's SQRT_N graft); x and out of one size.
+    /// A GPU may flush a subnormal x to zero (WGSL allows it) and give 0 where the CPU twin gives ±1.
     fn sign(&mut self, x: Mat, out: Mat) -> Result<()>;
     /// Copies the h×w window at (row, col) `src_at` of every matrix of `src` (or of its one matrix,
     /// broadcast) to `dst_at` of the matching matrix of `dst`.

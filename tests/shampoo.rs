@@ -549,9 +549,18 @@ fn checkpoints_check_the_layout_settings_and_old_ones_still_load() {
     // Another block size gives other blocks: refused.
     let (mut e2, _) = make(&ShampooConfig { block_size: 2, ..legacy.clone() });
     assert!(e2.restore(snap).unwrap_err().to_string().contains("other blocks"));
-    let mut opt = Shampoo::new(CpuMats::default(), legacy).unwrap();
+    let mut opt = Shampoo::new(CpuMats::default(), legacy.clone()).unwrap();
     let e = opt.add_param(&[1.0; 1 << 17], &[2; 17]).unwrap_err().to_string();
     assert!(e.contains("rank 17") && e.contains("at most 32"), "{e}");
+    // With an exponent_override it is taken, and a checkpoint without one cannot make it rank 17's.
+    let overridden = ShampooConfig { exponent_override: 4, ..legacy };
+    let mut opt = Shampoo::new(CpuMats::default(), overridden.clone()).unwrap();
+    opt.add_param(&[1.0; 1 << 17], &[2; 17]).unwrap();
+    let mut snap = opt.snapshot().unwrap();
+    opt.restore(snap.clone()).unwrap();
+    snap.hyper["exponent_override"] = serde_json::json!(0);
+    let e = opt.restore(snap).unwrap_err().to_string();
+    assert!(e.contains("rank 17") && e.contains("exponent_override 0"), "{e}");
 }
 
 /// A block whose middle-mode products would put more matrices in one grid dimension than the GPU
@@ -574,9 +583,9 @@ fn blocks_too_deep_for_the_grid_are_refused() {
 }
 
 /// Same-size statistics are rooted in one batched iteration, but one parameter's infinite
-/// statistics (a finite gradient of 1e20, whose squares overflow: the batch is refused whole) must
-/// not stop the refresh of another's: that one's roots still change, and only the bad parameter's
-/// are counted as failed.
+/// statistics (a finite gradient of 1e20, whose squares overflow, which would make the batch be
+/// refused whole) must not stop the refresh of another's: that one's roots still change, and only
+/// the bad parameter's are counted as failed.
 #[test]
 fn one_bad_statistic_does_not_stop_the_others_roots() {
     let cfg = ShampooConfig { precondition_frequency: 1, start_preconditioning_step: 0, ..config(Graft::Sgd, false) };

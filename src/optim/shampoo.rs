@@ -561,8 +561,18 @@ impl<O: MatOps> Shampoo<O> {
             None => 0,
             Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
         };
-        // The file's settings must give every parameter the blocks it was added with.
+        // The file's settings must give every parameter the blocks it was added with (and a root
+        // order inv_root takes).
         for p in &self.params {
+            if cfg.exponent_override == 0 && 2 * p.merged.len() > 32 {
+                return Err(bad(format!(
+                    "{} has rank {} after merging: the file's exponent_override 0 would need roots of order {} \
+                     (at most 32)",
+                    p.meta.name,
+                    p.merged.len(),
+                    2 * p.merged.len()
+                )));
+            }
             let here: Vec<(&[usize], &[usize])> = p.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect();
             let (merged, blocks) = layout(&cfg, &p.shape);
             let file: Vec<(&[usize], &[usize])> = blocks.iter().map(|(a, s)| (&a[..], &s[..])).collect();
@@ -864,9 +874,22 @@ fn roots_of(
             batch
         }
     };
+    // Statistics that are not finite (or whose norm overflows) fail at once, each on its own: the
+    // rest run without them (an infinite statistic stays infinite, and would otherwise cost a
+    // refused batch and one root per statistic at every refresh).
+    let norms = ops.alloc(pairs.len(), 1, 1)?;
+    ops.frobenius(stats, norms)?;
+    let finite: Vec<bool> = ops.read(norms)?.iter().map(|v| v.is_finite()).collect();
+    if finite.contains(&false) {
+        let bad = finite.iter().filter(|&&f| !f).count();
+        *root_failures += bad;
+        log::warn!("shampoo: {bad} statistics are not finite; keeping their old roots");
+        let good: Vec<(Mat, Mat)> = pairs.iter().zip(&finite).filter(|(_, &f)| f).map(|(&p, _)| p).collect();
+        return if good.is_empty() { Ok(()) } else { roots_of(ops, &good, n, order, opts, root_failures) };
+    }
     match inv_root_unchecked(ops, stats, order, opts) {
-        // A batch is refused whole when one matrix is (statistics that are not finite, a norm that
-        // overflows): each then runs on its own, so that one bad statistic stops only its own refresh.
+        // A batch refused whole for any other reason runs each statistic on its own, so that one
+        // bad statistic stops only its own refresh.
         Err(_) if pairs.len() > 1 => {
             for pair in pairs {
                 let mark = ops.mark();
