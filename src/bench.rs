@@ -935,7 +935,7 @@ pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Reco
         ("sqrt_mtp10", SqrtMethod::Mtp { degree: 10 }),
         ("sqrt_mpa5", SqrtMethod::Mpa { degree: 5 }),
     ];
-    let pb = progress((sizes.len() * (methods.len() + 3) + 2) as u64, show_progress);
+    let pb = progress((sizes.len() * (methods.len() + 3) + 3) as u64, show_progress);
     let mut out = Vec::new();
     for &n in sizes {
         pb.set_message(format!("eigendecomposition {n}"));
@@ -1026,6 +1026,39 @@ pub fn roots(ctx: &Context, quick: bool, show_progress: bool) -> Result<Vec<Reco
         );
         pb.inc(1);
     }
+    // Shampoo's inverse roots in use: a step that refreshes every root (precondition_frequency 1;
+    // same-size statistics rooted in one batched iteration) beside one that only preconditions.
+    pb.set_message("shampoo step");
+    let (shapes, count) = if quick { (vec![96, 80], 2) } else { (vec![384, 256], 4) };
+    let step = |frequency: usize| -> Result<f64> {
+        use crate::optim::shampoo::{Shampoo, ShampooConfig};
+        let cfg =
+            ShampooConfig { precondition_frequency: frequency, start_preconditioning_step: 0, ..Default::default() };
+        let mut opt = Shampoo::new(GpuMats::new(ctx)?, cfg)?;
+        let grads: Vec<Vec<f32>> =
+            (0..count).map(|i| crate::parity::TestRng::new(i as u64).normals(shapes[0] * shapes[1], 1.0)).collect();
+        let ids = grads.iter().map(|g| opt.add_param(g, &shapes)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        // The first step refreshes in both (step 1); the timed ones refresh only at frequency 1.
+        opt.step(&refs)?;
+        median_wall(reps.max(3), || {
+            opt.step(&refs)?;
+            opt.read(ids[0]).map(|_| ())
+        })
+    };
+    let (refresh, plain) = (step(1)?, step(usize::MAX)?);
+    out.push(
+        Record::measured(
+            "roots",
+            "shampoo_step_refresh",
+            vec![count, shapes[0], shapes[1]],
+            refresh,
+            "shampoo_step",
+            plain,
+        )
+        .on(adapter.clone(), "wall-clock"),
+    );
+    pb.inc(1);
     pb.finish_and_clear();
     Ok(out)
 }

@@ -841,3 +841,22 @@ fn usage_errors_fail_in_one_line_and_leave_no_output() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("case.json"));
 }
+
+/// The roots suite pairs each method with the f64 eigendecomposition (and its error against it),
+/// the batched calls with one-by-one calls, and Shampoo's refreshing step with a plain one.
+#[test]
+fn roots_bench_records_pair_each_kernel_with_its_baseline() {
+    let out = gpuopt(&["bench", "--suite", "roots", "--json", "--quick"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = v.as_array().unwrap();
+    let find = |name: &str| records.iter().find(|r| r["kernel"] == name).unwrap_or_else(|| panic!("no {name}"));
+    let root = find("inv_root_p4");
+    assert_eq!(root["baseline"], "f64_eigh_cpu");
+    assert!(root["rel_error"].as_f64().unwrap() < 1e-4, "{root}");
+    assert_eq!(find("batched_sqrt_newton_schulz5")["baseline"], "one_by_one");
+    let shampoo = find("shampoo_step_refresh");
+    assert_eq!(shampoo["baseline"], "shampoo_step");
+    assert_eq!(shampoo["shape"], serde_json::json!([2, 96, 80]));
+    assert!(shampoo["ratio"].as_f64().unwrap() > 0.0 && shampoo["median_s"].as_f64().unwrap() > 0.0);
+}
