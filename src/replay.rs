@@ -2,7 +2,8 @@
 //! against PyTorch's or optax's.
 //!
 //! `CASE_DIR/case.json` is `{"optimizer": NAME, "steps": T, "hyper": {...}}` (unknown keys ignored;
-//! omitted hyperparameters take the reference defaults of ALGORITHMS.md §11.2). `CASE_DIR/inputs.npz`
+//! omitted hyperparameters take the reference defaults of ALGORITHMS.md §11.2; `shampoo`'s are
+//! [`crate::optim::ShampooConfig`]'s, under optax's names where §11.3 gives none). `CASE_DIR/inputs.npz`
 //! holds `param` (f32, 1-D or 2-D, shape S) and `grads` (f32, [T, *S]), plus `hess_diag` ([T, *S]) for
 //! `adahessian`, `sophia` and `oasis`, and `losses` (\[T\]) for `sania`. The result,
 //! `CASE_DIR/outputs.npz`, holds `param` (after the last step) and `trajectory` ([T, *S], the
@@ -13,7 +14,8 @@ use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
 use crate::optim::{
     Algorithm, Asgo, AsgoConfig, AuonBuilder, AuonConfig, Dasgo, DasgoConfig, FlatAlgorithm, FlatOptimizer,
-    MuonBuilder, MuonConfig, OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Stepper,
+    MuonBuilder, MuonConfig, OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Shampoo,
+    ShampooConfig, Stepper,
 };
 use crate::roots::MatOps;
 use crate::Context;
@@ -35,6 +37,8 @@ pub enum CaseOptimizer {
     Asgo(AsgoConfig),
     /// DASGO, ASGO's diagonal variant (matrix parameters only).
     Dasgo(DasgoConfig),
+    /// Shampoo (optax's shapes: a vector is preconditioned too).
+    Shampoo(ShampooConfig),
     /// OASIS or SANIA (global step sizes over a flat vector).
     Flat(FlatAlgorithm),
 }
@@ -49,6 +53,7 @@ impl CaseOptimizer {
             CaseOptimizer::Reg(c) => serde_json::to_value(c),
             CaseOptimizer::Asgo(c) => serde_json::to_value(c),
             CaseOptimizer::Dasgo(c) => serde_json::to_value(c),
+            CaseOptimizer::Shampoo(c) => serde_json::to_value(c),
             CaseOptimizer::Flat(FlatAlgorithm::Oasis(c)) => serde_json::to_value(c),
             CaseOptimizer::Flat(FlatAlgorithm::Sania(c)) => serde_json::to_value(c),
         };
@@ -57,7 +62,7 @@ impl CaseOptimizer {
 }
 
 /// Replay names of the matrix optimizers (beside the elementwise ones).
-pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo", "dasgo"];
+pub const MATRIX_NAMES: &[&str] = &["muon", "auon", "hybrid_auon", "reg", "asgo", "dasgo", "shampoo"];
 
 /// Replay names of the flat-vector optimizers: `oasis` needs `hess_diag`, `sania` needs `losses` (\[T\],
 /// the loss at each step) in inputs.npz.
@@ -121,6 +126,10 @@ pub fn load_case(dir: &Path) -> Result<Case> {
         let c: DasgoConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
         CaseOptimizer::Dasgo(c)
+    } else if name == "shampoo" {
+        let c: ShampooConfig = parse(&hyper, &case_path)?;
+        c.validate().map_err(|e| invalid(&case_path, e))?;
+        CaseOptimizer::Shampoo(c)
     } else if name == "oasis" {
         let c: OasisConfig = parse(&hyper, &case_path)?;
         c.validate().map_err(|e| invalid(&case_path, e))?;
@@ -223,6 +232,12 @@ fn warn_unknown_keys(hyper: &serde_json::Value, known: &serde_json::Value, name:
 pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
     let data: Vec<f32> = case.param.iter().copied().collect();
     let (id, mut opt): (_, Box<dyn Stepper>) = match &case.algorithm {
+        CaseOptimizer::Shampoo(c) => {
+            return match ctx {
+                Some(ctx) => run_shampoo(Shampoo::new(crate::kernels::roots::GpuMats::new(ctx)?, c.clone())?, case),
+                None => run_shampoo(Shampoo::new(crate::reference::roots::CpuMats::default(), c.clone())?, case),
+            }
+        }
         CaseOptimizer::Elementwise(a) => {
             let mut b = OptimizerBuilder::new(a.clone());
             // As every other replay optimizer: a NaN/Inf gradient (or Hessian sample) skips its step.
@@ -300,9 +315,7 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
             )
         }
     };
-    let mut shape = vec![case.steps];
-    shape.extend_from_slice(case.param.shape());
-    let mut traj = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let mut traj = trajectory(case);
     for t in 0..case.steps {
         let g: Vec<f32> = case.grads.index_axis(Axis(0), t).iter().copied().collect();
         opt.write_grad(id, &g)?;
@@ -315,6 +328,27 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
         }
         opt.step()?;
         let p = opt.read_param(id)?;
+        traj.index_axis_mut(Axis(0), t).iter_mut().zip(p).for_each(|(d, s)| *d = s);
+    }
+    Ok(traj)
+}
+
+/// A zero trajectory, [T, *S].
+fn trajectory(case: &Case) -> ArrayD<f32> {
+    let shape: Vec<usize> = std::iter::once(case.steps).chain(case.param.shape().iter().copied()).collect();
+    ArrayD::zeros(IxDyn(&shape))
+}
+
+/// Shampoo's replay through its own driver (host gradients; a NaN/Inf one skips its step, as
+/// everywhere in replay), on either backend.
+fn run_shampoo<O: MatOps>(mut opt: Shampoo<O>, case: &Case) -> Result<ArrayD<f32>> {
+    let data: Vec<f32> = case.param.iter().copied().collect();
+    let id = opt.add_param(&data, case.param.shape())?;
+    let mut traj = trajectory(case);
+    for t in 0..case.steps {
+        let g: Vec<f32> = case.grads.index_axis(Axis(0), t).iter().copied().collect();
+        opt.step(&[&g])?;
+        let p = opt.read(id)?;
         traj.index_axis_mut(Axis(0), t).iter_mut().zip(p).for_each(|(d, s)| *d = s);
     }
     Ok(traj)

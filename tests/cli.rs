@@ -860,3 +860,56 @@ fn roots_bench_records_pair_each_kernel_with_its_baseline() {
     assert_eq!(shampoo["shape"], serde_json::json!([2, 96, 80]));
     assert!(shampoo["ratio"].as_f64().unwrap() > 0.0 && shampoo["median_s"].as_f64().unwrap() > 0.0);
 }
+
+/// `replay shampoo` (hyperparameters under ShampooConfig's names, optax's for its knobs): both
+/// backends agree, the CPU replay is the library's CPU driver bit for bit (matrix, vector, a NaN
+/// gradient skipped), and a bad setting is one line with no outputs.npz.
+#[test]
+fn replay_shampoo_on_both_backends_matches_the_library() {
+    use gpuopt::optim::{Shampoo, ShampooConfig};
+    let json = r#"{"optimizer": "shampoo", "hyper": {"lr": 0.05, "graft": "rmsprop_normalized",
+        "block_size": 4, "start_preconditioning_step": 1, "merge_small_dims_block_size": 8}}"#;
+    let cfg = ShampooConfig {
+        lr: 0.05,
+        graft: gpuopt::optim::Graft::RmspropNormalized,
+        block_size: 4,
+        start_preconditioning_step: 1,
+        merge_small_dims_block_size: 8,
+        ..Default::default()
+    };
+    for shape in [vec![6, 5], vec![7]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gshape = vec![6];
+        gshape.extend(&shape);
+        let mut grads = data(&gshape, 4);
+        grads.as_slice_mut().unwrap()[shape.iter().product::<usize>() * 2] = f32::NAN; // step 3 skipped
+        let param = data(&shape, 3);
+        write_case(dir.path(), json, &param, &grads);
+        let mut results = Vec::new();
+        for backend in ["gpu", "cpu"] {
+            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
+            assert!(out.status.success(), "{shape:?} {backend}: {}", String::from_utf8_lossy(&out.stderr));
+            results.push(read_out(dir.path()).1);
+        }
+        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        assert!(diff < 1e-4, "{shape:?}: gpu vs cpu max difference {diff:e}");
+        let mut lib = Shampoo::new(gpuopt::reference::roots::CpuMats::default(), cfg.clone()).unwrap();
+        let id = lib.add_param(param.as_slice().unwrap(), &shape).unwrap();
+        for t in 0..6 {
+            let g: Vec<f32> = grads.index_axis(ndarray::Axis(0), t).iter().copied().collect();
+            lib.step(&[&g]).unwrap();
+            let want = lib.read(id).unwrap();
+            let got: Vec<f32> = results[1].index_axis(ndarray::Axis(0), t).iter().copied().collect();
+            assert_eq!(got, want, "{shape:?} step {}", t + 1);
+        }
+        assert_eq!(lib.skipped_steps(), 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_case(
+        dir.path(),
+        r#"{"optimizer": "shampoo", "hyper": {"block_size": 0}}"#,
+        &data(&[3, 2], 1),
+        &data(&[2, 3, 2], 2),
+    );
+    fails_in_one_line("block_size 0", dir.path(), "replay", Some("cpu"), &["block_size"]);
+}

@@ -171,7 +171,8 @@ impl Default for ShampooConfig {
 }
 
 impl ShampooConfig {
-    fn validate(&self) -> Result<()> {
+    /// Checks every hyperparameter's range (what [`Shampoo::new`] refuses).
+    pub fn validate(&self) -> Result<()> {
         let bad = |name: &str, value: f64, reason: &str| {
             Err(Error::Hyperparameter { name: name.into(), value, reason: reason.into() })
         };
