@@ -471,6 +471,29 @@ impl<O: MatOps> Shampoo<O> {
         &self.params[id.0].shape
     }
 
+    /// How the parameter is preconditioned: its shape after merging (empty when it uses the graft
+    /// alone) and each block's offset and extent in that shape, to set beside optax's
+    /// `Preconditioner` for the same settings.
+    ///
+    /// ```
+    /// use gpuopt::optim::shampoo::{Shampoo, ShampooConfig};
+    /// use gpuopt::reference::roots::CpuMats;
+    /// let mut opt = Shampoo::new(CpuMats::default(), ShampooConfig { block_size: 128, ..Default::default() })?;
+    /// let conv = opt.add_param(&vec![0.0; 3 * 3 * 64 * 64], &[3, 3, 64, 64])?;
+    /// let bias = opt.add_param(&[0.0; 10], &[10])?;
+    /// let (merged, blocks) = opt.layout(conv);
+    /// assert_eq!(merged, [576, 64]); // 3·3·64 = 576 <= 4096, then 576·64 > 4096
+    /// assert_eq!(blocks.len(), 5); // 576 = 4·128 + 64 rows of blocks, one column
+    /// assert_eq!(blocks[4], (&[512, 0][..], &[64, 64][..]));
+    /// assert_eq!(opt.layout(bias).0, [10]); // vectors are preconditioned, as in optax
+    /// # Ok::<(), gpuopt::Error>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn layout(&self, id: ShampooParam) -> (&[usize], Vec<(&[usize], &[usize])>) {
+        let p = &self.params[id.0];
+        (&p.merged, p.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect())
+    }
+
     /// The backend (e.g. to reach a parameter's GPU tensor).
     pub fn backend(&mut self) -> &mut O {
         &mut self.ops
