@@ -302,7 +302,7 @@ fn restore_replans_gamma_variant_and_ns5() {
     }
 }
 
-/// pytorch-optimizer's HybridAuON on a tensor of rank > 2: NS5 over its last two dimensions, slice by
+/// ryyzn9/AuON's HybridAuON on a tensor of rank > 2: NS5 over its last two dimensions, slice by
 /// slice (each normalised on its own), then the cosh brake over the whole tensor. Step 1 of a
 /// [2, 3, 5] tensor against that in f64, both backends.
 #[test]

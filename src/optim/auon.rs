@@ -37,7 +37,10 @@ pub enum AuonVariant {
     /// ryyzn9/AuON `auon/optimizer.py` (the default).
     #[default]
     Package,
-    /// The paper's equations (5.5.1)–(5.5.4).
+    /// The paper's equations (5.5.1)–(5.5.4). Two things the paper has and this variant takes from
+    /// the caller: its Hybrid-AuON runs one NS step (`ns_steps: 1`; the default 5 is the package's),
+    /// and the paper-era training script's lr·sqrt(max(1, rows/cols)) shape factor is not applied
+    /// (scale `lr` for a tall matrix to reproduce it).
     Paper,
 }
 
@@ -53,7 +56,7 @@ pub struct AuonConfig {
     pub weight_decay: f64,
     /// Scale inside cosh.
     pub gamma: f64,
-    /// NS5 steps (Hybrid-AuON only).
+    /// NS5 steps (Hybrid-AuON only; the package's 5; the paper's Hybrid-AuON takes 1).
     pub ns_steps: usize,
     /// NS5's (a, b, c) (Hybrid-AuON only; Muon's by default).
     pub ns_coefficients: [f64; 3],
@@ -202,7 +205,7 @@ impl AuonBuilder {
     }
 
     /// Hybrid-AuON's NS5 view of a tensor of rank ≥ 2: (slices, rows, cols), its last two dimensions
-    /// orthogonalised as a batch over the others, as pytorch-optimizer's HybridAuON runs NS over
+    /// orthogonalised as a batch over the others, as ryyzn9/AuON's HybridAuON runs NS over
     /// dims (−2, −1) (the brake that follows still takes the whole tensor).
     pub fn ns_view(shape: &[usize]) -> (usize, usize, usize) {
         let n = shape.len();
