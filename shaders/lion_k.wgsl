@@ -18,7 +18,9 @@
 // reduces each block to a pair (M, S) with M = max|c| and S = sum (|c|/M)^p, `lion_k_norm` merges the
 // blocks of each tensor and stores (M, S^(1/p)), so that ||c||_p = M * S^(1/p) is never formed: the
 // update computes (|c|/M) / S^(1/p) <= 1, which neither overflows for |c| near f32's maximum nor
-// underflows to 0/0 for tiny c. A NaN in c makes S NaN (and the tensor's update NaN), never dropped.
+// underflows to 0/0 for tiny c (subnormal c included). A NaN in c makes S NaN (and the tensor's
+// update NaN) where max() and comparisons pass NaN on, which WGSL does not promise: the non-finite
+// guard (skipping the step) is the library's NaN policy, not this.
 #import shared/arena
 #import shared/reduce
 
@@ -30,9 +32,11 @@
 // Per tensor: (first block, number of blocks).
 @group(0) @binding(10) var<storage, read> tensors: array<vec2<u32>>;
 
-// u^p for 0 <= u <= 1; exact squares for the l2 map.
+// u^p for 0 <= u <= 1; exact squares for the l2 map; 0 for u = 0 (WGSL leaves pow(0, y) undefined:
+// it may be formed as exp2(y * log2(0))).
 fn pow_p(u: f32, p: f32) -> f32 {
     if (p == 2.0) { return u * u; }
+    if (u == 0.0) { return 0.0; }
     return pow(u, p);
 }
 
@@ -45,13 +49,15 @@ fn merge(a: vec2<f32>, b: vec2<f32>, p: f32) -> vec2<f32> {
     return vec2<f32>(hi.x, hi.y + lo.y * pow_p(lo.x / hi.x, p));
 }
 
-// Four elements as one pair, scaled by their own max with one division (merging them one by one
-// costs four): (0, 0) for c = 0. A NaN makes the sum NaN (NaN * inv), whatever max() does with it.
+// Four elements as one pair, scaled by their own max (merging them one by one costs four merges):
+// (0, 0) for c = 0. Divided, not multiplied by 1/big, which overflows for a subnormal big (a device
+// that keeps f32 subnormals: a momentum decaying for ~8,000 steps gets there) and would make the
+// whole tensor's norm Inf or NaN. A NaN makes the sum NaN (NaN / big), whatever max() does with it.
 fn quad(c: vec4<f32>, p: f32) -> vec2<f32> {
     let a = abs(c);
     let big = max(max(a.x, a.y), max(a.z, a.w));
     if (big == 0.0) { return vec2<f32>(0.0, 0.0); }
-    let u = a * (1.0 / big);
+    let u = a / big;
     return vec2<f32>(big, pow_p(u.x, p) + pow_p(u.y, p) + pow_p(u.z, p) + pow_p(u.w, p));
 }
 
@@ -154,7 +160,8 @@ fn lion_k_norm_elem(h: Hyper, i: u32, tensor: u32) {
         if (h.c3 == 1.0) {
             d = sign(c) * r;
         } else {
-            d = sign(c) * pow(r, vec4<f32>(h.c3));
+            // 0 where c = 0 without asking pow(0, p - 1) (undefined in WGSL).
+            d = select(sign(c) * pow(r, vec4<f32>(h.c3)), vec4<f32>(0.0), r == vec4<f32>(0.0));
         }
     }
     p[i] = h.decay * p[i] - h.lr * d;

@@ -98,6 +98,28 @@ fn a_zero_tensor_takes_no_step_and_nan_is_not_dropped() {
     assert!(got.iter().all(|x| x.is_nan()), "{got:?}");
 }
 
+/// A tensor whose c is subnormal (a momentum decayed for thousands of steps, on a device that keeps
+/// f32 subnormals) once made the ℓ2/ℓp norm pass divide by Inf: every element NaN. Now the step is
+/// finite: the unit-norm step where subnormals are kept, no step where the device flushes them.
+#[test]
+fn subnormal_momentum_gives_a_finite_norm_step() {
+    let c = [3e-40f32, -1e-40, 0.0, 2e-41, 5e-39];
+    let p0 = [1.0f32, 2.0, 3.0, 4.0, 5.0];
+    for (map, k_p) in [(KMap::L2, None), (KMap::Lp, Some(3.0))] {
+        // c = (1 − β1)·g with β1 = 0: c = g.
+        let lr = 0.5;
+        let got = first_step(Lion { lr, beta1: 0.0, k_map: map, k_p, ..Lion::default() }, &p0, &c);
+        assert!(got.iter().all(|x| x.is_finite()), "{map:?}: {got:?}");
+        if got != p0 {
+            // Subnormals kept: the step has unit dual norm, as for normal c.
+            let p = k_p.unwrap_or(2.0);
+            let q = p / (p - 1.0);
+            let dual = got.iter().zip(&p0).map(|(x, y)| ((y - x) as f64 / lr).abs().powf(q)).sum::<f64>().powf(1.0 / q);
+            assert!((dual - 1.0).abs() < 1e-5, "{map:?}: dual norm {dual}, {got:?}");
+        }
+    }
+}
+
 /// With decoupled decay λ and a constant gradient −u, Lion-K's fixed point is x = −∇K(−u)/λ:
 /// the iterates approach the boundary of the dual-norm ball ‖x‖ ≤ 1/λ (K = ‖·‖₂: ‖x‖₂ = 1/λ along u;
 /// K = ‖·‖₁, plain Lion: x = sign(u)/λ).
@@ -143,6 +165,10 @@ fn k_map_hyperparameters_are_validated_and_named_as_the_contract_says() {
         serde_json::json!({"k_map": "lp", "k_p": f64::NAN}),
         serde_json::json!({"k_map": "huber", "k_scale": 0.0}),
         serde_json::json!({"k_map": "huber", "k_scale": -1.0}),
+        // Held in f32 by the shader: 1e-50 would be 0 (0/0 at c = 0), 1e39 Inf.
+        serde_json::json!({"k_map": "huber", "k_scale": 1e-50}),
+        serde_json::json!({"k_map": "tanh", "k_scale": 1e39}),
+        serde_json::json!({"k_map": "lp", "k_p": 1e39}),
         serde_json::json!({"k_map": "cubic"}),
     ] {
         assert!(Algorithm::from_name("lion", &bad).is_err(), "{bad} accepted");
