@@ -240,3 +240,43 @@ fn views_point_into_the_arenas_at_aligned_offsets() {
         "zero gradient, no decay: unchanged"
     );
 }
+
+/// Every epsilon the kernels add in f32 (and OASIS's floor) must be > 0 and a normal f32: 0, a value
+/// that rounds to 0 (1e-46) or to a subnormal (1e-40, which a GPU may flush to 0) gave 0/0 for a zero
+/// gradient, and through DASGO's or REG's norms NaN for a whole tensor; 1e39 is Inf in f32. Also
+/// AuON's gamma (cosh(γ)² finite in f32) and MARS's gamma (γ·β1/(1 − β1) finite in f32).
+#[test]
+fn epsilons_and_scales_must_survive_f32() {
+    use gpuopt::optim::{AuonConfig, DasgoConfig, OasisConfig, RegConfig, SaniaConfig, ShampooConfig};
+    for eps in [0.0, 1e-46, 1e-40, 1e39, f64::NAN] {
+        // (JSON has no NaN: the configs below take it.)
+        for name in ["adamw", "adabound", "adamomentum", "ademamix", "mars", "ano", "adahessian", "sophia"]
+            .into_iter()
+            .filter(|_| !eps.is_nan())
+        {
+            let e = Algorithm::from_name(name, &serde_json::json!({ "eps": eps })).unwrap_err().to_string();
+            assert!(e.contains("eps") && e.contains("normal f32"), "{name} eps {eps}: {e}");
+        }
+        let errs = [
+            DasgoConfig { eps, ..Default::default() }.validate(),
+            RegConfig { eps, ..Default::default() }.validate(),
+            ShampooConfig { diag_eps: eps, ..Default::default() }.validate(),
+            ShampooConfig { matrix_eps: eps, ..Default::default() }.validate(),
+            OasisConfig::new(1.0, 0.9, eps).validate(),
+            SaniaConfig { eps, ..Default::default() }.validate(),
+        ];
+        for (i, e) in errs.into_iter().enumerate() {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("normal f32"), "config {i}, eps {eps}: {e}");
+        }
+    }
+    // The smallest normal f32 and ordinary values pass.
+    for eps in [1.2e-38, 1e-8, 1.0] {
+        Algorithm::from_name("adamw", &serde_json::json!({ "eps": eps })).unwrap();
+        DasgoConfig { eps, ..Default::default() }.validate().unwrap();
+    }
+    assert!(AuonConfig { gamma: 45.0, ..Default::default() }.validate().is_err());
+    AuonConfig { gamma: 44.0, ..Default::default() }.validate().unwrap();
+    let e = Algorithm::from_name("mars", &serde_json::json!({"gamma": 1e38})).unwrap_err().to_string();
+    assert!(e.contains("gamma"), "{e}");
+}

@@ -421,17 +421,17 @@ impl Algorithm {
             Algorithm::Ano(c) | Algorithm::Anolog(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.5)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
             }
             Algorithm::AdamW(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
             }
             Algorithm::AdaBound(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
                 check_positive("final_lr", c.final_lr)?;
                 check_positive("gamma", c.gamma)?;
                 check_positive("lr", c.lr)?;
@@ -439,7 +439,7 @@ impl Algorithm {
             Algorithm::AdaMomentum(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
             }
             Algorithm::AdEMAMix(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
@@ -447,7 +447,7 @@ impl Algorithm {
                 check_beta("beta3", c.beta3, 0.0)?;
                 // apple/ml-ademamix refuses alpha < 0 (the slow EMA's weight).
                 check_nonneg("alpha", c.alpha)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
                 check_nonneg("t_alpha_beta3", c.t_alpha_beta3)?;
                 if let Some(t) = c.t_alpha {
                     check_nonneg("t_alpha", t)?;
@@ -459,13 +459,21 @@ impl Algorithm {
             Algorithm::Mars(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
                 check_finite("gamma", c.gamma)?;
+                // k = γ·β1/(1 − β1) is formed in f32: an Inf would make 0·Inf = NaN for a whole tensor.
+                if !((c.gamma * c.beta1 / (1.0 - c.beta1)) as f32).is_finite() {
+                    return Err(Error::Hyperparameter {
+                        name: "gamma".into(),
+                        value: c.gamma,
+                        reason: "gamma·beta1/(1 − beta1) must be finite in f32".into(),
+                    });
+                }
             }
             Algorithm::AdaHessian(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
                 check_finite("hessian_power", c.hessian_power)?;
                 if !(0.0..=1.0).contains(&c.hessian_power) {
                     return Err(Error::Hyperparameter {
@@ -479,7 +487,7 @@ impl Algorithm {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
                 check_positive("rho", c.rho)?;
-                check_positive("eps", c.eps)?;
+                super::check_f32_eps("eps", c.eps)?;
                 if c.hess_interval == 0 {
                     return Err(Error::Hyperparameter {
                         name: "hess_interval".into(),

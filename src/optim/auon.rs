@@ -90,11 +90,13 @@ impl AuonConfig {
             ..MuonConfig::default()
         }
         .validate()?;
-        if !self.gamma.is_finite() || self.gamma <= 0.0 {
+        // cosh(γ·x)² for |x| <= 1 must stay finite in f32 (cosh(44)² ≈ 4e37): above, the GPU's RMS
+        // is Inf (no step) where the f64 twin steps.
+        if !(self.gamma > 0.0 && self.gamma <= 44.0) {
             return Err(Error::Hyperparameter {
                 name: "gamma".into(),
                 value: self.gamma,
-                reason: "must be finite and > 0".into(),
+                reason: "must be in (0, 44] (cosh(gamma)^2 must stay finite in f32)".into(),
             });
         }
         Ok(())

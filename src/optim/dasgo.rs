@@ -152,9 +152,8 @@ impl DasgoConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return bad("beta2", self.beta2, "must lie in [0, 1)");
         }
-        if !(self.eps as f32).is_finite() || self.eps as f32 <= 0.0 {
-            return bad("eps", self.eps, "must be finite and > 0 (a column of zero gradients would divide 0 by 0)");
-        }
+        // A column of zero gradients divides by sqrt(eps).
+        super::check_f32_eps("eps", self.eps)?;
         Ok(())
     }
 

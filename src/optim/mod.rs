@@ -331,6 +331,23 @@ impl HostGuard {
 /// The f32 factors of a normalised step, p ← decay·p − step·U/(‖U‖ + 1e-16): step = lr·scale and
 /// decay = 1 − lr·wd, or an error naming lr when either (or step·1e16, the zero-norm guard's
 /// largest factor) overflows f32, which a finite f64 lr can. Checked before a step changes anything.
+/// An epsilon the kernels add in f32 to a denominator (or a floor they divide by): it must be > 0
+/// and a normal f32. 0, or a value that rounds to 0 or to a subnormal (which a GPU may flush to 0),
+/// gives 0/0 for a zero gradient and, through a norm, NaN for a whole tensor; one above f32's range
+/// is Inf.
+pub(crate) fn check_f32_eps(name: &str, v: f64) -> Result<()> {
+    if v > 0.0 && (v as f32).is_normal() {
+        return Ok(());
+    }
+    Err(Error::Hyperparameter {
+        name: name.into(),
+        value: v,
+        reason: "must be > 0 and a normal f32 (about 1.2e-38 to 3.4e38): the kernels add it in f32, where 0 \
+                 or a subnormal gives 0/0 for a zero gradient"
+            .into(),
+    })
+}
+
 pub(crate) fn f32_step(lr: f64, wd: f64, scale: f64) -> Result<(f32, f32)> {
     let (step, decay) = ((lr * scale) as f32, (1.0 - lr * wd) as f32);
     if !(step * 1e16).is_finite() || !decay.is_finite() {

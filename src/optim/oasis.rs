@@ -106,9 +106,8 @@ impl OasisConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return Err(hyper("beta2", self.beta2, "must be in [0, 1)"));
         }
-        if !(self.hess_floor.is_finite() && self.hess_floor > 0.0) {
-            return Err(hyper("hess_floor", self.hess_floor, "must be finite and > 0 (it bounds the division)"));
-        }
+        // It bounds the division by the Hessian diagonal.
+        super::check_f32_eps("hess_floor", self.hess_floor)?;
         Ok(())
     }
 }
@@ -178,9 +177,7 @@ impl SaniaConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return Err(hyper("beta2", self.beta2, "must be in [0, 1)"));
         }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(hyper("eps", self.eps, "must be finite and > 0"));
-        }
+        super::check_f32_eps("eps", self.eps)?;
         Ok(())
     }
 }

@@ -106,9 +106,8 @@ impl RegConfig {
         if !self.gamma.is_finite() || self.gamma <= 0.0 {
             return bad("gamma", self.gamma, "must be finite and > 0");
         }
-        if !self.eps.is_finite() || self.eps < 0.0 {
-            return bad("eps", self.eps, "must be finite and >= 0");
-        }
+        // A zero row (or a column without gradient for long) divides by eps: 0 would be 0/0.
+        super::check_f32_eps("eps", self.eps)?;
         Ok(())
     }
 

@@ -176,12 +176,7 @@ impl ShampooConfig {
         let bad = |name: &str, value: f64, reason: &str| {
             Err(Error::Hyperparameter { name: name.into(), value, reason: reason.into() })
         };
-        for (name, v) in [
-            ("lr", self.lr),
-            ("weight_decay", self.weight_decay),
-            ("matrix_eps", self.matrix_eps),
-            ("diag_eps", self.diag_eps),
-        ] {
+        for (name, v) in [("lr", self.lr), ("weight_decay", self.weight_decay)] {
             if !v.is_finite() || v < 0.0 {
                 return bad(name, v, "must be finite and >= 0");
             }
@@ -204,9 +199,9 @@ impl ShampooConfig {
         if self.exponent_override > 32 {
             return bad("exponent_override", self.exponent_override as f64, "must be 0 (2·rank) or from 1 to 32");
         }
-        if self.matrix_eps == 0.0 {
-            return bad("matrix_eps", 0.0, "must be > 0 (the roots need a ridge)");
-        }
+        // The roots need a ridge; the AdaGrad / RMSProp grafts divide by sqrt(a) + diag_eps.
+        super::check_f32_eps("matrix_eps", self.matrix_eps)?;
+        super::check_f32_eps("diag_eps", self.diag_eps)?;
         Ok(())
     }
 }
