@@ -572,6 +572,9 @@ fn matfn_inputs_at_the_edges_of_f32_are_refused_saying_why() {
         (r#"{"function": "sqrt"}"#, diag(1e-40, 2), vec!["below what f32 can divide by"]),
         (r#"{"function": "inv_sqrt", "method": "mtp"}"#, diag(1e-40, 2), vec!["below what f32 can divide by"]),
         (r#"{"function": "sqrt"}"#, diag(3e38, 2), vec!["overflows f32"]),
+        // The polar iteration's X/‖X‖_F: an overflowing norm made X zero and "converged" to Q = 0.
+        (r#"{"function": "polar"}"#, diag(3e38, 2), vec!["Frobenius norm", "normal range"]),
+        (r#"{"function": "polar"}"#, diag(1e-40, 2), vec!["Frobenius norm", "normal range"]),
         (
             r#"{"function": "inv_root", "p": 4, "eps_relative": true}"#,
             diag(0.0, 3),

@@ -362,6 +362,22 @@ pub fn polar_converged(delta: f32, previous: f32, r: usize) -> bool {
     delta <= 1e-6 * s || (delta <= 1e-4 * s && delta >= previous)
 }
 
+/// The polar iteration starts from X/‖X‖_F: a zero norm has no polar factor, and one outside f32's
+/// normal range (a matrix whose norm overflows, or one of subnormal entries) would scale X to zeros
+/// (whose iteration "converges" to Q = 0) or by an infinite reciprocal. Shared with the CPU twin.
+pub fn check_polar_norm(norm: f32) -> Result<()> {
+    if norm == 0.0 {
+        return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
+    }
+    if !norm.is_normal() {
+        return Err(Error::Invalid(format!(
+            "polar: the matrix's Frobenius norm ({norm:e}) is outside f32's normal range (about 1.2e-38 to \
+             3.4e38); scale the input"
+        )));
+    }
+    Ok(())
+}
+
 /// The cubic Newton–Schulz polar iteration (§5.4) on an m×n matrix; an error when it has not
 /// converged after `max_iters` (never a silent result).
 ///
@@ -389,9 +405,7 @@ pub fn polar(ctx: &Context, a: &Tensor, max_iters: usize) -> Result<Polar> {
     FrobeniusPlan::new(ctx, a, None, 1, &norms)?.record(&mut pass);
     drop(pass);
     ctx.submit(enc);
-    if norms.to_vec(ctx)?[0] == 0.0 {
-        return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
-    }
+    check_polar_norm(norms.to_vec(ctx)?[0])?;
     let xs = [Tensor::zeros(ctx, &[r, c])?, Tensor::zeros(ctx, &[r, c])?];
     let gram_out = Tensor::zeros(ctx, &[r, r])?;
     let delta = Tensor::zeros(ctx, &[1])?;

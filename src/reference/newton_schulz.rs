@@ -58,9 +58,7 @@ pub fn polar(a: &[f32], m: usize, n: usize, max_iters: usize) -> Result<(Vec<f32
     let transpose_in = m > n;
     let (r, c) = if transpose_in { (n, m) } else { (m, n) };
     let norm = frobenius(a);
-    if norm == 0.0 {
-        return Err(Error::Invalid("polar of a zero matrix is undefined".into()));
-    }
+    crate::kernels::newton_schulz::check_polar_norm(norm)?;
     // (5.4.1): X/‖X‖_F, no ε (which would swamp the norm of a matrix of tiny entries).
     let scaled: Vec<f32> = a.iter().map(|&v| v / norm).collect();
     let mut x = if transpose_in { transpose(&scaled, m, n) } else { scaled };
