@@ -916,3 +916,24 @@ fn replay_shampoo_on_both_backends_matches_the_library() {
     );
     fails_in_one_line("block_size 0", dir.path(), "replay", Some("cpu"), &["block_size"]);
 }
+
+/// The stale-output cleanup of a refused command line touches only a case command's CASE_DIR: not a
+/// folder named to another command, nor a second folder after the case's.
+#[test]
+fn a_refused_command_line_cleans_only_its_own_case_folder() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [&a, &b] {
+        std::fs::write(d.path().join("case.json"), r#"{"function": "polar"}"#).unwrap();
+        std::fs::write(d.path().join("outputs.npz"), b"kept").unwrap();
+    }
+    let (pa, pb) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
+    for args in [vec!["parity", "--only", "matfn", pa], vec!["bench", "--suite", "replay", pa]] {
+        let out = gpuopt(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(a.path().join("outputs.npz").exists(), "{args:?} removed another command's folder's output");
+    }
+    let out = gpuopt(&["replay", "--backend", "cpu", pa, pb]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!a.path().join("outputs.npz").exists(), "the case's own stale output goes");
+    assert!(b.path().join("outputs.npz").exists(), "a second folder's output stays");
+}

@@ -277,6 +277,8 @@ fn epsilons_and_scales_must_survive_f32() {
     }
     assert!(AuonConfig { gamma: 45.0, ..Default::default() }.validate().is_err());
     AuonConfig { gamma: 44.0, ..Default::default() }.validate().unwrap();
+    // The paper variant has no γ in its cosh: any finite γ > 0 is taken there.
+    AuonConfig { gamma: 100.0, variant: gpuopt::optim::AuonVariant::Paper, ..Default::default() }.validate().unwrap();
     let e = Algorithm::from_name("mars", &serde_json::json!({"gamma": 1e38})).unwrap_err().to_string();
     assert!(e.contains("gamma"), "{e}");
 }

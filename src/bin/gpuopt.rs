@@ -199,16 +199,23 @@ fn usage_error_line(e: &clap::Error) -> String {
 }
 
 /// The case commands promise that a failed run leaves no `outputs.npz`; a command line clap refuses
-/// (`--backend tpu`) is a failed run too, so a stale output in any case folder it names goes.
+/// (`--backend tpu`) is a failed run too, so the stale output of its CASE_DIR goes: only for a case
+/// command in the subcommand's place, only its first positional argument (skipping `--backend` and
+/// its value), and only a folder holding case.json.
 fn remove_stale_outputs(args: &[std::ffi::OsString]) {
-    let case_command = |a: &std::ffi::OsString| ["replay", "matfn", "hutchinson"].iter().any(|c| a == c);
-    let Some(at) = args.iter().position(case_command) else {
+    if !args.get(1).is_some_and(|c| ["replay", "matfn", "hutchinson"].iter().any(|n| c == n)) {
         return;
-    };
-    for arg in &args[at + 1..] {
-        let dir = std::path::Path::new(arg);
-        if dir.join("case.json").is_file() {
-            let _ = std::fs::remove_file(dir.join("outputs.npz"));
+    }
+    let mut rest = args[2..].iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--backend" {
+            rest.next();
+        } else if !arg.to_string_lossy().starts_with('-') {
+            let dir = std::path::Path::new(arg);
+            if dir.join("case.json").is_file() {
+                let _ = std::fs::remove_file(dir.join("outputs.npz"));
+            }
+            return;
         }
     }
 }

@@ -92,11 +92,13 @@ impl AuonConfig {
         .validate()?;
         // cosh(γ·x)² for |x| <= 1 must stay finite in f32 (cosh(44)² ≈ 4e37): above, the GPU's RMS
         // is Inf (no step) where the f64 twin steps.
-        if !(self.gamma > 0.0 && self.gamma <= 44.0) {
+        // (The paper variant has no γ; it only has to be finite and > 0 there.)
+        let top = if self.variant == AuonVariant::Package { 44.0 } else { f64::MAX };
+        if !(self.gamma > 0.0 && self.gamma <= top) {
             return Err(Error::Hyperparameter {
                 name: "gamma".into(),
                 value: self.gamma,
-                reason: "must be in (0, 44] (cosh(gamma)^2 must stay finite in f32)".into(),
+                reason: "must be in (0, 44] for the package variant (cosh(gamma)^2 must stay finite in f32), finite and > 0 otherwise".into(),
             });
         }
         Ok(())

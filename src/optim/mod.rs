@@ -328,9 +328,6 @@ impl HostGuard {
     }
 }
 
-/// The f32 factors of a normalised step, p ← decay·p − step·U/(‖U‖ + 1e-16): step = lr·scale and
-/// decay = 1 − lr·wd, or an error naming lr when either (or step·1e16, the zero-norm guard's
-/// largest factor) overflows f32, which a finite f64 lr can. Checked before a step changes anything.
 /// An epsilon the kernels add in f32 to a denominator (or a floor they divide by): it must be > 0
 /// and a normal f32. 0, or a value that rounds to 0 or to a subnormal (which a GPU may flush to 0),
 /// gives 0/0 for a zero gradient and, through a norm, NaN for a whole tensor; one above f32's range
@@ -348,6 +345,9 @@ pub(crate) fn check_f32_eps(name: &str, v: f64) -> Result<()> {
     })
 }
 
+/// The f32 factors of a normalised step, p ← decay·p − step·U/(‖U‖ + 1e-16): step = lr·scale and
+/// decay = 1 − lr·wd, or an error naming lr when either (or step·1e16, the zero-norm guard's
+/// largest factor) overflows f32, which a finite f64 lr can. Checked before a step changes anything.
 pub(crate) fn f32_step(lr: f64, wd: f64, scale: f64) -> Result<(f32, f32)> {
     let (step, decay) = ((lr * scale) as f32, (1.0 - lr * wd) as f32);
     if !(step * 1e16).is_finite() || !decay.is_finite() {
