@@ -48,6 +48,7 @@ struct RootParams {
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 const INF: f32 = 3.4028234663852886e38;  // f32::MAX stands in for +Inf (WGSL has no Inf literal)
+const MIN_NORMAL: f32 = 1.17549435e-38;   // f32::MIN_POSITIVE, the smallest normal f32
 
 // s^power with the common powers exact (1 / s and sqrt are what the CPU twin computes too).
 fn scale_pow(s: f32, power: f32) -> f32 {
@@ -174,7 +175,9 @@ fn gj_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     let p = red_idx[0];
     let piv = mat[m0 + p * n + j];
     storageBarrier();
-    let good = abs(piv) > 0.0 && abs(piv) <= INF;
+    // A subnormal pivot counts as singular: a GPU may flush it to 0 (and 1/piv is Inf either way),
+    // so only this rule gives the same verdict on every device and on the CPU twin.
+    let good = abs(piv) >= MIN_NORMAL && abs(piv) <= INF;
     if (lid == 0u && !good) { factors[rp.batch * n + z] = 1.0; }
     let inv = 1.0 / piv;
     for (var c = j + lid; c < n; c = c + WG) {
@@ -270,7 +273,7 @@ fn spd_block_inverse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     for (var j = 0u; j < h; j = j + 1u) {
         workgroupBarrier();
         let piv = blk[j * 64u + j];
-        bad = bad || !(piv > 0.0 && piv <= INF);
+        bad = bad || !(piv >= MIN_NORMAL && piv <= INF);   // subnormal: singular, as gj_pivot
         if (lid < 32u) { fac[lid] = select(blk[lid * 64u + j], 0.0, lid == j || lid >= h); }
         workgroupBarrier();
         if (lid < 2u * h) { blk[j * 64u + lid] = blk[j * 64u + lid] / piv; }

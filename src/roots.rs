@@ -70,7 +70,7 @@ pub trait MatOps {
     /// out\[z\] ← max_ij |x\[z\]_ij − I_ij| (NaN counts as +Inf).
     fn max_dev(&mut self, x: Mat, out: Mat) -> Result<()>;
     /// rhs\[z\] ← m\[z\]⁻¹·rhs\[z\] by Gauss–Jordan elimination with partial pivoting (m is overwritten);
-    /// status\[z\] ← 1 where a pivot was zero or not finite, else 0.
+    /// status\[z\] ← 1 where a pivot was zero, subnormal or not finite, else 0.
     fn solve(&mut self, m: Mat, rhs: Mat, status: Mat) -> Result<()>;
     /// acc ← decay·acc + weight·g², out ← g/(sqrt(acc) + eps), elementwise (AdaGrad / RMSProp grafting).
     fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()>;
@@ -104,7 +104,7 @@ pub trait MatOps {
     /// unchanged; work recorded before keeps the old shape).
     fn reshape(&mut self, m: Mat, batch: usize, rows: usize, cols: usize) -> Result<()>;
     /// out\[z\] ← d\[z\]⁻¹ for a batch of h×h blocks (h ≤ 32) of symmetric positive definite matrices, by
-    /// Gauss–Jordan without pivoting; status\[z\] ← 1 where a pivot was not positive and finite.
+    /// Gauss–Jordan without pivoting; status\[z\] ← 1 where a pivot was not a positive normal f32.
     fn invert_spd_blocks(&mut self, d: Mat, out: Mat, status: Mat) -> Result<()>;
     /// out ← uniform draws in [0, 1) from the library's Philox generator (seed, sample 0, tensor 0,
     /// element index i), ALGORITHMS.md §11.4's power-iteration start before the map to [−1, 1).

@@ -699,3 +699,26 @@ fn sign_is_zero_at_zero_on_both_backends() {
     assert_eq!(run(&mut CpuMats::default(), &x), want);
     assert_eq!(run(&mut GpuMats::new(&ctx).unwrap(), &x), want);
 }
+
+/// A subnormal pivot is singular on every device: a GPU may flush it to 0 (singular) or keep it
+/// (1/pivot = Inf, a result of Inf and NaN that said "not singular"); the CPU twin agrees.
+#[test]
+fn subnormal_pivots_are_singular_on_both_backends() {
+    let ctx = common::ctx();
+    fn flags(ops: &mut impl MatOps) -> (Vec<f32>, Vec<f32>) {
+        // Batch of two 2x2 systems: diag(1e-40, 1) (subnormal pivot) and diag(2, 4) (fine).
+        let m = ops.upload(&[1e-40, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 4.0], 2, 2, 2).unwrap();
+        let rhs = ops.upload(&[1.0, 1.0, 1.0, 1.0], 2, 2, 1).unwrap();
+        let status = ops.alloc(2, 1, 1).unwrap();
+        ops.solve(m, rhs, status).unwrap();
+        let solved = ops.read(status).unwrap();
+        let d = ops.upload(&[1e-40, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 4.0], 2, 2, 2).unwrap();
+        let out = ops.alloc(2, 2, 2).unwrap();
+        let st = ops.alloc(2, 1, 1).unwrap();
+        ops.invert_spd_blocks(d, out, st).unwrap();
+        (solved, ops.read(st).unwrap())
+    }
+    let want = (vec![1.0, 0.0], vec![1.0, 0.0]);
+    assert_eq!(flags(&mut CpuMats::default()), want);
+    assert_eq!(flags(&mut GpuMats::new(&ctx).unwrap()), want);
+}

@@ -268,7 +268,7 @@ impl MatOps for CpuMats {
             let mut bad = false;
             for j in 0..h {
                 let piv = a[j * w + j];
-                bad |= !(piv > 0.0 && piv <= f32::MAX);
+                bad |= !(f32::MIN_POSITIVE..=f32::MAX).contains(&piv);
                 let fac: Vec<f32> = (0..h).map(|i| if i == j { 0.0 } else { a[i * w + j] }).collect();
                 for c in 0..w {
                     a[j * w + c] /= piv;
@@ -341,7 +341,8 @@ pub fn gauss_jordan(a: &mut [f32], r: &mut [f32], n: usize, k: usize) -> bool {
             }
         }
         let piv = a[p * n + j];
-        if !(piv.abs() > 0.0 && piv.abs() <= f32::MAX) {
+        // A subnormal pivot is singular, as in the shader (a GPU may flush it to 0).
+        if !(f32::MIN_POSITIVE..=f32::MAX).contains(&piv.abs()) {
             singular = true;
         }
         let inv = 1.0 / piv;
