@@ -266,6 +266,13 @@ fn layout(cfg: &ShampooConfig, shape: &[usize]) -> (Vec<usize>, Vec<(Vec<usize>,
     (merged, blocks)
 }
 
+/// The order p of the roots L^{−1/p} of a block of rank `rank` (after merging): `exponent_override`
+/// when set, else 2·rank; None past the 32 that `inv_root` takes.
+fn root_order(cfg: &ShampooConfig, rank: usize) -> Option<u32> {
+    let p = if cfg.exponent_override > 0 { cfg.exponent_override } else { 2 * rank };
+    u32::try_from(p).ok().filter(|&p| p <= 32)
+}
+
 /// One block of a parameter (reshaped as in the module's text) and its preconditioner state.
 struct Block {
     /// Offset and extent per dimension of the merged shape.
@@ -286,6 +293,13 @@ impl Block {
     /// (P, d, Q): the dimensions before mode i multiplied, mode i's, the ones after multiplied.
     fn split(&self, i: usize) -> (usize, usize, usize) {
         (self.size[..i].iter().product(), self.size[i], self.size[i + 1..].iter().product())
+    }
+}
+
+impl Param {
+    /// Each block's offset and extent in the merged shape.
+    fn block_layout(&self) -> Vec<(&[usize], &[usize])> {
+        self.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect()
     }
 }
 
@@ -357,7 +371,7 @@ impl<O: MatOps> Shampoo<O> {
         }
         let cfg = &self.cfg;
         let (merged, blocks_at) = layout(cfg, shape);
-        if cfg.exponent_override == 0 && 2 * merged.len() > 32 {
+        if root_order(cfg, merged.len()).is_none() {
             return Err(Error::Invalid(format!(
                 "shampoo parameter of shape {shape:?}: rank {} after merging needs a root of order {} (at most 32)",
                 merged.len(),
@@ -486,7 +500,7 @@ impl<O: MatOps> Shampoo<O> {
     #[allow(clippy::type_complexity)]
     pub fn layout(&self, id: ShampooParam) -> (&[usize], Vec<(&[usize], &[usize])>) {
         let p = &self.params[id.0];
-        (&p.merged, p.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect())
+        (&p.merged, p.block_layout())
     }
 
     /// The backend (e.g. to reach a parameter's GPU tensor).
@@ -583,7 +597,7 @@ impl<O: MatOps> Shampoo<O> {
         // The file's settings must give every parameter the blocks it was added with (and a root
         // order inv_root takes).
         for p in &self.params {
-            if cfg.exponent_override == 0 && 2 * p.merged.len() > 32 {
+            if root_order(&cfg, p.merged.len()).is_none() {
                 return Err(bad(format!(
                     "{} has rank {} after merging: the file's exponent_override 0 would need roots of order {} \
                      (at most 32)",
@@ -592,10 +606,9 @@ impl<O: MatOps> Shampoo<O> {
                     2 * p.merged.len()
                 )));
             }
-            let here: Vec<(&[usize], &[usize])> = p.blocks.iter().map(|b| (&b.at[..], &b.size[..])).collect();
             let (merged, blocks) = layout(&cfg, &p.shape);
             let file: Vec<(&[usize], &[usize])> = blocks.iter().map(|(a, s)| (&a[..], &s[..])).collect();
-            if merged != p.merged || file != here {
+            if merged != p.merged || file != p.block_layout() {
                 let settings = |c: &ShampooConfig| {
                     format!(
                         "block_size {}, best_effort_shape_interpretation {}, merge_small_dims_block_size {}, \
@@ -814,8 +827,8 @@ fn statistics(ops: &mut impl MatOps, p: &Param, update: bool, b2: f32, w2: f32) 
         if p.blocks.len() > 1 {
             copy_block(ops, (p.grad, &p.merged), (b.g, &b.size), &b.at, true)?;
         }
-        for (i, &stat) in b.stats.iter().enumerate().filter(|_| update) {
-            statistic(ops, b, i, stat, b2, w2)?;
+        for i in (0..b.stats.len()).filter(|_| update) {
+            statistic(ops, b, i, b2, w2)?;
         }
     }
     Ok(())
@@ -846,10 +859,8 @@ fn refresh_roots(
 ) -> Result<()> {
     let mut groups: std::collections::BTreeMap<(usize, u32), Vec<(Mat, Mat)>> = Default::default();
     for p in params {
-        let order = match cfg.exponent_override {
-            0 => 2 * p.merged.len() as u32,
-            e => e as u32,
-        };
+        // Every parameter's order was checked when it was added (and at restore).
+        let order = root_order(cfg, p.merged.len()).expect("a root order within 32");
         for b in &p.blocks {
             for ((&stat, &root), &n) in b.stats.iter().zip(&b.roots).zip(&b.size) {
                 groups.entry((n, order)).or_default().push((stat, root));
@@ -979,8 +990,8 @@ fn copy_block(
 /// d × Q matrix, the last (Q = 1) the Gᵀ·G of a P × d one; a middle mode first transposes each of the
 /// P slices (a batched product with the identity, exact) so that the slices stack into a (P·Q) × d
 /// matrix whose Gᵀ·G is the sum over the slices.
-fn statistic(ops: &mut impl MatOps, b: &Block, i: usize, stat: Mat, beta2: f32, w2: f32) -> Result<()> {
-    let (p, d, q) = b.split(i);
+fn statistic(ops: &mut impl MatOps, b: &Block, i: usize, beta2: f32, w2: f32) -> Result<()> {
+    let ((p, d, q), stat) = (b.split(i), b.stats[i]);
     if p == 1 {
         ops.reshape(b.g, 1, d, q)?;
         return ops.gemm(GemmDesc { alpha: w2, beta: beta2, ..GemmDesc::gram(d, q) }, b.g, b.g, stat, Some(stat));
