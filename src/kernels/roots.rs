@@ -98,6 +98,38 @@ pub struct GpuMats {
 }
 
 impl GpuMats {
+    /// One `copy_region` dispatch over a box of `size` = [matrices, rows, cols]: matrix z of the box
+    /// reads `src` from z·src_stride + src_off (stride 0 broadcasts one matrix) and writes `dst` from
+    /// z·(dst's matrix size) + dst_off, rows at each one's own leading dimension.
+    fn copy_box(
+        &mut self,
+        dst: Mat,
+        dst_off: usize,
+        src: Mat,
+        src_off: usize,
+        src_stride: usize,
+        size: [usize; 3],
+    ) -> Result<()> {
+        let ((_, dr, dl), (_, _, sl)) = (self.shape(dst), self.shape(src));
+        let u = self.uniform(RootParams {
+            rows: size[1] as u32,
+            cols: size[2] as u32,
+            batch: size[0] as u32,
+            col: src_stride as u32,
+            rhs: (dr * dl) as u32,
+            src_ld: sl as u32,
+            src_off: src_off as u32,
+            dst_ld: dl as u32,
+            dst_off: dst_off as u32,
+            ..Default::default()
+        });
+        let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
+        let grid = (size[2].div_ceil(16) as u32, size[1].div_ceil(16) as u32, size[0] as u32);
+        self.dispatches += bound.record_3d(self.pass(), grid);
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
     /// A backend on `ctx`.
     pub fn new(ctx: &Context) -> Result<Self> {
         Ok(GpuMats {
@@ -369,24 +401,10 @@ impl MatOps for GpuMats {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        let ((db, dr, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
-        let u = self.uniform(RootParams {
-            rows: h as u32,
-            cols: w as u32,
-            batch: db as u32,
-            col: if sb == 1 { 0 } else { (sr * sl) as u32 },
-            rhs: (dr * dl) as u32,
-            src_ld: sl as u32,
-            src_off: (src_at.0 * sl + src_at.1) as u32,
-            dst_ld: dl as u32,
-            dst_off: (dst_at.0 * dl + dst_at.1) as u32,
-            ..Default::default()
-        });
-        let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
-        let grid = (w.div_ceil(16) as u32, h.div_ceil(16) as u32, db as u32);
-        self.dispatches += bound.record_3d(self.pass(), grid);
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        let ((db, _, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
+        // One source matrix is broadcast (stride 0) to every destination matrix.
+        let src_stride = if sb == 1 { 0 } else { sr * sl };
+        self.copy_box(dst, dst_at.0 * dl + dst_at.1, src, src_at.0 * sl + src_at.1, src_stride, [db, h, w])
     }
 
     fn copy_window(
@@ -401,24 +419,8 @@ impl MatOps for GpuMats {
             return Ok(());
         }
         let ((_, dr, dl), (_, sr, sl)) = (self.shape(dst), self.shape(src));
-        let offset = |at: [usize; 3], r: usize, l: usize| (at[0] * r * l + at[1] * l + at[2]) as u32;
-        let u = self.uniform(RootParams {
-            rows: size[1] as u32,
-            cols: size[2] as u32,
-            batch: size[0] as u32,
-            col: (sr * sl) as u32,
-            rhs: (dr * dl) as u32,
-            src_ld: sl as u32,
-            src_off: offset(src_at, sr, sl),
-            dst_ld: dl as u32,
-            dst_off: offset(dst_at, dr, dl),
-            ..Default::default()
-        });
-        let bound = self.ctx.bind(&COPY_REGION, &[&u, self.buf(src), self.buf(dst)])?;
-        let grid = (size[2].div_ceil(16) as u32, size[1].div_ceil(16) as u32, size[0] as u32);
-        self.dispatches += bound.record_3d(self.pass(), grid);
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        let offset = |at: [usize; 3], r: usize, l: usize| at[0] * r * l + at[1] * l + at[2];
+        self.copy_box(dst, offset(dst_at, dr, dl), src, offset(src_at, sr, sl), sr * sl, size)
     }
 
     fn reshape(&mut self, m: Mat, batch: usize, rows: usize, cols: usize) -> Result<()> {

@@ -57,6 +57,20 @@ impl CpuMats {
     fn data(&self, m: Mat) -> &[f32] {
         &self.mats[m.0].1
     }
+
+    /// The shader's `copy_region` over a box of `size` = [matrices, rows, cols]: matrix z of the box
+    /// reads `src` from z·src_stride + src_off (stride 0 broadcasts one matrix) and writes `dst` from
+    /// z·(dst's matrix size) + dst_off, rows at each one's own leading dimension.
+    fn copy_box(&mut self, dst: Mat, dst_off: usize, src: Mat, src_off: usize, src_stride: usize, size: [usize; 3]) {
+        let ((_, dr, dl), (_, _, sl)) = (self.shape(dst), self.shape(src));
+        for z in 0..size[0] {
+            for i in 0..size[1] {
+                let (so, d0) = (z * src_stride + src_off + i * sl, z * dr * dl + dst_off + i * dl);
+                let row = self.data(src)[so..so + size[2]].to_vec();
+                self.mats[dst.0].1[d0..d0 + size[2]].copy_from_slice(&row);
+            }
+        }
+    }
 }
 
 impl MatOps for CpuMats {
@@ -215,16 +229,10 @@ impl MatOps for CpuMats {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        let ((db, dr, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
-        for z in 0..db {
-            let (so, dz) = (if sb == 1 { 0 } else { z * sr * sl }, z * dr * dl);
-            for i in 0..h {
-                for j in 0..w {
-                    let v = self.data(src)[so + (src_at.0 + i) * sl + src_at.1 + j];
-                    self.mats[dst.0].1[dz + (dst_at.0 + i) * dl + dst_at.1 + j] = v;
-                }
-            }
-        }
+        let ((db, _, dl), (sb, sr, sl)) = (self.shape(dst), self.shape(src));
+        // One source matrix is broadcast (stride 0) to every destination matrix.
+        let src_stride = if sb == 1 { 0 } else { sr * sl };
+        self.copy_box(dst, dst_at.0 * dl + dst_at.1, src, src_at.0 * sl + src_at.1, src_stride, [db, h, w]);
         Ok(())
     }
 
@@ -238,14 +246,8 @@ impl MatOps for CpuMats {
     ) -> Result<()> {
         check_copy_window(self, (dst, dst_at), (src, src_at), size)?;
         let ((_, dr, dl), (_, sr, sl)) = (self.shape(dst), self.shape(src));
-        for z in 0..size[0] {
-            for i in 0..size[1] {
-                let so = (src_at[0] + z) * sr * sl + (src_at[1] + i) * sl + src_at[2];
-                let d0 = (dst_at[0] + z) * dr * dl + (dst_at[1] + i) * dl + dst_at[2];
-                let row = self.data(src)[so..so + size[2]].to_vec();
-                self.mats[dst.0].1[d0..d0 + size[2]].copy_from_slice(&row);
-            }
-        }
+        let offset = |at: [usize; 3], r: usize, l: usize| at[0] * r * l + at[1] * l + at[2];
+        self.copy_box(dst, offset(dst_at, dr, dl), src, offset(src_at, sr, sl), sr * sl, size);
         Ok(())
     }
 
