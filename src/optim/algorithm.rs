@@ -396,16 +396,9 @@ impl Algorithm {
             Algorithm::Lion(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("k_scale", c.k_scale)?;
                 // The shader holds both in f32: k_scale must stay a normal f32 (1e-50 became 0 and
                 // gave 0/0 at c = 0, 1e39 became Inf), k_p a finite one.
-                if !(c.k_scale as f32).is_normal() {
-                    return Err(Error::Hyperparameter {
-                        name: "k_scale".into(),
-                        value: c.k_scale,
-                        reason: "must be a normal f32 (about 1.2e-38 to 3.4e38)".into(),
-                    });
-                }
+                super::check_f32_eps("k_scale", c.k_scale)?;
                 match (c.k_map, c.k_p) {
                     (KMap::Lp, None) => return Err(Error::Invalid("k_map \"lp\" needs k_p (> 1)".into())),
                     (KMap::Lp, Some(p)) if !(p.is_finite() && p > 1.0 && (p as f32).is_finite()) => {

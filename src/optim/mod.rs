@@ -328,8 +328,8 @@ impl HostGuard {
     }
 }
 
-/// An epsilon the kernels add in f32 to a denominator (or a floor they divide by): it must be > 0
-/// and a normal f32. 0, or a value that rounds to 0 or to a subnormal (which a GPU may flush to 0),
+/// An epsilon the kernels add in f32 to a denominator (or a floor or scale they divide by): it must
+/// be > 0 and a normal f32. 0, or a value that rounds to 0 or to a subnormal (which a GPU may flush to 0),
 /// gives 0/0 for a zero gradient and, through a norm, NaN for a whole tensor; one above f32's range
 /// is Inf.
 pub(crate) fn check_f32_eps(name: &str, v: f64) -> Result<()> {
@@ -339,7 +339,7 @@ pub(crate) fn check_f32_eps(name: &str, v: f64) -> Result<()> {
     Err(Error::Hyperparameter {
         name: name.into(),
         value: v,
-        reason: "must be > 0 and a normal f32 (about 1.2e-38 to 3.4e38): the kernels add it in f32, where 0 \
+        reason: "must be > 0 and a normal f32 (about 1.2e-38 to 3.4e38): the kernels use it in f32, where 0 \
                  or a subnormal gives 0/0 for a zero gradient"
             .into(),
     })
