@@ -26,6 +26,21 @@ fn read_out(dir: &Path) -> (ArrayD<f32>, ArrayD<f32>) {
     (r.by_name("param").unwrap(), r.by_name("trajectory").unwrap())
 }
 
+/// Replays the case in `dir` on the GPU, then on the CPU reference (each must succeed; `what` names
+/// the case in a failure); their trajectories, in that order.
+fn replay_both(dir: &Path, what: &str) -> [ArrayD<f32>; 2] {
+    ["gpu", "cpu"].map(|backend| {
+        let out = gpuopt(&["replay", dir.to_str().unwrap(), "--backend", backend]);
+        assert!(out.status.success(), "{what} {backend}: {}", String::from_utf8_lossy(&out.stderr));
+        read_out(dir).1
+    })
+}
+
+/// The largest elementwise difference of two arrays of one shape.
+fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    (a - b).mapv(|v| v.abs()).fold(0.0f32, |m, &v| m.max(v))
+}
+
 fn data(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = gpuopt::parity::TestRng::new(seed);
     let n = shape.iter().product();
@@ -65,12 +80,7 @@ fn replay_gpu_and_cpu_agree_for_every_optimizer_with_defaults() {
             &data(&[37], 3),
             &data(&[12, 37], 4),
         );
-        let mut results = Vec::new();
-        for backend in ["gpu", "cpu"] {
-            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(out.status.success(), "{name} {backend}: {}", String::from_utf8_lossy(&out.stderr));
-            results.push(read_out(dir.path()).1);
-        }
+        let results = replay_both(dir.path(), name);
         for (a, b) in results[0].iter().zip(results[1].iter()) {
             assert!((a - b).abs() <= gpuopt::parity::tolerance(12, *b, 0.1), "{name}: {a} vs {b}");
         }
@@ -304,13 +314,8 @@ fn replay_muon_on_both_backends_and_rejects_vectors() {
         &data(&[12, 20], 1),
         &data(&[6, 12, 20], 2),
     );
-    let mut results = Vec::new();
-    for backend in ["gpu", "cpu"] {
-        let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
-        results.push(read_out(dir.path()).1);
-    }
-    let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+    let results = replay_both(dir.path(), "muon");
+    let diff = max_diff(&results[0], &results[1]);
     assert!(diff < 1e-5, "muon gpu vs cpu max difference {diff:e}");
     write_case(dir.path(), r#"{"optimizer": "muon"}"#, &data(&[12], 1), &data(&[2, 12], 2));
     let out = gpuopt(&["replay", dir.path().to_str().unwrap()]);
@@ -339,13 +344,8 @@ fn replay_auon_hybrid_reg_asgo_and_dasgo_on_both_backends() {
             &data(&shape, 3),
             &data(&gshape, 4),
         );
-        let mut results = Vec::new();
-        for backend in ["gpu", "cpu"] {
-            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(out.status.success(), "{name} {backend}: {}", String::from_utf8_lossy(&out.stderr));
-            results.push(read_out(dir.path()).1);
-        }
-        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        let results = replay_both(dir.path(), name);
+        let diff = max_diff(&results[0], &results[1]);
         assert!(diff < 1e-5, "{name} {shape:?}: gpu vs cpu max difference {diff:e}");
     }
 }
@@ -395,13 +395,8 @@ fn replay_oasis_and_sania_on_both_backends_and_need_their_inputs() {
         let mut gshape = vec![6];
         gshape.extend(&shape);
         write_case(dir.path(), json, &data(&shape, 3), &data(&gshape, 4));
-        let mut results = Vec::new();
-        for backend in ["gpu", "cpu"] {
-            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(out.status.success(), "{json} {backend}: {}", String::from_utf8_lossy(&out.stderr));
-            results.push(read_out(dir.path()).1);
-        }
-        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        let results = replay_both(dir.path(), json);
+        let diff = max_diff(&results[0], &results[1]);
         assert!(diff < 1e-4, "{json}: gpu vs cpu max difference {diff:e}");
         assert!(results[0].iter().all(|v| v.is_finite()));
     }
@@ -888,13 +883,8 @@ fn replay_shampoo_on_both_backends_matches_the_library() {
         grads.as_slice_mut().unwrap()[shape.iter().product::<usize>() * 2] = f32::NAN; // step 3 skipped
         let param = data(&shape, 3);
         write_case(dir.path(), json, &param, &grads);
-        let mut results = Vec::new();
-        for backend in ["gpu", "cpu"] {
-            let out = gpuopt(&["replay", dir.path().to_str().unwrap(), "--backend", backend]);
-            assert!(out.status.success(), "{shape:?} {backend}: {}", String::from_utf8_lossy(&out.stderr));
-            results.push(read_out(dir.path()).1);
-        }
-        let diff = (&results[0] - &results[1]).mapv(|v| v.abs()).fold(0.0f32, |a, &b| a.max(b));
+        let results = replay_both(dir.path(), &format!("{shape:?}"));
+        let diff = max_diff(&results[0], &results[1]);
         assert!(diff < 1e-4, "{shape:?}: gpu vs cpu max difference {diff:e}");
         let mut lib = Shampoo::new(gpuopt::reference::roots::CpuMats::default(), cfg.clone()).unwrap();
         let id = lib.add_param(param.as_slice().unwrap(), &shape).unwrap();
