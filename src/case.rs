@@ -55,6 +55,21 @@ fn one_line(msg: &str) -> String {
     folded
 }
 
+/// The case formats ignore keys nobody reads, but each of `given` outside `known` is named in a
+/// warning ("PATH: NOUN "key" is not one of OWNER's (known...); ignored"): a misspelt key (`iter`
+/// for `iters`, `betas` for `beta1`) would otherwise pass for its default silently.
+pub(crate) fn warn_unknown_keys<'a>(
+    path: &Path,
+    given: impl IntoIterator<Item = &'a String>,
+    known: &[&str],
+    noun: &str,
+    owner: &str,
+) {
+    for key in given.into_iter().filter(|k| !known.contains(&k.as_str())) {
+        log::warn!("{}: {noun} {key:?} is not one of {owner}'s ({}); ignored", path.display(), known.join(", "));
+    }
+}
+
 /// Removes a stale `outputs.npz` and returns its path.
 pub(crate) fn clear_output(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("outputs.npz");

@@ -269,17 +269,14 @@ fn known_keys(function: &str, method: Option<&str>) -> Option<&'static [&'static
     })
 }
 
-/// Keys the function does not read are ignored, as in replay cases, but each is named in a warning:
-/// a misspelt key (`iter` for `iters`) would otherwise pass for the default silently.
+/// Keys the function does not read are ignored, each with a warning ([`crate::case`]'s rule).
 fn warn_unknown_keys(json: &serde_json::Value, function: &str, path: &Path) {
     let method = json.get("method").and_then(|v| v.as_str());
     let (Some(known), Some(given)) = (known_keys(function, method), json.as_object()) else { return };
     // "function" is matfn's own key (hutchinson has none).
     let own = |k: &str| k == "function" && function != "hutchinson";
-    for key in given.keys().filter(|k| !own(k) && !known.contains(&k.as_str())) {
-        let what = method.map_or(function.to_string(), |m| format!("{function} with method {m:?}"));
-        log::warn!("{}: key {key:?} is not one of {what}'s ({}); ignored", path.display(), known.join(", "));
-    }
+    let what = method.map_or(function.to_string(), |m| format!("{function} with method {m:?}"));
+    crate::case::warn_unknown_keys(path, given.keys().filter(|k| !own(k)), known, "key", &what);
 }
 
 /// Runs a case: validates everything before opening the backend (`backend()` gives the GPU context,

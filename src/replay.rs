@@ -218,14 +218,11 @@ pub fn load_case(dir: &Path) -> Result<Case> {
     Ok(Case { algorithm, steps, param, grads, hess, losses })
 }
 
-/// Unknown hyperparameters are ignored (the case format's rule), but each is named in a warning: a
-/// misspelt or foreign key (`betas` for `beta1`/`beta2`) would otherwise pass for a default silently.
+/// Unknown hyperparameters are ignored, each with a warning ([`crate::case`]'s rule).
 fn warn_unknown_keys(hyper: &serde_json::Value, known: &serde_json::Value, name: &str, path: &Path) {
     let (Some(given), Some(known)) = (hyper.as_object(), known.as_object()) else { return };
-    for key in given.keys().filter(|k| !known.contains_key(*k)) {
-        let names: Vec<&str> = known.keys().map(|k| k.as_str()).collect();
-        log::warn!("{}: hyperparameter {key:?} is not one of {name}'s ({}); ignored", path.display(), names.join(", "));
-    }
+    let names: Vec<&str> = known.keys().map(|k| k.as_str()).collect();
+    crate::case::warn_unknown_keys(path, given.keys(), &names, "hyperparameter", name);
 }
 
 /// Runs a case on the GPU (`Some(ctx)`) or the CPU reference (`None`); returns the trajectory.
