@@ -136,6 +136,8 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
         dims: Vec<usize>,
         p: Vec<f64>,
         m: Vec<f64>,
+        /// optax's diagonal_momentum (the graft's; unused under SQRT_N).
+        mg: Vec<f64>,
         a: Vec<f64>,
         blocks: Vec<Blk>,
     }
@@ -189,7 +191,7 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                 })
                 .collect();
             let p = TestRng::new(100 + i as u64).normals(n, 1.0).iter().map(|&v| v as f64).collect();
-            P { dims, p, m: vec![0.0; n], a: vec![0.0; n], blocks }
+            P { dims, p, m: vec![0.0; n], mg: vec![0.0; n], a: vec![0.0; n], blocks }
         })
         .collect();
     let root = |m: &[f64], k: usize, order: usize| -> Vec<f64> {
@@ -239,9 +241,9 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                         .collect()
                 }
             };
-            let mut dir = d.clone();
+            // optax's precond_grad: the blocks' mode products, or D for a graft-only parameter.
+            let mut s = d.clone();
             if !p.blocks.is_empty() {
-                let mut s = vec![0.0; g.len()];
                 let full_st = strides(&p.dims);
                 let order = if cfg.exponent_override > 0 { cfg.exponent_override } else { 2 * p.dims.len() };
                 for blk in p.blocks.iter_mut() {
@@ -271,24 +273,33 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                         s[f] = v;
                     }
                 }
-                // optax: `count >= start_preconditioning_step`, its count (t − 1) 0-based.
-                let count = t - 1;
-                if count >= cfg.start_preconditioning_step {
-                    let nd = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    let ns = s.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    dir = s.iter().map(|v| v * nd / (ns + 1e-16)).collect();
-                }
             }
+            // (7.7.5) grafting, then optax's `_transform_grad` step by step: both momenta from the
+            // old state, `run_shampoo` (its count, t − 1, at least start_preconditioning_step) selecting.
+            let nd = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let ns = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let run = t > cfg.start_preconditioning_step;
+            let shared = cfg.graft == Graft::SqrtN;
             for i in 0..g.len() {
-                // (7.7.6) coupled: wd·p joins the direction before momentum; else decoupled.
-                let (d, keep) = if cfg.decoupled_weight_decay {
-                    (dir[i], 1.0 - cfg.lr * cfg.weight_decay)
+                let (mut sd, mut dd) = (s[i] * nd / (ns + 1e-16), d[i]);
+                // (7.7.6) coupled: wd·p joins both directions before momentum; else decoupled.
+                let keep = if cfg.decoupled_weight_decay {
+                    1.0 - cfg.lr * cfg.weight_decay
                 } else {
-                    (dir[i] + cfg.weight_decay * p.p[i], 1.0)
+                    sd += cfg.weight_decay * p.p[i];
+                    dd += cfg.weight_decay * p.p[i];
+                    1.0
                 };
                 let w = if cfg.moving_average_for_momentum { 1.0 - cfg.beta1 } else { 1.0 };
-                p.m[i] = cfg.beta1 * p.m[i] + w * d;
-                let u = if cfg.nesterov { w * d + cfg.beta1 * p.m[i] } else { p.m[i] };
+                let sm = cfg.beta1 * p.m[i] + w * sd;
+                let gm = cfg.beta1 * if shared { p.m[i] } else { p.mg[i] } + w * dd;
+                let (update, momentum) = if run { (sd, sm) } else { (dd, gm) };
+                if shared {
+                    p.m[i] = momentum;
+                } else {
+                    (p.m[i], p.mg[i]) = (sm, gm);
+                }
+                let u = if cfg.nesterov { w * update + cfg.beta1 * momentum } else { momentum };
                 p.p[i] = keep * p.p[i] - cfg.lr * u;
             }
         }
@@ -528,8 +539,19 @@ fn checkpoints_check_the_layout_settings_and_old_ones_still_load() {
     ] {
         assert!(snap.hyper.as_object_mut().unwrap().remove(key).is_some(), "{key} is saved");
     }
+    // Nor had they a graft momentum (one buffer, fed by the graft, then by Shampoo): it seeds both.
+    let before: usize = snap.states.iter().map(Vec::len).sum();
+    for st in &mut snap.states {
+        st.retain(|(name, _)| name != "graft_momentum");
+    }
+    assert_eq!(snap.states.iter().map(Vec::len).sum::<usize>(), before - 1, "the matrix's graft momentum is saved");
     let (mut b, _) = make(&legacy);
     b.restore(snap.clone()).unwrap();
+    let state = |s: &mut Shampoo<CpuMats>, name: &str| {
+        let snap = s.snapshot().unwrap();
+        snap.states[0].iter().find(|(n, _)| n == name).unwrap().1.clone()
+    };
+    assert_eq!(state(&mut b, "graft_momentum"), state(&mut a, "momentum"));
     let g = [TestRng::new(30).normals(30, 1.0), TestRng::new(31).normals(7, 1.0)];
     a.step(&[&g[0], &g[1]]).unwrap();
     b.step(&[&g[0], &g[1]]).unwrap();

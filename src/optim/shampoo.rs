@@ -17,22 +17,26 @@
 //!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's);
 //!         "sqrt_n" sign(g); "adagrad_normalized", "rmsprop_normalized" on g/(‖g‖ + 1e-16)
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
-//! (7.7.7) M ← β1·M + w·S   (S = D for the first start_preconditioning_step steps, optax's 0-based
-//!         count; w = 1, or 1 − β1 with moving_average_for_momentum)
+//! (7.7.7) M ← β1·M + w·S;  M_D ← β1·M_D + w·D   (w = 1, or 1 − β1 with moving_average_for_momentum)
 //! (7.7.8) U ← w·S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay; with
-//!         decoupled_weight_decay false, optax's coupled (7.7.6) S ← S + wd·p before 7.7.7 instead)
+//!         decoupled_weight_decay false, optax's coupled (7.7.6) S ← S + wd·p, D ← D + wd·p before
+//!         7.7.7 instead); for the first start_preconditioning_step steps (optax's 0-based count) the
+//!         step takes D and M_D in place of S and M
 //! ```
+//!
+//! As optax, M is fed from the first step (S is computed before preconditioning starts, with the
+//! roots of the statistics so far) and M_D until preconditioning starts; under SQRT_N grafting the
+//! two share one buffer, fed by whichever direction the step takes (optax's `diagonal_momentum` is
+//! empty then). A parameter driven by the graft alone has one momentum, of D.
 //!
 //! Conventions (gpuopt's, written down because the references differ): the ridge of the roots is
 //! absolute (`A + matrix_eps·I`, as facebookresearch/optimizers) rather than optax's relative one
 //! (`relative_matrix_epsilon: true` gives optax's: matrix_eps·λ_max, λ_max by power iteration);
-//! weight decay is decoupled (the issue's contract; optax's default is coupled); one momentum buffer
-//! is fed by the graft before `start_preconditioning_step` and by the grafted Shampoo direction after
-//! (optax keeps a second, graft-only momentum). As optax, a parameter of rank below
-//! `skip_preconditioning_rank_lt` (as given, default 1: only scalars) or with a dimension above
-//! `skip_preconditioning_dim_size_gt` (default 4096) uses the graft direction alone, and vectors are
-//! preconditioned like any rank-1 block (L^{−1/2}); small matrices merge into vectors (a 64×64 matrix
-//! is one 4096-vector, split into `block_size` pieces).
+//! weight decay is decoupled (the issue's contract; optax's default is coupled). As optax, a
+//! parameter of rank below `skip_preconditioning_rank_lt` (as given, default 1: only scalars) or with
+//! a dimension above `skip_preconditioning_dim_size_gt` (default 4096) uses the graft direction
+//! alone, and vectors are preconditioned like any rank-1 block (L^{−1/2}); small matrices merge into
+//! vectors (a 64×64 matrix is one 4096-vector, split into `block_size` pieces).
 //!
 //! ```
 //! use gpuopt::optim::shampoo::{Shampoo, ShampooConfig};
@@ -312,7 +316,12 @@ struct Param {
     cols: usize,
     p: Mat,
     grad: Mat,
+    /// optax's `momentum`: of the grafted Shampoo direction, every step (the graft's under SQRT_N,
+    /// where optax shares one buffer, and for a graft-only parameter).
     momentum: Mat,
+    /// optax's `diagonal_momentum`, of the graft direction: used before start_preconditioning_step
+    /// (a preconditioned parameter only; not read under SQRT_N).
+    graft_momentum: Option<Mat>,
     acc: Mat,
     d: Mat,
     s: Mat,
@@ -320,6 +329,9 @@ struct Param {
     norms: [Mat; 2],
     blocks: Vec<Block>,
 }
+
+/// The checkpoint name of a parameter's graft momentum.
+const GRAFT_MOMENTUM: &str = "graft_momentum";
 
 /// Handle of a parameter added to [`Shampoo`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,6 +447,8 @@ impl<O: MatOps> Shampoo<O> {
             blocks.push(block);
         }
         let norms = [ops.alloc(1, 1, 1)?, ops.alloc(1, 1, 1)?];
+        // Allocated whatever the graft: a checkpoint's settings (its graft among them) replace these.
+        let graft_momentum = if blocks.is_empty() { None } else { Some(ops.alloc(1, rows, cols)?) };
         let name = format!("param{}", self.params.len());
         self.params.push(Param {
             meta: ParamMeta { name, shape: shape.to_vec(), group: 0 },
@@ -445,6 +459,7 @@ impl<O: MatOps> Shampoo<O> {
             p,
             grad,
             momentum: momentum?,
+            graft_momentum,
             acc: acc?,
             d: d?,
             s,
@@ -519,10 +534,12 @@ impl<O: MatOps> Shampoo<O> {
     }
 
     /// The names of a parameter's state tensors in a checkpoint: the momentum, the graft statistic,
-    /// and per block its statistics and roots: `l/i`, `r/i`, `pl/i`, `pr/i` for a matrix block (the
-    /// names of checkpoints from before rank-k blocks), `l{mode}/i` and `pl{mode}/i` for other ranks.
+    /// the graft's momentum (a preconditioned parameter), and per block its statistics and roots:
+    /// `l/i`, `r/i`, `pl/i`, `pr/i` for a matrix block (the names of checkpoints from before rank-k
+    /// blocks), `l{mode}/i` and `pl{mode}/i` for other ranks.
     fn state_names(p: &Param) -> Vec<String> {
         let mut v = vec!["momentum".to_string(), "graft".to_string()];
+        v.extend(p.graft_momentum.map(|_| GRAFT_MOMENTUM.to_string()));
         for (i, b) in p.blocks.iter().enumerate() {
             let stats: Vec<String> = match b.size.len() {
                 2 => vec!["l".into(), "r".into()],
@@ -536,6 +553,7 @@ impl<O: MatOps> Shampoo<O> {
 
     fn state_mats(p: &Param) -> Vec<Mat> {
         let mut v = vec![p.momentum, p.acc];
+        v.extend(p.graft_momentum);
         for b in &p.blocks {
             v.extend(&b.stats);
             v.extend(&b.roots);
@@ -635,8 +653,16 @@ impl<O: MatOps> Shampoo<O> {
         let mut checked = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
             let names = Self::state_names(p);
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let st = s.states_of(i, &refs)?;
+            // Checkpoints from before the graft had its own momentum kept one buffer, fed by the graft
+            // until start_preconditioning_step and by Shampoo after: it seeds both.
+            let legacy = p.graft_momentum.is_some()
+                && s.states.get(i).is_some_and(|st| st.iter().all(|(n, _)| n != GRAFT_MOMENTUM));
+            let refs: Vec<&str> =
+                names.iter().map(String::as_str).filter(|n| !legacy || *n != GRAFT_MOMENTUM).collect();
+            let mut st = s.states_of(i, &refs)?;
+            if legacy {
+                st.insert(2, st[0]);
+            }
             for ((name, v), m) in names.iter().zip(&st).zip(Self::state_mats(p)) {
                 let (b, r, c) = self.ops.shape(m);
                 if v.len() != b * r * c {
@@ -782,33 +808,46 @@ impl<O: MatOps> Shampoo<O> {
                     ops.graft(p.acc, g, p.d, b2, w2, eps)?
                 }
             }
-            let mut dir = p.d;
-            if precondition && !p.blocks.is_empty() {
+            // optax keeps the grafted Shampoo direction's momentum and the graft's apart (one shared
+            // buffer under SQRT_N): the former is fed from the first step, so a preconditioned
+            // parameter computes S before start_preconditioning_step too; the graft's is not read
+            // once preconditioning has started, and is no longer fed.
+            let separate = p.graft_momentum.filter(|_| cfg.graft != Graft::SqrtN);
+            let preconditioned = precondition && !p.blocks.is_empty();
+            let shampoo = preconditioned || separate.is_some();
+            if shampoo {
                 let r = direction(ops, p);
                 restore(ops, p, r)?;
-                // (7.7.5) graft: S·‖D‖/(‖S‖ + 1e-16).
+                // (7.7.5) graft: S·‖D‖/(‖S‖ + 1e-16), into p.u.
                 ops.frobenius(p.d, p.norms[0])?;
                 ops.frobenius(p.s, p.norms[1])?;
                 ops.affine(p.u, Some(p.s), 1.0, Scale::Ratio(p.norms[0], p.norms[1]), 0.0, 0.0)?;
-                dir = p.u;
             }
-            // (7.7.6) coupled decay: S ← S + wd·p (dir is this step's own buffer: D or the grafted S).
+            // (direction, its momentum) pairs fed this step, and the one the step takes.
+            let (shampoo_pair, graft_pair) = ((p.u, p.momentum), (p.d, separate.unwrap_or(p.momentum)));
+            let fed = [shampoo.then_some(shampoo_pair), (!preconditioned).then_some(graft_pair)];
+            let (dir, momentum) = if preconditioned { shampoo_pair } else { graft_pair };
+            // (7.7.6) coupled decay: wd·p joins each direction fed to a momentum (this step's own
+            // buffers).
             let wd = cfg.weight_decay as f32;
             if !cfg.decoupled_weight_decay && wd != 0.0 {
-                ops.affine(dir, Some(p.p), wd, Scale::One, 1.0, 0.0)?;
+                for (d, _) in fed.iter().flatten() {
+                    ops.affine(*d, Some(p.p), wd, Scale::One, 1.0, 0.0)?;
+                }
             }
-            // (7.7.7)–(7.7.8): M ← β1·M + w·S;  U ← w·S + β1·M or M;  p ← (1 − lr·wd)·p − lr·U (decoupled).
+            // (7.7.7): M ← β1·M + w·S.
             let b1 = cfg.beta1 as f32;
             let w = if cfg.moving_average_for_momentum { (1.0 - cfg.beta1) as f32 } else { 1.0 };
-            ops.affine(p.momentum, Some(dir), w, Scale::One, b1, 0.0)?;
+            for (d, m) in fed.iter().flatten() {
+                ops.affine(*m, Some(*d), w, Scale::One, b1, 0.0)?;
+            }
+            // (7.7.8): U ← w·S + β1·M or M (p.s, the raw direction, is free by now).
             let step_dir = if cfg.nesterov {
-                // dir may alias p.u: accumulate into p.s's spare when needed.
-                let tmp = if dir == p.u { p.s } else { p.u };
-                ops.affine(tmp, Some(p.momentum), b1, Scale::One, 0.0, 0.0)?;
-                ops.affine(tmp, Some(dir), w, Scale::One, 1.0, 0.0)?;
-                tmp
+                ops.affine(p.s, Some(momentum), b1, Scale::One, 0.0, 0.0)?;
+                ops.affine(p.s, Some(dir), w, Scale::One, 1.0, 0.0)?;
+                p.s
             } else {
-                p.momentum
+                momentum
             };
             let lr = cfg.lr as f32;
             let keep = if cfg.decoupled_weight_decay { (1.0 - cfg.lr * cfg.weight_decay) as f32 } else { 1.0 };
