@@ -359,6 +359,76 @@ def cases_optax():
     )
 
 
+def cases_shampoo():
+    """Shampoo against Google's distributed_shampoo as packaged in precondition-opt (the optax
+    GradientTransformation of google-research/precondition), run in float32 as jax does by default
+    (its roots' float64 request is truncated without jax_enable_x64), as gpuopt runs."""
+    import jax
+
+    # The 2023 module calls jax.tree_map / tree_flatten / tree_unflatten, since moved to jax.tree.
+    for n in ("map", "flatten", "unflatten"):
+        if not hasattr(jax, "tree_" + n):
+            setattr(jax, "tree_" + n, getattr(jax.tree, n))
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
+    from precondition import distributed_shampoo as ds
+
+    peer = ("precondition-opt distributed_shampoo", version("precondition-opt"))
+    graft_names = {"sgd": ds.GraftingType.SGD, "adagrad": ds.GraftingType.ADAGRAD,
+                   "rmsprop_normalized": ds.GraftingType.RMSPROP_NORMALIZED, "sqrt_n": ds.GraftingType.SQRT_N}
+    # The optax argument each replay hyperparameter sets (gpuopt's name → distributed_shampoo's).
+    names = {"lr": "learning_rate", "matrix_eps": "matrix_epsilon", "diag_eps": "diagonal_epsilon",
+             "precondition_frequency": "preconditioning_compute_steps"}
+
+    def case(name, seed, shape, steps, hyper, conventions):
+        param, grads = data(seed, shape, steps)
+        kw = {names.get(k, k): v for k, v in hyper.items() if k != "graft"}
+        kw["graft_type"] = graft_names[hyper["graft"]]
+        # precondition-opt's decoupled decay is −lr·(U + lr·wd·p) with its default
+        # decoupled_learning_rate=True (lr twice on the decay); with False it applies lr to the
+        # directions before momentum and the decay as −lr·wd·p: for a constant lr, gpuopt's
+        # (1 − lr·wd)·p − lr·U.
+        kw["decoupled_learning_rate"] = not hyper.get("decoupled_weight_decay", False)
+        exp = optax_trajectory(ds.distributed_shampoo(**kw), param, grads)
+        # The roots are float32 coupled-Newton iterations on both sides (different operation orders:
+        # XLA's products against gpuopt's tiles), stopped at max|M − I| ≤ 1e-6, of statistics with
+        # condition numbers up to ~1e4: rounding amplified by the conditioning moves a step's direction
+        # by up to ~1e-4 of its size, and momentum carries it on. Bound: 2e-4·lr per step, plus 1e-5
+        # relative.
+        tol = {"rel": 1e-5, "abs": 2e-4 * hyper["lr"] * steps}
+        replay_case(name, "shampoo", hyper, param, grads, exp, peer, conventions, tol)
+
+    case("shampoo_adagrad_blocks_precondition_opt", 60, (24, 10), 12,
+         {"lr": 0.02, "block_size": 8, "beta1": 0.9, "beta2": 0.99, "graft": "adagrad", "start_preconditioning_step": 3,
+          "precondition_frequency": 2, "merge_small_dims_block_size": 16, "matrix_eps": 1e-3,
+          "relative_matrix_epsilon": True, "weight_decay": 1e-3, "decoupled_weight_decay": False, "nesterov": True},
+         "24×10 in blocks of 8×8 and 8×2 (six), optax's relative ridge and coupled decay, roots every "
+         "other step, AdaGrad graft; the graft's own momentum until step 4")
+    case("shampoo_rmsprop_normalized_vector_precondition_opt", 61, (33,), 12,
+         {"lr": 0.01, "block_size": 16, "beta1": 0.8, "beta2": 0.95, "graft": "rmsprop_normalized",
+          "start_preconditioning_step": 2, "statistics_compute_steps": 2, "moving_average_for_momentum": True,
+          "nesterov": False, "matrix_eps": 1e-3, "relative_matrix_epsilon": False, "weight_decay": 1e-2,
+          "decoupled_weight_decay": True},
+         "a 33-vector in blocks of 16, 16 and 1 (roots L^(−1/2)), statistics every other step, averaged "
+         "momentum, decoupled decay (the peer with decoupled_learning_rate=False: its default applies lr "
+         "twice to the decay)")
+    case("shampoo_sgd_exponent_precondition_opt", 62, (17, 12), 10,
+         {"lr": 0.05, "block_size": 32, "beta1": 0.9, "beta2": 1.0, "graft": "sgd", "start_preconditioning_step": 0,
+          "exponent_override": 2, "merge_small_dims_block_size": 8, "matrix_eps": 1e-2,
+          "relative_matrix_epsilon": False, "nesterov": True},
+         "one 17×12 block, summed statistics (beta2 = 1), roots L^(−1/2) by exponent_override, "
+         "preconditioned from the first step, SGD graft")
+    # SQRT_N preconditioned from the first step: google-research's scalable_shampoo (ALGORITHMS.md's
+    # reference, which gpuopt follows) shares one momentum buffer under SQRT_N, precondition-opt keeps
+    # the graft's apart; the two agree when every step is preconditioned.
+    case("shampoo_sqrt_n_precondition_opt", 63, (9, 20), 10,
+         {"lr": 0.01, "block_size": 12, "beta1": 0.9, "beta2": 0.999, "graft": "sqrt_n", "start_preconditioning_step": 0,
+          "merge_small_dims_block_size": 4, "matrix_eps": 1e-2, "relative_matrix_epsilon": True, "nesterov": True},
+         "9×20 in blocks of 9×12 and 9×8, the SQRT_N graft (sign(g), norm sqrt(n)), optax's relative "
+         "ridge, preconditioned from the first step")
+
+
 # ---------------------------------------------------------------- matrix functions
 
 
@@ -451,18 +521,38 @@ def cases_matfn():
 
 
 def main():
+    only = sys.argv[1:]
+    if only:
+        # Regenerate some families only (their peers alone need installing), keeping the other cases.
+        by_name = {g.__name__.removeprefix("cases_"): g for g in GENERATORS}
+        unknown = [n for n in only if n not in by_name]
+        if unknown:
+            sys.exit(f"unknown families {unknown}; known: {sorted(by_name)}")
+        for n in only:
+            by_name[n]()
+        with open(os.path.join(ROOT, "index.json")) as f:
+            kept = [e for e in json.load(f) if e["name"] not in {n for n, _ in CASES}]
+        write_index(kept)
+        return
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
     os.makedirs(ROOT)
-    for gen in (cases_torch, cases_lion, cases_pytorch_optimizer, cases_papers, cases_optax, cases_matfn):
+    for gen in GENERATORS:
         gen()
-    index = [{"name": n, "peer": c["peer"], "peer_version": c["peer_version"],
-              "what": c.get("optimizer") or c.get("function"), "conventions": c["conventions"]} for n, c in CASES]
+    write_index([])
+
+
+def write_index(kept):
+    index = kept + [{"name": n, "peer": c["peer"], "peer_version": c["peer_version"],
+                     "what": c.get("optimizer") or c.get("function"), "conventions": c["conventions"]}
+                    for n, c in CASES]
     with open(os.path.join(ROOT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
         f.write("\n")
     print(f"{len(CASES)} cases written to {ROOT}", file=sys.stderr)
 
+
+GENERATORS = (cases_torch, cases_lion, cases_pytorch_optimizer, cases_papers, cases_optax, cases_shampoo, cases_matfn)
 
 if __name__ == "__main__":
     main()
