@@ -376,7 +376,8 @@ def cases_shampoo():
 
     peer = ("precondition-opt distributed_shampoo", version("precondition-opt"))
     graft_names = {"sgd": ds.GraftingType.SGD, "adagrad": ds.GraftingType.ADAGRAD,
-                   "rmsprop_normalized": ds.GraftingType.RMSPROP_NORMALIZED, "sqrt_n": ds.GraftingType.SQRT_N}
+                   "rmsprop": ds.GraftingType.RMSPROP, "rmsprop_normalized": ds.GraftingType.RMSPROP_NORMALIZED,
+                   "sqrt_n": ds.GraftingType.SQRT_N}
     # The optax argument each replay hyperparameter sets (gpuopt's name → distributed_shampoo's).
     names = {"lr": "learning_rate", "matrix_eps": "matrix_epsilon", "diag_eps": "diagonal_epsilon",
              "precondition_frequency": "preconditioning_compute_steps"}
@@ -419,6 +420,12 @@ def cases_shampoo():
           "relative_matrix_epsilon": False, "nesterov": True},
          "one 17×12 block, summed statistics (beta2 = 1), roots L^(−1/2) by exponent_override, "
          "preconditioned from the first step, SGD graft")
+    case("shampoo_rmsprop_clip_precondition_opt", 64, (12, 30), 12,
+         {"lr": 0.01, "block_size": 16, "beta1": 0.9, "beta2": 0.9, "graft": "rmsprop", "start_preconditioning_step": 4,
+          "clip_by_scaled_gradient_norm": 1.5, "merge_small_dims_block_size": 8, "matrix_eps": 1e-3,
+          "relative_matrix_epsilon": True, "nesterov": True},
+         "12×30 in blocks of 12×16 and 12×14, the RMSProp graft with its RMS clipped at 1.5 "
+         "(clip_by_scaled_gradient_norm: about 3 at the first step), the graft's momentum until step 5")
     # SQRT_N preconditioned from the first step: google-research's scalable_shampoo (ALGORITHMS.md's
     # reference, which gpuopt follows) shares one momentum buffer under SQRT_N, precondition-opt keeps
     # the graft's apart; the two agree when every step is preconditioned.

@@ -5,7 +5,8 @@
 //                  s[z] = 1 (mode 0), scales[z]^power (mode 1), scales[z] / (den[z] + 1e-16) (mode 3);
 //                  mode 2 copies alpha * x[z] only where scales[z] != 0 (a per-matrix mask) and
 //                  leaves the other matrices untouched; mode 4 likewise where scales[z] < f32::MAX
-//                  (max_dev's flag of a matrix without NaN or Inf).
+//                  (max_dev's flag of a matrix without NaN or Inf); mode 5 divides s by
+//                  max(1, scales[z] / power) (a norm clipped at `power`).
 // graft:           acc = decay * acc + weight * g^2;  out = g / (sqrt(acc) + eps)   (AdaGrad / RMSProp)
 // sign_of:         out = sign(x)
 // copy_region:     out[dst_off + i * dst_ld + j] = x[src_off + i * src_ld + j] for an h x w window
@@ -69,6 +70,7 @@ fn affine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var s = rp.alpha;
     if (rp.mode == 1u) { s = s * scale_pow(scales[z], rp.power); }
     if (rp.mode == 3u) { s = s * (scales[z] / (den[z] + 1e-16)); }
+    if (rp.mode == 5u) { s = s / max(1.0, scales[z] / rp.power); }
     if (rp.mode == 2u && scales[z] == 0.0) { return; }
     if (rp.mode == 4u && !(scales[z] < INF)) { return; }
     var v = 0.0;

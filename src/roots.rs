@@ -49,6 +49,8 @@ pub enum Scale {
     /// Writes matrix z only where dev\[z\] < f32::MAX, i.e. where [`MatOps::max_dev`] found no NaN or
     /// Inf in it (ASGO's fallback: an identity stays where the root broke down).
     Finite(Mat),
+    /// 1 / max(1, s\[z\] / limit) (optax Shampoo's clip_by_scaled_gradient_norm, s a norm).
+    Clip(Mat, f32),
 }
 
 /// The batched matrix operations the root algorithms are written against.

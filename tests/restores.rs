@@ -1519,6 +1519,7 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         exponent_override: 4,
         moving_average_for_momentum: true,
         relative_matrix_epsilon: true,
+        clip_by_scaled_gradient_norm: Some(3.0),
     }
 }
 

@@ -101,6 +101,7 @@ impl<T: MatOps> MatOpsDyn for T {
             (1.0, Scale::Pow(sm, -0.5), 1.0, 0.0),
             (0.5, Scale::Pow(sm, -0.25), 0.0, 0.0),
             (3.0, Scale::Mask(mm), 0.0, 0.0),
+            (2.0, Scale::Clip(sm, 1.0), 0.5, 0.0),
         ] {
             let om = self.upload(o, b, r, c).unwrap();
             self.affine(om, Some(xm), alpha, scale, beta, gamma).unwrap();

@@ -232,13 +232,18 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                     let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
                     let normalised = matches!(cfg.graft, Graft::AdagradNormalized | Graft::RmspropNormalized);
                     let x: Vec<f64> = g.iter().map(|v| if normalised { v / norm } else { *v }).collect();
-                    p.a.iter_mut()
-                        .zip(&x)
-                        .map(|(a, g)| {
-                            *a = decay * *a + weight * g * g;
-                            g / (a.sqrt() + cfg.diag_eps)
-                        })
-                        .collect()
+                    let d: Vec<f64> =
+                        p.a.iter_mut()
+                            .zip(&x)
+                            .map(|(a, g)| {
+                                *a = decay * *a + weight * g * g;
+                                g / (a.sqrt() + cfg.diag_eps)
+                            })
+                            .collect();
+                    // optax's clip_by_scaled_gradient_norm: the update's RMS at most c.
+                    let rms = (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt();
+                    let denom = cfg.clip_by_scaled_gradient_norm.map_or(1.0, |c| (rms / c).max(1.0));
+                    d.iter().map(|v| v / denom).collect()
                 }
             };
             // optax's precond_grad: the blocks' mode products, or D for a graft-only parameter.
@@ -324,9 +329,12 @@ fn matches_an_independent_f64_implementation_with_exact_roots() {
     };
     // optax's other grafts.
     let others = [Graft::SqrtN, Graft::AdagradNormalized, Graft::RmspropNormalized].map(|g| config(g, true));
-    for cfg in [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop), coupled, knobs]
-        .into_iter()
-        .chain(others)
+    // The RMSProp graft's RMS clipped (at beta2 0.99 its first steps have an RMS near 10).
+    let clipped = ShampooConfig { clip_by_scaled_gradient_norm: Some(2.0), ..config(Graft::Rmsprop, false) };
+    for cfg in
+        [config(Graft::Adagrad, true), config(Graft::Sgd, false), summed(Graft::Rmsprop), coupled, knobs, clipped]
+            .into_iter()
+            .chain(others)
     {
         let graft = cfg.graft;
         let gpu = run(GpuMats::new(&ctx).unwrap(), &cfg, 10);
@@ -399,6 +407,9 @@ fn bad_configurations_and_shapes_are_errors() {
         ShampooConfig { precondition_frequency: 0, ..Default::default() },
         ShampooConfig { statistics_compute_steps: 0, ..Default::default() },
         ShampooConfig { exponent_override: 33, ..Default::default() },
+        // Clipping applies to the rmsprop grafts only, and needs a positive normal f32.
+        ShampooConfig { clip_by_scaled_gradient_norm: Some(1.0), graft: Graft::Adagrad, ..Default::default() },
+        ShampooConfig { clip_by_scaled_gradient_norm: Some(0.0), graft: Graft::Rmsprop, ..Default::default() },
     ] {
         assert!(Shampoo::new(CpuMats::default(), cfg).is_err());
     }

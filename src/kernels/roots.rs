@@ -270,6 +270,7 @@ impl MatOps for GpuMats {
             Scale::Mask(s) => (2, 0.0, Some(s), None),
             Scale::Ratio(s, d) => (3, 0.0, Some(s), Some(d)),
             Scale::Finite(s) => (4, 0.0, Some(s), None),
+            Scale::Clip(s, limit) => (5, limit, Some(s), None),
         };
         let alpha = if x.is_some() { alpha } else { 0.0 };
         let p = RootParams {

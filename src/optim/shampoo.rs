@@ -15,7 +15,8 @@
 //! (7.7.3) S ← G ×_1 P_1 ×_2 P_2 … ×_k P_k                 (for a matrix: P_1·G·P_2)
 //! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
 //!         (w2 as in 7.7.1, as optax's `_transform_grad`: at β2 = 1 the RMSProp graft is AdaGrad's);
-//!         "sqrt_n" sign(g); "adagrad_normalized", "rmsprop_normalized" on g/(‖g‖ + 1e-16)
+//!         "sqrt_n" sign(g); "adagrad_normalized", "rmsprop_normalized" on g/(‖g‖ + 1e-16); the rmsprop
+//!         grafts with clip_by_scaled_gradient_norm c: D ← D/max(1, ‖D‖/(sqrt(n)·c))
 //! (7.7.5) S ← S·‖D‖_F/(‖S‖_F + 1e-16)                   (norms over the whole parameter)
 //! (7.7.7) M ← β1·M + w·S;  M_D ← β1·M_D + w·D   (w = 1, or 1 − β1 with moving_average_for_momentum)
 //! (7.7.8) U ← w·S + β1·M if nesterov else M;  p ← (1 − lr·wd)·p − lr·U     (decoupled decay; with
@@ -144,6 +145,10 @@ pub struct ShampooConfig {
     /// optax's `relative_matrix_epsilon` (its default is true): the roots' ridge is
     /// matrix_eps·λ_max(L) instead of matrix_eps.
     pub relative_matrix_epsilon: bool,
+    /// optax's `clip_by_scaled_gradient_norm` (default none), for the "rmsprop" and
+    /// "rmsprop_normalized" grafts only (optax ignores it for the others; here it is an error): the
+    /// graft direction D is divided by max(1, (‖D‖/sqrt(n))/c), its root-mean-square clipped at c.
+    pub clip_by_scaled_gradient_norm: Option<f64>,
 }
 
 impl Default for ShampooConfig {
@@ -170,6 +175,7 @@ impl Default for ShampooConfig {
             exponent_override: 0,
             moving_average_for_momentum: false,
             relative_matrix_epsilon: false,
+            clip_by_scaled_gradient_norm: None,
         }
     }
 }
@@ -206,6 +212,16 @@ impl ShampooConfig {
         // The roots need a ridge; the AdaGrad / RMSProp grafts divide by sqrt(a) + diag_eps.
         super::check_f32_eps("matrix_eps", self.matrix_eps)?;
         super::check_f32_eps("diag_eps", self.diag_eps)?;
+        if let Some(c) = self.clip_by_scaled_gradient_norm {
+            // c·sqrt(n) is the f32 limit of ‖D‖.
+            super::check_f32_eps("clip_by_scaled_gradient_norm", c)?;
+            if !matches!(self.graft, Graft::Rmsprop | Graft::RmspropNormalized) {
+                return Err(Error::Invalid(format!(
+                    "shampoo: clip_by_scaled_gradient_norm clips the rmsprop grafts only; graft {:?} would ignore it",
+                    self.graft
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -794,10 +810,23 @@ impl<O: MatOps> Shampoo<O> {
                 ops.affine(p.u, Some(p.grad), 1.0, Scale::Ratio(self.one, p.norms[0]), 0.0, 0.0)?;
                 Ok(p.u)
             };
+            // optax's clip_by_scaled_gradient_norm: D/max(1, ‖D‖/(sqrt(n)·c)), through p.u.
+            let clip = |ops: &mut O| -> Result<()> {
+                if let Some(c) = cfg.clip_by_scaled_gradient_norm {
+                    let limit = ((p.rows * p.cols) as f64).sqrt() * c;
+                    ops.frobenius(p.d, p.norms[0])?;
+                    ops.affine(p.u, Some(p.d), 1.0, Scale::Clip(p.norms[0], limit as f32), 0.0, 0.0)?;
+                    ops.affine(p.d, Some(p.u), 1.0, Scale::One, 0.0, 0.0)?;
+                }
+                Ok(())
+            };
             match cfg.graft {
                 Graft::Sgd => ops.affine(p.d, Some(p.grad), 1.0, Scale::One, 0.0, 0.0)?,
                 Graft::Adagrad => ops.graft(p.acc, p.grad, p.d, 1.0, 1.0, eps)?,
-                Graft::Rmsprop => ops.graft(p.acc, p.grad, p.d, b2, w2, eps)?,
+                Graft::Rmsprop => {
+                    ops.graft(p.acc, p.grad, p.d, b2, w2, eps)?;
+                    clip(ops)?
+                }
                 Graft::SqrtN => ops.sign(p.grad, p.d)?,
                 Graft::AdagradNormalized => {
                     let g = normalised(ops)?;
@@ -805,7 +834,8 @@ impl<O: MatOps> Shampoo<O> {
                 }
                 Graft::RmspropNormalized => {
                     let g = normalised(ops)?;
-                    ops.graft(p.acc, g, p.d, b2, w2, eps)?
+                    ops.graft(p.acc, g, p.d, b2, w2, eps)?;
+                    clip(ops)?
                 }
             }
             // optax keeps the grafted Shampoo direction's momentum and the graft's apart (one shared

@@ -130,6 +130,7 @@ impl MatOps for CpuMats {
                 Scale::One => {}
                 Scale::Pow(m, p) => s *= scale_pow(self.data(m)[z], p),
                 Scale::Ratio(num, den) => s *= self.data(num)[z] / (self.data(den)[z] + 1e-16),
+                Scale::Clip(m, limit) => s /= (self.data(m)[z] / limit).max(1.0),
                 Scale::Mask(m) => {
                     if self.data(m)[z] == 0.0 {
                         continue;
