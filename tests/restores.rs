@@ -1458,11 +1458,11 @@ impl<O: MatOps> Stepper for ShampooStepper<O> {
     fn skipped_steps(&mut self) -> Result<u64> {
         Ok(self.s.skipped_steps() as u64)
     }
-    fn set_lr(&mut self, _: GroupId, _: f64) -> Result<()> {
-        Err(Error::Invalid("Shampoo has no set_lr".into()))
+    fn set_lr(&mut self, _: GroupId, lr: f64) -> Result<()> {
+        self.s.set_lr(lr)
     }
-    fn set_weight_decay(&mut self, _: GroupId, _: f64) -> Result<()> {
-        Err(Error::Invalid("Shampoo has no set_weight_decay".into()))
+    fn set_weight_decay(&mut self, _: GroupId, wd: f64) -> Result<()> {
+        self.s.set_weight_decay(wd)
     }
     fn snapshot(&mut self) -> Result<Snapshot> {
         self.s.snapshot()
@@ -1537,7 +1537,7 @@ fn shampoo_y(block_size: usize) -> ShampooConfig {
 }
 
 #[test]
-fn qa_shampoo_config_change_skips_refusals() {
+fn qa_shampoo_config_change_schedule_skips_refusals() {
     let feed = shapes_feed(&SHAMPOO_SHAPES);
     let f = Fam { name: "shampoo", make: &shampoo_make, feed: &feed, tol: 1e-4, backends: BOTH, skips: true };
     for bs in [4, 1024] {
@@ -1551,6 +1551,12 @@ fn qa_shampoo_config_change_skips_refusals() {
         config_change(&f, &x2, &x, (2, 4));
         skips(&f, &x, &y, (3, 3));
     }
+    let before = |o: &mut dyn Stepper| {
+        o.set_lr(GroupId(0), 0.005).unwrap();
+        o.set_weight_decay(GroupId(0), 0.3).unwrap();
+    };
+    let after = |o: &mut dyn Stepper| o.set_lr(GroupId(0), 0.08).unwrap();
+    schedule(&f, &shampoo_x(4), &shampoo_y(4), (3, 3), &before, &after);
     let x = shampoo_x(4);
     let y = shampoo_y(4);
     let extra = |be: Be| {

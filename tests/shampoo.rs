@@ -414,6 +414,12 @@ fn bad_configurations_and_shapes_are_errors() {
         assert!(Shampoo::new(CpuMats::default(), cfg).is_err());
     }
     let mut opt = Shampoo::new(CpuMats::default(), ShampooConfig::default()).unwrap();
+    // A schedule's bad value is refused and changes nothing.
+    assert!(opt.set_lr(f64::NAN).is_err() && opt.set_lr(-1.0).is_err());
+    assert!(opt.set_weight_decay(f64::INFINITY).is_err());
+    opt.set_lr(0.5).unwrap();
+    let hyper = opt.snapshot().unwrap().hyper;
+    assert_eq!((hyper["lr"].as_f64(), hyper["weight_decay"].as_f64()), (Some(0.5), Some(0.0)));
     assert!(opt.add_param(&[1.0; 5], &[2, 3]).is_err());
     opt.add_param(&[1.0; 6], &[2, 3]).unwrap();
     assert!(opt.step(&[&[1.0; 5]]).is_err());

@@ -486,6 +486,24 @@ impl<O: MatOps> Shampoo<O> {
         Ok(ShampooParam(self.params.len() - 1))
     }
 
+    /// Changes the learning rate from the next step on, for a schedule (validated: a bad value is an
+    /// error and changes nothing). As optax's `learning_rate` callable, it scales the step, not what
+    /// the momenta hold.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let next = ShampooConfig { lr, ..self.cfg.clone() };
+        next.validate()?;
+        self.cfg = next;
+        Ok(())
+    }
+
+    /// Changes the weight decay from the next step on (validated like [`Shampoo::set_lr`]).
+    pub fn set_weight_decay(&mut self, weight_decay: f64) -> Result<()> {
+        let next = ShampooConfig { weight_decay, ..self.cfg.clone() };
+        next.validate()?;
+        self.cfg = next;
+        Ok(())
+    }
+
     /// Steps taken (skipped steps are not counted).
     pub fn steps(&self) -> usize {
         self.step
