@@ -22,6 +22,8 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases")
 CASES = []
+# The generator running (its name without "cases_"), written into each case it makes.
+FAMILY = None
 
 
 def rng(seed):
@@ -29,6 +31,7 @@ def rng(seed):
 
 
 def write_case(name, case, inputs, expected):
+    case = dict(case, family=FAMILY)
     d = os.path.join(ROOT, name)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "case.json"), "w") as f:
@@ -426,14 +429,12 @@ def cases_shampoo():
           "relative_matrix_epsilon": True, "nesterov": True},
          "12×30 in blocks of 12×16 and 12×14, the RMSProp graft with its RMS clipped at 1.5 "
          "(clip_by_scaled_gradient_norm: about 3 at the first step), the graft's momentum until step 5")
-    # SQRT_N preconditioned from the first step: google-research's scalable_shampoo (ALGORITHMS.md's
-    # reference, which gpuopt follows) shares one momentum buffer under SQRT_N, precondition-opt keeps
-    # the graft's apart; the two agree when every step is preconditioned.
+    # SQRT_N keeps the graft's momentum apart too (an earlier scalable_shampoo, e190129, shared one).
     case("shampoo_sqrt_n_precondition_opt", 63, (9, 20), 10,
-         {"lr": 0.01, "block_size": 12, "beta1": 0.9, "beta2": 0.999, "graft": "sqrt_n", "start_preconditioning_step": 0,
+         {"lr": 0.01, "block_size": 12, "beta1": 0.9, "beta2": 0.999, "graft": "sqrt_n", "start_preconditioning_step": 3,
           "merge_small_dims_block_size": 4, "matrix_eps": 1e-2, "relative_matrix_epsilon": True, "nesterov": True},
-         "9×20 in blocks of 9×12 and 9×8, the SQRT_N graft (sign(g), norm sqrt(n)), optax's relative "
-         "ridge, preconditioned from the first step")
+         "9×20 in blocks of 9×12 and 9×8, the SQRT_N graft (sign(g), norm sqrt(n)) with its own momentum "
+         "until step 4, optax's relative ridge")
 
 
 # ---------------------------------------------------------------- matrix functions
@@ -528,35 +529,43 @@ def cases_matfn():
 
 
 def main():
+    global FAMILY
+    by_name = {g.__name__.removeprefix("cases_"): g for g in GENERATORS}
     only = sys.argv[1:]
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        sys.exit(f"unknown families {unknown}; known: {sorted(by_name)}")
     if only:
-        # Regenerate some families only (their peers alone need installing), keeping the other cases.
-        by_name = {g.__name__.removeprefix("cases_"): g for g in GENERATORS}
-        unknown = [n for n in only if n not in by_name]
-        if unknown:
-            sys.exit(f"unknown families {unknown}; known: {sorted(by_name)}")
-        for n in only:
-            by_name[n]()
-        with open(os.path.join(ROOT, "index.json")) as f:
-            kept = [e for e in json.load(f) if e["name"] not in {n for n, _ in CASES}]
-        write_index(kept)
-        return
-    if os.path.isdir(ROOT):
-        shutil.rmtree(ROOT)
-    os.makedirs(ROOT)
-    for gen in GENERATORS:
-        gen()
-    write_index([])
-
-
-def write_index(kept):
-    index = kept + [{"name": n, "peer": c["peer"], "peer_version": c["peer_version"],
-                     "what": c.get("optimizer") or c.get("function"), "conventions": c["conventions"]}
-                    for n, c in CASES]
+        # Regenerate some families only (their peers alone need installing): their old cases go, the
+        # other families' stay.
+        for d in case_dirs():
+            with open(os.path.join(d, "case.json")) as f:
+                if json.load(f).get("family") in only:
+                    shutil.rmtree(d)
+    else:
+        if os.path.isdir(ROOT):
+            shutil.rmtree(ROOT)
+        os.makedirs(ROOT)
+    for name in only or list(by_name):
+        FAMILY = name
+        by_name[name]()
+    # The index lists every case folder, by name (the order tests/conformance.rs replays them in).
+    index = []
+    for d in case_dirs():
+        with open(os.path.join(d, "case.json")) as f:
+            c = json.load(f)
+        index.append({"name": os.path.basename(d), "peer": c["peer"], "peer_version": c["peer_version"],
+                      "what": c.get("optimizer") or c.get("function"), "conventions": c["conventions"]})
     with open(os.path.join(ROOT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
         f.write("\n")
-    print(f"{len(CASES)} cases written to {ROOT}", file=sys.stderr)
+    print(f"{len(CASES)} cases written to {ROOT} ({len(index)} in all)", file=sys.stderr)
+
+
+def case_dirs():
+    if not os.path.isdir(ROOT):
+        sys.exit(f"{ROOT} is missing: run generate.py without families first")
+    return sorted(os.path.join(ROOT, n) for n in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, n, "case.json")))
 
 
 GENERATORS = (cases_torch, cases_lion, cases_pytorch_optimizer, cases_papers, cases_optax, cases_shampoo, cases_matfn)

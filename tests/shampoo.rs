@@ -136,7 +136,7 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
         dims: Vec<usize>,
         p: Vec<f64>,
         m: Vec<f64>,
-        /// optax's diagonal_momentum (the graft's; unused under SQRT_N).
+        /// optax's diagonal_momentum (the graft's).
         mg: Vec<f64>,
         a: Vec<f64>,
         blocks: Vec<Blk>,
@@ -242,7 +242,8 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                             .collect();
                     // optax's clip_by_scaled_gradient_norm: the update's RMS at most c.
                     let rms = (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt();
-                    let denom = cfg.clip_by_scaled_gradient_norm.map_or(1.0, |c| (rms / c).max(1.0));
+                    let clip = cfg.clip_by_scaled_gradient_norm.filter(|_| !adagrad);
+                    let denom = clip.map_or(1.0, |c| (rms / c).max(1.0));
                     d.iter().map(|v| v / denom).collect()
                 }
             };
@@ -284,7 +285,6 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
             let nd = d.iter().map(|v| v * v).sum::<f64>().sqrt();
             let ns = s.iter().map(|v| v * v).sum::<f64>().sqrt();
             let run = t > cfg.start_preconditioning_step;
-            let shared = cfg.graft == Graft::SqrtN;
             for i in 0..g.len() {
                 let (mut sd, mut dd) = (s[i] * nd / (ns + 1e-16), d[i]);
                 // (7.7.6) coupled: wd·p joins both directions before momentum; else decoupled.
@@ -297,13 +297,9 @@ fn f64_reference(cfg: &ShampooConfig, steps: usize) -> Vec<Vec<Vec<f64>>> {
                 };
                 let w = if cfg.moving_average_for_momentum { 1.0 - cfg.beta1 } else { 1.0 };
                 let sm = cfg.beta1 * p.m[i] + w * sd;
-                let gm = cfg.beta1 * if shared { p.m[i] } else { p.mg[i] } + w * dd;
+                let gm = cfg.beta1 * p.mg[i] + w * dd;
                 let (update, momentum) = if run { (sd, sm) } else { (dd, gm) };
-                if shared {
-                    p.m[i] = momentum;
-                } else {
-                    (p.m[i], p.mg[i]) = (sm, gm);
-                }
+                (p.m[i], p.mg[i]) = (sm, gm);
                 let u = if cfg.nesterov { w * update + cfg.beta1 * momentum } else { momentum };
                 p.p[i] = keep * p.p[i] - cfg.lr * u;
             }

@@ -25,10 +25,16 @@
 //!         step takes D and M_D in place of S and M
 //! ```
 //!
-//! As optax, M is fed from the first step (S is computed before preconditioning starts, with the
-//! roots of the statistics so far) and M_D until preconditioning starts; under SQRT_N grafting the
-//! two share one buffer, fed by whichever direction the step takes (optax's `diagonal_momentum` is
-//! empty then). A parameter driven by the graft alone has one momentum, of D.
+//! As optax (google-research's scalable_shampoo at 01aac34, and precondition-opt 0.3.0), M is fed
+//! from the first step (S is computed before preconditioning starts, with the roots of the
+//! statistics so far) and M_D until preconditioning starts, for every graft (an earlier
+//! scalable_shampoo, e190129, shared one buffer under SQRT_N). A parameter driven by the graft alone
+//! has one momentum, of D (optax's two hold the same values there).
+//!
+//! Checkpoints written before the graft had its own momentum held one buffer, fed by the graft
+//! before start_preconditioning_step and by Shampoo after; it seeds both (exact once
+//! preconditioning has started; before, M starts from the graft's momentum instead of optax's sum of
+//! grafted Shampoo directions).
 //!
 //! Conventions (gpuopt's, written down because the references differ): the ridge of the roots is
 //! absolute (`A + matrix_eps·I`, as facebookresearch/optimizers) rather than optax's relative one
@@ -101,9 +107,11 @@ pub struct ShampooConfig {
     /// Weight decay: decoupled (`p ← (1 − lr·wd)·p` after the step) unless `decoupled_weight_decay`
     /// is false.
     pub weight_decay: f64,
-    /// true (default, issue 5's contract): decoupled decay. false: optax's default, coupled (7.7.6):
-    /// wd·p added to the direction (grafted Shampoo, or the graft before preconditioning) before
-    /// momentum.
+    /// true (default, issue 5's contract): decoupled decay, (1 − lr·wd)·p (optax's
+    /// `decoupled_weight_decay=True` with `decoupled_learning_rate=False`; with its default
+    /// `decoupled_learning_rate=True` optax applies lr twice, −lr·(U + lr·wd·p)). false: optax's
+    /// default, coupled (7.7.6): wd·p added to each direction fed to a momentum (the grafted Shampoo
+    /// direction, and the graft before preconditioning starts).
     pub decoupled_weight_decay: bool,
     /// Largest block side (max_preconditioner_dim).
     pub block_size: usize,
@@ -213,8 +221,10 @@ impl ShampooConfig {
         super::check_f32_eps("matrix_eps", self.matrix_eps)?;
         super::check_f32_eps("diag_eps", self.diag_eps)?;
         if let Some(c) = self.clip_by_scaled_gradient_norm {
-            // c·sqrt(n) is the f32 limit of ‖D‖.
-            super::check_f32_eps("clip_by_scaled_gradient_norm", c)?;
+            // c·sqrt(n) is the f32 limit ‖D‖ is divided by.
+            if !(c > 0.0 && (c as f32).is_normal()) {
+                return bad("clip_by_scaled_gradient_norm", c, "must be > 0 and a normal f32 (the clip divides by it)");
+            }
             if !matches!(self.graft, Graft::Rmsprop | Graft::RmspropNormalized) {
                 return Err(Error::Invalid(format!(
                     "shampoo: clip_by_scaled_gradient_norm clips the rmsprop grafts only; graft {:?} would ignore it",
@@ -332,11 +342,11 @@ struct Param {
     cols: usize,
     p: Mat,
     grad: Mat,
-    /// optax's `momentum`: of the grafted Shampoo direction, every step (the graft's under SQRT_N,
-    /// where optax shares one buffer, and for a graft-only parameter).
+    /// optax's `momentum`: of the grafted Shampoo direction, every step (of the graft direction for
+    /// a graft-only parameter).
     momentum: Mat,
-    /// optax's `diagonal_momentum`, of the graft direction: used before start_preconditioning_step
-    /// (a preconditioned parameter only; not read under SQRT_N).
+    /// optax's `diagonal_momentum`, of the graft direction, for a preconditioned parameter: fed and
+    /// used until start_preconditioning_step (never read after, so no longer fed).
     graft_momentum: Option<Mat>,
     acc: Mat,
     d: Mat,
@@ -856,13 +866,12 @@ impl<O: MatOps> Shampoo<O> {
                     clip(ops)?
                 }
             }
-            // optax keeps the grafted Shampoo direction's momentum and the graft's apart (one shared
-            // buffer under SQRT_N): the former is fed from the first step, so a preconditioned
-            // parameter computes S before start_preconditioning_step too; the graft's is not read
-            // once preconditioning has started, and is no longer fed.
-            let separate = p.graft_momentum.filter(|_| cfg.graft != Graft::SqrtN);
-            let preconditioned = precondition && !p.blocks.is_empty();
-            let shampoo = preconditioned || separate.is_some();
+            // optax keeps the grafted Shampoo direction's momentum and the graft's apart: the former
+            // is fed from the first step, so a preconditioned parameter computes S before
+            // start_preconditioning_step too; the graft's is not read once preconditioning has
+            // started, and is no longer fed.
+            let shampoo = !p.blocks.is_empty();
+            let preconditioned = precondition && shampoo;
             if shampoo {
                 let r = direction(ops, p);
                 restore(ops, p, r)?;
@@ -872,7 +881,7 @@ impl<O: MatOps> Shampoo<O> {
                 ops.affine(p.u, Some(p.s), 1.0, Scale::Ratio(p.norms[0], p.norms[1]), 0.0, 0.0)?;
             }
             // (direction, its momentum) pairs fed this step, and the one the step takes.
-            let (shampoo_pair, graft_pair) = ((p.u, p.momentum), (p.d, separate.unwrap_or(p.momentum)));
+            let (shampoo_pair, graft_pair) = ((p.u, p.momentum), (p.d, p.graft_momentum.unwrap_or(p.momentum)));
             let fed = [shampoo.then_some(shampoo_pair), (!preconditioned).then_some(graft_pair)];
             let (dir, momentum) = if preconditioned { shampoo_pair } else { graft_pair };
             // (7.7.6) coupled decay: wd·p joins each direction fed to a momentum (this step's own
