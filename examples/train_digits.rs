@@ -74,11 +74,9 @@ fn init() -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The optimizers under test: a Stepper over the four parameters, or Shampoo.
-enum Opt {
-    Stepper(Box<dyn Stepper>, Vec<ParamId>, Option<Algorithm>),
-    Shampoo(Box<Shampoo<GpuMats>>, Vec<gpuopt::optim::ShampooParam>),
-}
+/// An optimizer under test: every family is a Stepper over the four parameters (with the Hessian
+/// optimizers' algorithm, which decides when a diagonal is due).
+struct Opt(Box<dyn Stepper>, Vec<ParamId>, Option<Algorithm>);
 
 fn build(ctx: &Context, name: &str, params: &[Vec<f32>]) -> Result<Opt> {
     let shapes = param_shapes(D, HIDDEN, K);
@@ -88,7 +86,7 @@ fn build(ctx: &Context, name: &str, params: &[Vec<f32>]) -> Result<Opt> {
         let g = b.default_group();
         let ids = (0..4).map(|i| b.param(names[i], &params[i], &shapes[i], g)).collect::<Result<Vec<_>>>()?;
         let hess = if alg.needs_hessian() { Some(alg) } else { None };
-        Ok(Opt::Stepper(Box::new(b.build(ctx)?), ids, hess))
+        Ok(Opt(Box::new(b.build(ctx)?), ids, hess))
     };
     match name {
         "AdamW" => elementwise(AdamW { lr: 3e-3, weight_decay: 1e-4, ..AdamW::default() }.into()),
@@ -104,13 +102,13 @@ fn build(ctx: &Context, name: &str, params: &[Vec<f32>]) -> Result<Opt> {
             });
             // Matrices go to Muon, biases to the aux AdamW (MuonBuilder routes by shape).
             let ids = (0..4).map(|i| b.param(names[i], &params[i], &shapes[i])).collect::<Result<Vec<_>>>()?;
-            Ok(Opt::Stepper(Box::new(b.build(ctx)?), ids, None))
+            Ok(Opt(Box::new(b.build(ctx)?), ids, None))
         }
         "Shampoo" => {
             let cfg = ShampooConfig { lr: 3e-3, block_size: 128, ..ShampooConfig::default() };
             let mut s = Shampoo::new(GpuMats::new(ctx)?, cfg)?;
-            let ids = (0..4).map(|i| s.add_param(&params[i], &shapes[i])).collect::<Result<Vec<_>>>()?;
-            Ok(Opt::Shampoo(Box::new(s), ids))
+            let ids = (0..4).map(|i| Ok(s.add_param(&params[i], &shapes[i])?.into())).collect::<Result<Vec<_>>>()?;
+            Ok(Opt(Box::new(s), ids, None))
         }
         other => panic!("unknown optimizer {other}"),
     }
@@ -172,34 +170,25 @@ fn train(
         train.set_params(&refs)?;
         let (loss, grads) = train.loss_and_grads()?;
         losses.push(loss);
-        match &mut opt {
-            Opt::Stepper(s, ids, hess) => {
-                for (id, g) in ids.iter().zip(&grads) {
-                    s.write_grad(*id, g)?;
-                }
-                // AdaHessian uses a fresh diagonal every step; Sophia only when its EMA takes one.
-                let wants = match hess {
-                    Some(Algorithm::AdaHessian(_)) => true,
-                    Some(Algorithm::Sophia(c)) => (t as u64).is_multiple_of(c.hess_interval),
-                    _ => false,
-                };
-                if wants {
-                    let diag = hessian_diag(ctx, train, &params, t as u64)?;
-                    for (id, d) in ids.iter().zip(&diag) {
-                        s.write_hess_diag(*id, d)?;
-                    }
-                }
-                s.step()?;
-                for (i, id) in ids.iter().enumerate() {
-                    params[i] = s.read_param(*id)?;
-                }
+        let Opt(s, ids, hess) = &mut opt;
+        for (id, g) in ids.iter().zip(&grads) {
+            s.write_grad(*id, g)?;
+        }
+        // AdaHessian uses a fresh diagonal every step; Sophia only when its EMA takes one.
+        let wants = match hess {
+            Some(Algorithm::AdaHessian(_)) => true,
+            Some(Algorithm::Sophia(c)) => (t as u64).is_multiple_of(c.hess_interval),
+            _ => false,
+        };
+        if wants {
+            let diag = hessian_diag(ctx, train, &params, t as u64)?;
+            for (id, d) in ids.iter().zip(&diag) {
+                s.write_hess_diag(*id, d)?;
             }
-            Opt::Shampoo(s, ids) => {
-                s.step(&grads.iter().map(|g| g.as_slice()).collect::<Vec<_>>())?;
-                for (i, id) in ids.iter().enumerate() {
-                    params[i] = s.read(*id)?;
-                }
-            }
+        }
+        s.step()?;
+        for (i, id) in ids.iter().enumerate() {
+            params[i] = s.read_param(*id)?;
         }
         pb.inc(1);
     }

@@ -12,11 +12,13 @@
 
 use crate::case::{clear_output, invalid, open_inputs, read_json, write_outputs};
 use crate::error::{Error, Result};
+use crate::kernels::roots::GpuMats;
 use crate::optim::{
     Algorithm, Asgo, AsgoConfig, AuonBuilder, AuonConfig, Dasgo, DasgoConfig, FlatAlgorithm, FlatOptimizer,
     MuonBuilder, MuonConfig, OasisConfig, OptimizerBuilder, ParamId, RegBuilder, RegConfig, SaniaConfig, Shampoo,
     ShampooConfig, Stepper,
 };
+use crate::reference::roots::CpuMats;
 use crate::roots::MatOps;
 use crate::Context;
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -230,9 +232,16 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
     let data: Vec<f32> = case.param.iter().copied().collect();
     let (id, mut opt): (_, Box<dyn Stepper>) = match &case.algorithm {
         CaseOptimizer::Shampoo(c) => {
-            return match ctx {
-                Some(ctx) => run_shampoo(Shampoo::new(crate::kernels::roots::GpuMats::new(ctx)?, c.clone())?, case),
-                None => run_shampoo(Shampoo::new(crate::reference::roots::CpuMats::default(), c.clone())?, case),
+            fn boxed<O: MatOps + 'static>(
+                mut o: Shampoo<O>,
+                data: &[f32],
+                shape: &[usize],
+            ) -> Result<(ParamId, Box<dyn Stepper>)> {
+                Ok((o.add_param(data, shape)?.into(), Box::new(o)))
+            }
+            match ctx {
+                Some(ctx) => boxed(Shampoo::new(GpuMats::new(ctx)?, c.clone())?, &data, case.param.shape())?,
+                None => boxed(Shampoo::new(CpuMats::default(), c.clone())?, &data, case.param.shape())?,
             }
         }
         CaseOptimizer::Elementwise(a) => {
@@ -334,21 +343,6 @@ pub fn run(case: &Case, ctx: Option<&Context>) -> Result<ArrayD<f32>> {
 fn trajectory(case: &Case) -> ArrayD<f32> {
     let shape: Vec<usize> = std::iter::once(case.steps).chain(case.param.shape().iter().copied()).collect();
     ArrayD::zeros(IxDyn(&shape))
-}
-
-/// Shampoo's replay through its own driver (host gradients; a NaN/Inf one skips its step, as
-/// everywhere in replay), on either backend.
-fn run_shampoo<O: MatOps>(mut opt: Shampoo<O>, case: &Case) -> Result<ArrayD<f32>> {
-    let data: Vec<f32> = case.param.iter().copied().collect();
-    let id = opt.add_param(&data, case.param.shape())?;
-    let mut traj = trajectory(case);
-    for t in 0..case.steps {
-        let g: Vec<f32> = case.grads.index_axis(Axis(0), t).iter().copied().collect();
-        opt.step(&[&g])?;
-        let p = opt.read(id)?;
-        traj.index_axis_mut(Axis(0), t).iter_mut().zip(p).for_each(|(d, s)| *d = s);
-    }
-    Ok(traj)
 }
 
 /// `gpuopt replay`: load and validate the case, then open the backend (`backend()` returns the GPU

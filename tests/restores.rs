@@ -15,8 +15,8 @@ use gpuopt::optim::{
     AdEMAMix, AdaBound, AdaHessian, AdaMomentum, AdamW, Algorithm, Ano, AsgoConfig, AuonBuilder, AuonConfig,
     AuonVariant, Dasgo, DasgoConfig, FlatAlgorithm, FlatOptimizer, Graft, GroupId, GroupOptions, KMap, Lion, Mars,
     MarsVariant, MuonBuilder, MuonConfig, OasisConfig, OptimizerBuilder, ParamId, ParamMeta, RegBuilder, RegConfig,
-    SaniaConfig, SaniaPreconditioner, SaniaVariant, Sgd, Shampoo, ShampooConfig, ShampooParam, SignSgd, Signum,
-    Snapshot, Sophia, SophiaVariant, Stepper,
+    SaniaConfig, SaniaPreconditioner, SaniaVariant, Sgd, Shampoo, ShampooConfig, SignSgd, Signum, Snapshot, Sophia,
+    SophiaVariant, Stepper,
 };
 use gpuopt::optim::{AdjustLr, Asgo};
 use gpuopt::parity::TestRng;
@@ -1416,77 +1416,18 @@ fn qa_sania_config_change_schedule_skips_refusals() {
     refusals(&f, &x, &y, 2, &extra, true);
 }
 
+// Shampoo
 // ---------------------------------------------------------------------------------------------
-// Shampoo (not a Stepper: a thin adapter)
-// ---------------------------------------------------------------------------------------------
-
-struct ShampooStepper<O: MatOps> {
-    s: Shampoo<O>,
-    ids: Vec<ShampooParam>,
-    metas: Vec<ParamMeta>,
-    grads: Vec<Vec<f32>>,
-    last_skipped: bool,
-}
-
-impl<O: MatOps> Stepper for ShampooStepper<O> {
-    fn step(&mut self) -> Result<()> {
-        let before = self.s.skipped_steps();
-        let g: Vec<&[f32]> = self.grads.iter().map(Vec::as_slice).collect();
-        self.s.step(&g)?;
-        self.last_skipped = self.s.skipped_steps() > before;
-        Ok(())
-    }
-    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
-        self.grads[id.0] = grad.to_vec();
-        Ok(())
-    }
-    fn write_param(&mut self, _: ParamId, _: &[f32]) -> Result<()> {
-        Err(Error::Invalid("shampoo adapter: no write_param".into()))
-    }
-    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
-        self.s.read(self.ids[id.0])
-    }
-    fn read_state(&mut self, _: ParamId, _: &str) -> Result<Vec<f32>> {
-        Err(Error::Invalid("shampoo adapter: no read_state".into()))
-    }
-    fn step_count(&mut self) -> Result<u64> {
-        Ok(self.s.steps() as u64)
-    }
-    fn found_non_finite(&mut self) -> Result<bool> {
-        Ok(self.last_skipped)
-    }
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(self.s.skipped_steps() as u64)
-    }
-    fn set_lr(&mut self, _: GroupId, lr: f64) -> Result<()> {
-        self.s.set_lr(lr)
-    }
-    fn set_weight_decay(&mut self, _: GroupId, wd: f64) -> Result<()> {
-        self.s.set_weight_decay(wd)
-    }
-    fn snapshot(&mut self) -> Result<Snapshot> {
-        self.s.snapshot()
-    }
-    fn restore(&mut self, s: Snapshot) -> Result<()> {
-        self.s.restore(s)?;
-        self.last_skipped = false;
-        Ok(())
-    }
-    fn params(&self) -> &[ParamMeta] {
-        &self.metas
-    }
-}
 
 const SHAMPOO_SHAPES: [&[usize]; 3] = [&[6, 5], &[4, 7], &[5]];
 
 fn shampoo_on<O: MatOps + 'static>(ops: O, c: &ShampooConfig) -> Opt {
     let mut s = Shampoo::new(ops, c.clone()).unwrap();
     let mut rng = TestRng::new(27);
-    let ids: Vec<_> =
-        SHAMPOO_SHAPES.iter().map(|sh| s.add_param(&rng.normals(sh.iter().product(), 1.0), sh).unwrap()).collect();
-    let metas = s.snapshot().unwrap().params;
-    let grads = SHAMPOO_SHAPES.iter().map(|sh| vec![0.0; sh.iter().product()]).collect();
-    Box::new(ShampooStepper { s, ids, metas, grads, last_skipped: false })
+    for sh in SHAMPOO_SHAPES {
+        s.add_param(&rng.normals(sh.iter().product(), 1.0), sh).unwrap();
+    }
+    Box::new(s)
 }
 
 fn shampoo_make(c: &ShampooConfig, be: Be) -> Opt {

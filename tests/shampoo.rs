@@ -11,6 +11,7 @@ use common::rel;
 
 use gpuopt::kernels::roots::GpuMats;
 use gpuopt::optim::shampoo::{Graft, Shampoo, ShampooConfig};
+use gpuopt::optim::{GroupId, ParamId, Stepper};
 use gpuopt::parity::TestRng;
 use gpuopt::reference::roots::{eigen, spectral, CpuMats};
 use gpuopt::roots::MatOps;
@@ -370,6 +371,57 @@ fn preconditioning_starts_after_the_graft_steps_and_rmsprop_at_beta2_one_is_adag
     assert!(rms[3][0].iter().all(|v| v.abs() < 10.0), "bounded: {:?}", &rms[3][0][..4]);
 }
 
+/// Shampoo as a Stepper: the same trajectory as its own `step(&grads)`, state readable by its
+/// checkpoint names, parameters writable, bad ids / lengths / states refused, a NaN gradient skips.
+#[test]
+fn stepper_interface_matches_the_host_step() {
+    let cfg = config(Graft::Adagrad, true);
+    let (mut a, mut b) =
+        (Shampoo::new(CpuMats::default(), cfg.clone()).unwrap(), Shampoo::new(CpuMats::default(), cfg).unwrap());
+    let shapes: [&[usize]; 2] = [&[6, 5], &[]];
+    let (mut ids, mut a_ids) = (Vec::new(), Vec::new());
+    for (i, sh) in shapes.iter().enumerate() {
+        let init = TestRng::new(40 + i as u64).normals(sh.iter().product(), 1.0);
+        a_ids.push(a.add_param(&init, sh).unwrap());
+        ids.push(ParamId::from(b.add_param(&init, sh).unwrap()));
+    }
+    for t in 0..4 {
+        let g: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, sh)| TestRng::new(50 + 10 * t + i as u64).normals(sh.iter().product(), 1.0))
+            .collect();
+        a.step(&[&g[0], &g[1]]).unwrap();
+        for (id, g) in ids.iter().zip(&g) {
+            b.write_grad(*id, g).unwrap();
+        }
+        Stepper::step(&mut b).unwrap();
+    }
+    for (&id, &a_id) in ids.iter().zip(&a_ids) {
+        assert_eq!(b.read_param(id).unwrap(), a.read(a_id).unwrap());
+    }
+    assert_eq!(b.step_count().unwrap(), 4);
+    let st = b.read_state(ids[0], "graft_momentum").unwrap();
+    assert_eq!(st.len(), 30);
+    assert!(st.iter().any(|&v| v != 0.0));
+    assert_eq!(b.read_state(ids[0], "l/0").unwrap().len(), 36);
+    // The scalar is driven by its graft alone: no graft momentum, and the error lists what it has.
+    let e = b.read_state(ids[1], "graft_momentum").unwrap_err().to_string();
+    assert!(e.contains("momentum, graft"), "{e}");
+    assert!(b.read_param(ParamId(2)).is_err());
+    assert!(b.write_grad(ids[0], &[0.0; 29]).is_err());
+    b.write_param(ids[0], &[0.25; 30]).unwrap();
+    assert_eq!(b.read_param(ids[0]).unwrap(), vec![0.25; 30]);
+    // A NaN gradient is refused and skips the next step.
+    let mut bad = vec![0.1; 30];
+    bad[3] = f32::NAN;
+    b.write_grad(ids[0], &bad).unwrap();
+    Stepper::step(&mut b).unwrap();
+    assert!(b.found_non_finite().unwrap());
+    assert_eq!((b.step_count().unwrap(), Stepper::skipped_steps(&mut b).unwrap()), (4, 1));
+    assert_eq!(b.read_param(ids[0]).unwrap(), vec![0.25; 30]);
+}
+
 #[test]
 fn nan_gradient_skips_the_step_and_keeps_state() {
     let ctx = common::ctx();
@@ -410,10 +462,11 @@ fn bad_configurations_and_shapes_are_errors() {
         assert!(Shampoo::new(CpuMats::default(), cfg).is_err());
     }
     let mut opt = Shampoo::new(CpuMats::default(), ShampooConfig::default()).unwrap();
-    // A schedule's bad value is refused and changes nothing.
-    assert!(opt.set_lr(f64::NAN).is_err() && opt.set_lr(-1.0).is_err());
-    assert!(opt.set_weight_decay(f64::INFINITY).is_err());
-    opt.set_lr(0.5).unwrap();
+    // A schedule's bad value is refused and changes nothing; Shampoo has one group.
+    assert!(opt.set_lr(GroupId(0), f64::NAN).is_err() && opt.set_lr(GroupId(0), -1.0).is_err());
+    assert!(opt.set_weight_decay(GroupId(0), f64::INFINITY).is_err());
+    assert!(opt.set_lr(GroupId(1), 0.1).is_err());
+    opt.set_lr(GroupId(0), 0.5).unwrap();
     let hyper = opt.snapshot().unwrap().hyper;
     assert_eq!((hyper["lr"].as_f64(), hyper["weight_decay"].as_f64()), (Some(0.5), Some(0.0)));
     assert!(opt.add_param(&[1.0; 5], &[2, 3]).is_err());

@@ -303,7 +303,13 @@ impl HostGuard {
 
     /// At a step: whether it must be skipped (then counted); clears every mark.
     pub(crate) fn skip_step(&mut self) -> bool {
-        self.last_skipped = self.bad.iter().any(|&b| b);
+        self.skip_step_with(false)
+    }
+
+    /// As [`HostGuard::skip_step`], the step also skipped when `device_bad` (a gradient the device
+    /// found non-finite).
+    pub(crate) fn skip_step_with(&mut self, device_bad: bool) -> bool {
+        self.last_skipped = device_bad || self.bad.iter().any(|&b| b);
         self.bad.fill(false);
         self.skipped += self.last_skipped as u64;
         self.last_skipped

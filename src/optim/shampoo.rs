@@ -60,7 +60,7 @@
 //! # }
 //! ```
 
-use super::{config_snapshot, ParamMeta, Snapshot};
+use super::{config_snapshot, update_config, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
 use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale, INV_ROOT_FAILURE};
@@ -334,7 +334,6 @@ impl Param {
 }
 
 struct Param {
-    meta: ParamMeta,
     shape: Vec<usize>,
     /// The shape after merging (empty when the parameter uses the graft alone).
     merged: Vec<usize>,
@@ -368,8 +367,10 @@ pub struct Shampoo<O: MatOps> {
     ops: O,
     cfg: ShampooConfig,
     params: Vec<Param>,
+    metas: Vec<ParamMeta>,
     step: usize,
-    skipped: usize,
+    /// Non-finite gradients: written ones refused, the step skipped and counted.
+    guard: HostGuard,
     root_failures: usize,
     /// Identities for the middle modes' transpositions, one per size.
     eyes: std::collections::BTreeMap<usize, Mat>,
@@ -387,8 +388,9 @@ impl<O: MatOps> Shampoo<O> {
             ops,
             cfg,
             params: Vec::new(),
+            metas: Vec::new(),
             step: 0,
-            skipped: 0,
+            guard: HostGuard::default(),
             root_failures: 0,
             eyes: Default::default(),
             one,
@@ -476,8 +478,9 @@ impl<O: MatOps> Shampoo<O> {
         // Allocated whatever the graft: a checkpoint's settings (its graft among them) replace these.
         let graft_momentum = if blocks.is_empty() { None } else { Some(ops.alloc(1, rows, cols)?) };
         let name = format!("param{}", self.params.len());
+        self.metas.push(ParamMeta { name, shape: shape.to_vec(), group: 0 });
+        self.guard.add_param();
         self.params.push(Param {
-            meta: ParamMeta { name, shape: shape.to_vec(), group: 0 },
             shape: shape.to_vec(),
             merged,
             rows,
@@ -496,22 +499,21 @@ impl<O: MatOps> Shampoo<O> {
         Ok(ShampooParam(self.params.len() - 1))
     }
 
-    /// Changes the learning rate from the next step on, for a schedule (validated: a bad value is an
-    /// error and changes nothing). As optax's `learning_rate` callable, it scales the step, not what
-    /// the momenta hold.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        let next = ShampooConfig { lr, ..self.cfg.clone() };
-        next.validate()?;
-        self.cfg = next;
-        Ok(())
-    }
-
-    /// Changes the weight decay from the next step on (validated like [`Shampoo::set_lr`]).
-    pub fn set_weight_decay(&mut self, weight_decay: f64) -> Result<()> {
-        let next = ShampooConfig { weight_decay, ..self.cfg.clone() };
-        next.validate()?;
-        self.cfg = next;
-        Ok(())
+    /// Parameter `id`, checking that it exists and, unless `len` is usize::MAX, that `len` values fit
+    /// it (`what` names them in the error).
+    fn param(&self, id: ParamId, len: usize, what: &str) -> Result<&Param> {
+        let p = self
+            .params
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("shampoo: no parameter {} (it has {})", id.0, self.params.len())))?;
+        if len != usize::MAX && len != p.rows * p.cols {
+            return Err(Error::Shape {
+                what: format!("{what} of {}", self.metas[id.0].name),
+                expected: p.shape.clone(),
+                got: vec![len],
+            });
+        }
+        Ok(p)
     }
 
     /// Steps taken (skipped steps are not counted).
@@ -521,7 +523,7 @@ impl<O: MatOps> Shampoo<O> {
 
     /// Steps skipped because a gradient held NaN or Inf.
     pub fn skipped_steps(&self) -> usize {
-        self.skipped
+        self.guard.skipped() as usize
     }
 
     /// Root refreshes that failed and kept the previous root.
@@ -618,17 +620,16 @@ impl<O: MatOps> Shampoo<O> {
             }
             states.push(st);
         }
-        let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
         let mut s = config_snapshot(
             "shampoo",
             &self.cfg,
             (self.cfg.lr, self.cfg.weight_decay),
             self.step as u64,
-            &metas,
+            &self.metas,
             values,
             states,
         );
-        s.skipped = self.skipped as u64;
+        s.skipped = self.guard.skipped();
         // A counter, not a hyperparameter: kept beside them (the format allows optimizer extras).
         s.hyper["root_failures"] = serde_json::json!(self.root_failures);
         Ok(s)
@@ -639,8 +640,7 @@ impl<O: MatOps> Shampoo<O> {
     /// changes nothing.
     pub fn restore(&mut self, s: Snapshot) -> Result<()> {
         let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
-        let metas: Vec<ParamMeta> = self.params.iter().map(|p| p.meta.clone()).collect();
-        s.check_common("shampoo", &metas)?;
+        s.check_common("shampoo", &self.metas)?;
         // Checkpoints from before dimension merging had no such keys; their layout is what these
         // values give for matrices and vectors (rank >= 3 was flattened then: those do not load).
         let mut hyper = s.hyper.clone();
@@ -658,12 +658,12 @@ impl<O: MatOps> Shampoo<O> {
         };
         // The file's settings must give every parameter the blocks it was added with (and a root
         // order inv_root takes).
-        for p in &self.params {
+        for (p, meta) in self.params.iter().zip(&self.metas) {
             if root_order(&cfg, p.merged.len()).is_none() {
                 return Err(bad(format!(
                     "{} has rank {} after merging: the file's exponent_override 0 would need roots of order {} \
                      (at most 32)",
-                    p.meta.name,
+                    meta.name,
                     p.merged.len(),
                     2 * p.merged.len()
                 )));
@@ -685,7 +685,7 @@ impl<O: MatOps> Shampoo<O> {
                 return Err(bad(format!(
                     "{} of shape {:?}: the file's layout settings ({}) give it other blocks than this \
                      Shampoo's ({})",
-                    p.meta.name,
+                    meta.name,
                     p.shape,
                     settings(&cfg),
                     settings(&self.cfg)
@@ -712,7 +712,7 @@ impl<O: MatOps> Shampoo<O> {
                 if v.len() != b * r * c {
                     return Err(bad(format!(
                         "state {name} of {} has {} values, expected {}",
-                        p.meta.name,
+                        self.metas[i].name,
                         v.len(),
                         b * r * c
                     )));
@@ -730,7 +730,7 @@ impl<O: MatOps> Shampoo<O> {
         }
         self.cfg = cfg;
         self.step = s.step as usize;
-        self.skipped = s.skipped as usize;
+        self.guard.reset(s.skipped);
         self.root_failures = root_failures;
         Ok(())
     }
@@ -765,14 +765,12 @@ impl<O: MatOps> Shampoo<O> {
                 });
             }
         }
-        if grads.iter().any(|g| crate::reference::has_non_finite(g)) {
-            self.skipped += 1;
-            return Ok(());
+        for (i, (g, p)) in grads.iter().zip(&self.params).enumerate() {
+            if self.guard.admit(i, g) {
+                self.ops.write(p.grad, g)?;
+            }
         }
-        for (g, p) in grads.iter().zip(&self.params) {
-            self.ops.write(p.grad, g)?;
-        }
-        self.apply_step()
+        Stepper::step(self)
     }
 
     /// One step with the gradients already in [`Shampoo::grad_mat`]. As in [`Shampoo::step`], a
@@ -798,8 +796,7 @@ impl<O: MatOps> Shampoo<O> {
         })();
         // Scratch is released on the error path too.
         self.ops.release(mark);
-        if !finite? {
-            self.skipped += 1;
+        if self.guard.skip_step_with(!finite?) {
             return Ok(());
         }
         self.apply_step()
@@ -913,6 +910,93 @@ impl<O: MatOps> Shampoo<O> {
         // One submit per step; nothing is read back.
         self.ops.submit();
         Ok(())
+    }
+}
+
+/// Shampoo as a [`Stepper`], for loops written once for every optimizer: [`ParamId`]`(i)` is the
+/// i-th parameter added ([`ShampooParam`] converts), one group (group 0: the configuration's lr and
+/// weight decay, which [`Stepper::set_lr`] / [`Stepper::set_weight_decay`] change for a schedule; as
+/// optax's callable learning rate, the momenta are not rescaled). The state names of
+/// [`Stepper::read_state`] are the checkpoint's: "momentum", "graft", "graft_momentum" (a preconditioned
+/// parameter), and per block its statistics and roots ("l/0", "pl/0", …). A non-finite gradient given
+/// to [`Stepper::write_grad`] is not written and skips the next step unless rewritten.
+impl<O: MatOps> Stepper for Shampoo<O> {
+    fn step(&mut self) -> Result<()> {
+        if self.guard.skip_step() {
+            return Ok(());
+        }
+        self.apply_step()
+    }
+
+    fn write_grad(&mut self, id: ParamId, grad: &[f32]) -> Result<()> {
+        let p = self.param(id, grad.len(), "gradient")?;
+        let m = p.grad;
+        if self.guard.admit(id.0, grad) {
+            self.ops.write(m, grad)?;
+        }
+        Ok(())
+    }
+
+    fn write_param(&mut self, id: ParamId, data: &[f32]) -> Result<()> {
+        let m = self.param(id, data.len(), "values")?.p;
+        self.ops.write(m, data)
+    }
+
+    fn read_param(&mut self, id: ParamId) -> Result<Vec<f32>> {
+        let m = self.param(id, usize::MAX, "")?.p;
+        self.ops.read(m)
+    }
+
+    fn read_state(&mut self, id: ParamId, state: &str) -> Result<Vec<f32>> {
+        let p = self.param(id, usize::MAX, "")?;
+        let names = Self::state_names(p);
+        let Some(k) = names.iter().position(|n| n == state) else {
+            return Err(Error::Invalid(format!(
+                "shampoo: {} has no state {state:?} ({})",
+                self.metas[id.0].name,
+                names.join(", ")
+            )));
+        };
+        let m = Self::state_mats(p)[k];
+        self.ops.read(m)
+    }
+
+    fn step_count(&mut self) -> Result<u64> {
+        Ok(self.step as u64)
+    }
+
+    fn found_non_finite(&mut self) -> Result<bool> {
+        Ok(self.guard.last_skipped())
+    }
+
+    fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.guard.skipped())
+    }
+
+    fn set_lr(&mut self, group: GroupId, lr: f64) -> Result<()> {
+        update_config(&mut self.cfg, group, |c| c.lr = lr, ShampooConfig::validate)
+    }
+
+    fn set_weight_decay(&mut self, group: GroupId, wd: f64) -> Result<()> {
+        update_config(&mut self.cfg, group, |c| c.weight_decay = wd, ShampooConfig::validate)
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Shampoo::snapshot(self)
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        Shampoo::restore(self, snapshot)
+    }
+
+    fn params(&self) -> &[ParamMeta] {
+        &self.metas
+    }
+}
+
+impl From<ShampooParam> for ParamId {
+    fn from(p: ShampooParam) -> ParamId {
+        ParamId(p.0)
     }
 }
 
