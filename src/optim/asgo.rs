@@ -19,9 +19,9 @@
 //! together. Canonical names (§11.3): `learning_rate` → `lr`, `matalg_steps` → `root_iters`.
 //!
 //! Where gpuopt differs from the reference, and why:
-//! - `+ 1e-16` in the RMS scaling: the reference divides by ‖U‖_F alone, so a zero momentum (a zero
-//!   first gradient) writes 0/0 = NaN into the parameter; here it takes no step. For ‖U‖_F above
-//!   about 1e-9 the term is below f32 rounding.
+//! - `+ 1e-16` in the RMS scaling: the reference divides by ‖U‖_F alone (`.item()`, a Python float),
+//!   so a zero momentum (a zero first gradient) raises ZeroDivisionError there; here the update is 0
+//!   and only the decay applies. For ‖U‖_F above about 1e-9 the term is below f32 rounding.
 //! - Tensors of rank > 2 are viewed as shape\[0\] × rest (as Muon's conv kernels); the reference
 //!   refuses them. Rank 0 and 1 are refused, as there (ASGO preconditions matrices: give vectors to
 //!   AdamW).

@@ -17,9 +17,10 @@
 //! values or gradient written to it, until the next step or read, so that adding many grows each
 //! stack once. The CPU twin ([`crate::reference::dasgo`]) steps each parameter alone, through the
 //! same [`Stepper`]. Defaults are the reference's
-//! (`dasgo(learning_rate=1e-3, momentum=0.9, weight_decay=0.1, beta2=0.95, eps=1e-8)`); the
-//! differences from it are ASGO's ([`super::asgo`]): `+ 1e-16` in the scaling (a zero update takes
-//! no step), rank > 2 viewed as shape\[0\] × rest, vectors refused, NaN/Inf gradients skip the step.
+//! (`dasgo(learning_rate=1e-3, momentum=0.9, weight_decay=0.1, beta2=0.95, eps=1e-8)`; the authors'
+//! `dasgo.yaml` trains at learning_rate 0.01); the differences from it are ASGO's ([`super::asgo`]):
+//! `+ 1e-16` in the scaling (a zero update leaves only the decay), rank > 2 viewed as shape\[0\] ×
+//! rest, vectors refused, NaN/Inf gradients skip the step.
 //! And `eps` must be positive: a column of zero gradients would otherwise divide 0 by 0.
 //!
 //! ```
