@@ -9,6 +9,7 @@
 //                  max(1, scales[z] / power) (a norm clipped at `power`).
 // graft:           acc = decay * acc + weight * g^2;  out = g / (sqrt(acc) + eps)   (AdaGrad / RMSProp)
 // sign_of:         out = sign(x)
+// transpose_of:    out[z] = x[z]^T (x rows x cols, out cols x rows)
 // copy_region:     out[dst_off + i * dst_ld + j] = x[src_off + i * src_ld + j] for an h x w window
 // maxdev_partial + maxdev_final: max_ij |x_ij - I_ij| per matrix (NaN counts as +Inf), two passes.
 // gj_pivot + gj_eliminate: one column of a batched Gauss-Jordan elimination with partial pivoting
@@ -239,6 +240,18 @@ fn sign_of(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= rp.rows * rp.cols * rp.batch) { return; }
     out[i] = sign(x[i]);
+}
+
+// out[z] = x[z]^T for a batch (grid z) of rows x cols matrices; one invocation per element.
+@compute @workgroup_size(256)
+fn transpose_of(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let len = rp.rows * rp.cols;
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= len) { return; }
+    let base = wid.z * len;
+    let r = i / rp.cols;
+    out[base + (i - r * rp.cols) * rp.rows + r] = x[base + i];
 }
 
 // For every matrix z of the batch; `col` and `rhs` carry the source's and the destination's matrix

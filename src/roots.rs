@@ -79,6 +79,9 @@ pub trait MatOps {
     /// out ← sign(x) elementwise (+1, −1, or 0 for ±0; Shampoo's SQRT_N graft); x and out of one size.
     /// A GPU may flush a subnormal x to zero (WGSL allows it) and give 0 where the CPU twin gives ±1.
     fn sign(&mut self, x: Mat, out: Mat) -> Result<()>;
+    /// out\[z\] ← x\[z\]ᵀ for every matrix of the batch (x batch × rows × cols, out batch × cols × rows,
+    /// different batches; the batch within [`MatOps::max_batch`]).
+    fn transpose(&mut self, x: Mat, out: Mat) -> Result<()>;
     /// Copies the h×w window at (row, col) `src_at` of every matrix of `src` (or of its one matrix,
     /// broadcast) to `dst_at` of the matching matrix of `dst`.
     fn copy_region(
@@ -303,6 +306,24 @@ pub(crate) fn check_same_size(ops: &impl MatOps, x: Mat, out: Mat, what: &str) -
         return Err(Error::Shape { what: format!("{what} output"), expected: vec![b, r, c], got: vec![ob, or, oc] });
     }
     Ok(())
+}
+
+/// The checks of [`MatOps::transpose`]: out is batch × cols × rows, a different matrix, and the batch
+/// fits one grid dimension. Returns x's (batch, rows, cols).
+pub(crate) fn check_transpose(ops: &impl MatOps, x: Mat, out: Mat) -> Result<(usize, usize, usize)> {
+    let (b, r, c) = ops.shape(x);
+    if ops.shape(out) != (b, c, r) || x == out {
+        let (ob, or, oc) = ops.shape(out);
+        return Err(Error::Shape {
+            what: "transpose output (another matrix)".into(),
+            expected: vec![b, c, r],
+            got: vec![ob, or, oc],
+        });
+    }
+    if b > ops.max_batch() {
+        return Err(Error::Invalid(format!("transpose of {b} matrices: more than this backend's {}", ops.max_batch())));
+    }
+    Ok((b, r, c))
 }
 
 /// The check of [`MatOps::reshape`]: the same element count.

@@ -51,6 +51,38 @@ fn affine_maxdev_frobenius_match_their_cpu_twins() {
     }
 }
 
+/// `transpose` moves values exactly: GPU and CPU twin against an index-by-index transpose, over
+/// batches and sizes that cross the 256-invocation workgroups; bad outputs are refused.
+#[test]
+fn transpose_is_exact_on_both_backends() {
+    let ctx = common::ctx();
+    let mut gpu = GpuMats::new(&ctx).unwrap();
+    let mut cpu = CpuMats::default();
+    for &(b, r, c) in &[(1, 1, 1), (3, 7, 5), (2, 37, 64), (5, 1, 300), (1, 257, 3)] {
+        let x = TestRng::new((b * 100 + r + c) as u64).normals(b * r * c, 1.0);
+        let mut want = vec![0.0; x.len()];
+        for z in 0..b {
+            for i in 0..r {
+                for j in 0..c {
+                    want[z * r * c + j * r + i] = x[z * r * c + i * c + j];
+                }
+            }
+        }
+        fn run(ops: &mut impl MatOps, x: &[f32], (b, r, c): (usize, usize, usize)) -> Vec<f32> {
+            let (xm, om) = (ops.upload(x, b, r, c).unwrap(), ops.alloc(b, c, r).unwrap());
+            ops.transpose(xm, om).unwrap();
+            assert!(ops.transpose(xm, xm).is_err(), "in place must be refused");
+            if r != c {
+                let bad = ops.alloc(b, r, c).unwrap();
+                assert!(ops.transpose(xm, bad).is_err(), "an output of x's shape must be refused");
+            }
+            ops.read(om).unwrap()
+        }
+        assert_eq!(run(&mut gpu, &x, (b, r, c)), want, "GPU {b}x{r}x{c}");
+        assert_eq!(run(&mut cpu, &x, (b, r, c)), want, "CPU {b}x{r}x{c}");
+    }
+}
+
 #[test]
 fn norms_fold_their_chunks_past_the_workgroup_limit() {
     // At most 3 workgroups per grid dimension: a 70×600 matrix has 11 chunks of partial sums, which

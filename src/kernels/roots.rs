@@ -21,6 +21,9 @@ pub const GRAFT: KernelSpec =
     KernelSpec { module: "roots", entry: "graft", bindings: &[(0, U), (1, R), (3, W), (9, W)] };
 /// out ← sign(x).
 pub const SIGN: KernelSpec = KernelSpec { module: "roots", entry: "sign_of", bindings: &[(0, U), (1, R), (3, W)] };
+/// out\[z\] ← x\[z\]ᵀ.
+pub const TRANSPOSE: KernelSpec =
+    KernelSpec { module: "roots", entry: "transpose_of", bindings: &[(0, U), (1, R), (3, W)] };
 /// Copies an h×w window between row-major matrices with their own leading dimensions and offsets.
 pub const COPY_REGION: KernelSpec =
     KernelSpec { module: "roots", entry: "copy_region", bindings: &[(0, U), (1, R), (3, W)] };
@@ -40,8 +43,18 @@ pub const GJ_ELIMINATE: KernelSpec =
 pub const SPD_BLOCK_INVERSE: KernelSpec =
     KernelSpec { module: "roots", entry: "spd_block_inverse", bindings: &[(0, U), (1, R), (3, W), (7, W)] };
 /// All specs of this module.
-pub const SPECS: &[KernelSpec] =
-    &[AFFINE, MAXDEV_PARTIAL, MAXDEV_FINAL, GJ_PIVOT, GJ_ELIMINATE, GRAFT, SIGN, COPY_REGION, SPD_BLOCK_INVERSE];
+pub const SPECS: &[KernelSpec] = &[
+    AFFINE,
+    MAXDEV_PARTIAL,
+    MAXDEV_FINAL,
+    GJ_PIVOT,
+    GJ_ELIMINATE,
+    GRAFT,
+    SIGN,
+    TRANSPOSE,
+    COPY_REGION,
+    SPD_BLOCK_INVERSE,
+];
 
 /// The largest block `spd_block_inverse` inverts (its workgroup array is 32 × 64).
 pub const SPD_BLOCK: usize = 32;
@@ -389,6 +402,16 @@ impl MatOps for GpuMats {
         let bound = self.ctx.bind(&SIGN, &[&u, self.buf(x), self.buf(out)])?;
         let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
         self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
+    fn transpose(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let (b, r, c) = crate::roots::check_transpose(self, x, out)?;
+        let u = self.uniform(RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() });
+        let bound = self.ctx.bind(&TRANSPOSE, &[&u, self.buf(x), self.buf(out)])?;
+        let (gx, gy) = self.ctx.grid(((r * c) as u32).div_ceil(WORKGROUP_SIZE));
+        self.dispatches += bound.record_3d(self.pass(), (gx, gy, b as u32));
         self.keep.push(Box::new((u, bound)));
         Ok(())
     }

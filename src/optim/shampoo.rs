@@ -313,10 +313,9 @@ struct Block {
     s: Mat,
     /// Scratch of the block's size.
     t: Mat,
-    /// Per mode: statistic, root, and for a middle mode an identity (its unfolding is a product).
+    /// Per mode: statistic and root.
     stats: Vec<Mat>,
     roots: Vec<Mat>,
-    eyes: Vec<Option<Mat>>,
 }
 
 impl Block {
@@ -372,8 +371,6 @@ pub struct Shampoo<O: MatOps> {
     /// Non-finite gradients: written ones refused, the step skipped and counted.
     guard: HostGuard,
     root_failures: usize,
-    /// Identities for the middle modes' transpositions, one per size.
-    eyes: std::collections::BTreeMap<usize, Mat>,
     /// The scalar 1 (the numerator of the normalised grafts' 1/(‖g‖ + 1e-16)).
     one: Mat,
 }
@@ -392,7 +389,6 @@ impl<O: MatOps> Shampoo<O> {
             step: 0,
             guard: HostGuard::default(),
             root_failures: 0,
-            eyes: Default::default(),
             one,
         })
     }
@@ -455,22 +451,10 @@ impl<O: MatOps> Shampoo<O> {
                 t: ops.alloc(1, 1, count)?,
                 stats: Vec::new(),
                 roots: Vec::new(),
-                eyes: Vec::new(),
             };
-            for (i, &dim) in size.iter().enumerate() {
+            for &dim in &size {
                 block.stats.push(eye(ops, dim, eps)?);
                 block.roots.push(eye(ops, dim, 1.0)?);
-                // A middle mode's identity, one per size for the whole optimizer.
-                let (before, _, after) = block.split(i);
-                block.eyes.push(match (before > 1 && after > 1, self.eyes.get(&dim)) {
-                    (false, _) => None,
-                    (true, Some(&e)) => Some(e),
-                    (true, None) => {
-                        let e = eye(ops, dim, 1.0)?;
-                        self.eyes.insert(dim, e);
-                        Some(e)
-                    }
-                });
             }
             blocks.push(block);
         }
@@ -1168,7 +1152,7 @@ fn copy_block(
 /// (7.7.1) for mode i of block b: stat ← β2·stat + w2·G_(i)·G_(i)ᵀ, a Gram half-product with the
 /// statistic as its own addend. With G viewed as P × d × Q: the first mode (P = 1) is the Gram of a
 /// d × Q matrix, the last (Q = 1) the Gᵀ·G of a P × d one; a middle mode first transposes each of the
-/// P slices (a batched product with the identity, exact) so that the slices stack into a (P·Q) × d
+/// P slices ([`MatOps::transpose`], O(P·d·Q)) so that the slices stack into a (P·Q) × d
 /// matrix whose Gᵀ·G is the sum over the slices.
 fn statistic(ops: &mut impl MatOps, b: &Block, i: usize, beta2: f32, w2: f32) -> Result<()> {
     let ((p, d, q), stat) = (b.split(i), b.stats[i]);
@@ -1176,18 +1160,17 @@ fn statistic(ops: &mut impl MatOps, b: &Block, i: usize, beta2: f32, w2: f32) ->
         ops.reshape(b.g, 1, d, q)?;
         return ops.gemm(GemmDesc { alpha: w2, beta: beta2, ..GemmDesc::gram(d, q) }, b.g, b.g, stat, Some(stat));
     }
-    let x = match b.eyes[i] {
-        None => {
-            ops.reshape(b.g, 1, p * q, d)?;
-            b.g
-        }
-        Some(eye) => {
-            ops.reshape(b.g, p, d, q)?;
-            ops.reshape(b.t, p, q, d)?;
-            ops.gemm(GemmDesc { trans_a: true, batch: p, ..GemmDesc::new(q, d, d) }, b.g, eye, b.t, None)?;
-            ops.reshape(b.t, 1, p * q, d)?;
-            b.t
-        }
+    // The last mode's unfolding is the block viewed (P·Q) × d with Q = 1; a middle mode's needs each
+    // of its P slices (d × Q) transposed first.
+    let x = if q == 1 {
+        ops.reshape(b.g, 1, p, d)?;
+        b.g
+    } else {
+        ops.reshape(b.g, p, d, q)?;
+        ops.reshape(b.t, p, q, d)?;
+        ops.transpose(b.g, b.t)?;
+        ops.reshape(b.t, 1, p * q, d)?;
+        b.t
     };
     let desc = GemmDesc { alpha: w2, beta: beta2, trans_a: true, symmetric: true, ..GemmDesc::new(d, d, p * q) };
     ops.gemm(desc, x, x, stat, Some(stat))

@@ -205,6 +205,21 @@ impl MatOps for CpuMats {
         Ok(())
     }
 
+    fn transpose(&mut self, x: Mat, out: Mat) -> Result<()> {
+        let (b, r, c) = crate::roots::check_transpose(self, x, out)?;
+        let mut o = std::mem::take(&mut self.mats[out.0].1);
+        let xs = self.data(x);
+        for z in 0..b {
+            for i in 0..r {
+                for j in 0..c {
+                    o[z * r * c + j * r + i] = xs[z * r * c + i * c + j];
+                }
+            }
+        }
+        self.mats[out.0].1 = o;
+        Ok(())
+    }
+
     fn sign(&mut self, x: Mat, out: Mat) -> Result<()> {
         check_same_size(self, x, out, "sign")?;
         for i in 0..self.data(x).len() {
