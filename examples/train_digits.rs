@@ -13,7 +13,6 @@
 //! (`--quick`: 20 steps instead of 300, for CI; default DIR `target/train_digits`).
 
 use gpuopt::hvp::{hutchinson_estimate, FiniteDifference};
-use gpuopt::kernels::roots::GpuMats;
 use gpuopt::mlp::{param_shapes, Mlp};
 use gpuopt::optim::shampoo::{Shampoo, ShampooConfig};
 use gpuopt::optim::{
@@ -106,8 +105,10 @@ fn build(ctx: &Context, name: &str, params: &[Vec<f32>]) -> Result<Opt> {
         }
         "Shampoo" => {
             let cfg = ShampooConfig { lr: 3e-3, block_size: 128, ..ShampooConfig::default() };
-            let mut s = Shampoo::new(GpuMats::new(ctx)?, cfg)?;
-            let ids = (0..4).map(|i| Ok(s.add_param(&params[i], &shapes[i])?.into())).collect::<Result<Vec<_>>>()?;
+            let mut s = Shampoo::gpu(ctx, cfg)?;
+            let ids = (0..4)
+                .map(|i| Ok(s.add_named_param(names[i], &params[i], &shapes[i])?.into()))
+                .collect::<Result<Vec<_>>>()?;
             Ok(Opt(Box::new(s), ids, None))
         }
         other => panic!("unknown optimizer {other}"),

@@ -376,15 +376,17 @@ fn preconditioning_starts_after_the_graft_steps_and_rmsprop_at_beta2_one_is_adag
 #[test]
 fn stepper_interface_matches_the_host_step() {
     let cfg = config(Graft::Adagrad, true);
-    let (mut a, mut b) =
-        (Shampoo::new(CpuMats::default(), cfg.clone()).unwrap(), Shampoo::new(CpuMats::default(), cfg).unwrap());
+    let (mut a, mut b) = (Shampoo::cpu(cfg.clone()).unwrap(), Shampoo::cpu(cfg).unwrap());
     let shapes: [&[usize]; 2] = [&[6, 5], &[]];
     let (mut ids, mut a_ids) = (Vec::new(), Vec::new());
     for (i, sh) in shapes.iter().enumerate() {
         let init = TestRng::new(40 + i as u64).normals(sh.iter().product(), 1.0);
         a_ids.push(a.add_param(&init, sh).unwrap());
-        ids.push(ParamId::from(b.add_param(&init, sh).unwrap()));
+        ids.push(ParamId::from(b.add_named_param(&format!("w{i}"), &init, sh).unwrap()));
     }
+    assert!(b.add_named_param("w0", &[1.0], &[1]).is_err(), "names are unique");
+    let names: Vec<&str> = b.params().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["w0", "w1"]);
     for t in 0..4 {
         let g: Vec<Vec<f32>> = shapes
             .iter()

@@ -66,8 +66,7 @@ use crate::kernels::gemm::GemmDesc;
 use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale, INV_ROOT_FAILURE};
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports)] // for the doc links
-use crate::{kernels::roots::GpuMats, reference::roots::CpuMats};
+use crate::{kernels::roots::GpuMats, reference::roots::CpuMats, Context};
 
 /// The graft that sets the step's norm (§7.7.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +374,20 @@ pub struct Shampoo<O: MatOps> {
     one: Mat,
 }
 
+impl Shampoo<GpuMats> {
+    /// Shampoo on the GPU of `ctx`.
+    pub fn gpu(ctx: &Context, cfg: ShampooConfig) -> Result<Self> {
+        Self::new(GpuMats::new(ctx)?, cfg)
+    }
+}
+
+impl Shampoo<CpuMats> {
+    /// Shampoo's CPU twin (the same driver over the CPU matrix operations).
+    pub fn cpu(cfg: ShampooConfig) -> Result<Self> {
+        Self::new(CpuMats::default(), cfg)
+    }
+}
+
 impl<O: MatOps> Shampoo<O> {
     /// An empty optimizer on `ops` (validates the configuration).
     pub fn new(ops: O, cfg: ShampooConfig) -> Result<Self> {
@@ -393,10 +406,21 @@ impl<O: MatOps> Shampoo<O> {
         })
     }
 
-    /// Adds a parameter of any rank: merged, blocked and preconditioned as the module's text says, or
+    /// Adds a parameter of any rank, named `param{i}` in checkpoints (i = the order of adding; see
+    /// [`Shampoo::add_named_param`]): merged, blocked and preconditioned as the module's text says, or
     /// driven by the graft alone (rank below `skip_preconditioning_rank_lt`, a dimension above
     /// `skip_preconditioning_dim_size_gt`).
     pub fn add_param(&mut self, data: &[f32], shape: &[usize]) -> Result<ShampooParam> {
+        let name = format!("param{}", self.params.len());
+        self.add_named_param(&name, data, shape)
+    }
+
+    /// As [`Shampoo::add_param`], under `name` (unique; checkpoints and errors use it, and a
+    /// checkpoint loads only into a Shampoo whose parameters have its names and shapes).
+    pub fn add_named_param(&mut self, name: &str, data: &[f32], shape: &[usize]) -> Result<ShampooParam> {
+        if self.metas.iter().any(|m| m.name == name) {
+            return Err(Error::Invalid(format!("shampoo: a parameter is already named {name:?}")));
+        }
         let n: usize = shape.iter().product();
         if n != data.len() || n == 0 {
             return Err(Error::Shape {
@@ -461,8 +485,7 @@ impl<O: MatOps> Shampoo<O> {
         let norms = [ops.alloc(1, 1, 1)?, ops.alloc(1, 1, 1)?];
         // Allocated whatever the graft: a checkpoint's settings (its graft among them) replace these.
         let graft_momentum = if blocks.is_empty() { None } else { Some(ops.alloc(1, rows, cols)?) };
-        let name = format!("param{}", self.params.len());
-        self.metas.push(ParamMeta { name, shape: shape.to_vec(), group: 0 });
+        self.metas.push(ParamMeta { name: name.to_string(), shape: shape.to_vec(), group: 0 });
         self.guard.add_param();
         self.params.push(Param {
             shape: shape.to_vec(),
