@@ -81,6 +81,19 @@ fn transpose_is_exact_on_both_backends() {
         assert_eq!(run(&mut gpu, &x, (b, r, c)), want, "GPU {b}x{r}x{c}");
         assert_eq!(run(&mut cpu, &x, (b, r, c)), want, "CPU {b}x{r}x{c}");
     }
+    // At most 3 workgroups per grid dimension: 40×40 is 7 workgroups on a 3×3 grid (two past the end
+    // return at once), and a batch of 4 is more than the z dimension holds.
+    let small = common::ctx_with(gpuopt::ContextOptions { max_workgroups_per_dim: Some(3), ..Default::default() });
+    let mut gpu = GpuMats::new(&small).unwrap();
+    let x = TestRng::new(9).normals(3 * 40 * 40, 1.0);
+    let (xm, om) = (gpu.upload(&x, 3, 40, 40).unwrap(), gpu.alloc(3, 40, 40).unwrap());
+    gpu.transpose(xm, om).unwrap();
+    let (cx, co) = (cpu.upload(&x, 3, 40, 40).unwrap(), cpu.alloc(3, 40, 40).unwrap());
+    cpu.transpose(cx, co).unwrap();
+    assert_eq!(gpu.read(om).unwrap(), cpu.read(co).unwrap());
+    let (xm, om) = (gpu.alloc(4, 2, 3).unwrap(), gpu.alloc(4, 3, 2).unwrap());
+    let e = gpu.transpose(xm, om).unwrap_err().to_string();
+    assert!(e.contains("4 matrices"), "{e}");
 }
 
 #[test]

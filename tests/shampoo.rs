@@ -424,6 +424,27 @@ fn stepper_interface_matches_the_host_step() {
     assert_eq!(b.read_param(ids[0]).unwrap(), vec![0.25; 30]);
 }
 
+/// The shared NaN/Inf contract of the Steppers (a refused gradient skips the step and keeps every
+/// state, survives a restore, is cleared by a finite rewrite), on both backends.
+#[test]
+fn non_finite_gradients_follow_the_stepper_contract() {
+    let ctx = common::ctx();
+    let shapes: [&[usize]; 3] = [&[6, 5], &[7], &[]];
+    let grads: Vec<Vec<f32>> =
+        shapes.iter().enumerate().map(|(i, s)| TestRng::new(70 + i as u64).normals(s.iter().product(), 1.0)).collect();
+    let states = ["momentum", "graft", "graft_momentum", "l/0", "pl/0"];
+    let cfg = ShampooConfig { start_preconditioning_step: 0, ..config(Graft::Adagrad, true) };
+    let mut gpu = Shampoo::gpu(&ctx, cfg.clone()).unwrap();
+    let mut cpu = Shampoo::cpu(cfg).unwrap();
+    for (i, sh) in shapes.iter().enumerate() {
+        let init = TestRng::new(80 + i as u64).normals(sh.iter().product(), 1.0);
+        gpu.add_param(&init, sh).unwrap();
+        cpu.add_param(&init, sh).unwrap();
+    }
+    common::assert_non_finite_skips(&mut gpu, &grads, &states);
+    common::assert_non_finite_skips(&mut cpu, &grads, &states);
+}
+
 #[test]
 fn nan_gradient_skips_the_step_and_keeps_state() {
     let ctx = common::ctx();

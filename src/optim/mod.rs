@@ -274,7 +274,7 @@ impl Core {
     }
 }
 
-/// The NaN/Inf guard of the optimizers that take host gradients (Muon, AuON, REG, ASGO, DASGO): which gradients
+/// The NaN/Inf guard of the optimizers that take host gradients (Muon, AuON, REG, ASGO, DASGO, Shampoo): which gradients
 /// written since the last step held NaN or Inf (a finite rewrite of the same parameter clears its
 /// mark; a non-finite one is never written), and the steps skipped for them.
 #[derive(Clone, Debug, Default)]

@@ -485,6 +485,9 @@ impl<O: MatOps> Shampoo<O> {
         let norms = [ops.alloc(1, 1, 1)?, ops.alloc(1, 1, 1)?];
         // Allocated whatever the graft: a checkpoint's settings (its graft among them) replace these.
         let graft_momentum = if blocks.is_empty() { None } else { Some(ops.alloc(1, rows, cols)?) };
+        // Every allocation has succeeded: the bookkeeping grows together (an error above left it
+        // as it was).
+        let (momentum, acc, d, u) = (momentum?, acc?, d?, u?);
         self.metas.push(ParamMeta { name: name.to_string(), shape: shape.to_vec(), group: 0 });
         self.guard.add_param();
         self.params.push(Param {
@@ -494,12 +497,12 @@ impl<O: MatOps> Shampoo<O> {
             cols,
             p,
             grad,
-            momentum: momentum?,
+            momentum,
             graft_momentum,
-            acc: acc?,
-            d: d?,
+            acc,
+            d,
             s,
-            u: u?,
+            u,
             norms,
             blocks,
         });
@@ -753,8 +756,10 @@ impl<O: MatOps> Shampoo<O> {
         self.restore(Snapshot::load(path)?)
     }
 
-    /// One step with host gradients, one per parameter in the order they were added. A gradient with
-    /// NaN or Inf skips the whole step (nothing changes; [`Shampoo::skipped_steps`] counts it).
+    /// One step with host gradients, one per parameter in the order they were added (each written as
+    /// by [`Stepper::write_grad`], then [`Stepper::step`]). A gradient with NaN or Inf is not written
+    /// and skips the whole step: parameters and state do not change (the finite gradients are written
+    /// to [`Shampoo::grad_mat`]); [`Shampoo::skipped_steps`] counts it.
     pub fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(Error::Invalid(format!(
@@ -783,7 +788,8 @@ impl<O: MatOps> Shampoo<O> {
     /// One step with the gradients already in [`Shampoo::grad_mat`]. As in [`Shampoo::step`], a
     /// gradient holding NaN or Inf skips the whole step (counted by [`Shampoo::skipped_steps`]); the
     /// test is each gradient's Frobenius norm (computed overflow-safely), read back: one number per
-    /// parameter, one synchronisation per step.
+    /// parameter, one synchronisation per step. A gradient refused by [`Stepper::write_grad`] since
+    /// the last step skips it too, as it would [`Stepper::step`].
     pub fn step_in_place(&mut self) -> Result<()> {
         let mark = self.ops.mark();
         let params = &self.params;
