@@ -1461,6 +1461,7 @@ fn shampoo_x(block_size: usize) -> ShampooConfig {
         moving_average_for_momentum: true,
         relative_matrix_epsilon: true,
         clip_by_scaled_gradient_norm: Some(3.0),
+        inverse_failure_threshold: 0.2,
     }
 }
 

@@ -552,6 +552,35 @@ fn checkpoint_resumes_bit_identically_and_refuses_mismatches() {
     assert!(c.load(&path).is_err());
 }
 
+/// optax's inverse_failure_threshold: below every root's residual, each refresh fails and the
+/// roots stay at their initial identity; at its default none fails. Bad values are refused.
+#[test]
+fn inverse_failure_threshold_decides_which_roots_are_kept() {
+    let run = |threshold: f64| {
+        let cfg = ShampooConfig {
+            precondition_frequency: 1,
+            inverse_failure_threshold: threshold,
+            ..config(Graft::Sgd, false)
+        };
+        let mut opt = Shampoo::cpu(cfg).unwrap();
+        let w = ParamId::from(opt.add_param(&TestRng::new(1).normals(30, 1.0), &[6, 5]).unwrap());
+        for t in 0..3 {
+            opt.step(&[&TestRng::new(2 + t).normals(30, 1.0)]).unwrap();
+        }
+        (opt.root_failures(), opt.read_state(w, "pl/0").unwrap())
+    };
+    let eye: Vec<f32> = (0..36).map(|i| if i / 6 == i % 6 { 1.0 } else { 0.0 }).collect();
+    let (failures, root) = run(1e-30);
+    assert_eq!((failures, root), (6, eye.clone()), "two statistics, three refreshes, all refused");
+    let (failures, root) = run(0.1);
+    assert_eq!(failures, 0);
+    assert_ne!(root, eye);
+    for bad in [0.0, -0.1, f64::NAN, 1e-45] {
+        let cfg = ShampooConfig { inverse_failure_threshold: bad, ..Default::default() };
+        assert!(Shampoo::cpu(cfg).is_err(), "threshold {bad}");
+    }
+}
+
 #[test]
 fn long_runs_do_not_grow_the_backend_and_bad_statistics_keep_the_old_root() {
     let ctx = common::ctx();

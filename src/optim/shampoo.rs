@@ -10,7 +10,8 @@
 //!                                                          1 − β2; L_i start at matrix_eps·I)
 //!         (every statistics_compute_steps steps, optax's 0-based count, as the roots below)
 //! (7.7.2) every precondition_frequency steps: P_i ← (L_i + matrix_eps·I)^{−1/(2k)} (coupled Newton,
-//!         §7.6; 2k replaced by exponent_override when > 0); when it fails (max|M − I| ≥ 0.1 or NaN)
+//!         §7.6; 2k replaced by exponent_override when > 0); when it fails (max|M − I| NaN or ≥
+//!         inverse_failure_threshold, 0.1)
 //!         the old root is kept
 //! (7.7.3) S ← G ×_1 P_1 ×_2 P_2 … ×_k P_k                 (for a matrix: P_1·G·P_2)
 //! (7.7.4) graft D: "sgd" g; "adagrad" a ← a + g², g/(sqrt(a) + diag_eps); "rmsprop" a ← β2·a + w2·g²
@@ -156,6 +157,9 @@ pub struct ShampooConfig {
     /// "rmsprop_normalized" grafts only (optax ignores it for the others; here it is an error): the
     /// graft direction D is divided by max(1, (‖D‖/sqrt(n))/c), its root-mean-square clipped at c.
     pub clip_by_scaled_gradient_norm: Option<f64>,
+    /// optax's `inverse_failure_threshold` (0.1): a refreshed root whose max|M − I| is NaN or at least
+    /// this is discarded and the old one kept (counted by [`Shampoo::root_failures`]).
+    pub inverse_failure_threshold: f64,
 }
 
 impl Default for ShampooConfig {
@@ -183,6 +187,7 @@ impl Default for ShampooConfig {
             moving_average_for_momentum: false,
             relative_matrix_epsilon: false,
             clip_by_scaled_gradient_norm: None,
+            inverse_failure_threshold: f64::from(INV_ROOT_FAILURE),
         }
     }
 }
@@ -219,6 +224,10 @@ impl ShampooConfig {
         // The roots need a ridge; the AdaGrad / RMSProp grafts divide by sqrt(a) + diag_eps.
         super::check_f32_eps("matrix_eps", self.matrix_eps)?;
         super::check_f32_eps("diag_eps", self.diag_eps)?;
+        let t = self.inverse_failure_threshold;
+        if !(t > 0.0 && (t as f32).is_normal()) {
+            return bad("inverse_failure_threshold", t, "must be > 0 and a normal f32");
+        }
         if let Some(c) = self.clip_by_scaled_gradient_norm {
             // c·sqrt(n) is the f32 limit ‖D‖ is divided by.
             if !(c > 0.0 && (c as f32).is_normal()) {
@@ -1042,7 +1051,7 @@ fn direction(ops: &mut impl MatOps, p: &Param) -> Result<()> {
 /// (7.7.2) every statistic's root, (L + matrix_eps·I)^{−1/(2k)} by the coupled Newton iteration,
 /// statistics of the same size and order (k) across all parameters and blocks batched into one
 /// iteration (each matrix converges, is checked and fails on its own). A root that fails (max|M − I| NaN
-/// or ≥ 0.1, or statistics that are not finite) keeps the old one and is counted in
+/// or ≥ inverse_failure_threshold, or statistics that are not finite) keeps the old one and is counted in
 /// `root_failures`; the scratch is released either way.
 fn refresh_roots(
     ops: &mut impl MatOps,
@@ -1070,7 +1079,7 @@ fn refresh_roots(
         let per_batch = ops.max_batch().min(ops.max_elements() / (n * n)).max(1);
         for chunk in pairs.chunks(per_batch) {
             let mark = ops.mark();
-            let r = roots_of(ops, chunk, n, order, opts, root_failures);
+            let r = roots_of(ops, chunk, n, order, opts, cfg.inverse_failure_threshold as f32, root_failures);
             ops.release(mark);
             r?;
         }
@@ -1085,6 +1094,7 @@ fn roots_of(
     n: usize,
     order: u32,
     opts: InvRootOptions,
+    threshold: f32,
     root_failures: &mut usize,
 ) -> Result<()> {
     let stats = match pairs {
@@ -1108,7 +1118,7 @@ fn roots_of(
         *root_failures += bad;
         log::warn!("shampoo: {bad} statistics are not finite; keeping their old roots");
         let good: Vec<(Mat, Mat)> = pairs.iter().zip(&finite).filter(|(_, &f)| f).map(|(&p, _)| p).collect();
-        return if good.is_empty() { Ok(()) } else { roots_of(ops, &good, n, order, opts, root_failures) };
+        return if good.is_empty() { Ok(()) } else { roots_of(ops, &good, n, order, opts, threshold, root_failures) };
     }
     match inv_root_unchecked(ops, stats, order, opts) {
         // A batch refused whole for any other reason runs each statistic on its own, so that one
@@ -1116,14 +1126,14 @@ fn roots_of(
         Err(_) if pairs.len() > 1 => {
             for pair in pairs {
                 let mark = ops.mark();
-                let r = roots_of(ops, std::slice::from_ref(pair), n, order, opts, root_failures);
+                let r = roots_of(ops, std::slice::from_ref(pair), n, order, opts, threshold, root_failures);
                 ops.release(mark);
                 r?;
             }
         }
         Ok(r) => {
             for (z, &(_, root)) in pairs.iter().enumerate() {
-                if r.err[z].is_finite() && r.err[z] < INV_ROOT_FAILURE {
+                if r.err[z].is_finite() && r.err[z] < threshold {
                     ops.copy_batch(root, 0, r.x, z, 1)?;
                 } else {
                     *root_failures += 1;
