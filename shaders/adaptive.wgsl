@@ -5,7 +5,9 @@
 //   adamw:        lr, decay, beta1/omb1, beta2/omb2, eps, c1 = lr/bc1, c2 = sqrt(bc2)
 //   adabound:     decay (weight_decouple only), beta1/omb1, beta2/omb2, eps, c1 = L2 weight decay,
 //                 c2 = lr*sqrt(bc2)/bc1, c3 = lower bound, c4 = upper bound
-//   adamomentum:  decay, beta1/omb1, beta2/omb2, eps, c1 = lr/bc1, c2 = sqrt(bc2)
+//   adamomentum:  decay, beta1/omb1, beta2/omb2, eps, c1 = the step's factor (lr/bc1 unrectified),
+//                 c2 = sqrt(bc2), c3 = the form: 0 m/(sqrt(v)/c2), rectified 1 m/(sqrt(v) + eps),
+//                 2 m (SGD), 3 none
 //   ademamix:     lr, beta1/omb1, beta2/omb2, eps, c1 = beta3(t), c2 = 1 - beta3(t), c3 = alpha(t),
 //                 c4 = bc1, c5 = sqrt(bc2), c6 = weight_decay
 //   mars:         lr, beta1/omb1, beta2/omb2, eps, c1 = gamma*beta1/(1-beta1), c2 = bc1, c3 = sqrt(bc2),
@@ -92,8 +94,16 @@ fn adamomentum_elem(h: Hyper, i: u32, tensor: u32) {
     let v = (h.beta2 * s1[i] + h.omb2 * (m * m)) + h.eps;
     s0[i] = m;
     s1[i] = v;
-    let denom = sqrt(v) / h.c2;
-    p[i] = h.decay * p[i] - h.c1 * (m / denom);
+    if (h.c3 == 0.0) {
+        let denom = sqrt(v) / h.c2;
+        p[i] = h.decay * p[i] - h.c1 * (m / denom);
+    } else if (h.c3 == 1.0) {
+        p[i] = h.decay * p[i] - h.c1 * (m / (sqrt(v) + h.eps));
+    } else if (h.c3 == 2.0) {
+        p[i] = h.decay * p[i] - h.c1 * m;
+    } else {
+        p[i] = h.decay * p[i];
+    }
 }
 
 #arena_kernel adamomentum_step adamomentum_elem

@@ -61,6 +61,7 @@ parity_tests!(
     adabound_matches_reference => "adabound",
     amsbound_decoupled_matches_reference => "amsbound_w",
     adamomentum_matches_reference => "adamomentum",
+    adamomentum_rectified_matches_reference => "adamomentum_rectified",
     ademamix_matches_reference => "ademamix",
     mars_adamw_matches_reference => "mars",
     mars_lion_matches_reference => "mars_lion",

@@ -799,7 +799,18 @@ fn qa_ew_ano_anolog_adamw_adamomentum_config_change() {
     ew_pairs(
         "adamomentum",
         &[(
-            ew(AdaMomentum { lr: 1e-2, beta1: 0.8, beta2: 0.9, eps: 1e-6, weight_decay: 0.1 }, true),
+            ew(
+                AdaMomentum {
+                    lr: 1e-2,
+                    beta1: 0.8,
+                    beta2: 0.9,
+                    eps: 1e-6,
+                    weight_decay: 0.1,
+                    rectify: true,
+                    degenerated_to_sgd: false,
+                },
+                true,
+            ),
             ew(AdaMomentum::default(), false),
         )],
     );

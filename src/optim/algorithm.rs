@@ -95,9 +95,14 @@ config!(
                /** AMSBound */ amsbound: bool = false, /** DW-B instead of L2 */ weight_decouple: bool = false }
 );
 config!(
-    /// AdaMomentum (§8.4); decay DW-B.
+    /// AdaMomentum (§8.4); decay DW-B. `rectify` is the authors' RAdam-style rectified update
+    /// (wyzjack/AdaM3 `AdaM3.py`, whose GAN code defaults it to true): while the variance estimate's
+    /// degrees of freedom N_sma stay below 5 the step is lr·m/(1 − β1^t) (`degenerated_to_sgd`) or none,
+    /// after it lr·r_t·m/((1 − β1^t)·(sqrt(v) + eps)).
     AdaMomentum { /** learning rate */ lr: f64 = 1e-3, /** β1 */ beta1: f64 = 0.9, /** β2 */ beta2: f64 = 0.999,
-                  /** added to the stored v every step */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0 }
+                  /** added to the stored v every step */ eps: f64 = 1e-8, /** DW-B decay */ weight_decay: f64 = 0.0,
+                  /** the rectified update */ rectify: bool = false,
+                  /** with `rectify`, SGD steps while N_sma < 5 (else none) */ degenerated_to_sgd: bool = true }
 );
 config!(
     /// AdEMAMix (apple/ml-ademamix PyTorch, §8.5); decay DW-B. Warm-ups of 0 mean none;
@@ -647,8 +652,27 @@ impl Algorithm {
                 h.decay = dwb;
                 betas(&mut h, c.beta1, c.beta2);
                 h.eps = f(c.eps);
-                h.c[0] = f(lr / bc(c.beta1));
                 h.c[1] = f(bc(c.beta2).sqrt());
+                // c[2], the update's form: 0 m/(sqrt(v)/sqrt(bc2)); rectified: 1 m/(sqrt(v) + eps),
+                // 2 m alone (SGD), 3 none. c[0] its factor.
+                let (mode, factor) = if !c.rectify {
+                    (0.0, lr / bc(c.beta1))
+                } else {
+                    let b2t = c.beta2.powf(tf);
+                    let n_max = 2.0 / (1.0 - c.beta2) - 1.0;
+                    let n = n_max - 2.0 * tf * b2t / (1.0 - b2t);
+                    if n >= 5.0 {
+                        let r =
+                            ((1.0 - b2t) * (n - 4.0) / (n_max - 4.0) * (n - 2.0) / n * n_max / (n_max - 2.0)).sqrt();
+                        (1.0, lr * r / bc(c.beta1))
+                    } else if c.degenerated_to_sgd {
+                        (2.0, lr / bc(c.beta1))
+                    } else {
+                        (3.0, 0.0)
+                    }
+                };
+                h.c[0] = f(factor);
+                h.c[2] = mode;
             }
             Algorithm::AdEMAMix(c) => {
                 betas(&mut h, c.beta1, c.beta2);

@@ -55,8 +55,13 @@ pub fn adamomentum_step(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &
         let vi = (h.beta2 * v[i] + h.omb2 * (mi * mi)) + h.eps;
         m[i] = mi;
         v[i] = vi;
-        let denom = vi.sqrt() / h.c[1];
-        p[i] = h.decay * p[i] - h.c[0] * (mi / denom);
+        // The update's form, as the shader: c[2] 0 plain, 1 rectified, 2 SGD, 3 none.
+        p[i] = match h.c[2] as u32 {
+            0 => h.decay * p[i] - h.c[0] * (mi / (vi.sqrt() / h.c[1])),
+            1 => h.decay * p[i] - h.c[0] * (mi / (vi.sqrt() + h.eps)),
+            2 => h.decay * p[i] - h.c[0] * mi,
+            _ => h.decay * p[i],
+        };
     }
 }
 
