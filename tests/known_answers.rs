@@ -193,3 +193,24 @@ fn sophia_starts_with_sign_steps_then_clips_by_the_hessian() {
     close(&traj[1].0, &p2, 1e-5, "sophia step 2 gpu");
     close(&traj[1].1, &p2, 1e-5, "sophia step 2 cpu");
 }
+
+#[test]
+fn sophia_takes_rho_zero_as_its_references_do() {
+    // Liuhong99/Sophia and pytorch-optimizer's SophiaH accept rho = 0. sophiag: max(0·h, eps) = eps,
+    // so the ratio saturates and the step is a sign step; sophiah: rho is the clip bound, so only
+    // the decay moves p.
+    use gpuopt::optim::algorithm::{Sophia, SophiaVariant};
+    let (lr, wd) = (0.01, 0.1);
+    let p0 = [1.0f32, 1.0];
+    let s = (vec![0.5f32, -2.0], vec![3.0f32, 4.0]);
+    let d = 1.0 - lr * wd;
+    // Step 2 is where rho matters for sophiag (h = 0 at step 1 makes any rho a sign step).
+    let g2 = [d * (d - lr) - lr, d * (d + lr) + lr];
+    for (variant, want) in [(SophiaVariant::Sophiag, g2.to_vec()), (SophiaVariant::Sophiah, vec![d * d, d * d])] {
+        let cfg = Sophia { lr, rho: 0.0, weight_decay: wd, hess_interval: 1, variant, ..Sophia::default() };
+        let traj = run_hess(cfg, &p0, &[s.clone(), s.clone()]);
+        close(&traj[1].0, &want, 1e-6, "rho 0 gpu");
+        close(&traj[1].1, &want, 1e-6, "rho 0 cpu");
+    }
+    assert!(gpuopt::optim::Algorithm::from_name("sophia", &serde_json::json!({"rho": -0.1})).is_err());
+}

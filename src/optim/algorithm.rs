@@ -484,7 +484,8 @@ impl Algorithm {
             Algorithm::Sophia(c) => {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
-                check_positive("rho", c.rho)?;
+                // Both references take rho >= 0: 0 makes sophiag a sign step and sophiah a decay alone.
+                check_nonneg("rho", c.rho)?;
                 super::check_f32_eps("eps", c.eps)?;
                 if c.hess_interval == 0 {
                     return Err(Error::Hyperparameter {
