@@ -124,7 +124,7 @@ pub fn test_algorithms() -> Vec<(String, Algorithm)> {
             AdaMomentum { lr: 2e-3, beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 0.02, ..AdaMomentum::default() }
                 .into(),
         ),
-        // β2 = 0.99: SGD steps while N_sma < 5 (t ≤ 4), rectified after.
+        // β2 = 0.99: SGD steps while N_sma < 5 (t ≤ 5), rectified after.
         (
             "adamomentum_rectified",
             AdaMomentum {

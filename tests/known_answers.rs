@@ -202,15 +202,20 @@ fn sophia_takes_rho_zero_as_its_references_do() {
     use gpuopt::optim::algorithm::{Sophia, SophiaVariant};
     let (lr, wd) = (0.01, 0.1);
     let p0 = [1.0f32, 1.0];
-    let s = (vec![0.5f32, -2.0], vec![3.0f32, 4.0]);
+    // A large diagonal: with the default rho (0.04) neither variant saturates at step 2, where rho
+    // matters for sophiag (h = 0 at step 1 makes any rho a sign step).
+    let s = (vec![0.5f32, -2.0], vec![300.0f32, 400.0]);
     let d = 1.0 - lr * wd;
-    // Step 2 is where rho matters for sophiag (h = 0 at step 1 makes any rho a sign step).
     let g2 = [d * (d - lr) - lr, d * (d + lr) + lr];
     for (variant, want) in [(SophiaVariant::Sophiag, g2.to_vec()), (SophiaVariant::Sophiah, vec![d * d, d * d])] {
         let cfg = Sophia { lr, rho: 0.0, weight_decay: wd, hess_interval: 1, variant, ..Sophia::default() };
-        let traj = run_hess(cfg, &p0, &[s.clone(), s.clone()]);
+        let traj = run_hess(cfg.clone(), &p0, &[s.clone(), s.clone()]);
         close(&traj[1].0, &want, 1e-6, "rho 0 gpu");
         close(&traj[1].1, &want, 1e-6, "rho 0 cpu");
+        let default_rho = run_hess(Sophia { rho: 0.04, ..cfg }, &p0, &[s.clone(), s.clone()]);
+        let moved = |t: &[f32]| t.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(moved(&default_rho[1].1) > 1e-4, "{variant:?}: rho 0.04 must give another step");
     }
+    assert!(gpuopt::optim::Algorithm::from_name("sophia", &serde_json::json!({"rho": 1e39})).is_err());
     assert!(gpuopt::optim::Algorithm::from_name("sophia", &serde_json::json!({"rho": -0.1})).is_err());
 }

@@ -485,7 +485,15 @@ impl Algorithm {
                 check_beta("beta1", c.beta1, 0.0)?;
                 check_beta("beta2", c.beta2, 0.0)?;
                 // Both references take rho >= 0: 0 makes sophiag a sign step and sophiah a decay alone.
+                // The kernel holds it in f32: 1e39 would be Inf there (Inf·0 = NaN at h = 0).
                 check_nonneg("rho", c.rho)?;
+                if !(c.rho as f32).is_finite() {
+                    return Err(Error::Hyperparameter {
+                        name: "rho".into(),
+                        value: c.rho,
+                        reason: "must be finite in f32".into(),
+                    });
+                }
                 super::check_f32_eps("eps", c.eps)?;
                 if c.hess_interval == 0 {
                     return Err(Error::Hyperparameter {

@@ -64,7 +64,7 @@
 use super::{config_snapshot, update_config, GroupId, HostGuard, ParamId, ParamMeta, Snapshot, Stepper};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::GemmDesc;
-use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale, INV_ROOT_FAILURE};
+use crate::roots::{inv_root_unchecked, InvRootOptions, Mat, MatOps, Scale};
 use serde::{Deserialize, Serialize};
 
 use crate::{kernels::roots::GpuMats, reference::roots::CpuMats, Context};
@@ -187,7 +187,7 @@ impl Default for ShampooConfig {
             moving_average_for_momentum: false,
             relative_matrix_epsilon: false,
             clip_by_scaled_gradient_norm: None,
-            inverse_failure_threshold: f64::from(INV_ROOT_FAILURE),
+            inverse_failure_threshold: 0.1,
         }
     }
 }
