@@ -351,3 +351,20 @@ fn adamomentum_rectified_follows_the_authors_code() {
         }
     }
 }
+
+/// Lion-K's k_p / k_scale given to a map that does not read them are reported (the builders warn),
+/// so a misspelt map does not run silently as plain Lion.
+#[test]
+fn lion_k_reports_settings_its_map_does_not_read() {
+    use gpuopt::optim::KMap;
+    let unread =
+        |k_map, k_p, k_scale| Algorithm::from(Lion { k_map, k_p, k_scale, ..Lion::default() }).unread_settings();
+    assert!(unread(KMap::Sign, None, 1.0).is_empty(), "defaults are not reported");
+    assert_eq!(unread(KMap::Sign, Some(3.0), 2.0), ["k_p", "k_scale"]);
+    assert_eq!(unread(KMap::L2, Some(3.0), 1.0), ["k_p"]);
+    assert!(unread(KMap::Lp, Some(3.0), 1.0).is_empty());
+    assert_eq!(unread(KMap::Lp, Some(3.0), 0.5), ["k_scale"]);
+    assert!(unread(KMap::Tanh, None, 2.0).is_empty());
+    assert_eq!(unread(KMap::Relativistic, Some(1.5), 2.0), ["k_p"]);
+    assert!(Algorithm::from(AdamW::default()).unread_settings().is_empty());
+}

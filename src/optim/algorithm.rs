@@ -60,6 +60,15 @@ pub enum KMap {
 }
 
 impl KMap {
+    /// The Lion settings this map reads (`k_p`, `k_scale`).
+    pub fn reads(self) -> &'static [&'static str] {
+        match self {
+            KMap::Sign | KMap::L2 => &[],
+            KMap::Lp => &["k_p"],
+            KMap::Huber | KMap::Tanh | KMap::Relativistic => &["k_scale"],
+        }
+    }
+
     /// Whether the map needs a per-tensor norm of c first (two extra passes).
     pub fn per_tensor(self) -> bool {
         matches!(self, KMap::L2 | KMap::Lp)
@@ -382,6 +391,21 @@ impl Algorithm {
             Algorithm::AdaHessian(c) => (c.lr, c.weight_decay),
             Algorithm::Sophia(c) => (c.lr, c.weight_decay),
         }
+    }
+
+    /// Settings given a non-default value that this configuration does not read (Lion's `k_p` /
+    /// `k_scale` for a map that ignores them): the builders warn about each, since a typo'd map would
+    /// otherwise run silently as another.
+    ///
+    /// ```
+    /// use gpuopt::optim::{Algorithm, KMap, Lion};
+    /// let a: Algorithm = Lion { k_map: KMap::Huber, k_p: Some(3.0), ..Lion::default() }.into();
+    /// assert_eq!(a.unread_settings(), ["k_p"]);
+    /// ```
+    pub fn unread_settings(&self) -> Vec<&'static str> {
+        let Algorithm::Lion(c) = self else { return Vec::new() };
+        let given = [("k_p", c.k_p.is_some()), ("k_scale", c.k_scale != 1.0)];
+        given.into_iter().filter(|&(name, set)| set && !c.k_map.reads().contains(&name)).map(|(n, _)| n).collect()
     }
 
     /// Rejects non-finite or out-of-range hyperparameters (ALGORITHMS.md §11.2).

@@ -180,6 +180,7 @@ impl OptimizerBuilder {
     /// Builds the GPU optimizer.
     pub fn build(self, ctx: &crate::Context) -> Result<Optimizer> {
         self.algorithm.validate()?;
+        self.warn_unread();
         Optimizer::new(ctx, self)
     }
 
@@ -197,7 +198,14 @@ impl OptimizerBuilder {
     /// ```
     pub fn build_cpu(self) -> Result<crate::reference::CpuOptimizer> {
         self.algorithm.validate()?;
+        self.warn_unread();
         Ok(crate::reference::CpuOptimizer::new(self))
+    }
+
+    fn warn_unread(&self) {
+        for name in self.algorithm.unread_settings() {
+            log::warn!("{}: {name} is set but not read by this configuration; ignored", self.algorithm.name());
+        }
     }
 }
 
