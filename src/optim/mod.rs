@@ -347,15 +347,19 @@ impl HostGuard {
 /// gives 0/0 for a zero gradient and, through a norm, NaN for a whole tensor; one above f32's range
 /// is Inf.
 pub(crate) fn check_f32_eps(name: &str, v: f64) -> Result<()> {
+    check_normal_f32(name, v, "the kernels use it in f32, where 0 or a subnormal gives 0/0 for a zero gradient")
+}
+
+/// A setting the kernels hold in f32 and divide by or compare against: > 0 and a normal f32, else an
+/// error naming it, with `why`.
+pub(crate) fn check_normal_f32(name: &str, v: f64, why: &str) -> Result<()> {
     if v > 0.0 && (v as f32).is_normal() {
         return Ok(());
     }
     Err(Error::Hyperparameter {
         name: name.into(),
         value: v,
-        reason: "must be > 0 and a normal f32 (about 1.2e-38 to 3.4e38): the kernels use it in f32, where 0 \
-                 or a subnormal gives 0/0 for a zero gradient"
-            .into(),
+        reason: format!("must be > 0 and a normal f32 (about 1.2e-38 to 3.4e38): {why}"),
     })
 }
 

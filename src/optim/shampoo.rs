@@ -225,14 +225,10 @@ impl ShampooConfig {
         super::check_f32_eps("matrix_eps", self.matrix_eps)?;
         super::check_f32_eps("diag_eps", self.diag_eps)?;
         let t = self.inverse_failure_threshold;
-        if !(t > 0.0 && (t as f32).is_normal()) {
-            return bad("inverse_failure_threshold", t, "must be > 0 and a normal f32");
-        }
+        super::check_normal_f32("inverse_failure_threshold", t, "the roots' residuals are compared with it in f32")?;
         if let Some(c) = self.clip_by_scaled_gradient_norm {
             // c·sqrt(n) is the f32 limit ‖D‖ is divided by.
-            if !(c > 0.0 && (c as f32).is_normal()) {
-                return bad("clip_by_scaled_gradient_norm", c, "must be > 0 and a normal f32 (the clip divides by it)");
-            }
+            super::check_normal_f32("clip_by_scaled_gradient_norm", c, "the clip divides by it")?;
             if !matches!(self.graft, Graft::Rmsprop | Graft::RmspropNormalized) {
                 return Err(Error::Invalid(format!(
                     "shampoo: clip_by_scaled_gradient_norm clips the rmsprop grafts only; graft {:?} would ignore it",
@@ -626,145 +622,6 @@ impl<O: MatOps> Shampoo<O> {
         v
     }
 
-    /// Everything needed to resume: step counts, hyperparameters, parameters, momentum, graft
-    /// statistics, and every block's statistics and roots.
-    pub fn snapshot(&mut self) -> Result<Snapshot> {
-        let mut values = Vec::new();
-        let mut states = Vec::new();
-        for p in &self.params {
-            values.push(self.ops.read(p.p)?);
-            let mut st = Vec::new();
-            for (name, m) in Self::state_names(p).into_iter().zip(Self::state_mats(p)) {
-                st.push((name, self.ops.read(m)?));
-            }
-            states.push(st);
-        }
-        let mut s = config_snapshot(
-            "shampoo",
-            &self.cfg,
-            (self.cfg.lr, self.cfg.weight_decay),
-            self.step as u64,
-            &self.metas,
-            values,
-            states,
-        );
-        s.skipped = self.guard.skipped();
-        // A counter, not a hyperparameter: kept beside them (the format allows optimizer extras).
-        s.hyper["root_failures"] = serde_json::json!(self.root_failures);
-        Ok(s)
-    }
-
-    /// Restores a snapshot of a Shampoo with the same parameters and the same layout (the blocks that
-    /// its block size, merging and skipping settings give each parameter); a mismatch is an error and
-    /// changes nothing.
-    pub fn restore(&mut self, s: Snapshot) -> Result<()> {
-        let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
-        s.check_common("shampoo", &self.metas)?;
-        // Checkpoints from before dimension merging had no such keys; their layout is what these
-        // values give for matrices and vectors (rank >= 3 was flattened then: those do not load).
-        let mut hyper = s.hyper.clone();
-        if let Some(h) = hyper.as_object_mut().filter(|h| !h.contains_key("best_effort_shape_interpretation")) {
-            h.insert("best_effort_shape_interpretation".into(), false.into());
-            h.insert("skip_preconditioning_dim_size_gt".into(), usize::MAX.into());
-            h.insert("skip_preconditioning_rank_lt".into(), 2.into());
-        }
-        let cfg: ShampooConfig = serde_json::from_value(hyper).map_err(|e| bad(format!("shampoo config: {e}")))?;
-        cfg.validate()?;
-        // Checkpoints written before the counter was saved have none: 0.
-        let root_failures = match s.hyper.get("root_failures") {
-            None => 0,
-            Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
-        };
-        // The file's settings must give every parameter the blocks it was added with (and a root
-        // order inv_root takes).
-        for (p, meta) in self.params.iter().zip(&self.metas) {
-            if root_order(&cfg, p.merged.len()).is_none() {
-                return Err(bad(format!(
-                    "{} has rank {} after merging: the file's exponent_override 0 would need roots of order {} \
-                     (at most 32)",
-                    meta.name,
-                    p.merged.len(),
-                    2 * p.merged.len()
-                )));
-            }
-            let (merged, blocks) = layout(&cfg, &p.shape);
-            let file: Vec<(&[usize], &[usize])> = blocks.iter().map(|(a, s)| (&a[..], &s[..])).collect();
-            if merged != p.merged || file != p.block_layout() {
-                let settings = |c: &ShampooConfig| {
-                    format!(
-                        "block_size {}, best_effort_shape_interpretation {}, merge_small_dims_block_size {}, \
-                         skip_preconditioning_dim_size_gt {}, skip_preconditioning_rank_lt {}",
-                        c.block_size,
-                        c.best_effort_shape_interpretation,
-                        c.merge_small_dims_block_size,
-                        c.skip_preconditioning_dim_size_gt,
-                        c.skip_preconditioning_rank_lt
-                    )
-                };
-                return Err(bad(format!(
-                    "{} of shape {:?}: the file's layout settings ({}) give it other blocks than this \
-                     Shampoo's ({})",
-                    meta.name,
-                    p.shape,
-                    settings(&cfg),
-                    settings(&self.cfg)
-                )));
-            }
-        }
-        // Per parameter, the state tensors of this layout (their names carry the block count), each of
-        // its matrix's size.
-        let mut checked = Vec::new();
-        for (i, p) in self.params.iter().enumerate() {
-            let names = Self::state_names(p);
-            // Checkpoints from before the graft had its own momentum kept one buffer, fed by the graft
-            // until start_preconditioning_step and by Shampoo after: it seeds both.
-            let legacy = p.graft_momentum.is_some()
-                && s.states.get(i).is_some_and(|st| st.iter().all(|(n, _)| n != GRAFT_MOMENTUM));
-            let refs: Vec<&str> =
-                names.iter().map(String::as_str).filter(|n| !legacy || *n != GRAFT_MOMENTUM).collect();
-            let mut st = s.states_of(i, &refs)?;
-            if legacy {
-                st.insert(2, st[0]);
-            }
-            for ((name, v), m) in names.iter().zip(&st).zip(Self::state_mats(p)) {
-                let (b, r, c) = self.ops.shape(m);
-                if v.len() != b * r * c {
-                    return Err(bad(format!(
-                        "state {name} of {} has {} values, expected {}",
-                        self.metas[i].name,
-                        v.len(),
-                        b * r * c
-                    )));
-                }
-            }
-            checked.push(st);
-        }
-        // Everything is checked: now write.
-        for (i, st) in checked.iter().enumerate() {
-            let p = &self.params[i];
-            self.ops.write(p.p, &s.values[i])?;
-            for (m, data) in Self::state_mats(p).into_iter().zip(st) {
-                self.ops.write(m, data)?;
-            }
-        }
-        self.cfg = cfg;
-        self.step = s.step as usize;
-        self.guard.reset(s.skipped);
-        self.root_failures = root_failures;
-        Ok(())
-    }
-
-    /// Saves a checkpoint (safetensors, atomic; see [`Snapshot::save`]).
-    pub fn save(&mut self, path: &std::path::Path) -> Result<()> {
-        self.snapshot()?.save(path)
-    }
-
-    /// Loads a checkpoint written by [`Shampoo::save`]; a corrupt or mismatched file is an error and
-    /// leaves the optimizer as it was.
-    pub fn load(&mut self, path: &std::path::Path) -> Result<()> {
-        self.restore(Snapshot::load(path)?)
-    }
-
     /// One step with host gradients, one per parameter in the order they were added (each written as
     /// by [`Stepper::write_grad`], then [`Stepper::step`]). A gradient with NaN or Inf is not written
     /// and skips the whole step: parameters and state do not change (the finite gradients are written
@@ -1003,12 +860,132 @@ impl<O: MatOps> Stepper for Shampoo<O> {
         update_config(&mut self.cfg, group, |c| c.weight_decay = wd, ShampooConfig::validate)
     }
 
+    /// Everything needed to resume: step counts, hyperparameters, parameters, momentum, graft
+    /// statistics, and every block's statistics and roots.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Shampoo::snapshot(self)
+        let mut values = Vec::new();
+        let mut states = Vec::new();
+        for p in &self.params {
+            values.push(self.ops.read(p.p)?);
+            let mut st = Vec::new();
+            for (name, m) in Self::state_names(p).into_iter().zip(Self::state_mats(p)) {
+                st.push((name, self.ops.read(m)?));
+            }
+            states.push(st);
+        }
+        let mut s = config_snapshot(
+            "shampoo",
+            &self.cfg,
+            (self.cfg.lr, self.cfg.weight_decay),
+            self.step as u64,
+            &self.metas,
+            values,
+            states,
+        );
+        s.skipped = self.guard.skipped();
+        // A counter, not a hyperparameter: kept beside them (the format allows optimizer extras).
+        s.hyper["root_failures"] = serde_json::json!(self.root_failures);
+        Ok(s)
     }
 
-    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        Shampoo::restore(self, snapshot)
+    /// Restores a snapshot of a Shampoo with the same parameters and the same layout (the blocks that
+    /// its block size, merging and skipping settings give each parameter); a mismatch is an error and
+    /// changes nothing.
+    fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let bad = |reason: String| Error::Checkpoint { path: "<snapshot>".into(), reason };
+        s.check_common("shampoo", &self.metas)?;
+        // Checkpoints from before dimension merging had no such keys; their layout is what these
+        // values give for matrices and vectors (rank >= 3 was flattened then: those do not load).
+        let mut hyper = s.hyper.clone();
+        if let Some(h) = hyper.as_object_mut().filter(|h| !h.contains_key("best_effort_shape_interpretation")) {
+            h.insert("best_effort_shape_interpretation".into(), false.into());
+            h.insert("skip_preconditioning_dim_size_gt".into(), usize::MAX.into());
+            h.insert("skip_preconditioning_rank_lt".into(), 2.into());
+        }
+        let cfg: ShampooConfig = serde_json::from_value(hyper).map_err(|e| bad(format!("shampoo config: {e}")))?;
+        cfg.validate()?;
+        // Checkpoints written before the counter was saved have none: 0.
+        let root_failures = match s.hyper.get("root_failures") {
+            None => 0,
+            Some(v) => v.as_u64().ok_or_else(|| bad(format!("root_failures {v} is not a count")))? as usize,
+        };
+        // The file's settings must give every parameter the blocks it was added with (and a root
+        // order inv_root takes).
+        for (p, meta) in self.params.iter().zip(&self.metas) {
+            if root_order(&cfg, p.merged.len()).is_none() {
+                return Err(bad(format!(
+                    "{} has rank {} after merging: the file's exponent_override 0 would need roots of order {} \
+                     (at most 32)",
+                    meta.name,
+                    p.merged.len(),
+                    2 * p.merged.len()
+                )));
+            }
+            let (merged, blocks) = layout(&cfg, &p.shape);
+            let file: Vec<(&[usize], &[usize])> = blocks.iter().map(|(a, s)| (&a[..], &s[..])).collect();
+            if merged != p.merged || file != p.block_layout() {
+                let settings = |c: &ShampooConfig| {
+                    format!(
+                        "block_size {}, best_effort_shape_interpretation {}, merge_small_dims_block_size {}, \
+                         skip_preconditioning_dim_size_gt {}, skip_preconditioning_rank_lt {}",
+                        c.block_size,
+                        c.best_effort_shape_interpretation,
+                        c.merge_small_dims_block_size,
+                        c.skip_preconditioning_dim_size_gt,
+                        c.skip_preconditioning_rank_lt
+                    )
+                };
+                return Err(bad(format!(
+                    "{} of shape {:?}: the file's layout settings ({}) give it other blocks than this \
+                     Shampoo's ({})",
+                    meta.name,
+                    p.shape,
+                    settings(&cfg),
+                    settings(&self.cfg)
+                )));
+            }
+        }
+        // Per parameter, the state tensors of this layout (their names carry the block count), each of
+        // its matrix's size.
+        let mut checked = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let names = Self::state_names(p);
+            // Checkpoints from before the graft had its own momentum kept one buffer, fed by the graft
+            // until start_preconditioning_step and by Shampoo after: it seeds both.
+            let legacy = p.graft_momentum.is_some()
+                && s.states.get(i).is_some_and(|st| st.iter().all(|(n, _)| n != GRAFT_MOMENTUM));
+            let refs: Vec<&str> =
+                names.iter().map(String::as_str).filter(|n| !legacy || *n != GRAFT_MOMENTUM).collect();
+            let mut st = s.states_of(i, &refs)?;
+            if legacy {
+                st.insert(2, st[0]);
+            }
+            for ((name, v), m) in names.iter().zip(&st).zip(Self::state_mats(p)) {
+                let (b, r, c) = self.ops.shape(m);
+                if v.len() != b * r * c {
+                    return Err(bad(format!(
+                        "state {name} of {} has {} values, expected {}",
+                        self.metas[i].name,
+                        v.len(),
+                        b * r * c
+                    )));
+                }
+            }
+            checked.push(st);
+        }
+        // Everything is checked: now write.
+        for (i, st) in checked.iter().enumerate() {
+            let p = &self.params[i];
+            self.ops.write(p.p, &s.values[i])?;
+            for (m, data) in Self::state_mats(p).into_iter().zip(st) {
+                self.ops.write(m, data)?;
+            }
+        }
+        self.cfg = cfg;
+        self.step = s.step as usize;
+        self.guard.reset(s.skipped);
+        self.root_failures = root_failures;
+        Ok(())
     }
 
     fn params(&self) -> &[ParamMeta] {
