@@ -212,6 +212,29 @@ impl GpuMats {
         u
     }
 
+    /// One dispatch of an elementwise kernel: its uniform `p`, then `mats` bound in order (None: the
+    /// context's unused binding), `count` invocations per matrix (WORKGROUP_SIZE per workgroup, over a
+    /// 2-D grid) and `batch` matrices along z.
+    fn dispatch(
+        &mut self,
+        spec: &KernelSpec,
+        p: RootParams,
+        mats: &[Option<Mat>],
+        count: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let u = self.uniform(p);
+        let bound = {
+            let mut buffers = vec![&u];
+            buffers.extend(mats.iter().map(|m| m.map_or(self.ctx.unused_binding(), |m| self.buf(m))));
+            self.ctx.bind(spec, &buffers)?
+        };
+        let (gx, gy) = self.ctx.grid((count as u32).div_ceil(WORKGROUP_SIZE));
+        self.dispatches += bound.record_3d(self.pass(), (gx, gy, batch as u32));
+        self.keep.push(Box::new((u, bound)));
+        Ok(())
+    }
+
     /// The pending compute pass (opened on the pending encoder when there is none).
     fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         let (ctx, enc) = (&self.ctx, &mut self.enc);
@@ -297,17 +320,7 @@ impl MatOps for GpuMats {
             power,
             ..Default::default()
         };
-        let u = self.uniform(p);
-        let bound = {
-            let xb = x.map_or(self.ctx.unused_binding(), |m| self.buf(m));
-            let sb = scales.map_or(self.ctx.unused_binding(), |m| self.buf(m));
-            let db = den.map_or(self.ctx.unused_binding(), |m| self.buf(m));
-            self.ctx.bind(&AFFINE, &[&u, xb, sb, self.buf(out), db])?
-        };
-        let (gx, gy) = self.ctx.grid(((rows * cols) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.pass(), (gx, gy, batch as u32));
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        self.dispatch(&AFFINE, p, &[x, scales, Some(out), den], rows * cols, batch)
     }
 
     fn frobenius(&mut self, x: Mat, out: Mat) -> Result<()> {
@@ -379,7 +392,7 @@ impl MatOps for GpuMats {
 
     fn graft(&mut self, acc: Mat, g: Mat, out: Mat, decay: f32, weight: f32, eps: f32) -> Result<()> {
         let (b, r, c) = self.shape(g);
-        let u = self.uniform(RootParams {
+        let p = RootParams {
             rows: r as u32,
             cols: c as u32,
             batch: b as u32,
@@ -387,33 +400,21 @@ impl MatOps for GpuMats {
             beta: decay,
             eps,
             ..Default::default()
-        });
-        let bound = self.ctx.bind(&GRAFT, &[&u, self.buf(g), self.buf(out), self.buf(acc)])?;
-        let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        };
+        self.dispatch(&GRAFT, p, &[Some(g), Some(out), Some(acc)], b * r * c, 1)
     }
 
     fn sign(&mut self, x: Mat, out: Mat) -> Result<()> {
         check_same_size(self, x, out, "sign")?;
         let (b, r, c) = self.shape(x);
-        let u = self.uniform(RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() });
-        let bound = self.ctx.bind(&SIGN, &[&u, self.buf(x), self.buf(out)])?;
-        let (gx, gy) = self.ctx.grid(((b * r * c) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.pass(), (gx, gy, 1));
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        let p = RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() };
+        self.dispatch(&SIGN, p, &[Some(x), Some(out)], b * r * c, 1)
     }
 
     fn transpose(&mut self, x: Mat, out: Mat) -> Result<()> {
         let (b, r, c) = crate::roots::check_transpose(self, x, out)?;
-        let u = self.uniform(RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() });
-        let bound = self.ctx.bind(&TRANSPOSE, &[&u, self.buf(x), self.buf(out)])?;
-        let (gx, gy) = self.ctx.grid(((r * c) as u32).div_ceil(WORKGROUP_SIZE));
-        self.dispatches += bound.record_3d(self.pass(), (gx, gy, b as u32));
-        self.keep.push(Box::new((u, bound)));
-        Ok(())
+        let p = RootParams { rows: r as u32, cols: c as u32, batch: b as u32, ..Default::default() };
+        self.dispatch(&TRANSPOSE, p, &[Some(x), Some(out)], r * c, b)
     }
 
     fn copy_region(
